@@ -1,0 +1,251 @@
+"""DynamoDB backend (AWS, moto server, dynalite) through pynamodb.
+
+Writes use pynamodb's conditional ``save``; reads use the model's connection with
+``ConsistentRead`` and deserialise rows leniently, so that a hand-edited item is
+reported as bad instead of failing the whole read. Every call is bounded by the
+connect/read timeouts and the retry budget given here (rule 3), far below a lease.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer
+from pynamodb.attributes import BooleanAttribute, NumberAttribute, TTLAttribute, UnicodeAttribute
+from pynamodb.exceptions import PynamoDBException
+from pynamodb.expressions.condition import Condition
+from pynamodb.models import Model
+
+from coordinator.errors import StoreConfigError
+from coordinator.items import Attrs
+from coordinator.store import ConditionFailed, Expect, OutcomeUnknown, Unavailable
+
+CONFIG_ERRORS = frozenset(
+    {
+        "ResourceNotFoundException",
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "ValidationException",
+        "InvalidSignatureException",
+        "MissingAuthenticationTokenException",
+    }
+)
+
+_STRING_ATTRS = (
+    "kind", "session", "state", "token", "health", "agent_version", "az", "address",
+    "expired_by", "owner", "owner_session", "home", "phase",
+)  # fmt: skip
+_NUMBER_ATTRS = ("version", "lease_ms", "term", "attempts", "cooldown_ms", "updated_at")
+_BOOL_ATTRS = ("draining",)
+
+
+@dataclass(frozen=True)
+class DynamoSettings:
+    """Where the table is and how long one call may take."""
+
+    table: str = "nat-ha"
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    connect_timeout_s: float = 0.15
+    read_timeout_s: float = 0.15
+    max_attempts: int = 2
+
+    def resolved_endpoint(self) -> str | None:
+        """Config key first, then the standard AWS variables (service-specific wins)."""
+        return (
+            self.endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_DYNAMODB")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or None
+        )
+
+
+def make_model(settings: DynamoSettings) -> type[Model]:
+    """A pynamodb model class bound to one table and endpoint (one per store)."""
+
+    class Meta:
+        table_name = settings.table
+        region = settings.region
+        host = settings.resolved_endpoint()
+        connect_timeout_seconds = settings.connect_timeout_s
+        read_timeout_seconds = settings.read_timeout_s
+        max_retry_attempts = max(0, settings.max_attempts - 1)
+        max_pool_connections = 4
+
+    attrs: dict[str, Any] = {
+        "Meta": Meta,
+        "group": UnicodeAttribute(hash_key=True),
+        "item": UnicodeAttribute(range_key=True),
+        "gc_at": TTLAttribute(null=True),
+    }
+    for name in _STRING_ATTRS:
+        attrs[name] = UnicodeAttribute(null=True)
+    for name in _NUMBER_ATTRS:
+        attrs[name] = NumberAttribute(null=True)
+    for name in _BOOL_ATTRS:
+        attrs[name] = BooleanAttribute(null=True)
+    return type("GroupItem", (Model,), attrs)
+
+
+def _code(exc: PynamoDBException) -> str:
+    return exc.cause_response_code or type(getattr(exc, "cause", None) or exc).__name__
+
+
+def _plain(value: Any) -> Any:
+    """DynamoDB numbers come back as Decimal; the items use int/float/str/bool."""
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+class DynamoStore:
+    """The :class:`~coordinator.store.Store` on a DynamoDB table."""
+
+    def __init__(self, settings: DynamoSettings) -> None:
+        self.settings = settings
+        self.model = make_model(settings)
+        self._deserializer = TypeDeserializer()
+
+    # ------------------------------------------------------------------ reads
+    def _rows(self, raw_items: list[dict[str, Any]]) -> list[Attrs]:
+        rows = []
+        for raw in raw_items:
+            row: Attrs = {}
+            for name, typed in raw.items():
+                try:
+                    row[name] = _plain(self._deserializer.deserialize(typed))
+                except (TypeError, ValueError):
+                    row[name] = typed  # left raw; the parser reports the item as bad
+            rows.append(row)
+        return rows
+
+    def query_group(self, group: str) -> list[Attrs]:
+        conn = self.model._get_connection()
+        items: list[dict[str, Any]] = []
+        start_key = None
+        try:
+            for _ in range(100):  # bounded pagination: a group is a handful of items
+                data = conn.query(group, consistent_read=True, exclusive_start_key=start_key)
+                items.extend(data.get("Items", []))
+                start_key = data.get("LastEvaluatedKey")
+                if not start_key:
+                    break
+        except PynamoDBException as exc:
+            self._raise_read(exc)
+        return self._rows(items)
+
+    def get_item(self, group: str, item: str) -> Attrs | None:
+        conn = self.model._get_connection()
+        try:
+            data = conn.get_item(group, item, consistent_read=True)
+        except PynamoDBException as exc:
+            self._raise_read(exc)
+        raw = data.get("Item")
+        return self._rows([raw])[0] if raw else None
+
+    def _raise_read(self, exc: PynamoDBException) -> None:
+        code = _code(exc)
+        if code in CONFIG_ERRORS:
+            raise StoreConfigError(f"DynamoDB table {self.settings.table!r}: {code}: {exc.msg}") from exc
+        raise Unavailable(f"{code}: {exc.msg}") from exc
+
+    # ----------------------------------------------------------------- writes
+    def _condition(self, expect: Expect) -> Condition:
+        m = self.model
+        if expect.absent:
+            return m.item.does_not_exist()  # type: ignore[attr-defined,no-any-return]
+        cond: Condition | None = None
+        for name, value in expect.equals.items():
+            clause = getattr(m, name) == value
+            cond = clause if cond is None else cond & clause
+        assert cond is not None
+        return cond
+
+    def put_item(self, group: str, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None) -> None:
+        values = {k: v for k, v in attrs.items() if v is not None and v != ""}
+        values["updated_at"] = int(time.time())  # for humans reading the table; never for expiry
+        unknown = set(values) - set(_STRING_ATTRS) - set(_NUMBER_ATTRS) - set(_BOOL_ATTRS) - {"item"}
+        if unknown:
+            raise ValueError(f"unknown attributes {sorted(unknown)}")
+        row = self.model(group, **values)
+        if gc_after_s is not None:
+            from datetime import timedelta
+
+            row.gc_at = timedelta(seconds=gc_after_s)
+        try:
+            row.save(condition=self._condition(expect), add_version_condition=False)
+        except PynamoDBException as exc:
+            code = _code(exc)
+            if code == "ConditionalCheckFailedException":
+                raise ConditionFailed(str(attrs["item"])) from exc
+            if code in CONFIG_ERRORS:
+                raise StoreConfigError(f"DynamoDB table {self.settings.table!r}: {code}: {exc.msg}") from exc
+            raise OutcomeUnknown(f"{code}: {exc.msg}") from exc
+
+
+def init_table(
+    settings: DynamoSettings,
+    *,
+    billing: str = "PAY_PER_REQUEST",
+    read_capacity: int = 5,
+    write_capacity: int = 5,
+    wait_s: float = 120.0,
+) -> list[str]:
+    """Create the table if missing, wait for ACTIVE, enable TTL where supported.
+
+    Returns human-readable lines saying what was done. Idempotent.
+    """
+    if billing not in ("PAY_PER_REQUEST", "PROVISIONED"):
+        raise ValueError("billing must be PAY_PER_REQUEST or PROVISIONED")
+    # Table administration may take longer than a lease call: use generous bounds.
+    admin = DynamoSettings(
+        table=settings.table,
+        region=settings.region,
+        endpoint_url=settings.resolved_endpoint(),
+        connect_timeout_s=5,
+        read_timeout_s=10,
+        max_attempts=3,
+    )
+    model = make_model(admin)
+    done: list[str] = []
+    try:
+        if model.exists():
+            done.append(f"table {settings.table} exists")
+        else:
+            if billing == "PAY_PER_REQUEST":
+                model.create_table(billing_mode="PAY_PER_REQUEST", wait=False)
+            else:
+                model.create_table(
+                    read_capacity_units=read_capacity, write_capacity_units=write_capacity, wait=False
+                )
+            done.append(f"created table {settings.table} ({billing.lower().replace('_', '-')})")
+        deadline = time.monotonic() + wait_s
+        conn = model._get_connection()
+        while True:
+            status = conn.describe_table().get("TableStatus")
+            if status == "ACTIVE":
+                break
+            if time.monotonic() > deadline:
+                raise StoreConfigError(f"table {settings.table} still {status} after {wait_s:.0f} s")
+            time.sleep(0.5)
+        done.append("table is ACTIVE")
+        client = conn.connection.client
+        try:
+            client.update_time_to_live(
+                TableName=settings.table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "gc_at"}
+            )
+            done.append("TTL enabled on gc_at (garbage collection only)")
+        except Exception as exc:  # noqa: BLE001 - dynalite has no TTL; AWS says when already on
+            text = str(exc)
+            if "already enabled" in text.lower():
+                done.append("TTL already enabled on gc_at")
+            else:
+                done.append(f"TTL not enabled ({type(exc).__name__}); items are still correct without it")
+    except PynamoDBException as exc:
+        raise StoreConfigError(f"cannot create table {settings.table!r}: {_code(exc)}: {exc.msg}") from exc
+    return done

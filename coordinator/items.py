@@ -1,0 +1,298 @@
+"""The items of a group, as typed values, and their (de)serialisation.
+
+One table holds every group. Partition key ``group``, sort key ``item``:
+
+* ``member#<instance>`` - a member's heartbeat and session: its self-reported
+  health, renewed every heartbeat interval. The session is the lease behind every
+  route table the member holds.
+* ``route#<route-table>`` - which member serves a route table, in which term,
+  under which of its sessions.
+* ``restart#<instance>`` - the restart lease on a peer instance (stop/start).
+
+Parsing never raises on odd content: an item that cannot be used becomes a
+:class:`BadItemReport`, so one hand-edited item cannot crash an agent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+MEMBER_PREFIX = "member#"
+ROUTE_PREFIX = "route#"
+RESTART_PREFIX = "restart#"
+
+MEMBER_ALIVE = "alive"
+MEMBER_EXPIRED = "expired"
+MEMBER_LEFT = "left"
+MEMBER_STATES = (MEMBER_ALIVE, MEMBER_EXPIRED, MEMBER_LEFT)
+
+RESTART_IDLE = "idle"
+RESTART_STOPPING = "stopping"
+RESTART_STARTING = "starting"
+RESTART_COOLDOWN = "cooldown"
+RESTART_PHASES = (RESTART_IDLE, RESTART_STOPPING, RESTART_STARTING, RESTART_COOLDOWN)
+
+Attrs = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Health:
+    """What a member says about itself in its heartbeat."""
+
+    healthy: bool
+    checks: dict[str, bool] = field(default_factory=dict)
+    reaches: tuple[str, ...] = ()
+    detail: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"healthy": self.healthy, "checks": self.checks, "reaches": list(self.reaches), "detail": self.detail},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+    @staticmethod
+    def from_json(text: str) -> Health:
+        raw = json.loads(text)
+        if not isinstance(raw, dict) or not isinstance(raw.get("healthy"), bool):
+            raise ValueError("health must be an object with a boolean 'healthy'")
+        checks = raw.get("checks", {})
+        reaches = raw.get("reaches", [])
+        if not isinstance(checks, dict) or not all(isinstance(v, bool) for v in checks.values()):
+            raise ValueError("health.checks must map names to booleans")
+        if not isinstance(reaches, list) or not all(isinstance(v, str) for v in reaches):
+            raise ValueError("health.reaches must be a list of instance ids")
+        return Health(raw["healthy"], {str(k): v for k, v in checks.items()}, tuple(reaches), str(raw.get("detail", "")))
+
+
+@dataclass(frozen=True)
+class MemberItem:
+    """A member's heartbeat; its ``session`` is the lease behind its route tables."""
+
+    instance: str
+    session: str
+    state: str
+    version: int
+    token: str
+    lease_ms: int
+    health: Health
+    agent_version: str = ""
+    az: str = ""
+    address: str = ""
+    draining: bool = False
+    expired_by: str = ""
+
+    @property
+    def key(self) -> str:
+        return MEMBER_PREFIX + self.instance
+
+
+@dataclass(frozen=True)
+class RouteItem:
+    """Who serves a route table. ``term`` is the fencing token: +1 on every owner change."""
+
+    route_table: str
+    owner: str
+    owner_session: str
+    term: int
+    version: int
+    token: str
+    home: str = ""
+
+    @property
+    def key(self) -> str:
+        return ROUTE_PREFIX + self.route_table
+
+
+@dataclass(frozen=True)
+class RestartItem:
+    """The restart lease on ``target``: who may stop/start it, and the cap's count."""
+
+    target: str
+    owner: str
+    owner_session: str
+    term: int
+    version: int
+    token: str
+    phase: str
+    attempts: int
+    cooldown_ms: int
+
+    @property
+    def key(self) -> str:
+        return RESTART_PREFIX + self.target
+
+
+@dataclass(frozen=True)
+class BadItemReport:
+    key: str
+    problem: str
+
+
+@dataclass(frozen=True)
+class GroupSnapshot:
+    """Everything one consistent Query of a group returned."""
+
+    group: str
+    members: dict[str, MemberItem]
+    routes: dict[str, RouteItem]
+    restarts: dict[str, RestartItem]
+    bad_items: tuple[BadItemReport, ...] = ()
+
+
+def _str(attrs: Attrs, name: str, *, required: bool = True) -> str:
+    value = attrs.get(name)
+    if value is None:
+        if required:
+            raise ValueError(f"missing attribute {name!r}")
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"attribute {name!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _int(attrs: Attrs, name: str, *, minimum: int = 0) -> int:
+    value = attrs.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ValueError(f"attribute {name!r} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"attribute {name!r} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def parse_member(attrs: Attrs) -> MemberItem:
+    state = _str(attrs, "state")
+    if state not in MEMBER_STATES:
+        raise ValueError(f"state must be one of {', '.join(MEMBER_STATES)}, got {state!r}")
+    return MemberItem(
+        instance=_str(attrs, "item")[len(MEMBER_PREFIX) :],
+        session=_str(attrs, "session"),
+        state=state,
+        version=_int(attrs, "version", minimum=1),
+        token=_str(attrs, "token"),
+        lease_ms=_int(attrs, "lease_ms", minimum=1),
+        health=Health.from_json(_str(attrs, "health")),
+        agent_version=_str(attrs, "agent_version", required=False),
+        az=_str(attrs, "az", required=False),
+        address=_str(attrs, "address", required=False),
+        draining=bool(attrs.get("draining", False)),
+        expired_by=_str(attrs, "expired_by", required=False),
+    )
+
+
+def parse_route(attrs: Attrs) -> RouteItem:
+    owner = _str(attrs, "owner", required=False)
+    session = _str(attrs, "owner_session", required=False)
+    if bool(owner) != bool(session):
+        raise ValueError("owner and owner_session must both be set or both be empty")
+    return RouteItem(
+        route_table=_str(attrs, "item")[len(ROUTE_PREFIX) :],
+        owner=owner,
+        owner_session=session,
+        term=_int(attrs, "term"),
+        version=_int(attrs, "version", minimum=1),
+        token=_str(attrs, "token"),
+        home=_str(attrs, "home", required=False),
+    )
+
+
+def parse_restart(attrs: Attrs) -> RestartItem:
+    phase = _str(attrs, "phase")
+    if phase not in RESTART_PHASES:
+        raise ValueError(f"phase must be one of {', '.join(RESTART_PHASES)}, got {phase!r}")
+    return RestartItem(
+        target=_str(attrs, "item")[len(RESTART_PREFIX) :],
+        owner=_str(attrs, "owner", required=False),
+        owner_session=_str(attrs, "owner_session", required=False),
+        term=_int(attrs, "term"),
+        version=_int(attrs, "version", minimum=1),
+        token=_str(attrs, "token"),
+        phase=phase,
+        attempts=_int(attrs, "attempts"),
+        cooldown_ms=_int(attrs, "cooldown_ms"),
+    )
+
+
+def encode_member(m: MemberItem) -> Attrs:
+    return {
+        "item": m.key,
+        "kind": "member",
+        "session": m.session,
+        "state": m.state,
+        "version": m.version,
+        "token": m.token,
+        "lease_ms": m.lease_ms,
+        "health": m.health.to_json(),
+        "agent_version": m.agent_version,
+        "az": m.az,
+        "address": m.address,
+        "draining": m.draining,
+        "expired_by": m.expired_by,
+    }
+
+
+def encode_route(r: RouteItem) -> Attrs:
+    return {
+        "item": r.key,
+        "kind": "route",
+        "owner": r.owner,
+        "owner_session": r.owner_session,
+        "term": r.term,
+        "version": r.version,
+        "token": r.token,
+        "home": r.home,
+    }
+
+
+def encode_restart(r: RestartItem) -> Attrs:
+    return {
+        "item": r.key,
+        "kind": "restart",
+        "owner": r.owner,
+        "owner_session": r.owner_session,
+        "term": r.term,
+        "version": r.version,
+        "token": r.token,
+        "phase": r.phase,
+        "attempts": r.attempts,
+        "cooldown_ms": r.cooldown_ms,
+    }
+
+
+def parse_group(group: str, rows: list[Attrs]) -> GroupSnapshot:
+    """Turn a Query's rows into a snapshot; bad rows are reported, not raised."""
+    members: dict[str, MemberItem] = {}
+    routes: dict[str, RouteItem] = {}
+    restarts: dict[str, RestartItem] = {}
+    bad: list[BadItemReport] = []
+    for attrs in rows:
+        key = str(attrs.get("item", "?"))
+        try:
+            if key.startswith(MEMBER_PREFIX) and len(key) > len(MEMBER_PREFIX):
+                m = parse_member(attrs)
+                members[m.instance] = m
+            elif key.startswith(ROUTE_PREFIX) and len(key) > len(ROUTE_PREFIX):
+                r = parse_route(attrs)
+                routes[r.route_table] = r
+            elif key.startswith(RESTART_PREFIX) and len(key) > len(RESTART_PREFIX):
+                x = parse_restart(attrs)
+                restarts[x.target] = x
+            else:
+                bad.append(BadItemReport(key, "unknown item kind (expected member#, route# or restart#)"))
+        except (ValueError, TypeError, json.JSONDecodeError) as exc:
+            bad.append(BadItemReport(key, str(exc)))
+    return GroupSnapshot(group, members, routes, restarts, tuple(bad))
+
+
+def parse_one(attrs: Attrs) -> MemberItem | RouteItem | RestartItem:
+    """Parse a single item read by key; raises ``ValueError`` on a bad shape."""
+    key = str(attrs.get("item", ""))
+    if key.startswith(MEMBER_PREFIX):
+        return parse_member(attrs)
+    if key.startswith(ROUTE_PREFIX):
+        return parse_route(attrs)
+    if key.startswith(RESTART_PREFIX):
+        return parse_restart(attrs)
+    raise ValueError(f"unknown item kind {key!r}")

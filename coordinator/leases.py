@@ -1,0 +1,370 @@
+"""The lease protocol over a :class:`~coordinator.store.Store`.
+
+A member's *session* is its lease: the member item is renewed by a conditional
+heartbeat every ``heartbeat_interval``; the holder starts its clock *before*
+sending and may act until ``t0 + lease``. A route item names its owner and the
+owner's session; the owner may act on the route table only while that session is
+valid on its own clock. Ownership changes only by a conditional write that bumps
+``term`` (the fencing token); every write bumps ``version`` and carries a fresh
+``token`` so that a write whose outcome is unknown is resolved by re-reading it.
+
+A peer takes a route table from a silent owner in two single-item steps: it
+expires the owner's session (conditional on the version it watched stay
+unchanged for the declared lease plus a margin), then claims the route item
+(conditional on the version it read). The owner's own renewal is conditional on
+its last version, so it learns at once that it lost, and by then its own clock
+has already told it to stop acting.
+"""
+
+from __future__ import annotations
+
+import collections
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from coordinator.clock import Clock
+from coordinator.errors import BadItem, Conflict, SessionLost, StoreUnavailable
+from coordinator.items import (
+    MEMBER_ALIVE,
+    MEMBER_EXPIRED,
+    MEMBER_LEFT,
+    MEMBER_PREFIX,
+    RESTART_IDLE,
+    Attrs,
+    GroupSnapshot,
+    Health,
+    MemberItem,
+    RestartItem,
+    RouteItem,
+    encode_member,
+    encode_restart,
+    encode_route,
+    parse_group,
+    parse_member,
+    parse_restart,
+    parse_route,
+)
+from coordinator.store import ConditionFailed, Expect, OutcomeUnknown, Store, Unavailable
+
+# How long DynamoDB may keep a member item that nobody renews (TTL, GC only).
+MEMBER_GC_SECONDS = 7 * 24 * 3600.0
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class SessionState:
+    """The holder's view of its own session."""
+
+    session: str
+    version: int
+    started_at: float
+    valid_until: float
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """What a member writes about itself besides health."""
+
+    agent_version: str = ""
+    az: str = ""
+    address: str = ""
+
+
+class Coordinator:
+    """One member's handle on its group: its session and every lease operation.
+
+    ``lease_s`` is the session length this member declares; peers judge it stale
+    only after seeing its version unchanged for that long plus their margin.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        group: str,
+        me: str,
+        clock: Clock,
+        lease_s: float,
+        *,
+        info: MemberInfo | None = None,
+        token_factory: Callable[[], str] = new_token,
+    ) -> None:
+        if lease_s <= 0:
+            raise ValueError("lease_s must be positive")
+        self.store = store
+        self.group = group
+        self.me = me
+        self.clock = clock
+        self.lease_s = lease_s
+        self.info = info or MemberInfo()
+        self._token = token_factory
+        self._session: SessionState | None = None
+        self._recent_tokens: collections.deque[str] = collections.deque(maxlen=16)
+
+    # ------------------------------------------------------------------ reads
+    def read_group(self) -> GroupSnapshot:
+        try:
+            rows = self.store.query_group(self.group)
+        except Unavailable as exc:
+            raise StoreUnavailable(f"cannot read group {self.group!r}: {exc}") from exc
+        return parse_group(self.group, rows)
+
+    def _get(self, key: str) -> Attrs | None:
+        try:
+            return self.store.get_item(self.group, key)
+        except Unavailable as exc:
+            raise StoreUnavailable(f"cannot read {key!r}: {exc}", outcome_unknown=True) from exc
+
+    # ---------------------------------------------------------------- session
+    @property
+    def session(self) -> SessionState | None:
+        return self._session
+
+    def remaining(self) -> float:
+        """Seconds this member may still act on its leases (<= 0: must not act)."""
+        if self._session is None:
+            return 0.0
+        return self._session.valid_until - self.clock.monotonic()
+
+    def drop_session(self) -> None:
+        """Stop acting at once (session lost, or shutting down)."""
+        self._session = None
+
+    def _member(self, session: str, version: int, state: str, health: Health, draining: bool) -> MemberItem:
+        return MemberItem(
+            instance=self.me,
+            session=session,
+            state=state,
+            version=version,
+            token=self._token(),
+            lease_ms=int(round(self.lease_s * 1000)),
+            health=health,
+            agent_version=self.info.agent_version,
+            az=self.info.az,
+            address=self.info.address,
+            draining=draining,
+        )
+
+    def start_session(self, health: Health, observed: MemberItem | None = None) -> MemberItem:
+        """Begin a new session, superseding any earlier one of this member.
+
+        The write is conditional on the member item as read (absent, or its
+        version), so two processes claiming to be one member cannot both start.
+        """
+        t0 = self.clock.monotonic()
+        key = MEMBER_PREFIX + self.me
+        if observed is not None:
+            expect, version = Expect.matches(version=observed.version), observed.version + 1
+        else:
+            current = self._get(key)
+            if current is None:
+                expect, version = Expect.item_absent(), 1
+            else:
+                old = current.get("version")
+                if isinstance(old, bool) or not isinstance(old, int):
+                    raise BadItem(key, "has no whole-number 'version'; delete the item to let the agent recreate it")
+                expect, version = Expect.matches(version=old), old + 1
+        session = uuid.uuid4().hex[:16]
+        item = self._member(session, version, MEMBER_ALIVE, health, False)
+        self._write(encode_member(item), expect, gc_after_s=MEMBER_GC_SECONDS)
+        self._session = SessionState(session, version, t0, t0 + self.lease_s)
+        return item
+
+    def heartbeat(self, health: Health, *, draining: bool = False) -> MemberItem:
+        """Renew the session; raises :class:`SessionLost` if a peer expired it."""
+        if self._session is None:
+            raise SessionLost("no session")
+        s = self._session
+        t0 = self.clock.monotonic()  # the clock starts before the request is sent
+        item = self._member(s.session, s.version + 1, MEMBER_ALIVE, health, draining)
+        expect = Expect.matches(session=s.session, state=MEMBER_ALIVE, version=s.version)
+        try:
+            self._write(encode_member(item), expect, gc_after_s=MEMBER_GC_SECONDS)
+        except Conflict as exc:
+            adopted = self._adopt_own_late_write(s)
+            if adopted is None:
+                self._session = None
+                raise SessionLost(f"session {s.session} of {self.me} was expired or superseded") from exc
+            item = replace(item, version=adopted + 1)
+            self._session = replace(s, version=adopted)
+            return self.heartbeat(health, draining=draining)
+        self._session = replace(s, version=item.version, valid_until=t0 + self.lease_s)
+        return item
+
+    def _adopt_own_late_write(self, s: SessionState) -> int | None:
+        """An earlier heartbeat of ours, reported failed, may have landed later."""
+        current = self._get(MEMBER_PREFIX + self.me)
+        if current is None:
+            return None
+        if (
+            current.get("token") in self._recent_tokens
+            and current.get("session") == s.session
+            and current.get("state") == MEMBER_ALIVE
+            and isinstance(current.get("version"), int)
+            and current["version"] > s.version
+        ):
+            return int(current["version"])
+        return None
+
+    def leave(self, health: Health) -> None:
+        """Mark this member as gone (after handing its route tables over)."""
+        if self._session is None:
+            return
+        s = self._session
+        item = self._member(s.session, s.version + 1, MEMBER_LEFT, health, True)
+        try:
+            self._write(
+                encode_member(item),
+                Expect.matches(session=s.session, version=s.version),
+                gc_after_s=MEMBER_GC_SECONDS,
+            )
+        finally:
+            self._session = None
+
+    def expire_member(self, observed: MemberItem) -> MemberItem:
+        """Declare a silent peer's session dead (only after watching it stale)."""
+        if observed.instance == self.me:
+            raise ValueError("a member does not expire its own session")
+        item = replace(
+            observed,
+            state=MEMBER_EXPIRED,
+            version=observed.version + 1,
+            token=self._token(),
+            expired_by=self.me,
+        )
+        expect = Expect.matches(session=observed.session, state=MEMBER_ALIVE, version=observed.version)
+        self._write(encode_member(item), expect, gc_after_s=MEMBER_GC_SECONDS)
+        return item
+
+    # ----------------------------------------------------------------- routes
+    def _require_session(self) -> SessionState:
+        if self._session is None or self.remaining() <= 0:
+            raise SessionLost(f"{self.me} holds no valid session")
+        return self._session
+
+    def claim_route(self, route_table: str, observed: RouteItem | None, home: str = "") -> RouteItem:
+        """Take a route table that has no live owner (new, released, orphaned, expired).
+
+        The caller has judged from a consistent read that the owner's session is
+        dead; the write is conditional on the version read, so at most one
+        claimant wins each term.
+        """
+        s = self._require_session()
+        item = RouteItem(
+            route_table=route_table,
+            owner=self.me,
+            owner_session=s.session,
+            term=(observed.term + 1) if observed is not None else 1,
+            version=(observed.version + 1) if observed is not None else 1,
+            token=self._token(),
+            home=home or (observed.home if observed is not None else ""),
+        )
+        expect = Expect.matches(version=observed.version) if observed is not None else Expect.item_absent()
+        self._write(encode_route(item), expect)
+        return item
+
+    def _owned(self, route: RouteItem) -> tuple[SessionState, Expect]:
+        s = self._require_session()
+        if route.owner != self.me or route.owner_session != s.session:
+            raise Conflict(f"{route.route_table} is not held by this session of {self.me}")
+        return s, Expect.matches(owner=self.me, owner_session=s.session, term=route.term)
+
+    def hand_over_route(self, route: RouteItem, successor: MemberItem) -> RouteItem:
+        """Planned switchover: give a held route table to a named live successor."""
+        _, expect = self._owned(route)
+        if successor.state != MEMBER_ALIVE:
+            raise ValueError(f"successor {successor.instance} has no live session")
+        item = replace(
+            route,
+            owner=successor.instance,
+            owner_session=successor.session,
+            term=route.term + 1,
+            version=route.version + 1,
+            token=self._token(),
+        )
+        self._write(encode_route(item), expect)
+        return item
+
+    def release_route(self, route: RouteItem) -> RouteItem:
+        _, expect = self._owned(route)
+        item = replace(
+            route, owner="", owner_session="", term=route.term + 1, version=route.version + 1, token=self._token()
+        )
+        self._write(encode_route(item), expect)
+        return item
+
+    # --------------------------------------------------------------- restarts
+    def claim_restart(self, target: str, observed: RestartItem | None, cooldown_s: float) -> RestartItem:
+        """Take the restart lease on ``target`` (the caller checked cooldown and cap)."""
+        s = self._require_session()
+        item = RestartItem(
+            target=target,
+            owner=self.me,
+            owner_session=s.session,
+            term=(observed.term + 1) if observed is not None else 1,
+            version=(observed.version + 1) if observed is not None else 1,
+            token=self._token(),
+            phase=RESTART_IDLE,
+            attempts=observed.attempts if observed is not None else 0,
+            cooldown_ms=int(round(cooldown_s * 1000)),
+        )
+        expect = Expect.matches(version=observed.version) if observed is not None else Expect.item_absent()
+        self._write(encode_restart(item), expect)
+        return item
+
+    def set_restart_phase(self, item: RestartItem, phase: str, attempts: int | None = None) -> RestartItem:
+        s = self._require_session()
+        if item.owner != self.me or item.owner_session != s.session:
+            raise Conflict(f"restart lease on {item.target} is not held by this session")
+        new = replace(
+            item,
+            phase=phase,
+            attempts=item.attempts if attempts is None else attempts,
+            version=item.version + 1,
+            token=self._token(),
+        )
+        self._write(
+            encode_restart(new), Expect.matches(owner=self.me, owner_session=s.session, term=item.term)
+        )
+        return new
+
+    def reset_own_restart(self, item: RestartItem) -> RestartItem:
+        """The restarted member, healthy again, clears its restart count."""
+        if item.target != self.me:
+            raise ValueError("only the target resets its restart count")
+        new = replace(item, attempts=0, phase=RESTART_IDLE, version=item.version + 1, token=self._token())
+        self._write(encode_restart(new), Expect.matches(version=item.version))
+        return new
+
+    # ------------------------------------------------------------------ write
+    def _write(self, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None) -> None:
+        """Conditional put whose unknown outcome is resolved by re-reading its token."""
+        token = str(attrs["token"])
+        key = str(attrs["item"])
+        self._recent_tokens.append(token)
+        try:
+            self.store.put_item(self.group, attrs, expect, gc_after_s=gc_after_s)
+            return
+        except ConditionFailed as exc:
+            current = self._get(key)
+            if current is not None and current.get("token") == token:
+                return  # a retried attempt of ours had already applied it
+            raise Conflict(f"{key} changed since it was read") from exc
+        except OutcomeUnknown as exc:
+            current = self._get(key)  # raises StoreUnavailable(outcome_unknown=True)
+            if current is not None and current.get("token") == token:
+                return
+            raise StoreUnavailable(f"write of {key} was not applied: {exc}") from exc
+
+
+__all__ = [
+    "MEMBER_EXPIRED",
+    "MEMBER_LEFT",
+    "Coordinator",
+    "MemberInfo",
+    "SessionState",
+    "new_token",
+]
