@@ -64,7 +64,9 @@ class Health:
             raise ValueError("health.checks must map names to booleans")
         if not isinstance(reaches, list) or not all(isinstance(v, str) for v in reaches):
             raise ValueError("health.reaches must be a list of instance ids")
-        return Health(raw["healthy"], {str(k): v for k, v in checks.items()}, tuple(reaches), str(raw.get("detail", "")))
+        return Health(
+            raw["healthy"], {str(k): v for k, v in checks.items()}, tuple(reaches), str(raw.get("detail", ""))
+        )
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,6 @@ from coordinator.items import (
     encode_restart,
     encode_route,
     parse_group,
-    parse_member,
-    parse_restart,
-    parse_route,
 )
 from coordinator.store import ConditionFailed, Expect, OutcomeUnknown, Store, Unavailable
 
@@ -140,7 +137,7 @@ class Coordinator:
             state=state,
             version=version,
             token=self._token(),
-            lease_ms=int(round(self.lease_s * 1000)),
+            lease_ms=round(self.lease_s * 1000),
             health=health,
             agent_version=self.info.agent_version,
             az=self.info.az,
@@ -309,7 +306,7 @@ class Coordinator:
             token=self._token(),
             phase=RESTART_IDLE,
             attempts=observed.attempts if observed is not None else 0,
-            cooldown_ms=int(round(cooldown_s * 1000)),
+            cooldown_ms=round(cooldown_s * 1000),
         )
         expect = Expect.matches(version=observed.version) if observed is not None else Expect.item_absent()
         self._write(encode_restart(item), expect)
@@ -326,9 +323,7 @@ class Coordinator:
             version=item.version + 1,
             token=self._token(),
         )
-        self._write(
-            encode_restart(new), Expect.matches(owner=self.me, owner_session=s.session, term=item.term)
-        )
+        self._write(encode_restart(new), Expect.matches(owner=self.me, owner_session=s.session, term=item.term))
         return new
 
     def reset_own_restart(self, item: RestartItem) -> RestartItem:
