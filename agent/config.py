@@ -1,0 +1,536 @@
+"""The agent's TOML configuration: schema, defaults, documentation and validation.
+
+One table (``SCHEMA``) says, for every key, its type, default and meaning; the
+loader, ``nat-ha check-config`` and the README's reference are all made from it.
+Every problem is reported as ``key: problem`` (all of them, not only the first),
+and timing rules are checked at start-up as client-go and Patroni do (rule 7).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_PATH = "/etc/nat-ha/config.toml"
+
+INSTANCE_RE = re.compile(r"^i-[0-9a-zA-Z]{1,32}$")
+RTB_RE = re.compile(r"^rtb-[0-9a-zA-Z]{1,32}$")
+ENI_RE = re.compile(r"^eni-[0-9a-zA-Z]{1,32}$")
+GROUP_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its type, default and what it means."""
+
+    kind: type | tuple[type, ...]
+    default: Any
+    doc: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "": {
+        "group": Key(str, None, "Name of the NAT group (the NAT instances that back each other up). Required."),
+        "instance_id": Key(str, "", "This instance's id; read from IMDSv2 when empty."),
+        "region": Key(str, "", "AWS region; from IMDSv2 (or AWS_DEFAULT_REGION) when empty."),
+        "members_from_tags": Key(
+            bool,
+            False,
+            "Discover members and their home route tables from EC2 tags instead of [[members]]: "
+            "instances tagged nat-ha:group=<group>, route tables tagged nat-ha:group=<group> and "
+            "nat-ha:home=<instance id>.",
+        ),
+    },
+    "members": {
+        "instance_id": Key(str, None, "The member's instance id. Required."),
+        "address": Key(str, "", "Address its peers probe (its private IP). Required unless discovered from tags."),
+        "route_tables": Key(list, [], "Route tables whose home is this member (served by it when healthy)."),
+        "eni": Key(str, "", "Point routes at this network interface instead of the instance id (optional)."),
+        "az": Key(str, "", "Availability zone (informational)."),
+        "probe_port": Key(
+            int, 0, "TCP probe port of this member, overriding probe.tcp_port (0: use probe.tcp_port).", minimum=0
+        ),
+    },
+    "store": {
+        "table": Key(str, "nat-ha", "DynamoDB table name."),
+        "endpoint_url": Key(
+            str, "", "DynamoDB endpoint; empty: AWS_ENDPOINT_URL_DYNAMODB, AWS_ENDPOINT_URL, or AWS itself."
+        ),
+        "billing": Key(
+            str, "PAY_PER_REQUEST", "Capacity mode used by init-table.", choices=("PAY_PER_REQUEST", "PROVISIONED")
+        ),
+    },
+    "ec2": {
+        "endpoint_url": Key(str, "", "EC2 endpoint; empty: AWS_ENDPOINT_URL_EC2, AWS_ENDPOINT_URL, or AWS itself."),
+    },
+    "probe": {
+        "method": Key(
+            str, "icmp", "How peers are probed: icmp (icmplib) or tcp (connect + echo).", choices=("icmp", "tcp")
+        ),
+        "tcp_port": Key(int, 22, "Port for tcp probes.", minimum=1),
+        "privileged": Key(
+            str,
+            "auto",
+            "ICMP socket kind: auto (raw if allowed, else datagram), true or false.",
+            choices=("auto", "true", "false"),
+        ),
+        "interval": Key(float, 0.2, "Seconds between probe rounds.", minimum=0.01),
+        "timeout": Key(float, 0.15, "Seconds to wait for one probe reply (must be < interval).", minimum=0.001),
+        "window": Key(int, 5, "Rolling window of probe results per peer.", minimum=1),
+        "down_after": Key(int, 3, "A peer is down when this many of the last `window` probes were lost.", minimum=1),
+    },
+    "self_check": {
+        "ip_forward": Key(bool, True, "Require net.ipv4.ip_forward = 1."),
+        "masquerade": Key(bool, True, "Require an iptables or nftables masquerade rule."),
+        "public_interface": Key(str, "", "Interface the masquerade rule must name (empty: any)."),
+        "conntrack_max_ratio": Key(float, 0.9, "Unhealthy when conntrack count / max exceeds this.", minimum=0.0),
+        "egress_targets": Key(list, [], "Optional host:port targets that must answer a TCP connect via this NAT."),
+        "egress_timeout": Key(float, 1.0, "Seconds per egress probe.", minimum=0.01),
+        "procfs": Key(str, "/proc", "Where /proc is (tests)."),
+    },
+    "timing": {
+        "cycle_interval": Key(
+            float, 0.35, "Seconds between HA cycles (one consistent read of the group each).", minimum=0.01
+        ),
+        "heartbeat_interval": Key(float, 0.7, "Seconds between heartbeats (session renewals).", minimum=0.01),
+        "lease": Key(
+            float, 1.0, "Session length this agent declares; peers take over after it plus margin.", minimum=0.05
+        ),
+        "margin": Key(float, 0.1, "Extra seconds an observer waits beyond a declared lease.", minimum=0.0),
+        "store_timeout": Key(float, 0.15, "Connect and read timeout of one DynamoDB call.", minimum=0.01),
+        "store_attempts": Key(int, 2, "Attempts per DynamoDB call (1 = no retry).", minimum=1),
+        "ec2_timeout": Key(float, 0.6, "Connect and read timeout of one EC2 call.", minimum=0.01),
+        "ec2_reconcile_interval": Key(
+            float, 5.0, "Seconds between checks that EC2 routes match the leases.", minimum=0.1
+        ),
+        "claim_stagger": Key(
+            float, 0.35, "Extra wait per preference rank before a less preferred NAT claims.", minimum=0.0
+        ),
+        "failback_hold_down": Key(
+            float, 10.0, "Seconds the home NAT must be healthy before its routes fail back.", minimum=0.0
+        ),
+        "restart_after": Key(
+            float,
+            30.0,
+            "Seconds of heartbeat silence (and failed probes) before a peer is stopped and started.",
+            minimum=0.0,
+        ),
+        "restart_cooldown": Key(
+            float, 300.0, "Seconds after a restart before the same peer may be restarted again.", minimum=0.0
+        ),
+        "restart_max_attempts": Key(
+            int, 3, "Restarts of one peer without it becoming healthy, then give up (0 disables restarts).", minimum=0
+        ),
+        "restart_timeout": Key(float, 600.0, "Seconds to wait for a stop or start to finish.", minimum=1.0),
+        "restart_poll_interval": Key(
+            float, 2.0, "Seconds between instance-state polls during a restart.", minimum=0.05
+        ),
+    },
+    "metrics": {
+        "listen": Key(
+            str,
+            "127.0.0.1:9510",
+            "host:port of the Prometheus endpoint; empty disables it. "
+            "Use the private IP (e.g. 10.0.1.10:9510) to let Prometheus scrape it.",
+        ),
+    },
+    "log": {
+        "format": Key(str, "plain", "plain (journald-friendly lines) or json.", choices=("plain", "json")),
+        "level": Key(str, "info", "debug, info, warning or error.", choices=("debug", "info", "warning", "error")),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Member:
+    instance_id: str
+    address: str = ""
+    route_tables: tuple[str, ...] = ()
+    eni: str = ""
+    az: str = ""
+    probe_port: int = 0
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    table: str = "nat-ha"
+    endpoint_url: str = ""
+    billing: str = "PAY_PER_REQUEST"
+
+
+@dataclass(frozen=True)
+class Ec2Config:
+    endpoint_url: str = ""
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    method: str = "icmp"
+    tcp_port: int = 22
+    privileged: str = "auto"
+    interval: float = 0.2
+    timeout: float = 0.15
+    window: int = 5
+    down_after: int = 3
+
+
+@dataclass(frozen=True)
+class SelfCheckConfig:
+    ip_forward: bool = True
+    masquerade: bool = True
+    public_interface: str = ""
+    conntrack_max_ratio: float = 0.9
+    egress_targets: tuple[str, ...] = ()
+    egress_timeout: float = 1.0
+    procfs: str = "/proc"
+
+
+@dataclass(frozen=True)
+class Timing:
+    cycle_interval: float = 0.35
+    heartbeat_interval: float = 0.7
+    lease: float = 1.0
+    margin: float = 0.1
+    store_timeout: float = 0.15
+    store_attempts: int = 2
+    ec2_timeout: float = 0.6
+    ec2_reconcile_interval: float = 5.0
+    claim_stagger: float = 0.35
+    failback_hold_down: float = 10.0
+    restart_after: float = 30.0
+    restart_cooldown: float = 300.0
+    restart_max_attempts: int = 3
+    restart_timeout: float = 600.0
+    restart_poll_interval: float = 2.0
+
+    def problems(self, probe: ProbeConfig) -> list[str]:
+        """The timing rules (rule 7); each broken rule is one line naming its keys."""
+        out = []
+        if probe.timeout >= probe.interval:
+            out.append(
+                f"probe.timeout: {probe.timeout} s must be below probe.interval ({probe.interval} s): "
+                "the probe budget must fit one probe round"
+            )
+        if probe.down_after > probe.window:
+            out.append(f"probe.down_after: {probe.down_after} cannot exceed probe.window ({probe.window})")
+        if self.heartbeat_interval + 2 * self.store_timeout > self.lease + 1e-9:
+            out.append(
+                f"timing.lease: {self.lease} s must be >= heartbeat_interval + 2 x store_timeout "
+                f"({self.heartbeat_interval} + 2 x {self.store_timeout}): one late renewal must not lose the lease"
+            )
+        if self.store_attempts * self.store_timeout > self.lease - self.heartbeat_interval + 1e-9:
+            out.append(
+                f"timing.store_attempts: {self.store_attempts} x store_timeout ({self.store_timeout} s) must fit "
+                f"lease - heartbeat_interval ({self.lease - self.heartbeat_interval:.3f} s)"
+            )
+        if self.cycle_interval > self.heartbeat_interval + 1e-9:
+            out.append(
+                f"timing.cycle_interval: {self.cycle_interval} s must be <= heartbeat_interval "
+                f"({self.heartbeat_interval} s)"
+            )
+        if self.ec2_timeout >= self.lease - 2 * self.store_timeout:
+            out.append(
+                f"timing.ec2_timeout: {self.ec2_timeout} s must be below lease - 2 x store_timeout "
+                f"({self.lease - 2 * self.store_timeout:.3f} s): an EC2 call must finish inside a fresh lease"
+            )
+        if self.failback_hold_down < self.lease:
+            out.append(f"timing.failback_hold_down: {self.failback_hold_down} s must be >= lease ({self.lease} s)")
+        if self.restart_max_attempts > 0 and self.restart_after < 3 * (self.lease + self.margin):
+            out.append(
+                f"timing.restart_after: {self.restart_after} s must be >= 3 x (lease + margin) "
+                f"({3 * (self.lease + self.margin):.2f} s): restarts need stronger evidence than route moves"
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class Config:
+    group: str
+    instance_id: str = ""
+    region: str = ""
+    members_from_tags: bool = False
+    members: tuple[Member, ...] = ()
+    store: StoreConfig = field(default_factory=StoreConfig)
+    ec2: Ec2Config = field(default_factory=Ec2Config)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    self_check: SelfCheckConfig = field(default_factory=SelfCheckConfig)
+    timing: Timing = field(default_factory=Timing)
+    metrics_listen: str = "127.0.0.1:9510"
+    log_format: str = "plain"
+    log_level: str = "info"
+
+    def member(self, instance_id: str) -> Member | None:
+        return next((m for m in self.members if m.instance_id == instance_id), None)
+
+    def home_of(self, route_table: str) -> str:
+        return next((m.instance_id for m in self.members if route_table in m.route_tables), "")
+
+    def route_tables(self) -> list[str]:
+        return [rt for m in self.members for rt in m.route_tables]
+
+
+# ------------------------------------------------------------------ parsing
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", bool: "true or false", int: "a whole number", float: "a number", list: "a list"}
+    if isinstance(kind, tuple):
+        return " or ".join(names.get(k, k.__name__) for k in kind)
+    return names.get(kind, kind.__name__)
+
+
+def _check_value(path: str, key: Key, value: Any, problems: list[str]) -> Any:
+    kind = key.kind
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if (kind is int and isinstance(value, bool)) or (kind is float and isinstance(value, bool)):
+        problems.append(f"{path}: must be {_type_name(kind)}, got {value!r}")
+        return key.default
+    if not isinstance(value, kind):
+        problems.append(f"{path}: must be {_type_name(kind)}, got {type(value).__name__} {value!r}")
+        return key.default
+    if key.choices and value not in key.choices:
+        problems.append(f"{path}: must be one of {', '.join(key.choices)}, got {value!r}")
+        return key.default
+    if key.minimum is not None and isinstance(value, (int, float)) and value < key.minimum:
+        problems.append(f"{path}: must be >= {key.minimum}, got {value!r}")
+        return key.default
+    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+        problems.append(f"{path}: must be a list of strings")
+        return key.default
+    return value
+
+
+def _section(path: str, raw: Any, schema: dict[str, Key], problems: list[str]) -> dict[str, Any]:
+    """Validate one table of keys; unknown keys are problems (with a suggestion)."""
+    if not isinstance(raw, dict):
+        problems.append(f"{path or 'config'}: must be a table, got {type(raw).__name__}")
+        raw = {}
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        full = f"{path}.{name}" if path else name
+        if name not in schema:
+            if not path and name in SCHEMA:
+                continue  # a section, handled by the caller
+            close = difflib.get_close_matches(name, list(schema) + ([*SCHEMA] if not path else []), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"{full}: unknown key{hint}")
+            continue
+        out[name] = _check_value(full, schema[name], value, problems)
+    for name, key in schema.items():
+        if name not in out:
+            if key.default is None:
+                full = f"{path}.{name}" if path else name
+                if name not in raw:
+                    problems.append(f"{full}: required")
+                out[name] = ""
+            else:
+                out[name] = key.default
+    return out
+
+
+def _member(index: int, raw: Any, problems: list[str], from_tags: bool) -> Member:
+    path = f"members[{index}]"
+    values = _section(path, raw, SCHEMA["members"], problems)
+    iid = values["instance_id"]
+    if iid and not INSTANCE_RE.match(iid):
+        problems.append(f"{path}.instance_id: {iid!r} is not an instance id (i-...)")
+    addr = values["address"]
+    if addr:
+        try:
+            ipaddress.ip_address(addr)
+        except ValueError:
+            problems.append(f"{path}.address: {addr!r} is not an IP address")
+    elif not from_tags:
+        problems.append(f"{path}.address: required")
+    for rt in values["route_tables"]:
+        if not RTB_RE.match(rt):
+            problems.append(f"{path}.route_tables: {rt!r} is not a route table id (rtb-...)")
+    if values["eni"] and not ENI_RE.match(values["eni"]):
+        problems.append(f"{path}.eni: {values['eni']!r} is not a network interface id (eni-...)")
+    return Member(
+        instance_id=iid,
+        address=addr,
+        route_tables=tuple(values["route_tables"]),
+        eni=values["eni"],
+        az=values["az"],
+        probe_port=values["probe_port"],
+    )
+
+
+def _listen_problem(value: str) -> str | None:
+    if not value:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"metrics.listen: {value!r} must be host:port, e.g. 127.0.0.1:9510"
+    return None
+
+
+def parse(raw: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from parsed TOML; raises :class:`ConfigError` with every problem."""
+    problems: list[str] = []
+    top = _section("", raw, SCHEMA[""], problems)
+    if top["group"] and not GROUP_RE.match(top["group"]):
+        problems.append("group: use 1-64 letters, digits and _.:- only")
+    if top["instance_id"] and not INSTANCE_RE.match(top["instance_id"]):
+        problems.append(f"instance_id: {top['instance_id']!r} is not an instance id (i-...)")
+    sections = {
+        name: _section(name, raw.get(name, {}), SCHEMA[name], problems)
+        for name in SCHEMA
+        if name not in ("", "members")
+    }
+    raw_members = raw.get("members", [])
+    if not isinstance(raw_members, list):
+        problems.append("members: must be an array of tables ([[members]])")
+        raw_members = []
+    members = tuple(_member(i, m, problems, top["members_from_tags"]) for i, m in enumerate(raw_members))
+    if top["members_from_tags"] and members:
+        problems.append("members: give [[members]] or members_from_tags = true, not both")
+    if not top["members_from_tags"]:
+        if len(members) < 2:
+            problems.append("members: a group needs at least two members (or members_from_tags = true)")
+        seen: dict[str, str] = {}
+        ids = [m.instance_id for m in members]
+        for iid in {i for i in ids if ids.count(i) > 1}:
+            problems.append(f"members: instance {iid} is listed twice")
+        for m in members:
+            for rt in m.route_tables:
+                if rt in seen and seen[rt] != m.instance_id:
+                    problems.append(f"members: route table {rt} has two homes ({seen[rt]} and {m.instance_id})")
+                seen[rt] = m.instance_id
+        if top["instance_id"] and members and top["instance_id"] not in ids:
+            problems.append(f"instance_id: {top['instance_id']} is not one of the members")
+    probe = ProbeConfig(**sections["probe"])
+    sc = dict(sections["self_check"])
+    sc["egress_targets"] = tuple(sc["egress_targets"])
+    for target in sc["egress_targets"]:
+        host, sep, port = target.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            problems.append(f"self_check.egress_targets: {target!r} must be host:port")
+    timing = Timing(**sections["timing"])
+    problems.extend(timing.problems(probe))
+    listen_problem = _listen_problem(sections["metrics"]["listen"])
+    if listen_problem:
+        problems.append(listen_problem)
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        group=top["group"],
+        instance_id=top["instance_id"],
+        region=top["region"],
+        members_from_tags=top["members_from_tags"],
+        members=members,
+        store=StoreConfig(**sections["store"]),
+        ec2=Ec2Config(**sections["ec2"]),
+        probe=probe,
+        self_check=SelfCheckConfig(**sc),
+        timing=timing,
+        metrics_listen=sections["metrics"]["listen"],
+        log_format=sections["log"]["format"],
+        log_level=sections["log"]["level"],
+    )
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file; every failure is a :class:`ConfigError`."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{p}: no such file (write one, see `nat-ha check-config --reference`)"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{p}: is a directory, expected a TOML file"]) from None
+    except PermissionError:
+        raise ConfigError([f"{p}: permission denied"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{p}: cannot read: {exc}"]) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{p}: not valid TOML: {exc}"]) from None
+    return parse(raw)
+
+
+def with_discovered(
+    config: Config, *, instance_id: str = "", region: str = "", members: tuple[Member, ...] | None = None
+) -> Config:
+    """A copy with values filled in from IMDS or EC2 tags."""
+    return dataclasses.replace(
+        config,
+        instance_id=config.instance_id or instance_id,
+        region=config.region or region,
+        members=members if members is not None else config.members,
+    )
+
+
+# ------------------------------------------------------------------ output
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def effective_toml(config: Config) -> str:
+    """The configuration as the agent will use it, defaults included."""
+    lines = [
+        f"group = {_toml_value(config.group)}",
+        f"instance_id = {_toml_value(config.instance_id)}",
+        f"region = {_toml_value(config.region)}",
+        f"members_from_tags = {_toml_value(config.members_from_tags)}",
+    ]
+    sections: list[tuple[str, Any]] = [
+        ("store", config.store),
+        ("ec2", config.ec2),
+        ("probe", config.probe),
+        ("self_check", config.self_check),
+        ("timing", config.timing),
+    ]
+    for name, obj in sections:
+        lines.append(f"\n[{name}]")
+        for f in dataclasses.fields(obj):
+            lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+    lines += ["\n[metrics]", f"listen = {_toml_value(config.metrics_listen)}"]
+    lines += ["\n[log]", f"format = {_toml_value(config.log_format)}", f"level = {_toml_value(config.log_level)}"]
+    for m in config.members:
+        lines.append("\n[[members]]")
+        for f in dataclasses.fields(m):
+            lines.append(f"{f.name} = {_toml_value(getattr(m, f.name))}")
+    return "\n".join(lines) + "\n"
+
+
+def reference_markdown() -> str:
+    """The key-by-key reference (the README's configuration section is this text)."""
+    out = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for section, keys in SCHEMA.items():
+        for name, key in keys.items():
+            full = name if not section else (f"[[members]].{name}" if section == "members" else f"{section}.{name}")
+            default = "required" if key.default is None else f"`{_toml_value(key.default)}`"
+            kind = _type_name(key.kind)
+            if key.choices:
+                kind = " \\| ".join(key.choices)
+            out.append(f"| `{full}` | {kind} | {default} | {key.doc} |")
+    return "\n".join(out) + "\n"
