@@ -20,6 +20,7 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.models import Model
 
 from coordinator.errors import StoreConfigError
+from coordinator.instrument import CallObserver, instrument_client
 from coordinator.items import Attrs
 from coordinator.store import ConditionFailed, Expect, OutcomeUnknown, Unavailable
 
@@ -106,10 +107,12 @@ def _plain(value: Any) -> Any:
 class DynamoStore:
     """The :class:`~coordinator.store.Store` on a DynamoDB table."""
 
-    def __init__(self, settings: DynamoSettings) -> None:
+    def __init__(self, settings: DynamoSettings, on_call: CallObserver | None = None) -> None:
         self.settings = settings
         self.model = make_model(settings)
         self._deserializer = TypeDeserializer()
+        # One connection per store, instrumented once (timing, errors, call recording).
+        instrument_client(self.model._get_connection().connection.client, on_call)
 
     # ------------------------------------------------------------------ reads
     def _rows(self, raw_items: list[dict[str, Any]]) -> list[Attrs]:
@@ -212,6 +215,7 @@ def init_table(
         max_attempts=3,
     )
     model = make_model(admin)
+    instrument_client(model._get_connection().connection.client)
     done: list[str] = []
     try:
         if model.exists():

@@ -1,0 +1,193 @@
+"""Prometheus metrics of one agent (base units, ``_total`` counters, pre-created labels).
+
+Every series a dashboard panel or alert uses is created at start-up for every peer
+and route table, so a panel never shows "no data" because nothing happened yet.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    gc_collector,
+    platform_collector,
+    process_collector,
+    start_http_server,
+)
+
+FAILOVER_KINDS = ("takeover", "failback", "switchover", "drain")
+FAILOVER_REASONS = ("peer_dead", "self_unhealthy", "home_healthy", "operator", "shutdown", "orphaned")
+RESTART_RESULTS = ("stopped", "started", "failed", "gave_up")
+RENEWAL_RESULTS = ("success", "conflict", "error")
+SELF_CHECKS = ("ip_forward", "masquerade", "conntrack", "egress")
+DECISIONS = (
+    "holding", "standby", "took_over", "failed_back", "handed_over", "waiting", "restarting_peer",
+    "draining", "no_session", "store_unavailable", "unhealthy",
+)  # fmt: skip
+
+RTT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+FAILOVER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
+RECOVERY_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+AWS_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+CYCLE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Metrics:
+    """All of an agent's metrics in one registry (a fresh one per agent or test)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        if process:
+            process_collector.ProcessCollector(registry=r)
+            platform_collector.PlatformCollector(registry=r)
+            gc_collector.GCCollector(registry=r)
+        ns = "nat_ha"
+        self.build_info = Gauge(
+            f"{ns}_build_info", "Agent build: 1 per running agent", ["version", "group", "instance"], registry=r
+        )
+        self.up = Gauge(f"{ns}_agent_up", "1 while the agent's HA cycle runs", registry=r)
+        self.healthy = Gauge(f"{ns}_healthy", "1 when every self check of this NAT passes", registry=r)
+        self.self_check = Gauge(
+            f"{ns}_self_check_ok", "1 when the self check passes (egress: 1 if none set)", ["check"], registry=r
+        )
+        self.probes_sent = Counter(f"{ns}_probes_sent", "Probes sent to a peer", ["peer"], registry=r)
+        self.probes_lost = Counter(f"{ns}_probes_lost", "Probes to a peer without a reply", ["peer"], registry=r)
+        self.probe_rtt = Histogram(
+            f"{ns}_probe_rtt_seconds", "Round-trip time of answered probes", ["peer"], buckets=RTT_BUCKETS, registry=r
+        )
+        self.peer_up = Gauge(f"{ns}_peer_up", "1 when the peer answers probes (K-of-N window)", ["peer"], registry=r)
+        self.peer_alive = Gauge(
+            f"{ns}_peer_session_alive", "1 when the peer's heartbeat is fresh", ["peer"], registry=r
+        )
+        self.peer_heartbeat_age = Gauge(
+            f"{ns}_peer_heartbeat_age_seconds",
+            "Seconds the peer's heartbeat has not changed, on this agent's clock",
+            ["peer"],
+            registry=r,
+        )
+        self.peer_healthy = Gauge(f"{ns}_peer_healthy", "1 when the peer reports itself healthy", ["peer"], registry=r)
+        self.session_valid = Gauge(
+            f"{ns}_session_valid", "1 while this agent's own session (lease) is valid", registry=r
+        )
+        self.session_remaining = Gauge(
+            f"{ns}_session_remaining_seconds", "Seconds left on this agent's session", registry=r
+        )
+        self.route_tables_owned = Gauge(f"{ns}_route_tables_owned", "Route tables this agent holds", registry=r)
+        self.route_owned = Gauge(
+            f"{ns}_route_table_owned", "1 when this agent holds the route table's lease", ["route_table"], registry=r
+        )
+        self.route_term = Gauge(
+            f"{ns}_route_table_term", "Term of the route table's lease as last read", ["route_table"], registry=r
+        )
+        self.route_owner = Gauge(
+            f"{ns}_route_table_owner_info",
+            "1 for the decided owner of the route table",
+            ["route_table", "owner"],
+            registry=r,
+        )
+        self.route_has_owner = Gauge(
+            f"{ns}_route_table_has_live_owner",
+            "1 when the route table's owner has a live session",
+            ["route_table"],
+            registry=r,
+        )
+        self.route_ec2_matches = Gauge(
+            f"{ns}_route_table_ec2_matches",
+            "1 when EC2 routes 0.0.0.0/0 to the decided owner (exported by the holder)",
+            ["route_table"],
+            registry=r,
+        )
+        self.route_ec2_target = Gauge(
+            f"{ns}_route_table_ec2_target_info",
+            "1 for the target EC2 reports for the route table (exported by the holder)",
+            ["route_table", "target"],
+            registry=r,
+        )
+        self.failovers = Counter(
+            f"{ns}_failovers", "Route table moves made by this agent", ["route_table", "kind", "reason"], registry=r
+        )
+        self.failover_duration = Histogram(
+            f"{ns}_failover_duration_seconds",
+            "From detection (or request) to route verified in EC2",
+            ["kind"],
+            buckets=FAILOVER_BUCKETS,
+            registry=r,
+        )
+        self.recovery_duration = Histogram(
+            f"{ns}_recovery_duration_seconds",
+            "From a peer judged dead to that peer healthy again",
+            buckets=RECOVERY_BUCKETS,
+            registry=r,
+        )
+        self.peer_restarts = Counter(
+            f"{ns}_peer_restarts", "Peer stop/start steps by result", ["peer", "result"], registry=r
+        )
+        self.renewals = Counter(
+            f"{ns}_lease_renewals", "Session renewals (heartbeats) by result", ["result"], registry=r
+        )
+        self.aws_duration = Histogram(
+            f"{ns}_aws_request_duration_seconds",
+            "AWS API call duration",
+            ["service", "operation"],
+            buckets=AWS_BUCKETS,
+            registry=r,
+        )
+        self.aws_errors = Counter(f"{ns}_aws_errors", "AWS API calls that failed", ["service", "operation"], registry=r)
+        self.decision = Gauge(f"{ns}_decision", "1 for the kind of the current decision", ["decision"], registry=r)
+        self.decision_changes = Counter(f"{ns}_decision_changes", "Times the decision line changed", registry=r)
+        self.cycle_duration = Histogram(
+            f"{ns}_cycle_duration_seconds", "Duration of one HA cycle", buckets=CYCLE_BUCKETS, registry=r
+        )
+        self.last_cycle = Gauge(
+            f"{ns}_last_cycle_timestamp_seconds", "Unix time of the last finished cycle", registry=r
+        )
+        self.bad_items = Gauge(f"{ns}_bad_items", "Items in the group the agent cannot use", registry=r)
+
+    def prepare(self, version: str, group: str, me: str, peers: list[str], route_tables: list[str]) -> None:
+        """Create every labelled series up front (no missing metrics)."""
+        self.build_info.labels(version, group, me).set(1)
+        for check in SELF_CHECKS:
+            self.self_check.labels(check)
+        for peer in peers:
+            self.probes_sent.labels(peer)
+            self.probes_lost.labels(peer)
+            self.probe_rtt.labels(peer)
+            self.peer_up.labels(peer)
+            self.peer_alive.labels(peer)
+            self.peer_heartbeat_age.labels(peer)
+            self.peer_healthy.labels(peer)
+            for result in RESTART_RESULTS:
+                self.peer_restarts.labels(peer, result)
+        for rt in route_tables:
+            self.route_owned.labels(rt)
+            self.route_term.labels(rt)
+            self.route_has_owner.labels(rt)
+            self.route_ec2_matches.labels(rt)
+            for kind in FAILOVER_KINDS:
+                self.failovers.labels(
+                    rt,
+                    kind,
+                    "peer_dead"
+                    if kind == "takeover"
+                    else {"failback": "home_healthy", "switchover": "operator", "drain": "shutdown"}[kind],
+                )
+        for kind in FAILOVER_KINDS:
+            self.failover_duration.labels(kind)
+        for result in RENEWAL_RESULTS:
+            self.renewals.labels(result)
+        for d in DECISIONS:
+            self.decision.labels(d).set(0)
+
+    def set_decision(self, kind: str) -> None:
+        for d in DECISIONS:
+            self.decision.labels(d).set(1 if d == kind else 0)
+
+    def serve(self, listen: str) -> object | None:
+        """Start the HTTP endpoint on ``host:port`` (returns the server, or None if disabled)."""
+        if not listen:
+            return None
+        host, _, port = listen.rpartition(":")
+        server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        return server

@@ -1,0 +1,65 @@
+"""One botocore hook for every AWS client nat-ha makes (DynamoDB via pynamodb, EC2).
+
+It times each call and reports failures to a callback (metrics), and, when
+``NAT_HA_RECORD_AWS_CALLS`` names a file, appends one JSON line per call with the
+action and the resources it touched; the IAM policy test reads those lines to
+prove the policy allows every call the agent makes and nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+RECORD_ENV = "NAT_HA_RECORD_AWS_CALLS"
+# Parameters that name the resource a call acts on (what IAM scopes by).
+_RESOURCE_PARAMS = ("TableName", "RouteTableId", "RouteTableIds", "InstanceIds", "InstanceId", "NetworkInterfaceId")
+
+# on_call(service, operation, seconds, error_code_or_None)
+CallObserver = Callable[[str, str, float, "str | None"], None]
+_write_lock = threading.Lock()
+
+
+def _record(service: str, operation: str, params: dict[str, Any]) -> None:
+    path = os.environ.get(RECORD_ENV)
+    if not path:
+        return
+    resources = {k: params[k] for k in _RESOURCE_PARAMS if k in params}
+    line = json.dumps({"service": service, "action": operation, "resources": resources}, sort_keys=True)
+    with _write_lock, open(path, "a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+
+
+def instrument_client(client: Any, on_call: CallObserver | None = None) -> Any:
+    """Register timing/recording hooks on a botocore client; returns the client."""
+    service = client.meta.service_model.service_name
+    events = client.meta.events
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        _record(service, model.name, params)
+
+    def before(model: Any, context: dict[str, Any], **_: Any) -> None:
+        context["nat_ha_t0"] = time.monotonic()
+
+    def after(http_response: Any, parsed: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
+        if on_call is None:
+            return
+        err = parsed.get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+        status = getattr(http_response, "status_code", 200)
+        code = err or (str(status) if status >= 400 else None)
+        on_call(service, model.name, time.monotonic() - context.get("nat_ha_t0", time.monotonic()), code)
+
+    def after_error(exception: Exception, model: Any, context: dict[str, Any], **_: Any) -> None:
+        if on_call is not None:
+            t0 = context.get("nat_ha_t0", time.monotonic())
+            on_call(service, model.name, time.monotonic() - t0, type(exception).__name__)
+
+    events.register(f"before-parameter-build.{service}", record, unique_id=f"nat-ha-record-{id(client)}")
+    events.register(f"before-call.{service}", before, unique_id=f"nat-ha-before-{id(client)}")
+    events.register(f"after-call.{service}", after, unique_id=f"nat-ha-after-{id(client)}")
+    events.register(f"after-call-error.{service}", after_error, unique_id=f"nat-ha-error-{id(client)}")
+    return client
