@@ -44,8 +44,10 @@ class Metrics:
             platform_collector.PlatformCollector(registry=r)
             gc_collector.GCCollector(registry=r)
         ns = "nat_ha"
+        # "instance_id", not "instance": Prometheus owns the "instance" target label and would
+        # rename a scraped one to "exported_instance".
         self.build_info = Gauge(
-            f"{ns}_build_info", "Agent build: 1 per running agent", ["version", "group", "instance"], registry=r
+            f"{ns}_build_info", "Agent build: 1 per running agent", ["version", "group", "instance_id"], registry=r
         )
         self.up = Gauge(f"{ns}_agent_up", "1 while the agent's HA cycle runs", registry=r)
         self.healthy = Gauge(f"{ns}_healthy", "1 when every self check of this NAT passes", registry=r)
