@@ -1,0 +1,223 @@
+"""Pure helpers about a NAT host's kernel state, shared by ``setup-nat`` and the self check.
+
+Nothing here runs a command or needs a capability: callers pass in the text they
+read (``iptables-save``, ``nft list ruleset``, ``/proc/net/route``, a persisted
+file) and get an answer. ``nat-ha setup-nat`` creates exactly the rules that
+:func:`masquerade_present` recognises, and persists them where
+:func:`persisted_masquerade_interfaces` finds them, so the agent's self check can
+also trust the persisted state when it runs without ``CAP_NET_ADMIN`` (it cannot
+list rules then; ``/proc/sys`` stays readable).
+
+Layout of what ``setup-nat`` writes (relative to ``root``, ``/`` on a real host):
+
+* ``etc/sysctl.d/90-nat-ha.conf`` - :data:`SYSCTLS`, applied by systemd-sysctl at boot.
+* nftables backend: ``etc/nat-ha/nat-ha.nft`` - table ``ip nat_ha`` (:func:`nft_ruleset`),
+  loadable any number of times with ``nft -f``; an ``include`` of it is appended to
+  ``etc/nftables.conf`` or ``etc/sysconfig/nftables.conf`` when that file exists.
+* iptables backend: ``etc/nat-ha/iptables-nat.rules`` - the rule in ``iptables-save``
+  syntax (:func:`iptables_rules`); ``nat-ha-setup.service`` re-applies it at boot.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+#: The kernel settings a NAT instance needs (key -> value), as in AWS's NAT AMI.
+SYSCTLS: dict[str, str] = {
+    "net.ipv4.ip_forward": "1",
+    "net.ipv4.conf.all.send_redirects": "0",
+    "net.ipv4.conf.default.send_redirects": "0",
+}
+
+COMMENT = "nat-ha"
+NFT_FAMILY = "ip"
+NFT_TABLE = "nat_ha"
+SYSCTL_FILE = "etc/sysctl.d/90-nat-ha.conf"
+NFT_FILE = "etc/nat-ha/nat-ha.nft"
+IPTABLES_FILE = "etc/nat-ha/iptables-nat.rules"
+#: nftables main config files (Debian, then RHEL/Amazon Linux); an include is added to the first that exists.
+NFTABLES_CONFS = ("etc/nftables.conf", "etc/sysconfig/nftables.conf")
+
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+
+
+def valid_interface_name(name: str) -> bool:
+    """True if ``name`` can be a Linux interface name (1-15 safe characters, no '/' or spaces)."""
+    return bool(_IFNAME_RE.match(name)) and name not in (".", "..")
+
+
+def sysctl_path(key: str, procfs: str = "/proc") -> Path:
+    """``net.ipv4.ip_forward`` -> ``/proc/sys/net/ipv4/ip_forward``."""
+    return Path(procfs) / "sys" / key.replace(".", "/")
+
+
+def sysctl_conf_text() -> str:
+    """Content of the persisted sysctl.d file."""
+    lines = ["# Written by nat-ha setup-nat: this host forwards and masquerades for its VPC."]
+    lines += [f"{k} = {v}" for k, v in SYSCTLS.items()]
+    return "\n".join(lines) + "\n"
+
+
+def default_route_interface(proc_net_route: str) -> str | None:
+    """The interface of the IPv4 default route, from the text of ``/proc/net/route``.
+
+    With several default routes the one with the lowest metric wins; ``None`` when there is none.
+    """
+    best: tuple[int, str] | None = None
+    for line in proc_net_route.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        iface, dest, mask = fields[0], fields[1], fields[7]
+        try:
+            flags, metric = int(fields[3], 16), int(fields[6])
+        except ValueError:
+            continue
+        is_default = dest == "00000000" and mask == "00000000" and flags & 0x1  # RTF_UP
+        if is_default and (best is None or metric < best[0]):
+            best = (metric, iface)
+    return best[1] if best else None
+
+
+def iptables_masquerade_interfaces(iptables_save_text: str) -> list[str]:
+    """Output interfaces of the MASQUERADE rules in the ``*nat`` table of ``iptables-save`` text.
+
+    A rule without ``-o`` is returned as ``""`` (it masquerades on every interface); rules with a
+    negated ``! -o`` are ignored.
+    """
+    out: list[str] = []
+    table = ""
+    for line in iptables_save_text.splitlines():
+        line = line.strip()
+        if line.startswith("*"):
+            table = line[1:]
+            continue
+        if table != "nat" or not line.startswith("-A "):
+            continue
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            continue
+        if "-j" not in words or words[words.index("-j") + 1 :][:1] != ["MASQUERADE"]:
+            continue
+        iface, negated = "", False
+        for i, w in enumerate(words):
+            if w in ("-o", "--out-interface") and i + 1 < len(words):
+                negated = negated or (i > 0 and words[i - 1] == "!")
+                iface = words[i + 1]
+        if not negated:
+            out.append(iface)
+    return out
+
+
+_NFT_OIF_RE = re.compile(r'\boif(?:name)?\s+(!=\s*)?"?([^"\s]+)"?')
+
+
+def nft_masquerade_interfaces(nft_ruleset_text: str) -> list[str]:
+    """Output interfaces of masquerade rules in ``nft list ruleset`` text (ip and inet tables).
+
+    Rules made by iptables-nft appear here too (``... masquerade`` or ``xt target "MASQUERADE"``).
+    A rule without an ``oifname``/``oif`` match is returned as ``""``; negated matches are ignored.
+    """
+    out: list[str] = []
+    family = ""
+    for raw in nft_ruleset_text.splitlines():
+        line = raw.strip()
+        m = re.match(r"table\s+(\w+)\s+\S+", line)
+        if m:
+            family = m.group(1)
+            continue
+        if family not in ("ip", "inet"):
+            continue
+        code = line.split("#", 1)[0]
+        if not re.search(r'\bmasquerade\b|xt target "?MASQUERADE"?', code, re.IGNORECASE):
+            continue
+        oif = _NFT_OIF_RE.search(code)
+        if oif is None:
+            out.append("")
+        elif not oif.group(1):
+            out.append(oif.group(2))
+    return out
+
+
+def _matches(found: list[str], interface: str) -> bool:
+    if not interface:
+        return bool(found)
+    return any(f in ("", interface) or (f.endswith("+") and interface.startswith(f[:-1])) for f in found)
+
+
+def masquerade_present(iptables_save_text: str, nft_ruleset_text: str, interface: str = "") -> bool:
+    """True if either rule listing has a masquerade rule covering ``interface`` (empty: any interface).
+
+    Give ``""`` for a listing you could not read. iptables wildcards (``eth+``) are understood.
+    """
+    found = iptables_masquerade_interfaces(iptables_save_text) + nft_masquerade_interfaces(nft_ruleset_text)
+    return _matches(found, interface)
+
+
+def masquerade_count(iptables_save_text: str, nft_ruleset_text: str, interface: str) -> int:
+    """How many listed masquerade rules name exactly ``interface`` (to prove setup-nat adds no duplicates).
+
+    Note: with iptables-nft a rule shows in both listings; pass one of them.
+    """
+    found = iptables_masquerade_interfaces(iptables_save_text) + nft_masquerade_interfaces(nft_ruleset_text)
+    return sum(1 for f in found if f == interface)
+
+
+def nft_ruleset(interface: str) -> str:
+    """The nftables file setup-nat loads and persists: replaces table ``ip nat_ha`` atomically.
+
+    The leading ``table``/``delete table`` pair makes it idempotent (``nft -f`` runs it as one
+    transaction; works on nft 0.9+ which lacks ``destroy``).
+    """
+    return (
+        "# Written by nat-ha setup-nat. Load with: nft -f this-file (idempotent).\n"
+        f"table {NFT_FAMILY} {NFT_TABLE}\n"
+        f"delete table {NFT_FAMILY} {NFT_TABLE}\n"
+        f"table {NFT_FAMILY} {NFT_TABLE} {{\n"
+        "\tchain postrouting {\n"
+        "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+        f'\t\toifname "{interface}" masquerade comment "{COMMENT}"\n'
+        "\t}\n"
+        "}\n"
+    )
+
+
+def iptables_rule_args(interface: str) -> list[str]:
+    """The rule specification (after ``-t nat -A POSTROUTING``) setup-nat adds with iptables."""
+    return ["-o", interface, "-m", "comment", "--comment", COMMENT, "-j", "MASQUERADE"]
+
+
+def iptables_rules(interface: str) -> str:
+    """The persisted iptables rule, in ``iptables-save`` syntax (for inspection and the self check)."""
+    return (
+        "# Written by nat-ha setup-nat; nat-ha-setup.service re-applies it at boot (`nat-ha setup-nat`,\n"
+        "# which adds it only when missing). Do not `iptables-restore` this without --noflush.\n"
+        "*nat\n"
+        f"-A POSTROUTING {' '.join(iptables_rule_args(interface))}\n"
+        "COMMIT\n"
+    )
+
+
+def nft_include_line(root_relative_file: str = NFT_FILE) -> str:
+    """The line appended to the distribution's nftables.conf."""
+    return f'include "/{root_relative_file}"'
+
+
+def persisted_masquerade_interfaces(root: str | Path = "/") -> list[str]:
+    """Interfaces named by the masquerade rules setup-nat persisted under ``root`` (no capability needed)."""
+    base = Path(root)
+    found: list[str] = []
+    for rel, parse in ((NFT_FILE, nft_masquerade_interfaces), (IPTABLES_FILE, iptables_masquerade_interfaces)):
+        try:
+            found += parse((base / rel).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            continue
+    return found
+
+
+def persisted_masquerade_present(root: str | Path = "/", interface: str = "") -> bool:
+    """True if setup-nat persisted a masquerade rule covering ``interface`` (empty: any) under ``root``."""
+    return _matches(persisted_masquerade_interfaces(root), interface)
