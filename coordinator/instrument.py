@@ -53,10 +53,13 @@ def instrument_client(client: Any, on_call: CallObserver | None = None) -> Any:
         code = err or (str(status) if status >= 400 else None)
         on_call(service, model.name, time.monotonic() - context.get("nat_ha_t0", time.monotonic()), code)
 
-    def after_error(exception: Exception, model: Any, context: dict[str, Any], **_: Any) -> None:
+    def after_error(exception: Exception, context: dict[str, Any], event_name: str = "", **_: Any) -> None:
+        # botocore emits after-call-error with exception and context only (no model):
+        # the operation is the last part of the event name.
         if on_call is not None:
             t0 = context.get("nat_ha_t0", time.monotonic())
-            on_call(service, model.name, time.monotonic() - t0, type(exception).__name__)
+            operation = event_name.rsplit(".", 1)[-1] if event_name else "unknown"
+            on_call(service, operation, time.monotonic() - t0, type(exception).__name__)
 
     events.register(f"before-parameter-build.{service}", record, unique_id=f"nat-ha-record-{id(client)}")
     events.register(f"before-call.{service}", before, unique_id=f"nat-ha-before-{id(client)}")
