@@ -65,9 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(cmd: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(
-            cmd, input=stdin, capture_output=True, text=True, timeout=_CMD_TIMEOUT_S, check=False
-        )
+        return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=_CMD_TIMEOUT_S, check=False)
     except FileNotFoundError:
         raise ApplyError(f"{cmd[0]}: not installed") from None
     except subprocess.TimeoutExpired:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +29,30 @@ def dynalite_endpoint() -> Iterator[str]:
         pytest.skip("dynalite needs node (>= 20) on PATH; apt-get install nodejs npm")
     with servers.dynalite_server() as url:
         yield url
+
+
+# ----------------------------------------------------------------- IAM call recording
+# Every AWS call any test makes (in this process or in agents it starts) is appended to one
+# file; tests/unit/test_iam_policy.py (marked iam_last, moved to the end) checks all of them
+# against deploy/iam/nat-ha-policy.json.
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "iam_last: run after every other test (reads the session's AWS call record)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("iam_last") is not None)  # stable: others keep order
+
+
+@pytest.fixture(scope="session", autouse=True)
+def aws_call_record(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Path of the JSON-lines record of AWS calls (env NAT_HA_RECORD_AWS_CALLS, inherited by subprocesses)."""
+    from coordinator.instrument import RECORD_ENV
+
+    previous = os.environ.get(RECORD_ENV)
+    path = Path(previous) if previous else tmp_path_factory.getbasetemp() / "aws-calls.jsonl"
+    os.environ[RECORD_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop(RECORD_ENV, None)
