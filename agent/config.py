@@ -86,7 +86,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "probe": {
         "method": Key(
-            str, "icmp", "How peers are probed: icmp (icmplib) or tcp (connect + echo).", choices=("icmp", "tcp")
+            str,
+            "icmp",
+            "How peers are probed: icmp (icmplib), tcp (connect to tcp_port) or tcp-echo (connect, send a line, "
+            "expect it back: the demo, where each agent answers for its NAT).",
+            choices=("icmp", "tcp", "tcp-echo"),
+        ),
+        "answer_port": Key(
+            int, 0, "Serve a tcp-echo responder on this port of our own address (0: off; the demo).", minimum=0
         ),
         "tcp_port": Key(int, 22, "Port for tcp probes.", minimum=1),
         "privileged": Key(
@@ -107,6 +114,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "conntrack_max_ratio": Key(float, 0.9, "Unhealthy when conntrack count / max exceeds this.", minimum=0.0),
         "egress_targets": Key(list, [], "Optional host:port targets that must answer a TCP connect via this NAT."),
         "egress_timeout": Key(float, 1.0, "Seconds per egress probe.", minimum=0.01),
+        "forwarding": Key(
+            bool,
+            True,
+            "Require that the firewall does not drop forwarded packets (FORWARD policy or an unconditional DROP rule).",
+        ),
+        "rules_interval": Key(
+            float,
+            2.0,
+            "Seconds between reads of the firewall rules and egress probes "
+            "(ip_forward and conntrack are read every cycle).",
+            minimum=0.1,
+        ),
         "procfs": Key(str, "/proc", "Where /proc is (tests)."),
     },
     "timing": {
@@ -187,6 +206,7 @@ class Ec2Config:
 @dataclass(frozen=True)
 class ProbeConfig:
     method: str = "icmp"
+    answer_port: int = 0
     tcp_port: int = 22
     privileged: str = "auto"
     interval: float = 0.2
@@ -203,6 +223,8 @@ class SelfCheckConfig:
     conntrack_max_ratio: float = 0.9
     egress_targets: tuple[str, ...] = ()
     egress_timeout: float = 1.0
+    forwarding: bool = True
+    rules_interval: float = 2.0
     procfs: str = "/proc"
 
 

@@ -8,6 +8,10 @@ One table holds every group. Partition key ``group``, sort key ``item``:
 * ``route#<route-table>`` - which member serves a route table, in which term,
   under which of its sessions.
 * ``restart#<instance>`` - the restart lease on a peer instance (stop/start).
+* ``drain#<instance>`` - an operator asked this member to hand its route tables
+  over and take none (``nat-ha drain``); ``active`` false once undone.
+* ``pin#<route-table>`` - an operator asked that this route table be served by a
+  given member while it is healthy (``nat-ha switchover``); empty ``owner`` = none.
 
 Parsing never raises on odd content: an item that cannot be used becomes a
 :class:`BadItemReport`, so one hand-edited item cannot crash an agent.
@@ -22,6 +26,8 @@ from typing import Any
 MEMBER_PREFIX = "member#"
 ROUTE_PREFIX = "route#"
 RESTART_PREFIX = "restart#"
+DRAIN_PREFIX = "drain#"
+PIN_PREFIX = "pin#"
 
 MEMBER_ALIVE = "alive"
 MEMBER_EXPIRED = "expired"
@@ -85,6 +91,7 @@ class MemberItem:
     address: str = ""
     draining: bool = False
     expired_by: str = ""
+    updated_at: float = 0.0  # wall clock of the writer: shown to humans, never used to judge expiry
 
     @property
     def key(self) -> str:
@@ -128,6 +135,17 @@ class RestartItem:
 
 
 @dataclass(frozen=True)
+class RequestItem:
+    """An operator's standing request: a drain of a member, or a pin of a route table."""
+
+    key: str
+    target: str  # drained instance, or pinned route table
+    value: str  # "" (drain off / no pin), "on" for a drain, the instance for a pin
+    version: int
+    token: str
+
+
+@dataclass(frozen=True)
 class BadItemReport:
     key: str
     problem: str
@@ -142,6 +160,15 @@ class GroupSnapshot:
     routes: dict[str, RouteItem]
     restarts: dict[str, RestartItem]
     bad_items: tuple[BadItemReport, ...] = ()
+    requests: dict[str, RequestItem] = field(default_factory=dict)  # by key
+
+    def draining(self, instance: str) -> bool:
+        r = self.requests.get(DRAIN_PREFIX + instance)
+        return r is not None and r.value == "on"
+
+    def pins(self) -> dict[str, str]:
+        """Route table -> member an operator pinned it to."""
+        return {r.target: r.value for k, r in self.requests.items() if k.startswith(PIN_PREFIX) and r.value}
 
 
 def _str(attrs: Attrs, name: str, *, required: bool = True) -> str:
@@ -181,6 +208,7 @@ def parse_member(attrs: Attrs) -> MemberItem:
         address=_str(attrs, "address", required=False),
         draining=bool(attrs.get("draining", False)),
         expired_by=_str(attrs, "expired_by", required=False),
+        updated_at=float(attrs["updated_at"]) if isinstance(attrs.get("updated_at"), (int, float)) else 0.0,
     )
 
 
@@ -215,6 +243,19 @@ def parse_restart(attrs: Attrs) -> RestartItem:
         attempts=_int(attrs, "attempts"),
         cooldown_ms=_int(attrs, "cooldown_ms"),
     )
+
+
+def parse_request(attrs: Attrs) -> RequestItem:
+    key = _str(attrs, "item")
+    prefix = DRAIN_PREFIX if key.startswith(DRAIN_PREFIX) else PIN_PREFIX
+    value = _str(attrs, "owner", required=False)
+    if prefix == DRAIN_PREFIX and value not in ("", "on"):
+        raise ValueError(f"a drain request's owner must be 'on' or empty, got {value!r}")
+    return RequestItem(key, key[len(prefix) :], value, _int(attrs, "version", minimum=1), _str(attrs, "token"))
+
+
+def encode_request(r: RequestItem) -> Attrs:
+    return {"item": r.key, "kind": "request", "owner": r.value, "version": r.version, "token": r.token}
 
 
 def encode_member(m: MemberItem) -> Attrs:
@@ -268,6 +309,7 @@ def parse_group(group: str, rows: list[Attrs]) -> GroupSnapshot:
     members: dict[str, MemberItem] = {}
     routes: dict[str, RouteItem] = {}
     restarts: dict[str, RestartItem] = {}
+    requests: dict[str, RequestItem] = {}
     bad: list[BadItemReport] = []
     for attrs in rows:
         key = str(attrs.get("item", "?"))
@@ -281,11 +323,14 @@ def parse_group(group: str, rows: list[Attrs]) -> GroupSnapshot:
             elif key.startswith(RESTART_PREFIX) and len(key) > len(RESTART_PREFIX):
                 x = parse_restart(attrs)
                 restarts[x.target] = x
+            elif key.startswith((DRAIN_PREFIX, PIN_PREFIX)) and len(key.split("#", 1)[1]) > 0:
+                q = parse_request(attrs)
+                requests[q.key] = q
             else:
-                bad.append(BadItemReport(key, "unknown item kind (expected member#, route# or restart#)"))
+                bad.append(BadItemReport(key, "unknown item kind (expected member#, route#, restart#, drain#, pin#)"))
         except (ValueError, TypeError, json.JSONDecodeError) as exc:
             bad.append(BadItemReport(key, str(exc)))
-    return GroupSnapshot(group, members, routes, restarts, tuple(bad))
+    return GroupSnapshot(group, members, routes, restarts, tuple(bad), requests)
 
 
 def parse_one(attrs: Attrs) -> MemberItem | RouteItem | RestartItem:

@@ -26,18 +26,22 @@ from dataclasses import dataclass, replace
 from coordinator.clock import Clock
 from coordinator.errors import BadItem, Conflict, SessionLost, StoreUnavailable
 from coordinator.items import (
+    DRAIN_PREFIX,
     MEMBER_ALIVE,
     MEMBER_EXPIRED,
     MEMBER_LEFT,
     MEMBER_PREFIX,
+    PIN_PREFIX,
     RESTART_IDLE,
     Attrs,
     GroupSnapshot,
     Health,
     MemberItem,
+    RequestItem,
     RestartItem,
     RouteItem,
     encode_member,
+    encode_request,
     encode_restart,
     encode_route,
     parse_group,
@@ -333,6 +337,19 @@ class Coordinator:
         new = replace(item, attempts=0, phase=RESTART_IDLE, version=item.version + 1, token=self._token())
         self._write(encode_restart(new), Expect.matches(version=item.version))
         return new
+
+    # --------------------------------------------------------------- requests
+    def set_request(self, key: str, value: str) -> RequestItem:
+        """Write an operator request (drain on/off, pin a route table); last writer wins by design."""
+        current = self._get(key)
+        prefix = DRAIN_PREFIX if key.startswith(DRAIN_PREFIX) else PIN_PREFIX
+        version = current.get("version") if current is not None else None
+        if current is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            raise BadItem(key, "has no whole-number 'version'; delete it and retry")
+        item = RequestItem(key, key[len(prefix) :], value, (version or 0) + 1, self._token())
+        expect = Expect.item_absent() if current is None else Expect.matches(version=version)
+        self._write(encode_request(item), expect)
+        return item
 
     # ------------------------------------------------------------------ write
     def _write(self, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None) -> None:

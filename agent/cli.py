@@ -1,0 +1,80 @@
+"""The ``nat-ha`` command: one entry point, one module per subcommand.
+
+Subcommand modules are imported only when used, so ``nat-ha --help`` and
+``check-config`` stay fast and light. Every failure a user can cause ends in one
+clear line on stderr and exit code 2 (bad input) or 1 (the world said no), never
+a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from agent import __version__
+
+# name -> (module, one-line help). Each module has add_arguments(parser) and run(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "agent": ("agent.daemon", "run the HA agent (the systemd service)"),
+    "check-config": ("agent.checkconfig", "validate a config file and print the effective config"),
+    "init-table": ("agent.inittable", "create the DynamoDB table (idempotent)"),
+    "status": ("agent.status", "show the group: members, health, owners, terms, EC2 routes"),
+    "drain": ("agent.control", "hand every route table of an instance to healthy peers"),
+    "switchover": ("agent.control", "move one route table to a named instance"),
+    "setup-nat": ("agent.setup_nat", "configure this host as a NAT (ip_forward, masquerade), idempotently"),
+    "demo": ("agent.demo", "run a 3-AZ NAT group on this machine (moto) and kill one NAT"),
+}
+
+
+class UsageError(Exception):
+    """Bad command-line input; reported as one line with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="nat-ha",
+        description="High availability for AWS VPC NAT instances.",
+        epilog="Run `nat-ha COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"nat-ha {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        if hasattr(module, f"add_arguments_{name.replace('-', '_')}"):
+            getattr(module, f"add_arguments_{name.replace('-', '_')}")(p)
+        else:
+            module.add_arguments(p)
+        p.set_defaults(_module=module_name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(args._module)
+    runner = getattr(module, f"run_{args.command.replace('-', '_')}", None) or module.run
+    try:
+        return int(runner(args))
+    except UsageError as exc:
+        print(f"nat-ha {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nat-ha {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""``nat-ha agent``: the long-running service (systemd Type=notify with a watchdog).
+
+SIGTERM (or SIGINT) starts a planned handover: the agent hands every route table
+to a healthy peer (route first, then the lease), marks itself as left and exits;
+a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from agent.config import DEFAULT_PATH, ConfigError
+
+log = logging.getLogger("nat_ha.agent")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})")
+    p.add_argument("--once", action="store_true", help="run one cycle, print the decision and exit")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long to try handing route tables over before exiting (default 15)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent import config as cfg
+
+    try:
+        config = cfg.load(args.config)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"nat-ha agent: {line}", file=sys.stderr)
+        return 2
+    if args.drain_timeout <= 0:
+        print("nat-ha agent: --drain-timeout must be positive", file=sys.stderr)
+        return 2
+    return Daemon(config, args.drain_timeout).main(once=args.once)
+
+
+class Daemon:
+    def __init__(self, config: Any, drain_timeout: float) -> None:
+        self.config = config
+        self.drain_timeout = drain_timeout
+        self.stop_requested = threading.Event()
+        self.signals = 0
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.signals += 1
+        if self.signals > 1:
+            log.warning("second signal: exiting without finishing the handover")
+            raise SystemExit(1)
+        log.info("received %s: handing route tables over before exiting", signal.Signals(signum).name)
+        self.stop_requested.set()
+
+    def main(self, once: bool = False) -> int:
+        from agent import logsetup
+        from agent.config import ConfigError
+        from agent.cycle import Agent, build_info
+        from agent.metrics import Metrics
+        from agent.probes import EchoResponder, Prober, ProbeSetupError, Target
+        from agent.runtime import coordinator_for, resolve
+        from agent.sdnotify import Notifier
+        from agent.selfcheck import SelfChecker
+        from coordinator.clock import SystemClock
+        from coordinator.errors import StoreConfigError, StoreUnavailable
+
+        config = self.config
+        logsetup.setup(config.log_format, config.log_level, {"group": config.group})
+        metrics = Metrics()
+
+        def on_call(service: str, operation: str, seconds: float, error: str | None) -> None:
+            metrics.aws_duration.labels(service, operation).observe(seconds)
+            if error:
+                metrics.aws_errors.labels(service, operation).inc()
+
+        try:
+            rt = resolve(config, ec2_on_call=on_call, store_on_call=on_call)
+        except ConfigError as exc:
+            for line in exc.problems:
+                print(f"nat-ha agent: {line}", file=sys.stderr)
+            return 2
+        config = rt.config
+        logsetup.setup(config.log_format, config.log_level, {"group": config.group, "instance": config.instance_id})
+        clock = SystemClock()
+        coordinator = coordinator_for(rt, clock)
+        try:
+            coordinator.read_group()
+        except StoreConfigError as exc:
+            print(f"nat-ha agent: {exc} (create it with `nat-ha init-table`)", file=sys.stderr)
+            return 1
+        except StoreUnavailable as exc:
+            log.warning("DynamoDB not reachable at start (%s); will keep trying, no route is touched meanwhile", exc)
+        me = config.member(config.instance_id)
+        assert me is not None
+        targets = [
+            Target(m.instance_id, m.address, m.probe_port or config.probe.tcp_port)
+            for m in config.members
+            if m.instance_id != config.instance_id
+        ]
+
+        def on_probe(peer: str, ok: bool, rtt: float) -> None:
+            metrics.probes_sent.labels(peer).inc()
+            if ok:
+                metrics.probe_rtt.labels(peer).observe(rtt)
+            else:
+                metrics.probes_lost.labels(peer).inc()
+
+        p = config.probe
+        try:
+            prober = Prober(
+                targets,
+                method=p.method,
+                interval=p.interval,
+                timeout=p.timeout,
+                window=p.window,
+                down_after=p.down_after,
+                privileged=p.privileged,
+                observer=on_probe,
+            )
+        except ProbeSetupError as exc:
+            print(f"nat-ha agent: probe: {exc}", file=sys.stderr)
+            return 2
+        responder = None
+        if p.answer_port:
+            try:
+                responder = EchoResponder(me.address, p.answer_port)
+            except OSError as exc:
+                print(
+                    f"nat-ha agent: probe.answer_port: cannot listen on {me.address}:{p.answer_port}: {exc}",
+                    file=sys.stderr,
+                )
+                return 2
+            responder.start()
+        build_info(metrics, config)
+        try:
+            metrics.serve(config.metrics_listen)
+        except OSError as exc:
+            print(f"nat-ha agent: metrics.listen: cannot listen on {config.metrics_listen}: {exc}", file=sys.stderr)
+            return 2
+        agent = Agent(config, coordinator, rt.ec2, prober, SelfChecker(config.self_check), clock, metrics)
+        notifier = Notifier()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        prober.start()
+        log.info(
+            "nat-ha agent %s starting: group %s, %d members, probing %d peers by %s",
+            config.instance_id,
+            config.group,
+            len(config.members),
+            len(targets),
+            p.method,
+        )
+        try:
+            return self._loop(agent, notifier, once)
+        finally:
+            prober.stop()
+            if responder is not None:
+                responder.stop()
+
+    def _loop(self, agent: Any, notifier: Any, once: bool) -> int:
+        interval = self.config.timing.cycle_interval
+        next_at = time.monotonic()
+        ready = False
+        drain_deadline: float | None = None
+        while True:
+            if self.stop_requested.is_set() and drain_deadline is None:
+                agent.draining = True
+                drain_deadline = time.monotonic() + self.drain_timeout
+                notifier.stopping("draining: handing route tables over")
+            decision = agent.run_cycle()
+            if once:
+                print(decision.summary)
+                return 0
+            if not ready:
+                notifier.ready(decision.summary)
+                ready = True
+            notifier.watchdog(decision.summary)
+            if drain_deadline is not None and agent.coordinator.session is not None and agent.drained():
+                agent.leave()
+                log.info("drained: every route table handed over; exiting")
+                return 0
+            if drain_deadline is not None and time.monotonic() > drain_deadline:
+                log.warning(
+                    "drain timed out after %.0f s; exiting with route tables still held (%s)",
+                    self.drain_timeout,
+                    decision.summary,
+                )
+                agent.leave()
+                return 1
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay < 0:
+                next_at = time.monotonic()
+                continue
+            self.stop_requested.wait(delay) if drain_deadline is None else time.sleep(delay)

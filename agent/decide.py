@@ -1,0 +1,491 @@
+"""The HA decision: a pure function of observations, local memory and the clock.
+
+Like Patroni's ``run_cycle``, it returns the actions to take and one line that
+says why, and tests assert on that line. No I/O here: AWS, sockets and time are
+passed in. The rules (DESIGN.md):
+
+* Only the holder of a route table's lease (owner + *this* session, still valid)
+  moves its route; ownership changes only through the coordinator's conditional
+  writes, which bump the term.
+* A route table is taken from a peer only on two independent signals: its
+  probes fail *and* its heartbeat has not changed for its declared lease plus a
+  margin on our clock. A peer that reports itself unhealthy hands its route
+  tables over itself. An unhealthy agent never takes anything.
+* Among healthy candidates, a route table goes to its home NAT first, then to
+  the members after the home in configuration order (a rotation, so the load of
+  a dead NAT is spread and every agent agrees on the order). A candidate of rank
+  r waits r x ``claim_stagger`` after first seeing the table claimable.
+* Fail back only after the home NAT has been healthy for ``failback_hold_down``.
+* Restarting a peer (stop/start) needs much stronger evidence: heartbeat silent
+  for ``restart_after``, probes failing, EC2 saying it is running or stopped;
+  it happens under a restart lease, after a cooldown, at most
+  ``restart_max_attempts`` times without the peer becoming healthy, and never to
+  a peer that is heartbeating or that left on purpose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from coordinator.items import (
+    MEMBER_ALIVE,
+    MEMBER_EXPIRED,
+    RESTART_COOLDOWN,
+    RESTART_IDLE,
+    RESTART_STARTING,
+    RESTART_STOPPING,
+    GroupSnapshot,
+    Health,
+    MemberItem,
+    RestartItem,
+    RouteItem,
+)
+
+INSTANCE_RESTARTABLE = ("running", "stopped")
+
+
+@dataclass(frozen=True)
+class Timings:
+    """The subset of timing the decision needs (seconds)."""
+
+    margin: float = 0.1
+    claim_stagger: float = 0.35
+    failback_hold_down: float = 10.0
+    restart_after: float = 30.0
+    restart_cooldown: float = 300.0
+    restart_max_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class PeerProbe:
+    """What our probes say about one peer."""
+
+    up: bool
+    lost: int = 0
+    window: int = 0
+    silent_for: float = 0.0  # seconds since the last answered probe
+
+
+@dataclass(frozen=True)
+class Ec2Route:
+    """Where EC2 says a route table's 0.0.0.0/0 goes (as last read)."""
+
+    target: str  # instance id of a member, "" when missing/unknown, or "other:<id>"
+    state: str = "active"  # active | blackhole | missing | unknown
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything one cycle observed; the decision reads nothing else."""
+
+    now: float
+    me: str
+    members: tuple[str, ...]  # configuration order
+    homes: dict[str, str]  # route table -> home instance
+    snapshot: GroupSnapshot
+    heartbeat_age: dict[str, float]  # instance -> seconds its member item has not changed (our clock)
+    restart_age: dict[str, float]  # target -> seconds its restart item has not changed
+    probes: dict[str, PeerProbe]
+    health: Health
+    session: str  # our session id, "" when we hold none
+    session_remaining: float
+    ec2: dict[str, Ec2Route]
+    instance_states: dict[str, str] = field(default_factory=dict)
+    draining: bool = False
+    healthy_since: dict[str, float] = field(default_factory=dict)  # peer -> first seen healthy (continuous)
+    claimable_since: dict[str, float] = field(default_factory=dict)  # route table -> first seen claimable
+    self_healthy_since: float | None = None
+    pins: dict[str, str] = field(default_factory=dict)  # route table -> member an operator chose
+
+    def preferred_homes(self) -> dict[str, str]:
+        """Homes, with operator pins taking precedence."""
+        return {rt: self.pins.get(rt) or home for rt, home in self.homes.items()}
+
+
+# ------------------------------------------------------------------- actions
+@dataclass(frozen=True)
+class StartSession:
+    def describe(self) -> str:
+        return "starting a session"
+
+
+@dataclass(frozen=True)
+class TakeOver:
+    """Claim a route table (expiring its dead owner's session first if needed) and route it here."""
+
+    route_table: str
+    route: RouteItem | None
+    expire: MemberItem | None
+    reason: str  # metrics reason: peer_dead | orphaned
+    why: str
+
+    def describe(self) -> str:
+        return self.why
+
+
+@dataclass(frozen=True)
+class EnsureRoute:
+    """We hold the route table; EC2 does not (provably) route it to us."""
+
+    route_table: str
+    route: RouteItem
+    why: str
+
+    def describe(self) -> str:
+        return self.why
+
+
+@dataclass(frozen=True)
+class HandOver:
+    """Point the route at a live successor, verify, then hand the lease over (make before break)."""
+
+    route_table: str
+    route: RouteItem
+    successor: MemberItem
+    kind: str  # failback | drain | switchover
+    reason: str  # home_healthy | self_unhealthy | shutdown | operator
+    why: str
+
+    def describe(self) -> str:
+        return self.why
+
+
+@dataclass(frozen=True)
+class ClaimRestart:
+    target: str
+    item: RestartItem | None
+    why: str
+
+    def describe(self) -> str:
+        return self.why
+
+
+@dataclass(frozen=True)
+class ContinueRestart:
+    item: RestartItem
+    why: str
+
+    def describe(self) -> str:
+        return self.why
+
+
+@dataclass(frozen=True)
+class ResetOwnRestart:
+    item: RestartItem
+
+    def describe(self) -> str:
+        return f"healthy again: clearing my restart count ({self.item.attempts})"
+
+
+Action = StartSession | TakeOver | EnsureRoute | HandOver | ClaimRestart | ContinueRestart | ResetOwnRestart
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: str  # one of agent.metrics.DECISIONS
+    summary: str
+    actions: tuple[Action, ...] = ()
+
+
+# ------------------------------------------------------------------- helpers
+def preference(route_table: str, homes: dict[str, str], members: tuple[str, ...]) -> list[str]:
+    """Who should serve a route table, best first: its home, then the members after it."""
+    home = homes.get(route_table, "")
+    if home not in members:
+        return list(members)
+    i = members.index(home)
+    return list(members[i:] + members[:i])
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds:.1f} s"
+
+
+class _View:
+    """Derived judgements over one observation (kept out of the decision's flow)."""
+
+    def __init__(self, obs: Observation, t: Timings) -> None:
+        self.obs = obs
+        self.t = t
+
+    def member(self, instance: str) -> MemberItem | None:
+        return self.obs.snapshot.members.get(instance)
+
+    def stale(self, m: MemberItem) -> bool:
+        age = self.obs.heartbeat_age.get(m.instance, 0.0)
+        return age >= m.lease_ms / 1000.0 + self.t.margin
+
+    def probe_down(self, instance: str) -> bool:
+        p = self.obs.probes.get(instance)
+        return p is not None and not p.up
+
+    def live(self, m: MemberItem | None) -> bool:
+        """Has a session that nobody has declared dead and that is still renewing."""
+        return m is not None and m.state == MEMBER_ALIVE and not self.stale(m)
+
+    def eligible(self, instance: str) -> bool:
+        """Could serve route tables now: live, healthy by its own report, not draining, answers us."""
+        if instance == self.obs.me:
+            return bool(self.obs.session) and self.obs.health.healthy and not self.obs.draining
+        m = self.member(instance)
+        if not self.live(m) or m is None or not m.health.healthy or m.draining:
+            return False
+        p = self.obs.probes.get(instance)
+        return p is None or p.up
+
+    def healthy_for(self, instance: str) -> float:
+        since = self.obs.healthy_since.get(instance)
+        return 0.0 if since is None else self.obs.now - since
+
+    def holds(self, r: RouteItem | None) -> bool:
+        return (
+            r is not None
+            and r.owner == self.obs.me
+            and bool(self.obs.session)
+            and (r.owner_session == self.obs.session)
+        )
+
+    def owner_state(self, r: RouteItem | None) -> tuple[str, str, MemberItem | None]:
+        """(state, why, member to expire): state is live | silent | dead | orphaned | free."""
+        if r is None or not r.owner:
+            return "free", "no owner", None
+        m = self.member(r.owner)
+        if m is None:
+            return "orphaned", f"owner {r.owner} has no heartbeat item", None
+        if m.session != r.owner_session:
+            return "orphaned", f"owner {r.owner} started a new session", None
+        if m.state != MEMBER_ALIVE:
+            return "orphaned", f"owner {r.owner}'s session is {m.state}", None
+        if not self.stale(m):
+            return "live", "", None
+        silent = self.obs.heartbeat_age.get(m.instance, 0.0)
+        if self.probe_down(m.instance):
+            p = self.obs.probes[m.instance]
+            why = f"no probe replies for {_fmt(p.silent_for)}, heartbeat silent {_fmt(silent)}"
+            return "dead", why, m
+        return "silent", f"heartbeat of {m.instance} silent {_fmt(silent)} but it answers probes", None
+
+
+# ------------------------------------------------------------------ decision
+def decide(obs: Observation, t: Timings) -> Decision:
+    """Decide this cycle's actions; returns them with a one-line explanation."""
+    v = _View(obs, t)
+    if not obs.session:
+        return Decision("no_session", "no session: starting one before acting", (StartSession(),))
+
+    actions: list[Action] = []
+    notes: list[str] = []
+    held: list[str] = []
+    me_ok = obs.health.healthy and not obs.draining
+
+    homes = obs.preferred_homes()
+    for rt in sorted(homes):
+        r = obs.snapshot.routes.get(rt)
+        home = homes[rt]
+        if v.holds(r):
+            assert r is not None
+            handover = _plan_handover(v, t, rt, r, home)
+            if handover is not None:
+                actions.append(handover)
+                continue
+            held.append(f"{rt} (term {r.term})")
+            ec2 = obs.ec2.get(rt)
+            if ec2 is None or ec2.target != obs.me or ec2.state != "active":
+                seen = "unknown" if ec2 is None else (ec2.target or ec2.state)
+                actions.append(EnsureRoute(rt, r, f"routing {rt} to me (EC2 shows {seen})"))
+            continue
+        if r is not None and r.owner == obs.me and me_ok:
+            actions.append(TakeOver(rt, r, None, "orphaned", f"resumed {rt} from my previous session"))
+            continue
+        state, why, expire = v.owner_state(r)
+        if state == "live":
+            continue
+        if state == "silent":
+            notes.append(f"not moving {rt}: {why}")
+            continue
+        if not me_ok:
+            continue
+        order = preference(rt, homes, obs.members)
+        if r is not None and r.owner in order:
+            order.remove(r.owner)
+            if state == "orphaned":
+                order.insert(0, r.owner)  # its owner, back with a new session, keeps it: no route move
+        candidates = [c for c in order if v.eligible(c)]
+        if obs.me not in candidates:
+            continue
+        rank = candidates.index(obs.me)
+        waited = obs.now - obs.claimable_since.get(rt, obs.now)
+        if rank > 0 and waited < rank * t.claim_stagger:
+            notes.append(f"{rt} claimable ({why}); {candidates[0]} is preferred")
+            continue
+        owner = f" from {r.owner}" if r is not None and r.owner else ""
+        verb = "took over" if state == "dead" else "claimed"
+        term = (r.term + 1) if r is not None else 1
+        reason = "peer_dead" if state == "dead" else "orphaned"
+        actions.append(TakeOver(rt, r, expire, reason, f"{verb} {rt}{owner} (term {term}): {why}"))
+
+    actions.extend(_plan_restarts(v, t))
+
+    if actions:
+        kind = _kind_of(actions)
+        return Decision(kind, "; ".join(a.describe() for a in actions), tuple(actions))
+    return _steady(v, held, notes)
+
+
+def _plan_handover(v: _View, t: Timings, rt: str, r: RouteItem, home: str) -> HandOver | None:
+    obs = v.obs
+    if obs.draining or not obs.health.healthy:
+        order = preference(rt, obs.preferred_homes(), obs.members)
+        successor = next((c for c in order if c != obs.me and v.eligible(c)), None)
+        if successor is None:
+            return None
+        m = v.member(successor)
+        assert m is not None
+        if obs.draining:
+            return HandOver(rt, r, m, "drain", "shutdown", f"draining: handing {rt} to {successor}")
+        failed = ", ".join(k for k, ok in sorted(obs.health.checks.items()) if not ok) or "self check"
+        return HandOver(rt, r, m, "drain", "self_unhealthy", f"unhealthy ({failed}): handing {rt} to {successor}")
+    if home and home != obs.me and v.eligible(home):
+        m = v.member(home)
+        assert m is not None
+        if obs.pins.get(rt) == home:
+            return HandOver(rt, r, m, "switchover", "operator", f"switching {rt} over to {home} (operator pin)")
+        held_for = v.healthy_for(home)
+        if held_for >= t.failback_hold_down:
+            why = f"failing back {rt} to its home {home}: healthy for {_fmt(held_for)}"
+            return HandOver(rt, r, m, "failback", "home_healthy", why)
+    return None
+
+
+def _plan_restarts(v: _View, t: Timings) -> list[Action]:
+    obs = v.obs
+    out: list[Action] = []
+    mine = obs.snapshot.restarts.get(obs.me)
+    if (
+        mine is not None
+        and mine.attempts > 0
+        and obs.health.healthy
+        and obs.self_healthy_since is not None
+        and obs.now - obs.self_healthy_since >= t.failback_hold_down
+    ):
+        out.append(ResetOwnRestart(mine))
+    if t.restart_max_attempts <= 0:
+        return out
+    for peer in obs.members:
+        if peer == obs.me:
+            continue
+        item = obs.snapshot.restarts.get(peer)
+        if item is not None and item.owner == obs.me and item.owner_session == obs.session:
+            if item.phase in (RESTART_IDLE, RESTART_STOPPING, RESTART_STARTING):
+                out.append(ContinueRestart(item, f"restarting {peer}: {item.phase}"))
+            continue
+        if not obs.health.healthy or obs.draining:
+            continue
+        evidence = _restart_evidence(v, t, peer)
+        if evidence is None:
+            continue
+        if item is not None:
+            holder = v.member(item.owner)
+            in_progress = item.phase in (RESTART_IDLE, RESTART_STOPPING, RESTART_STARTING)
+            if in_progress and holder is not None and holder.session == item.owner_session and v.live(holder):
+                continue  # a live peer is restarting it
+            if item.attempts >= t.restart_max_attempts:
+                continue
+            if item.phase == RESTART_COOLDOWN and obs.restart_age.get(peer, 0.0) < item.cooldown_ms / 1000 + t.margin:
+                continue
+        candidates = [c for c in _after(peer, obs.members) if v.eligible(c)]
+        if not candidates or candidates[0] != obs.me:
+            continue
+        attempt = (item.attempts if item is not None else 0) + 1
+        out.append(
+            ClaimRestart(peer, item, f"restarting {peer} (attempt {attempt}/{t.restart_max_attempts}): {evidence}")
+        )
+    return out
+
+
+def _after(peer: str, members: tuple[str, ...]) -> list[str]:
+    i = members.index(peer)
+    return list(members[i + 1 :] + members[:i])
+
+
+def _restart_evidence(v: _View, t: Timings, peer: str) -> str | None:
+    """Why ``peer`` should be stopped and started, or None if the evidence is not strong enough."""
+    obs = v.obs
+    m = v.member(peer)
+    if m is None or m.state not in (MEMBER_ALIVE, MEMBER_EXPIRED):
+        return None  # never seen, or it left on purpose (drained)
+    silent = obs.heartbeat_age.get(peer, 0.0)
+    if silent < t.restart_after or not v.probe_down(peer):
+        return None
+    state = obs.instance_states.get(peer, "")
+    if state not in INSTANCE_RESTARTABLE:
+        return None
+    return f"heartbeat silent {_fmt(silent)}, no probe replies, EC2 state {state}"
+
+
+def _kind_of(actions: list[Action]) -> str:
+    if any(isinstance(a, HandOver) and a.kind in ("failback", "switchover") for a in actions):
+        return "failed_back"
+    if any(isinstance(a, HandOver) and a.reason == "shutdown" for a in actions):
+        return "draining"
+    if any(isinstance(a, HandOver) for a in actions):
+        return "handed_over"
+    if any(isinstance(a, TakeOver) for a in actions):
+        return "took_over"
+    if any(isinstance(a, (ClaimRestart, ContinueRestart)) for a in actions):
+        return "restarting_peer"
+    return "holding"
+
+
+def _steady(v: _View, held: list[str], notes: list[str]) -> Decision:
+    obs = v.obs
+    peers = [p for p in obs.members if p != obs.me]
+    healthy = [p for p in peers if v.eligible(p)]
+    unwell = [p for p in peers if p not in healthy]
+    peer_part = (
+        f"peers {', '.join(healthy)} healthy"
+        if not unwell
+        else f"peers healthy: {', '.join(healthy) or 'none'}; not healthy: {', '.join(unwell)}"
+    )
+    if len(peers) == 1 and not unwell:
+        peer_part = f"peer {peers[0]} healthy"
+    if not obs.health.healthy:
+        failed = ", ".join(k for k, ok in sorted(obs.health.checks.items()) if not ok) or "self check"
+        head = f"unhealthy ({failed})" + (f", still holding {', '.join(held)}: no healthy peer" if held else "")
+        kind = "unhealthy"
+    elif obs.draining:
+        head = "drained" + (f", still holding {', '.join(held)}: no healthy peer" if held else "")
+        kind = "draining"
+    elif held:
+        head, kind = f"holding {', '.join(held)}", "holding"
+    else:
+        head, kind = "standby (holding no route table)", "standby"
+    parts = [head, peer_part, *notes]
+    if notes and kind in ("holding", "standby"):
+        kind = "waiting"
+    return Decision(kind, "; ".join(parts))
+
+
+def claimable_routes(obs: Observation, t: Timings) -> set[str]:
+    """Route tables with no live owner, as this observation shows them (for the stagger timer)."""
+    v = _View(obs, t)
+    out = set()
+    for rt in obs.homes:
+        r = obs.snapshot.routes.get(rt)
+        if not v.holds(r) and v.owner_state(r)[0] in ("free", "orphaned", "dead"):
+            out.add(rt)
+    return out
+
+
+def judged_healthy(obs: Observation, t: Timings, instance: str) -> bool:
+    """Live, healthy by its own report, not draining, answering our probes."""
+    return _View(obs, t).eligible(instance)
+
+
+def judged_dead(obs: Observation, t: Timings, instance: str) -> bool:
+    """Both signals: probes failing and heartbeat unchanged past its lease (or declared expired)."""
+    v = _View(obs, t)
+    m = v.member(instance)
+    if m is None or not v.probe_down(instance):
+        return False
+    return m.state == MEMBER_EXPIRED or (m.state == MEMBER_ALIVE and v.stale(m))

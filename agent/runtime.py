@@ -1,0 +1,96 @@
+"""Turning a config into live parts: identity, members, the store, EC2.
+
+Shared by the daemon and the operator commands (status, drain, switchover), so
+they all resolve the config the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from agent import __version__
+from agent.config import Config, ConfigError, with_discovered
+from agent.ec2 import Ec2, Ec2Error
+from agent.imds import ImdsError, identity
+from coordinator.clock import Clock, SystemClock
+from coordinator.dynamo import DynamoSettings, DynamoStore
+from coordinator.instrument import CallObserver
+from coordinator.leases import Coordinator, MemberInfo
+
+
+@dataclass
+class Runtime:
+    config: Config
+    store: DynamoStore
+    ec2: Ec2
+
+
+def resolve(
+    config: Config,
+    *,
+    need_identity: bool = True,
+    ec2_on_call: CallObserver | None = None,
+    store_on_call: CallObserver | None = None,
+) -> Runtime:
+    """Fill in IMDS and tag-discovered values; build the store and EC2 clients.
+
+    Raises :class:`ConfigError` with one line per problem.
+    """
+    instance_id, region = config.instance_id, config.region
+    if (need_identity and not instance_id) or not region:
+        region = region or os.environ.get("AWS_REGION", "") or os.environ.get("AWS_DEFAULT_REGION", "")
+        if (need_identity and not instance_id) or not region:
+            try:
+                iid, reg, _az = identity()
+            except ImdsError as exc:
+                missing = [k for k, v in (("instance_id", instance_id), ("region", region)) if not v]
+                raise ConfigError([f"{k}: not set and {exc}" for k in missing]) from None
+            instance_id = instance_id or iid
+            region = region or reg
+    config = with_discovered(config, instance_id=instance_id, region=region)
+    t = config.timing
+    members = {m.instance_id: m for m in config.members}
+    ec2 = Ec2(region, config.ec2.endpoint_url, timeout=t.ec2_timeout, members=members, on_call=ec2_on_call)
+    if config.members_from_tags:
+        try:
+            found = ec2.discover(config.group)
+        except Ec2Error as exc:
+            raise ConfigError([f"members_from_tags: cannot discover members: {exc}"]) from None
+        if len(found) < 2:
+            raise ConfigError(
+                [
+                    f"members_from_tags: found {len(found)} instance(s) tagged nat-ha:group="
+                    f"{config.group}; a group needs at least two"
+                ]
+            )
+        config = with_discovered(config, members=tuple(found))
+        ec2.members = {m.instance_id: m for m in config.members}
+    if need_identity and config.member(config.instance_id) is None:
+        raise ConfigError([f"instance_id: {config.instance_id} is not a member of group {config.group}"])
+    store = DynamoStore(
+        DynamoSettings(
+            table=config.store.table,
+            region=region,
+            endpoint_url=config.store.endpoint_url or None,
+            connect_timeout_s=t.store_timeout,
+            read_timeout_s=t.store_timeout,
+            max_attempts=t.store_attempts,
+        ),
+        on_call=store_on_call,
+    )
+    return Runtime(config, store, ec2)
+
+
+def coordinator_for(rt: Runtime, clock: Clock | None = None, lease_s: float | None = None) -> Coordinator:
+    config = rt.config
+    me = config.member(config.instance_id)
+    info = MemberInfo(agent_version=__version__, az=me.az if me else "", address=me.address if me else "")
+    return Coordinator(
+        rt.store,
+        config.group,
+        config.instance_id or "operator",
+        clock or SystemClock(),
+        lease_s if lease_s is not None else config.timing.lease,
+        info=info,
+    )

@@ -1,0 +1,160 @@
+"""Self checks of this NAT: is it able to forward and translate traffic?
+
+They go into the heartbeat. An agent whose checks fail hands its route tables to a
+healthy peer and never takes over anyone else's. ip_forward and conntrack are
+read from /proc every cycle (cheap); firewall rules and egress probes are read
+every ``rules_interval`` (they spawn a process or open a connection).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.config import SelfCheckConfig
+from agent.hostnat import masquerade_present
+from coordinator.items import Health
+
+RunCommand = Callable[[list[str]], "str | None"]  # stdout, or None if it could not run
+
+
+def forward_blocked(iptables_save_text: str, nft_ruleset_text: str) -> bool:
+    """True when the firewall drops every forwarded packet.
+
+    Catches the usual ways forwarding is switched off by hand or by a bad change:
+    a FORWARD policy of DROP with no ACCEPT rule, an unconditional ``-A FORWARD -j
+    DROP`` (or REJECT) before any ACCEPT, or an nftables forward-hook chain whose
+    policy is drop with no accept rule or whose first rule is a bare drop.
+    """
+    table = ""
+    policy_drop = False
+    for line in iptables_save_text.splitlines():
+        line = line.strip()
+        if line.startswith("*"):
+            table = line[1:]
+        elif table == "filter" and line.startswith(":FORWARD "):
+            policy_drop = line.split()[1] == "DROP"
+        elif table == "filter" and line.startswith("-A FORWARD "):
+            rest = line[len("-A FORWARD ") :].split()
+            if rest in (["-j", "DROP"], ["-j", "REJECT"]):
+                return True
+            if rest[-2:] == ["-j", "ACCEPT"]:
+                policy_drop = False
+                break
+    if policy_drop:
+        return True
+    chain_lines: list[str] = []
+    in_forward = False
+    for line in nft_ruleset_text.splitlines():
+        text = line.strip()
+        if text.startswith("chain "):
+            chain_lines, in_forward = [], False
+        elif "hook forward" in text:
+            in_forward = True
+            if "policy drop" in text:
+                chain_lines.append("policy drop")
+        elif in_forward and text == "}":
+            rules = [r for r in chain_lines if r != "policy drop"]
+            if rules and rules[0] == "drop":
+                return True
+            if "policy drop" in chain_lines and not any("accept" in r for r in rules):
+                return True
+            in_forward = False
+        elif in_forward and text:
+            chain_lines.append(text)
+    return False
+
+
+def run_command(argv: list[str]) -> str | None:
+    """Run a read-only command with a short timeout; None when unavailable or denied."""
+    if shutil.which(argv[0]) is None:
+        return None
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=2.0, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def tcp_reachable(target: str, timeout: float) -> bool:
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass
+class SelfChecker:
+    config: SelfCheckConfig
+    run: RunCommand = run_command
+    reach: Callable[[str, float], bool] = tcp_reachable
+    _rules_at: float = field(default=-1e18, init=False)
+    _slow: dict[str, bool] = field(default_factory=dict, init=False)
+    _slow_detail: list[str] = field(default_factory=list, init=False)
+
+    def _read(self, rel: str) -> str | None:
+        try:
+            return (Path(self.config.procfs) / rel).read_text().strip()
+        except OSError:
+            return None
+
+    def _fast(self) -> tuple[dict[str, bool], list[str]]:
+        checks: dict[str, bool] = {}
+        detail: list[str] = []
+        if self.config.ip_forward:
+            value = self._read("sys/net/ipv4/ip_forward")
+            checks["ip_forward"] = value == "1"
+            if value != "1":
+                detail.append(f"ip_forward is {value or 'unreadable'}")
+        count, maximum = (
+            self._read("sys/net/netfilter/nf_conntrack_count"),
+            self._read("sys/net/netfilter/nf_conntrack_max"),
+        )
+        if count is not None and maximum is not None and count.isdigit() and maximum.isdigit() and int(maximum):
+            ratio = int(count) / int(maximum)
+            checks["conntrack"] = ratio <= self.config.conntrack_max_ratio
+            if not checks["conntrack"]:
+                detail.append(f"conntrack table {ratio:.0%} full")
+        else:
+            checks["conntrack"] = True  # no conntrack module loaded: no table to fill
+        return checks, detail
+
+    def _rules(self) -> tuple[dict[str, bool], list[str]]:
+        checks: dict[str, bool] = {}
+        detail: list[str] = []
+        if self.config.masquerade or self.config.forwarding:
+            ipt = self.run(["iptables-save"])
+            nft = self.run(["nft", "list", "ruleset"])
+            if ipt is None and nft is None:
+                detail.append("firewall rules unreadable (need iptables-save or nft and CAP_NET_ADMIN)")
+            else:
+                if self.config.masquerade:
+                    checks["masquerade"] = masquerade_present(ipt or "", nft or "", self.config.public_interface)
+                    if not checks["masquerade"]:
+                        detail.append("no masquerade rule")
+                if self.config.forwarding:
+                    blocked = forward_blocked(ipt or "", nft or "")
+                    checks["forwarding"] = not blocked
+                    if blocked:
+                        detail.append("forwarded packets are dropped by the firewall")
+        if self.config.egress_targets:
+            ok = [t for t in self.config.egress_targets if self.reach(t, self.config.egress_timeout)]
+            checks["egress"] = bool(ok)
+            if not ok:
+                detail.append(f"no egress target answered ({', '.join(self.config.egress_targets)})")
+        return checks, detail
+
+    def check(self, now: float, reaches: tuple[str, ...] = ()) -> Health:
+        if now - self._rules_at >= self.config.rules_interval:
+            self._slow, self._slow_detail = self._rules()
+            self._rules_at = now
+        checks, detail = self._fast()
+        checks.update(self._slow)
+        detail.extend(self._slow_detail)
+        return Health(all(checks.values()), checks, reaches, "; ".join(detail))
