@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
+from agent.metrics import Metrics
 from tests import promql
 
 DASH_TEXT = promql.DASHBOARD.read_text()
@@ -127,3 +129,11 @@ def test_provisioning_examples() -> None:
     datasources = yaml.safe_load((prov / "datasources.yaml").read_text())
     assert datasources["apiVersion"] == 1
     assert any(d["type"] == "prometheus" for d in datasources["datasources"])
+
+
+def test_observability_doc_lists_every_agent_metric() -> None:
+    doc = (promql.REPO / "docs" / "observability.md").read_text()
+    metrics = Metrics(CollectorRegistry(), process=False)
+    for family in metrics.registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert f"| `{name}` |" in doc, f"docs/observability.md does not list {name}"
