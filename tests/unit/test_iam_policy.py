@@ -228,6 +228,8 @@ def test_code_calls_nothing_outside_the_list() -> None:
     pattern = re.compile(r"""[."'](""" + "|".join(sorted(ops, key=len, reverse=True)) + r")\b")
     found: set[tuple[str, str]] = set()
     for source in [*(REPO / "agent").glob("*.py"), *(REPO / "coordinator").glob("*.py")]:
+        if source.relative_to(REPO).as_posix() in awscalls.LOCAL_ONLY_MODULES:
+            continue
         found |= {ops[m.group(1)] for m in pattern.finditer(source.read_text())}
     assert found, "the scan found no call at all: it is broken"
     assert found <= awscalls.ALL_CALLS, f"called but not listed: {found - awscalls.ALL_CALLS}"
