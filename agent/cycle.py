@@ -217,7 +217,7 @@ class Agent:
             restart_age={x.target: mem.observer.unchanged_for(x.key, now) for x in snapshot.restarts.values()},
             probes=probes,
             health=health,
-            session=session.session if session is not None and self.coordinator.remaining() > 0 else "",
+            session=session.session if session is not None else "",
             session_remaining=self.coordinator.remaining(),
             ec2=dict(mem.ec2),
             instance_states=dict(mem.instance_states),

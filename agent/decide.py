@@ -88,7 +88,7 @@ class Observation:
     probes: dict[str, PeerProbe]
     health: Health
     session: str  # our session id, "" when we hold none
-    session_remaining: float
+    session_remaining: float  # <= 0: the session lapsed on our clock; renew before acting
     ec2: dict[str, Ec2Route]
     instance_states: dict[str, str] = field(default_factory=dict)
     draining: bool = False
@@ -272,6 +272,8 @@ def decide(obs: Observation, t: Timings) -> Decision:
     v = _View(obs, t)
     if not obs.session:
         return Decision("no_session", "no session: starting one before acting", (StartSession(),))
+    if obs.session_remaining <= 0:
+        return Decision("no_session", "session lapsed (no renewal in time): not acting until a renewal succeeds")
 
     actions: list[Action] = []
     notes: list[str] = []
@@ -315,6 +317,9 @@ def decide(obs: Observation, t: Timings) -> Decision:
             continue
         rank = candidates.index(obs.me)
         waited = obs.now - obs.claimable_since.get(rt, obs.now)
+        if r is None and home != obs.me and waited < t.failback_hold_down:
+            notes.append(f"{rt} has never been claimed; waiting for its home {home}")
+            continue  # start-up: give the home NAT time to start before anyone else takes its table
         if rank > 0 and waited < rank * t.claim_stagger:
             notes.append(f"{rt} claimable ({why}); {candidates[0]} is preferred")
             continue
@@ -364,6 +369,7 @@ def _plan_restarts(v: _View, t: Timings) -> list[Action]:
     if (
         mine is not None
         and mine.attempts > 0
+        and mine.phase == RESTART_COOLDOWN
         and obs.health.healthy
         and obs.self_healthy_since is not None
         and obs.now - obs.self_healthy_since >= t.failback_hold_down

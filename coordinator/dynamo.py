@@ -92,7 +92,14 @@ def make_model(settings: DynamoSettings) -> type[Model]:
 
 
 def _code(exc: PynamoDBException) -> str:
-    return exc.cause_response_code or type(getattr(exc, "cause", None) or exc).__name__
+    """AWS's error code, or the name of the transport error (timeouts have no response)."""
+    cause = getattr(exc, "cause", None)
+    response = getattr(cause, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        if code:
+            return str(code)
+    return type(cause or exc).__name__
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,363 @@
+"""A NAT group on one machine: moto server as EC2 and DynamoDB, real agent processes.
+
+Used by ``nat-ha demo`` and by the integration tests. Each agent process plays a
+NAT instance: it answers ``tcp-echo`` probes on its own loopback port, so killing
+the process is the instance dying. The group "plays EC2": while moto says an
+instance is stopped its agent is not running, and when moto says it runs again
+(a peer restarted it) its agent is started again. Everything binds to 127.0.0.1
+and every process is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REGION = "us-east-1"
+AZS = ("us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d", "us-east-1e")
+DUMMY_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds pass (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return True
+        except Exception:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+class MotoServer:
+    """``moto_server`` as a separate process on 127.0.0.1 (so it can be paused with SIGSTOP)."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **DUMMY_ENV},
+        )
+        if not wait_until(lambda: urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1).status == 200, 20):
+            self.stop()
+            raise RuntimeError(f"moto server did not start on {self.url} (see {log_path})")
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+@dataclass
+class Nat:
+    """One simulated NAT instance and its agent process."""
+
+    instance_id: str
+    az: str
+    route_table: str
+    probe_port: int
+    metrics_port: int
+    config_path: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    expect_running: bool = True  # False while moto says stopped (the group plays EC2)
+    starts: int = 0
+
+
+@dataclass
+class LocalGroup:
+    """``with LocalGroup(workdir) as g:`` - a running n-NAT group (see module doc)."""
+
+    workdir: Path
+    n: int = 3
+    metrics: bool = True
+    group: str = "demo"
+    table: str = "nat-ha"
+    timing: dict[str, Any] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    nats: list[Nat] = field(default_factory=list)
+    moto: MotoServer | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _ec2_thread: threading.Thread | None = None
+    _log: Callable[[str], None] = field(default=lambda _msg: None)
+
+    DEMO_TIMING: dict[str, Any] = field(
+        default_factory=lambda: {
+            "failback_hold_down": 5.0,
+            "restart_after": 4.0,
+            "restart_cooldown": 30.0,
+            "restart_poll_interval": 0.3,
+            "ec2_reconcile_interval": 2.0,
+        }
+    )
+
+    # --------------------------------------------------------------- set-up
+    def __enter__(self) -> LocalGroup:
+        if not 2 <= self.n <= len(AZS):
+            raise ValueError(f"a local group has 2 to {len(AZS)} NATs")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for key, value in DUMMY_ENV.items():  # in-process clients (pynamodb) read credentials from the environment
+            os.environ.setdefault(key, value)
+        try:
+            self.moto = MotoServer(self.workdir / "moto.log")
+            self._create_world()
+            for nat in self.nats:
+                self._spawn(nat)
+            self._ec2_thread = threading.Thread(target=self._play_ec2, name="play-ec2", daemon=True)
+            self._ec2_thread.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def client(self, service: str) -> Any:
+        import botocore.session
+
+        assert self.moto is not None
+        session = botocore.session.get_session()
+        return session.create_client(
+            service,
+            region_name=REGION,
+            endpoint_url=self.moto.url,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    def _create_world(self) -> None:
+        from coordinator.dynamo import DynamoSettings, init_table
+
+        assert self.moto is not None
+        ec2 = self.client("ec2")
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        for i in range(self.n):
+            az = AZS[i]
+            subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{100 + i}.0/24", AvailabilityZone=az)
+            inst = ec2.run_instances(
+                ImageId=image,
+                MinCount=1,
+                MaxCount=1,
+                InstanceType="t4g.nano",
+                SubnetId=subnet["Subnet"]["SubnetId"],
+                TagSpecifications=[
+                    {"ResourceType": "instance", "Tags": [{"Key": "nat-ha:group", "Value": self.group}]}
+                ],
+            )["Instances"][0]["InstanceId"]
+            ec2.modify_instance_attribute(InstanceId=inst, SourceDestCheck={"Value": False})
+            rtb = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+            ec2.create_tags(
+                Resources=[rtb],
+                Tags=[{"Key": "nat-ha:group", "Value": self.group}, {"Key": "nat-ha:home", "Value": inst}],
+            )
+            ec2.create_route(RouteTableId=rtb, DestinationCidrBlock="0.0.0.0/0", InstanceId=inst)
+            name = f"nat{chr(ord('a') + i)}"
+            self.nats.append(
+                Nat(
+                    inst,
+                    az,
+                    rtb,
+                    free_port(),
+                    free_port() if self.metrics else 0,
+                    self.workdir / f"{name}.toml",
+                    self.workdir / f"{name}.log",
+                )
+            )
+        init_table(DynamoSettings(table=self.table, region=REGION, endpoint_url=self.moto.url))
+        for nat in self.nats:
+            nat.config_path.write_text(self._config(nat))
+
+    def _config(self, nat: Nat) -> str:
+        assert self.moto is not None
+        timing = {**self.DEMO_TIMING, **self.timing}
+        lines = [
+            f'group = "{self.group}"',
+            f'instance_id = "{nat.instance_id}"',
+            f'region = "{REGION}"',
+            "",
+            "[store]",
+            f'table = "{self.table}"',
+            f'endpoint_url = "{self.moto.url}"',
+            "",
+            "[ec2]",
+            f'endpoint_url = "{self.moto.url}"',
+            "",
+            "[probe]",
+            'method = "tcp-echo"',
+            f"answer_port = {nat.probe_port}",
+            "",
+            "[self_check]",
+            "ip_forward = false",
+            "masquerade = false",
+            "forwarding = false",
+            "",
+            "[timing]",
+            *(f"{k} = {json.dumps(v)}" for k, v in sorted(timing.items())),
+            "",
+            "[metrics]",
+            f'listen = "{f"127.0.0.1:{nat.metrics_port}" if nat.metrics_port else ""}"',
+            "",
+        ]
+        for other in self.nats:
+            lines += [
+                "[[members]]",
+                f'instance_id = "{other.instance_id}"',
+                'address = "127.0.0.1"',
+                f"probe_port = {other.probe_port}",
+                f'route_tables = ["{other.route_table}"]',
+                f'az = "{other.az}"',
+                "",
+            ]
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------ processes
+    def _spawn(self, nat: Nat) -> None:
+        env = {**os.environ, **DUMMY_ENV, **self.extra_env}
+        with open(nat.log_path, "ab") as log:
+            nat.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli", "agent", "--config", str(nat.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        nat.starts += 1
+
+    def nat(self, instance_id: str) -> Nat:
+        return next(n for n in self.nats if n.instance_id == instance_id)
+
+    @property
+    def members(self) -> list[str]:
+        return [n.instance_id for n in self.nats]
+
+    @property
+    def metrics_targets(self) -> list[str]:
+        return [f"127.0.0.1:{n.metrics_port}" for n in self.nats if n.metrics_port]
+
+    def kill(self, instance_id: str) -> None:
+        """The NAT instance dies: SIGKILL its agent (moto still says running)."""
+        self.signal(instance_id, signal.SIGKILL)
+
+    def signal(self, instance_id: str, sig: int) -> None:
+        nat = self.nat(instance_id)
+        if nat.proc is not None and nat.proc.poll() is None:
+            nat.proc.send_signal(sig)
+
+    def restart_agent(self, instance_id: str) -> None:
+        """Start a fresh agent for a NAT whose agent is not running (agent crash, not instance)."""
+        nat = self.nat(instance_id)
+        if nat.proc is None or nat.proc.poll() is not None:
+            self._spawn(nat)
+
+    def alive(self, instance_id: str) -> bool:
+        nat = self.nat(instance_id)
+        return nat.proc is not None and nat.proc.poll() is None
+
+    def _play_ec2(self) -> None:
+        """Map moto's instance states onto agent processes (stopped: no agent; started: agent again)."""
+        ec2 = self.client("ec2")
+        while not self._stop.wait(0.1):
+            try:
+                data = ec2.describe_instances(InstanceIds=self.members)
+            except Exception:
+                continue
+            for r in data["Reservations"]:
+                for i in r["Instances"]:
+                    nat = self.nat(i["InstanceId"])
+                    state = i["State"]["Name"]
+                    if state in ("stopping", "stopped") and nat.expect_running:
+                        nat.expect_running = False
+                        self.signal(nat.instance_id, signal.SIGKILL)
+                        self._log(f"EC2: {nat.instance_id} {state}")
+                    elif state in ("pending", "running") and not nat.expect_running:
+                        nat.expect_running = True
+                        self._spawn(nat)
+                        self._log(f"EC2: {nat.instance_id} {state}: its agent starts")
+
+    # ---------------------------------------------------------------- views
+    def route_targets(self) -> dict[str, str]:
+        """Route table -> instance EC2 routes 0.0.0.0/0 to."""
+        data = self.client("ec2").describe_route_tables(RouteTableIds=[n.route_table for n in self.nats])
+        out = {}
+        for rt in data["RouteTables"]:
+            for route in rt["Routes"]:
+                if route.get("DestinationCidrBlock") == "0.0.0.0/0":
+                    out[rt["RouteTableId"]] = route.get("InstanceId") or route.get("NetworkInterfaceId") or ""
+        return out
+
+    def snapshot(self) -> Any:
+        from coordinator.dynamo import DynamoSettings, DynamoStore
+        from coordinator.items import parse_group
+
+        assert self.moto is not None
+        if not hasattr(self, "_store"):
+            self._store = DynamoStore(
+                DynamoSettings(
+                    table=self.table, region=REGION, endpoint_url=self.moto.url, connect_timeout_s=2, read_timeout_s=2
+                )
+            )
+        return parse_group(self.group, self._store.query_group(self.group))
+
+    def at_home(self) -> bool:
+        """Every route table is held by its home NAT and EC2 routes it there."""
+        snap = self.snapshot()
+        targets = self.route_targets()
+        return all(
+            (r := snap.routes.get(n.route_table)) is not None
+            and r.owner == n.instance_id
+            and targets.get(n.route_table) == n.instance_id
+            for n in self.nats
+        )
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+        return wait_until(predicate, timeout, interval)
+
+    # -------------------------------------------------------------- cleanup
+    def close(self) -> None:
+        self._stop.set()
+        if self._ec2_thread is not None:
+            self._ec2_thread.join(timeout=2)
+        for nat in self.nats:
+            if nat.proc is not None and nat.proc.poll() is None:
+                nat.proc.send_signal(signal.SIGCONT)
+                nat.proc.kill()
+                nat.proc.wait(5)
+        if self.moto is not None:
+            self.moto.stop()
