@@ -381,13 +381,14 @@ def _plan_restarts(v: _View, t: Timings) -> list[Action]:
         if peer == obs.me:
             continue
         item = obs.snapshot.restarts.get(peer)
+        evidence = _restart_evidence(v, t, peer)
         if item is not None and item.owner == obs.me and item.owner_session == obs.session:
-            if item.phase in (RESTART_IDLE, RESTART_STOPPING, RESTART_STARTING):
+            # Once stopped, finish the restart; before the stop, the evidence must still hold.
+            if item.phase in (RESTART_STOPPING, RESTART_STARTING) or (item.phase == RESTART_IDLE and evidence):
                 out.append(ContinueRestart(item, f"restarting {peer}: {item.phase}"))
             continue
         if not obs.health.healthy or obs.draining:
             continue
-        evidence = _restart_evidence(v, t, peer)
         if evidence is None:
             continue
         if item is not None:

@@ -334,7 +334,16 @@ class Coordinator:
         """The restarted member, healthy again, clears its restart count."""
         if item.target != self.me:
             raise ValueError("only the target resets its restart count")
-        new = replace(item, attempts=0, phase=RESTART_IDLE, version=item.version + 1, token=self._token())
+        new = replace(
+            item,
+            owner="",
+            owner_session="",
+            term=item.term + 1,
+            attempts=0,
+            phase=RESTART_IDLE,
+            version=item.version + 1,
+            token=self._token(),
+        )
         self._write(encode_restart(new), Expect.matches(version=item.version))
         return new
 
