@@ -228,10 +228,17 @@ def init_table(
         if model.exists():
             done.append(f"table {settings.table} exists")
         else:
+            # pynamodb's create_table also calls UpdateTimeToLive (the model has a TTL
+            # attribute); emulators without TTL (dynalite) reject it: TTL is set below.
             if billing == "PAY_PER_REQUEST":
-                model.create_table(billing_mode="PAY_PER_REQUEST", wait=False)
+                model.create_table(billing_mode="PAY_PER_REQUEST", wait=False, ignore_update_ttl_errors=True)
             else:
-                model.create_table(read_capacity_units=read_capacity, write_capacity_units=write_capacity, wait=False)
+                model.create_table(
+                    read_capacity_units=read_capacity,
+                    write_capacity_units=write_capacity,
+                    wait=False,
+                    ignore_update_ttl_errors=True,
+                )
             done.append(f"created table {settings.table} ({billing.lower().replace('_', '-')})")
         deadline = time.monotonic() + wait_s
         conn = model._get_connection()
