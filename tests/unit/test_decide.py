@@ -1,0 +1,412 @@
+"""Table-driven tests of the pure decision: each situation -> its decision line and actions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from agent.decide import (
+    ClaimRestart,
+    ContinueRestart,
+    Decision,
+    Ec2Route,
+    EnsureRoute,
+    HandOver,
+    Observation,
+    PeerProbe,
+    ResetOwnRestart,
+    StartSession,
+    TakeOver,
+    Timings,
+    decide,
+    preference,
+)
+from coordinator.items import GroupSnapshot, Health, MemberItem, RequestItem, RestartItem, RouteItem
+
+A, B, C = "i-a", "i-b", "i-c"
+RA, RB, RC = "rtb-a", "rtb-b", "rtb-c"
+HOMES = {RA: A, RB: B, RC: C}
+T = Timings(
+    margin=0.1,
+    claim_stagger=0.35,
+    failback_hold_down=10.0,
+    restart_after=30.0,
+    restart_cooldown=300.0,
+    restart_max_attempts=3,
+)
+HEALTHY = Health(True, {"ip_forward": True, "masquerade": True})
+
+
+def member(
+    i: str, *, state: str = "alive", healthy: bool = True, draining: bool = False, session: str = "", version: int = 5
+) -> MemberItem:
+    return MemberItem(
+        i, session or f"s-{i}", state, version, "tok", 1000, Health(healthy, {"ip_forward": healthy}), draining=draining
+    )
+
+
+def route(rt: str, owner: str, term: int = 1, session: str = "") -> RouteItem:
+    return RouteItem(rt, owner, (session or f"s-{owner}") if owner else "", term, term, "tok", HOMES[rt])
+
+
+@dataclass
+class World:
+    """A small builder of observations, seen from ``me``."""
+
+    me: str = A
+    members: dict[str, MemberItem] = field(default_factory=lambda: {i: member(i) for i in (A, B, C)})
+    routes: dict[str, RouteItem] = field(default_factory=lambda: {rt: route(rt, h) for rt, h in HOMES.items()})
+    restarts: dict[str, RestartItem] = field(default_factory=dict)
+    ages: dict[str, float] = field(default_factory=dict)
+    probes: dict[str, PeerProbe] = field(default_factory=dict)
+    health: Health = HEALTHY
+    session: str = ""
+    remaining: float = 0.9
+    ec2: dict[str, Ec2Route] | None = None
+    states: dict[str, str] = field(default_factory=dict)
+    draining: bool = False
+    healthy_since: dict[str, float] = field(default_factory=dict)
+    claimable_since: dict[str, float] = field(default_factory=dict)
+    self_healthy_since: float | None = 0.0
+    pins: dict[str, str] = field(default_factory=dict)
+    requests: dict[str, RequestItem] = field(default_factory=dict)
+    now: float = 100.0
+
+    def obs(self) -> Observation:
+        peers = [p for p in (A, B, C) if p != self.me]
+        return Observation(
+            now=self.now,
+            me=self.me,
+            members=(A, B, C),
+            homes=dict(HOMES),
+            snapshot=GroupSnapshot(
+                "g", dict(self.members), dict(self.routes), dict(self.restarts), (), dict(self.requests)
+            ),
+            heartbeat_age={i: self.ages.get(i, 0.2) for i in self.members},
+            restart_age={x: 0.0 for x in self.restarts},
+            probes={p: self.probes.get(p, PeerProbe(True, 0, 5, 0.1)) for p in peers},
+            health=self.health,
+            session=self.session if self.session is not None else "",
+            session_remaining=self.remaining,
+            ec2=self.ec2 if self.ec2 is not None else {rt: Ec2Route(r.owner) for rt, r in self.routes.items()},
+            instance_states=self.states,
+            draining=self.draining,
+            healthy_since={p: self.healthy_since.get(p, 0.0) for p in peers},
+            claimable_since=self.claimable_since,
+            self_healthy_since=self.self_healthy_since,
+            pins=self.pins,
+        )
+
+    def decide(self) -> Decision:
+        if not self.session:
+            self.session = f"s-{self.me}"
+        return decide(self.obs(), T)
+
+
+DOWN = PeerProbe(False, 5, 5, 1.2)
+
+
+def dead(w: World, peer: str, silent: float = 1.4) -> World:
+    w.ages[peer] = silent
+    w.probes[peer] = DOWN
+    w.healthy_since.pop(peer, None)
+    return w
+
+
+# ------------------------------------------------------------------ steady states
+def test_steady_holding_home_route() -> None:
+    d = World().decide()
+    assert d.summary == "holding rtb-a (term 1); peers i-b, i-c healthy"
+    assert d.kind == "holding" and d.actions == ()
+
+
+def test_no_session_starts_one_and_nothing_else() -> None:
+    w = World()
+    d = decide(w.obs(), T)  # session ""
+    assert d.summary == "no session: starting one before acting"
+    assert d.actions == (StartSession(),)
+
+
+def test_lapsed_session_does_not_act() -> None:
+    w = dead(World(remaining=-0.1), B)
+    d = w.decide()
+    assert d.kind == "no_session" and d.actions == ()
+    assert "session lapsed" in d.summary
+
+
+def test_standby_without_routes() -> None:
+    w = World(routes={RB: route(RB, B), RC: route(RC, C), RA: route(RA, B, term=2)})
+    w.healthy_since = {B: 99.0, C: 0.0}  # B healthy, but A is not B's home: nothing to fail back
+    d = w.decide()
+    assert d.summary == "standby (holding no route table); peers i-b, i-c healthy"
+
+
+# ------------------------------------------------------------------ take-over
+def test_takes_over_dead_peer_route_with_two_signals() -> None:
+    w = dead(World(me=B), A)
+    d = w.decide()
+    assert len(d.actions) == 1
+    a = d.actions[0]
+    assert isinstance(a, TakeOver) and a.route_table == RA and a.expire == w.members[A]
+    assert d.summary == "took over rtb-a from i-a (term 2): no probe replies for 1.2 s, heartbeat silent 1.4 s"
+    assert d.kind == "took_over"
+
+
+def test_probe_loss_alone_never_moves_a_route() -> None:
+    w = World(me=B)
+    w.probes[A] = DOWN  # heartbeat fresh: the peer is alive (e.g. ICMP blocked between NATs)
+    d = w.decide()
+    assert not any(isinstance(a, TakeOver) for a in d.actions)
+    assert d.summary.startswith("holding rtb-b (term 1)")
+
+
+def test_heartbeat_silence_alone_never_moves_a_route() -> None:
+    w = World(me=B)
+    w.ages[A] = 5.0  # agent hung or DynamoDB slow, but the NAT answers probes
+    d = w.decide()
+    assert d.actions == ()
+    assert "not moving rtb-a: heartbeat of i-a silent 5.0 s but it answers probes" in d.summary
+
+
+def test_heartbeat_just_under_lease_plus_margin_is_not_stale() -> None:
+    w = dead(World(me=B), A, silent=1.09)
+    assert not any(isinstance(a, TakeOver) for a in w.decide().actions)
+    w = dead(World(me=B), A, silent=1.1)
+    assert any(isinstance(a, TakeOver) for a in w.decide().actions)
+
+
+def test_less_preferred_candidate_waits_its_stagger() -> None:
+    w = dead(World(me=C), A)  # rtb-a: preference a, b, c -> c is rank 1 after b
+    w.claimable_since = {RA: 100.0}
+    d = w.decide()
+    assert d.actions == ()
+    assert "rtb-a claimable (no probe replies for 1.2 s, heartbeat silent 1.4 s); i-b is preferred" in d.summary
+    w.now = 100.4  # waited one stagger (0.35 s)
+    assert isinstance(w.decide().actions[0], TakeOver)
+
+
+def test_unhealthy_agent_never_takes_over() -> None:
+    w = dead(World(me=B, health=Health(False, {"ip_forward": False})), A)
+    d = w.decide()
+    assert not any(isinstance(a, TakeOver) for a in d.actions)
+
+
+def test_draining_agent_never_takes_over() -> None:
+    w = dead(World(me=B, draining=True), A)
+    assert not any(isinstance(a, TakeOver) for a in w.decide().actions)
+
+
+def test_orphaned_route_of_restarted_owner_is_resumed_by_it() -> None:
+    # The agent restarted (new session); its route item still names its old session.
+    w = World(me=A)
+    w.routes[RA] = route(RA, A, session="s-old")
+    d = w.decide()
+    a = d.actions[0]
+    assert isinstance(a, TakeOver) and a.expire is None and a.reason == "orphaned"
+    assert d.summary == "resumed rtb-a from my previous session"
+
+
+def test_orphaned_route_is_left_to_its_live_owner() -> None:
+    w = World(me=B)
+    w.routes[RA] = route(RA, A, session="s-old")  # A came back with a new session: A resumes it
+    assert w.decide().actions == ()
+
+
+def test_route_of_member_that_left_is_claimed_by_next_in_line() -> None:
+    w = World(me=B)
+    w.members[A] = member(A, state="left")
+    w.probes[A] = DOWN
+    d = w.decide()
+    assert isinstance(d.actions[0], TakeOver)
+    assert d.summary == "claimed rtb-a from i-a (term 2): owner i-a's session is left"
+
+
+def test_never_claimed_route_waits_for_its_home_at_startup() -> None:
+    w = World(me=B)
+    del w.routes[RA]
+    w.claimable_since = {RA: 95.0}
+    w.probes[A] = DOWN
+    w.members[A] = member(A, state="left")
+    d = w.decide()
+    assert d.actions == () and "rtb-a has never been claimed; waiting for its home i-a" in d.summary
+    w.now = 106.0  # longer than the hold-down: the home is not coming
+    assert isinstance(w.decide().actions[0], TakeOver)
+
+
+def test_home_claims_its_never_claimed_route_at_once() -> None:
+    w = World(me=A)
+    del w.routes[RA]
+    d = w.decide()
+    assert d.summary == "claimed rtb-a (term 1): no owner"
+
+
+# ------------------------------------------------------------------ routes in EC2
+@pytest.mark.parametrize(
+    ("ec2", "shown"),
+    [
+        (Ec2Route(B), "i-b"),
+        (Ec2Route("", "missing"), "missing"),
+        (Ec2Route("other:nat-123"), "other:nat-123"),
+        (Ec2Route(A, "blackhole"), "i-a"),
+    ],
+)
+def test_holder_repairs_ec2_route(ec2: Ec2Route, shown: str) -> None:
+    w = World(me=A)
+    w.ec2 = {RA: ec2, RB: Ec2Route(B), RC: Ec2Route(C)}
+    d = w.decide()
+    assert isinstance(d.actions[0], EnsureRoute)
+    assert d.summary == f"routing rtb-a to me (EC2 shows {shown})"
+
+
+def test_non_holder_never_writes_a_route() -> None:
+    w = World(me=B)
+    w.ec2 = {RA: Ec2Route(C), RB: Ec2Route(B), RC: Ec2Route(C)}  # rtb-a wrong in EC2, but A holds it
+    assert w.decide().actions == ()
+
+
+# ------------------------------------------------------------------ hand-over
+def test_no_failback_before_hold_down() -> None:
+    w = World(me=B)
+    w.routes[RA] = route(RA, B, term=2)
+    w.healthy_since = {A: 95.0, C: 0.0}  # healthy for 5 s < 10 s
+    d = w.decide()
+    assert d.actions == ()
+    assert d.summary.startswith("holding rtb-a (term 2), rtb-b (term 1)")
+
+
+def test_failback_exact_hold_down() -> None:
+    w = World(me=B)
+    w.routes[RA] = route(RA, B, term=2)
+    w.healthy_since = {A: 90.0, C: 0.0}
+    d = w.decide()
+    assert d.summary == "failing back rtb-a to its home i-a: healthy for 10.0 s"
+    assert d.kind == "failed_back"
+
+
+def test_unhealthy_holder_hands_over_to_preferred_peer() -> None:
+    w = World(me=A, health=Health(False, {"ip_forward": False, "masquerade": True}))
+    d = w.decide()
+    a = d.actions[0]
+    assert isinstance(a, HandOver) and a.successor.instance == B and a.reason == "self_unhealthy"
+    assert d.summary == "unhealthy (ip_forward): handing rtb-a to i-b"
+
+
+def test_unhealthy_holder_keeps_route_when_no_peer_is_healthy() -> None:
+    w = dead(dead(World(me=A, health=Health(False, {"ip_forward": False})), B), C)
+    d = w.decide()
+    assert not any(isinstance(a, HandOver) for a in d.actions)
+    assert d.summary.startswith("unhealthy (ip_forward), still holding rtb-a (term 1): no healthy peer")
+
+
+def test_drain_hands_everything_over() -> None:
+    w = World(me=B, draining=True)
+    w.routes[RA] = route(RA, B, term=2)
+    d = w.decide()
+    assert [type(a) for a in d.actions] == [HandOver, HandOver]
+    assert d.summary == "draining: handing rtb-a to i-a; draining: handing rtb-b to i-c"  # home first
+    assert d.kind == "draining"
+
+
+def test_operator_pin_switches_over_without_hold_down() -> None:
+    w = World(me=A, pins={RA: C})
+    d = w.decide()
+    a = d.actions[0]
+    assert isinstance(a, HandOver) and a.kind == "switchover" and a.successor.instance == C
+    assert d.summary == "switching rtb-a over to i-c (operator pin)"
+
+
+def test_pinned_holder_does_not_fail_back() -> None:
+    w = World(me=C, pins={RA: C})
+    w.routes[RA] = route(RA, C, term=2)
+    w.healthy_since = {A: 0.0, B: 0.0}
+    assert w.decide().actions == ()
+
+
+def test_pin_to_unhealthy_member_is_not_followed() -> None:
+    w = dead(World(me=A, pins={RA: C}), C)
+    assert not any(isinstance(a, HandOver) for a in w.decide().actions)
+
+
+# ------------------------------------------------------------------ restarts
+def restart_world(me: str = B, silent: float = 31.0, state: str = "running") -> World:
+    w = dead(World(me=me), A, silent=silent)
+    w.members[A] = member(A, state="expired")
+    w.routes[RA] = route(RA, B, term=2)
+    w.states = {A: state}
+    return w
+
+
+def test_restart_dead_peer_after_long_silence() -> None:
+    d = restart_world().decide()
+    assert isinstance(d.actions[0], ClaimRestart)
+    assert d.summary == ("restarting i-a (attempt 1/3): heartbeat silent 31.0 s, no probe replies, EC2 state running")
+
+
+def test_no_restart_before_restart_after() -> None:
+    assert restart_world(silent=20.0).decide().actions == ()
+
+
+def test_no_restart_of_a_heartbeating_peer_even_if_probes_fail() -> None:
+    w = restart_world()
+    w.ages[A] = 0.3
+    w.members[A] = member(A)
+    assert not any(isinstance(a, ClaimRestart) for a in w.decide().actions)
+
+
+def test_no_restart_of_a_peer_that_left() -> None:
+    w = restart_world()
+    w.members[A] = member(A, state="left")
+    assert not any(isinstance(a, ClaimRestart) for a in w.decide().actions)
+
+
+@pytest.mark.parametrize("state", ["pending", "stopping", "shutting-down", "terminated", ""])
+def test_no_restart_in_transitional_or_unknown_states(state: str) -> None:
+    assert not any(isinstance(a, ClaimRestart) for a in restart_world(state=state).decide().actions)
+
+
+def test_only_the_next_member_after_the_peer_restarts_it() -> None:
+    assert not any(isinstance(a, ClaimRestart) for a in restart_world(me=C).decide().actions)
+
+
+def test_restart_cap_reached() -> None:
+    w = restart_world()
+    w.restarts[A] = RestartItem(A, B, "s-i-b", 3, 9, "tok", "cooldown", 3, 300_000)
+    assert not any(isinstance(a, ClaimRestart) for a in w.decide().actions)
+
+
+def test_restart_cooldown_respected() -> None:
+    w = restart_world()
+    w.restarts[A] = RestartItem(A, B, "s-old", 1, 3, "tok", "cooldown", 1, 300_000)
+    assert not any(isinstance(a, ClaimRestart) for a in w.decide().actions)  # restart_age 0 < 300 s
+
+
+def test_holder_continues_its_restart() -> None:
+    w = restart_world()
+    w.restarts[A] = RestartItem(A, B, "s-i-b", 1, 2, "tok", "stopping", 1, 300_000)
+    d = w.decide()
+    assert any(isinstance(a, ContinueRestart) for a in d.actions)
+    assert "restarting i-a: stopping" in d.summary
+
+
+def test_idle_restart_lease_is_not_used_once_the_peer_heartbeats() -> None:
+    w = restart_world()
+    w.restarts[A] = RestartItem(A, B, "s-i-b", 1, 2, "tok", "idle", 0, 300_000)
+    w.ages[A] = 0.2
+    w.members[A] = member(A)
+    w.probes[A] = PeerProbe(True)
+    assert not any(isinstance(a, ContinueRestart) for a in w.decide().actions)
+
+
+def test_restarted_member_resets_its_count_once_healthy() -> None:
+    w = World(me=A, self_healthy_since=85.0)
+    w.restarts[A] = RestartItem(A, B, "s-i-b", 1, 4, "tok", "cooldown", 2, 300_000)
+    d = w.decide()
+    assert any(isinstance(a, ResetOwnRestart) for a in d.actions)
+
+
+def test_preference_rotates_after_home() -> None:
+    members = (A, B, C)
+    assert preference(RA, HOMES, members) == [A, B, C]
+    assert preference(RB, HOMES, members) == [B, C, A]
+    assert preference(RC, HOMES, members) == [C, A, B]
