@@ -150,7 +150,8 @@ def _run(
     raise ServerError(f"{name} did not become ready on 127.0.0.1 ({last_error})")
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
+    """This environment with dummy AWS credentials (for server and worker processes)."""
     env = dict(os.environ)
     set_test_aws_env(env)
     return env
@@ -161,7 +162,7 @@ def _child_env() -> dict[str, str]:
 def moto_server_process(ready_s: float = 20.0) -> Iterator[ServerProcess]:
     """``python -m moto.server`` on 127.0.0.1 in its own OS process."""
     argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"]
-    with _run("moto", argv, "/moto-api/", ready_s=ready_s, env=_child_env()) as server:
+    with _run("moto", argv, "/moto-api/", ready_s=ready_s, env=child_env()) as server:
         yield server
 
 
@@ -230,7 +231,7 @@ def dynalite_server_process(ready_s: float = 20.0) -> Iterator[ServerProcess]:
     """dynalite (in-memory) on 127.0.0.1 in its own OS process."""
     binary = ensure_dynalite()
     argv = [str(binary), "--host", "127.0.0.1", "--port", "{port}", "--createTableMs", "0", "--deleteTableMs", "0"]
-    with _run("dynalite", argv, "/", ready_s=ready_s, env=_child_env()) as server:
+    with _run("dynalite", argv, "/", ready_s=ready_s, env=child_env()) as server:
         yield server
 
 
