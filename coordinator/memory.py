@@ -2,7 +2,9 @@
 
 Writes are atomic check-and-set under one lock, reads are consistent. Used by unit
 tests and the simulator; fault injection hooks let the simulator make writes fail,
-time out before or after being applied, and make reads fail.
+time out before or after being applied, and make reads fail; a delay hook lets it
+spend (virtual) time on the way to the store and on the way back, so that other
+agents act while a call is in flight.
 """
 
 from __future__ import annotations
@@ -15,51 +17,90 @@ from coordinator.items import Attrs
 from coordinator.store import ConditionFailed, Expect, OutcomeUnknown, Unavailable
 
 # A fault hook sees (operation, group, item) and returns None (no fault) or one of
-# "unavailable" (fail before applying), "lost_reply" (apply, then report a timeout).
+# "unavailable" (fail before applying), "throttled" (refused before applying, as
+# DynamoDB's throttling is once the SDK's retries are spent), "lost_reply" (apply,
+# then report a timeout), "retried" (apply, but the reply is lost and the SDK's
+# retry of the same request finds the condition false: reported as ConditionFailed).
 FaultHook = Callable[[str, str, str], "str | None"]
+# A delay hook sees (operation, group, item, phase) with phase "request" (before the
+# store looks at the item) or "reply" (after it did); the simulator advances virtual
+# time there.
+DelayHook = Callable[[str, str, str, str], None]
+# Called with (group, attrs) right after a write was applied (simulator invariants).
+ApplyHook = Callable[[str, Attrs], None]
+
+FAULTS = ("unavailable", "throttled", "lost_reply", "retried")
 
 
 class MemoryStore:
-    def __init__(self, fault_hook: FaultHook | None = None) -> None:
+    def __init__(
+        self,
+        fault_hook: FaultHook | None = None,
+        *,
+        delay_hook: DelayHook | None = None,
+        apply_hook: ApplyHook | None = None,
+    ) -> None:
         self._items: dict[tuple[str, str], Attrs] = {}
         self._lock = threading.Lock()
         self.fault_hook = fault_hook
+        self.delay_hook = delay_hook
+        self.apply_hook = apply_hook
         self.writes = 0
         self.reads = 0
 
     def _fault(self, op: str, group: str, item: str) -> str | None:
         return self.fault_hook(op, group, item) if self.fault_hook else None
 
+    def _delay(self, op: str, group: str, item: str, phase: str) -> None:
+        if self.delay_hook is not None:
+            self.delay_hook(op, group, item, phase)
+
     def query_group(self, group: str) -> list[Attrs]:
+        self._delay("query", group, "", "request")
         if self._fault("query", group, "") is not None:
             raise Unavailable("injected: query failed")
         with self._lock:
             self.reads += 1
-            return [copy.deepcopy(a) for (g, _), a in sorted(self._items.items()) if g == group]
+            rows = [copy.deepcopy(a) for (g, _), a in sorted(self._items.items()) if g == group]
+        self._delay("query", group, "", "reply")
+        return rows
 
     def get_item(self, group: str, item: str) -> Attrs | None:
+        self._delay("get", group, item, "request")
         if self._fault("get", group, item) is not None:
             raise Unavailable("injected: get failed")
         with self._lock:
             self.reads += 1
             found = self._items.get((group, item))
-            return copy.deepcopy(found) if found is not None else None
+            found = copy.deepcopy(found) if found is not None else None
+        self._delay("get", group, item, "reply")
+        return found
 
     def put_item(self, group: str, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None) -> None:
         item = str(attrs["item"])
         fault = self._fault("put", group, item)
+        self._delay("put", group, item, "request")
         if fault == "unavailable":
             raise OutcomeUnknown("injected: write timed out before it was applied")
+        if fault == "throttled":
+            raise OutcomeUnknown("injected: write throttled (ProvisionedThroughputExceededException)")
         with self._lock:
             self.writes += 1
             current = self._items.get((group, item))
-            if not expect.holds_for(current):
-                raise ConditionFailed(item)
-            stored = copy.deepcopy(attrs)
-            stored["group"] = group
-            self._items[(group, item)] = stored
+            applied = expect.holds_for(current)
+            if applied:
+                stored = copy.deepcopy(attrs)
+                stored["group"] = group
+                self._items[(group, item)] = stored
+        if applied and self.apply_hook is not None:
+            self.apply_hook(group, copy.deepcopy(stored))
+        self._delay("put", group, item, "reply")
+        if not applied:
+            raise ConditionFailed(item)
         if fault == "lost_reply":
             raise OutcomeUnknown("injected: write applied but the reply was lost")
+        if fault == "retried":
+            raise ConditionFailed(f"{item} (the SDK's retry of an applied write)")
 
     # test helpers -----------------------------------------------------------
     def raw_put(self, group: str, attrs: Attrs) -> None:
@@ -68,3 +109,9 @@ class MemoryStore:
             stored = copy.deepcopy(attrs)
             stored["group"] = group
             self._items[(group, str(attrs["item"]))] = stored
+
+    def raw_get(self, group: str, item: str) -> Attrs | None:
+        """The current item, without hooks or faults (simulator invariants)."""
+        with self._lock:
+            found = self._items.get((group, item))
+            return copy.deepcopy(found) if found is not None else None
