@@ -1,0 +1,806 @@
+"""The network-namespace lab: real packets through real NATs, moto as EC2 and DynamoDB.
+
+Root only. Used by ``tests/lab``, ``bench/failover.py``, ``bench/soak.py`` and
+``nat-ha demo --netns``. The topology is the routed one of research/lab.md §1b,
+one AZ per NAT (i = 0, 1, 2 ...)::
+
+    priv<i> 10.0.<1+i>.10 --- vpc (router: ip rule from 10.0.<1+i>.0/24 -> table 10<1+i>)
+                                 |  10.0.<11+i>.1
+                              nat<i> priv0 10.0.<11+i>.10 | pub0 203.0.113.<11+i>  (setup-nat: ip_forward, masquerade)
+                                 |
+                              inet br0 203.0.113.10  (the fake internet; moto server on :5000)
+
+Every namespace is named ``nat-ha-lab-<pid>-<random>-<role>``; namespaces of a dead
+owner pid are removed at start. No address or route is ever added to the root
+namespace: this process reaches moto (inside ``inet``) and the agents' metrics
+(inside ``vpc``) from worker threads that entered those namespaces with setns(2).
+
+A reconciler process (``python -m agent.netlab reconcile SPEC``, run in ``inet``)
+polls moto every ``poll`` seconds and maps its state onto the namespaces: a route
+table's 0.0.0.0/0 target becomes ``ip route replace default via <nat ip> table N``
+in ``vpc``; a stopped instance has its links down, a started one boots (faults
+cleared, ip_forward on, links up, routes back). It prints one JSON line per
+change; the lab kills a stopped instance's agent and starts it again when the
+instance runs again.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import itertools
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.localgroup import DUMMY_ENV, REGION, LocalGroup, Nat, wait_until
+
+PREFIX = "nat-ha-lab-"
+INET_IP = "203.0.113.10"
+MOTO_PORT = 5000
+FAULT_CHAIN = "LABFAULT"
+CLONE_NEWNET = 0x40000000
+PING_INTERVAL = 0.1
+
+# Defaults of agent/config.py, except what makes restarts and fail-back fit a test run.
+LAB_TIMING: dict[str, Any] = {
+    "restart_after": 5.0,  # default 30
+    "failback_hold_down": 5.0,  # default 10
+    "restart_cooldown": 30.0,  # default 300
+    "restart_poll_interval": 0.3,  # default 2.0
+}
+
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------ helpers
+def sh(*argv: str, check: bool = True, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def skip_reason() -> str | None:
+    """Why the lab cannot run here (None: it can)."""
+    if os.geteuid() != 0:
+        return "the network-namespace lab needs root (ip netns, iptables, raw ICMP)"
+    for tool in ("ip", "iptables", "ping", "nft"):
+        if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True, check=False).returncode:
+            return f"the lab needs `{tool}` (apt-get install iproute2 iptables iputils-ping nftables)"
+    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=5, check=False)
+    if probe.returncode != 0:
+        return f"`ip netns` unavailable: {probe.stderr.strip()}"
+    try:
+        import moto  # noqa: F401
+    except ImportError:
+        return "the lab needs moto[server]"
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_stale() -> list[str]:
+    """Delete lab namespaces whose owner process is gone (and the processes left inside them)."""
+    removed = []
+    listing = sh("ip", "netns", "list", check=False).stdout
+    for line in listing.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = re.match(rf"^{re.escape(PREFIX)}(\d+)-", name)
+        if not m or _pid_alive(int(m.group(1))):
+            continue
+        for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
+            with suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        sh("ip", "netns", "del", name, check=False)
+        removed.append(name)
+    return removed
+
+
+class NsExecutor:
+    """One worker thread that lives in a network namespace: sockets it opens are in that namespace."""
+
+    def __init__(self, ns: str) -> None:
+        self.ns = ns
+        self._thread_id: int | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"netns-{ns}", initializer=self._enter
+        )
+        self.call(lambda: None, timeout=10)
+
+    def _enter(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{self.ns}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns({self.ns}): {os.strerror(err)}")
+        finally:
+            os.close(fd)
+        self._thread_id = threading.get_ident()
+
+    def call(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
+        if threading.get_ident() == self._thread_id:
+            return fn()
+        return self._pool.submit(fn).result(timeout)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# ----------------------------------------------------------------- topology
+@dataclass
+class Topology:
+    """The namespaces and links (no control plane). ``build()`` then ``teardown()``."""
+
+    n: int = 3
+    prefix: str = field(default_factory=lambda: f"{PREFIX}{os.getpid()}-{secrets.token_hex(2)}-")
+    made: list[str] = field(default_factory=list)
+
+    @property
+    def inet(self) -> str:
+        return self.prefix + "inet"
+
+    @property
+    def vpc(self) -> str:
+        return self.prefix + "vpc"
+
+    def nat_ns(self, i: int) -> str:
+        return self.prefix + f"nat{chr(97 + i)}"
+
+    def priv_ns(self, i: int) -> str:
+        return self.prefix + f"priv{chr(97 + i)}"
+
+    @staticmethod
+    def nat_ip(i: int) -> str:
+        return f"10.0.{11 + i}.10"
+
+    @staticmethod
+    def nat_gw(i: int) -> str:
+        return f"10.0.{11 + i}.1"
+
+    @staticmethod
+    def nat_public_ip(i: int) -> str:
+        return f"203.0.113.{11 + i}"
+
+    @staticmethod
+    def priv_ip(i: int) -> str:
+        return f"10.0.{1 + i}.10"
+
+    @staticmethod
+    def table(i: int) -> int:
+        return 101 + i
+
+    def _veth(self, ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
+        tmp_a, tmp_b = f"lv{secrets.token_hex(4)}", f"lv{secrets.token_hex(4)}"
+        # Created under random names, renamed inside each namespace (names are per namespace).
+        sh("ip", "-n", ns_a, "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b, "netns", ns_b)
+        sh("ip", "-n", ns_a, "link", "set", tmp_a, "name", name_a)
+        sh("ip", "-n", ns_b, "link", "set", tmp_b, "name", name_b)
+        sh("ip", "-n", ns_a, "link", "set", name_a, "up")
+        sh("ip", "-n", ns_b, "link", "set", name_b, "up")
+
+    def build(self, setup_root: Path) -> None:
+        if not 2 <= self.n <= 5:
+            raise ValueError("the lab has 2 to 5 NATs")
+        names = [self.inet, self.vpc] + [f(i) for i in range(self.n) for f in (self.nat_ns, self.priv_ns)]
+        for ns in names:
+            sh("ip", "netns", "add", ns)
+            self.made.append(ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", self.inet, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.inet, "link", "set", "br0", "up")
+        sh("ip", "-n", self.inet, "addr", "add", f"{INET_IP}/24", "dev", "br0")
+        sh("ip", "netns", "exec", self.vpc, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        sh("ip", "-n", self.vpc, "rule", "add", "to", "10.0.0.0/16", "lookup", "main", "priority", "50")
+        for i in range(self.n):
+            nat, priv = self.nat_ns(i), self.priv_ns(i)
+            self._veth(self.inet, f"pub{i}", nat, "pub0")
+            sh("ip", "-n", self.inet, "link", "set", f"pub{i}", "master", "br0")
+            sh("ip", "-n", nat, "addr", "add", f"{self.nat_public_ip(i)}/24", "dev", "pub0")
+            self._veth(self.vpc, f"nat{i}", nat, "priv0")
+            sh("ip", "-n", self.vpc, "addr", "add", f"{self.nat_gw(i)}/24", "dev", f"nat{i}")
+            sh("ip", "-n", nat, "addr", "add", f"{self.nat_ip(i)}/24", "dev", "priv0")
+            sh("ip", "-n", nat, "route", "add", "10.0.0.0/16", "via", self.nat_gw(i))
+            self._veth(self.vpc, f"priv{i}", priv, "eth0")
+            sh("ip", "-n", self.vpc, "addr", "add", f"10.0.{1 + i}.1/24", "dev", f"priv{i}")
+            sh("ip", "-n", priv, "addr", "add", f"{self.priv_ip(i)}/24", "dev", "eth0")
+            sh("ip", "-n", priv, "route", "add", "default", "via", f"10.0.{1 + i}.1")
+            sh("ip", "-n", self.vpc, "rule", "add", "from", f"10.0.{1 + i}.0/24", "lookup", str(self.table(i)))
+            sh("ip", "-n", self.vpc, "route", "add", "default", "via", self.nat_ip(i), "table", str(self.table(i)))
+            for hook in ("INPUT", "OUTPUT", "FORWARD"):  # fault injection goes into one chain
+                if hook == "INPUT":
+                    sh("ip", "netns", "exec", nat, "iptables", "-N", FAULT_CHAIN)
+                sh("ip", "netns", "exec", nat, "iptables", "-I", hook, "1", "-j", FAULT_CHAIN)
+        # The NAT set-up the product ships: `nat-ha setup-nat` inside each NAT namespace.
+        procs = []
+        for i in range(self.n):
+            root = setup_root / f"nat{i}"
+            (root / "etc").mkdir(parents=True, exist_ok=True)
+            cmd = [
+                "ip", "netns", "exec", self.nat_ns(i), sys.executable, "-m", "agent.cli", "setup-nat",
+                "--public-interface", "pub0", "--root", str(root),
+            ]  # fmt: skip
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        for i, p in enumerate(procs):
+            out, _ = p.communicate(timeout=60)
+            if p.returncode != 0:
+                raise RuntimeError(f"setup-nat in {self.nat_ns(i)} failed: {out.strip()}")
+
+    def teardown(self) -> None:
+        for ns in reversed(self.made):
+            for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+                with suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            sh("ip", "netns", "del", ns, check=False)
+        self.made.clear()
+
+    # ------------------------------------------------------------ faults
+    def nat_exec(self, i: int, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", self.nat_ns(i), *argv, check=check)
+
+    def links(self, i: int, up: bool) -> None:
+        for dev in ("pub0", "priv0"):
+            sh("ip", "-n", self.nat_ns(i), "link", "set", dev, "up" if up else "down")
+
+    def fault_rule(self, i: int, *rule: str) -> None:
+        self.nat_exec(i, "iptables", "-A", FAULT_CHAIN, *rule)
+
+    def clear_faults(self, i: int) -> None:
+        self.nat_exec(i, "iptables", "-F", FAULT_CHAIN)
+        self.nat_exec(i, "iptables", "-P", "FORWARD", "ACCEPT")
+        self.nat_exec(i, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+
+
+# ----------------------------------------------------------------- ping
+@dataclass
+class PingResult:
+    sent: int
+    received: dict[int, float]  # icmp_seq -> wall-clock receive time
+    interval: float
+
+    @property
+    def lost(self) -> int:
+        return self.sent - len(self.received)
+
+    def lost_seqs(self) -> list[int]:
+        return [s for s in range(1, self.sent + 1) if s not in self.received]
+
+    def outage(self, after: float = 0.0) -> tuple[float, float, float]:
+        """Largest gap between consecutive replies (minus one interval) whose end is after ``after``.
+
+        Returns (outage seconds, wall time of the last reply before the gap, of the first after).
+        """
+        times = sorted(self.received.values())
+        best = (0.0, 0.0, 0.0)
+        for a, b in itertools.pairwise(times):
+            gap = b - a - self.interval
+            if b > after and gap > best[0]:
+                best = (gap, a, b)
+        return best
+
+
+PING_LINE = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from [\d.]+: icmp_seq=(\d+) ")
+
+
+def parse_ping(text: str, count: int, interval: float = PING_INTERVAL) -> PingResult:
+    received: dict[int, float] = {}
+    for line in text.splitlines():
+        m = PING_LINE.match(line)
+        if m:
+            received.setdefault(int(m.group(2)), float(m.group(1)))
+    return PingResult(count, received, interval)
+
+
+class Ping:
+    """``ping -D -O -i 0.1 -W 1 -c N 203.0.113.10`` from a private host, in the background (bounded)."""
+
+    def __init__(self, ns: str, seconds: float, interval: float = PING_INTERVAL, target: str = INET_IP) -> None:
+        self.count = max(1, round(seconds / interval))
+        self.interval = interval
+        self.started = time.time()
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "timeout", str(int(seconds + 10)), "ping", "-D", "-O", "-n",
+             "-i", str(interval), "-W", "1", "-c", str(self.count), target],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    def result(self) -> PingResult:
+        out, _ = self.proc.communicate(timeout=self.count * self.interval + 20)
+        self.text = out
+        return parse_ping(out, self.count, self.interval)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate(timeout=5)
+
+
+# --------------------------------------------------------------- the lab
+class InetMoto:
+    """moto server inside the ``inet`` namespace, at http://203.0.113.10:5000 (SIGSTOP-able)."""
+
+    def __init__(self, ns: str, log_path: Path, executor: NsExecutor) -> None:
+        self.url = f"http://{INET_IP}:{MOTO_PORT}"
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", str(MOTO_PORT)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **DUMMY_ENV},
+        )
+
+        def ready() -> bool:
+            return bool(urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1).status == 200)
+
+        if not executor.call(lambda: wait_until(ready, 30), timeout=40):
+            self.stop()
+            raise RuntimeError(f"moto server did not start in {ns} (see {log_path})")
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+AgentCommand = Callable[["NetLab", int, Nat], list[str]]
+
+
+@dataclass
+class Event:
+    t: float  # wall clock
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass
+class NetLab(LocalGroup):
+    """``with NetLab(workdir) as lab:`` - the topology, moto in ``inet``, the reconciler and real agents.
+
+    A :class:`agent.localgroup.LocalGroup` whose NATs are network namespaces: it reuses the
+    world creation (VPC, instances, route tables, table) and the views (``route_targets``,
+    ``snapshot``, ``at_home``), which run on a thread inside ``inet``.
+    """
+
+    group: str = "lab"
+    timing: dict[str, Any] = field(default_factory=lambda: dict(LAB_TIMING))
+    agent_command: AgentCommand | None = None  # default: `nat-ha agent --config ...`
+    poll: float = 0.05
+    max_seconds: float = 3600.0
+    topo: Topology = field(default_factory=Topology)
+    events: list[Event] = field(default_factory=list)
+    _inet: NsExecutor | None = None
+    _vpc: NsExecutor | None = None
+    _reconciler: subprocess.Popen[str] | None = None
+    _reader: threading.Thread | None = None
+    _events_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    DEMO_TIMING: dict[str, Any] = field(default_factory=dict)  # no demo timing: config defaults + `timing`
+
+    # --------------------------------------------------------------- set-up
+    def __enter__(self) -> NetLab:
+        reason = skip_reason()
+        if reason:
+            raise RuntimeError(reason)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for key, value in DUMMY_ENV.items():
+            os.environ.setdefault(key, value)
+        self.topo.n = self.n
+        try:
+            cleanup_stale()
+            self.topo.build(self.workdir / "setup-root")
+            self._inet = NsExecutor(self.topo.inet)
+            self._vpc = NsExecutor(self.topo.vpc)
+            self.moto = InetMoto(self.topo.inet, self.workdir / "moto.log", self._inet)  # type: ignore[assignment]
+            self.inet(self._create_world)
+            self._start_reconciler()
+            for nat in self.nats:
+                self._spawn(nat)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def inet(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
+        """Run ``fn`` on the thread inside the ``inet`` namespace (where moto is)."""
+        assert self._inet is not None
+        return self._inet.call(fn, timeout)
+
+    def index(self, instance_id: str) -> int:
+        return next(i for i, n in enumerate(self.nats) if n.instance_id == instance_id)
+
+    def _config(self, nat: Nat) -> str:
+        assert self.moto is not None
+        i = self.index(nat.instance_id)
+        timing = {**self.timing}
+        lines = [
+            f'group = "{self.group}"',
+            f'instance_id = "{nat.instance_id}"',
+            f'region = "{REGION}"',
+            "",
+            "[store]",
+            f'table = "{self.table}"',
+            f'endpoint_url = "{self.moto.url}"',
+            "",
+            "[ec2]",
+            f'endpoint_url = "{self.moto.url}"',
+            "",
+            "[probe]",
+            'method = "icmp"',
+            'privileged = "true"',
+            "",
+            "[self_check]",
+            "ip_forward = true",
+            "masquerade = true",
+            'public_interface = "pub0"',
+            "forwarding = true",
+            "",
+            "[timing]",
+            *(f"{k} = {json.dumps(v)}" for k, v in sorted(timing.items())),
+            "",
+            "[metrics]",
+            f'listen = "{self.topo.nat_ip(i)}:9510"' if self.metrics else 'listen = ""',
+            "",
+            "[log]",
+            'format = "json"',
+            "",
+        ]
+        for j, other in enumerate(self.nats):
+            lines += [
+                "[[members]]",
+                f'instance_id = "{other.instance_id}"',
+                f'address = "{self.topo.nat_ip(j)}"',
+                f'route_tables = ["{other.route_table}"]',
+                f'az = "{other.az}"',
+                "",
+            ]
+        return "\n".join(lines)
+
+    def _spawn(self, nat: Nat) -> None:
+        i = self.index(nat.instance_id)
+        if self.agent_command is not None:
+            argv = self.agent_command(self, i, nat)
+        else:
+            argv = [sys.executable, "-m", "agent.cli", "agent", "--config", str(nat.config_path)]
+        env = {**os.environ, **DUMMY_ENV, **self.extra_env}
+        with open(nat.log_path, "ab") as log:
+            nat.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.topo.nat_ns(i), *argv], stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        nat.starts += 1
+
+    def _play_ec2(self) -> None:  # the reconciler plays EC2 here (see _on_event)
+        return
+
+    # ------------------------------------------------------------ reconciler
+    def _start_reconciler(self) -> None:
+        assert self.moto is not None
+        spec = {
+            "url": self.moto.url,
+            "poll": self.poll,
+            "deadline": time.time() + self.max_seconds,
+            "vpc": self.topo.vpc,
+            "tables": {n.route_table: self.topo.table(i) for i, n in enumerate(self.nats)},
+            "instances": {
+                n.instance_id: {"ns": self.topo.nat_ns(i), "ip": self.topo.nat_ip(i), "gw": self.topo.nat_gw(i)}
+                for i, n in enumerate(self.nats)
+            },
+        }
+        path = self.workdir / "reconciler.json"
+        path.write_text(json.dumps(spec))
+        self._reconciler = subprocess.Popen(
+            ["ip", "netns", "exec", self.topo.inet, sys.executable, "-m", "agent.netlab", "reconcile", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=open(self.workdir / "reconciler.log", "ab"),  # noqa: SIM115 - the child owns it
+            text=True,
+            env={**os.environ, **DUMMY_ENV},
+        )
+        ready = threading.Event()
+        self._reader = threading.Thread(target=self._read_events, args=(ready,), name="lab-events", daemon=True)
+        self._reader.start()
+        if not ready.wait(30):
+            raise RuntimeError(f"the reconciler did not start (see {self.workdir / 'reconciler.log'})")
+
+    def _read_events(self, ready: threading.Event) -> None:
+        assert self._reconciler is not None and self._reconciler.stdout is not None
+        with open(self.workdir / "events.jsonl", "a") as keep:
+            for line in self._reconciler.stdout:
+                keep.write(line)
+                keep.flush()
+                try:
+                    data = json.loads(line)
+                except ValueError:
+                    continue
+                ev = Event(float(data.pop("t")), str(data.pop("ev")), data)
+                with self._events_lock:
+                    self.events.append(ev)
+                if ev.kind == "ready":
+                    ready.set()
+                self._on_event(ev)
+
+    def _on_event(self, ev: Event) -> None:
+        if ev.kind == "stopped":
+            nat = self.nat(ev.data["instance"])
+            nat.expect_running = False
+            self.signal(nat.instance_id, signal.SIGCONT)
+            self.signal(nat.instance_id, signal.SIGKILL)
+            self._log(f"EC2: {nat.instance_id} stopped: links down, agent killed")
+        elif ev.kind == "running":
+            nat = self.nat(ev.data["instance"])
+            if not nat.expect_running and not self._stop.is_set():
+                nat.expect_running = True
+                if nat.proc is not None and nat.proc.poll() is None:
+                    nat.proc.wait(5)
+                self._spawn(nat)
+                self._log(f"EC2: {nat.instance_id} running: booted, agent starts")
+
+    def events_since(self, t: float, kind: str = "") -> list[Event]:
+        with self._events_lock:
+            return [e for e in self.events if e.t >= t and (not kind or e.kind == kind)]
+
+    # ------------------------------------------------------------- views
+    def route_targets(self) -> dict[str, str]:
+        return self.inet(super().route_targets)
+
+    def snapshot(self) -> Any:
+        return self.inet(super().snapshot)
+
+    def at_home(self) -> bool:
+        return self.inet(super().at_home)
+
+    def data_plane_at_home(self) -> bool:
+        """The vpc router sends every private subnet to its own NAT."""
+        for i in range(self.n):
+            out = sh("ip", "-n", self.topo.vpc, "route", "show", "table", str(self.topo.table(i)), check=False).stdout
+            if f"default via {self.topo.nat_ip(i)} " not in out + " ":
+                return False
+        return True
+
+    def settled(self) -> bool:
+        """At home in DynamoDB, EC2 and the data plane; every member alive and healthy."""
+        if not self.at_home() or not self.data_plane_at_home():
+            return False
+        snap = self.snapshot()
+        return all(
+            (m := snap.members.get(n.instance_id)) is not None and m.state == "alive" and m.health.healthy
+            for n in self.nats
+        )
+
+    def instance_state(self, instance_id: str) -> str:
+        def read() -> str:
+            data = self.client("ec2").describe_instances(InstanceIds=[instance_id])
+            return str(data["Reservations"][0]["Instances"][0]["State"]["Name"])
+
+        return self.inet(read)
+
+    def ec2_restart(self, instance_id: str) -> None:
+        """Stop and start an instance in moto (as an operator would); the reconciler boots it."""
+
+        def go() -> None:
+            ec2 = self.client("ec2")
+            ec2.stop_instances(InstanceIds=[instance_id])
+            ec2.start_instances(InstanceIds=[instance_id])
+
+        self.inet(go)
+
+    def scrape(self, i: int, timeout: float = 1.0) -> str | None:
+        """The agent's /metrics text (None: no answer), read from inside ``vpc``."""
+        assert self._vpc is not None
+
+        def get() -> str | None:
+            try:
+                with urllib.request.urlopen(f"http://{self.topo.nat_ip(i)}:9510/metrics", timeout=timeout) as r:
+                    return str(r.read().decode())
+            except OSError:
+                return None
+
+        return self._vpc.call(get, timeout + 5)
+
+    def ping(self, i: int, seconds: float, interval: float = PING_INTERVAL) -> Ping:
+        return Ping(self.topo.priv_ns(i), seconds, interval)
+
+    # --------------------------------------------------------------- faults
+    def crash(self, i: int) -> None:
+        """The instance dies: its links go down and its agent is killed (moto still says running)."""
+        self.topo.links(i, up=False)
+        self.signal(self.nats[i].instance_id, signal.SIGKILL)
+
+    def hang(self, i: int) -> None:
+        """The instance hangs: every packet in, out and through it is dropped; its agent runs on."""
+        self.topo.fault_rule(i, "-j", "DROP")
+
+    def break_forwarding(self, i: int, how: str) -> None:
+        if how == "ip_forward":
+            self.topo.nat_exec(i, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+        elif how == "forward_drop":
+            self.topo.nat_exec(i, "iptables", "-P", "FORWARD", "DROP")
+        else:
+            raise ValueError(how)
+
+    def partition(self, on: bool) -> None:
+        """Drop ICMP between the NATs' private addresses (in every NAT namespace)."""
+        for i in range(self.n):
+            if not on:
+                self.topo.nat_exec(i, "iptables", "-F", FAULT_CHAIN)
+                continue
+            for j in range(self.n):
+                if j != i:
+                    peer = self.topo.nat_ip(j)
+                    self.topo.fault_rule(i, "-p", "icmp", "-s", peer, "-j", "DROP")
+                    self.topo.fault_rule(i, "-p", "icmp", "-d", peer, "-j", "DROP")
+
+    def netem_peers(self, i: int, probability: float) -> None:
+        """Random loss (iptables statistic) of packets between NAT i and the other NATs (netem stand-in)."""
+        for j in range(self.n):
+            if j != i:
+                for d in ("-s", "-d"):
+                    self.topo.fault_rule(
+                        i, d, self.topo.nat_ip(j), "-m", "statistic", "--mode", "random",
+                        "--probability", str(probability), "-j", "DROP",
+                    )  # fmt: skip
+
+    def agent_running(self, i: int) -> bool:
+        return self.alive(self.nats[i].instance_id)
+
+    def start_agent(self, i: int) -> None:
+        self.restart_agent(self.nats[i].instance_id)
+
+    # -------------------------------------------------------------- cleanup
+    def close(self) -> None:
+        self._stop.set()
+        if self._reconciler is not None and self._reconciler.poll() is None:
+            self._reconciler.terminate()
+            try:
+                self._reconciler.wait(5)
+            except subprocess.TimeoutExpired:
+                self._reconciler.kill()
+                self._reconciler.wait(5)
+        for nat in self.nats:
+            if nat.proc is not None and nat.proc.poll() is None:
+                nat.proc.send_signal(signal.SIGCONT)
+                nat.proc.kill()
+                nat.proc.wait(5)
+        if self.moto is not None:
+            with suppress(Exception):
+                self.moto.stop()
+        for ex in (self._inet, self._vpc):
+            if ex is not None:
+                ex.close()
+        self.topo.teardown()
+
+
+@contextmanager
+def lab(workdir: Path, **kwargs: Any) -> Iterator[NetLab]:
+    with NetLab(workdir, **kwargs) as lab_:
+        yield lab_
+
+
+# ------------------------------------------------------------- reconciler
+def reconcile(spec_path: str) -> int:
+    """The reconciler process (run inside ``inet``): moto's state -> the namespaces. Bounded by the deadline."""
+    import botocore.config
+    import botocore.session
+
+    spec = json.loads(Path(spec_path).read_text())
+    parent = os.getppid()
+    ec2: Any = botocore.session.get_session().create_client(
+        "ec2",
+        region_name=REGION,
+        endpoint_url=spec["url"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=botocore.config.Config(connect_timeout=1, read_timeout=1, retries={"max_attempts": 1}),
+    )
+    tables: dict[str, int] = spec["tables"]
+    instances: dict[str, dict[str, str]] = spec["instances"]
+    applied: dict[str, str] = {}
+    running = dict.fromkeys(instances, True)
+
+    def emit(ev: str, **data: Any) -> None:
+        print(json.dumps({"t": time.time(), "ev": ev, **data}), flush=True)
+
+    def run(*argv: str) -> None:
+        p = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, check=False)
+        if p.returncode != 0:
+            emit("cmd_error", cmd=" ".join(argv), err=p.stderr.strip())
+
+    def nsx(inst: str, *argv: str) -> None:
+        run("ip", "netns", "exec", instances[inst]["ns"], *argv)
+
+    emit("ready")
+    errors = 0
+    while time.time() < spec["deadline"] and os.getppid() == parent:
+        t0 = time.monotonic()
+        try:
+            rts = ec2.describe_route_tables(RouteTableIds=list(tables))["RouteTables"]
+            res = ec2.describe_instances(InstanceIds=list(instances))["Reservations"]
+            errors = 0
+        except Exception as exc:
+            errors += 1
+            if errors == 1:
+                emit("moto_error", err=str(exc)[:200])
+            time.sleep(spec["poll"])
+            continue
+        for r in res:
+            for inst in r["Instances"]:
+                iid, state = inst["InstanceId"], inst["State"]["Name"]
+                up = state in ("pending", "running")
+                if up == running[iid]:
+                    continue
+                running[iid] = up
+                if not up:
+                    for dev in ("pub0", "priv0"):
+                        run("ip", "-n", instances[iid]["ns"], "link", "set", dev, "down")
+                    emit("stopped", instance=iid, state=state)
+                else:  # boot: runtime faults gone, setup-nat's state back, links and routes up
+                    nsx(iid, "iptables", "-F", FAULT_CHAIN)
+                    nsx(iid, "iptables", "-P", "FORWARD", "ACCEPT")
+                    nsx(iid, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+                    for dev in ("pub0", "priv0"):
+                        run("ip", "-n", instances[iid]["ns"], "link", "set", dev, "up")
+                    run("ip", "-n", instances[iid]["ns"], "route", "replace", "10.0.0.0/16", "via",
+                        instances[iid]["gw"])  # fmt: skip
+                    applied.clear()  # re-apply every table
+                    emit("running", instance=iid, state=state)
+        for rt in rts:
+            rid = rt["RouteTableId"]
+            target = next(
+                (
+                    x.get("InstanceId") or ""
+                    for x in rt.get("Routes", [])
+                    if x.get("DestinationCidrBlock") == "0.0.0.0/0"
+                ),
+                "",
+            )
+            if target in instances and applied.get(rid) != target:
+                run("ip", "-n", spec["vpc"], "route", "replace", "default", "via", instances[target]["ip"],
+                    "table", str(tables[rid]))  # fmt: skip
+                if applied.get(rid) is not None or rid not in applied:
+                    emit("route", rtb=rid, target=target, previous=applied.get(rid, ""))
+                applied[rid] = target
+        time.sleep(max(0.0, spec["poll"] - (time.monotonic() - t0)))
+    emit("exit")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "reconcile":
+        return reconcile(argv[1])
+    print("usage: python -m agent.netlab reconcile SPEC.json", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
