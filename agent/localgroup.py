@@ -98,6 +98,7 @@ class Nat:
     proc: subprocess.Popen[bytes] | None = None
     expect_running: bool = True  # False while moto says stopped (the group plays EC2)
     starts: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # extra environment of this agent only
 
 
 @dataclass
@@ -111,6 +112,13 @@ class LocalGroup:
     table: str = "nat-ha"
     timing: dict[str, Any] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Extra environment of single agents, by index (bench/footprint.py records one agent's AWS calls).
+    nat_env: dict[int, dict[str, str]] = field(default_factory=dict)
+    # "icmp" probes 127.0.0.1 like production would probe a peer (bench/footprint.py); the demo's
+    # "tcp-echo" makes killing an agent look like its instance dying.
+    probe_method: str = "tcp-echo"
+    # DynamoDB elsewhere (dynalite); empty: the moto server serves DynamoDB too.
+    dynamodb_url: str = ""
     nats: list[Nat] = field(default_factory=list)
     moto: MotoServer | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -168,7 +176,7 @@ class LocalGroup:
         assert self.moto is not None
         ec2 = self.client("ec2")
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-        image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        image = "ami-12c6146b"  # in moto's default AMI list (describe_images costs seconds)
         for i in range(self.n):
             az = AZS[i]
             subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{100 + i}.0/24", AvailabilityZone=az)
@@ -199,11 +207,17 @@ class LocalGroup:
                     free_port() if self.metrics else 0,
                     self.workdir / f"{name}.toml",
                     self.workdir / f"{name}.log",
+                    env=self.nat_env.get(i, {}),
                 )
             )
-        init_table(DynamoSettings(table=self.table, region=REGION, endpoint_url=self.moto.url))
+        init_table(DynamoSettings(table=self.table, region=REGION, endpoint_url=self.store_url))
         for nat in self.nats:
             nat.config_path.write_text(self._config(nat))
+
+    @property
+    def store_url(self) -> str:
+        assert self.moto is not None
+        return self.dynamodb_url or self.moto.url
 
     def _config(self, nat: Nat) -> str:
         assert self.moto is not None
@@ -215,14 +229,14 @@ class LocalGroup:
             "",
             "[store]",
             f'table = "{self.table}"',
-            f'endpoint_url = "{self.moto.url}"',
+            f'endpoint_url = "{self.store_url}"',
             "",
             "[ec2]",
             f'endpoint_url = "{self.moto.url}"',
             "",
             "[probe]",
-            'method = "tcp-echo"',
-            f"answer_port = {nat.probe_port}",
+            f'method = "{self.probe_method}"',
+            f"answer_port = {nat.probe_port if self.probe_method == 'tcp-echo' else 0}",
             "",
             "[self_check]",
             "ip_forward = false",
@@ -250,7 +264,7 @@ class LocalGroup:
 
     # ------------------------------------------------------------ processes
     def _spawn(self, nat: Nat) -> None:
-        env = {**os.environ, **DUMMY_ENV, **self.extra_env}
+        env = {**os.environ, **DUMMY_ENV, **self.extra_env, **nat.env}
         with open(nat.log_path, "ab") as log:
             nat.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent.cli", "agent", "--config", str(nat.config_path)],
@@ -330,7 +344,7 @@ class LocalGroup:
         if not hasattr(self, "_store"):
             self._store = DynamoStore(
                 DynamoSettings(
-                    table=self.table, region=REGION, endpoint_url=self.moto.url, connect_timeout_s=2, read_timeout_s=2
+                    table=self.table, region=REGION, endpoint_url=self.store_url, connect_timeout_s=2, read_timeout_s=2
                 )
             )
         return parse_group(self.group, self._store.query_group(self.group))
