@@ -1,13 +1,190 @@
-"""One shared botocore session per process (clients made from it share loaded data)."""
+"""One shared botocore session per process, loading trimmed service models.
+
+Why: botocore's EC2 model (``ec2/2016-11-15/service-2.json``) describes ~750
+operations; parsing it costs the agent ~21 MB of RSS, a third of its footprint
+on a 512 MB t4g.nano, for the six EC2 operations it calls. So the session's
+loader searches a directory of *trimmed* models first: a copy of the EC2 and
+DynamoDB models with only the operations in :data:`agent.awscalls.ALL_CALLS` and
+the shapes they reach (documentation strings dropped). Everything else (the
+endpoint rule sets, ``endpoints.json``, retry and default configuration) still
+comes from botocore's own data, so endpoint resolution and signing are unchanged.
+
+The trimmed copy is made once per botocore version and operation list (both are
+in the directory name, so an upgrade or a new call regenerates it), in a child
+process so the full model never inflates the agent's own peak RSS, into the first
+writable of: ``$NAT_HA_MODEL_CACHE``, ``$CACHE_DIRECTORY`` (systemd's
+``CacheDirectory=nat-ha``), ``$XDG_CACHE_HOME/nat-ha`` or ``~/.cache/nat-ha``, and
+a per-user directory in the temporary directory. If that fails, the full models are
+used (correct, only bigger) and a warning is logged. ``NAT_HA_FULL_AWS_MODELS=1``
+turns trimming off.
+
+``python -m agent.awsmodels DIR`` writes the trimmed models under ``DIR`` (what the
+child process runs; also usable at image build time with ``NAT_HA_MODEL_CACHE=DIR``).
+"""
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("nat_ha.awsmodels")
+
+FORMAT = "1"  # bump when the trimming below changes
+CACHE_ENV = "NAT_HA_MODEL_CACHE"
+FULL_ENV = "NAT_HA_FULL_AWS_MODELS"
+SERVICES = ("ec2", "dynamodb")
+
+
+def trimmed_operations() -> dict[str, frozenset[str]]:
+    """Service -> the operations nat-ha may call (agent and admin commands)."""
+    from agent.awscalls import ALL_CALLS
+
+    return {s: frozenset(op for svc, op in ALL_CALLS if svc == s) for s in SERVICES}
+
+
+def _key() -> str:
+    import botocore
+
+    ops = trimmed_operations()
+    text = json.dumps({s: sorted(v) for s, v in sorted(ops.items())} | {"format": FORMAT}, sort_keys=True)
+    return f"botocore-{botocore.__version__}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def trim_model(model: dict[str, Any], operations: Iterable[str]) -> dict[str, Any]:
+    """A copy of a service model with only ``operations`` and the shapes they reach, without docs."""
+    wanted = sorted(set(operations))
+    missing = [op for op in wanted if op not in model["operations"]]
+    if missing:
+        raise KeyError(f"{model['metadata'].get('serviceId')}: no such operations {missing}")
+    shapes: dict[str, Any] = model["shapes"]
+    keep: set[str] = set()
+    todo: list[str] = []
+    ops: dict[str, Any] = {}
+    for name in wanted:
+        op = {k: v for k, v in model["operations"][name].items() if k != "documentation"}
+        ops[name] = op
+        for ref in [op.get("input"), op.get("output"), *op.get("errors", [])]:
+            if ref and "shape" in ref:
+                todo.append(ref["shape"])
+    while todo:
+        name = todo.pop()
+        if name in keep:
+            continue
+        keep.add(name)
+        shape = shapes[name]
+        refs = list(shape.get("members", {}).values())
+        refs += [shape[k] for k in ("member", "key", "value") if k in shape]
+        todo.extend(ref["shape"] for ref in refs if "shape" in ref)
+
+    def no_docs(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: no_docs(v) for k, v in value.items() if k != "documentation"}
+        return value
+
+    return {
+        "version": model.get("version", "2.0"),
+        "metadata": model["metadata"],
+        "operations": ops,
+        "shapes": {name: no_docs(shapes[name]) for name in sorted(keep)},
+    }
+
+
+def write_trimmed(root: Path) -> Path:
+    """Write the trimmed models under ``root/<key>`` (atomically per file); returns that directory."""
+    import botocore.loaders
+
+    target = root / _key()
+    loader = botocore.loaders.create_loader()  # botocore's own data only
+    for service, operations in trimmed_operations().items():
+        version = loader.determine_latest_version(service, "service-2")
+        model = loader.load_service_model(service, "service-2", version)
+        out = target / service / version / "service-2.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".service-2.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(trim_model(model, operations), fh, separators=(",", ":"))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the models are public data
+        os.replace(tmp, out)
+    return target
+
+
+def _complete(directory: Path) -> bool:
+    return all(any(directory.glob(f"{s}/*/service-2.json")) for s in SERVICES)
+
+
+def _cache_roots() -> list[Path]:
+    roots: list[Path] = []
+    if os.environ.get(CACHE_ENV):
+        roots.append(Path(os.environ[CACHE_ENV]))
+    if os.environ.get("CACHE_DIRECTORY"):  # systemd CacheDirectory= (may list several, ':'-separated)
+        roots.append(Path(os.environ["CACHE_DIRECTORY"].split(":")[0]))
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    roots.append(Path(xdg) / "nat-ha")
+    roots.append(Path(tempfile.gettempdir()) / f"nat-ha-{os.getuid()}")
+    return roots
+
+
+def trimmed_models_dir() -> Path | None:
+    """The directory of trimmed models for this botocore, made on first use; None if impossible."""
+    key = _key()
+    errors: list[str] = []
+    for root in _cache_roots():
+        directory = root / key
+        if _complete(directory):
+            return directory
+        try:
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not os.access(root, os.W_OK):
+                raise PermissionError(f"{root} is not writable")
+            # A child process parses the full models, so their ~25 MB never count in our RSS.
+            done = subprocess.run(
+                [sys.executable, "-m", "agent.awsmodels", str(root)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            if done.returncode == 0 and _complete(directory):
+                log.info("wrote trimmed AWS service models to %s", directory)
+                return directory
+            errors.append(f"{root}: {(done.stderr.strip().splitlines() or ['exit %d' % done.returncode])[-1]}")
+        except (OSError, subprocess.SubprocessError) as exc:
+            errors.append(f"{root}: {exc}")
+    log.warning("cannot write trimmed AWS service models, using botocore's full ones (%s)", "; ".join(errors))
+    return None
 
 
 @functools.lru_cache(maxsize=1)
 def botocore_session() -> Any:
+    """The process's botocore session (EC2 client and pynamodb share it, so data loads once)."""
     import botocore.session
 
-    return botocore.session.get_session()
+    session = botocore.session.get_session()
+    if os.environ.get(FULL_ENV, "") not in ("1", "true", "yes"):
+        directory = trimmed_models_dir()
+        if directory is not None:
+            # Searched before botocore's data: only <service>/<version>/service-2.json is there.
+            session.get_component("data_loader").search_paths.insert(0, str(directory))
+    return session
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m agent.awsmodels DIR", file=sys.stderr)
+        return 2
+    print(write_trimmed(Path(args[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

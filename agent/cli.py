@@ -1,7 +1,7 @@
 """The ``nat-ha`` command: one entry point, one module per subcommand.
 
-Subcommand modules are imported only when used, so ``nat-ha --help`` and
-``check-config`` stay fast and light. Every failure a user can cause ends in one
+Subcommand modules keep their heavy imports (botocore, pynamodb, moto) inside
+``run()``, so ``nat-ha --help`` and ``check-config`` stay fast and light. Every failure a user can cause ends in one
 clear line on stderr and exit code 2 (bad input) or 1 (the world said no), never
 a traceback.
 """
@@ -77,4 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the imported module, not __main__: subcommands raise agent.cli.UsageError.
+    from agent.cli import main as _main
+
+    sys.exit(_main())

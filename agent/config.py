@@ -322,6 +322,7 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 
 def _check_value(path: str, key: Key, value: Any, problems: list[str]) -> Any:
     kind = key.kind
+    original = value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if (kind is int and isinstance(value, bool)) or (kind is float and isinstance(value, bool)):
@@ -334,7 +335,7 @@ def _check_value(path: str, key: Key, value: Any, problems: list[str]) -> Any:
         problems.append(f"{path}: must be one of {', '.join(key.choices)}, got {value!r}")
         return key.default
     if key.minimum is not None and isinstance(value, (int, float)) and value < key.minimum:
-        problems.append(f"{path}: must be >= {key.minimum}, got {value!r}")
+        problems.append(f"{path}: must be >= {key.minimum}, got {original!r}")
         return key.default
     if isinstance(value, list) and not all(isinstance(v, str) for v in value):
         problems.append(f"{path}: must be a list of strings")

@@ -266,6 +266,12 @@ class Topology:
     def fault_rule(self, i: int, *rule: str) -> None:
         self.nat_exec(i, "iptables", "-A", FAULT_CHAIN, *rule)
 
+    def boot(self, i: int) -> None:
+        """What a start does to a NAT: runtime faults gone, ip_forward on, links and routes back."""
+        self.clear_faults(i)
+        self.links(i, up=True)
+        sh("ip", "-n", self.nat_ns(i), "route", "replace", "10.0.0.0/16", "via", self.nat_gw(i))
+
     def clear_faults(self, i: int) -> None:
         self.nat_exec(i, "iptables", "-F", FAULT_CHAIN)
         self.nat_exec(i, "iptables", "-P", "FORWARD", "ACCEPT")
@@ -662,14 +668,16 @@ class NetLab(LocalGroup):
                     self.topo.fault_rule(i, "-p", "icmp", "-d", peer, "-j", "DROP")
 
     def netem_peers(self, i: int, probability: float) -> None:
-        """Random loss (iptables statistic) of packets between NAT i and the other NATs (netem stand-in)."""
+        """Random loss of packets NAT i sends to the other NATs (egress, as netem on its link would).
+
+        This kernel has no sch_netem, so it is ``iptables -m statistic --mode random`` DROP.
+        """
         for j in range(self.n):
             if j != i:
-                for d in ("-s", "-d"):
-                    self.topo.fault_rule(
-                        i, d, self.topo.nat_ip(j), "-m", "statistic", "--mode", "random",
-                        "--probability", str(probability), "-j", "DROP",
-                    )  # fmt: skip
+                self.topo.fault_rule(
+                    i, "-d", self.topo.nat_ip(j), "-m", "statistic", "--mode", "random",
+                    "--probability", str(probability), "-j", "DROP",
+                )  # fmt: skip
 
     def agent_running(self, i: int) -> bool:
         return self.alive(self.nats[i].instance_id)

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 from agent import __version__
+from agent.awsmodels import botocore_session
 from agent.config import Config, ConfigError, with_discovered
 from agent.ec2 import Ec2, Ec2Error
 from agent.imds import ImdsError, identity
@@ -78,6 +79,7 @@ def resolve(
             max_attempts=t.store_attempts,
         ),
         on_call=store_on_call,
+        session=botocore_session(),  # one session for EC2 and DynamoDB: data loaded once
     )
     return Runtime(config, store, ec2)
 

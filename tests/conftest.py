@@ -13,6 +13,9 @@ from tests import servers
 # Dummy credentials and region before anything creates a boto client: no test
 # can reach real AWS.
 servers.set_test_aws_env()
+# IMDS lookups (nat-ha's own, botocore's credential chain) stay on loopback and fail fast.
+os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = "http://127.0.0.1:9"
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
 @pytest.fixture
