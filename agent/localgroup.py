@@ -263,8 +263,24 @@ class LocalGroup:
         return "\n".join(lines)
 
     # ------------------------------------------------------------ processes
+    def calls_path(self, instance_id: str) -> Path:
+        """Where this NAT's agent records its AWS calls (one JSON line each)."""
+        return self.workdir / f"calls-{instance_id}.jsonl"
+
+    def calls(self, instance_id: str, action: str = "") -> list[dict[str, Any]]:
+        """The AWS calls this NAT's agents made so far (optionally only one action)."""
+        try:
+            lines = self.calls_path(instance_id).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        found = [json.loads(line) for line in lines if line.strip()]
+        return [c for c in found if not action or c["action"] == action]
+
     def _spawn(self, nat: Nat) -> None:
-        env = {**os.environ, **DUMMY_ENV, **self.extra_env, **nat.env}
+        from coordinator.instrument import RECORD_ENV
+
+        record = {RECORD_ENV: str(self.calls_path(nat.instance_id))}
+        env = {**os.environ, **DUMMY_ENV, **self.extra_env, **record, **nat.env}
         with open(nat.log_path, "ab") as log:
             nat.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent.cli", "agent", "--config", str(nat.config_path)],
@@ -375,3 +391,17 @@ class LocalGroup:
                 nat.proc.wait(5)
         if self.moto is not None:
             self.moto.stop()
+        self._forward_call_records()
+
+    def _forward_call_records(self) -> None:
+        """Append every agent's call record to the caller's own record, if it keeps one (the IAM test)."""
+        from coordinator.instrument import RECORD_ENV
+
+        target = os.environ.get(RECORD_ENV)
+        if not target:
+            return
+        with open(target, "a", encoding="utf-8") as out:
+            for nat in self.nats:
+                path = self.calls_path(nat.instance_id)
+                if path.exists() and str(path) != target:
+                    out.write(path.read_text())
