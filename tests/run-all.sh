@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Install everything the tests need, then run them all: lint, types, unit, simulation,
+# integration (moto server, dynalite, Prometheus, Alertmanager, systemd-analyze, cfn-lint)
+# and the network-namespace lab. Run as root on a fresh machine (CI does: .ci/run).
+# Without root, the system packages must already be there and the lab tests skip, saying why.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$(date +%s)
+step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - started ))"; }
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    step "system packages"
+    mapfile -t wanted < <(grep -v '^\s*#' deploy/ci-packages.txt | sed '/^\s*$/d')
+    command -v node >/dev/null || wanted+=(nodejs)
+    command -v npm >/dev/null || wanted+=(npm)
+    missing=()
+    for p in "${wanted[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+fi
+
+step "python environment (.venv)"
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v -i -E 'warning|location .* is ignored' || true
+export PATH="$PWD/.venv/bin:$PATH"
+
+if command -v node >/dev/null && command -v npm >/dev/null; then
+    step "dynalite (npm)"
+    [ -x .cache/dynalite/node_modules/.bin/dynalite ] || \
+        npm install --silent --no-audit --no-fund --prefix .cache/dynalite dynalite@4.0.0 >/dev/null 2>&1
+fi
+
+step "ruff"
+ruff check agent coordinator tests bench
+step "mypy"
+mypy
+
+step "pytest (every tier)"
+set +e
+python -m pytest -p no:cacheprovider -q -rs --durations=15 "$@"
+code=$?
+set -e
+step "done"
+if [ "$code" -eq 5 ]; then
+    echo "pytest collected no tests: treating as a failure" >&2
+    exit 1
+fi
+exit "$code"
