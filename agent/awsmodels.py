@@ -156,7 +156,8 @@ def trimmed_models_dir() -> Path | None:
             if done.returncode == 0 and _complete(directory):
                 log.info("wrote trimmed AWS service models to %s", directory)
                 return directory
-            errors.append(f"{root}: {(done.stderr.strip().splitlines() or ['exit %d' % done.returncode])[-1]}")
+            last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            errors.append(f"{root}: {last}")
         except (OSError, subprocess.SubprocessError) as exc:
             errors.append(f"{root}: {exc}")
     log.warning("cannot write trimmed AWS service models, using botocore's full ones (%s)", "; ".join(errors))

@@ -111,15 +111,33 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def use_session(connection: Any, session: Any) -> None:
+    """Make a pynamodb ``Connection`` create its client from ``session`` (a botocore session).
+
+    pynamodb keeps one botocore session per thread (``Connection._local.session``) and
+    makes its client from it on first use. Each session loads its own copy of
+    ``endpoints.json``, the retry and default configuration and the service models:
+    about 10 MB that the agent's EC2 client already holds. Setting this thread's session
+    before the client exists shares them (and the trimmed models, agent/awsmodels.py).
+    A client made later on another thread gets pynamodb's own session, as before.
+    """
+    local = getattr(connection, "_local", None)
+    if local is not None and getattr(connection, "_client", None) is None:
+        local.session = session
+
+
 class DynamoStore:
     """The :class:`~coordinator.store.Store` on a DynamoDB table."""
 
-    def __init__(self, settings: DynamoSettings, on_call: CallObserver | None = None) -> None:
+    def __init__(self, settings: DynamoSettings, on_call: CallObserver | None = None, *, session: Any = None) -> None:
         self.settings = settings
         self.model = make_model(settings)
         self._deserializer = TypeDeserializer()
+        connection = self.model._get_connection().connection
+        if session is not None:
+            use_session(connection, session)
         # One connection per store, instrumented once (timing, errors, call recording).
-        instrument_client(self.model._get_connection().connection.client, on_call)
+        instrument_client(connection.client, on_call)
 
     # ------------------------------------------------------------------ reads
     def _rows(self, raw_items: list[dict[str, Any]]) -> list[Attrs]:
