@@ -32,6 +32,11 @@ ApplyHook = Callable[[str, Attrs], None]
 FAULTS = ("unavailable", "throttled", "lost_reply", "retried")
 
 
+def _copy(attrs: Attrs) -> Attrs:
+    """A copy of an item: items are flat (scalars), so only nested values are deep-copied."""
+    return {k: v if isinstance(v, (str, int, float, bool, type(None))) else copy.deepcopy(v) for k, v in attrs.items()}
+
+
 class MemoryStore:
     def __init__(
         self,
@@ -61,7 +66,7 @@ class MemoryStore:
             raise Unavailable("injected: query failed")
         with self._lock:
             self.reads += 1
-            rows = [copy.deepcopy(a) for (g, _), a in sorted(self._items.items()) if g == group]
+            rows = [_copy(a) for (g, _), a in sorted(self._items.items()) if g == group]
         self._delay("query", group, "", "reply")
         return rows
 
@@ -72,7 +77,7 @@ class MemoryStore:
         with self._lock:
             self.reads += 1
             found = self._items.get((group, item))
-            found = copy.deepcopy(found) if found is not None else None
+            found = _copy(found) if found is not None else None
         self._delay("get", group, item, "reply")
         return found
 
@@ -89,11 +94,11 @@ class MemoryStore:
             current = self._items.get((group, item))
             applied = expect.holds_for(current)
             if applied:
-                stored = copy.deepcopy(attrs)
+                stored = _copy(attrs)
                 stored["group"] = group
                 self._items[(group, item)] = stored
         if applied and self.apply_hook is not None:
-            self.apply_hook(group, copy.deepcopy(stored))
+            self.apply_hook(group, _copy(stored))
         self._delay("put", group, item, "reply")
         if not applied:
             raise ConditionFailed(item)
@@ -106,7 +111,7 @@ class MemoryStore:
     def raw_put(self, group: str, attrs: Attrs) -> None:
         """Write an item unconditionally (tests: hand-edited or odd items)."""
         with self._lock:
-            stored = copy.deepcopy(attrs)
+            stored = _copy(attrs)
             stored["group"] = group
             self._items[(group, str(attrs["item"]))] = stored
 
@@ -114,4 +119,4 @@ class MemoryStore:
         """The current item, without hooks or faults (simulator invariants)."""
         with self._lock:
             found = self._items.get((group, item))
-            return copy.deepcopy(found) if found is not None else None
+            return _copy(found) if found is not None else None

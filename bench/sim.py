@@ -1,0 +1,107 @@
+"""Run many seeded simulations of a nat-ha group and report violations and throughput.
+
+    python bench/sim.py --seeds 10000 --workers 2 --json sim.json [--start 0]
+
+Every seed is one deterministic run (tests/sim); a failing seed is printed with
+its replay command (``pytest tests/sim --sim-seed N``) and its trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.sim.scenario import FAULT_KINDS
+from tests.sim.world import run_seed
+
+
+def one(seed: int) -> dict[str, object]:
+    r = run_seed(seed)
+    return {
+        "seed": seed,
+        "ok": r.ok,
+        "violations": r.violations,
+        "error": r.error,
+        "faults": [f.kind for f in r.scenario.faults],
+        "members": len(r.scenario.members),
+        "skewed": any(rate != 1.0 for rate in r.scenario.rates.values()),
+        "route_changes": sum(r.route_changes.values()),
+        "stops": r.stops,
+        "stop_races": r.stop_races,
+        "virtual": r.end,
+        "recovered_after": r.recovered_after,
+        "report": "" if r.ok else r.report(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=1000)
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--show", type=int, default=3, help="print the traces of this many failing seeds")
+    args = ap.parse_args(argv)
+    seeds = range(args.start, args.start + args.seeds)
+    t0 = time.monotonic()
+    if args.workers > 1:
+        with multiprocessing.get_context("fork").Pool(args.workers) as pool:
+            results = list(pool.imap_unordered(one, seeds, chunksize=8))
+    else:
+        results = [one(s) for s in seeds]
+    elapsed = time.monotonic() - t0
+    results.sort(key=lambda r: int(r["seed"]))  # type: ignore[call-overload]
+    failing = [r for r in results if not r["ok"]]
+    kinds: Counter[str] = Counter()
+    for r in results:
+        kinds.update(r["faults"])  # type: ignore[arg-type]
+    recovered = [float(r["recovered_after"]) for r in results if float(r["recovered_after"]) >= 0]  # type: ignore[arg-type]
+    summary = {
+        "seeds": len(results),
+        "start": args.start,
+        "workers": args.workers,
+        "violations": len(failing),
+        "failing_seeds": [r["seed"] for r in failing],
+        "seconds": round(elapsed, 2),
+        "seeds_per_second": round(len(results) / elapsed, 2),
+        "virtual_seconds": round(sum(float(r["virtual"]) for r in results), 1),  # type: ignore[arg-type]
+        "faults": {k: kinds.get(k, 0) for k in FAULT_KINDS},
+        "fault_free_seeds": sum(1 for r in results if not r["faults"]),
+        "skewed_seeds": sum(1 for r in results if r["skewed"]),
+        "route_changes": sum(int(r["route_changes"]) for r in results),  # type: ignore[call-overload]
+        "peer_stops": sum(int(r["stops"]) for r in results),  # type: ignore[call-overload]
+        "stop_races": sum(int(r["stop_races"]) for r in results),  # type: ignore[call-overload]
+        "recovered_after_max_s": round(max(recovered, default=0.0), 2),
+        "recovered_after_mean_s": round(sum(recovered) / len(recovered), 2) if recovered else 0.0,
+    }
+    for r in failing[: args.show]:
+        print(r["report"])
+        print()
+    print(f"{'seeds':<24}{summary['seeds']}")
+    print(f"{'violations':<24}{summary['violations']}  {summary['failing_seeds'][:20]}")
+    print(f"{'wall seconds':<24}{summary['seconds']}  ({args.workers} workers)")
+    print(f"{'seeds per second':<24}{summary['seeds_per_second']}")
+    print(f"{'virtual seconds':<24}{summary['virtual_seconds']}")
+    print(f"{'fault-free seeds':<24}{summary['fault_free_seeds']}")
+    print(f"{'skewed-clock seeds':<24}{summary['skewed_seeds']}")
+    print(f"{'route changes':<24}{summary['route_changes']}")
+    print(f"{'peer stops':<24}{summary['peer_stops']}  (target wrote during the stop call: {summary['stop_races']})")
+    rmax, rmean = summary["recovered_after_max_s"], summary["recovered_after_mean_s"]
+    print(f"{'recovery after heal':<24}max {rmax} s, mean {rmean} s")
+    print(f"{'fault kind':<24}count")
+    for k, v in summary["faults"].items():  # type: ignore[attr-defined]
+        print(f"  {k:<22}{v}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({**summary, "failing": failing}, indent=2) + "\n")
+    return 1 if failing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
