@@ -138,7 +138,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
         "margin": Key(float, 0.1, "Extra seconds an observer waits beyond a declared lease.", minimum=0.0),
         "store_timeout": Key(float, 0.15, "Connect and read timeout of one DynamoDB call.", minimum=0.01),
-        "store_attempts": Key(int, 2, "Attempts per DynamoDB call (1 = no retry).", minimum=1),
+        "store_attempts": Key(
+            int,
+            1,
+            "Attempts per DynamoDB call (1: no retry inside a call; the agent retries next cycle, because botocore "
+            "sleeps up to 1 s before a retry, longer than a lease).",
+            minimum=1,
+        ),
         "ec2_timeout": Key(float, 0.6, "Connect and read timeout of one EC2 call.", minimum=0.01),
         "ec2_reconcile_interval": Key(
             float, 5.0, "Seconds between checks that EC2 routes match the leases.", minimum=0.1
@@ -235,7 +241,7 @@ class Timing:
     lease: float = 1.0
     margin: float = 0.1
     store_timeout: float = 0.15
-    store_attempts: int = 2
+    store_attempts: int = 1
     ec2_timeout: float = 0.6
     ec2_reconcile_interval: float = 5.0
     claim_stagger: float = 0.35

@@ -52,7 +52,7 @@ class DynamoSettings:
     endpoint_url: str | None = None
     connect_timeout_s: float = 0.15
     read_timeout_s: float = 0.15
-    max_attempts: int = 2
+    max_attempts: int = 1  # botocore sleeps up to 1 s before a retry: longer than a lease
 
     def resolved_endpoint(self) -> str | None:
         """Config key first, then the standard AWS variables (service-specific wins)."""
