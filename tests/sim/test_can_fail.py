@@ -1,0 +1,67 @@
+"""The simulator can fail: deliberately broken agents are caught by the invariant checker.
+
+A simulator that never reports anything proves nothing; here the real decision is
+monkeypatched into plausible bugs and the same kind of schedules must produce
+violations (with a replayable report).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import agent.decide
+from agent.cycle import Agent
+from tests.sim.scenario import Fault, Scenario
+from tests.sim.world import run
+
+TWO = ("i-a", "i-b")
+TABLES = {"i-a": ("rtb-0",), "i-b": ("rtb-1",)}
+
+
+def partition_scenario(seed: int) -> Scenario:
+    # The members cannot probe each other for 5 s; both keep heartbeating: nobody may move anything.
+    return Scenario(seed, TWO, TABLES, {"i-a": 1.0, "i-b": 1.0}, (Fault("partition", 3.0, 5.0, "i-a", "i-b"),))
+
+
+def test_real_agent_keeps_routes_in_a_probe_partition() -> None:
+    r = run(partition_scenario(1))
+    assert r.ok, r.report()
+    assert sum(r.route_changes.values()) == 0
+
+
+def test_decide_without_the_staleness_check_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bug: a peer is taken over on failed probes alone (heartbeat age ignored).
+    monkeypatch.setattr(agent.decide._View, "stale", lambda self, m: True)
+    r = run(partition_scenario(1))
+    assert not r.ok
+    assert any("took" in v and "valid for" in v for v in r.violations), r.report()
+    report = r.report()
+    assert "replay: pytest tests/sim --sim-seed 1" in report and "FAULT start partition" in report
+
+
+def test_restart_without_the_silence_check_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bug: a peer is stopped on failed probes alone (its heartbeat is not looked at) and the
+    # re-read right before the stop is skipped.
+    def evidence(v: agent.decide._View, t: agent.decide.Timings, peer: str) -> str | None:
+        return "probes fail" if v.probe_down(peer) and v.obs.instance_states.get(peer) == "running" else None
+
+    monkeypatch.setattr(agent.decide, "_restart_evidence", evidence)
+    monkeypatch.setattr(Agent, "_still_silent", lambda self, target, snapshot: True)
+    monkeypatch.setattr(
+        "agent.cycle.Agent._refresh_ec2",
+        _refresh_always(Agent._refresh_ec2),
+    )
+    r = run(partition_scenario(2))
+    assert not r.ok
+    assert any("stopped" in v and "heartbeated" in v for v in r.violations), r.report()
+
+
+def _refresh_always(real):  # type: ignore[no-untyped-def]
+    """Read instance states every cycle (the real agent only does so for long-silent peers)."""
+
+    def refresh(self, now, snapshot, probes):  # type: ignore[no-untyped-def]
+        real(self, now, snapshot, probes)
+        peers = [p for p in self.members if p != self.me]
+        self.memory.instance_states.update(self.ec2.instance_states(peers))
+
+    return refresh
