@@ -117,8 +117,7 @@ class Worker:
                 done = self.write("expire", lambda p=peer: self.coord.expire_member(p), item=peer.key)  # type: ignore[misc]
                 if isinstance(done, MemberItem):
                     self.members[peer.instance] = done
-                else:
-                    self.members.pop(peer.instance, None)  # unknown: judge again on the next read
+                # otherwise the peer stays as read (alive): a failed expiry proves nothing about it
 
         for rtb in self.routes:
             route = self.view.get(rtb)

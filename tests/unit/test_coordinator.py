@@ -431,13 +431,19 @@ def test_restart_lease_claim_phase_reset(backend: Backend, clock: FakeClock) -> 
         a.set_restart_phase(stopping, RESTART_IDLE)  # not the holder
     with pytest.raises(ValueError):
         b.reset_own_restart(stopping)  # only the target resets
-    cleared = a.reset_own_restart(stopping)
-    assert (cleared.attempts, cleared.phase, cleared.version) == (0, RESTART_IDLE, 3)
+    cleared = a.reset_own_restart(stopping)  # the recovered target also releases the lease (new term)
+    assert (cleared.attempts, cleared.phase, cleared.version, cleared.owner, cleared.term) == (
+        0,
+        RESTART_IDLE,
+        3,
+        "",
+        2,
+    )
     with pytest.raises(Conflict):
         a.reset_own_restart(stopping)  # stale version
     c = started(backend.store, clock, "i-c")
     again = c.claim_restart("i-a", cleared, cooldown_s=60)
-    assert (again.owner, again.term, again.version, again.attempts) == ("i-c", 2, 4, 0)
+    assert (again.owner, again.term, again.version, again.attempts) == ("i-c", 3, 4, 0)
     with pytest.raises(Conflict):
         b.set_restart_phase(stopping, RESTART_IDLE)  # b lost the lease to c
 

@@ -186,10 +186,9 @@ class LeaseMachine(RuleBasedStateMachine):
             return
         if not agent.observer.is_stale(seen.key, seen.lease_ms / 1000, self.margin, self.clock.monotonic()):
             return
-        try:
+        # a failed expiry leaves the peer as read (alive): it must not make its routes claimable
+        with contextlib.suppress(Conflict, Unavailable):
             agent.members[peer] = agent.coord.expire_member(seen)
-        except (Conflict, Unavailable):
-            agent.members.pop(peer, None)
 
     @rule(name=st.sampled_from(NAMES), rtb=st.sampled_from(ROUTES))
     def claim_if_orphaned(self, name: str, rtb: str) -> None:
@@ -361,3 +360,23 @@ def test_restart_then_expiry_by_peer_is_safe() -> None:
     b.routes["rtb-1"] = b.coord.claim_route("rtb-1", b.routes["rtb-1"])
     assert b.can_act("rtb-1") and b.routes["rtb-1"].term == old.term + 1
     assert who_can_act({"i-a": a, "i-b": b}, store) == []
+
+
+def test_a_failed_expiry_does_not_make_the_owners_route_claimable() -> None:
+    """Regression: an agent that forgot a peer after a failed expiry claimed its live route."""
+    m = LeaseMachine()
+    m.start_or_heartbeat("i-a")
+    m.start_or_heartbeat("i-b")
+    m.claim_if_orphaned("i-a", "rtb-1")
+    m.read("i-b")
+    m.time_passes(1.5)  # i-b has seen i-a's version stand still for longer than lease + margin
+    m.start_or_heartbeat("i-a")  # ... but i-a renews just before i-b acts
+    m.start_or_heartbeat("i-b")
+    m.expire_if_stale("i-b", "i-a")  # Conflict: the version moved
+    m.claim_if_orphaned("i-b", "rtb-1")
+    m.safe()
+    assert m.agents["i-a"].can_act("rtb-1") and not m.agents["i-b"].can_act("rtb-1")
+    m.read("i-b")  # a fresh read shows i-a alive and renewing: still nothing to take
+    m.claim_if_orphaned("i-b", "rtb-1")
+    m.safe()
+    assert m.store.get_item(GROUP, "route#rtb-1")["owner"] == "i-a"  # type: ignore[index]
