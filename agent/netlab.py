@@ -336,6 +336,16 @@ class Ping:
         self.text = out
         return parse_ping(out, self.count, self.interval)
 
+    def finish(self) -> PingResult:
+        """Stop now (SIGINT: ping flushes its output); probes after the last reply are not counted."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=10)
+        self.text = out
+        result = parse_ping(out, self.count, self.interval)
+        result.sent = max(result.received, default=0)
+        return result
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -346,11 +356,26 @@ class Ping:
 class InetMoto:
     """moto server inside the ``inet`` namespace, at http://203.0.113.10:5000 (SIGSTOP-able)."""
 
-    def __init__(self, ns: str, log_path: Path, executor: NsExecutor) -> None:
+    def __init__(self, ns: str, log_path: Path, executor: NsExecutor, nice: int = 0) -> None:
         self.url = f"http://{INET_IP}:{MOTO_PORT}"
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", str(MOTO_PORT)],
+            [
+                "nice",
+                "-n",
+                str(nice),
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                sys.executable,
+                "-m",
+                "moto.server",
+                "-H",
+                "0.0.0.0",
+                "-p",
+                str(MOTO_PORT),
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **DUMMY_ENV},
@@ -403,7 +428,8 @@ class NetLab(LocalGroup):
     group: str = "lab"
     timing: dict[str, Any] = field(default_factory=lambda: dict(LAB_TIMING))
     agent_command: AgentCommand | None = None  # default: `nat-ha agent --config ...`
-    poll: float = 0.05
+    poll: float = 0.1  # the reconciler reads route tables this often, instance states every 3rd poll
+    nice: int = -5  # moto and the reconciler play AWS, which does not share the NATs' CPU
     max_seconds: float = 3600.0
     topo: Topology = field(default_factory=Topology)
     events: list[Event] = field(default_factory=list)
@@ -429,7 +455,7 @@ class NetLab(LocalGroup):
             self.topo.build(self.workdir / "setup-root")
             self._inet = NsExecutor(self.topo.inet)
             self._vpc = NsExecutor(self.topo.vpc)
-            self.moto = InetMoto(self.topo.inet, self.workdir / "moto.log", self._inet)  # type: ignore[assignment]
+            self.moto = InetMoto(self.topo.inet, self.workdir / "moto.log", self._inet, self.nice)  # type: ignore[assignment]
             self.inet(self._create_world)
             self._start_reconciler()
             for nat in self.nats:
@@ -527,7 +553,20 @@ class NetLab(LocalGroup):
         path = self.workdir / "reconciler.json"
         path.write_text(json.dumps(spec))
         self._reconciler = subprocess.Popen(
-            ["ip", "netns", "exec", self.topo.inet, sys.executable, "-m", "agent.netlab", "reconcile", str(path)],
+            [
+                "nice",
+                "-n",
+                str(self.nice),
+                "ip",
+                "netns",
+                "exec",
+                self.topo.inet,
+                sys.executable,
+                "-m",
+                "agent.netlab",
+                "reconcile",
+                str(path),
+            ],
             stdout=subprocess.PIPE,
             stderr=open(self.workdir / "reconciler.log", "ab"),  # noqa: SIM115 - the child owns it
             text=True,
@@ -733,7 +772,8 @@ def reconcile(spec_path: str) -> int:
     )
     tables: dict[str, int] = spec["tables"]
     instances: dict[str, dict[str, str]] = spec["instances"]
-    applied: dict[str, str] = {}
+    applied: dict[str, str] = {}  # what the vpc router has
+    seen: dict[str, str] = {}  # what moto said last
     running = dict.fromkeys(instances, True)
 
     def emit(ev: str, **data: Any) -> None:
@@ -749,11 +789,13 @@ def reconcile(spec_path: str) -> int:
 
     emit("ready")
     errors = 0
+    polls = 0
     while time.time() < spec["deadline"] and os.getppid() == parent:
         t0 = time.monotonic()
+        polls += 1
         try:
             rts = ec2.describe_route_tables(RouteTableIds=list(tables))["RouteTables"]
-            res = ec2.describe_instances(InstanceIds=list(instances))["Reservations"]
+            res = ec2.describe_instances(InstanceIds=list(instances))["Reservations"] if polls % 3 == 1 else []
             errors = 0
         except Exception as exc:
             errors += 1
@@ -795,9 +837,9 @@ def reconcile(spec_path: str) -> int:
             if target in instances and applied.get(rid) != target:
                 run("ip", "-n", spec["vpc"], "route", "replace", "default", "via", instances[target]["ip"],
                     "table", str(tables[rid]))  # fmt: skip
-                if applied.get(rid) is not None or rid not in applied:
-                    emit("route", rtb=rid, target=target, previous=applied.get(rid, ""))
-                applied[rid] = target
+                if seen.get(rid) != target:  # a change in moto (not a re-apply after a boot)
+                    emit("route", rtb=rid, target=target, previous=seen.get(rid, ""))
+                applied[rid] = seen[rid] = target
         time.sleep(max(0.0, spec["poll"] - (time.monotonic() - t0)))
     emit("exit")
     return 0

@@ -1,0 +1,199 @@
+"""Faults in the network-namespace lab: real agents, real ICMP, packet loss measured from a private host.
+
+Each test starts from a settled lab (every route table at home, every NAT healthy), injects
+one fault into NAT a (AZ a; its private host is priv a), and measures with
+``ping -D -O -i 0.1 -W 1 -c N 203.0.113.10`` from priv a. The timing is the agent's
+defaults except restart_after 5, failback_hold_down 5, restart_cooldown 30 and
+restart_poll_interval 0.3 (agent.netlab.LAB_TIMING).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import pytest
+
+from agent.netlab import NetLab, sh
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
+
+VICTIM = 0
+
+
+def _route_events(lab: NetLab, since: float, rtb: str = "") -> list[tuple[float, str]]:
+    return [(e.t, e.data["target"]) for e in lab.events_since(since, "route") if not rtb or e.data["rtb"] == rtb]
+
+
+def _wait_event(lab: NetLab, since: float, kind: str, timeout: float, **match: str) -> float | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for e in lab.events_since(since, kind):
+            if all(e.data.get(k) == v for k, v in match.items()):
+                return e.t
+        time.sleep(0.05)
+    return None
+
+
+def _failover_and_back(lab: NetLab, inject: str) -> None:
+    victim = lab.nats[VICTIM]
+    home, rtb = victim.instance_id, victim.route_table
+    ping = lab.ping(VICTIM, 60)  # stopped early, after the fail-back
+    time.sleep(1.0)
+    t_fault = time.time()
+    if inject == "crash":
+        lab.crash(VICTIM)
+    else:
+        lab.hang(VICTIM)
+    moved = _wait_event(lab, t_fault, "route", 6, rtb=rtb)
+    assert moved is not None, "the victim's route table did not move"
+    target = _route_events(lab, t_fault, rtb)[0][1]
+    assert target != home and target in lab.members
+    # restart_after 5 s and hold-down 5 s; the rest is moto's latency on a busy machine (see docs/lab.md).
+    assert _wait_event(lab, t_fault, "stopped", 30, instance=home), "the dead NAT was not stopped"
+    assert _wait_event(lab, t_fault, "running", 10, instance=home), "the dead NAT was not started again"
+    back = _wait_event(lab, t_fault, "route", 40, rtb=rtb, target=home)
+    if back is None:
+        ping.stop()
+    assert back is not None, "the route did not fail back"
+    time.sleep(1.5)
+    result = ping.finish()
+    outage, _, after = result.outage(t_fault)
+    print(f"{inject}: switch {moved - t_fault:.2f} s after the fault, outage {outage:.2f} s, lost {result.lost}")
+    assert outage <= 3.0, f"outage {outage:.2f} s"
+    assert after <= moved + 1.5, "traffic did not resume after the route switch"
+    late = [s for s, t in result.received.items() if t > back]
+    assert late, "no replies after the fail-back"
+    # The fail-back loses nothing: every probe sent after traffic resumed was answered.
+    resumed = min(s for s, t in result.received.items() if t >= after)
+    lost_after = [s for s in result.lost_seqs() if s > resumed]
+    assert not lost_after, f"packets lost after the fail-over (fail-back should lose none): {lost_after}"
+    assert all(t in (home, target) for _, t in _route_events(lab, t_fault, rtb))
+
+
+def test_crash_moves_route_restarts_and_fails_back(settled_lab: NetLab) -> None:
+    _failover_and_back(settled_lab, "crash")
+
+
+def test_hang_behaves_as_a_crash(settled_lab: NetLab) -> None:
+    _failover_and_back(settled_lab, "hang")
+
+
+@pytest.mark.parametrize("how", ["ip_forward", "forward_drop"])
+def test_forwarding_broken_nat_hands_over(settled_lab: NetLab, how: str) -> None:
+    lab = settled_lab
+    victim = lab.nats[VICTIM]
+    ping = lab.ping(VICTIM, 8)
+    time.sleep(1.0)
+    t_fault = time.time()
+    lab.break_forwarding(VICTIM, how)
+    moved = _wait_event(lab, t_fault, "route", 6, rtb=victim.route_table)
+    assert moved is not None, "the NAT with broken forwarding kept its route table"
+    result = ping.result()
+    outage, _, _ = result.outage(t_fault)
+    print(f"{how}: switch {moved - t_fault:.2f} s after the fault, outage {outage:.2f} s, lost {result.lost}")
+    # ip_forward is read every cycle; firewall rules every self_check.rules_interval (2 s by default).
+    assert outage <= (3.0 if how == "ip_forward" else 5.0)
+    assert not lab.events_since(t_fault, "stopped"), "a NAT that heartbeats must not be restarted"
+    assert victim.proc is not None and victim.proc.poll() is None
+    t_fix = time.time()
+    lab.topo.clear_faults(VICTIM)
+    assert _wait_event(lab, t_fix, "route", 25, rtb=victim.route_table, target=victim.instance_id)
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGSTOP"])
+def test_agent_gone_nat_forwarding_no_loss_no_move(settled_lab: NetLab, sig: str) -> None:
+    lab = settled_lab
+    victim = lab.nats[VICTIM]
+    assert lab.scrape(VICTIM) is not None
+    t0 = time.time()
+    ping = lab.ping(VICTIM, 9)
+    time.sleep(0.5)
+    lab.signal(victim.instance_id, getattr(signal, sig))
+    time.sleep(7.0)  # past lease, margin and restart_after (5 s)
+    assert lab.scrape(VICTIM) is None, "the stopped agent still answers /metrics"
+    peer = lab.scrape(1)
+    assert peer is not None and f'nat_ha_peer_session_alive{{peer="{victim.instance_id}"}} 0.0' in peer
+    result = ping.result()
+    assert result.lost == 0, result.lost_seqs()
+    if sig == "SIGSTOP":
+        lab.signal(victim.instance_id, signal.SIGCONT)
+    else:
+        lab.start_agent(VICTIM)
+    assert lab.wait_for(lab.settled, 20, 0.3)
+    time.sleep(1.0)
+    assert _route_events(lab, t0) == [], "a route moved while the NAT forwarded"
+    assert not lab.events_since(t0, "stopped"), "a forwarding NAT was restarted"
+
+
+def test_partition_between_nats_changes_nothing(settled_lab: NetLab) -> None:
+    lab = settled_lab
+    t0 = time.time()
+    ping = lab.ping(VICTIM, 6)
+    lab.partition(True)
+    try:
+        time.sleep(6.0)
+        peer = lab.scrape(1)
+        assert peer is not None and f'nat_ha_peer_up{{peer="{lab.nats[0].instance_id}"}} 0.0' in peer
+    finally:
+        lab.partition(False)
+    assert ping.result().lost == 0
+    assert lab.wait_for(lab.settled, 15, 0.3)
+    assert _route_events(lab, t0) == []
+    assert not lab.events_since(t0, "stopped")
+
+
+def test_dynamodb_unreachable_routes_stay(settled_lab: NetLab) -> None:
+    lab = settled_lab
+    assert lab.moto is not None
+    before = lab.route_targets()
+    t0 = time.time()
+    ping = lab.ping(VICTIM, 8)
+    lab.moto.pause()
+    try:
+        time.sleep(6.0)
+    finally:
+        lab.moto.resume()
+    assert ping.result().lost == 0
+    assert lab.wait_for(lab.settled, 20, 0.3), "the group did not converge after the pause"
+    time.sleep(1.0)
+    assert lab.route_targets() == before
+    assert _route_events(lab, t0) == [], "a route moved during or after the DynamoDB outage"
+
+
+@pytest.mark.parametrize("how", ["drain", "sigterm"])
+def test_planned_drain_and_failback_lose_nothing(settled_lab: NetLab, how: str) -> None:
+    lab = settled_lab
+    victim = lab.nats[VICTIM]
+    t0 = time.time()
+    ping = lab.ping(VICTIM, 22)
+    time.sleep(1.0)
+    if how == "drain":
+        cmd = ["ip", "netns", "exec", lab.topo.nat_ns(VICTIM), sys.executable, "-m", "agent.cli", "drain",
+               "--config", str(victim.config_path), "--wait", "10"]  # fmt: skip
+        done = sh(*cmd, check=False, timeout=30)
+        assert done.returncode == 0, done.stdout + done.stderr
+    else:
+        lab.signal(victim.instance_id, signal.SIGTERM)
+        assert victim.proc is not None and victim.proc.wait(10) == 0
+    moved = _wait_event(lab, t0, "route", 5, rtb=victim.route_table)
+    assert moved is not None
+    time.sleep(1.0)
+    if how == "drain":
+        undo = sh(*cmd, "--undo", check=False, timeout=30)
+        assert undo.returncode == 0, undo.stdout + undo.stderr
+    else:
+        lab.start_agent(VICTIM)
+    back = _wait_event(lab, t0, "route", 20, rtb=victim.route_table, target=victim.instance_id)
+    assert back is not None, "no fail-back"
+    result = ping.result()
+    assert back < ping.started + 21, "the ping ended before the fail-back"
+    assert result.lost == 0, f"lost {result.lost_seqs()}"
+
+
+def test_soak_60s_probe_loss_no_route_change(settled_lab: NetLab) -> None:
+    from bench.soak import soak
+
+    report = soak(settled_lab, seconds=60, loss=0.10)
+    assert report["route_changes"] == 0, report
