@@ -1,0 +1,397 @@
+"""Failover benchmark in the network-namespace lab: nat-ha against nat_monitor.sh's policy.
+
+    sudo python bench/failover.py [--trials 20] [--json failover.json] [--plot timeline.png]
+
+For each fault the private host of AZ a pings 203.0.113.10 every 100 ms (``ping -D -O
+-i 0.1 -W 1``) and the benchmark measures the outage (largest gap between replies,
+minus one interval), the lost packets and the time from the fault to the route switch
+(the reconciler applying moto's new route to the VPC router). Faults: crash (links
+down, agent killed), hang (every packet in/out/through the NAT dropped), forwarding
+broken (ip_forward=0), drain (``nat-ha drain``) and the fail-back after each crash and
+drain; partition (ICMP between NATs dropped for 10 s) counts route changes. The same
+faults run against bench/nat_monitor.py (3 pings, 1 s timeout, 2 s between rounds,
+ReplaceRoute to itself, no arbiter) in the same run, and nat-ha's outage is printed as
+a fraction of that baseline. Root only (agent/netlab.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from agent.localgroup import Nat  # noqa: E402
+from agent.netlab import NetLab, PingResult, sh, skip_reason  # noqa: E402
+
+VICTIM = 0
+FAULTS = ("crash", "hang", "forwarding", "drain", "partition")
+PARTITION_S = 10.0
+UNDETECTED_WINDOW_S = 10.0
+
+
+def baseline_command(lab: NetLab, i: int, nat: Nat) -> list[str]:
+    """nat_monitor.sh in NAT i: it watches the next NAT (a ring, one watcher per NAT, as the script's pairs)."""
+    assert lab.moto is not None
+    j = (i + 1) % lab.n
+    peer = lab.nats[j]
+    return [
+        sys.executable, str(REPO / "bench" / "nat_monitor.py"), "--endpoint", lab.moto.url,
+        "--me", nat.instance_id, "--my-rt", nat.route_table,
+        "--peer", peer.instance_id, "--peer-ip", lab.topo.nat_ip(j), "--peer-rt", peer.route_table,
+    ]  # fmt: skip
+
+
+@dataclass
+class Trial:
+    fault: str
+    outage_s: float | None = None
+    lost: int | None = None
+    switch_s: float | None = None
+    route_changes: int = 0
+    failback_lost: int | None = None
+    failback_outage_s: float | None = None
+    profile: dict[str, float] = field(default_factory=dict)
+    ping: PingResult | None = None
+    t_fault: float = 0.0
+
+
+def _wait(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return True
+        except Exception:
+            pass
+        time.sleep(interval)
+    return False
+
+
+def _route_event(lab: NetLab, since: float, rtb: str, target: str = "", other_than: str = "") -> float | None:
+    for e in lab.events_since(since, "route"):
+        hit = e.data["rtb"] == rtb and (not target or e.data["target"] == target)
+        if hit and (not other_than or e.data["target"] != other_than):
+            return e.t
+    return None
+
+
+def _lost_between(r: PingResult, t_from: float, t_to: float) -> int:
+    """Probes sent in [t_from, t_to) that were never answered (send times from the reply clock)."""
+    if not r.received:
+        return 0
+    seq0, t0 = min(r.received.items())
+    return sum(1 for s in r.lost_seqs() if t_from <= t0 + (s - seq0) * r.interval < t_to)
+
+
+class Runner:
+    def __init__(self, lab: NetLab, policy: str) -> None:
+        self.lab = lab
+        self.policy = policy
+        self.victim = lab.nats[VICTIM]
+
+    def home(self) -> bool:
+        lab = self.lab
+        if not lab.data_plane_at_home() or not all(lab.agent_running(i) for i in range(lab.n)):
+            return False
+        if self.policy == "nat-ha":
+            return lab.settled()
+        return all(lab.route_targets().get(n.route_table) == n.instance_id for n in lab.nats)
+
+    def restore(self) -> None:
+        lab = self.lab
+        for i, n in enumerate(lab.nats):
+            lab.topo.clear_faults(i)
+            if n.expect_running and not lab.agent_running(i):
+                lab.start_agent(i)
+        if not _wait(self.home, 45, 0.3):
+            for i, n in enumerate(lab.nats):  # an operator's reboot of anything still off
+                if not lab.agent_running(i):
+                    lab.ec2_restart(n.instance_id)
+            if not _wait(self.home, 45, 0.3):
+                raise RuntimeError(f"{self.policy}: the lab did not return home")
+        time.sleep(0.5)
+
+    def _profile(self, tr: Trial) -> None:
+        """Detection and take-over times from the surviving agents' JSON logs (nat-ha only)."""
+        if self.policy != "nat-ha":
+            return
+        vid, rtb = self.victim.instance_id, self.victim.route_table
+        for n in self.lab.nats[1:]:
+            for line in n.log_path.read_text(errors="replace").splitlines():
+                try:
+                    d = json.loads(line)
+                except ValueError:
+                    continue
+                ts = time.mktime(time.strptime(d["ts"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+                ts += int(d["ts"][20:23]) / 1000
+                if ts < tr.t_fault:
+                    continue
+                msg = d["msg"]
+                rel = ts - tr.t_fault
+                if "not healthy:" in msg and vid in msg.split("not healthy:", 1)[1]:
+                    tr.profile["detected_s"] = min(tr.profile.get("detected_s", 1e9), rel)
+                if f"took over {rtb}" in msg or f"handing {rtb}" in msg:
+                    tr.profile["takeover_s"] = min(tr.profile.get("takeover_s", 1e9), rel)
+
+    def trial(self, fault: str) -> Trial:
+        lab, v = self.lab, self.victim
+        rtb, vid = v.route_table, v.instance_id
+        tr = Trial(fault)
+        if fault == "drain" and self.policy != "nat-ha":
+            return tr  # nat_monitor.sh has no planned handover
+        ping = lab.ping(VICTIM, 60)
+        time.sleep(1.0)
+        tr.t_fault = t = time.time()
+        drain_cmd = [
+            "ip", "netns", "exec", lab.topo.nat_ns(VICTIM), sys.executable, "-m", "agent.cli", "drain",
+            "--config", str(v.config_path), "--wait", "15",
+        ]  # fmt: skip
+        if fault == "crash":
+            lab.crash(VICTIM)
+        elif fault == "hang":
+            lab.hang(VICTIM)
+        elif fault == "forwarding":
+            lab.break_forwarding(VICTIM, "ip_forward")
+        elif fault == "drain":
+            sh(*drain_cmd, check=False, timeout=30)
+        elif fault == "partition":
+            lab.partition(True)
+        back: float | None = None
+        if fault == "partition":
+            time.sleep(PARTITION_S)
+            lab.partition(False)
+            time.sleep(2.0)
+        else:
+            limit = UNDETECTED_WINDOW_S if fault == "forwarding" else 20.0
+            _wait(lambda: _route_event(lab, t, rtb, other_than=vid) is not None, limit)
+            moved = _route_event(lab, t, rtb, other_than=vid)
+            tr.switch_s = None if moved is None else moved - t
+            if fault == "forwarding":
+                lab.topo.clear_faults(VICTIM)
+            elif fault == "drain":
+                time.sleep(1.0)
+                sh(*drain_cmd, "--undo", check=False, timeout=30)
+            if moved is not None or fault == "forwarding":
+                t_wait = time.time()
+                _wait(lambda: _route_event(lab, t_wait, rtb, target=vid) is not None, 40)
+                back = _route_event(lab, t_wait, rtb, target=vid)
+            time.sleep(1.5)
+        r = ping.finish()
+        tr.ping = r
+        tr.route_changes = len(lab.events_since(t, "route"))
+        end = back - 1.0 if back is not None else time.time()
+        outage, _, resumed = r.outage(t)
+        if fault == "forwarding" and tr.switch_s is None:
+            outage = UNDETECTED_WINDOW_S  # never detected: down until the fault was removed
+        tr.outage_s = outage
+        tr.lost = _lost_between(r, t, end if fault != "partition" else time.time())
+        if back is not None:
+            tr.failback_lost = _lost_between(r, back - 1.0, time.time())
+            times = sorted(r.received.values())
+            gaps = [b - a - r.interval for a, b in itertools.pairwise(times) if back - 1.0 <= b <= back + 1.5]
+            tr.failback_outage_s = max([0.0, *gaps])
+        self._profile(tr)
+        if resumed:
+            tr.profile["first_reply_s"] = resumed - t
+        return tr
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"median_s": None, "p90_s": None, "max_s": None}
+    vs = sorted(values)
+    p90 = vs[min(len(vs) - 1, max(0, math.ceil(0.9 * len(vs)) - 1))]
+    return {"median_s": round(statistics.median(vs), 3), "p90_s": round(p90, 3), "max_s": round(vs[-1], 3)}
+
+
+def summarize(trials: list[Trial]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    by: dict[str, list[Trial]] = {}
+    for tr in trials:
+        by.setdefault(tr.fault, []).append(tr)
+    for fault, ts in by.items():
+        ts = [t for t in ts if t.ping is not None]
+        if not ts:
+            continue
+        row: dict[str, Any] = {
+            **_stats([t.outage_s for t in ts if t.outage_s is not None]),
+            "lost_median": statistics.median([t.lost or 0 for t in ts]),
+            "lost_max": max(t.lost or 0 for t in ts),
+            "route_changes": sum(t.route_changes for t in ts),
+            "switch_median_s": _stats([t.switch_s for t in ts if t.switch_s is not None])["median_s"],
+            "switch_max_s": _stats([t.switch_s for t in ts if t.switch_s is not None])["max_s"],
+            "trials": len(ts),
+            "undetected": sum(1 for t in ts if t.switch_s is None and fault != "partition"),
+        }
+        for key in ("detected_s", "takeover_s", "first_reply_s"):
+            vals = [t.profile[key] for t in ts if key in t.profile]
+            if vals:
+                row[f"{key.removesuffix('_s')}_median_s"] = round(statistics.median(vals), 3)
+        out[fault] = row
+        fb = [t for t in ts if t.failback_lost is not None]
+        if fb and fault in ("crash", "drain"):
+            fbrow = {
+                **_stats([t.failback_outage_s or 0.0 for t in fb]),
+                "lost_median": statistics.median([t.failback_lost or 0 for t in fb]),
+                "lost_max": max(t.failback_lost or 0 for t in fb),
+                "route_changes": len(fb),
+                "trials": len(fb),
+            }
+            prev = out.get("failback")
+            if prev is None or fault == "crash":
+                out["failback"] = fbrow
+    return out
+
+
+def plot(tr: Trial, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = tr.ping
+    assert r is not None and r.received
+    seq0, t0 = min(r.received.items())
+    sent = {s: t0 + (s - seq0) * r.interval - tr.t_fault for s in range(1, r.sent + 1)}
+    lo, hi = -1.0, max((tr.switch_s or 0) + 2.5, 4.0)
+    ok = [(sent[s], 1) for s in sent if s in r.received and lo <= sent[s] <= hi]
+    lost = [(sent[s], 0) for s in sent if s not in r.received and lo <= sent[s] <= hi]
+    fig, ax = plt.subplots(figsize=(8, 2.6), dpi=80)
+    if ok:
+        ax.scatter([x for x, _ in ok], [y for _, y in ok], marker="|", color="tab:green", s=120, label="reply received")
+    if lost:
+        ax.scatter([x for x, _ in lost], [y for _, y in lost], marker="x", color="tab:red", s=30, label="ping lost")
+    marks = [("fault", 0.0, "black")]
+    for key, label, color in (("detected_s", "peer judged down", "tab:orange"),
+                              ("takeover_s", "lease taken over + ReplaceRoute", "tab:purple")):  # fmt: skip
+        if key in tr.profile:
+            marks.append((label, tr.profile[key], color))
+    if tr.switch_s is not None:
+        marks.append(("route switched in the VPC router", tr.switch_s, "tab:blue"))
+    for label, x, color in marks:
+        ax.axvline(x, color=color, linestyle="--", linewidth=1)
+        ax.text(x, 0.5, f" {label} ({x:.2f} s)", rotation=90, va="center", fontsize=7, color=color)
+    ax.set_yticks([0, 1], ["lost", "received"])
+    ax.set_ylim(-0.5, 1.5)
+    ax.set_xlim(lo, hi)
+    ax.set_xlabel("seconds after the fault (pings every 100 ms from the private host)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    return "-" if v is None else (f"{v:.2f}{unit}" if isinstance(v, float) else f"{v}{unit}")
+
+
+def table(results: dict[str, Any]) -> str:
+    s, b = results["scenarios"], results["baseline"]
+    head = (
+        f"{'scenario':<11} {'policy':<12} {'lost med':>8} {'outage med':>10} {'p90':>6} {'max':>6} "
+        f"{'switch med':>10} {'switch max':>10} {'routes':>6} {'vs base':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for name in ("crash", "hang", "forwarding", "drain", "failback", "partition"):
+        for pol, data in (("nat-ha", s), ("nat_monitor", b)):
+            row = data.get(name)
+            if row is None:
+                lines.append(f"{name:<11} {pol:<12} {'n/a (no such action)':>40}")
+                continue
+            ratio = ""
+            if pol == "nat-ha" and b.get(name, {}).get("median_s") and row.get("median_s") is not None:
+                ratio = f"{row['median_s'] / b[name]['median_s']:.2f}x"
+            lines.append(
+                f"{name:<11} {pol:<12} {_fmt(row.get('lost_median')):>8} {_fmt(row.get('median_s'), ' s'):>10} "
+                f"{_fmt(row.get('p90_s')):>6} {_fmt(row.get('max_s')):>6} {_fmt(row.get('switch_median_s'), ' s'):>10} "
+                f"{_fmt(row.get('switch_max_s')):>10} {row.get('route_changes', 0):>6} {ratio:>8}"
+            )
+    return "\n".join(lines)
+
+
+def run_policy(policy: str, workdir: Path, trials: int, faults: list[str], log: Callable[[str], None]) -> list[Trial]:
+    kwargs: dict[str, Any] = {} if policy == "nat-ha" else {"agent_command": baseline_command}
+    out: list[Trial] = []
+    with NetLab(workdir / policy, n=3, max_seconds=7200, **kwargs) as lab:
+        runner = Runner(lab, policy)
+        runner.restore()
+        for fault in faults:
+            n = trials if fault in ("crash", "hang") else max(1, min(trials, 5))
+            for k in range(n):
+                tr = runner.trial(fault)
+                out.append(tr)
+                log(
+                    f"{policy:<11} {fault:<10} trial {k + 1}/{n}: outage {_fmt(tr.outage_s, ' s')}, "
+                    f"lost {_fmt(tr.lost)}, switch {_fmt(tr.switch_s, ' s')}, routes {tr.route_changes}, "
+                    f"failback lost {_fmt(tr.failback_lost)} { ({k: round(v, 2) for k, v in tr.profile.items()}) }"
+                )
+                runner.restore()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("--trials", type=int, default=20, help="trials of crash and hang (others: min(N, 5)); default 20")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--plot", metavar="PNG", default="failover-timeline.png", help="timeline of one crash trial")
+    p.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated subset of {','.join(FAULTS)}")
+    p.add_argument("--no-baseline", action="store_true", help="skip the nat_monitor.sh reference runs")
+    p.add_argument("--workdir", metavar="DIR", help="keep logs here (default: a temporary folder)")
+    args = p.parse_args(argv)
+    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    bad = [f for f in faults if f not in FAULTS]
+    if bad or not faults:
+        p.error(f"--faults: unknown fault(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(FAULTS)}")
+    if not 1 <= args.trials <= 1000:
+        p.error("--trials must be between 1 and 1000")
+    reason = skip_reason()
+    if reason:
+        print(f"failover: {reason}", file=sys.stderr)
+        return 2
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="nat-ha-failover-") as tmp:
+        workdir = Path(args.workdir) if args.workdir else Path(tmp)
+        ours = run_policy("nat-ha", workdir, args.trials, faults, log)
+        base = [] if args.no_baseline else run_policy("nat_monitor", workdir, args.trials, faults, log)
+    results = {
+        "trials": args.trials,
+        "ping_interval_s": 0.1,
+        "scenarios": summarize(ours),
+        "baseline": summarize(base),
+    }
+    print()
+    print(table(results))
+    crash = [t for t in ours if t.fault == "crash" and t.ping is not None and t.outage_s is not None]
+    if crash and args.plot:
+        median = sorted(crash, key=lambda t: t.outage_s or 0)[len(crash) // 2]
+        plot(
+            median, Path(args.plot), f"nat-ha: NAT crash (median trial of {len(crash)}), outage {median.outage_s:.2f} s"
+        )
+        print(f"\ntimeline plot: {args.plot}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
