@@ -26,6 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", help="keep configs and agent logs here (default: a temporary folder, removed)")
     p.add_argument("--timeout", type=float, default=90.0, help="give up after this many seconds (default 90)")
     p.add_argument("--plain", action="store_true", help="plain text output (no colours)")
+    p.add_argument(
+        "--netns",
+        action="store_true",
+        help="root only: real NATs in network namespaces, real packets; show the private host's ping",
+    )
 
 
 @dataclass
@@ -92,6 +97,10 @@ class LogTail:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "netns", False):
+        from agent import netdemo
+
+        return netdemo.run(args)
     if not 2 <= args.nats <= 5:
         raise UsageError("--nats must be between 2 and 5")
     if args.timeout <= 10:
