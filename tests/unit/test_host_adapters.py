@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -17,7 +19,11 @@ from agent.sdnotify import Notifier
 
 class FakeImds(BaseHTTPRequestHandler):
     token = "tok-123"
-    data = {"instance-id": "i-0abc", "placement/region": "eu-west-1", "placement/availability-zone": "eu-west-1b"}
+    data: ClassVar[dict[str, str]] = {
+        "instance-id": "i-0abc",
+        "placement/region": "eu-west-1",
+        "placement/availability-zone": "eu-west-1b",
+    }
 
     def do_PUT(self) -> None:
         if self.path != "/latest/api/token" or "X-aws-ec2-metadata-token-ttl-seconds" not in self.headers:
@@ -61,7 +67,7 @@ def test_identity_from_imdsv2(fake_imds: str) -> None:
 
 def test_imds_down_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
-    with pytest.raises(imds.ImdsError, match="IMDSv2 at http://127.0.0.1:9 did not answer"):
+    with pytest.raises(imds.ImdsError, match=re.escape("IMDSv2 at http://127.0.0.1:9 did not answer")):
         imds.identity(timeout=0.5)
 
 
