@@ -164,7 +164,9 @@ class Worker:
             if time.monotonic() >= deadline:
                 break
             self.cycle()
-            if self.rng.random() < pause_p:
+            holding = any(self.can_act(rtb) for rtb in self.routes)
+            # owners hang more often than others, so that take-overs happen in a short run
+            if self.rng.random() < (3 * pause_p if holding else pause_p / 2):
                 time.sleep(self.rng.uniform(1.4, 2.2))  # hang long enough for the session to lapse
             else:
                 time.sleep(self.rng.uniform(0.02, 0.12))
