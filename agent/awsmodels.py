@@ -5,9 +5,10 @@ operations; parsing it costs the agent ~21 MB of RSS, a third of its footprint
 on a 512 MB t4g.nano, for the six EC2 operations it calls. So the session's
 loader searches a directory of *trimmed* models first: a copy of the EC2 and
 DynamoDB models with only the operations in :data:`agent.awscalls.ALL_CALLS` and
-the shapes they reach (documentation strings dropped). Everything else (the
-endpoint rule sets, ``endpoints.json``, retry and default configuration) still
-comes from botocore's own data, so endpoint resolution and signing are unchanged.
+the shapes they reach (documentation strings dropped). Likewise ``endpoints.json``
+(~7 MB parsed) is replaced by a copy with only nat-ha's services (every partition
+and region kept). The endpoint rule sets, retry and default configuration still
+come from botocore's own data, so endpoint resolution and signing are unchanged.
 
 The trimmed copy is made once per botocore version and operation list (both are
 in the directory name, so an upgrade or a new call regenerates it), in a child
@@ -38,10 +39,15 @@ from typing import Any
 
 log = logging.getLogger("nat_ha.awsmodels")
 
-FORMAT = "1"  # bump when the trimming below changes
+FORMAT = "2"  # bump when the trimming below changes
 CACHE_ENV = "NAT_HA_MODEL_CACHE"
 FULL_ENV = "NAT_HA_FULL_AWS_MODELS"
 SERVICES = ("ec2", "dynamodb")
+# Not named endpoints.json, so the loader never finds it: it is handed to the session's
+# endpoint resolver as botocore's own data (see _use_trimmed_endpoints).
+ENDPOINTS_FILE = "endpoints-trimmed.json"
+# Kept in the trimmed endpoints besides SERVICES: STS, which botocore's credential chain may call.
+ENDPOINT_SERVICES = ("sts",)
 
 
 def trimmed_operations() -> dict[str, frozenset[str]]:
@@ -104,21 +110,42 @@ def write_trimmed(root: Path) -> Path:
 
     target = root / _key()
     loader = botocore.loaders.create_loader()  # botocore's own data only
+    prefixes = set(ENDPOINT_SERVICES)
     for service, operations in trimmed_operations().items():
         version = loader.determine_latest_version(service, "service-2")
         model = loader.load_service_model(service, "service-2", version)
-        out = target / service / version / "service-2.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".service-2.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(trim_model(model, operations), fh, separators=(",", ":"))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the models are public data
-        os.replace(tmp, out)
+        prefixes.add(model["metadata"].get("endpointPrefix", service))
+        _write_json(target / service / version / "service-2.json", trim_model(model, operations))
+    # Written last: its presence marks the directory complete.
+    _write_json(target / ENDPOINTS_FILE, trim_endpoints(loader.load_data("endpoints"), prefixes))
     return target
 
 
+def trim_endpoints(endpoints: dict[str, Any], services: Iterable[str]) -> dict[str, Any]:
+    """botocore's ``endpoints.json`` with every partition and region, but only ``services``."""
+    keep = set(services)
+    return {
+        **endpoints,
+        "partitions": [
+            {**p, "services": {k: v for k, v in p.get("services", {}).items() if k in keep}}
+            for p in endpoints["partitions"]
+        ],
+    }
+
+
+def _write_json(out: Path, data: Any) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, separators=(",", ":"))
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; the models are public data
+    os.replace(tmp, out)
+
+
 def _complete(directory: Path) -> bool:
-    return all(any(directory.glob(f"{s}/*/service-2.json")) for s in SERVICES)
+    return (directory / ENDPOINTS_FILE).is_file() and all(
+        any(directory.glob(f"{s}/*/service-2.json")) for s in SERVICES
+    )
 
 
 def _cache_roots() -> list[Path]:
@@ -175,7 +202,30 @@ def botocore_session() -> Any:
         if directory is not None:
             # Searched before botocore's data: only <service>/<version>/service-2.json is there.
             session.get_component("data_loader").search_paths.insert(0, str(directory))
+            _use_trimmed_endpoints(session, directory / ENDPOINTS_FILE)
     return session
+
+
+def _use_trimmed_endpoints(session: Any, path: Path) -> None:
+    """Give the session an endpoint resolver on the trimmed ``endpoints.json`` (saves ~7 MB).
+
+    botocore parses its whole ``endpoints.json`` (1.2 MB: every service in every
+    partition) for the legacy endpoint resolver. The trimmed copy keeps every partition
+    and region but only nat-ha's services, and is marked as botocore's built-in data,
+    which it is: so endpoints still come from the rule sets exactly as with the full
+    file (a resolver on non-built-in data would change how endpoints are chosen).
+    This uses botocore's internal component registry; if that ever changes, the
+    full file is used (bigger, still correct).
+    """
+    from botocore.regions import EndpointResolver
+
+    register = getattr(session, "_register_internal_component", None)
+    if register is None:
+        log.info("botocore has no internal component registry; using its full endpoints.json")
+        return
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    register("endpoint_resolver", EndpointResolver(data, uses_builtin_data=True))
 
 
 def main(argv: list[str] | None = None) -> int:

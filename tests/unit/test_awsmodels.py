@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +15,16 @@ from agent import awscalls, awsmodels
 REGION = "us-east-1"
 
 
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")  # written once (in a child process), reused by the tests
+
+
 @pytest.fixture
-def trimmed_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A fresh shared session whose trimmed models are written under ``tmp_path``."""
+def trimmed_session(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A fresh shared session whose trimmed models are under ``models_dir``."""
     pytest.importorskip("moto")  # before the session exists: moto's mock_aws hooks sessions made after import
-    monkeypatch.setenv(awsmodels.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(awsmodels.CACHE_ENV, str(models_dir))
     monkeypatch.delenv(awsmodels.FULL_ENV, raising=False)
     awsmodels.botocore_session.cache_clear()
     try:
@@ -46,10 +52,10 @@ def test_trim_model_keeps_reachable_shapes_only() -> None:
         awsmodels.trim_model(full, ["NoSuchOperation"])
 
 
-def test_clients_load_the_trimmed_models(trimmed_session: Any, tmp_path: Path) -> None:
+def test_clients_load_the_trimmed_models(trimmed_session: Any, models_dir: Path) -> None:
     from agent.ec2 import make_client
 
-    files = sorted(p.relative_to(tmp_path).parts[1:] for p in tmp_path.rglob("service-2.json"))
+    files = sorted(p.relative_to(models_dir).parts[1:] for p in models_dir.rglob("service-2.json"))
     assert [f[0] for f in files] == ["dynamodb", "ec2"]
     ec2 = make_client("ec2", REGION, "http://127.0.0.1:9", 1.0, 1)
     expected = {op for s, op in awscalls.ALL_CALLS if s == "ec2"}
@@ -125,3 +131,30 @@ def test_every_call_works_on_moto_with_the_trimmed_models(trimmed_session: Any) 
         assert ec2.instance_states([b])[b] in ("stopping", "stopped")
         ec2.start(b)  # StartInstances
         assert ec2.instance_states([b])[b] in ("pending", "running")
+
+
+@functools.lru_cache(maxsize=1)
+def _full_session() -> Any:
+    import botocore.session
+
+    return botocore.session.get_session()  # botocore's own data only, loaded once for all cases
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-1", "ap-southeast-2", "cn-north-1", "us-gov-west-1"])
+@pytest.mark.parametrize("variant", [{}, {"use_fips_endpoint": True}, {"use_dualstack_endpoint": True}])
+def test_trimmed_endpoints_resolve_like_botocore(trimmed_session: Any, region: str, variant: dict[str, bool]) -> None:
+    """The trimmed endpoints.json gives every client the endpoint the full one gives."""
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError
+
+    full = _full_session()
+    for service in ("ec2", "dynamodb", "sts"):
+
+        def url(session: Any, service: str = service) -> str:
+            try:
+                client = session.create_client(service, region_name=region, config=Config(**variant))
+                return str(client.meta.endpoint_url)
+            except BotoCoreError as exc:  # e.g. no dual-stack endpoint there: must fail alike
+                return type(exc).__name__
+
+        assert url(trimmed_session) == url(full), (service, region, variant)
