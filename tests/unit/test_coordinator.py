@@ -626,8 +626,7 @@ def test_missing_table_is_store_config_error() -> None:
 
 
 def test_unreachable_endpoint_is_store_unavailable_quickly() -> None:
-    # Default settings: two attempts; botocore's "standard" retry mode sleeps a random
-    # 0-1 s before the second one (see docs/coordinator.md, known limits).
+    # Default settings: one attempt per call (botocore would sleep 0-1 s before a retry).
     default = DynamoStore(DynamoSettings(table="nat-ha", endpoint_url="http://127.0.0.1:1"))
     began = time.monotonic()
     with pytest.raises(StoreUnavailable):
