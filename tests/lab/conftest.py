@@ -35,7 +35,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[netlab.NetLab]:
 @pytest.fixture
 def settled_lab(lab: netlab.NetLab) -> Iterator[netlab.NetLab]:
     """The lab with every route table at home and every NAT healthy, before and after the test."""
-    assert lab.wait_for(lab.settled, 45, 0.3), "the lab did not settle before the test"
+    assert lab.wait_for(lab.settled, 60, 0.3), "the lab did not settle before the test"
     yield lab
     for i in range(lab.n):  # whatever the test left: no faults, every agent running
         lab.topo.boot(i)

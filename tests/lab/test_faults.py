@@ -167,17 +167,17 @@ def test_planned_drain_and_failback_lose_nothing(settled_lab: NetLab, how: str) 
     lab = settled_lab
     victim = lab.nats[VICTIM]
     t0 = time.time()
-    ping = lab.ping(VICTIM, 22)
+    ping = lab.ping(VICTIM, 60)  # stopped early, after the fail-back
     time.sleep(1.0)
     if how == "drain":
         cmd = ["ip", "netns", "exec", lab.topo.nat_ns(VICTIM), sys.executable, "-m", "agent.cli", "drain",
-               "--config", str(victim.config_path), "--wait", "10"]  # fmt: skip
+               "--config", str(victim.config_path), "--wait", "20"]  # fmt: skip
         done = sh(*cmd, check=False, timeout=30)
         assert done.returncode == 0, done.stdout + done.stderr
     else:
         lab.signal(victim.instance_id, signal.SIGTERM)
         assert victim.proc is not None and victim.proc.wait(10) == 0
-    moved = _wait_event(lab, t0, "route", 5, rtb=victim.route_table)
+    moved = _wait_event(lab, t0, "route", 10, rtb=victim.route_table)
     assert moved is not None
     time.sleep(1.0)
     if how == "drain":
@@ -185,10 +185,12 @@ def test_planned_drain_and_failback_lose_nothing(settled_lab: NetLab, how: str) 
         assert undo.returncode == 0, undo.stdout + undo.stderr
     else:
         lab.start_agent(VICTIM)
-    back = _wait_event(lab, t0, "route", 20, rtb=victim.route_table, target=victim.instance_id)
+    back = _wait_event(lab, t0, "route", 35, rtb=victim.route_table, target=victim.instance_id)
+    if back is None:
+        ping.stop()
     assert back is not None, "no fail-back"
-    result = ping.result()
-    assert back < ping.started + 21, "the ping ended before the fail-back"
+    time.sleep(1.5)
+    result = ping.finish()
     assert result.lost == 0, f"lost {result.lost_seqs()}"
 
 
