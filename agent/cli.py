@@ -66,11 +66,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module = importlib.import_module(args._module)
     runner = getattr(module, f"run_{args.command.replace('-', '_')}", None) or module.run
+    from agent.config import ConfigError
+    from coordinator.errors import CoordinatorError
+
     try:
         return int(runner(args))
     except UsageError as exc:
         print(f"nat-ha {args.command}: {exc}", file=sys.stderr)
         return 2
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"nat-ha {args.command}: {line}", file=sys.stderr)
+        return 2
+    except CoordinatorError as exc:
+        print(f"nat-ha {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"nat-ha {args.command}: interrupted", file=sys.stderr)
         return 130

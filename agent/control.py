@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from agent.cli import UsageError
-from agent.config import DEFAULT_PATH, INSTANCE_RE, RTB_RE, ConfigError, load
+from agent.config import DEFAULT_PATH, INSTANCE_RE, RTB_RE, load
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -65,30 +65,20 @@ def _wait(coordinator: Any, done: Any, seconds: float) -> bool:
 
 
 def run_drain(args: argparse.Namespace) -> int:
-    from coordinator.errors import CoordinatorError
-
-    try:
-        if args.instance and not INSTANCE_RE.match(args.instance):
-            raise UsageError(f"--instance: {args.instance!r} is not an instance id (i-...)")
-        config, coordinator = _setup(args, need_identity=not args.instance)
-        instance = args.instance or config.instance_id
-        if config.member(instance) is None:
-            raise UsageError(f"--instance: {instance} is not a member of group {config.group}")
-        coordinator.set_request("drain#" + instance, "" if args.undo else "on")
-        if args.undo:
-            print(f"drain of {instance} ended; its route tables return after the fail-back hold-down")
-            return 0
-        print(f"drain of {instance} requested; waiting up to {args.wait:.0f} s for its route tables to move")
-        ok = args.wait == 0 or _wait(
-            coordinator, lambda s: not any(r.owner == instance for r in s.routes.values()), args.wait
-        )
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(f"nat-ha drain: {line}", file=sys.stderr)
-        return 2
-    except CoordinatorError as exc:
-        print(f"nat-ha drain: {exc}", file=sys.stderr)
-        return 1
+    if args.instance and not INSTANCE_RE.match(args.instance):
+        raise UsageError(f"--instance: {args.instance!r} is not an instance id (i-...)")
+    config, coordinator = _setup(args, need_identity=not args.instance)
+    instance = args.instance or config.instance_id
+    if config.member(instance) is None:
+        raise UsageError(f"--instance: {instance} is not a member of group {config.group}")
+    coordinator.set_request("drain#" + instance, "" if args.undo else "on")
+    if args.undo:
+        print(f"drain of {instance} ended; its route tables return after the fail-back hold-down")
+        return 0
+    print(f"drain of {instance} requested; waiting up to {args.wait:.0f} s for its route tables to move")
+    ok = args.wait == 0 or _wait(
+        coordinator, lambda s: not any(r.owner == instance for r in s.routes.values()), args.wait
+    )
     if not ok:
         print(
             f"nat-ha drain: {instance} still holds route tables (no healthy peer?); the request stays in place",
@@ -100,38 +90,28 @@ def run_drain(args: argparse.Namespace) -> int:
 
 
 def run_switchover(args: argparse.Namespace) -> int:
-    from coordinator.errors import CoordinatorError
-
-    try:
-        if not RTB_RE.match(args.route_table):
-            raise UsageError(f"--route-table: {args.route_table!r} is not a route table id (rtb-...)")
-        if args.to and not INSTANCE_RE.match(args.to):
-            raise UsageError(f"--to: {args.to!r} is not an instance id (i-...)")
-        config, coordinator = _setup(args, need_identity=False)
-        if args.route_table not in config.route_tables():
-            raise UsageError(f"--route-table: {args.route_table} is not a route table of group {config.group}")
-        if args.to and config.member(args.to) is None:
-            raise UsageError(f"--to: {args.to} is not a member of group {config.group}")
-        coordinator.set_request("pin#" + args.route_table, "" if args.clear else args.to)
-        if args.clear:
-            print(
-                f"pin of {args.route_table} removed; it returns to {config.home_of(args.route_table)} "
-                "after the fail-back hold-down"
-            )
-            return 0
-        print(f"{args.route_table} pinned to {args.to}; waiting up to {args.wait:.0f} s")
-        ok = args.wait == 0 or _wait(
-            coordinator,
-            lambda s: (r := s.routes.get(args.route_table)) is not None and r.owner == args.to,
-            args.wait,
+    if not RTB_RE.match(args.route_table):
+        raise UsageError(f"--route-table: {args.route_table!r} is not a route table id (rtb-...)")
+    if args.to and not INSTANCE_RE.match(args.to):
+        raise UsageError(f"--to: {args.to!r} is not an instance id (i-...)")
+    config, coordinator = _setup(args, need_identity=False)
+    if args.route_table not in config.route_tables():
+        raise UsageError(f"--route-table: {args.route_table} is not a route table of group {config.group}")
+    if args.to and config.member(args.to) is None:
+        raise UsageError(f"--to: {args.to} is not a member of group {config.group}")
+    coordinator.set_request("pin#" + args.route_table, "" if args.clear else args.to)
+    if args.clear:
+        print(
+            f"pin of {args.route_table} removed; it returns to {config.home_of(args.route_table)} "
+            "after the fail-back hold-down"
         )
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(f"nat-ha switchover: {line}", file=sys.stderr)
-        return 2
-    except CoordinatorError as exc:
-        print(f"nat-ha switchover: {exc}", file=sys.stderr)
-        return 1
+        return 0
+    print(f"{args.route_table} pinned to {args.to}; waiting up to {args.wait:.0f} s")
+    ok = args.wait == 0 or _wait(
+        coordinator,
+        lambda s: (r := s.routes.get(args.route_table)) is not None and r.owner == args.to,
+        args.wait,
+    )
     if not ok:
         print(
             f"nat-ha switchover: {args.route_table} did not move to {args.to} in time ({args.to} unhealthy?); "

@@ -15,7 +15,8 @@ import threading
 import time
 from typing import Any
 
-from agent.config import DEFAULT_PATH, ConfigError
+from agent.cli import UsageError
+from agent.config import DEFAULT_PATH
 
 log = logging.getLogger("nat_ha.agent")
 
@@ -35,16 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from agent import config as cfg
 
-    try:
-        config = cfg.load(args.config)
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(f"nat-ha agent: {line}", file=sys.stderr)
-        return 2
     if args.drain_timeout <= 0:
-        print("nat-ha agent: --drain-timeout must be positive", file=sys.stderr)
-        return 2
-    return Daemon(config, args.drain_timeout).main(once=args.once)
+        raise UsageError("--drain-timeout must be positive")
+    return Daemon(cfg.load(args.config), args.drain_timeout).main(once=args.once)
 
 
 class Daemon:
@@ -64,7 +58,6 @@ class Daemon:
 
     def main(self, once: bool = False) -> int:
         from agent import logsetup
-        from agent.config import ConfigError
         from agent.cycle import Agent, build_info
         from agent.metrics import Metrics
         from agent.probes import EchoResponder, Prober, ProbeSetupError, Target
@@ -83,12 +76,7 @@ class Daemon:
             if error:
                 metrics.aws_errors.labels(service, operation).inc()
 
-        try:
-            rt = resolve(config, ec2_on_call=on_call, store_on_call=on_call)
-        except ConfigError as exc:
-            for line in exc.problems:
-                print(f"nat-ha agent: {line}", file=sys.stderr)
-            return 2
+        rt = resolve(config, ec2_on_call=on_call, store_on_call=on_call)
         config = rt.config
         logsetup.setup(config.log_format, config.log_level, {"group": config.group, "instance": config.instance_id})
         clock = SystemClock()

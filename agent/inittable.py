@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-from agent.config import DEFAULT_PATH, ConfigError, load
+from agent.cli import UsageError
+from agent.config import DEFAULT_PATH, load
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,16 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from coordinator.dynamo import DynamoSettings, init_table
-    from coordinator.errors import StoreConfigError
 
     table, region, endpoint, billing = "nat-ha", "", "", "PAY_PER_REQUEST"
     if args.config:
-        try:
-            config = load(args.config)
-        except ConfigError as exc:
-            for line in exc.problems:
-                print(f"{args.config}: {line}", file=sys.stderr)
-            return 2
+        config = load(args.config)
         table, region, endpoint, billing = (
             config.store.table,
             config.region,
@@ -42,21 +36,12 @@ def run(args: argparse.Namespace) -> int:
     table = args.table or table
     region = args.region or region or os.environ.get("AWS_REGION", "") or os.environ.get("AWS_DEFAULT_REGION", "")
     if not region:
-        print("nat-ha init-table: no region: pass --region or set AWS_DEFAULT_REGION", file=sys.stderr)
-        return 2
+        raise UsageError("no region: pass --region or set AWS_DEFAULT_REGION")
     if args.read_capacity < 1 or args.write_capacity < 1:
-        print("nat-ha init-table: capacities must be at least 1", file=sys.stderr)
-        return 2
+        raise UsageError("capacities must be at least 1")
     settings = DynamoSettings(table=table, region=region, endpoint_url=args.endpoint_url or endpoint or None)
-    try:
-        for line in init_table(
-            settings,
-            billing=args.billing or billing,
-            read_capacity=args.read_capacity,
-            write_capacity=args.write_capacity,
-        ):
-            print(line)
-    except StoreConfigError as exc:
-        print(f"nat-ha init-table: {exc}", file=sys.stderr)
-        return 1
+    for line in init_table(
+        settings, billing=args.billing or billing, read_capacity=args.read_capacity, write_capacity=args.write_capacity
+    ):
+        print(line)
     return 0

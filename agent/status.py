@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from typing import Any
 
-from agent.config import DEFAULT_PATH, ConfigError, load
+from agent.config import DEFAULT_PATH, load
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -116,17 +115,6 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from coordinator.errors import CoordinatorError
-
-    try:
-        config = load(args.config)
-        status = collect(config)
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(f"nat-ha status: {line}", file=sys.stderr)
-        return 2
-    except CoordinatorError as exc:
-        print(f"nat-ha status: cannot read the group: {exc}", file=sys.stderr)
-        return 1
+    status = collect(load(args.config))
     print(json.dumps(status, indent=2, sort_keys=True) if args.json else render(status))
     return 0
