@@ -57,7 +57,7 @@ log = logging.getLogger("nat_ha.agent")
 class Ec2Like(Protocol):
     def routes(self, route_tables: list[str]) -> dict[str, Ec2Route]: ...
 
-    def point_route(self, route_table: str, instance: str) -> str: ...
+    def point_route(self, route_table: str, instance: str, *, guard: Callable[[], bool] | None = None) -> str: ...
 
     def verify(self, route_table: str, instance: str, timeout: float = 2.0) -> bool: ...
 
@@ -380,8 +380,13 @@ class Agent:
             return str(exc)
         return ""
 
-    def _route_here(self, route_table: str, target: str) -> tuple[str, bool]:
-        done = self.ec2.point_route(route_table, target)
+    def _route_here(self, route_table: str, target: str, health: Health) -> tuple[str, bool]:
+        # point_route reads the route, then writes it: two EC2 calls. The lease is checked
+        # again between them, so that the write (one call, within ec2_budget) lands inside
+        # the session (rule 4); a check before the read alone let it land after the session.
+        done = self.ec2.point_route(route_table, target, guard=lambda: self._may_act(health))
+        if done == "deferred":
+            return done, False
         ok = done == "already" or self.ec2.verify(route_table, target, timeout=2.0)
         if ok:
             self.memory.ec2[route_table] = Ec2Route(target, "active")
@@ -402,8 +407,8 @@ class Agent:
         )
         if not self._may_act(health):
             return "claimed; route write waits for a renewal"
-        done, ok = self._route_here(a.route_table, self.me)
-        if done != "already" and self.metrics is not None:
+        done, ok = self._route_here(a.route_table, self.me, health)
+        if done not in ("already", "deferred") and self.metrics is not None:
             self.metrics.failovers.labels(a.route_table, "takeover", a.reason).inc()
             if started is not None and ok:
                 self.metrics.failover_duration.labels("takeover").observe(self.clock.monotonic() - started)
@@ -416,7 +421,7 @@ class Agent:
     def _ensure_route(self, a: EnsureRoute, health: Health) -> str:
         if not self._may_act(health):
             return "session too short to write the route"
-        done, ok = self._route_here(a.route_table, self.me)
+        done, ok = self._route_here(a.route_table, self.me, health)
         if done != "already":
             self.on_event(
                 "route_moved",
@@ -428,7 +433,7 @@ class Agent:
         t0 = self.clock.monotonic()
         if not self._may_act(health):
             return "session too short to act; renewing first"
-        done, ok = self._route_here(a.route_table, a.successor.instance)
+        done, ok = self._route_here(a.route_table, a.successor.instance, health)
         if not ok:
             return f"{a.route_table}: route to {a.successor.instance} not yet visible in EC2; keeping the lease"
         self.coordinator.hand_over_route(a.route, a.successor)

@@ -144,12 +144,26 @@ class Ec2:
             return {"NetworkInterfaceId": m.eni}
         return {"InstanceId": instance}
 
-    def point_route(self, route_table: str, instance: str, current: RouteView | None = None) -> str:
-        """Make 0.0.0.0/0 of ``route_table`` go to ``instance``; returns what was done."""
+    def point_route(
+        self,
+        route_table: str,
+        instance: str,
+        current: RouteView | None = None,
+        *,
+        guard: Callable[[], bool] | None = None,
+    ) -> str:
+        """Make 0.0.0.0/0 of ``route_table`` go to ``instance``; returns what was done.
+
+        ``guard`` is asked after the read and right before the write: False means
+        the caller may no longer write (its lease is too short now), nothing is
+        written and "deferred" is returned.
+        """
         if current is None:
             current = self.describe([route_table])[route_table]
         if self.member_of(current) == instance and current.state == "active":
             return "already"
+        if guard is not None and not guard():
+            return "deferred"
         target = self._target(instance)
         if current.state == "missing":
             try:

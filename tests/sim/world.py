@@ -520,10 +520,12 @@ class SimEc2:
     def routes(self, route_tables: list[str]) -> dict[str, Ec2Route]:
         return self._describe(sorted(route_tables))
 
-    def point_route(self, route_table: str, instance: str) -> str:
+    def point_route(self, route_table: str, instance: str, *, guard: Callable[[], bool] | None = None) -> str:
         current = self._describe([route_table])[route_table]
         if current.target == instance and current.state == "active":
             return "already"
+        if guard is not None and not guard():
+            return "deferred"
         op = "create_route" if current.state == "missing" else "replace_route"
         self._call(op, lambda: self.w.write_route(self.me, route_table, instance), write=True)
         return "created" if op == "create_route" else "replaced"
