@@ -314,8 +314,12 @@ class Agent:
         self.last_snapshot = snapshot
         for bad in snapshot.bad_items:
             self._error_once(f"bad:{bad.key}", f"ignoring bad item {bad.key!r} in the table: {bad.problem}")
-        self._refresh_ec2(now, snapshot, probes)
-        obs = self._observe(snapshot, now, probes, health)
+        # The snapshot is first seen when the read returned, not when the cycle began: a
+        # renewal (up to the store budget) or a process pause lies between the two, and
+        # an earlier first-seen time would make a peer's fresh heartbeat look stale.
+        seen = self.clock.monotonic()
+        self._refresh_ec2(seen, snapshot, probes)
+        obs = self._observe(snapshot, seen, probes, health)
         decision = decide(obs, self.timings)
         results = [self._act(a, snapshot, health) for a in decision.actions]
         notes = [r for r in results if r]

@@ -20,6 +20,10 @@ REGRESSIONS = {
     5350: "same, hand-over to a successor",
     5651: "same, with EC2 throttling",
     5716: "same, with clock stall and store throttling",
+    # The snapshot's versions were recorded as first seen at the *start* of the cycle, before
+    # the renewal and the read: after a pause (or a slow renewal) a peer's fresh heartbeat
+    # looked stale and was expired while valid (fixed: first seen when the read returned).
+    2189: "fresh heartbeat judged stale: observation time taken before the read",
 }
 
 
