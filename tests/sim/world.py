@@ -201,8 +201,8 @@ class World:
             self.pending_send[me] = self.k.now  # the holder's clock started just before this
         lo, hi = STORE_SLOW if self.faulty("store_slow") else STORE_LATENCY
         p.wait(self.rng.uniform(lo, hi), "store")
-        if phase == "reply" and op in ("query", "get"):
-            self.read_at[me] = self.k.now  # the last consistent read this agent saw
+        if phase == "request" and op in ("query", "get"):
+            self.read_at[me] = self.k.now  # the store reads the items now (the read's linearization point)
 
     def _store_applied(self, group: str, attrs: Attrs) -> None:
         key = str(attrs["item"])
