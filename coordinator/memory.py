@@ -34,7 +34,11 @@ FAULTS = ("unavailable", "throttled", "lost_reply", "retried")
 
 def _copy(attrs: Attrs) -> Attrs:
     """A copy of an item: items are flat (scalars), so only nested values are deep-copied."""
-    return {k: v if isinstance(v, (str, int, float, bool, type(None))) else copy.deepcopy(v) for k, v in attrs.items()}
+    out = dict(attrs)
+    for k, v in out.items():
+        if isinstance(v, (dict, list, set)):
+            out[k] = copy.deepcopy(v)
+    return out
 
 
 class MemoryStore:

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.config import Config, Member
+from agent.config import Config, Member, ProbeConfig
 from agent.cycle import Agent
 from agent.decide import Ec2Route, PeerProbe
 from agent.ec2 import Ec2Error
@@ -121,6 +121,9 @@ class World:
         self.store = MemoryStore(self._store_fault, delay_hook=self._store_delay, apply_hook=self._store_applied)
         self.trace: list[str] = []
         self.violations: list[str] = []
+        problems = self.t.problems(ProbeConfig(interval=0.2, timeout=0.15))
+        if problems:
+            raise ValueError(f"the simulated timing is not a valid configuration: {problems}")
         self.homes = {rt: m for m, rts in sc.route_tables.items() for rt in rts}
         self.members = tuple(Member(m, f"10.0.{i}.10", sc.route_tables[m]) for i, m in enumerate(sc.members))
         # instances
@@ -135,8 +138,11 @@ class World:
         # EC2 route tables: history of (applied at, target)
         self.route_hist: dict[str, list[tuple[float, str]]] = {rt: [(-1e9, home)] for rt, home in self.homes.items()}
         # invariant bookkeeping
-        self.pending_send: dict[str, float] = {}
-        self.sent_at: dict[tuple[str, str], float] = {}
+        # (global, holder-local) time each agent sent its last own member write, and per session
+        # the one of its last applied renewal: the session's interval in true time runs from
+        # there until the holder's own clock reaches local + lease.
+        self.pending_send: dict[str, tuple[float, float]] = {}
+        self.sent_at: dict[tuple[str, str], tuple[float, float]] = {}
         self.self_write_at: dict[str, float] = {}
         self.term_owner: dict[tuple[str, int], tuple[str, str]] = {}
         self.term_writers: dict[tuple[str, int], set[str]] = {}
@@ -198,7 +204,7 @@ class World:
             return
         me = p.name.split("#")[0]
         if phase == "request" and op == "put" and item == "member#" + me:
-            self.pending_send[me] = self.k.now  # the holder's clock started just before this
+            self.pending_send[me] = (self.k.now, self.clocks[me].monotonic())  # the holder's t0
         lo, hi = STORE_SLOW if self.faulty("store_slow") else STORE_LATENCY
         p.wait(self.rng.uniform(lo, hi), "store")
         if phase == "request" and op in ("query", "get"):
@@ -212,7 +218,8 @@ class World:
             if who == me and attrs.get("expired_by", "") == "":
                 self.self_write_at[who] = self.k.now
                 if attrs.get("state") == MEMBER_ALIVE:
-                    self.sent_at[(who, str(attrs["session"]))] = self.pending_send.get(who, self.k.now)
+                    now = (self.k.now, self.clocks[who].monotonic())
+                    self.sent_at[(who, str(attrs["session"]))] = self.pending_send.get(who, now)
             elif attrs.get("expired_by"):
                 self.log(f"{me}: expired {who} (session {self.sname(str(attrs['session']))})")
         elif key.startswith("route#"):
@@ -227,13 +234,24 @@ class World:
             if before[0] and before != holder and me != before[0] and before[1] == self.sessions.get(before[0]):
                 # Taken (not handed over) from a session its owner still runs: that session
                 # must have run out in true time, or two agents may act on the table at once.
-                sent = self.sent_at.get(before, -1e9)
-                if self.k.now < sent + self.t.lease:
+                left = self.session_left(before[0], before[1])
+                if left > 0:
                     self.violation(
                         f"{me} took {rt} (term {term}) from {before[0]} whose session {self.sname(before[1])} "
-                        f"is valid for {sent + self.t.lease - self.k.now:.3f} s more in true time"
+                        f"is still valid ({left:.3f} s more on its holder's clock)"
                     )
             self.log(f"{me}: {rt} term {term} -> {holder[0] or 'nobody'} ({self.sname(holder[1])})")
+
+    def session_left(self, who: str, session: str) -> float:
+        """Seconds (on the holder's clock) its session has left: its last applied renewal's t0 + lease - now.
+
+        This is the session's validity mapped to true time: from the global instant the
+        renewal was sent until the holder's clock (skewed, stalled) reaches t0 + lease.
+        """
+        sent = self.sent_at.get((who, session))
+        if sent is None:
+            return -1.0
+        return sent[1] + self.t.lease - self.clocks[who].monotonic()
 
     # ---------------------------------------------------------------- EC2
     def route_view(self, rt: str, stale: bool) -> Ec2Route:
@@ -261,10 +279,10 @@ class World:
                 f"{owner[0] or 'nobody'} ({self.sname(owner[1])}), term {term}"
             )
         sent = self.sent_at.get((caller, session))
-        if sent is None or self.k.now >= sent + self.t.lease:
+        if sent is None or self.session_left(caller, session) <= 0:
             self.violation(
-                f"{caller} wrote {rt} -> {target} after its session {self.sname(session)} ran out in true time "
-                f"(last renewal sent at {sent if sent is None else round(sent, 3)}, lease {self.t.lease} s)"
+                f"{caller} wrote {rt} -> {target} after its session {self.sname(session)} ran out "
+                f"(last renewal sent at {round(sent[0], 3) if sent else 'never'}, lease {self.t.lease} s)"
             )
         writers = self.term_writers.setdefault((rt, term), set())
         writers.add(caller)
