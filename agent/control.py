@@ -47,7 +47,7 @@ def _setup(args: argparse.Namespace, need_identity: bool) -> tuple[Any, Any]:
     if args.wait < 0:
         raise UsageError("--wait must be >= 0")
     config = load(args.config)
-    rt = resolve(config, need_identity=need_identity)
+    rt = resolve(config, need_identity=need_identity, operator=True)
     return rt.config, coordinator_for(rt)
 
 

@@ -100,6 +100,8 @@ class Memory:
     instances_read_at: float = -1e18
     last_heartbeat: float = -1e18
     last_health: Health | None = None
+    last_draining: bool = False
+    stale_deadlines: dict[str, float] = field(default_factory=dict)  # peer -> when its session can be expired
     restarts: dict[str, RestartProgress] = field(default_factory=dict)
     reported_errors: set[str] = field(default_factory=set)
 
@@ -158,20 +160,27 @@ class Agent:
             self.memory.reported_errors.discard(k)
             log.info("recovered: %s", k)
 
+    def _draining(self) -> bool:
+        return self.draining or bool(self.last_snapshot and self.last_snapshot.draining(self.me))
+
     def _heartbeat_due(self, now: float, health: Health) -> bool:
         t = self.config.timing
         changed = self.memory.last_health is not None and (
             self.memory.last_health.healthy != health.healthy or self.memory.last_health.reaches != health.reaches
         )
+        # A drain is announced in the heartbeat before any route table is handed over, so
+        # that no peer fails a table back to us in between.
+        changed = changed or self.memory.last_draining != self._draining()
         return changed or now - self.memory.last_heartbeat >= t.heartbeat_interval - t.cycle_interval / 2
 
     def _renew(self, health: Health) -> None:
         t0 = self.clock.monotonic()
         try:
-            draining = self.draining or bool(self.last_snapshot and self.last_snapshot.draining(self.me))
+            draining = self._draining()
             self.coordinator.heartbeat(health, draining=draining)
             self.memory.last_heartbeat = t0
             self.memory.last_health = health
+            self.memory.last_draining = draining
             self._count_renewal("success")
             self._error_cleared("store:heartbeat")
         except SessionLost:
@@ -225,11 +234,18 @@ class Agent:
             pins={rt: to for rt, to in snapshot.pins().items() if rt in self.homes and to in self.members},
         )
         t = self.timings
+        mem.stale_deadlines.clear()
         for peer in self.members:
             if peer == self.me:
                 continue
             p = probes.get(peer)
             peer_item = snapshot.members.get(peer)
+            if p is not None and not p.up and peer_item is not None and peer_item.state == "alive":
+                # Its probes fail: the moment its session may be expired is known; the daemon
+                # wakes for it instead of waiting for the next regular cycle.
+                left = peer_item.lease_ms / 1000 + t.margin - mem.observer.unchanged_for(peer_item.key, now)
+                if left > 0:
+                    mem.stale_deadlines[peer] = now + left
             suspect = (
                 (p is not None and not p.up)
                 or peer_item is None
@@ -522,6 +538,10 @@ class Agent:
     def _restart_result(self, peer: str, result: str) -> None:
         if self.metrics is not None:
             self.metrics.peer_restarts.labels(peer, result).inc()
+
+    def next_deadline(self) -> float | None:
+        """The earliest time (monotonic) a failing peer's session can be expired, if any."""
+        return min(self.memory.stale_deadlines.values(), default=None)
 
     # ------------------------------------------------------------------ drain
     def drained(self) -> bool:

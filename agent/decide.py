@@ -230,6 +230,8 @@ class _View:
         m = self.member(instance)
         if not self.live(m) or m is None or not m.health.healthy or m.draining:
             return False
+        if self.obs.snapshot.draining(instance):  # an operator's drain, before its heartbeat says so
+            return False
         p = self.obs.probes.get(instance)
         return p is None or p.up
 

@@ -19,6 +19,8 @@ from coordinator.dynamo import DynamoSettings, DynamoStore
 from coordinator.instrument import CallObserver
 from coordinator.leases import Coordinator, MemberInfo
 
+OPERATOR_TIMEOUT_S = 5.0  # per call, for status/drain/switchover (not bound by a lease)
+
 
 @dataclass
 class Runtime:
@@ -33,6 +35,7 @@ def resolve(
     need_identity: bool = True,
     ec2_on_call: CallObserver | None = None,
     store_on_call: CallObserver | None = None,
+    operator: bool = False,
 ) -> Runtime:
     """Fill in IMDS and tag-discovered values; build the store and EC2 clients.
 
@@ -52,7 +55,11 @@ def resolve(
     config = with_discovered(config, instance_id=instance_id, region=region)
     t = config.timing
     members = {m.instance_id: m for m in config.members}
-    ec2 = Ec2(region, config.ec2.endpoint_url, timeout=t.ec2_timeout, members=members, on_call=ec2_on_call)
+    # The agent's calls must fit inside its lease; an operator's command can wait for an answer.
+    call_timeout, store_timeout, attempts = (
+        (OPERATOR_TIMEOUT_S, OPERATOR_TIMEOUT_S, 3) if operator else (t.ec2_timeout, t.store_timeout, t.store_attempts)
+    )
+    ec2 = Ec2(region, config.ec2.endpoint_url, timeout=call_timeout, members=members, on_call=ec2_on_call)
     if config.members_from_tags:
         try:
             found = ec2.discover(config.group)
@@ -74,9 +81,9 @@ def resolve(
             table=config.store.table,
             region=region,
             endpoint_url=config.store.endpoint_url or None,
-            connect_timeout_s=t.store_timeout,
-            read_timeout_s=t.store_timeout,
-            max_attempts=t.store_attempts,
+            connect_timeout_s=store_timeout,
+            read_timeout_s=store_timeout,
+            max_attempts=attempts,
         ),
         on_call=store_on_call,
         session=botocore_session(),  # one session for EC2 and DynamoDB: data loaded once

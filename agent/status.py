@@ -20,7 +20,7 @@ def collect(config: Any) -> dict[str, Any]:
     from agent.ec2 import Ec2Error
     from agent.runtime import coordinator_for, resolve
 
-    rt = resolve(config, need_identity=False)
+    rt = resolve(config, need_identity=False, operator=True)
     config = rt.config
     snapshot = coordinator_for(rt).read_group()
     now = time.time()

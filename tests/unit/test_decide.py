@@ -410,3 +410,13 @@ def test_preference_rotates_after_home() -> None:
     assert preference(RA, HOMES, members) == [A, B, C]
     assert preference(RB, HOMES, members) == [B, C, A]
     assert preference(RC, HOMES, members) == [C, A, B]
+
+
+def test_no_failback_to_a_member_an_operator_is_draining() -> None:
+    # The drain request is in the table before the drained member's next heartbeat says so.
+    w = World(me=B)
+    w.routes[RA] = route(RA, B, term=2)
+    w.healthy_since = {A: 0.0, C: 0.0}
+    w.requests = {"drain#i-a": RequestItem("drain#i-a", A, "on", 1, "tok")}
+    d = w.decide()
+    assert not any(isinstance(a, HandOver) for a in d.actions), d.summary

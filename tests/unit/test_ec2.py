@@ -14,6 +14,10 @@ from agent.decide import Ec2Route
 from agent.ec2 import Ec2, Ec2Error, RouteView
 
 
+def setup_free_client() -> Any:
+    return botocore.session.get_session().create_client("ec2", region_name="us-east-1")
+
+
 @pytest.fixture
 def world() -> Iterator[dict[str, Any]]:
     with mock_aws():
@@ -34,7 +38,9 @@ def world() -> Iterator[dict[str, Any]]:
             "ids": ids,
             "eni": eni,
             "rtb": rtb,
-            "ec2": Ec2("us-east-1", members=members, client=c, sleep=lambda _s: None),
+            # The adapter gets a client of its own: its calls are recorded for the IAM test,
+            # the fixture's set-up calls (CreateVpc, CreateTags, ...) are not nat-ha's.
+            "ec2": Ec2("us-east-1", members=members, client=setup_free_client(), sleep=lambda _s: None),
         }
 
 
