@@ -28,6 +28,7 @@ INSTANCE_RE = re.compile(r"^i-[0-9a-zA-Z]{1,32}$")
 RTB_RE = re.compile(r"^rtb-[0-9a-zA-Z]{1,32}$")
 ENI_RE = re.compile(r"^eni-[0-9a-zA-Z]{1,32}$")
 GROUP_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+TABLE_RE = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 
 
 class ConfigError(Exception):
@@ -428,6 +429,10 @@ def parse(raw: dict[str, Any]) -> Config:
         for name in SCHEMA
         if name not in ("", "members")
     }
+    if not TABLE_RE.match(sections["store"]["table"]):
+        problems.append(
+            f"store.table: {sections['store']['table']!r} is not a DynamoDB table name (3-255 of A-Za-z0-9_.-)"
+        )
     raw_members = raw.get("members", [])
     if not isinstance(raw_members, list):
         problems.append("members: must be an array of tables ([[members]])")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer
+from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.attributes import BooleanAttribute, NumberAttribute, TTLAttribute, UnicodeAttribute
 from pynamodb.exceptions import PynamoDBException
 from pynamodb.expressions.condition import Condition
@@ -282,4 +283,6 @@ def init_table(
                 done.append(f"TTL not enabled ({type(exc).__name__}); items are still correct without it")
     except PynamoDBException as exc:
         raise StoreConfigError(f"cannot create table {settings.table!r}: {_code(exc)}: {exc.msg}") from exc
+    except (ClientError, BotoCoreError) as exc:  # pynamodb lets some through (e.g. from exists())
+        raise StoreConfigError(f"cannot create table {settings.table!r}: {exc}") from exc
     return done
