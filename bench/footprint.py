@@ -12,7 +12,7 @@ its AWS calls (``NAT_HA_RECORD_AWS_CALLS``), which are counted over the steady p
 The steady part is the second half of the run: ``rss_mb_steady`` is the median RSS
 there, ``cpu_percent`` the CPU time used there over its wall time (100 = one core),
 and the per-minute rates are counted there. ``rss_mb_peak`` is the kernel's VmHWM.
-See docs/footprint.md for the figures and what was done to reach them.
+See bench/README.md for the figures and what was done to reach them.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ DASHBOARD = REPO / "dashboards" / "grafana" / "nat-ha.json"
 ALERTS = REPO / "dashboards" / "prometheus" / "alerts.yml"
 ALERTS_TEST = REPO / "dashboards" / "prometheus" / "alerts_test.yml"
 ALERTMANAGER_EXAMPLE = REPO / "dashboards" / "alertmanager" / "example.yml"
-RUNBOOK = REPO / "docs" / "runbook.md"
+RUNBOOK = REPO / "dashboards" / "runbook.md"
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
 _SELECTOR = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*[{\[]")

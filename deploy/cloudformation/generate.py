@@ -184,7 +184,7 @@ def common_resources(ingress_cidrs):
   NatRole:
     Type: AWS::IAM::Role
     Properties:
-      Description: nat-ha agent on the NAT instances (least privilege, see docs/deploy.md)
+      Description: nat-ha agent on the NAT instances (least privilege, see deploy/README.md)
       AssumeRolePolicyDocument:
         Version: '2012-10-17'
         Statement:
@@ -264,7 +264,7 @@ vpc = [
     """AWSTemplateFormatVersion: '2010-09-09'
 Description: >-
   nat-ha - a VPC over 2 or 3 AZs with one highly available NAT instance per AZ (Amazon Linux 2023 arm64),
-  the DynamoDB coordination table and a least-privilege instance role. See docs/deploy.md.
+  the DynamoDB coordination table and a least-privilege instance role. See deploy/README.md.
 
 Parameters:
 """
@@ -433,7 +433,7 @@ ex = [
 Description: >-
   nat-ha for an existing VPC - one highly available NAT instance per AZ in the given public subnets,
   the DynamoDB coordination table and a least-privilege instance role. Existing private route tables
-  must be tagged (nat-ha:group, nat-ha:home) by the operator; see the TagRouteTables output and docs/deploy.md.
+  must be tagged (nat-ha:group, nat-ha:home) by the operator; see the TagRouteTables output and deploy/README.md.
 
 Parameters:
 """
@@ -457,7 +457,7 @@ Parameters:
     AllowedValues: ['true', 'false']
     Description: >-
       true - also create 0.0.0.0/0 -> NAT in each private route table (fails if one already has a default
-      route); false - point them yourself (aws ec2 replace-route, see docs/deploy.md).
+      route); false - point them yourself (aws ec2 replace-route, see deploy/README.md).
 
 Conditions:
 """

@@ -50,7 +50,7 @@ def _failover_and_back(lab: NetLab, inject: str) -> None:
     assert moved is not None, "the victim's route table did not move"
     target = _route_events(lab, t_fault, rtb)[0][1]
     assert target != home and target in lab.members
-    # restart_after 5 s and hold-down 5 s; the rest is moto's latency on a busy machine (see docs/lab.md).
+    # restart_after 5 s and hold-down 5 s; the rest is moto's latency on a busy machine (see tests/lab/README.md).
     assert _wait_event(lab, t_fault, "stopped", 30, instance=home), "the dead NAT was not stopped"
     assert _wait_event(lab, t_fault, "running", 10, instance=home), "the dead NAT was not started again"
     back = _wait_event(lab, t_fault, "route", 40, rtb=rtb, target=home)

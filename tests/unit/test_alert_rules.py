@@ -24,7 +24,7 @@ REQUIRED_ALERTS = {
     "NatHaPeerRestartLoop",
     "NatHaSelfCheckFailing",
 }
-RUNBOOK_BASE = "https://github.com/nat-ha/nat-ha/blob/main/docs/runbook.md"
+RUNBOOK_BASE = "https://github.com/nat-ha/nat-ha/blob/main/dashboards/runbook.md"
 
 needs_promtool = pytest.mark.skipif(
     shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)"
@@ -85,7 +85,7 @@ def test_alert_is_complete(rule: dict[str, object]) -> None:
     url = urlparse(str(annotations["runbook_url"]))
     assert f"{url.scheme}://{url.netloc}{url.path}" == RUNBOOK_BASE
     assert url.fragment == str(rule["alert"]).lower()
-    assert url.fragment in promql.runbook_anchors(), f"docs/runbook.md has no section #{url.fragment}"
+    assert url.fragment in promql.runbook_anchors(), f"dashboards/runbook.md has no section #{url.fragment}"
 
 
 def test_severities_route_to_three_receivers() -> None:

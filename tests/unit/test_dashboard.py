@@ -132,8 +132,8 @@ def test_provisioning_examples() -> None:
 
 
 def test_observability_doc_lists_every_agent_metric() -> None:
-    doc = (promql.REPO / "docs" / "observability.md").read_text()
+    doc = (promql.REPO / "dashboards" / "README.md").read_text()
     metrics = Metrics(CollectorRegistry(), process=False)
     for family in metrics.registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")
-        assert f"| `{name}` |" in doc, f"docs/observability.md does not list {name}"
+        assert f"| `{name}` |" in doc, f"dashboards/README.md does not list {name}"
