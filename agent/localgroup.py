@@ -50,21 +50,39 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 
 
 class MotoServer:
-    """``moto_server`` as a separate process on 127.0.0.1 (so it can be paused with SIGSTOP)."""
+    """``moto_server`` as a separate process (so it can be paused with SIGSTOP).
 
-    def __init__(self, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    By default on 127.0.0.1 and a free port; the network lab runs it inside a
+    namespace by giving a command ``prefix`` (``ip netns exec NS``), its own address
+    and a ``ready`` check that polls from inside that namespace.
+    """
+
+    def __init__(
+        self,
+        log_path: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        url: str = "",
+        prefix: tuple[str, ...] = (),
+        ready: Callable[[], bool] | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.url = url or f"http://{host}:{self.port}"
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [*prefix, sys.executable, "-m", "moto.server", "-H", host, "-p", str(self.port)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **DUMMY_ENV},
         )
-        if not wait_until(lambda: urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1).status == 200, 20):
+        if not (ready or self.answers)():
             self.stop()
-            raise RuntimeError(f"moto server did not start on {self.url} (see {log_path})")
+            raise RuntimeError(f"moto server did not start at {self.url} (see {log_path})")
+
+    def answers(self, timeout: float = 20) -> bool:
+        """Poll the server until it answers (bounded)."""
+        return wait_until(lambda: urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1).status == 200, timeout)
 
     def pause(self) -> None:
         self.proc.send_signal(signal.SIGSTOP)

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.localgroup import DUMMY_ENV, REGION, LocalGroup, Nat, wait_until
+from agent.localgroup import DUMMY_ENV, REGION, LocalGroup, MotoServer, Nat
 
 PREFIX = "nat-ha-lab-"
 INET_IP = "203.0.113.10"
@@ -353,57 +353,18 @@ class Ping:
 
 
 # --------------------------------------------------------------- the lab
-class InetMoto:
+class InetMoto(MotoServer):
     """moto server inside the ``inet`` namespace, at http://203.0.113.10:5000 (SIGSTOP-able)."""
 
     def __init__(self, ns: str, log_path: Path, executor: NsExecutor, nice: int = 0) -> None:
-        self.url = f"http://{INET_IP}:{MOTO_PORT}"
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                "nice",
-                "-n",
-                str(nice),
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                sys.executable,
-                "-m",
-                "moto.server",
-                "-H",
-                "0.0.0.0",
-                "-p",
-                str(MOTO_PORT),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **DUMMY_ENV},
+        super().__init__(
+            log_path,
+            host="0.0.0.0",
+            port=MOTO_PORT,
+            url=f"http://{INET_IP}:{MOTO_PORT}",
+            prefix=("nice", "-n", str(nice), "ip", "netns", "exec", ns),
+            ready=lambda: bool(executor.call(lambda: self.answers(30), timeout=40)),
         )
-
-        def ready() -> bool:
-            return bool(urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1).status == 200)
-
-        if not executor.call(lambda: wait_until(ready, 30), timeout=40):
-            self.stop()
-            raise RuntimeError(f"moto server did not start in {ns} (see {log_path})")
-
-    def pause(self) -> None:
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
 
 
 AgentCommand = Callable[["NetLab", int, Nat], list[str]]
@@ -455,7 +416,7 @@ class NetLab(LocalGroup):
             self.topo.build(self.workdir / "setup-root")
             self._inet = NsExecutor(self.topo.inet)
             self._vpc = NsExecutor(self.topo.vpc)
-            self.moto = InetMoto(self.topo.inet, self.workdir / "moto.log", self._inet, self.nice)  # type: ignore[assignment]
+            self.moto = InetMoto(self.topo.inet, self.workdir / "moto.log", self._inet, self.nice)
             self.inet(self._create_world)
             self._start_reconciler()
             for nat in self.nats:
