@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.config import SelfCheckConfig
-from agent.hostnat import masquerade_present
+from agent.hostnat import masquerade_present, persisted_masquerade_present
 from coordinator.items import Health
 
 RunCommand = Callable[[list[str]], "str | None"]  # stdout, or None if it could not run
@@ -94,7 +94,9 @@ class SelfChecker:
     config: SelfCheckConfig
     run: RunCommand = run_command
     reach: Callable[[str, float], bool] = tcp_reachable
+    persist_root: str = "/"  # where setup-nat's persisted rules are (tests point it elsewhere)
     _rules_at: float = field(default=-1e18, init=False)
+    _rules_unreadable: bool = field(default=False, init=False)
     _slow: dict[str, bool] = field(default_factory=dict, init=False)
     _slow_detail: list[str] = field(default_factory=list, init=False)
 
@@ -129,10 +131,16 @@ class SelfChecker:
         checks: dict[str, bool] = {}
         detail: list[str] = []
         if self.config.masquerade or self.config.forwarding:
-            ipt = self.run(["iptables-save"])
-            nft = self.run(["nft", "list", "ruleset"])
+            ipt = None if self._rules_unreadable else self.run(["iptables-save"])
+            nft = None if self._rules_unreadable else self.run(["nft", "list", "ruleset"])
             if ipt is None and nft is None:
-                detail.append("firewall rules unreadable (need iptables-save or nft and CAP_NET_ADMIN)")
+                # The systemd unit grants CAP_NET_RAW only, so the live rules cannot be read;
+                # fall back to what setup-nat persisted, and stop spawning commands that fail.
+                self._rules_unreadable = True
+                if self.config.masquerade:
+                    checks["masquerade"] = persisted_masquerade_present(self.persist_root, self.config.public_interface)
+                    if not checks["masquerade"]:
+                        detail.append("no masquerade rule persisted by setup-nat (live rules unreadable)")
             else:
                 if self.config.masquerade:
                     checks["masquerade"] = masquerade_present(ipt or "", nft or "", self.config.public_interface)
