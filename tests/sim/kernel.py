@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 
 INFINITY = float("inf")
+MAX_STEPS = 5_000_000
 
 
 class Killed(BaseException):
@@ -141,6 +142,8 @@ class Kernel:
             t, _, obj = heapq.heappop(self._q)
             self.now = max(self.now, t)
             self.steps += 1
+            if self.steps > MAX_STEPS:
+                raise SimError(f"more than {MAX_STEPS} events: a process does not let virtual time pass")
             if isinstance(obj, Proc):
                 if obj.done:
                     continue

@@ -37,6 +37,7 @@ STORE_SLOW = (0.02, 0.15)  # per half call: <= store_attempts x store_timeout in
 EC2_LATENCY = (0.01, 0.08)
 EC2_SLOW = (0.1, 0.6)  # whole call, <= ec2_timeout
 EC2_STALE_BASE = 0.05
+MAX_CYCLES = 1_000_000
 _NUMBERS = re.compile(r"\d+\.\d s")  # ages in decision lines: a new trace line only when the rest changes
 
 
@@ -231,9 +232,13 @@ class World:
                 self.violation(f"{rt} term {term} held by {seen} and by {holder}")
             before = self.holder.get(rt, ("", ""))
             self.holder[rt] = holder
-            if before[0] and before != holder and me != before[0] and before[1] == self.sessions.get(before[0]):
-                # Taken (not handed over) from a session its owner still runs: that session
-                # must have run out in true time, or two agents may act on the table at once.
+            owner_run = self.running.get(before[0])
+            owner_session = owner_run.agent.coordinator.session if owner_run is not None else None
+            if before[0] and before != holder and me != before[0] and owner_session is not None \
+                    and owner_session.session == before[1]:  # fmt: skip
+                # Taken (not handed over) from a session a live (possibly hung) process still
+                # holds: it must have run out, or two agents may act on the table at once. A
+                # session whose process died or dropped it cannot act any more.
                 left = self.session_left(before[0], before[1])
                 if left > 0:
                     self.violation(
@@ -356,7 +361,7 @@ class World:
 
         def body(p: Proc) -> None:
             next_local = clock.monotonic()
-            while True:
+            for _ in range(MAX_CYCLES):  # the kernel ends the process long before
                 decision = agent.run_cycle()
                 key = _NUMBERS.sub("#", decision.summary)
                 if key != self.last_summary.get(iid):
