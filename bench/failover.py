@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import statistics
+import signal
 import sys
 import tempfile
 import time
@@ -361,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--faults: unknown fault(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(FAULTS)}")
     if not 1 <= args.trials <= 1000:
         p.error("--trials must be between 1 and 1000")
+    # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C: the lab's namespaces and processes go.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     reason = skip_reason()
     if reason:
         print(f"failover: {reason}", file=sys.stderr)

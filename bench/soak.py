@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--minutes must be in (0, 600]")
     if not 0 <= args.loss < 1:
         p.error("--loss must be in [0, 1)")
+    # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C: the lab's namespaces and processes go.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     reason = skip_reason()
     if reason:
         print(f"soak: {reason}", file=sys.stderr)
