@@ -20,8 +20,8 @@ import argparse
 import itertools
 import json
 import math
-import statistics
 import signal
+import statistics
 import sys
 import tempfile
 import time
