@@ -14,8 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import threading
 import time
@@ -29,6 +27,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from tests.servers import free_port, stop_process
 
 PROMETHEUS = "prometheus"
 ALERTMANAGER = "prometheus-alertmanager"
@@ -62,12 +62,6 @@ def ensure_installed(timeout_s: float = 600.0) -> str | None:
     return f"{', '.join(still)} still missing after apt-get install" if still else None
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def http_json(url: str, timeout_s: float = 2.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout_s) as resp:
         return json.loads(resp.read())
@@ -87,19 +81,6 @@ def wait_until(what: str, probe: Callable[[], T | None], timeout_s: float, inter
         if time.monotonic() >= deadline:
             raise StackError(f"timed out after {timeout_s:.0f} s waiting for {what} (last error: {last_error})")
         time.sleep(interval_s)
-
-
-def _stop(process: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        process.wait(timeout=grace_s)
 
 
 @contextlib.contextmanager
@@ -132,7 +113,7 @@ def _server(name: str, argv_for_port: Callable[[int], list[str]], log: Path, rea
             yield url
             return
         finally:
-            _stop(process)
+            stop_process(process, grace_s=5.0)
     raise StackError(f"{name} did not start on 127.0.0.1 ({last})")
 
 

@@ -100,7 +100,8 @@ def _answers_http(url: str, timeout_s: float) -> bool:
         return False
 
 
-def _stop(process: subprocess.Popen[bytes], grace_s: float = 3.0) -> None:
+def stop_process(process: subprocess.Popen[bytes], grace_s: float = 3.0) -> None:
+    """Stop a server process: SIGCONT (it may be paused), SIGTERM, then SIGKILL after ``grace_s``."""
     if process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
@@ -139,12 +140,12 @@ def _run(
             if not ready:
                 last_error = f"{name} exited with {process.poll()}" if process.poll() is not None else "timed out"
                 last_error += f": {log.read_text(errors='replace')[-2000:]}"
-                _stop(process)
+                stop_process(process)
                 continue
             yield ServerProcess(url, process, log)
             return
         finally:
-            _stop(process)
+            stop_process(process)
             with contextlib.suppress(OSError):
                 log.unlink()
     raise ServerError(f"{name} did not become ready on 127.0.0.1 ({last_error})")
