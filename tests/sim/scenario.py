@@ -68,6 +68,12 @@ FAULT_KINDS = (
     "clock_stall",  # an agent's monotonic clock stands still (<= STALL s) while it runs
 )
 
+# Faults of the shared services: they hit every agent (store_isolated hits its target only).
+GLOBAL_KINDS = frozenset(
+    {"store_down", "store_slow", "store_throttled", "store_ambiguous"}
+    | {"ec2_errors", "ec2_throttled", "ec2_stale", "ec2_slow"}
+)
+
 
 @dataclass(frozen=True)
 class Fault:
@@ -84,6 +90,8 @@ class Fault:
 
     def describe(self) -> str:
         who = self.target + (f"->{self.other}" if self.other else "")
+        if self.kind in GLOBAL_KINDS:
+            who = "(everyone)"  # the drawn target is not used
         rate = f" rate={self.rate:.2f}" if self.rate else ""
         return f"{self.kind:<17} {who:<12} t={self.start:7.3f}..{self.end:7.3f}{rate}"
 
