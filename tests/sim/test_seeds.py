@@ -41,3 +41,11 @@ def test_seeds(sim_seeds: int) -> None:
     assert len(results) == sim_seeds
     detail = "\n\n".join(report for _, report in failing[:3])
     assert not failing, f"{len(failing)} failing seeds: {[s for s, _ in failing]}\n{detail}"
+
+
+def test_a_seed_replays_exactly() -> None:
+    """Same seed, same run: the whole trace (decisions, writes, faults, timestamps) is identical."""
+    for seed in (110, 2189, 7):
+        first, second = run_seed(seed), run_seed(seed)
+        assert first.trace == second.trace
+        assert first.violations == second.violations
