@@ -28,7 +28,6 @@ from agent.decide import (
     ResetOwnRestart,
     StartSession,
     TakeOver,
-    Timings,
     claimable_routes,
     decide,
     judged_dead,
@@ -134,14 +133,7 @@ class Agent:
         self.draining = False  # set by SIGTERM / shutdown
         self.decision = Decision("no_session", "starting")
         t = config.timing
-        self.timings = Timings(
-            margin=t.margin,
-            claim_stagger=t.claim_stagger,
-            failback_hold_down=t.failback_hold_down,
-            restart_after=t.restart_after,
-            restart_cooldown=t.restart_cooldown,
-            restart_max_attempts=t.restart_max_attempts,
-        )
+        self.timings = t
         self.members = tuple(m.instance_id for m in config.members)
         self.homes = {rt: m.instance_id for m in config.members for rt in m.route_tables}
         self.ec2_budget = t.ec2_timeout + 0.05

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.config import Timing
 from coordinator.items import (
     MEMBER_ALIVE,
     MEMBER_EXPIRED,
@@ -42,18 +43,6 @@ from coordinator.items import (
 )
 
 INSTANCE_RESTARTABLE = ("running", "stopped")
-
-
-@dataclass(frozen=True)
-class Timings:
-    """The subset of timing the decision needs (seconds)."""
-
-    margin: float = 0.1
-    claim_stagger: float = 0.35
-    failback_hold_down: float = 10.0
-    restart_after: float = 30.0
-    restart_cooldown: float = 300.0
-    restart_max_attempts: int = 3
 
 
 @dataclass(frozen=True)
@@ -204,7 +193,7 @@ def _fmt(seconds: float) -> str:
 class _View:
     """Derived judgements over one observation (kept out of the decision's flow)."""
 
-    def __init__(self, obs: Observation, t: Timings) -> None:
+    def __init__(self, obs: Observation, t: Timing) -> None:
         self.obs = obs
         self.t = t
 
@@ -269,7 +258,7 @@ class _View:
 
 
 # ------------------------------------------------------------------ decision
-def decide(obs: Observation, t: Timings) -> Decision:
+def decide(obs: Observation, t: Timing) -> Decision:
     """Decide this cycle's actions; returns them with a one-line explanation."""
     v = _View(obs, t)
     if not obs.session:
@@ -339,7 +328,7 @@ def decide(obs: Observation, t: Timings) -> Decision:
     return _steady(v, held, notes)
 
 
-def _plan_handover(v: _View, t: Timings, rt: str, r: RouteItem, home: str) -> HandOver | None:
+def _plan_handover(v: _View, t: Timing, rt: str, r: RouteItem, home: str) -> HandOver | None:
     obs = v.obs
     if obs.draining or not obs.health.healthy:
         order = preference(rt, obs.preferred_homes(), obs.members)
@@ -364,7 +353,7 @@ def _plan_handover(v: _View, t: Timings, rt: str, r: RouteItem, home: str) -> Ha
     return None
 
 
-def _plan_restarts(v: _View, t: Timings) -> list[Action]:
+def _plan_restarts(v: _View, t: Timing) -> list[Action]:
     obs = v.obs
     out: list[Action] = []
     mine = obs.snapshot.restarts.get(obs.me)
@@ -417,7 +406,7 @@ def _after(peer: str, members: tuple[str, ...]) -> list[str]:
     return list(members[i + 1 :] + members[:i])
 
 
-def _restart_evidence(v: _View, t: Timings, peer: str) -> str | None:
+def _restart_evidence(v: _View, t: Timing, peer: str) -> str | None:
     """Why ``peer`` should be stopped and started, or None if the evidence is not strong enough."""
     obs = v.obs
     m = v.member(peer)
@@ -475,7 +464,7 @@ def _steady(v: _View, held: list[str], notes: list[str]) -> Decision:
     return Decision(kind, "; ".join(parts))
 
 
-def claimable_routes(obs: Observation, t: Timings) -> set[str]:
+def claimable_routes(obs: Observation, t: Timing) -> set[str]:
     """Route tables with no live owner, as this observation shows them (for the stagger timer)."""
     v = _View(obs, t)
     out = set()
@@ -486,12 +475,12 @@ def claimable_routes(obs: Observation, t: Timings) -> set[str]:
     return out
 
 
-def judged_healthy(obs: Observation, t: Timings, instance: str) -> bool:
+def judged_healthy(obs: Observation, t: Timing, instance: str) -> bool:
     """Live, healthy by its own report, not draining, answering our probes."""
     return _View(obs, t).eligible(instance)
 
 
-def judged_dead(obs: Observation, t: Timings, instance: str) -> bool:
+def judged_dead(obs: Observation, t: Timing, instance: str) -> bool:
     """Both signals: probes failing and heartbeat unchanged past its lease (or declared expired)."""
     v = _View(obs, t)
     m = v.member(instance)

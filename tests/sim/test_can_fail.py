@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+import agent.config
 import agent.decide
 from agent.cycle import Agent
 from tests.sim.scenario import Fault, Scenario
@@ -42,7 +43,7 @@ def test_decide_without_the_staleness_check_is_caught(monkeypatch: pytest.Monkey
 def test_restart_without_the_silence_check_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     # Bug: a peer is stopped on failed probes alone (its heartbeat is not looked at) and the
     # re-read right before the stop is skipped.
-    def evidence(v: agent.decide._View, t: agent.decide.Timings, peer: str) -> str | None:
+    def evidence(v: agent.decide._View, t: agent.config.Timing, peer: str) -> str | None:
         return "probes fail" if v.probe_down(peer) and v.obs.instance_states.get(peer) == "running" else None
 
     monkeypatch.setattr(agent.decide, "_restart_evidence", evidence)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from agent.config import Timing
 from agent.decide import (
     ClaimRestart,
     ContinueRestart,
@@ -18,7 +19,6 @@ from agent.decide import (
     ResetOwnRestart,
     StartSession,
     TakeOver,
-    Timings,
     decide,
     preference,
 )
@@ -27,7 +27,7 @@ from coordinator.items import GroupSnapshot, Health, MemberItem, RequestItem, Re
 A, B, C = "i-a", "i-b", "i-c"
 RA, RB, RC = "rtb-a", "rtb-b", "rtb-c"
 HOMES = {RA: A, RB: B, RC: C}
-T = Timings(
+T = Timing(
     margin=0.1,
     claim_stagger=0.35,
     failback_hold_down=10.0,
