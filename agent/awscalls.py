@@ -38,6 +38,7 @@ def iam_action(service: str, operation: str) -> str:
     """``("ec2", "ReplaceRoute")`` -> ``"ec2:ReplaceRoute"`` (the IAM prefixes equal the service names here)."""
     return f"{service}:{operation}"
 
+
 # Modules that only ever talk to a local moto server they started (``nat-ha demo``: it builds a
 # fake VPC with CreateVpc, RunInstances, ...). Their calls never reach AWS and are not in the
 # policy; the static scan in tests/unit/test_iam_policy.py skips them. Keep this list short.

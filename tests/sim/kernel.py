@@ -91,7 +91,7 @@ class Proc:
 
         A hang does not start between a lease check and the EC2 call it guards
         (inside an EC2 call): EC2 cannot fence a write, so the protocol's bound
-        there is the call's timeout, not the lease (docs/simulation.md).
+        there is the call's timeout, not the lease (tests/sim/README.md).
         """
         if self.where == "ec2":
             self.pending_hang = max(self.pending_hang, seconds)
