@@ -119,6 +119,20 @@ class Nat:
     env: dict[str, str] = field(default_factory=dict)  # extra environment of this agent only
 
 
+def member_toml(nat: Nat, address: str, probe_port: int = 0) -> list[str]:
+    """The ``[[members]]`` block of one NAT in a generated agent config."""
+    port = [f"probe_port = {probe_port}"] if probe_port else []
+    return [
+        "[[members]]",
+        f'instance_id = "{nat.instance_id}"',
+        f'address = "{address}"',
+        *port,
+        f'route_tables = ["{nat.route_table}"]',
+        f'az = "{nat.az}"',
+        "",
+    ]
+
+
 @dataclass
 class LocalGroup:
     """``with LocalGroup(workdir) as g:`` - a running n-NAT group (see module doc)."""
@@ -269,15 +283,7 @@ class LocalGroup:
             "",
         ]
         for other in self.nats:
-            lines += [
-                "[[members]]",
-                f'instance_id = "{other.instance_id}"',
-                'address = "127.0.0.1"',
-                f"probe_port = {other.probe_port}",
-                f'route_tables = ["{other.route_table}"]',
-                f'az = "{other.az}"',
-                "",
-            ]
+            lines += member_toml(other, "127.0.0.1", other.probe_port)
         return "\n".join(lines)
 
     # ------------------------------------------------------------ processes

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.localgroup import DUMMY_ENV, REGION, LocalGroup, MotoServer, Nat
+from agent.localgroup import DUMMY_ENV, REGION, LocalGroup, MotoServer, Nat, member_toml
 
 PREFIX = "nat-ha-lab-"
 INET_IP = "203.0.113.10"
@@ -471,14 +471,7 @@ class NetLab(LocalGroup):
             "",
         ]
         for j, other in enumerate(self.nats):
-            lines += [
-                "[[members]]",
-                f'instance_id = "{other.instance_id}"',
-                f'address = "{self.topo.nat_ip(j)}"',
-                f'route_tables = ["{other.route_table}"]',
-                f'az = "{other.az}"',
-                "",
-            ]
+            lines += member_toml(other, self.topo.nat_ip(j))
         return "\n".join(lines)
 
     def _spawn(self, nat: Nat) -> None:
