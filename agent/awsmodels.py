@@ -197,6 +197,7 @@ def botocore_session() -> Any:
     import botocore.session
 
     session = botocore.session.get_session()
+    _fixed_user_agent(session)
     if os.environ.get(FULL_ENV, "") not in ("1", "true", "yes"):
         directory = trimmed_models_dir()
         if directory is not None:
@@ -204,6 +205,25 @@ def botocore_session() -> Any:
             session.get_component("data_loader").search_paths.insert(0, str(directory))
             _use_trimmed_endpoints(session, directory / ENDPOINTS_FILE)
     return session
+
+
+def _fixed_user_agent(session: Any) -> None:
+    """One fixed User-Agent for every client of the session (pynamodb's included).
+
+    botocore otherwise rebuilds and sanitises a 14-part user-agent string twice per
+    request, about a fifth of the CPU of a DynamoDB call; a fixed string (which also
+    names nat-ha to AWS) skips that. pynamodb's own client Config does not set a user
+    agent, so the session's default applies to it too.
+    """
+    import platform
+
+    import botocore
+    from botocore.config import Config
+
+    from agent import __version__
+
+    ua = f"nat-ha/{__version__} botocore/{botocore.__version__} Python/{platform.python_version()}"
+    session.set_default_client_config(Config(user_agent=ua))
 
 
 def _use_trimmed_endpoints(session: Any, path: Path) -> None:
