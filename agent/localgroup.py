@@ -119,6 +119,11 @@ class Nat:
     env: dict[str, str] = field(default_factory=dict)  # extra environment of this agent only
 
 
+def timing_toml(timing: dict[str, Any]) -> list[str]:
+    """The ``[timing]`` table of a generated agent config."""
+    return ["[timing]", *(f"{k} = {json.dumps(v)}" for k, v in sorted(timing.items())), ""]
+
+
 def member_toml(nat: Nat, address: str, probe_port: int = 0) -> list[str]:
     """The ``[[members]]`` block of one NAT in a generated agent config."""
     port = [f"probe_port = {probe_port}"] if probe_port else []
@@ -255,17 +260,7 @@ class LocalGroup:
         assert self.moto is not None
         timing = {**self.DEMO_TIMING, **self.timing}
         lines = [
-            f'group = "{self.group}"',
-            f'instance_id = "{nat.instance_id}"',
-            f'region = "{REGION}"',
-            "",
-            "[store]",
-            f'table = "{self.table}"',
-            f'endpoint_url = "{self.store_url}"',
-            "",
-            "[ec2]",
-            f'endpoint_url = "{self.moto.url}"',
-            "",
+            *self._header_toml(nat, self.store_url),
             "[probe]",
             f'method = "{self.probe_method}"',
             f"answer_port = {nat.probe_port if self.probe_method == 'tcp-echo' else 0}",
@@ -275,9 +270,7 @@ class LocalGroup:
             "masquerade = false",
             "forwarding = false",
             "",
-            "[timing]",
-            *(f"{k} = {json.dumps(v)}" for k, v in sorted(timing.items())),
-            "",
+            *timing_toml(timing),
             "[metrics]",
             f'listen = "{f"127.0.0.1:{nat.metrics_port}" if nat.metrics_port else ""}"',
             "",
@@ -285,6 +278,23 @@ class LocalGroup:
         for other in self.nats:
             lines += member_toml(other, "127.0.0.1", other.probe_port)
         return "\n".join(lines)
+
+    def _header_toml(self, nat: Nat, store_url: str) -> list[str]:
+        """Identity and endpoints of one NAT's generated config (what every lab's config shares)."""
+        assert self.moto is not None
+        return [
+            f'group = "{self.group}"',
+            f'instance_id = "{nat.instance_id}"',
+            f'region = "{REGION}"',
+            "",
+            "[store]",
+            f'table = "{self.table}"',
+            f'endpoint_url = "{store_url}"',
+            "",
+            "[ec2]",
+            f'endpoint_url = "{self.moto.url}"',
+            "",
+        ]
 
     # ------------------------------------------------------------ processes
     def calls_path(self, instance_id: str) -> Path:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.localgroup import DUMMY_ENV, REGION, LocalGroup, MotoServer, Nat, member_toml
+from agent.localgroup import DUMMY_ENV, REGION, LocalGroup, MotoServer, Nat, member_toml, timing_toml
 
 PREFIX = "nat-ha-lab-"
 INET_IP = "203.0.113.10"
@@ -439,17 +439,7 @@ class NetLab(LocalGroup):
         i = self.index(nat.instance_id)
         timing = {**self.timing}
         lines = [
-            f'group = "{self.group}"',
-            f'instance_id = "{nat.instance_id}"',
-            f'region = "{REGION}"',
-            "",
-            "[store]",
-            f'table = "{self.table}"',
-            f'endpoint_url = "{self.moto.url}"',
-            "",
-            "[ec2]",
-            f'endpoint_url = "{self.moto.url}"',
-            "",
+            *self._header_toml(nat, self.moto.url),
             "[probe]",
             'method = "icmp"',
             'privileged = "true"',
@@ -460,9 +450,7 @@ class NetLab(LocalGroup):
             'public_interface = "pub0"',
             "forwarding = true",
             "",
-            "[timing]",
-            *(f"{k} = {json.dumps(v)}" for k, v in sorted(timing.items())),
-            "",
+            *timing_toml(timing),
             "[metrics]",
             f'listen = "{self.topo.nat_ip(i)}:9510"' if self.metrics else 'listen = ""',
             "",
