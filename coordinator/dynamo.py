@@ -20,6 +20,7 @@ from pynamodb.exceptions import PynamoDBException
 from pynamodb.expressions.condition import Condition
 from pynamodb.models import Model
 
+from coordinator.dynamo_http import FastClient, fast_client_for, fast_path_off
 from coordinator.errors import StoreConfigError
 from coordinator.instrument import CallObserver, instrument_client
 from coordinator.items import Attrs
@@ -134,26 +135,58 @@ class DynamoStore:
         self.settings = settings
         self.model = make_model(settings)
         self._deserializer = TypeDeserializer()
+        self._on_call = on_call
+        self._instrumented: Any = None
+        # The hot operations go over coordinator.dynamo_http where it behaves like botocore.
+        self._fast_wanted = settings.max_attempts == 1 and not fast_path_off()
         connection = self.model._get_connection().connection
         if session is not None:
             use_session(connection, session)
-        # One connection per store, instrumented once (timing, errors, call recording).
-        instrument_client(connection.client, on_call)
+        self._prepare_client()
+
+    def _prepare_client(self) -> None:
+        """Instrument the connection's botocore client once and put the fast stand-in in front of it.
+
+        Called before every call: pynamodb makes a new botocore client when the one it
+        has lacks credentials (dropping the stand-in), and the new one needs both too.
+        """
+        connection = self.model._get_connection().connection
+        if isinstance(connection._client, FastClient):
+            return
+        client = connection.client
+        if client is not self._instrumented:
+            instrument_client(client, self._on_call)  # timing, errors, call recording
+            self._instrumented = client
+        if self._fast_wanted:
+            fast = fast_client_for(client, connection.session, on_call=self._on_call)
+            if fast is None:
+                self._fast_wanted = False  # a proxy is configured: botocore handles it
+            else:
+                connection._client = fast  # type: ignore[assignment]  # duck-typed stand-in
 
     # ------------------------------------------------------------------ reads
     def _rows(self, raw_items: list[dict[str, Any]]) -> list[Attrs]:
-        rows = []
-        for raw in raw_items:
-            row: Attrs = {}
-            for name, typed in raw.items():
-                try:
-                    row[name] = _plain(self._deserializer.deserialize(typed))
-                except (TypeError, ValueError):
-                    row[name] = typed  # left raw; the parser reports the item as bad
-            rows.append(row)
-        return rows
+        return [{name: self._value(typed) for name, typed in raw.items()} for raw in raw_items]
+
+    def _value(self, typed: Any) -> Any:
+        """A DynamoDB-typed value as a plain one; left raw when it cannot be read (the parser reports it).
+
+        Strings, whole numbers and booleans (nearly every value) are read directly;
+        the rest goes through boto3's deserializer.
+        """
+        if type(typed) is dict and len(typed) == 1:
+            kind, value = next(iter(typed.items()))
+            if type(value) is str and (kind == "S" or (kind == "N" and value.isascii() and value.isdigit())):
+                return value if kind == "S" else int(value)
+            if kind == "BOOL" and type(value) is bool:
+                return value
+        try:
+            return _plain(self._deserializer.deserialize(typed))
+        except (TypeError, ValueError, ArithmeticError):
+            return typed
 
     def query_group(self, group: str) -> list[Attrs]:
+        self._prepare_client()
         conn = self.model._get_connection()
         items: list[dict[str, Any]] = []
         start_key = None
@@ -169,6 +202,7 @@ class DynamoStore:
         return self._rows(items)
 
     def get_item(self, group: str, item: str) -> Attrs | None:
+        self._prepare_client()
         conn = self.model._get_connection()
         try:
             data = conn.get_item(group, item, consistent_read=True)
@@ -201,6 +235,7 @@ class DynamoStore:
         unknown = set(values) - set(_STRING_ATTRS) - set(_NUMBER_ATTRS) - set(_BOOL_ATTRS) - {"item"}
         if unknown:
             raise ValueError(f"unknown attributes {sorted(unknown)}")
+        self._prepare_client()
         row = self.model(group, **values)
         if gc_after_s is not None:
             from datetime import timedelta

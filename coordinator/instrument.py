@@ -24,7 +24,8 @@ CallObserver = Callable[[str, str, float, "str | None"], None]
 _write_lock = threading.Lock()
 
 
-def _record(service: str, operation: str, params: dict[str, Any]) -> None:
+def record_call(service: str, operation: str, params: dict[str, Any]) -> None:
+    """Append the call to the ``NAT_HA_RECORD_AWS_CALLS`` file, if one is named."""
     path = os.environ.get(RECORD_ENV)
     if not path:
         return
@@ -40,7 +41,7 @@ def instrument_client(client: Any, on_call: CallObserver | None = None) -> Any:
     events = client.meta.events
 
     def record(params: dict[str, Any], model: Any, **_: Any) -> None:
-        _record(service, model.name, params)
+        record_call(service, model.name, params)
 
     def before(model: Any, context: dict[str, Any], **_: Any) -> None:
         context["nat_ha_t0"] = time.monotonic()

@@ -160,10 +160,18 @@ def child_env() -> dict[str, str]:
 
 # ------------------------------------------------------------------------- moto
 @contextlib.contextmanager
-def moto_server_process(ready_s: float = 20.0) -> Iterator[ServerProcess]:
-    """``python -m moto.server`` on 127.0.0.1 in its own OS process."""
+def moto_server_process(ready_s: float = 20.0, *, unauthenticated_calls: int | None = None) -> Iterator[ServerProcess]:
+    """``python -m moto.server`` on 127.0.0.1 in its own OS process.
+
+    ``unauthenticated_calls``: after that many calls moto checks every request's
+    access key and SigV4 signature against the IAM users it holds (moto's
+    INITIAL_NO_AUTH_ACTION_COUNT); the first calls create such a user.
+    """
     argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"]
-    with _run("moto", argv, "/moto-api/", ready_s=ready_s, env=child_env()) as server:
+    env = child_env()
+    if unauthenticated_calls is not None:
+        env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(unauthenticated_calls)
+    with _run("moto", argv, "/moto-api/", ready_s=ready_s, env=env) as server:
         yield server
 
 
