@@ -10,8 +10,8 @@ its AWS calls (``NAT_HA_RECORD_AWS_CALLS``), which are counted over the steady p
     python bench/footprint.py --seconds 60 --json footprint.json
 
 The steady part is the second half of the run: ``rss_mb_steady`` is the median RSS
-there, ``cpu_percent`` the CPU time used there over its wall time (100 = one core),
-and the per-minute rates are counted there. ``rss_mb_peak`` is the kernel's VmHWM.
+there, ``cpu_percent`` the CPU time used there (with the processes it started) over
+its wall time (100 = one core), and the per-minute rates are counted there. ``rss_mb_peak`` is the kernel's VmHWM.
 See bench/README.md for the figures and what was done to reach them.
 """
 
@@ -119,11 +119,15 @@ def read_rss_kb(pid: int) -> tuple[int, int]:
 
 
 def read_cpu_s(pid: int) -> float:
-    """utime + stime of the process (all its threads), in seconds."""
+    """CPU time of the process (all its threads) and of the children it waited for, in seconds.
+
+    Children count: an agent running as root spawns iptables-save and nft for its
+    firewall self checks, and that CPU is the agent's cost too.
+    """
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rpartition(")")[2].split()
-    # fields[0] is field 3 (state): utime is field 14, stime field 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    # fields[0] is field 3 (state): utime, stime, cutime, cstime are fields 14-17.
+    return sum(int(f) for f in fields[11:15]) / CLK_TCK
 
 
 def count_calls(path: Path) -> dict[tuple[str, str], int]:
