@@ -34,7 +34,7 @@ from agent.decide import (
     judged_healthy,
 )
 from agent.ec2 import Ec2Error
-from agent.metrics import Metrics
+from agent.metrics import SELF_CHECKS, Metrics
 from coordinator.clock import Clock
 from coordinator.errors import BadItem, Conflict, CoordinatorError, SessionLost, StoreConfigError, StoreUnavailable
 from coordinator.items import (
@@ -563,67 +563,73 @@ class Agent:
         probes: dict[str, PeerProbe],
         snapshot: GroupSnapshot | None,
     ) -> None:
+        """Set the state gauges as of this cycle (every cycle: keep it cheap, no ``labels()``)."""
         m = self.metrics
         assert m is not None
-        m.up.set(1)
-        m.healthy.set(1 if health.healthy else 0)
-        for check in ("ip_forward", "masquerade", "conntrack", "egress"):
-            m.self_check.labels(check).set(1 if health.checks.get(check, True) else 0)
-        for check, ok in health.checks.items():
-            m.self_check.labels(check).set(1 if ok else 0)
+        put = m.put
+        put(m.up, 1)
+        put(m.healthy, 1 if health.healthy else 0)
+        checks = health.checks
+        self_check = m.self_check_of
+        for check in SELF_CHECKS:
+            put(self_check[check], 1 if checks.get(check, True) else 0)
+        for check, ok in checks.items():
+            if check not in SELF_CHECKS:
+                put(self_check[check], 1 if ok else 0)
         remaining = max(0.0, self.coordinator.remaining())
-        m.session_valid.set(1 if remaining > 0 else 0)
-        m.session_remaining.set(remaining)
+        put(m.session_valid, 1 if remaining > 0 else 0)
+        put(m.session_remaining, remaining)
         m.set_decision(decision.kind)
         m.cycle_duration.observe(max(0.0, self.clock.monotonic() - now))
         m.last_cycle.set(self.clock.wall())
+        peer_up = m.peer_up_of
         for peer, p in probes.items():
-            m.peer_up.labels(peer).set(1 if p.up else 0)
+            put(peer_up[peer], 1 if p.up else 0)
         if snapshot is None:
             return
-        m.bad_items.set(len(snapshot.bad_items))
+        put(m.bad_items, len(snapshot.bad_items))
+        observer = self.memory.observer
+        margin = self.timings.margin
+        members = snapshot.members
         for peer in self.members:
             if peer == self.me:
                 continue
-            item: MemberItem | None = snapshot.members.get(peer)
-            age = self.memory.observer.unchanged_for(item.key, now) if item else 0.0
-            m.peer_heartbeat_age.labels(peer).set(age)
-            fresh = item is not None and item.state == "alive" and age < item.lease_ms / 1000 + self.timings.margin
-            m.peer_alive.labels(peer).set(1 if fresh else 0)
-            m.peer_healthy.labels(peer).set(1 if fresh and item is not None and item.health.healthy else 0)
+            item: MemberItem | None = members.get(peer)
+            age = observer.unchanged_for(item.key, now) if item else 0.0
+            put(m.peer_heartbeat_age_of[peer], age)
+            fresh = item is not None and item.state == "alive" and age < item.lease_ms / 1000 + margin
+            put(m.peer_alive_of[peer], 1 if fresh else 0)
+            put(m.peer_healthy_of[peer], 1 if fresh and item is not None and item.health.healthy else 0)
         session = self.coordinator.session
         owned = 0
         for rt in sorted(self.homes):
             r = snapshot.routes.get(rt)
             mine = r is not None and session is not None and r.owner == self.me and r.owner_session == session.session
             owned += int(mine)
-            m.route_owned.labels(rt).set(1 if mine else 0)
-            m.route_term.labels(rt).set(r.term if r else 0)
-            owner_item = snapshot.members.get(r.owner) if r and r.owner else None
-            live = owner_item is not None and owner_item.session == r.owner_session if r else False
+            put(m.route_owned_of[rt], 1 if mine else 0)
+            put(m.route_term_of[rt], r.term if r else 0)
+            owner_item = members.get(r.owner) if r and r.owner else None
             live = (
-                live
+                r is not None
                 and owner_item is not None
+                and owner_item.session == r.owner_session
                 and owner_item.state == "alive"
-                and (
-                    self.memory.observer.unchanged_for(owner_item.key, now)
-                    < owner_item.lease_ms / 1000 + self.timings.margin
-                )
+                and observer.unchanged_for(owner_item.key, now) < owner_item.lease_ms / 1000 + margin
             )
-            m.route_has_owner.labels(rt).set(1 if live else 0)
+            put(m.route_has_owner_of[rt], 1 if live else 0)
+            owner_of = m.route_owner_of
             for owner in self.members:
-                m.route_owner.labels(rt, owner).set(1 if r is not None and r.owner == owner and live else 0)
+                put(owner_of[rt, owner], 1 if live and r is not None and r.owner == owner else 0)
             if mine:
                 ec2 = self.memory.ec2.get(rt)
-                m.route_ec2_matches.labels(rt).set(1 if ec2 is not None and ec2.target == self.me else 0)
-                for target in [*self.members, "other"]:
-                    shown = ec2 is not None and (
-                        ec2.target == target or (target == "other" and ec2.target.startswith("other"))
-                    )
-                    m.route_ec2_target.labels(rt, target).set(1 if shown else 0)
+                put(m.route_ec2_matches_of[rt], 1 if ec2 is not None and ec2.target == self.me else 0)
+                target_of = m.route_ec2_target_of
+                for target in self.members:
+                    put(target_of[rt, target], 1 if ec2 is not None and ec2.target == target else 0)
+                put(target_of[rt, "other"], 1 if ec2 is not None and ec2.target.startswith("other") else 0)
             else:
-                m.route_ec2_matches.labels(rt).set(1)
-        m.route_tables_owned.set(owned)
+                put(m.route_ec2_matches_of[rt], 1)
+        put(m.route_tables_owned, owned)
 
 
 def build_info(metrics: Metrics, config: Config) -> None:

@@ -96,13 +96,6 @@ class Daemon:
             if m.instance_id != config.instance_id
         ]
 
-        def on_probe(peer: str, ok: bool, rtt: float) -> None:
-            metrics.probes_sent.labels(peer).inc()
-            if ok:
-                metrics.probe_rtt.labels(peer).observe(rtt)
-            else:
-                metrics.probes_lost.labels(peer).inc()
-
         p = config.probe
         try:
             prober = Prober(
@@ -113,7 +106,7 @@ class Daemon:
                 window=p.window,
                 down_after=p.down_after,
                 privileged=p.privileged,
-                observer=on_probe,
+                observer=metrics.observe_probe,  # children resolved once, not labels() per probe
             )
         except ProbeSetupError as exc:
             print(f"nat-ha agent: probe: {exc}", file=sys.stderr)

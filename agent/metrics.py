@@ -6,6 +6,8 @@ and route table, so a panel never shows "no data" because nothing happened yet.
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -32,6 +34,41 @@ FAILOVER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 3
 RECOVERY_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 AWS_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 CYCLE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+M = TypeVar("M", Gauge, Counter, Histogram)
+
+
+class Children(dict[str, M], Generic[M]):
+    """One single-label metric's children by label value, each resolved by ``labels()`` once.
+
+    ``labels()`` validates, builds a tuple and takes the metric's lock on every call;
+    the HA cycle sets ~40 series every 0.35 s and the prober counts 5 probes a second
+    per peer, so they look the child up here instead (a plain dict hit). A value not
+    seen before is resolved on first use, exactly when ``labels()`` would have created
+    its series, so the exported series are the same.
+    """
+
+    def __init__(self, metric: M) -> None:
+        super().__init__()
+        self.metric: M = metric
+
+    def __missing__(self, value: str) -> M:
+        child: M = self.metric.labels(value)
+        self[value] = child
+        return child
+
+
+class Children2(dict[tuple[str, str], M], Generic[M]):
+    """Like :class:`Children`, for a metric with two labels (keyed by the pair)."""
+
+    def __init__(self, metric: M) -> None:
+        super().__init__()
+        self.metric: M = metric
+
+    def __missing__(self, values: tuple[str, str]) -> M:
+        child: M = self.metric.labels(*values)
+        self[values] = child
+        return child
 
 
 class Metrics:
@@ -146,27 +183,46 @@ class Metrics:
             f"{ns}_last_cycle_timestamp_seconds", "Unix time of the last finished cycle", registry=r
         )
         self.bad_items = Gauge(f"{ns}_bad_items", "Items in the group the agent cannot use", registry=r)
+        # The children the hot paths set, by label value (see Children).
+        self.self_check_of = Children(self.self_check)
+        self.probes_sent_of = Children(self.probes_sent)
+        self.probes_lost_of = Children(self.probes_lost)
+        self.probe_rtt_of = Children(self.probe_rtt)
+        self.peer_up_of = Children(self.peer_up)
+        self.peer_alive_of = Children(self.peer_alive)
+        self.peer_heartbeat_age_of = Children(self.peer_heartbeat_age)
+        self.peer_healthy_of = Children(self.peer_healthy)
+        self.route_owned_of = Children(self.route_owned)
+        self.route_term_of = Children(self.route_term)
+        self.route_owner_of = Children2(self.route_owner)
+        self.route_has_owner_of = Children(self.route_has_owner)
+        self.route_ec2_matches_of = Children(self.route_ec2_matches)
+        self.route_ec2_target_of = Children2(self.route_ec2_target)
+        self.decision_of = Children(self.decision)
+        self._decided: str | None = None  # the decision kind whose gauge is 1, if any
+        self._last: dict[Gauge, float] = {}  # what put() last set each gauge to
 
     def prepare(self, version: str, group: str, me: str, peers: list[str], route_tables: list[str]) -> None:
         """Create every labelled series up front (no missing metrics)."""
         self.build_info.labels(version, group, me).set(1)
+        # Indexing a Children dict creates the series (and keeps the child for the hot paths).
         for check in SELF_CHECKS:
-            self.self_check.labels(check)
+            self.self_check_of[check]
         for peer in peers:
-            self.probes_sent.labels(peer)
-            self.probes_lost.labels(peer)
-            self.probe_rtt.labels(peer)
-            self.peer_up.labels(peer)
-            self.peer_alive.labels(peer)
-            self.peer_heartbeat_age.labels(peer)
-            self.peer_healthy.labels(peer)
+            self.probes_sent_of[peer]
+            self.probes_lost_of[peer]
+            self.probe_rtt_of[peer]
+            self.peer_up_of[peer]
+            self.peer_alive_of[peer]
+            self.peer_heartbeat_age_of[peer]
+            self.peer_healthy_of[peer]
             for result in RESTART_RESULTS:
                 self.peer_restarts.labels(peer, result)
         for rt in route_tables:
-            self.route_owned.labels(rt)
-            self.route_term.labels(rt)
-            self.route_has_owner.labels(rt)
-            self.route_ec2_matches.labels(rt)
+            self.route_owned_of[rt]
+            self.route_term_of[rt]
+            self.route_has_owner_of[rt]
+            self.route_ec2_matches_of[rt]
             for kind in FAILOVER_KINDS:
                 self.failovers.labels(
                     rt,
@@ -180,11 +236,39 @@ class Metrics:
         for result in RENEWAL_RESULTS:
             self.renewals.labels(result)
         for d in DECISIONS:
-            self.decision.labels(d).set(0)
+            self.decision_of[d].set(0)
+        self._decided = None
+
+    def put(self, gauge: Gauge, value: float) -> None:
+        """Set ``gauge`` to ``value`` unless put() already did: a dict hit instead of a lock.
+
+        Most state gauges keep their value from one cycle to the next. Only for gauges
+        nothing but put() sets (a set() elsewhere would not be seen here).
+        """
+        if self._last.get(gauge) != value:
+            gauge.set(value)
+            self._last[gauge] = value
 
     def set_decision(self, kind: str) -> None:
-        for d in DECISIONS:
-            self.decision.labels(d).set(1 if d == kind else 0)
+        """1 for ``kind``'s series, 0 for the others; sets only the two that change."""
+        if kind == self._decided:
+            return
+        if self._decided is None:
+            for d in DECISIONS:
+                self.decision_of[d].set(1 if d == kind else 0)
+        else:
+            self.decision_of[self._decided].set(0)
+            if kind in DECISIONS:
+                self.decision_of[kind].set(1)
+        self._decided = kind if kind in DECISIONS else None  # an unknown kind has no series: all are 0
+
+    def observe_probe(self, peer: str, ok: bool, rtt: float) -> None:
+        """Count one probe of ``peer`` (the prober's observer; runs on the probe thread)."""
+        self.probes_sent_of[peer].inc()
+        if ok:
+            self.probe_rtt_of[peer].observe(rtt)
+        else:
+            self.probes_lost_of[peer].inc()
 
     def serve(self, listen: str) -> object | None:
         """Start the HTTP endpoint on ``host:port`` (returns the server, or None if disabled)."""
