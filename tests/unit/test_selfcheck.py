@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
 
 from agent.config import SelfCheckConfig
-from agent.selfcheck import SelfChecker, forward_blocked
+from agent.selfcheck import ProcFile, SelfChecker, forward_blocked
 
 IPT_OK = """*nat
 :POSTROUTING ACCEPT [0:0]
@@ -130,3 +136,127 @@ def test_unreadable_rules_fall_back_to_persisted_setup(tmp_path: Path) -> None:
     )
     assert c.check(1.0).checks["masquerade"] is True
     assert c.calls == ["iptables-save", "nft"], "commands that cannot work were spawned again"  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------- /proc reads on kept descriptors
+def test_proc_file_keeps_its_descriptor_and_sees_changes(tmp_path: Path) -> None:
+    path = tmp_path / "ip_forward"
+    path.write_text("1\n")
+    f = ProcFile(str(path))
+    assert f.read() == "1"
+    fd = f.fd
+    path.write_text("0\n")  # rewritten in place, as a sysctl changes
+    assert f.read() == "0" and f.fd == fd
+    f.reopen()
+    assert f.fd == -1 and f.read() == "0" and f.fd >= 0
+    f.reopen()
+
+
+def test_proc_file_reopens_after_a_read_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "nf_conntrack_count"
+    path.write_text("5\n")
+    f = ProcFile(str(path))
+    assert f.read() == "5"
+    real_pread = os.pread
+    failures = iter([True])
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        if next(failures, False):
+            raise OSError(2, "No such file or directory")  # what a read of an unloaded module's sysctl gives
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    path.unlink()
+    path.write_text("7\n")  # a new file: only a fresh open sees it
+    assert f.read() == "7"
+    f.reopen()
+
+
+def test_proc_file_missing_or_unreadable(tmp_path: Path) -> None:
+    missing = ProcFile(str(tmp_path / "nope"))
+    assert missing.read() is None and missing.fd == -1
+    (tmp_path / "nope").write_text("3\n")
+    assert missing.read() == "3"  # a file that appears is found at the next read
+    missing.reopen()
+    directory = ProcFile(str(tmp_path))  # opens, but read() fails: EISDIR
+    assert directory.read() is None and directory.fd == -1
+
+
+def test_conntrack_files_appear_and_disappear(tmp_path: Path) -> None:
+    root = procfs(tmp_path, count=None)
+    c = checker(tmp_path, procfs=root, rules_interval=2.0)
+    assert c.check(0.0).checks["conntrack"] is True  # module not loaded
+    procfs(tmp_path, count=950, maximum=1000)  # loaded, and nearly full
+    h = c.check(0.35)
+    assert h.checks["conntrack"] is False and "conntrack table 95% full" in h.detail
+    for name in ("nf_conntrack_count", "nf_conntrack_max"):
+        (tmp_path / "sys/net/netfilter" / name).unlink()
+    # A /proc/sys file of an unloaded module fails to read at once; a deleted regular file
+    # stays readable on its descriptor, so here it is seen at the next reopen (rules_interval).
+    assert c.check(2.5).checks["conntrack"] is True
+    c.close()
+
+
+def test_unreadable_values(tmp_path: Path) -> None:
+    h = checker(tmp_path, procfs=procfs(tmp_path, ip_forward="")).check(0.0)
+    assert not h.healthy and "ip_forward is unreadable" in h.detail
+    (tmp_path / "sys/net/ipv4/ip_forward").unlink()
+    (tmp_path / "sys/net/ipv4/ip_forward").mkdir()
+    h = checker(tmp_path, procfs=str(tmp_path)).check(0.0)
+    assert not h.healthy and "ip_forward is unreadable" in h.detail
+    (tmp_path / "sys/net/netfilter/nf_conntrack_count").write_text("lots\n")
+    assert checker(tmp_path, procfs=str(tmp_path)).check(0.0).checks["conntrack"] is True
+    (tmp_path / "sys/net/netfilter/nf_conntrack_count").write_text("5\n")
+    (tmp_path / "sys/net/netfilter/nf_conntrack_max").write_text("0\n")
+    assert checker(tmp_path, procfs=str(tmp_path)).check(0.0).checks["conntrack"] is True
+
+
+def test_ip_forward_changes_are_seen_without_reopening(tmp_path: Path) -> None:
+    c = checker(tmp_path, rules_interval=1e9)
+    assert c.check(0.0).checks["ip_forward"] is True
+    (tmp_path / "sys/net/ipv4/ip_forward").write_text("0\n")
+    h = c.check(0.35)
+    assert h.checks["ip_forward"] is False and "ip_forward is 0" in h.detail
+    c.close()
+
+
+NETNS_SCRIPT = textwrap.dedent(
+    """
+    import subprocess
+    from agent.config import SelfCheckConfig
+    from agent.selfcheck import SelfChecker
+
+    c = SelfChecker(SelfCheckConfig(masquerade=False, forwarding=False, rules_interval=1e9))
+    seen = [c.check(0.0).checks["ip_forward"]]
+    fd = c._files["sys/net/ipv4/ip_forward"].fd
+    for value in ("1", "0", "1"):
+        subprocess.run(["sysctl", "-qw", f"net.ipv4.ip_forward={value}"], check=True)
+        seen.append(c.check(0.0).checks["ip_forward"])
+    assert c._files["sys/net/ipv4/ip_forward"].fd == fd, "the descriptor was reopened"
+    print(seen)
+    """
+)
+
+
+@pytest.mark.lab
+def test_kept_open_proc_sys_descriptor_sees_sysctl_changes_in_a_netns() -> None:
+    """On this kernel: a kept-open /proc/sys/net/ipv4/ip_forward shows each ``sysctl -w`` (own namespace)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("sysctl") is None:
+        pytest.skip("needs root, iproute2 and sysctl (a network namespace of its own)")
+    ns = f"natha-sc-{uuid.uuid4().hex[:6]}"
+    made = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True, timeout=10, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"`ip netns add` failed: {made.stderr.strip()}")
+    try:
+        run = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", NETNS_SCRIPT],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == "[False, True, False, True]"  # a new namespace starts with ip_forward 0
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10, check=False)
