@@ -71,12 +71,7 @@ class Daemon:
         logsetup.setup(config.log_format, config.log_level, {"group": config.group})
         metrics = Metrics()
 
-        def on_call(service: str, operation: str, seconds: float, error: str | None) -> None:
-            metrics.aws_duration.labels(service, operation).observe(seconds)
-            if error:
-                metrics.aws_errors.labels(service, operation).inc()
-
-        rt = resolve(config, ec2_on_call=on_call, store_on_call=on_call)
+        rt = resolve(config, ec2_on_call=metrics.observe_aws_call, store_on_call=metrics.observe_aws_call)
         config = rt.config
         logsetup.setup(config.log_format, config.log_level, {"group": config.group, "instance": config.instance_id})
         clock = SystemClock()

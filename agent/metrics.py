@@ -199,6 +199,8 @@ class Metrics:
         self.route_ec2_matches_of = Children(self.route_ec2_matches)
         self.route_ec2_target_of = Children2(self.route_ec2_target)
         self.decision_of = Children(self.decision)
+        self.aws_duration_of = Children2(self.aws_duration)
+        self.aws_errors_of = Children2(self.aws_errors)
         self._decided: str | None = None  # the decision kind whose gauge is 1, if any
         self._last: dict[Gauge, float] = {}  # what put() last set each gauge to
 
@@ -269,6 +271,12 @@ class Metrics:
             self.probe_rtt_of[peer].observe(rtt)
         else:
             self.probes_lost_of[peer].inc()
+
+    def observe_aws_call(self, service: str, operation: str, seconds: float, error: str | None) -> None:
+        """Time one AWS call and count it if it failed (the AWS clients' call observer)."""
+        self.aws_duration_of[service, operation].observe(seconds)
+        if error:
+            self.aws_errors_of[service, operation].inc()
 
     def serve(self, listen: str) -> object | None:
         """Start the HTTP endpoint on ``host:port`` (returns the server, or None if disabled)."""

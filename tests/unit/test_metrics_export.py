@@ -235,6 +235,23 @@ def test_probe_observer_counts_per_peer() -> None:
     assert value("nat_ha_probe_rtt_seconds_count", {"peer": "i-z"}) == 1
 
 
+def test_aws_call_observer_times_every_call_and_counts_failures() -> None:
+    m = Metrics(CollectorRegistry(), process=False)
+    m.observe_aws_call("dynamodb", "Query", 0.004, None)
+    m.observe_aws_call("dynamodb", "Query", 0.2, "ReadTimeoutError")
+    m.observe_aws_call("ec2", "ReplaceRoute", 0.05, None)
+    value = m.registry.get_sample_value
+    assert value("nat_ha_aws_request_duration_seconds_count", {"service": "dynamodb", "operation": "Query"}) == 2
+    assert (
+        value(
+            "nat_ha_aws_request_duration_seconds_bucket", {"service": "dynamodb", "operation": "Query", "le": "0.005"}
+        )
+        == 1
+    )
+    assert value("nat_ha_aws_errors_total", {"service": "dynamodb", "operation": "Query"}) == 1
+    assert value("nat_ha_aws_errors_total", {"service": "ec2", "operation": "ReplaceRoute"}) is None  # never failed
+
+
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit("usage: python -m tests.unit.test_metrics_export --write")
