@@ -629,6 +629,9 @@ class Agent:
                 put(target_of[rt, "other"], 1 if ec2 is not None and ec2.target.startswith("other") else 0)
             else:
                 put(m.route_ec2_matches_of[rt], 1)
+                for key, child in m.route_ec2_target_of.items():  # what it showed as holder is stale now
+                    if key[0] == rt:
+                        put(child, 0)
         put(m.route_tables_owned, owned)
 
 
