@@ -53,6 +53,18 @@ def wait(predicate: object, timeout: float = 5.0) -> bool:
     return False
 
 
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="privileged ICMP needs root or CAP_NET_RAW")
+
+
+def icmp_prober(
+    targets: list[Target], privileged: str = "true", *, kind: type[Prober] = Prober, **kwargs: Any
+) -> Prober:
+    """An ICMP prober (of class ``kind``) with the tests' short cadence unless ``kwargs`` say otherwise."""
+    settings: dict[str, Any] = {"interval": 0.1, "timeout": 0.08, "window": 5, "down_after": 3}
+    settings.update(kwargs)
+    return kind(targets, method="icmp", privileged=privileged, **settings)
+
+
 def test_window_k_of_n() -> None:
     w = Window(size=5, down_after=3, now=0.0)
     for ok in (True, False, True, False):
@@ -99,17 +111,9 @@ def test_tcp_connect_probe_to_a_closed_port_is_lost() -> None:
         prober.stop()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="privileged ICMP needs root or CAP_NET_RAW")
+@needs_root
 def test_icmp_probe_of_loopback() -> None:
-    prober = Prober(
-        [Target("i-b", "127.0.0.1")],
-        method="icmp",
-        interval=0.05,
-        timeout=0.04,
-        window=3,
-        down_after=2,
-        privileged="true",
-    )
+    prober = icmp_prober([Target("i-b", "127.0.0.1")], interval=0.05, timeout=0.04, window=3, down_after=2)
     prober.start()
     try:
         assert wait(lambda: prober.rounds >= 3)
@@ -182,13 +186,6 @@ def test_echo_round_done_when_every_address_answered() -> None:
 
 
 # ---------------------------------------------------------------------- ICMP on loopback (root)
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="privileged ICMP needs root or CAP_NET_RAW")
-
-
-def icmp_prober(targets: list[Target], privileged: str = "true", **kwargs: Any) -> Prober:
-    settings: dict[str, Any] = {"interval": 0.1, "timeout": 0.08, "window": 5, "down_after": 3}
-    settings.update(kwargs)
-    return Prober(targets, method="icmp", privileged=privileged, **settings)
 
 
 @needs_root
@@ -259,16 +256,10 @@ class FailingSends(Prober):
 @needs_root
 def test_icmp_send_error_counts_lost_and_reopens_the_socket(caplog: pytest.LogCaptureFixture) -> None:
     seen: list[bool] = []
-    prober = FailingSends(
-        [Target("i-b", "127.0.0.1")],
-        method="icmp",
-        interval=0.1,
-        timeout=0.08,
-        window=5,
-        down_after=3,
-        privileged="true",
-        observer=lambda peer, ok, rtt: seen.append(ok),
+    prober = icmp_prober(
+        [Target("i-b", "127.0.0.1")], kind=FailingSends, observer=lambda peer, ok, rtt: seen.append(ok)
     )
+    assert isinstance(prober, FailingSends)
     prober.start()
     try:
         assert wait(lambda: prober.rounds >= 3)
