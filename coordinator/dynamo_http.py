@@ -87,7 +87,12 @@ def _error_code(status: int, body: bytes) -> tuple[str, str]:
 
 
 class SigV4:
-    """AWS Signature Version 4 for DynamoDB's POST / requests (no query string)."""
+    """AWS Signature Version 4 for DynamoDB's POST / requests (no query string).
+
+    Not botocore's ``SigV4Auth``: that one builds an ``AWSRequest``, prepares it and
+    canonicalises any URL and header set, ~0.2 ms per call; this request is always
+    the same shape. Tests compare the two signatures for the same request.
+    """
 
     def __init__(self, region: str) -> None:
         self.region = region
@@ -238,8 +243,10 @@ class DynamoHttp:
         """The open connection, or a new one when there is none or the server closed it."""
         if self._sock is not None and self._reader is not None:
             # Readable while idle means the server closed it (or sent garbage): do not reuse.
-            readable, _, _ = select.select([self._sock], [], [], 0)
-            if not readable:
+            # poll, not select: select fails on descriptors above 1023.
+            idle = select.poll()
+            idle.register(self._sock, select.POLLIN)
+            if not idle.poll(0):
                 return self._sock, self._reader
             self.close()
         try:
