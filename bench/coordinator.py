@@ -22,7 +22,6 @@ Usage: python bench/coordinator.py [--quick] [--duration 60] [--json FILE]
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import sys
@@ -276,7 +275,9 @@ def cost_per_agent() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Benchmark the coordinator on a local dynalite (latency, scale, cost).")
+    from bench.cli import BenchParser  # after the repository is on sys.path
+
+    p = BenchParser(description="Benchmark the coordinator on a local dynalite (latency, scale, cost).")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
     p.add_argument("--quick", action="store_true", help="short run: 100 samples, 10 s scale run")
     p.add_argument("--duration", type=float, default=None, help="scale run length in seconds (default 60, quick 10)")

@@ -26,7 +26,6 @@ measures the unhealthy path instead; the comparison stays fair):
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -134,7 +133,9 @@ def run(setup: str, cycles: int, procfs: str) -> tuple[float, str]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from bench.cli import BenchParser  # after the repository is on sys.path
+
+    p = BenchParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cycles", type=int, default=20000, help="timed cycles per setup and repeat (default 20000)")
     p.add_argument("--repeats", type=int, default=5, help="runs per setup; the median is reported (default 5)")
     p.add_argument("--procfs", default="/proc", help="where the self checks read sys/net/... (default /proc)")

@@ -345,7 +345,9 @@ def run_policy(policy: str, workdir: Path, trials: int, faults: list[str], log: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    from bench.cli import BenchParser  # after the repository is on sys.path
+
+    p = BenchParser(
         description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip

@@ -44,14 +44,10 @@ class UsageError(Exception):
     pass
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"footprint: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="bench/footprint.py", description=__doc__.split("\n\n")[0])
+    from bench.cli import BenchParser  # after the repository is on sys.path
+
+    p = BenchParser(prog="bench/footprint.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=60.0, help="measured run length after start-up (default 60)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
     p.add_argument(

@@ -41,14 +41,10 @@ if str(REPO) not in sys.path:
 WARMUP_S = 1.0
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"probes: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="bench/probes.py", description=__doc__.split("\n\n")[0])
+    from bench.cli import BenchParser  # after the repository is on sys.path
+
+    p = BenchParser(prog="bench/probes.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=30.0, help="measured run length after warm-up (default 30)")
     p.add_argument("--targets", type=int, default=1, help="peers probed each round: 127.0.0.1, .2, ... (default 1)")
     p.add_argument("--interval", type=float, default=0.2, help="probe.interval in seconds (default 0.2)")

@@ -8,7 +8,6 @@ its replay command (``pytest tests/sim --sim-seed N``) and its trace.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import sys
@@ -42,7 +41,9 @@ def one(seed: int) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from bench.cli import BenchParser  # after the repository is on sys.path
+
+    ap = BenchParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=1000)
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--workers", type=int, default=1)

@@ -67,7 +67,9 @@ def soak(lab: NetLab, seconds: float, loss: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    from bench.cli import BenchParser  # after the repository is on sys.path
+
+    p = BenchParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--minutes", type=float, default=10.0, help="how long to soak (default 10)")
     p.add_argument("--loss", type=float, default=0.10, help="drop probability per packet (default 0.10)")
     p.add_argument("--json", metavar="FILE", help="write the result as JSON")

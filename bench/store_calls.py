@@ -31,14 +31,10 @@ GROUP = "bench"
 MEMBERS = 5
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"store_calls: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="bench/store_calls.py", description=__doc__.split("\n\n")[0])
+    from bench.cli import BenchParser  # after the repository is on sys.path
+
+    p = BenchParser(prog="bench/store_calls.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=1000, help="calls per operation and path (default 1000)")
     p.add_argument("--backend", choices=("dynalite", "moto"), default="dynalite", help="server (default dynalite)")
     p.add_argument("--json", metavar="FILE", help="write the figures as JSON to FILE")

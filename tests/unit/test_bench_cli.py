@@ -1,0 +1,36 @@
+"""The benchmark scripts refuse bad arguments with one line and exit code 2 (bench/cli.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BAD = [
+    ("cycle", ["--cycles", "0"], "--cycles and --repeats must be at least 1"),
+    ("coordinator", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("failover", ["--trials", "0"], "--trials must be between 1 and 1000"),
+    ("sim", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("soak", ["--minutes", "0"], "--minutes must be in (0, 600]"),
+    ("footprint", ["--seconds", "1"], "--seconds must be at least 4"),
+    ("probes", ["--targets", "0"], "--targets must be between 1 and 254"),
+    ("store_calls", ["--calls", "5"], "--calls must be between 10 and 100000"),
+]
+
+
+@pytest.mark.parametrize(("script", "argv", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_arguments_are_one_line_and_exit_2(script: str, argv: list[str], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / f"{script}.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr == f"{script}: error: {message}\n"
+    assert done.stdout == ""
