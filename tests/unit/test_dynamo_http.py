@@ -183,7 +183,10 @@ class ScriptedServer:
                         if line.lower().startswith(b"content-length")
                     )
                     while len(rest) < length:
-                        rest += conn.recv(65536)
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            return  # the client closed mid-body
+                        rest += chunk
                     self.requests.append(head + b"\r\n\r\n" + rest[:length])
                     buf = rest[length:]
                     if not self.replies:
