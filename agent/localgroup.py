@@ -161,6 +161,7 @@ class LocalGroup:
     _stop: threading.Event = field(default_factory=threading.Event)
     _ec2_thread: threading.Thread | None = None
     _log: Callable[[str], None] = field(default=lambda _msg: None)
+    _record_offsets: dict[Path, int] = field(default_factory=dict)  # bytes of each call record read so far
 
     DEMO_TIMING: dict[str, Any] = field(
         default_factory=lambda: {
@@ -354,10 +355,38 @@ class LocalGroup:
         nat = self.nat(instance_id)
         return nat.proc is not None and nat.proc.poll() is None
 
+    def _started_since_last_look(self) -> set[str]:
+        """Instances some agent called StartInstances on since the last look (new lines of the call records)."""
+        started: set[str] = set()
+        for n in self.nats:
+            path = self.calls_path(n.instance_id)
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(self._record_offsets.get(path, 0))
+                    chunk = fh.read()
+            except FileNotFoundError:
+                continue
+            complete = chunk[: chunk.rfind(b"\n") + 1]  # a line being written is read next time
+            self._record_offsets[path] = self._record_offsets.get(path, 0) + len(complete)
+            for line in complete.splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec.get("action") == "StartInstances":
+                    started.update(rec.get("resources", {}).get("InstanceIds", []))
+        return started
+
     def _play_ec2(self) -> None:
-        """Map moto's instance states onto agent processes (stopped: no agent; started: agent again)."""
+        """Map moto's instance states onto agent processes (stopped: no agent; started: agent again).
+
+        moto stops and starts at once, so a peer's stop and start can both fall between
+        two looks at the states: a StartInstances in the agents' call records for an
+        instance whose agent is not running counts as a start too.
+        """
         ec2 = self.client("ec2")
         while not self._stop.wait(0.1):
+            started = self._started_since_last_look()
             try:
                 data = ec2.describe_instances(InstanceIds=self.members)
             except Exception:
@@ -374,6 +403,13 @@ class LocalGroup:
                         nat.expect_running = True
                         self._spawn(nat)
                         self._log(f"EC2: {nat.instance_id} {state}: its agent starts")
+                    elif (
+                        state in ("pending", "running")
+                        and nat.instance_id in started
+                        and not self.alive(nat.instance_id)
+                    ):
+                        self._spawn(nat)
+                        self._log(f"EC2: {nat.instance_id} stopped and started between two looks: its agent starts")
 
     # ---------------------------------------------------------------- views
     def route_targets(self) -> dict[str, str]:

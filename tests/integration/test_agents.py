@@ -7,6 +7,7 @@ process is stopped by the LocalGroup on exit.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -123,3 +124,18 @@ def test_sigterm_hands_over_before_exit(group: LocalGroup) -> None:
     time.sleep(1.0)
     assert g.calls(g.nats[0].instance_id, "StopInstances") == []
     assert g.calls(g.nats[1].instance_id, "StopInstances") == []
+
+
+def test_a_stop_and_start_between_two_looks_still_brings_the_agent_back(group: LocalGroup) -> None:
+    # moto stops and starts at once: a peer's stop and start can both fall between two of the
+    # group's looks at the instance states. The StartInstances in the peers' call records counts.
+    victim, peer = group.nats[0], group.nats[1]
+    group.kill(victim.instance_id)
+    time.sleep(0.5)  # five looks: the kill alone (moto says running) brings nothing back
+    assert not group.alive(victim.instance_id)
+    starts = victim.starts
+    record = {"service": "ec2", "action": "StartInstances", "resources": {"InstanceIds": [victim.instance_id]}}
+    with open(group.calls_path(peer.instance_id), "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+    assert group.wait_for(lambda: group.alive(victim.instance_id), 5), "the started instance got no agent"
+    assert victim.starts == starts + 1
