@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent import __version__
+from agent.aws.ec2 import Ec2Error
 from agent.config import Config
 from agent.decide import (
     ClaimRestart,
@@ -33,7 +34,6 @@ from agent.decide import (
     judged_dead,
     judged_healthy,
 )
-from agent.ec2 import Ec2Error
 from agent.metrics import SELF_CHECKS, Metrics
 from coordinator.clock import Clock
 from coordinator.errors import BadItem, Conflict, CoordinatorError, SessionLost, StoreConfigError, StoreUnavailable

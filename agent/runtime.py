@@ -10,10 +10,10 @@ import os
 from dataclasses import dataclass
 
 from agent import __version__
-from agent.awsmodels import botocore_session
+from agent.aws.ec2 import Ec2, Ec2Error
+from agent.aws.imds import ImdsError, identity
+from agent.aws.models import botocore_session
 from agent.config import Config, ConfigError, with_discovered
-from agent.ec2 import Ec2, Ec2Error
-from agent.imds import ImdsError, identity
 from coordinator.clock import Clock, SystemClock
 from coordinator.dynamo import DynamoSettings, DynamoStore
 from coordinator.instrument import CallObserver

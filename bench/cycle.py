@@ -11,7 +11,7 @@ setups that differ by one thing each:
 
 * ``logic``: no metrics, a fixed Health (what the self checker returned at start);
 * ``+metrics``: the same with a prepared agent.metrics.Metrics (the export);
-* ``+selfcheck``: the same with a real agent.selfcheck.SelfChecker reading
+* ``+selfcheck``: the same with a real agent.host.selfcheck.SelfChecker reading
   ``--procfs`` every cycle (masquerade/forwarding rule checks off: they spawn
   iptables-save every ``rules_interval`` and are not what is measured here).
 
@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.config import Config, Member, SelfCheckConfig
 from agent.cycle import Agent, HealthLike, build_info
 from agent.decide import Ec2Route, PeerProbe
+from agent.host.selfcheck import SelfChecker
 from agent.metrics import Metrics
-from agent.selfcheck import SelfChecker
 from coordinator.clock import FakeClock
 from coordinator.items import Health
 from coordinator.leases import Coordinator

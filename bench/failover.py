@@ -11,7 +11,7 @@ broken (ip_forward=0), drain (``nat-ha drain``) and the fail-back after each cra
 drain; partition (ICMP between NATs dropped for 10 s) counts route changes. The same
 faults run against bench/nat_monitor.py (3 pings, 1 s timeout, 2 s between rounds,
 ReplaceRoute to itself, no arbiter) in the same run, and nat-ha's outage is printed as
-a fraction of that baseline. Root only (agent/netlab.py).
+a fraction of that baseline. Root only (agent/lab/netlab.py).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from agent.localgroup import Nat  # noqa: E402
-from agent.netlab import NetLab, PingResult, sh, skip_reason  # noqa: E402
+from agent.lab.localgroup import Nat  # noqa: E402
+from agent.lab.netlab import NetLab, PingResult, sh, skip_reason  # noqa: E402
 
 VICTIM = 0
 FAULTS = ("crash", "hang", "forwarding", "drain", "partition")
@@ -157,7 +157,7 @@ class Runner:
         time.sleep(1.0)
         tr.t_fault = t = time.time()
         drain_cmd = [
-            "ip", "netns", "exec", lab.topo.nat_ns(VICTIM), sys.executable, "-m", "agent.cli", "drain",
+            "ip", "netns", "exec", lab.topo.nat_ns(VICTIM), sys.executable, "-m", "agent.commands.cli", "drain",
             "--config", str(v.config_path), "--wait", "15",
         ]  # fmt: skip
         if fault == "crash":

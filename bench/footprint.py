@@ -2,7 +2,7 @@
 """Measure one real agent's footprint: RSS, CPU and AWS calls per minute at the default cadence.
 
 Starts a moto server (EC2, and DynamoDB unless ``--backend dynalite``) on 127.0.0.1,
-a two-NAT :class:`agent.localgroup.LocalGroup` with the *default* timing of
+a two-NAT :class:`agent.lab.localgroup.LocalGroup` with the *default* timing of
 ``agent/config.py`` (not the demo's shortened one), and samples the first agent
 from ``/proc``: RSS (VmRSS, VmHWM) and CPU time (utime+stime). That agent records
 its AWS calls (``NAT_HA_RECORD_AWS_CALLS``), which are counted over the steady part.
@@ -148,7 +148,7 @@ def _diff(end: dict[tuple[str, str], int], start: dict[tuple[str, str], int]) ->
 # ----------------------------------------------------------------------- run
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from agent.config import SCHEMA
-    from agent.localgroup import LocalGroup, wait_until
+    from agent.lab.localgroup import LocalGroup, wait_until
     from tests.servers import dynalite_server, set_test_aws_env
 
     set_test_aws_env()

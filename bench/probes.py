@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measure the CPU cost of the peer prober alone: ICMP probes on loopback at the default cadence.
 
-Runs one :class:`agent.probes.Prober` (method ``icmp``, as in production) in this
+Runs one :class:`agent.host.probes.Prober` (method ``icmp``, as in production) in this
 process against 127.0.0.1 (and 127.0.0.2, 127.0.0.3, ... with ``--targets N``; all
 of 127.0.0.0/8 answers on loopback) every ``--interval`` seconds with ``--timeout``
 (defaults: probe.interval 0.2 s and probe.timeout 0.15 s of agent/config.py) for
@@ -86,7 +86,7 @@ def probe_thread_id() -> int | None:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from agent.probes import Prober, Target
+    from agent.host.probes import Prober, Target
 
     counts = {"probes": 0, "answered": 0}
     lock = threading.Lock()
@@ -143,7 +143,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from agent.probes import ProbeSetupError
+    from agent.host.probes import ProbeSetupError
 
     try:
         result = measure(args)

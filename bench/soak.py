@@ -2,7 +2,7 @@
 
     sudo python bench/soak.py --minutes 10 [--loss 0.1] [--json soak.json]
 
-The lab is agent/netlab.py (root). netem (loss + 50 ms jitter) is not available on this
+The lab is agent/lab/netlab.py (root). netem (loss + 50 ms jitter) is not available on this
 kernel (CONFIG_NET_SCH_NETEM is not set), so the loss is ``iptables -m statistic --mode
 random --probability P -j DROP`` on every packet a NAT sends to a peer, and there is no jitter.
 """
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from agent.netlab import NetLab, skip_reason  # noqa: E402
+from agent.lab.netlab import NetLab, skip_reason  # noqa: E402
 
 SENT = re.compile(r'^nat_ha_probes_sent_total\{peer="[^"]+"\} ([0-9.e+]+)$', re.M)
 LOST = re.compile(r'^nat_ha_probes_lost_total\{peer="[^"]+"\} ([0-9.e+]+)$', re.M)

@@ -55,7 +55,7 @@ def _store(url: str, botocore: bool) -> Any:
     else:
         os.environ.pop(OFF_ENV, None)
     try:
-        from agent.awsmodels import botocore_session
+        from agent.aws.models import botocore_session
 
         settings = DynamoSettings(table="nat-ha", endpoint_url=url, connect_timeout_s=5, read_timeout_s=5)
         return DynamoStore(settings, session=botocore_session())

@@ -120,7 +120,7 @@ def use_session(connection: Any, session: Any) -> None:
     makes its client from it on first use. Each session loads its own copy of
     ``endpoints.json``, the retry and default configuration and the service models:
     about 10 MB that the agent's EC2 client already holds. Setting this thread's session
-    before the client exists shares them (and the trimmed models, agent/awsmodels.py).
+    before the client exists shares them (and the trimmed models, agent/aws/models.py).
     A client made later on another thread gets pynamodb's own session, as before.
     """
     local = getattr(connection, "_local", None)

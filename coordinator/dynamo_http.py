@@ -28,7 +28,7 @@ It is used only where it matches botocore: one attempt per call (the agent's
 default ``store_attempts = 1``: botocore's retries sleep up to a second) and no
 proxy for the endpoint. ``NAT_HA_DYNAMODB_BOTOCORE=1`` turns it off. The
 signature is checked against botocore's ``SigV4Auth`` and by a moto server that
-verifies signatures (tests/unit/test_dynamo_http.py).
+verifies signatures (tests/unit/coordinator/test_dynamo_http.py).
 """
 
 from __future__ import annotations

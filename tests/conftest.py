@@ -36,7 +36,7 @@ def dynalite_endpoint() -> Iterator[str]:
 
 # ----------------------------------------------------------------- IAM call recording
 # Every AWS call any test makes (in this process or in agents it starts) is appended to one
-# file; tests/unit/test_iam_policy.py (marked iam_last, moved to the end) checks all of them
+# file; tests/unit/aws/test_iam_policy.py (marked iam_last, moved to the end) checks all of them
 # against deploy/iam/nat-ha-policy.json.
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "iam_last: run after every other test (reads the session's AWS call record)")

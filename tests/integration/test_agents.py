@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.localgroup import LocalGroup
+from agent.lab.localgroup import LocalGroup
 
 pytestmark = pytest.mark.integration
 

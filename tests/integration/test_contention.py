@@ -12,7 +12,7 @@ assertions are applied to both because none has been observed on moto: neither
 in this test (8 s × 3 workers) nor in 20 s runs of 8 workers. (Those longer runs
 did find a bug in an earlier version of the worker, on dynalite as on moto: it
 forgot a peer after a failed expiry and claimed the peer's live route; see the
-regression test in tests/unit/test_lease_properties.py.)
+regression test in tests/unit/coordinator/test_lease_properties.py.)
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def _wait(what: str, probe: Callable[[], Any], timeout_s: float) -> Any:
 def test_dead_nat_alerts_reach_alertmanager_and_no_dashboard_panel_is_dead(
     tmp_path: Path, stack_installed: None
 ) -> None:
-    from agent.localgroup import LocalGroup
+    from agent.lab.localgroup import LocalGroup
 
     t0 = time.monotonic()
     rules = tmp_path / "alerts.yml"

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.localgroup import DUMMY_ENV, LocalGroup
-from agent.status import render
+from agent.commands.status import render
+from agent.lab.localgroup import DUMMY_ENV, LocalGroup
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ def nat_ha(g: LocalGroup, *argv: str, timeout: float = 60) -> subprocess.Complet
     import os
 
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *argv, "--config", str(g.nats[0].config_path)],
+        [sys.executable, "-m", "agent.commands.cli", *argv, "--config", str(g.nats[0].config_path)],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -1,6 +1,6 @@
 """The network-namespace lab fixture (root only): one lab for the whole lab session.
 
-The lab itself (topology, moto in ``inet``, reconciler, real agents) is agent/netlab.py,
+The lab itself (topology, moto in ``inet``, reconciler, real agents) is agent/lab/netlab.py,
 shared with bench/failover.py, bench/soak.py and ``nat-ha demo --netns``.
 """
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent import netlab
+from agent.lab import netlab
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ Each test starts from a settled lab (every route table at home, every NAT health
 one fault into NAT a (AZ a; its private host is priv a), and measures with
 ``ping -D -O -i 0.1 -W 1 -c N 203.0.113.10`` from priv a. The timing is the agent's
 defaults except restart_after 5, failback_hold_down 5, restart_cooldown 30 and
-restart_poll_interval 0.3 (agent.netlab.LAB_TIMING).
+restart_poll_interval 0.3 (agent.lab.netlab.LAB_TIMING).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from agent.netlab import NetLab, sh
+from agent.lab.netlab import NetLab, sh
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
@@ -170,7 +170,7 @@ def test_planned_drain_and_failback_lose_nothing(settled_lab: NetLab, how: str) 
     ping = lab.ping(VICTIM, 60)  # stopped early, after the fail-back
     time.sleep(1.0)
     if how == "drain":
-        cmd = ["ip", "netns", "exec", lab.topo.nat_ns(VICTIM), sys.executable, "-m", "agent.cli", "drain",
+        cmd = ["ip", "netns", "exec", lab.topo.nat_ns(VICTIM), sys.executable, "-m", "agent.commands.cli", "drain",
                "--config", str(victim.config_path), "--wait", "20"]  # fmt: skip
         done = sh(*cmd, check=False, timeout=30)
         assert done.returncode == 0, done.stdout + done.stderr

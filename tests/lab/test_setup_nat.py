@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import hostnat
+from agent.host import nat as hostnat
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(60)]
 
@@ -74,7 +74,7 @@ class Lab:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10, check=False)
 
     def setup_nat(self, *args: str) -> subprocess.CompletedProcess[str]:
-        cmd = ["ip", "netns", "exec", self.nat, sys.executable, "-m", "agent.setup_nat", *args]
+        cmd = ["ip", "netns", "exec", self.nat, sys.executable, "-m", "agent.commands.setup_nat", *args]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False, env=env, cwd=REPO)
 

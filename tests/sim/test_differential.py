@@ -6,7 +6,7 @@
   against moto server and against dynalite: every write must have the same
   outcome (applied / ConditionFailed) and every read the same items.
 * The same random EC2 operations run on the simulator's fake EC2 and on the real
-  adapter (agent.ec2.Ec2) over moto's in-process ``mock_aws``: same results of
+  adapter (agent.aws.ec2.Ec2) over moto's in-process ``mock_aws``: same results of
   point_route (ReplaceRoute / CreateRoute), DescribeRouteTables targets, and
   Stop/Start outcomes.
 
@@ -27,8 +27,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from agent.aws.ec2 import Ec2, Ec2Error
 from agent.config import Member
-from agent.ec2 import Ec2, Ec2Error
 from coordinator.dynamo import DynamoSettings, DynamoStore, init_table
 from coordinator.items import (
     MEMBER_STATES,

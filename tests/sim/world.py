@@ -18,10 +18,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.aws.ec2 import Ec2Error
 from agent.config import Config, Member, ProbeConfig
 from agent.cycle import Agent
 from agent.decide import Ec2Route, PeerProbe
-from agent.ec2 import Ec2Error
 from coordinator.clock import FakeClock
 from coordinator.items import MEMBER_ALIVE, Attrs, Health
 from coordinator.leases import Coordinator

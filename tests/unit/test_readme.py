@@ -25,7 +25,7 @@ def test_relative_links_resolve() -> None:
 
 
 def test_every_subcommand_is_documented() -> None:
-    from agent.cli import COMMANDS
+    from agent.commands.cli import COMMANDS
 
     for name in COMMANDS:
         assert f"`nat-ha {name}" in README, f"nat-ha {name} is not in the README's command table"

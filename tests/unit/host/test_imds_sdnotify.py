@@ -13,8 +13,8 @@ from typing import ClassVar
 
 import pytest
 
-from agent import imds
-from agent.sdnotify import Notifier
+from agent.aws import imds
+from agent.host.sdnotify import Notifier
 
 
 class FakeImds(BaseHTTPRequestHandler):

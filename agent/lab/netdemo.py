@@ -1,6 +1,6 @@
 """``nat-ha demo --netns`` (root): the network-namespace lab, one NAT crashed, the private host's ping beside it.
 
-The same lab as tests/lab and bench/failover.py (agent.netlab): three NAT namespaces with
+The same lab as tests/lab and bench/failover.py (agent.lab.netlab): three NAT namespaces with
 ``nat-ha setup-nat``, a VPC router, a fake internet with moto server, real agents probing
 with ICMP. The private host of AZ a pings 203.0.113.10 every 100 ms; NAT a is crashed
 (links down, agent killed). Its ping output is printed as it comes, with the gap, and the
@@ -9,32 +9,20 @@ timeline (route switch, restart, fail-back) beside it, like the seed article's c
 
 from __future__ import annotations
 
-import argparse
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from agent.netlab import INET_IP, NetLab, skip_reason
+from agent.lab.netlab import INET_IP, NetLab
 
 REPLY = re.compile(r"^\[(\d+\.\d+)\] (.*)$")
 
 
-def run(args: argparse.Namespace) -> int:
-    reason = skip_reason()
-    if reason:
-        print(f"nat-ha demo --netns: {reason}", file=sys.stderr)
-        return 2
-    if args.workdir:
-        return _demo(Path(args.workdir), args.timeout)
-    with tempfile.TemporaryDirectory(prefix="nat-ha-netdemo-") as tmp:
-        return _demo(Path(tmp), args.timeout)
-
-
-def _demo(workdir: Path, timeout: float) -> int:
+def main(workdir: Path, timeout: float) -> int:
+    """Run the namespace demo in ``workdir`` (root; the command checked the arguments)."""
     print("building the lab: 3 AZs, NAT namespaces (setup-nat), VPC router, fake internet, moto, agents...")
     with NetLab(workdir, n=3) as lab:
         if not lab.wait_for(lab.settled, 60, 0.3):

@@ -15,7 +15,7 @@ owner pid are removed at start. No address or route is ever added to the root
 namespace: this process reaches moto (inside ``inet``) and the agents' metrics
 (inside ``vpc``) from worker threads that entered those namespaces with setns(2).
 
-A reconciler process (``python -m agent.netlab reconcile SPEC``, run in ``inet``)
+A reconciler process (``python -m agent.lab.netlab reconcile SPEC``, run in ``inet``)
 polls moto every ``poll`` seconds and maps its state onto the namespaces: a route
 table's 0.0.0.0/0 target becomes ``ip route replace default via <nat ip> table N``
 in ``vpc``; a stopped instance has its links down, a started one boots (faults
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.localgroup import DUMMY_ENV, REGION, LocalGroup, MotoServer, Nat, member_toml, timing_toml
+from agent.lab.localgroup import DUMMY_ENV, REGION, LocalGroup, MotoServer, Nat, member_toml, timing_toml
 
 PREFIX = "nat-ha-lab-"
 INET_IP = "203.0.113.10"
@@ -238,7 +238,7 @@ class Topology:
             root = setup_root / f"nat{i}"
             (root / "etc").mkdir(parents=True, exist_ok=True)
             cmd = [
-                "ip", "netns", "exec", self.nat_ns(i), sys.executable, "-m", "agent.cli", "setup-nat",
+                "ip", "netns", "exec", self.nat_ns(i), sys.executable, "-m", "agent.commands.cli", "setup-nat",
                 "--public-interface", "pub0", "--root", str(root),
             ]  # fmt: skip
             procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -381,7 +381,7 @@ class Event:
 class NetLab(LocalGroup):
     """``with NetLab(workdir) as lab:`` - the topology, moto in ``inet``, the reconciler and real agents.
 
-    A :class:`agent.localgroup.LocalGroup` whose NATs are network namespaces: it reuses the
+    A :class:`agent.lab.localgroup.LocalGroup` whose NATs are network namespaces: it reuses the
     world creation (VPC, instances, route tables, table) and the views (``route_targets``,
     ``snapshot``, ``at_home``), which run on a thread inside ``inet``.
     """
@@ -467,7 +467,7 @@ class NetLab(LocalGroup):
         if self.agent_command is not None:
             argv = self.agent_command(self, i, nat)
         else:
-            argv = [sys.executable, "-m", "agent.cli", "agent", "--config", str(nat.config_path)]
+            argv = [sys.executable, "-m", "agent.commands.cli", "agent", "--config", str(nat.config_path)]
         env = {**os.environ, **DUMMY_ENV, **self.extra_env}
         with open(nat.log_path, "ab") as log:
             nat.proc = subprocess.Popen(
@@ -505,7 +505,7 @@ class NetLab(LocalGroup):
                 self.topo.inet,
                 sys.executable,
                 "-m",
-                "agent.netlab",
+                "agent.lab.netlab",
                 "reconcile",
                 str(path),
             ],
@@ -790,7 +790,7 @@ def reconcile(spec_path: str) -> int:
 def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "reconcile":
         return reconcile(argv[1])
-    print("usage: python -m agent.netlab reconcile SPEC.json", file=sys.stderr)
+    print("usage: python -m agent.lab.netlab reconcile SPEC.json", file=sys.stderr)
     return 2
 
 

@@ -9,9 +9,9 @@ import botocore.session
 import pytest
 from moto import mock_aws
 
+from agent.aws.ec2 import Ec2, Ec2Error, RouteView
 from agent.config import Member
 from agent.decide import Ec2Route
-from agent.ec2 import Ec2, Ec2Error, RouteView
 
 
 def setup_free_client() -> Any:

@@ -5,8 +5,8 @@
     module is marked ``iam_last`` and runs at the end) plus calls this module drives itself
     through the real EC2 adapter and DynamoDB store on moto is allowed for resources tagged
     into the group, and denied for another group's route tables and instances;
-(c) the policy's actions == agent.awscalls.AGENT_CALLS, and the code calls nothing outside
-    agent.awscalls.ALL_CALLS.
+(c) the policy's actions == agent.aws.calls.AGENT_CALLS, and the code calls nothing outside
+    agent.aws.calls.ALL_CALLS.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from agent import awscalls
+from agent.aws import calls as awscalls
 from tests.iam_eval import PolicyError, Request, allowed, granted_actions, render
 
 pytestmark = pytest.mark.iam_last
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 POLICY = REPO / "deploy" / "iam" / "nat-ha-policy.json"
 ADMIN_POLICY = REPO / "deploy" / "iam" / "nat-ha-admin-policy.json"
 REGION, ACCOUNT, GROUP, TABLE = "us-east-1", "123456789012", "prod-nat", "nat-ha-iam-test"
@@ -132,7 +132,7 @@ def _drive_representative_calls() -> None:
             ],
         )["RouteTable"]["RouteTableId"]
         try:
-            from agent.ec2 import Ec2
+            from agent.aws.ec2 import Ec2
         except ImportError:  # the adapter is not there yet: same calls on an instrumented client
             from coordinator.instrument import instrument_client
 
@@ -178,7 +178,7 @@ def test_every_recorded_call_is_allowed_and_other_groups_are_denied(aws_call_rec
     seen = {(r["service"], r["action"]) for r in records}
     assert set(awscalls.AGENT_CALLS) <= seen, f"not exercised: {set(awscalls.AGENT_CALLS) - seen}"
     unknown = seen - awscalls.ALL_CALLS
-    assert not unknown, f"nat-ha called {unknown}, not in agent.awscalls.ALL_CALLS (add it there and to the policy)"
+    assert not unknown, f"nat-ha called {unknown}, not in agent.aws.calls.ALL_CALLS (add it there and to the policy)"
 
     for record in records:
         key = (record["service"], record["action"])
@@ -227,8 +227,8 @@ def test_code_calls_nothing_outside_the_list() -> None:
             ops[xform_name(op)] = (service, op)
     pattern = re.compile(r"""[."'](""" + "|".join(sorted(ops, key=len, reverse=True)) + r")\b")
     found: set[tuple[str, str]] = set()
-    for source in [*(REPO / "agent").glob("*.py"), *(REPO / "coordinator").glob("*.py")]:
-        if source.relative_to(REPO).as_posix() in awscalls.LOCAL_ONLY_MODULES:
+    for source in [*(REPO / "agent").rglob("*.py"), *(REPO / "coordinator").rglob("*.py")]:
+        if source.relative_to(REPO).as_posix().startswith(awscalls.LOCAL_ONLY_PACKAGE):
             continue
         found |= {ops[m.group(1)] for m in pattern.finditer(source.read_text())}
     assert found, "the scan found no call at all: it is broken"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from agent.cli import UsageError
+from agent.commands.cli import UsageError
 from agent.config import DEFAULT_PATH, load
 
 

@@ -1,4 +1,4 @@
-"""The trimmed AWS service models (agent/awsmodels.py): complete for nat-ha's calls, and used."""
+"""The trimmed AWS service models (agent/aws/models.py): complete for nat-ha's calls, and used."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from agent import awscalls, awsmodels
+from agent.aws import calls as awscalls
+from agent.aws import models as awsmodels
 
 REGION = "us-east-1"
 
@@ -53,7 +54,7 @@ def test_trim_model_keeps_reachable_shapes_only() -> None:
 
 
 def test_clients_load_the_trimmed_models(trimmed_session: Any, models_dir: Path) -> None:
-    from agent.ec2 import make_client
+    from agent.aws.ec2 import make_client
 
     files = sorted(p.relative_to(models_dir).parts[1:] for p in models_dir.rglob("service-2.json"))
     assert [f[0] for f in files] == ["dynamodb", "ec2"]
@@ -84,7 +85,7 @@ def test_every_call_works_on_moto_with_the_trimmed_models(trimmed_session: Any) 
     import botocore.session
     import moto
 
-    from agent.ec2 import Ec2
+    from agent.aws.ec2 import Ec2
     from coordinator.dynamo import DynamoSettings, DynamoStore, init_table
     from coordinator.store import Expect
 

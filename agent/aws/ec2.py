@@ -34,7 +34,7 @@ def make_client(service: str, region: str, endpoint_url: str, timeout: float, at
     """A botocore client with bounded connect/read timeouts and retry budget (rule 3)."""
     from botocore.config import Config
 
-    from agent.awsmodels import botocore_session
+    from agent.aws.models import botocore_session
 
     config = Config(
         connect_timeout=timeout,

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from agent.cli import UsageError
+from agent.commands.cli import UsageError
 from agent.config import DEFAULT_PATH, INSTANCE_RE, RTB_RE, load
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from agent.probes import (
+from agent.host.probes import (
     ICMP_PAYLOAD,
     EchoResponder,
     EchoRound,
@@ -35,7 +35,7 @@ from agent.probes import (
     parse_echo_reply,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def free_port() -> int:
@@ -352,7 +352,7 @@ def test_icmp_unprivileged_on_loopback() -> None:
 # ------------------------------------------- ICMP in a network namespace of our own (root)
 NETNS_SCRIPT = """
 import json, sys, time
-from agent.probes import Prober, Target
+from agent.host.probes import Prober, Target
 
 answered = {"i-up": 0, "i-down": 0}
 def observe(peer, ok, rtt):

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import cli
+from agent.commands import cli
 from agent.config import ConfigError, load, parse, reference_markdown
 
 GOOD = """
@@ -293,7 +293,7 @@ def test_subprocess_bad_input_exits_2_without_traceback(tmp_path: Path) -> None:
     env = {**os.environ, **DEAD_ENDPOINTS}
     for argv in cases:
         done = subprocess.run(
-            [sys.executable, "-m", "agent.cli", *argv], capture_output=True, text=True, timeout=60, env=env
+            [sys.executable, "-m", "agent.commands.cli", *argv], capture_output=True, text=True, timeout=60, env=env
         )
         assert done.returncode == 2, (argv, done.stderr)
         assert "Traceback" not in done.stderr and done.stderr.strip(), argv

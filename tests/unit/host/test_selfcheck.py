@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import SelfCheckConfig
-from agent.selfcheck import ProcFile, SelfChecker, forward_blocked
+from agent.host.selfcheck import ProcFile, SelfChecker, forward_blocked
 
 IPT_OK = """*nat
 :POSTROUTING ACCEPT [0:0]
@@ -224,7 +224,7 @@ NETNS_SCRIPT = textwrap.dedent(
     """
     import subprocess
     from agent.config import SelfCheckConfig
-    from agent.selfcheck import SelfChecker
+    from agent.host.selfcheck import SelfChecker
 
     c = SelfChecker(SelfCheckConfig(masquerade=False, forwarding=False, rules_interval=1e9))
     seen = [c.check(0.0).checks["ip_forward"]]
@@ -254,7 +254,7 @@ def test_kept_open_proc_sys_descriptor_sees_sysctl_changes_in_a_netns() -> None:
             text=True,
             timeout=30,
             check=False,
-            cwd=Path(__file__).resolve().parents[2],
+            cwd=Path(__file__).resolve().parents[3],
         )
         assert run.returncode == 0, run.stderr
         assert run.stdout.strip() == "[False, True, False, True]"  # a new namespace starts with ip_forward 0

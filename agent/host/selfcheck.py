@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.config import SelfCheckConfig
-from agent.hostnat import masquerade_present, persisted_masquerade_present
+from agent.host.nat import masquerade_present, persisted_masquerade_present
 from coordinator.items import Health
 
 RunCommand = Callable[[list[str]], "str | None"]  # stdout, or None if it could not run

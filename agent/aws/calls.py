@@ -3,7 +3,7 @@
 The IAM policy (``deploy/iam/nat-ha-policy.json``, also embedded in the CloudFormation
 templates) grants exactly :data:`AGENT_CALLS`; the optional admin policy
 (``deploy/iam/nat-ha-admin-policy.json``) grants exactly :data:`ADMIN_CALLS`.
-``tests/unit/test_iam_policy.py`` checks that the code calls nothing outside
+``tests/unit/aws/test_iam_policy.py`` checks that the code calls nothing outside
 :data:`ALL_CALLS`, that every call recorded during the test suite is allowed, and
 that the policies grant nothing else. Add a call here first, then to the policy.
 """
@@ -39,7 +39,8 @@ def iam_action(service: str, operation: str) -> str:
     return f"{service}:{operation}"
 
 
-# Modules that only ever talk to a local moto server they started (``nat-ha demo``: it builds a
-# fake VPC with CreateVpc, RunInstances, ...). Their calls never reach AWS and are not in the
-# policy; the static scan in tests/unit/test_iam_policy.py skips them. Keep this list short.
-LOCAL_ONLY_MODULES: frozenset[str] = frozenset({"agent/localgroup.py", "agent/demo.py"})
+# The lab package (``nat-ha demo``, the loopback group, the namespace lab) only ever talks to a
+# local moto server it started: it builds a fake VPC with CreateVpc, RunInstances, ... Those calls
+# never reach AWS and are not in the policy; the static scan in tests/unit/aws/test_iam_policy.py
+# skips this folder.
+LOCAL_ONLY_PACKAGE = "agent/lab/"

@@ -17,14 +17,14 @@ from agent import __version__
 
 # name -> (module, one-line help). Each module has add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "agent": ("agent.daemon", "run the HA agent (the systemd service)"),
-    "check-config": ("agent.checkconfig", "validate a config file and print the effective config"),
-    "init-table": ("agent.inittable", "create the DynamoDB table (idempotent)"),
-    "status": ("agent.status", "show the group: members, health, owners, terms, EC2 routes"),
-    "drain": ("agent.control", "hand every route table of an instance to healthy peers"),
-    "switchover": ("agent.control", "move one route table to a named instance"),
-    "setup-nat": ("agent.setup_nat", "configure this host as a NAT (ip_forward, masquerade), idempotently"),
-    "demo": ("agent.demo", "run a 3-AZ NAT group on this machine (moto) and kill one NAT"),
+    "agent": ("agent.commands.daemon", "run the HA agent (the systemd service)"),
+    "check-config": ("agent.commands.check_config", "validate a config file and print the effective config"),
+    "init-table": ("agent.commands.init_table", "create the DynamoDB table (idempotent)"),
+    "status": ("agent.commands.status", "show the group: members, health, owners, terms, EC2 routes"),
+    "drain": ("agent.commands.control", "hand every route table of an instance to healthy peers"),
+    "switchover": ("agent.commands.control", "move one route table to a named instance"),
+    "setup-nat": ("agent.commands.setup_nat", "configure this host as a NAT (ip_forward, masquerade), idempotently"),
+    "demo": ("agent.commands.demo", "run a 3-AZ NAT group on this machine (moto) and kill one NAT"),
 }
 
 
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run through the imported module, not __main__: subcommands raise agent.cli.UsageError.
-    from agent.cli import main as _main
+    # Run through the imported module, not __main__: subcommands raise agent.commands.cli.UsageError.
+    from agent.commands.cli import main as _main
 
     sys.exit(_main())

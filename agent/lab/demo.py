@@ -12,25 +12,10 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from agent.cli import UsageError
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nats", type=int, default=3, help="NAT instances in the group, 2 to 5 (default 3)")
-    p.add_argument("--workdir", help="keep configs and agent logs here (default: a temporary folder, removed)")
-    p.add_argument("--timeout", type=float, default=90.0, help="give up after this many seconds (default 90)")
-    p.add_argument("--plain", action="store_true", help="plain text output (no colours)")
-    p.add_argument(
-        "--netns",
-        action="store_true",
-        help="root only: real NATs in network namespaces, real packets; show the private host's ping",
-    )
 
 
 @dataclass
@@ -96,28 +81,9 @@ class LogTail:
         return out
 
 
-def run(args: argparse.Namespace) -> int:
-    if getattr(args, "netns", False):
-        from agent import netdemo
-
-        return netdemo.run(args)
-    if not 2 <= args.nats <= 5:
-        raise UsageError("--nats must be between 2 and 5")
-    if args.timeout <= 10:
-        raise UsageError("--timeout must be more than 10 seconds")
-    try:
-        import moto  # noqa: F401
-    except ImportError:
-        print("nat-ha demo: needs moto: pip install 'nat-ha[demo]'", file=sys.stderr)
-        return 2
-    if args.workdir:
-        return _demo(Path(args.workdir), args)
-    with tempfile.TemporaryDirectory(prefix="nat-ha-demo-") as tmp:
-        return _demo(Path(tmp), args)
-
-
-def _demo(workdir: Path, args: argparse.Namespace) -> int:
-    from agent.localgroup import LocalGroup
+def main(workdir: Path, args: argparse.Namespace) -> int:
+    """Run the loopback demo in ``workdir`` (the command checked the arguments)."""
+    from agent.lab.localgroup import LocalGroup
 
     console = _console(args.plain)
     console.rule("[bold]nat-ha demo[/bold]")

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from agent.cli import UsageError
+from agent.commands.cli import UsageError
 from agent.config import DEFAULT_PATH
 
 log = logging.getLogger("nat_ha.agent")
@@ -59,11 +59,11 @@ class Daemon:
     def main(self, once: bool = False) -> int:
         from agent import logsetup
         from agent.cycle import Agent, build_info
+        from agent.host.probes import EchoResponder, Prober, ProbeSetupError, Target
+        from agent.host.sdnotify import Notifier
+        from agent.host.selfcheck import SelfChecker
         from agent.metrics import Metrics
-        from agent.probes import EchoResponder, Prober, ProbeSetupError, Target
         from agent.runtime import coordinator_for, resolve
-        from agent.sdnotify import Notifier
-        from agent.selfcheck import SelfChecker
         from coordinator.clock import SystemClock
         from coordinator.errors import StoreConfigError, StoreUnavailable
 

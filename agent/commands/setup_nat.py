@@ -2,7 +2,7 @@
 
 Items, each checked first and changed only when missing:
 
-1. runtime sysctls (:data:`agent.hostnat.SYSCTLS`): ip_forward on, ICMP redirects off;
+1. runtime sysctls (:data:`agent.host.nat.SYSCTLS`): ip_forward on, ICMP redirects off;
 2. a masquerade rule on the public interface (default: the default route's), with
    nftables (table ``ip nat_ha``) or iptables (``POSTROUTING -o IF -m comment --comment nat-ha``);
 3. persistence: ``/etc/sysctl.d/90-nat-ha.conf`` and the rule file under ``/etc/nat-ha``
@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import hostnat
-from agent.cli import UsageError
+from agent.commands.cli import UsageError
+from agent.host import nat as hostnat
 
 _CMD_TIMEOUT_S = 10.0
 
@@ -271,11 +271,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m agent.setup_nat``), same behaviour as ``nat-ha setup-nat``.
+    """Standalone entry (``python -m agent.commands.setup_nat``), same behaviour as ``nat-ha setup-nat``.
 
     Used by nat-ha-setup.service's fallback and by tests, and independent of the other subcommands.
     """
-    from agent.cli import _Parser
+    from agent.commands.cli import _Parser
 
     parser = _Parser(prog="nat-ha setup-nat", description=__doc__.splitlines()[0] if __doc__ else None)
     add_arguments(parser)

@@ -4,7 +4,7 @@ Why: botocore's EC2 model (``ec2/2016-11-15/service-2.json``) describes ~750
 operations; parsing it costs the agent ~21 MB of RSS, a third of its footprint
 on a 512 MB t4g.nano, for the six EC2 operations it calls. So the session's
 loader searches a directory of *trimmed* models first: a copy of the EC2 and
-DynamoDB models with only the operations in :data:`agent.awscalls.ALL_CALLS` and
+DynamoDB models with only the operations in :data:`agent.aws.calls.ALL_CALLS` and
 the shapes they reach (documentation strings dropped). Likewise ``endpoints.json``
 (~7 MB parsed) is replaced by a copy with only nat-ha's services (every partition
 and region kept). The endpoint rule sets, retry and default configuration still
@@ -19,7 +19,7 @@ a per-user directory in the temporary directory. If that fails, the full models 
 used (correct, only bigger) and a warning is logged. ``NAT_HA_FULL_AWS_MODELS=1``
 turns trimming off.
 
-``python -m agent.awsmodels DIR`` writes the trimmed models under ``DIR`` (what the
+``python -m agent.aws.models DIR`` writes the trimmed models under ``DIR`` (what the
 child process runs; also usable at image build time with ``NAT_HA_MODEL_CACHE=DIR``).
 """
 
@@ -52,7 +52,7 @@ ENDPOINT_SERVICES = ("sts",)
 
 def trimmed_operations() -> dict[str, frozenset[str]]:
     """Service -> the operations nat-ha may call (agent and admin commands)."""
-    from agent.awscalls import ALL_CALLS
+    from agent.aws.calls import ALL_CALLS
 
     return {s: frozenset(op for svc, op in ALL_CALLS if svc == s) for s in SERVICES}
 
@@ -174,7 +174,7 @@ def trimmed_models_dir() -> Path | None:
                 raise PermissionError(f"{root} is not writable")
             # A child process parses the full models, so their ~25 MB never count in our RSS.
             done = subprocess.run(
-                [sys.executable, "-m", "agent.awsmodels", str(root)],
+                [sys.executable, "-m", "agent.aws.models", str(root)],
                 capture_output=True,
                 text=True,
                 timeout=120,
@@ -251,7 +251,7 @@ def _use_trimmed_endpoints(session: Any, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m agent.awsmodels DIR", file=sys.stderr)
+        print("usage: python -m agent.aws.models DIR", file=sys.stderr)
         return 2
     print(write_trimmed(Path(args[0])))
     return 0

@@ -318,7 +318,7 @@ class LocalGroup:
         env = {**os.environ, **DUMMY_ENV, **self.extra_env, **record, **nat.env}
         with open(nat.log_path, "ab") as log:
             nat.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent.cli", "agent", "--config", str(nat.config_path)],
+                [sys.executable, "-m", "agent.commands.cli", "agent", "--config", str(nat.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,

@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def collect(config: Any) -> dict[str, Any]:
     """Read the group (consistent) and EC2's routes; flag every disagreement."""
-    from agent.ec2 import Ec2Error
+    from agent.aws.ec2 import Ec2Error
     from agent.runtime import coordinator_for, resolve
 
     rt = resolve(config, need_identity=False, operator=True)
