@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.aws.ec2 import Ec2Error
+from agent.aws.fence import Fence
 from agent.config import Config, Member, ProbeConfig
 from agent.cycle import Agent
 from agent.decide import Ec2Route, PeerProbe
@@ -543,15 +544,18 @@ class SimEc2:
     def routes(self, route_tables: list[str]) -> dict[str, Ec2Route]:
         return self._describe(sorted(route_tables))
 
-    def point_route(self, route_table: str, instance: str, *, guard: Callable[[], bool] | None = None) -> str:
-        current = self._describe([route_table])[route_table]
-        if current.target == instance and current.state == "active":
-            return "already"
-        if guard is not None and not guard():
-            return "deferred"
-        op = "create_route" if current.state == "missing" else "replace_route"
-        self._call(op, lambda: self.w.write_route(self.me, route_table, instance), write=True)
-        return "created" if op == "create_route" else "replaced"
+    def attach_fence(self, fence: Fence) -> None:
+        self.fence = fence
+
+    def point_route(self, route_table: str, instance: str, *, missing: bool = False) -> str:
+        op = "create_route" if missing else "replace_route"
+        with self.fence.write("CreateRoute" if missing else "ReplaceRoute", route_table):
+            self.fence.authorize("CreateRoute" if missing else "ReplaceRoute")
+            self._call(op, lambda: self.w.write_route(self.me, route_table, instance), write=True)
+        return "created" if missing else "replaced"
+
+    def tag_holder(self, route_table: str, holder: str) -> None:
+        raise AssertionError("the simulator runs without holder tags")
 
     def verify(self, route_table: str, instance: str, timeout: float = 2.0) -> bool:
         w = self.w
@@ -578,10 +582,14 @@ class SimEc2:
         return out
 
     def stop(self, instance: str) -> None:
-        self._call("stop_instances", lambda: self.w.stop_instance(self.me, instance), write=True)
+        with self.fence.write("StopInstances", instance):
+            self.fence.authorize("StopInstances")
+            self._call("stop_instances", lambda: self.w.stop_instance(self.me, instance), write=True)
 
     def start(self, instance: str) -> None:
-        self._call("start_instances", lambda: self.w.start_instance(self.me, instance), write=True)
+        with self.fence.write("StartInstances", instance):
+            self.fence.authorize("StartInstances")
+            self._call("start_instances", lambda: self.w.start_instance(self.me, instance), write=True)
 
 
 class SimProbes:
