@@ -37,6 +37,7 @@ from agent.decide import (
     HandOver,
     Observation,
     PeerProbe,
+    Release,
     ResetOwnRestart,
     StartSession,
     TakeOver,
@@ -64,7 +65,24 @@ from coordinator.observe import ChangeObserver
 
 log = logging.getLogger("nat_ha.agent")
 
-EC2_FAILURES_TO_GIVE_UP = 3  # consecutive failed route writes (over >= 1 s) before we hand our tables over
+EC2_FAILURES_TO_GIVE_UP = 2  # consecutive route writes refused for a reason of ours before we hand tables over
+# Failures that are ours, not AWS's: our role may not write (IAM), our credentials are refused, or our
+# path to the EC2 endpoint is broken. A peer can do better. 5xx, throttling and slow answers hit every
+# member alike: handing tables around would not help, so they do not count.
+OWN_EC2_FAILURES = frozenset(
+    {
+        "UnauthorizedOperation",
+        "AuthFailure",
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "ExpiredToken",
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ConnectionClosedError",
+    }
+)
 EC2_PENALTY_MAX = 600.0  # longest stretch an agent with failing EC2 writes stays out (doubles from the hold-down)
 THROTTLE_BACKOFF = (0.25, 4.0)  # EC2 back-off after RequestLimitExceeded: first, longest (doubling)
 
@@ -135,6 +153,7 @@ class Memory:
     suspect_since: dict[str, float] = field(default_factory=dict)
     dead_since: dict[str, float] = field(default_factory=dict)
     self_healthy_since: float | None = None
+    self_unhealthy_since: float | None = None
     ec2: dict[str, Ec2Route] = field(default_factory=dict)
     ec2_read_at: float = -1e18
     instance_states: dict[str, str] = field(default_factory=dict)
@@ -354,11 +373,15 @@ class Agent:
                 continue
             p = probes.get(peer)
             peer_item = snapshot.members.get(peer)
-            if p is not None and not p.up and peer_item is not None and peer_item.state == "alive":
-                # Its probes fail: the moment its session may be expired is known; the daemon
-                # wakes for it instead of waiting for the next regular cycle.
-                left = peer_item.lease_ms / 1000 + t.margin - mem.observer.unchanged_for(peer_item.key, now)
-                if left > 0:
+            if peer_item is not None and peer_item.state == "alive":
+                # The moment its session may be expired is known (probes failing: lease + margin;
+                # answering: silent_owner_after); the daemon wakes for it instead of waiting for
+                # the next regular cycle.
+                silent = mem.observer.unchanged_for(peer_item.key, now)
+                lease = peer_item.lease_ms / 1000
+                probes_down = p is not None and not p.up
+                left = (lease + t.margin if probes_down else t.silent_owner_after) - silent
+                if left > 0 and (probes_down or silent >= lease):
                     mem.stale_deadlines[peer] = now + left
             suspect = (
                 (p is not None and not p.up)
@@ -383,8 +406,11 @@ class Agent:
         if health.healthy:
             if mem.self_healthy_since is None:
                 mem.self_healthy_since = now
+            mem.self_unhealthy_since = None
         else:
             mem.self_healthy_since = None
+            if mem.self_unhealthy_since is None:
+                mem.self_unhealthy_since = now
         claimable = claimable_routes(obs, t)
         for rt in list(mem.claimable_since):
             if rt not in claimable:
@@ -396,6 +422,7 @@ class Agent:
             healthy_since=dict(mem.healthy_since),
             claimable_since=dict(mem.claimable_since),
             self_healthy_since=mem.self_healthy_since,
+            self_unhealthy_since=mem.self_unhealthy_since,
         )
 
     def _ec2_quiet(self, now: float) -> bool:
@@ -445,12 +472,12 @@ class Agent:
             w.backoff = min(hi, max(lo, 2 * w.backoff))
             w.throttled_until = now + w.backoff
             return
-        if not write:
+        if not write or exc.code not in OWN_EC2_FAILURES:
             return
         if w.failures == 0:
             w.first_failure = now
         w.failures += 1
-        if w.failures >= EC2_FAILURES_TO_GIVE_UP and now - w.first_failure >= 1.0 and now >= w.out_until:
+        if w.failures >= EC2_FAILURES_TO_GIVE_UP and now >= w.out_until:
             w.penalty = min(EC2_PENALTY_MAX, max(self.timings.failback_hold_down, 2 * w.penalty))
             w.out_until = now + w.penalty
             w.failures = 0
@@ -577,6 +604,8 @@ class Agent:
                 return self._ensure_route(action, health)
             if isinstance(action, HandOver):
                 return self._hand_over(action, health)
+            if isinstance(action, Release):
+                return self._release(action)
             if isinstance(action, ClaimRestart):
                 return self._claim_restart(action, snapshot, health)
             if isinstance(action, ContinueRestart):
@@ -619,6 +648,8 @@ class Agent:
             current = self.memory.ec2.get(route_table)
             done = self.ec2.point_route(route_table, target, missing=current is not None and current.state == "missing")
         except Ec2Error as exc:
+            if h is not None and exc.code == "UnauthorizedOperation":
+                h.tagged = False  # the holder tag may name someone else (a late tag write): tag again first
             self._ec2_failed(exc, self.clock.monotonic(), write=True)
             raise
         finally:
@@ -694,6 +725,15 @@ class Agent:
             "route_moved",
             {"route_table": a.route_table, "to": a.successor.instance, "done": done, "verified": True, "kind": a.kind},
         )
+        return ""
+
+    def _release(self, a: Release) -> str:
+        try:
+            self.coordinator.release_route(a.route)
+        except StoreUnavailable:
+            self.memory.relinquished[a.route_table] = a.route.term  # it may still land
+            raise
+        self.memory.held.pop(a.route_table, None)
         return ""
 
     # --------------------------------------------------------------- restarts

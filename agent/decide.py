@@ -94,6 +94,7 @@ class Observation:
     healthy_since: dict[str, float] = field(default_factory=dict)  # peer -> first seen healthy (continuous)
     claimable_since: dict[str, float] = field(default_factory=dict)  # route table -> first seen claimable
     self_healthy_since: float | None = None
+    self_unhealthy_since: float | None = None
     pins: dict[str, str] = field(default_factory=dict)  # route table -> member an operator chose
     pins_since: dict[str, float] = field(default_factory=dict)  # route table -> when we first saw its pin
     reassert: dict[str, str] = field(default_factory=dict)  # held route table -> why to write its route again
@@ -154,6 +155,18 @@ class HandOver:
 
 
 @dataclass(frozen=True)
+class Release:
+    """Give up a held table without naming a successor (we are unhealthy and know no healthy peer)."""
+
+    route_table: str
+    route: RouteItem
+    why: str
+
+    def describe(self) -> str:
+        return self.why
+
+
+@dataclass(frozen=True)
 class ClaimRestart:
     target: str
     item: RestartItem | None
@@ -180,7 +193,9 @@ class ResetOwnRestart:
         return f"healthy again: clearing my restart count ({self.item.attempts})"
 
 
-Action = StartSession | TakeOver | EnsureRoute | HandOver | ClaimRestart | ContinueRestart | ResetOwnRestart
+Action = (
+    StartSession | TakeOver | EnsureRoute | HandOver | Release | ClaimRestart | ContinueRestart | ResetOwnRestart
+)
 
 
 @dataclass(frozen=True)
@@ -326,6 +341,10 @@ def decide(obs: Observation, t: Timing) -> Decision:
             if handover is not None:
                 actions.append(handover)
                 continue
+            release = _plan_release(v, t, rt, r)
+            if release is not None:
+                actions.append(release)
+                continue
             held.append(f"{rt} (term {r.term})")
             ec2 = obs.ec2.get(rt)
             if ec2 is None or ec2.target != obs.me or ec2.state != "active":
@@ -384,6 +403,10 @@ def _successor(v: _View, rt: str) -> MemberItem | None:
 
 def _plan_handover(v: _View, t: Timing, rt: str, r: RouteItem, home: str) -> HandOver | None:
     obs = v.obs
+    failing = {k for k, ok in obs.health.checks.items() if not ok}
+    ec2 = obs.ec2.get(rt)
+    if not obs.draining and failing == {EC2_WRITES_CHECK} and ec2 is not None and ec2.target == obs.me:
+        return None  # our writes fail, but EC2 routes this table here already: it is served, keep it
     if obs.draining or not obs.health.healthy:
         m = _successor(v, rt)
         if m is None:
@@ -412,6 +435,27 @@ def _plan_handover(v: _View, t: Timing, rt: str, r: RouteItem, home: str) -> Han
             why = f"failing back {rt} to its home {home}: healthy for {_fmt(held_for)}"
             return HandOver(rt, r, m, "failback", "home_healthy", why)
     return None
+
+
+def _plan_release(v: _View, t: Timing, rt: str, r: RouteItem) -> Release | None:
+    """Unhealthy for a while and no healthy peer in our config: let whoever can serve it claim it.
+
+    Members may disagree on the member list for a while (a config being rolled out): a peer
+    we do not know may be healthy and have this table in its config. Releasing moves nothing
+    in EC2; the table is claimed by a healthy member, or by us again once healthy.
+    """
+    obs = v.obs
+    if obs.draining or obs.health.healthy or obs.self_unhealthy_since is None:
+        return None
+    failing = {k for k, ok in obs.health.checks.items() if not ok}
+    ec2 = obs.ec2.get(rt)
+    if failing == {EC2_WRITES_CHECK} and ec2 is not None and ec2.target == obs.me:
+        return None
+    unhealthy_for = obs.now - obs.self_unhealthy_since
+    if unhealthy_for < t.silent_owner_after or _successor(v, rt) is not None:
+        return None
+    why = f"unhealthy ({', '.join(sorted(failing)) or 'self check'}) for {_fmt(unhealthy_for)} and no healthy peer"
+    return Release(rt, r, f"{why}: releasing {rt} to any member that can serve it")
 
 
 def _plan_restarts(v: _View, t: Timing) -> list[Action]:
@@ -488,7 +532,7 @@ def _kind_of(actions: list[Action]) -> str:
         return "failed_back"
     if any(isinstance(a, HandOver) and a.reason == "shutdown" for a in actions):
         return "draining"
-    if any(isinstance(a, HandOver) for a in actions):
+    if any(isinstance(a, (HandOver, Release)) for a in actions):
         return "handed_over"
     if any(isinstance(a, TakeOver) for a in actions):
         return "took_over"

@@ -16,6 +16,7 @@ from agent.decide import (
     HandOver,
     Observation,
     PeerProbe,
+    Release,
     ResetOwnRestart,
     StartSession,
     TakeOver,
@@ -74,6 +75,7 @@ class World:
     pins_since: dict[str, float] = field(default_factory=dict)
     reassert: dict[str, str] = field(default_factory=dict)
     relinquished: dict[str, int] = field(default_factory=dict)
+    self_unhealthy_since: float | None = None
     now: float = 100.0
 
     def obs(self) -> Observation:
@@ -102,6 +104,7 @@ class World:
             pins_since=self.pins_since,
             reassert=self.reassert,
             relinquished=self.relinquished,
+            self_unhealthy_since=self.self_unhealthy_since,
         )
 
     def decide(self) -> Decision:
@@ -432,11 +435,33 @@ def test_a_hand_over_in_doubt_with_nobody_to_take_it_is_taken_back_in_a_new_term
 def test_holder_whose_ec2_writes_fail_hands_its_tables_over_lease_first() -> None:
     # Hole 7: make-before-break is impossible when our own writes fail; the successor writes.
     w = World(health=Health(False, {"ip_forward": True, "ec2_writes": False}))
+    w.ec2 = {RA: Ec2Route(C), RB: Ec2Route(B), RC: Ec2Route(C)}  # we took rtb-a but could not route it here
     a = w.decide().actions[0]
     assert isinstance(a, HandOver) and a.successor.instance == B and not a.write_route
     ok = World(health=Health(False, {"ip_forward": False}))
     b = ok.decide().actions[0]
     assert isinstance(b, HandOver) and b.write_route
+
+
+def test_holder_whose_ec2_writes_fail_keeps_a_table_ec2_already_routes_here() -> None:
+    # Only the writes fail; the table is served: moving it would cost its connections for nothing.
+    w = World(health=Health(False, {"ip_forward": True, "ec2_writes": False}))
+    d = w.decide()
+    assert d.actions == () and "holding rtb-a" in d.summary
+
+
+def test_unhealthy_holder_without_a_known_healthy_peer_releases_after_a_while() -> None:
+    # Config skew: a healthy member we do not know of may have the table in its config.
+    w = dead(dead(World(health=Health(False, {"ip_forward": False})), B), C)
+    w.self_unhealthy_since = 99.0
+    assert not any(isinstance(a, Release) for a in w.decide().actions)  # 1 s: not yet
+    w.self_unhealthy_since = 98.0
+    d = w.decide()
+    assert d.actions == (Release(RA, w.routes[RA], d.summary),)
+    assert (
+        d.summary
+        == "unhealthy (ip_forward) for 2.0 s and no healthy peer: releasing rtb-a to any member that can serve it"
+    )
 
 
 def test_restart_dead_peer_after_long_silence() -> None:
