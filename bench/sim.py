@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({summary['outages_measured']} outages)"
     )
     print(f"{'late sends (reported)':<24}{summary['late_sends']}   IAM refusals: {summary['iam_refusals']}")
-    print(f"{'freezes':<24}{summary['freezes']}   longest cycle: {summary['max_cycle_s']} s (freezes included)")
+    print(f"{'freezes':<24}{summary['freezes']}   longest cycle: {summary['max_cycle_s']} s (time frozen excluded)")
     print(f"{'wall seconds':<24}{summary['seconds']}  ({args.workers} workers)")
     print(f"{'seeds per second':<24}{summary['seeds_per_second']}")
     print(f"{'virtual seconds':<24}{summary['virtual_seconds']}")

@@ -48,6 +48,7 @@ class Proc:
         self.hung_until = 0.0
         self.wait_id = 0  # queue entries of earlier waits are stale
         self.waiting = False
+        self.frozen = 0.0  # virtual seconds this process spent frozen (hung)
         self.thread = threading.Thread(target=self._main, name=f"sim-{name}", daemon=True)
 
     def _main(self) -> None:
@@ -152,6 +153,7 @@ class Kernel:
                 if proc.done or wid != proc.wait_id or not proc.waiting:
                     continue  # a wait that already ended (woken early, or timed out)
                 if proc.hung_until > self.now and not proc.killed:
+                    proc.frozen += proc.hung_until - self.now
                     self._push(proc.hung_until, obj)
                     continue
                 self._resume(proc)

@@ -507,9 +507,10 @@ class World:
                 return
             last = ""
             for _ in range(MAX_CYCLES):  # the kernel ends the process long before
-                t0 = self.k.now
+                t0, frozen0 = self.k.now, p.frozen
                 step = loop.step()
-                self.checker.max_cycle = max(self.checker.max_cycle, self.k.now - t0)
+                # How long the cycle kept the process busy, not counting time it was frozen.
+                self.checker.max_cycle = max(self.checker.max_cycle, self.k.now - t0 - (p.frozen - frozen0))
                 key = _NUMBERS.sub("#", step.decision.summary)
                 if key != last:
                     last = key
