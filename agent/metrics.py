@@ -149,7 +149,7 @@ class Metrics:
         )
         self.failover_duration = Histogram(
             f"{ns}_failover_duration_seconds",
-            "From detection (or request) to route verified in EC2",
+            "From detection (or request) to the route write EC2 confirmed",
             ["kind"],
             buckets=FAILOVER_BUCKETS,
             registry=r,
