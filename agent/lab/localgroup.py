@@ -29,6 +29,9 @@ AZS = ("us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d", "us-east-1e")
 DUMMY_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
 
 
+MOTO_ACCOUNT = "123456789012"  # moto's default account id
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -294,6 +297,9 @@ class LocalGroup:
             "",
             "[ec2]",
             f'endpoint_url = "{self.moto.url}"',
+            # moto's account: the holder tag names arn:aws:ec2:<region>:<account>:instance/<id>
+            # (no IMDS on this machine to read it from).
+            f'account_id = "{MOTO_ACCOUNT}"',
             "",
         ]
 

@@ -7,6 +7,7 @@ deploy/systemd/ (in the user data). Edit those or this file, then re-run; tests 
 """
 
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -47,8 +48,10 @@ def policy_yaml(n):
                     if isinstance(v, list):
                         out.append(f"        {k}:")
                         out += [f"          - '{x}'" for x in v]
-                    else:
+                    elif re.search(r"\$\{[^!]", v):
                         out.append(f"        {k}: !Sub '{v}'")
+                    else:  # only IAM policy variables (${!x} in Fn::Sub's escape): a plain string
+                        out.append(f"        {k}: '{v.replace('${!', '${')}'")
     return ind("\n".join(out) + "\n", n)
 
 
