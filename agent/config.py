@@ -100,6 +100,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "ec2": {
         "endpoint_url": Key(str, "", "EC2 endpoint; empty: AWS_ENDPOINT_URL_EC2, AWS_ENDPOINT_URL, or AWS itself."),
+        "holder_tag": Key(
+            bool,
+            True,
+            "Tag each route table with its holder's instance ARN (nat-ha:holder) before writing its route; the "
+            "shipped IAM policy lets an instance write a route table's routes only while the tag names it, so a "
+            "stale holder's late request is refused by AWS itself. Needs ec2:CreateTags (deploy/iam).",
+        ),
+        "account_id": Key(
+            str, "", "AWS account id, for the holder tag's instance ARN; from IMDSv2 when empty (needed if holder_tag)."
+        ),
     },
     "probe": {
         "method": Key(
@@ -162,9 +172,36 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "sleeps up to 1 s before a retry, longer than a lease).",
             minimum=1,
         ),
-        "ec2_timeout": Key(float, 0.6, "Connect and read timeout of one EC2 call.", minimum=0.01),
+        "ec2_timeout": Key(
+            float,
+            0.6,
+            "Hard deadline of one EC2 call, whole (connect, send, answer): the call is aborted then, never retried.",
+            minimum=0.01,
+        ),
+        "ec2_apply_horizon": Key(
+            float,
+            1.0,
+            "How long after a call's deadline AWS may still apply a write it received (an assumption: AWS publishes "
+            "no figure). A new holder writes the route at once and writes it again this long after taking the table, "
+            "so a late write of the previous holder cannot stay.",
+            minimum=0.0,
+        ),
+        "ec2_consistency_window": Key(
+            float,
+            2.0,
+            "DescribeRouteTables may lag a write this long: a read that contradicts our own confirmed write within "
+            "it is not acted on.",
+            minimum=0.0,
+        ),
         "ec2_reconcile_interval": Key(
             float, 5.0, "Seconds between checks that EC2 routes match the leases.", minimum=0.1
+        ),
+        "silent_owner_after": Key(
+            float,
+            2.0,
+            "Seconds of heartbeat silence after which a route table's owner is judged dead even though it answers "
+            "probes: a NAT that cannot reach AWS most likely cannot forward either (>= lease + margin).",
+            minimum=0.0,
         ),
         "claim_stagger": Key(
             float, 0.35, "Extra wait per preference rank before a less preferred NAT claims.", minimum=0.0
@@ -224,6 +261,8 @@ class StoreConfig:
 @dataclass(frozen=True)
 class Ec2Config:
     endpoint_url: str = ""
+    holder_tag: bool = True
+    account_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -260,7 +299,10 @@ class Timing:
     store_timeout: float = 0.15
     store_attempts: int = 1
     ec2_timeout: float = 0.6
+    ec2_apply_horizon: float = 1.0
+    ec2_consistency_window: float = 2.0
     ec2_reconcile_interval: float = 5.0
+    silent_owner_after: float = 2.0
     claim_stagger: float = 0.35
     failback_hold_down: float = 10.0
     restart_after: float = 30.0
@@ -298,6 +340,11 @@ class Timing:
             out.append(
                 f"timing.ec2_timeout: {self.ec2_timeout} s must be below lease - 2 x store_timeout "
                 f"({self.lease - 2 * self.store_timeout:.3f} s): an EC2 call must finish inside a fresh lease"
+            )
+        if self.silent_owner_after < self.lease + self.margin:
+            out.append(
+                f"timing.silent_owner_after: {self.silent_owner_after} s must be >= lease + margin "
+                f"({self.lease + self.margin:.2f} s): a silent owner's lease must have run out"
             )
         if self.failback_hold_down < self.lease:
             out.append(f"timing.failback_hold_down: {self.failback_hold_down} s must be >= lease ({self.lease} s)")
@@ -467,6 +514,9 @@ def parse(raw: dict[str, Any]) -> Config:
         for name in SCHEMA
         if name not in ("", "members")
     }
+    account = sections["ec2"]["account_id"]
+    if account and not re.fullmatch(r"\d{12}", account):
+        problems.append(f"ec2.account_id: {account!r} is not an AWS account id (12 digits)")
     if not TABLE_RE.match(sections["store"]["table"]):
         problems.append(
             f"store.table: {shown(sections['store']['table'])} is not a DynamoDB table name (3-255 of A-Za-z0-9_.-)"

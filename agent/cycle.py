@@ -1,9 +1,18 @@
 """One HA cycle: observe -> decide -> act, returning the decision line.
 
 The decision itself is pure (agent.decide); this module owns the agent's memory
-between cycles (when it first saw things), talks to the coordinator and EC2, and
-checks before every EC2 side effect that its session has more time left than
-the call may take (rule 4).
+between cycles (when it first saw things, which tables it holds since when), talks
+to the coordinator and EC2, and keeps the EC2 side of the protocol (rule 4):
+
+* every EC2 write goes through the agent's :class:`~agent.aws.fence.Fence`: the lease is
+  checked by the transport right before the send, one write per check, under a hard
+  deadline on the whole call; a write that left after its deadline (the process was
+  frozen in between) is reported as a stray so the holder writes its route again;
+* a table is written blindly when it is taken (a DescribeRouteTables may be stale), and
+  once more ``ec2_apply_horizon`` after it was taken, when no write of the previous
+  holder can land any more (and again after a stray report);
+* a route write whose reply was lost is retried, never concluded "not applied";
+* a hand-over whose outcome is unknown keeps this session off the table in that term.
 """
 
 from __future__ import annotations
@@ -15,9 +24,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent import __version__
-from agent.aws.ec2 import Ec2Error
+from agent.aws.ec2 import THROTTLED, Ec2Error
+from agent.aws.fence import Fence, FenceRefused, FenceTiming, Permit
 from agent.config import Config
 from agent.decide import (
+    EC2_WRITES_CHECK,
     ClaimRestart,
     ContinueRestart,
     Decision,
@@ -26,6 +37,7 @@ from agent.decide import (
     HandOver,
     Observation,
     PeerProbe,
+    Release,
     ResetOwnRestart,
     StartSession,
     TakeOver,
@@ -46,19 +58,43 @@ from coordinator.items import (
     Health,
     MemberItem,
     RestartItem,
+    RouteItem,
 )
 from coordinator.leases import Coordinator
 from coordinator.observe import ChangeObserver
 
 log = logging.getLogger("nat_ha.agent")
 
+EC2_FAILURES_TO_GIVE_UP = 2  # consecutive route writes refused for a reason of ours before we hand tables over
+# Failures that are ours, not AWS's: our role may not write (IAM), our credentials are refused, or our
+# path to the EC2 endpoint is broken. A peer can do better. 5xx, throttling and slow answers hit every
+# member alike: handing tables around would not help, so they do not count.
+OWN_EC2_FAILURES = frozenset(
+    {
+        "UnauthorizedOperation",
+        "AuthFailure",
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "ExpiredToken",
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ConnectionClosedError",
+    }
+)
+EC2_PENALTY_MAX = 600.0  # longest stretch an agent with failing EC2 writes stays out (doubles from the hold-down)
+THROTTLE_BACKOFF = (0.25, 4.0)  # EC2 back-off after RequestLimitExceeded: first, longest (doubling)
+
 
 class Ec2Like(Protocol):
+    def attach_fence(self, fence: Fence) -> None: ...
+
     def routes(self, route_tables: list[str]) -> dict[str, Ec2Route]: ...
 
-    def point_route(self, route_table: str, instance: str, *, guard: Callable[[], bool] | None = None) -> str: ...
+    def point_route(self, route_table: str, instance: str, *, missing: bool = False) -> str: ...
 
-    def verify(self, route_table: str, instance: str, timeout: float = 2.0) -> bool: ...
+    def tag_holder(self, route_table: str, holder: str) -> None: ...
 
     def instance_states(self, instances: list[str]) -> dict[str, str]: ...
 
@@ -84,6 +120,30 @@ class RestartProgress:
 
 
 @dataclass
+class Held:
+    """A route table this session holds, in one term (our clock)."""
+
+    term: int
+    acquired_at: float
+    settle_at: float  # write the route again then: no write of an earlier term can land after it
+    tagged: bool = False  # the holder tag names us (written in this term)
+    settled: bool = False
+    last_write: float = -1e18  # our last confirmed route write
+
+
+@dataclass
+class Ec2Writes:
+    """How our EC2 route writes have gone lately (a holder that cannot write must give its tables up)."""
+
+    failures: int = 0
+    first_failure: float = 0.0
+    out_until: float = -1e18  # the ec2_writes self check fails until then
+    penalty: float = 0.0
+    throttled_until: float = -1e18  # RequestLimitExceeded: no EC2 calls until then
+    backoff: float = 0.0
+
+
+@dataclass
 class Memory:
     """What the agent remembers between cycles (all times on its monotonic clock)."""
 
@@ -93,6 +153,7 @@ class Memory:
     suspect_since: dict[str, float] = field(default_factory=dict)
     dead_since: dict[str, float] = field(default_factory=dict)
     self_healthy_since: float | None = None
+    self_unhealthy_since: float | None = None
     ec2: dict[str, Ec2Route] = field(default_factory=dict)
     ec2_read_at: float = -1e18
     instance_states: dict[str, str] = field(default_factory=dict)
@@ -103,6 +164,12 @@ class Memory:
     stale_deadlines: dict[str, float] = field(default_factory=dict)  # peer -> when its session can be expired
     restarts: dict[str, RestartProgress] = field(default_factory=dict)
     reported_errors: set[str] = field(default_factory=set)
+    held: dict[str, Held] = field(default_factory=dict)
+    relinquished: dict[str, int] = field(default_factory=dict)  # route table -> term of a hand-over in doubt
+    strays_handled: set[str] = field(default_factory=set)  # stray report tokens acted on
+    stray_reports: list[tuple[str, int, str]] = field(default_factory=list)  # (table, term, target) to report
+    pins_since: dict[str, tuple[str, float]] = field(default_factory=dict)  # table -> (pinned member, first seen)
+    ec2_writes: Ec2Writes = field(default_factory=Ec2Writes)
 
 
 class Agent:
@@ -118,6 +185,7 @@ class Agent:
         clock: Clock,
         metrics: Metrics | None = None,
         *,
+        holder: str = "",
         on_event: Callable[[str, dict[str, object]], None] | None = None,
     ) -> None:
         self.config = config
@@ -128,6 +196,7 @@ class Agent:
         self.health_checker = health
         self.clock = clock
         self.metrics = metrics
+        self.holder = holder  # our ARN for the route tables' holder tag ("": do not tag)
         self.on_event = on_event or (lambda kind, data: None)
         self.memory = Memory()
         self.draining = False  # set by SIGTERM / shutdown
@@ -136,8 +205,18 @@ class Agent:
         self.timings = t
         self.members = tuple(m.instance_id for m in config.members)
         self.homes = {rt: m.instance_id for m in config.members for rt in m.route_tables}
-        self.ec2_budget = t.ec2_timeout + 0.05
+        self.fence = Fence(
+            coordinator.remaining, clock.monotonic, FenceTiming(t.ec2_timeout), on_overrun=self._on_overrun
+        )
+        ec2.attach_fence(self.fence)
+        # Renew before a write when less than one call's deadline is left: writes get a full window.
+        self.ec2_budget = t.ec2_timeout + self.fence.timing.slack
+        # A cycle stops acting after this long (the rest waits a cycle): heartbeats and the
+        # systemd watchdog (pinged once per cycle) never wait behind a long list of EC2 calls.
+        self.cycle_budget = max(1.5, 3 * t.ec2_timeout)
         self.last_snapshot: GroupSnapshot | None = None
+        self._writing: tuple[str, int, str] | None = None  # the route write in flight: (table, term, target)
+        self._expired_now: set[str] = set()
 
     # ------------------------------------------------------------- helpers
     def _error_once(self, key: str, message: str) -> None:
@@ -178,6 +257,7 @@ class Agent:
         except SessionLost:
             self._count_renewal("conflict")
             log.warning("session lost: a peer expired it; stopped acting at once, starting a new session")
+            self.memory.held.clear()
             self.on_event("session_lost", {})
         except StoreUnavailable as exc:
             self._count_renewal("error")
@@ -188,13 +268,65 @@ class Agent:
             self.metrics.renewals.labels(result).inc()
 
     def _may_act(self, health: Health) -> bool:
-        """True if the session has more time left than an EC2 call can take (renews if short)."""
+        """True if the session has more time left than an EC2 call's deadline (renews first if short).
+
+        The fence checks the lease again right before each send; this only gives writes a
+        full window instead of a clipped deadline.
+        """
         if self.coordinator.remaining() > self.ec2_budget:
             return True
         self._renew(health)
         return self.coordinator.remaining() > self.ec2_budget
 
+    def _with_ec2_check(self, health: Health, now: float) -> Health:
+        """Our health, with the ``ec2_writes`` check failing while our route writes keep failing."""
+        if now >= self.memory.ec2_writes.out_until:
+            return health
+        checks = dict(health.checks)
+        checks[EC2_WRITES_CHECK] = False
+        return dataclasses.replace(health, healthy=False, checks=checks, detail="EC2 route writes fail")
+
     # --------------------------------------------------------------- observe
+    def _track_holdings(self, snapshot: GroupSnapshot, now: float) -> None:
+        """Which tables this session holds, since when: a new term is written again after the horizon."""
+        mem = self.memory
+        session = self.coordinator.session
+        t = self.timings
+        mine: dict[str, RouteItem] = {}
+        if session is not None:
+            mine = {
+                rt: r
+                for rt, r in snapshot.routes.items()
+                if rt in self.homes and r.owner == self.me and r.owner_session == session.session
+            }
+        for rt in list(mem.held):
+            if rt not in mine or mine[rt].term != mem.held[rt].term:
+                del mem.held[rt]
+        for rt, r in mine.items():
+            if rt not in mem.held:
+                mem.held[rt] = Held(r.term, now, now + t.ec2_apply_horizon)
+                stray = snapshot.strays.get(rt)
+                if stray is not None:
+                    mem.strays_handled.add(stray.token)  # our first write and the settle cover it
+        for rt, term in list(mem.relinquished.items()):
+            route = snapshot.routes.get(rt)
+            if route is None or route.term != term:
+                del mem.relinquished[rt]  # the hand-over landed, or we took the table back
+
+    def _reasserts(self, snapshot: GroupSnapshot, now: float) -> dict[str, str]:
+        """Held tables whose route must be written again now, and why."""
+        out: dict[str, str] = {}
+        for rt, h in self.memory.held.items():
+            stray = snapshot.strays.get(rt)
+            if stray is not None and stray.token not in self.memory.strays_handled:
+                out[rt] = (
+                    f"{stray.writer} reported a late write (term {stray.term}) that may point it at {stray.target}"
+                )
+            elif not h.settled and now >= h.settle_at:
+                horizon = self.timings.ec2_apply_horizon
+                out[rt] = f"writes of earlier terms can no longer land ({horizon:.1f} s after taking it)"
+        return out
+
     def _observe(
         self, snapshot: GroupSnapshot, now: float, probes: dict[str, PeerProbe], health: Health
     ) -> Observation:
@@ -208,6 +340,12 @@ class Agent:
             present.add(x.key)
         mem.observer.forget_missing(present)
         session = self.coordinator.session
+        pins = {rt: to for rt, to in snapshot.pins().items() if rt in self.homes and to in self.members}
+        for rt in list(mem.pins_since):
+            if mem.pins_since[rt][0] != pins.get(rt):
+                del mem.pins_since[rt]
+        for rt, to in pins.items():
+            mem.pins_since.setdefault(rt, (to, now))
         obs = Observation(
             now=now,
             me=self.me,
@@ -223,7 +361,10 @@ class Agent:
             ec2=dict(mem.ec2),
             instance_states=dict(mem.instance_states),
             draining=self.draining or snapshot.draining(self.me),
-            pins={rt: to for rt, to in snapshot.pins().items() if rt in self.homes and to in self.members},
+            pins=pins,
+            pins_since={rt: since for rt, (_, since) in mem.pins_since.items()},
+            reassert=self._reasserts(snapshot, now),
+            relinquished=dict(mem.relinquished),
         )
         t = self.timings
         mem.stale_deadlines.clear()
@@ -232,11 +373,15 @@ class Agent:
                 continue
             p = probes.get(peer)
             peer_item = snapshot.members.get(peer)
-            if p is not None and not p.up and peer_item is not None and peer_item.state == "alive":
-                # Its probes fail: the moment its session may be expired is known; the daemon
-                # wakes for it instead of waiting for the next regular cycle.
-                left = peer_item.lease_ms / 1000 + t.margin - mem.observer.unchanged_for(peer_item.key, now)
-                if left > 0:
+            if peer_item is not None and peer_item.state == "alive":
+                # The moment its session may be expired is known (probes failing: lease + margin;
+                # answering: silent_owner_after); the daemon wakes for it instead of waiting for
+                # the next regular cycle.
+                silent = mem.observer.unchanged_for(peer_item.key, now)
+                lease = peer_item.lease_ms / 1000
+                probes_down = p is not None and not p.up
+                left = (lease + t.margin if probes_down else t.silent_owner_after) - silent
+                if left > 0 and (probes_down or silent >= lease):
                     mem.stale_deadlines[peer] = now + left
             suspect = (
                 (p is not None and not p.up)
@@ -261,8 +406,11 @@ class Agent:
         if health.healthy:
             if mem.self_healthy_since is None:
                 mem.self_healthy_since = now
+            mem.self_unhealthy_since = None
         else:
             mem.self_healthy_since = None
+            if mem.self_unhealthy_since is None:
+                mem.self_unhealthy_since = now
         claimable = claimable_routes(obs, t)
         for rt in list(mem.claimable_since):
             if rt not in claimable:
@@ -274,18 +422,31 @@ class Agent:
             healthy_since=dict(mem.healthy_since),
             claimable_since=dict(mem.claimable_since),
             self_healthy_since=mem.self_healthy_since,
+            self_unhealthy_since=mem.self_unhealthy_since,
         )
+
+    def _ec2_quiet(self, now: float) -> bool:
+        return now < self.memory.ec2_writes.throttled_until
 
     def _refresh_ec2(self, now: float, snapshot: GroupSnapshot, probes: dict[str, PeerProbe]) -> None:
         t = self.config.timing
         mem = self.memory
-        if now - mem.ec2_read_at >= t.ec2_reconcile_interval:
+        if now - mem.ec2_read_at >= t.ec2_reconcile_interval and not self._ec2_quiet(now):
             mem.ec2_read_at = now
             try:
-                mem.ec2 = self.ec2.routes(sorted(self.homes))
+                read = self.ec2.routes(sorted(self.homes))
                 self._error_cleared("ec2:describe_route_tables")
             except Ec2Error as exc:
+                self._ec2_failed(exc, now, write=False)
                 self._error_once("ec2:describe_route_tables", f"{exc}; keeping the last known routes")
+            else:
+                for rt, view in read.items():
+                    h = mem.held.get(rt)
+                    # DescribeRouteTables lags writes: a read started soon after our own confirmed
+                    # write that still shows the old target says nothing about the table.
+                    if h is not None and now - h.last_write < t.ec2_consistency_window and view.target != self.me:
+                        continue
+                    mem.ec2[rt] = view
         # Instance states only matter for restarts: read them when a peer has been silent a while.
         silent = [
             p
@@ -294,22 +455,57 @@ class Agent:
         ]
         held = [x.target for x in snapshot.restarts.values() if x.owner == self.me]
         wanted = sorted(set(silent) | set(held))
-        if wanted and now - mem.instances_read_at >= t.restart_poll_interval:
+        if wanted and now - mem.instances_read_at >= t.restart_poll_interval and not self._ec2_quiet(now):
             mem.instances_read_at = now
             try:
                 mem.instance_states.update(self.ec2.instance_states(wanted))
                 self._error_cleared("ec2:describe_instances")
             except Ec2Error as exc:
+                self._ec2_failed(exc, now, write=False)
                 self._error_once("ec2:describe_instances", f"{exc}; no peer restart until EC2 answers")
 
+    def _ec2_failed(self, exc: Ec2Error, now: float, *, write: bool) -> None:
+        """Book an EC2 failure: throttling backs off every call; failing route writes make us unhealthy."""
+        w = self.memory.ec2_writes
+        lo, hi = THROTTLE_BACKOFF
+        if exc.code in THROTTLED:
+            w.backoff = min(hi, max(lo, 2 * w.backoff))
+            w.throttled_until = now + w.backoff
+            return
+        if not write or exc.code not in OWN_EC2_FAILURES:
+            return
+        if w.failures == 0:
+            w.first_failure = now
+        w.failures += 1
+        if w.failures >= EC2_FAILURES_TO_GIVE_UP and now >= w.out_until:
+            w.penalty = min(EC2_PENALTY_MAX, max(self.timings.failback_hold_down, 2 * w.penalty))
+            w.out_until = now + w.penalty
+            w.failures = 0
+            log.warning(
+                "EC2 route writes keep failing (%s): handing route tables over and taking none for %.0f s",
+                exc,
+                w.penalty,
+            )
+
+    def _ec2_succeeded(self) -> None:
+        w = self.memory.ec2_writes
+        w.failures = 0
+        w.backoff = 0.0
+        if self.clock.monotonic() >= w.out_until:
+            w.penalty = 0.0
+
     # ------------------------------------------------------------------ cycle
-    def run_cycle(self) -> Decision:
-        """Observe, decide, act; returns the decision (its summary is the log line)."""
+    def run_cycle(self, *, act: bool = True) -> Decision:
+        """Observe, decide, act; returns the decision (its summary is the log line).
+
+        ``act=False`` observes and decides only: no session, no write of any kind
+        (``nat-ha agent --once``, which must never disturb the agent that runs).
+        """
         now = self.clock.monotonic()
         probes = self.probes.snapshot()
         reaches = tuple(sorted(p for p, pr in probes.items() if pr.up))
-        health = self.health_checker.check(now, reaches)
-        if self.coordinator.session is not None and self._heartbeat_due(now, health):
+        health = self._with_ec2_check(self.health_checker.check(now, reaches), now)
+        if act and self.coordinator.session is not None and self._heartbeat_due(now, health):
             self._renew(health)
         try:
             snapshot = self.coordinator.read_group()
@@ -326,13 +522,26 @@ class Agent:
         # renewal (up to the store budget) or a process pause lies between the two, and
         # an earlier first-seen time would make a peer's fresh heartbeat look stale.
         seen = self.clock.monotonic()
-        self._refresh_ec2(seen, snapshot, probes)
+        self._track_holdings(snapshot, seen)
+        if act:
+            self._send_stray_reports()
+            self._refresh_ec2(seen, snapshot, probes)
         obs = self._observe(snapshot, seen, probes, health)
         decision = decide(obs, self.timings)
-        results = [self._act(a, snapshot, health) for a in decision.actions]
-        notes = [r for r in results if r]
-        if notes:
-            decision = dataclasses.replace(decision, summary=decision.summary + " [" + "; ".join(notes) + "]")
+        if act:
+            self._expired_now = set()
+            notes = []
+            for action in decision.actions:
+                if self.clock.monotonic() - now > self.cycle_budget:
+                    notes.append("the rest waits for the next cycle (cycle budget spent)")
+                    break
+                if self._heartbeat_due(self.clock.monotonic(), health) and self.coordinator.session is not None:
+                    self._renew(health)
+                note = self._act(action, snapshot, health)
+                if note:
+                    notes.append(note)
+            if notes:
+                decision = dataclasses.replace(decision, summary=decision.summary + " [" + "; ".join(notes) + "]")
         self._finish(decision, now, health, probes, snapshot)
         return decision
 
@@ -352,6 +561,33 @@ class Agent:
         if self.metrics is not None:
             self._export(decision, now, health, probes, snapshot)
 
+    # ------------------------------------------------------------ stray writes
+    def _on_overrun(self, permit: Permit) -> None:
+        """A write of ours left after its deadline: the holder must write the table again."""
+        log.warning(
+            "%s on %s left %.3f s after its deadline (this process was paused): it may land outside the lease",
+            permit.operation,
+            permit.resource,
+            permit.sent_at - permit.deadline,
+        )
+        if self._writing is not None and permit.resource == self._writing[0]:
+            self.memory.stray_reports.append(self._writing)
+        self.on_event("late_write", {"operation": permit.operation, "resource": permit.resource})
+        if self.metrics is not None:
+            self.metrics.ec2_late_writes.inc()
+
+    def _send_stray_reports(self) -> None:
+        """Write pending stray reports (they need no session; retried until the store takes them)."""
+        pending = self.memory.stray_reports
+        while pending:
+            rt, term, target = pending[0]
+            try:
+                self.coordinator.report_stray(rt, term, target)
+            except CoordinatorError as exc:
+                self._error_once("store:stray", f"cannot report a late write to {rt} ({exc}); will retry")
+                return
+            pending.pop(0)
+
     # -------------------------------------------------------------------- act
     def _act(self, action: object, snapshot: GroupSnapshot, health: Health) -> str:
         """Carry out one action; returns a note when it did not go as decided."""
@@ -368,6 +604,8 @@ class Agent:
                 return self._ensure_route(action, health)
             if isinstance(action, HandOver):
                 return self._hand_over(action, health)
+            if isinstance(action, Release):
+                return self._release(action)
             if isinstance(action, ClaimRestart):
                 return self._claim_restart(action, snapshot, health)
             if isinstance(action, ContinueRestart):
@@ -379,6 +617,8 @@ class Agent:
             return f"lost the race: {exc}"
         except SessionLost as exc:
             return f"not acting: {exc}"
+        except FenceRefused as exc:
+            return f"not sent: {exc.reason}"
         except BadItem as exc:
             self._error_once(f"bad:{exc.key}", str(exc))
             return str(exc)
@@ -392,70 +632,108 @@ class Agent:
             return str(exc)
         return ""
 
-    def _route_here(self, route_table: str, target: str, health: Health) -> tuple[str, bool]:
-        # point_route reads the route, then writes it: two EC2 calls. The lease is checked
-        # again between them, so that the write (one call, within ec2_budget) lands inside
-        # the session (rule 4); a check before the read alone let it land after the session.
-        done = self.ec2.point_route(route_table, target, guard=lambda: self._may_act(health))
-        if done == "deferred":
-            return done, False
-        ok = done == "already" or self.ec2.verify(route_table, target, timeout=2.0)
-        if ok:
-            self.memory.ec2[route_table] = Ec2Route(target, "active")
-            self._error_cleared("ec2:")
-        return done, ok
+    def _route_here(self, route_table: str, term: int, target: str, health: Health) -> str:
+        """Tag (once per term) and write the route, each a fenced write; returns what was done."""
+        now = self.clock.monotonic()
+        if self._ec2_quiet(now):
+            raise Ec2Error("replace_route", "RequestLimitExceeded", "backing off after throttling")
+        if not self._may_act(health):
+            raise FenceRefused("ReplaceRoute", "the lease is too short; renewing first")
+        h = self.memory.held.get(route_table)
+        self._writing = (route_table, term, target)
+        try:
+            if self.holder and h is not None and not h.tagged and target == self.me:
+                self.ec2.tag_holder(route_table, self.holder)
+                h.tagged = True
+            current = self.memory.ec2.get(route_table)
+            done = self.ec2.point_route(route_table, target, missing=current is not None and current.state == "missing")
+        except Ec2Error as exc:
+            if h is not None and exc.code == "UnauthorizedOperation":
+                h.tagged = False  # the holder tag may name someone else (a late tag write): tag again first
+            self._ec2_failed(exc, self.clock.monotonic(), write=True)
+            raise
+        finally:
+            self._writing = None
+        self._ec2_succeeded()
+        self.memory.ec2[route_table] = Ec2Route(target, "active")
+        if h is not None:
+            h.last_write = self.clock.monotonic()
+        self._error_cleared("ec2:")
+        return done
 
     def _take_over(self, a: TakeOver, health: Health) -> str:
         started = self.memory.suspect_since.get(a.route.owner, self.clock.monotonic()) if a.route else None
-        if not self._may_act(health):
-            return "session too short to act; renewing first"
-        if a.expire is not None:
+        if a.expire is not None and a.expire.instance not in self._expired_now:
             self.coordinator.expire_member(a.expire)
+            self._expired_now.add(a.expire.instance)  # one expiry per member, however many tables it held
             self.memory.dead_since.setdefault(a.expire.instance, self.clock.monotonic())
             self.on_event("peer_expired", {"peer": a.expire.instance})
         route = self.coordinator.claim_route(a.route_table, a.route, self.homes.get(a.route_table, ""))
+        now = self.clock.monotonic()
+        self.memory.held[a.route_table] = Held(route.term, now, now + self.timings.ec2_apply_horizon)
+        self.memory.relinquished.pop(a.route_table, None)
         self.on_event(
             "claimed", {"route_table": a.route_table, "term": route.term, "from": a.route.owner if a.route else ""}
         )
-        if not self._may_act(health):
-            return "claimed; route write waits for a renewal"
-        done, ok = self._route_here(a.route_table, self.me, health)
-        if done not in ("already", "deferred") and self.metrics is not None:
+        before = self.memory.ec2.get(a.route_table)
+        done = self._route_here(a.route_table, route.term, self.me, health)
+        moved = before is None or before.target != self.me  # a claim of a table EC2 already routes here moves nothing
+        if self.metrics is not None and moved:
             self.metrics.failovers.labels(a.route_table, "takeover", a.reason).inc()
-            if started is not None and ok:
+            if started is not None:
                 self.metrics.failover_duration.labels("takeover").observe(self.clock.monotonic() - started)
         self.on_event(
             "route_moved",
-            {"route_table": a.route_table, "to": self.me, "done": done, "verified": ok, "kind": "takeover"},
+            {"route_table": a.route_table, "to": self.me, "done": done, "verified": True, "kind": "takeover"},
         )
-        return "" if ok else f"{a.route_table}: route write not yet visible in EC2"
+        return ""
 
     def _ensure_route(self, a: EnsureRoute, health: Health) -> str:
-        if not self._may_act(health):
-            return "session too short to write the route"
-        done, ok = self._route_here(a.route_table, self.me, health)
-        if done != "already":
-            self.on_event(
-                "route_moved",
-                {"route_table": a.route_table, "to": self.me, "done": done, "verified": ok, "kind": "repair"},
-            )
-        return "" if ok else f"{a.route_table}: route write not yet visible in EC2"
+        rt = a.route_table
+        stray = self.last_snapshot.strays.get(rt) if self.last_snapshot else None
+        done = self._route_here(rt, a.route.term, self.me, health)
+        h = self.memory.held.get(rt)
+        if h is not None:
+            if stray is not None and stray.token not in self.memory.strays_handled:
+                # The late write may still be in flight: write once more after the horizon.
+                self.memory.strays_handled.add(stray.token)
+                h.settled = False
+                h.settle_at = self.clock.monotonic() + self.timings.ec2_apply_horizon
+            elif self.clock.monotonic() >= h.settle_at:
+                h.settled = True
+        self.on_event(
+            "route_moved", {"route_table": rt, "to": self.me, "done": done, "verified": True, "kind": "repair"}
+        )
+        return ""
 
     def _hand_over(self, a: HandOver, health: Health) -> str:
         t0 = self.clock.monotonic()
-        if not self._may_act(health):
-            return "session too short to act; renewing first"
-        done, ok = self._route_here(a.route_table, a.successor.instance, health)
-        if not ok:
-            return f"{a.route_table}: route to {a.successor.instance} not yet visible in EC2; keeping the lease"
-        self.coordinator.hand_over_route(a.route, a.successor)
-        if self.metrics is not None:
+        done = "lease only"
+        if a.write_route:
+            done = self._route_here(a.route_table, a.route.term, a.successor.instance, health)
+        try:
+            self.coordinator.hand_over_route(a.route, a.successor)
+        except StoreUnavailable:
+            # It may still land: this session stays off the table in this term (decide retries it).
+            self.memory.relinquished[a.route_table] = a.route.term
+            raise
+        self.memory.held.pop(a.route_table, None)
+        if self.metrics is not None and a.reason != "retry":
             self.metrics.failovers.labels(a.route_table, a.kind, a.reason).inc()
             self.metrics.failover_duration.labels(a.kind).observe(self.clock.monotonic() - t0)
         self.on_event(
             "route_moved",
-            {"route_table": a.route_table, "to": a.successor.instance, "done": done, "verified": ok, "kind": a.kind},
+            {"route_table": a.route_table, "to": a.successor.instance, "done": done, "verified": True, "kind": a.kind},
         )
+        return ""
+
+    def _release(self, a: Release) -> str:
+        try:
+            self.coordinator.release_route(a.route)
+        except StoreUnavailable:
+            self.memory.relinquished[a.route_table] = a.route.term  # it may still land
+            raise
+        self.memory.held.pop(a.route_table, None)
         return ""
 
     # --------------------------------------------------------------- restarts
@@ -475,6 +753,12 @@ class Agent:
         item = self.coordinator.claim_restart(a.target, a.item, self.config.timing.restart_cooldown)
         self.memory.restarts[a.target] = RestartProgress(self.clock.monotonic())
         return self._continue_restart(item, snapshot, health)
+
+    def _stop_peer(self, item: RestartItem, snapshot: GroupSnapshot, health: Health) -> str:
+        if not self._may_act(health) or not self._still_silent(item.target, snapshot):
+            return f"not stopping {item.target}: it heartbeated or our lease is short"
+        self.ec2.stop(item.target)
+        return ""
 
     def _continue_restart(self, item: RestartItem, snapshot: GroupSnapshot, health: Health) -> str:
         t = self.config.timing
@@ -497,17 +781,22 @@ class Agent:
                 return self._start_peer(item, health, progress)
             if state != "running":
                 return f"{item.target} is {state}: waiting before a restart"
-            if not self._still_silent(item.target, snapshot) or not self._may_act(health):
+            if not self._may_act(health) or not self._still_silent(item.target, snapshot):
                 return f"not stopping {item.target}: it heartbeated or our lease is short"
-            self.ec2.stop(item.target)
-            self.coordinator.set_restart_phase(item, RESTART_STOPPING, attempts=item.attempts + 1)
+            # The attempt is counted before the stop is sent: a stop whose count was lost would
+            # let the cap be exceeded; a count whose stop failed only reaches the cap sooner.
+            item = self.coordinator.set_restart_phase(item, RESTART_STOPPING, attempts=item.attempts + 1)
             progress.phase_started = now
-            self._restart_result(item.target, "stopped")
-            self.on_event("peer_stopping", {"peer": item.target, "attempt": item.attempts + 1})
-            return ""
+            note = self._stop_peer(item, snapshot, health)
+            if not note:
+                self._restart_result(item.target, "stopped")
+                self.on_event("peer_stopping", {"peer": item.target, "attempt": item.attempts})
+            return note
         if item.phase == RESTART_STOPPING:
             if state == "stopped":
                 return self._start_peer(item, health, progress)
+            if state == "running" and now - progress.phase_started >= 2 * t.restart_poll_interval:
+                return self._stop_peer(item, snapshot, health)  # the stop did not take: send it again
             return ""
         if item.phase == RESTART_STARTING and state == "running":
             self.coordinator.set_restart_phase(item, RESTART_COOLDOWN)

@@ -10,7 +10,16 @@ passed in. The rules (DESIGN.md):
 * A route table is taken from a peer only on two independent signals: its
   probes fail *and* its heartbeat has not changed for its declared lease plus a
   margin on our clock. A peer that reports itself unhealthy hands its route
-  tables over itself. An unhealthy agent never takes anything.
+  tables over itself. An unhealthy agent never takes anything. Two cases need no
+  probe: an owner silent for ``silent_owner_after`` (it cannot reach AWS, so it
+  most likely cannot forward either, and its lease has long run out), and an
+  owner that is not a member of the group (nobody probes it) once its lease ran out.
+* A holder writes its route blindly when it takes a table, again once
+  ``ec2_apply_horizon`` later (a late write of the previous holder cannot stay),
+  and again when a writer reports a write that left after its deadline.
+* A second process for the same instance starts a session only after the
+  existing one has been silent for its lease plus the margin, as a peer would
+  judge it: it never supersedes a live agent.
 * Among healthy candidates, a route table goes to its home NAT first, then to
   the members after the home in configuration order (a rotation, so the load of
   a dead NAT is spread and every agent agrees on the order). A candidate of rank
@@ -43,6 +52,7 @@ from coordinator.items import (
 )
 
 INSTANCE_RESTARTABLE = ("running", "stopped")
+EC2_WRITES_CHECK = "ec2_writes"  # the self check that fails while our EC2 writes keep failing
 
 
 @dataclass(frozen=True)
@@ -84,7 +94,11 @@ class Observation:
     healthy_since: dict[str, float] = field(default_factory=dict)  # peer -> first seen healthy (continuous)
     claimable_since: dict[str, float] = field(default_factory=dict)  # route table -> first seen claimable
     self_healthy_since: float | None = None
+    self_unhealthy_since: float | None = None
     pins: dict[str, str] = field(default_factory=dict)  # route table -> member an operator chose
+    pins_since: dict[str, float] = field(default_factory=dict)  # route table -> when we first saw its pin
+    reassert: dict[str, str] = field(default_factory=dict)  # held route table -> why to write its route again
+    relinquished: dict[str, int] = field(default_factory=dict)  # route table -> term we sent a hand-over in
 
     def preferred_homes(self) -> dict[str, str]:
         """Homes, with operator pins taking precedence."""
@@ -114,7 +128,7 @@ class TakeOver:
 
 @dataclass(frozen=True)
 class EnsureRoute:
-    """We hold the route table; EC2 does not (provably) route it to us."""
+    """We hold the route table; EC2 does not (provably) route it to us, or a late write may have landed."""
 
     route_table: str
     route: RouteItem
@@ -133,6 +147,19 @@ class HandOver:
     successor: MemberItem
     kind: str  # failback | drain | switchover
     reason: str  # home_healthy | self_unhealthy | shutdown | operator
+    why: str
+    write_route: bool = True  # False: our EC2 writes fail, or the route was written before an unknown outcome
+
+    def describe(self) -> str:
+        return self.why
+
+
+@dataclass(frozen=True)
+class Release:
+    """Give up a held table without naming a successor (we are unhealthy and know no healthy peer)."""
+
+    route_table: str
+    route: RouteItem
     why: str
 
     def describe(self) -> str:
@@ -166,7 +193,9 @@ class ResetOwnRestart:
         return f"healthy again: clearing my restart count ({self.item.attempts})"
 
 
-Action = StartSession | TakeOver | EnsureRoute | HandOver | ClaimRestart | ContinueRestart | ResetOwnRestart
+Action = (
+    StartSession | TakeOver | EnsureRoute | HandOver | Release | ClaimRestart | ContinueRestart | ResetOwnRestart
+)
 
 
 @dataclass(frozen=True)
@@ -250,11 +279,27 @@ class _View:
         if not self.stale(m):
             return "live", "", None
         silent = self.obs.heartbeat_age.get(m.instance, 0.0)
+        if m.instance not in self.obs.members:
+            return "dead", f"owner {m.instance} is not a member of this group and its heartbeat is silent", m
         if self.probe_down(m.instance):
             p = self.obs.probes[m.instance]
             why = f"no probe replies for {_fmt(p.silent_for)}, heartbeat silent {_fmt(silent)}"
             return "dead", why, m
+        if silent >= self.t.silent_owner_after:
+            why = f"heartbeat silent {_fmt(silent)} (it answers probes, but a NAT that cannot reach AWS cannot forward)"
+            return "dead", why, m
         return "silent", f"heartbeat of {m.instance} silent {_fmt(silent)} but it answers probes", None
+
+    def other_process(self) -> str:
+        """Why we must not start a session: another process runs as this instance and renews ("": none)."""
+        m = self.member(self.obs.me)
+        if m is None or m.state != MEMBER_ALIVE or self.stale(m):
+            return ""
+        age = self.obs.heartbeat_age.get(m.instance, 0.0)
+        return (
+            f"not starting a session: another agent of {m.instance} (session {m.session[:8]}) renewed "
+            f"{_fmt(age)} ago; waiting until it has been silent {_fmt(m.lease_ms / 1000 + self.t.margin)}"
+        )
 
 
 # ------------------------------------------------------------------ decision
@@ -262,6 +307,9 @@ def decide(obs: Observation, t: Timing) -> Decision:
     """Decide this cycle's actions; returns them with a one-line explanation."""
     v = _View(obs, t)
     if not obs.session:
+        other = v.other_process()
+        if other:
+            return Decision("no_session", other)
         return Decision("no_session", "no session: starting one before acting", (StartSession(),))
     if obs.session_remaining <= 0:
         return Decision("no_session", "session lapsed (no renewal in time): not acting until a renewal succeeds")
@@ -275,17 +323,35 @@ def decide(obs: Observation, t: Timing) -> Decision:
     for rt in sorted(homes):
         r = obs.snapshot.routes.get(rt)
         home = homes[rt]
+        if v.holds(r) and r is not None and obs.relinquished.get(rt) == r.term:
+            # We sent a hand-over whose outcome is unknown: it may still land, so this session
+            # never writes the table again in this term. Send the hand-over again (route
+            # already written), or take the table back in a new term.
+            successor = _successor(v, rt)
+            if successor is not None:
+                why = f"handing {rt} to {successor.instance} again (the last hand-over's outcome is unknown)"
+                actions.append(HandOver(rt, r, successor, "drain", "retry", why, write_route=False))
+            elif me_ok:
+                why = f"took back {rt} (term {r.term + 1}): my hand-over's outcome is unknown and no peer can take it"
+                actions.append(TakeOver(rt, r, None, "orphaned", why))
+            continue
         if v.holds(r):
             assert r is not None
             handover = _plan_handover(v, t, rt, r, home)
             if handover is not None:
                 actions.append(handover)
                 continue
+            release = _plan_release(v, t, rt, r)
+            if release is not None:
+                actions.append(release)
+                continue
             held.append(f"{rt} (term {r.term})")
             ec2 = obs.ec2.get(rt)
             if ec2 is None or ec2.target != obs.me or ec2.state != "active":
                 seen = "unknown" if ec2 is None else (ec2.target or ec2.state)
                 actions.append(EnsureRoute(rt, r, f"routing {rt} to me (EC2 shows {seen})"))
+            elif rt in obs.reassert:
+                actions.append(EnsureRoute(rt, r, f"writing {rt}'s route again: {obs.reassert[rt]}"))
             continue
         if r is not None and r.owner == obs.me and me_ok:
             actions.append(TakeOver(rt, r, None, "orphaned", f"resumed {rt} from my previous session"))
@@ -328,29 +394,68 @@ def decide(obs: Observation, t: Timing) -> Decision:
     return _steady(v, held, notes)
 
 
+def _successor(v: _View, rt: str) -> MemberItem | None:
+    """The best live, healthy peer to hand ``rt`` to (preference order), if any."""
+    order = preference(rt, v.obs.preferred_homes(), v.obs.members)
+    name = next((c for c in order if c != v.obs.me and v.eligible(c)), None)
+    return v.member(name) if name is not None else None
+
+
 def _plan_handover(v: _View, t: Timing, rt: str, r: RouteItem, home: str) -> HandOver | None:
     obs = v.obs
+    failing = {k for k, ok in obs.health.checks.items() if not ok}
+    ec2 = obs.ec2.get(rt)
+    if not obs.draining and failing == {EC2_WRITES_CHECK} and ec2 is not None and ec2.target == obs.me:
+        return None  # our writes fail, but EC2 routes this table here already: it is served, keep it
     if obs.draining or not obs.health.healthy:
-        order = preference(rt, obs.preferred_homes(), obs.members)
-        successor = next((c for c in order if c != obs.me and v.eligible(c)), None)
-        if successor is None:
+        m = _successor(v, rt)
+        if m is None:
             return None
-        m = v.member(successor)
-        assert m is not None
+        successor = m.instance
         if obs.draining:
             return HandOver(rt, r, m, "drain", "shutdown", f"draining: handing {rt} to {successor}")
         failed = ", ".join(k for k, ok in sorted(obs.health.checks.items()) if not ok) or "self check"
-        return HandOver(rt, r, m, "drain", "self_unhealthy", f"unhealthy ({failed}): handing {rt} to {successor}")
+        # When our own EC2 writes fail, make-before-break is impossible: the lease goes first
+        # and the successor writes the route.
+        writes_ok = obs.health.checks.get(EC2_WRITES_CHECK, True)
+        why = f"unhealthy ({failed}): handing {rt} to {successor}" + ("" if writes_ok else " (it writes the route)")
+        return HandOver(rt, r, m, "drain", "self_unhealthy", why, write_route=writes_ok)
     if home and home != obs.me and v.eligible(home):
         m = v.member(home)
         assert m is not None
         if obs.pins.get(rt) == home:
-            return HandOver(rt, r, m, "switchover", "operator", f"switching {rt} over to {home} (operator pin)")
+            # An operator's new pin moves at once; a pinned NAT that failed and came back must
+            # be healthy for the hold-down first, or a flapping NAT would flap the route.
+            wait = min(t.failback_hold_down, obs.now - obs.pins_since.get(rt, obs.now))
+            if v.healthy_for(home) >= wait:
+                return HandOver(rt, r, m, "switchover", "operator", f"switching {rt} over to {home} (operator pin)")
+            return None
         held_for = v.healthy_for(home)
         if held_for >= t.failback_hold_down:
             why = f"failing back {rt} to its home {home}: healthy for {_fmt(held_for)}"
             return HandOver(rt, r, m, "failback", "home_healthy", why)
     return None
+
+
+def _plan_release(v: _View, t: Timing, rt: str, r: RouteItem) -> Release | None:
+    """Unhealthy for a while and no healthy peer in our config: let whoever can serve it claim it.
+
+    Members may disagree on the member list for a while (a config being rolled out): a peer
+    we do not know may be healthy and have this table in its config. Releasing moves nothing
+    in EC2; the table is claimed by a healthy member, or by us again once healthy.
+    """
+    obs = v.obs
+    if obs.draining or obs.health.healthy or obs.self_unhealthy_since is None:
+        return None
+    failing = {k for k, ok in obs.health.checks.items() if not ok}
+    ec2 = obs.ec2.get(rt)
+    if failing == {EC2_WRITES_CHECK} and ec2 is not None and ec2.target == obs.me:
+        return None
+    unhealthy_for = obs.now - obs.self_unhealthy_since
+    if unhealthy_for < t.silent_owner_after or _successor(v, rt) is not None:
+        return None
+    why = f"unhealthy ({', '.join(sorted(failing)) or 'self check'}) for {_fmt(unhealthy_for)} and no healthy peer"
+    return Release(rt, r, f"{why}: releasing {rt} to any member that can serve it")
 
 
 def _plan_restarts(v: _View, t: Timing) -> list[Action]:
@@ -413,12 +518,13 @@ def _restart_evidence(v: _View, t: Timing, peer: str) -> str | None:
     if m is None or m.state not in (MEMBER_ALIVE, MEMBER_EXPIRED):
         return None  # never seen, or it left on purpose (drained)
     silent = obs.heartbeat_age.get(peer, 0.0)
-    if silent < t.restart_after or not v.probe_down(peer):
+    if silent < t.restart_after:
         return None
     state = obs.instance_states.get(peer, "")
     if state not in INSTANCE_RESTARTABLE:
         return None
-    return f"heartbeat silent {_fmt(silent)}, no probe replies, EC2 state {state}"
+    probes = "no probe replies" if v.probe_down(peer) else "it answers probes but cannot reach AWS"
+    return f"heartbeat silent {_fmt(silent)}, {probes}, EC2 state {state}"
 
 
 def _kind_of(actions: list[Action]) -> str:
@@ -426,7 +532,7 @@ def _kind_of(actions: list[Action]) -> str:
         return "failed_back"
     if any(isinstance(a, HandOver) and a.reason == "shutdown" for a in actions):
         return "draining"
-    if any(isinstance(a, HandOver) for a in actions):
+    if any(isinstance(a, (HandOver, Release)) for a in actions):
         return "handed_over"
     if any(isinstance(a, TakeOver) for a in actions):
         return "took_over"

@@ -24,7 +24,7 @@ FAILOVER_KINDS = ("takeover", "failback", "switchover", "drain")
 FAILOVER_REASONS = ("peer_dead", "self_unhealthy", "home_healthy", "operator", "shutdown", "orphaned")
 RESTART_RESULTS = ("stopped", "started", "failed", "gave_up")
 RENEWAL_RESULTS = ("success", "conflict", "error")
-SELF_CHECKS = ("ip_forward", "masquerade", "conntrack", "egress")
+SELF_CHECKS = ("ip_forward", "masquerade", "conntrack", "egress", "ec2_writes")
 DECISIONS = (
     "holding", "standby", "took_over", "failed_back", "handed_over", "waiting", "restarting_peer",
     "draining", "no_session", "store_unavailable", "unhealthy",
@@ -34,8 +34,8 @@ DECISIONS = (
 # module sits below agent/aws and cannot import it) and the classes of error it can see from them.
 AWS_OPERATIONS = (
     ("dynamodb", "DescribeTable"), ("dynamodb", "GetItem"), ("dynamodb", "PutItem"), ("dynamodb", "Query"),
-    ("ec2", "CreateRoute"), ("ec2", "DescribeInstances"), ("ec2", "DescribeRouteTables"), ("ec2", "ReplaceRoute"),
-    ("ec2", "StartInstances"), ("ec2", "StopInstances"),
+    ("ec2", "CreateRoute"), ("ec2", "CreateTags"), ("ec2", "DescribeInstances"), ("ec2", "DescribeRouteTables"),
+    ("ec2", "ReplaceRoute"), ("ec2", "StartInstances"), ("ec2", "StopInstances"),
 )  # fmt: skip
 AWS_ERROR_CODES = {
     "timeout": ("ReadTimeoutError", "ConnectTimeoutError", "TimeoutError", "RequestTimeout", "RequestTimeoutException"),
@@ -238,6 +238,11 @@ class Metrics:
         )
         self.decision = Gauge(f"{ns}_decision", "1 for the kind of the current decision", ["decision"], registry=r)
         self.decision_changes = Counter(f"{ns}_decision_changes", "Times the decision line changed", registry=r)
+        self.ec2_late_writes = Counter(
+            f"{ns}_ec2_late_writes",
+            "EC2 writes whose bytes left after their deadline (the process was paused): reported as strays",
+            registry=r,
+        )
         self.cycle_duration = Histogram(
             f"{ns}_cycle_duration_seconds", "Duration of one HA cycle", buckets=CYCLE_BUCKETS, registry=r
         )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from agent import __version__
 from agent.aws.ec2 import Ec2, Ec2Error
-from agent.aws.imds import ImdsError, identity
+from agent.aws.imds import ImdsError, account_id, identity, instance_arn
 from agent.aws.models import botocore_session
 from agent.config import Config, ConfigError, with_discovered
 from coordinator.clock import Clock, SystemClock
@@ -27,6 +27,7 @@ class Runtime:
     config: Config
     store: DynamoStore
     ec2: Ec2
+    holder: str = ""  # this instance's ARN for the route tables' holder tag ("": no tagging)
 
 
 def resolve(
@@ -88,7 +89,16 @@ def resolve(
         on_call=store_on_call,
         session=botocore_session(),  # one session for EC2 and DynamoDB: data loaded once
     )
-    return Runtime(config, store, ec2)
+    holder = ""
+    if need_identity and not operator and config.ec2.holder_tag:
+        account = config.ec2.account_id
+        if not account:
+            try:
+                account = account_id()
+            except ImdsError as exc:
+                raise ConfigError([f"ec2.account_id: not set and {exc} (needed for ec2.holder_tag)"]) from None
+        holder = instance_arn(config.instance_id, region, account)
+    return Runtime(config, store, ec2, holder)
 
 
 def coordinator_for(rt: Runtime, clock: Clock | None = None, lease_s: float | None = None) -> Coordinator:

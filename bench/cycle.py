@@ -30,11 +30,11 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.aws.fence import Fence
 from agent.config import Config, Member, SelfCheckConfig
 from agent.cycle import Agent, HealthLike, build_info
 from agent.decide import Ec2Route, PeerProbe
@@ -58,11 +58,16 @@ class StubEc2:
     def routes(self, route_tables: list[str]) -> dict[str, Ec2Route]:
         return {rt: Ec2Route(HOMES[rt]) for rt in route_tables}
 
-    def point_route(self, route_table: str, instance: str, *, guard: Callable[[], bool] | None = None) -> str:
-        return "already"
+    def attach_fence(self, fence: Fence) -> None:
+        self.fence = fence
 
-    def verify(self, route_table: str, instance: str, timeout: float = 2.0) -> bool:
-        return True
+    def point_route(self, route_table: str, instance: str, *, missing: bool = False) -> str:
+        with self.fence.write("ReplaceRoute", route_table):
+            self.fence.authorize("ReplaceRoute")
+        return "replaced"
+
+    def tag_holder(self, route_table: str, holder: str) -> None:
+        raise AssertionError("the benchmark runs without holder tags")
 
     def instance_states(self, instances: list[str]) -> dict[str, str]:
         return dict.fromkeys(instances, "running")

@@ -39,7 +39,7 @@ CONFIG_ERRORS = frozenset(
 
 _STRING_ATTRS = (
     "kind", "session", "state", "token", "health", "agent_version", "az", "address",
-    "expired_by", "owner", "owner_session", "home", "phase",
+    "expired_by", "owner", "owner_session", "home", "phase", "target",
 )  # fmt: skip
 _NUMBER_ATTRS = ("version", "lease_ms", "term", "attempts", "cooldown_ms", "updated_at")
 _BOOL_ATTRS = ("draining",)
@@ -218,8 +218,10 @@ class DynamoStore:
         raise Unavailable(f"{code}: {exc.msg}") from exc
 
     # ----------------------------------------------------------------- writes
-    def _condition(self, expect: Expect) -> Condition:
+    def _condition(self, expect: Expect) -> Condition | None:
         m = self.model
+        if expect.unconditional:
+            return None
         if expect.absent:
             return m.item.does_not_exist()  # type: ignore[attr-defined,no-any-return]
         cond: Condition | None = None

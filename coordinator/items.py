@@ -12,6 +12,9 @@ One table holds every group. Partition key ``group``, sort key ``item``:
   over and take none (``nat-ha drain``); ``active`` false once undone.
 * ``pin#<route-table>`` - an operator asked that this route table be served by a
   given member while it is healthy (``nat-ha switchover``); empty ``owner`` = none.
+* ``stray#<route-table>`` - an agent found that one of its EC2 writes to this route table
+  left after its deadline (it was frozen between the lease check and the send): the
+  write may land outside its lease, so the current holder writes the route again.
 
 Parsing never raises on odd content: an item that cannot be used becomes a
 :class:`BadItemReport`, so one hand-edited item cannot crash an agent.
@@ -28,6 +31,7 @@ ROUTE_PREFIX = "route#"
 RESTART_PREFIX = "restart#"
 DRAIN_PREFIX = "drain#"
 PIN_PREFIX = "pin#"
+STRAY_PREFIX = "stray#"
 
 MEMBER_ALIVE = "alive"
 MEMBER_EXPIRED = "expired"
@@ -146,6 +150,21 @@ class RequestItem:
 
 
 @dataclass(frozen=True)
+class StrayItem:
+    """A possibly late EC2 write to a route table, reported by its writer (last report wins)."""
+
+    route_table: str
+    writer: str
+    term: int  # the term the writer held when it checked its lease
+    target: str  # where the late write points the route
+    token: str
+
+    @property
+    def key(self) -> str:
+        return STRAY_PREFIX + self.route_table
+
+
+@dataclass(frozen=True)
 class BadItemReport:
     key: str
     problem: str
@@ -161,6 +180,7 @@ class GroupSnapshot:
     restarts: dict[str, RestartItem]
     bad_items: tuple[BadItemReport, ...] = ()
     requests: dict[str, RequestItem] = field(default_factory=dict)  # by key
+    strays: dict[str, StrayItem] = field(default_factory=dict)  # by route table
 
     def draining(self, instance: str) -> bool:
         r = self.requests.get(DRAIN_PREFIX + instance)
@@ -254,6 +274,28 @@ def parse_request(attrs: Attrs) -> RequestItem:
     return RequestItem(key, key[len(prefix) :], value, _int(attrs, "version", minimum=1), _str(attrs, "token"))
 
 
+def parse_stray(attrs: Attrs) -> StrayItem:
+    return StrayItem(
+        route_table=_str(attrs, "item")[len(STRAY_PREFIX) :],
+        writer=_str(attrs, "owner"),
+        term=_int(attrs, "term"),
+        target=_str(attrs, "target", required=False),
+        token=_str(attrs, "token"),
+    )
+
+
+def encode_stray(s: StrayItem) -> Attrs:
+    return {
+        "item": s.key,
+        "kind": "stray",
+        "owner": s.writer,
+        "term": s.term,
+        "target": s.target,
+        "version": 1,
+        "token": s.token,
+    }
+
+
 def encode_request(r: RequestItem) -> Attrs:
     return {"item": r.key, "kind": "request", "owner": r.value, "version": r.version, "token": r.token}
 
@@ -310,6 +352,7 @@ def parse_group(group: str, rows: list[Attrs]) -> GroupSnapshot:
     routes: dict[str, RouteItem] = {}
     restarts: dict[str, RestartItem] = {}
     requests: dict[str, RequestItem] = {}
+    strays: dict[str, StrayItem] = {}
     bad: list[BadItemReport] = []
     for attrs in rows:
         key = str(attrs.get("item", "?"))
@@ -326,11 +369,16 @@ def parse_group(group: str, rows: list[Attrs]) -> GroupSnapshot:
             elif key.startswith((DRAIN_PREFIX, PIN_PREFIX)) and len(key.split("#", 1)[1]) > 0:
                 q = parse_request(attrs)
                 requests[q.key] = q
+            elif key.startswith(STRAY_PREFIX) and len(key) > len(STRAY_PREFIX):
+                s = parse_stray(attrs)
+                strays[s.route_table] = s
             else:
-                bad.append(BadItemReport(key, "unknown item kind (expected member#, route#, restart#, drain#, pin#)"))
+                bad.append(
+                    BadItemReport(key, "unknown item kind (expected member#, route#, restart#, drain#, pin#, stray#)")
+                )
         except (ValueError, TypeError, json.JSONDecodeError) as exc:
             bad.append(BadItemReport(key, str(exc)))
-    return GroupSnapshot(group, members, routes, restarts, tuple(bad), requests)
+    return GroupSnapshot(group, members, routes, restarts, tuple(bad), requests, strays)
 
 
 def parse_one(attrs: Attrs) -> MemberItem | RouteItem | RestartItem:

@@ -40,16 +40,19 @@ from coordinator.items import (
     RequestItem,
     RestartItem,
     RouteItem,
+    StrayItem,
     encode_member,
     encode_request,
     encode_restart,
     encode_route,
+    encode_stray,
     parse_group,
 )
 from coordinator.store import ConditionFailed, Expect, OutcomeUnknown, Store, Unavailable
 
 # How long DynamoDB may keep a member item that nobody renews (TTL, GC only).
 MEMBER_GC_SECONDS = 7 * 24 * 3600.0
+STRAY_GC_SECONDS = 24 * 3600.0
 
 
 def new_token() -> str:
@@ -346,6 +349,17 @@ class Coordinator:
         )
         self._write(encode_restart(new), Expect.matches(version=item.version))
         return new
+
+    # ----------------------------------------------------------------- strays
+    def report_stray(self, route_table: str, term: int, target: str) -> StrayItem:
+        """Say that our write to ``route_table`` (as holder in ``term``) left after its deadline.
+
+        Unconditional and needs no session: the writer's session has most likely been expired
+        by then; the report only makes the current holder write its route again.
+        """
+        item = StrayItem(route_table, self.me, term, target, self._token())
+        self._write(encode_stray(item), Expect.always(), gc_after_s=STRAY_GC_SECONDS)
+        return item
 
     # --------------------------------------------------------------- requests
     def set_request(self, key: str, value: str) -> RequestItem:

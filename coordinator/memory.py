@@ -26,10 +26,15 @@ FaultHook = Callable[[str, str, str], "str | None"]
 # store looks at the item) or "reply" (after it did); the simulator advances virtual
 # time there.
 DelayHook = Callable[[str, str, str, str], None]
-# Called with (group, attrs) right after a write was applied (simulator invariants).
+# Called with (group, attrs) right after a write was applied (simulator invariants), and with
+# (group, attrs) when a write is sent (before the delay hook's "request" phase).
 ApplyHook = Callable[[str, Attrs], None]
+# Runs a write's application later (a write that lands after the client gave up): ``defer(fn)``.
+DeferHook = Callable[[Callable[[], object]], None]
 
-FAULTS = ("unavailable", "throttled", "lost_reply", "retried")
+# "late": not applied now; applied later through the defer hook (condition checked then), while
+# the client is told the outcome is unknown.
+FAULTS = ("unavailable", "throttled", "lost_reply", "retried", "late")
 
 
 def _copy(attrs: Attrs) -> Attrs:
@@ -48,12 +53,16 @@ class MemoryStore:
         *,
         delay_hook: DelayHook | None = None,
         apply_hook: ApplyHook | None = None,
+        send_hook: ApplyHook | None = None,
+        defer_hook: DeferHook | None = None,
     ) -> None:
         self._items: dict[tuple[str, str], Attrs] = {}
         self._lock = threading.Lock()
         self.fault_hook = fault_hook
         self.delay_hook = delay_hook
         self.apply_hook = apply_hook
+        self.send_hook = send_hook
+        self.defer_hook = defer_hook
         self.writes = 0
         self.reads = 0
 
@@ -88,11 +97,30 @@ class MemoryStore:
     def put_item(self, group: str, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None) -> None:
         item = str(attrs["item"])
         fault = self._fault("put", group, item)
+        if self.send_hook is not None:
+            self.send_hook(group, _copy(attrs))
         self._delay("put", group, item, "request")
         if fault == "unavailable":
             raise OutcomeUnknown("injected: write timed out before it was applied")
         if fault == "throttled":
             raise OutcomeUnknown("injected: write throttled (ProvisionedThroughputExceededException)")
+        if fault == "late" and self.defer_hook is not None:
+            snapshot = _copy(attrs)
+            self.defer_hook(lambda: self._apply(group, snapshot, expect))
+            self._delay("put", group, item, "reply")
+            raise OutcomeUnknown("injected: write timed out; it is applied later")
+        applied = self._apply(group, attrs, expect)
+        self._delay("put", group, item, "reply")
+        if not applied:
+            raise ConditionFailed(item)
+        if fault == "lost_reply":
+            raise OutcomeUnknown("injected: write applied but the reply was lost")
+        if fault == "retried":
+            raise ConditionFailed(f"{item} (the SDK's retry of an applied write)")
+
+    def _apply(self, group: str, attrs: Attrs, expect: Expect) -> bool:
+        """Check the condition and apply the write, atomically; True if applied."""
+        item = str(attrs["item"])
         with self._lock:
             self.writes += 1
             current = self._items.get((group, item))
@@ -103,13 +131,7 @@ class MemoryStore:
                 self._items[(group, item)] = stored
         if applied and self.apply_hook is not None:
             self.apply_hook(group, _copy(stored))
-        self._delay("put", group, item, "reply")
-        if not applied:
-            raise ConditionFailed(item)
-        if fault == "lost_reply":
-            raise OutcomeUnknown("injected: write applied but the reply was lost")
-        if fault == "retried":
-            raise ConditionFailed(f"{item} (the SDK's retry of an applied write)")
+        return applied
 
     # test helpers -----------------------------------------------------------
     def raw_put(self, group: str, attrs: Attrs) -> None:

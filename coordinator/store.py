@@ -16,14 +16,20 @@ from coordinator.items import Attrs
 
 @dataclass(frozen=True)
 class Expect:
-    """The condition of a write: ``absent`` or every ``equals`` attribute matches."""
+    """The condition of a write: ``absent``, every ``equals`` attribute matches, or none at all."""
 
     absent: bool = False
     equals: dict[str, Any] = field(default_factory=dict)
+    unconditional: bool = False
 
     @staticmethod
     def item_absent() -> Expect:
         return Expect(absent=True)
+
+    @staticmethod
+    def always() -> Expect:
+        """No condition: last writer wins (reports that only ever add information)."""
+        return Expect(unconditional=True)
 
     @staticmethod
     def matches(**equals: Any) -> Expect:
@@ -35,6 +41,8 @@ class Expect:
         """Evaluate the condition the way DynamoDB would (used by the in-memory store)."""
         if self.absent:
             return current is None
+        if self.unconditional:
+            return True
         if current is None:
             return False
         return all(name in current and current[name] == value for name, value in self.equals.items())

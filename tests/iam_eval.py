@@ -2,11 +2,15 @@
 
 Supports what nat-ha's policies use and a little more: ``Effect`` Allow/Deny (an
 explicit Deny wins, default deny), ``Action``/``NotAction`` and ``Resource``/``NotResource``
-with ``*`` and ``?`` wildcards (actions case-insensitive), and the condition operators
-``StringEquals``, ``StringNotEquals``, ``StringLike``, ``StringNotLike`` (plus ``...IfExists``
-and ``ForAnyValue:``/``ForAllValues:`` are rejected). A condition key missing from the request
-context fails a positive match, as in IAM. ``render`` fills ``${Name}`` placeholders the way
-CloudFormation's ``Fn::Sub`` does, so the same JSON serves both forms.
+with ``*`` and ``?`` wildcards (actions case-insensitive), the condition operators
+``StringEquals``, ``StringNotEquals``, ``StringLike``, ``StringNotLike`` and the set operators
+``ForAllValues:StringEquals`` / ``ForAnyValue:StringEquals`` over multi-valued keys such as
+``aws:TagKeys`` (``...IfExists`` is rejected). A condition key missing from the request context
+fails a positive match, as in IAM; ``ForAllValues`` over a missing key matches (IAM's rule, why
+it is paired with a positive key). Policy variables in condition values (``${ec2:SourceInstanceARN}``)
+are resolved from the request context when evaluated; an unresolvable one matches nothing.
+``render`` fills ``${Name}`` placeholders the way CloudFormation's ``Fn::Sub`` does (``${!Name}``
+stays a literal ``${Name}``), so the same JSON serves both forms.
 """
 
 from __future__ import annotations
@@ -16,7 +20,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-_SUPPORTED = {"StringEquals", "StringNotEquals", "StringLike", "StringNotLike"}
+_SUPPORTED = {
+    "StringEquals",
+    "StringNotEquals",
+    "StringLike",
+    "StringNotLike",
+    "ForAllValues:StringEquals",
+    "ForAnyValue:StringEquals",
+}
+_VARIABLE = re.compile(r"\$\{([A-Za-z0-9:/_-]+)\}")
 
 
 class PolicyError(Exception):
@@ -27,7 +39,8 @@ class PolicyError(Exception):
 class Request:
     action: str  # "ec2:ReplaceRoute"
     resource: str  # ARN or "*"
-    context: dict[str, str] = field(default_factory=dict)  # "ec2:ResourceTag/nat-ha:group" -> "g"
+    # "ec2:ResourceTag/nat-ha:group" -> "g"; multi-valued keys (aws:TagKeys) -> a list
+    context: dict[str, str | list[str]] = field(default_factory=dict)
 
 
 def render(node: Any, values: dict[str, str]) -> Any:
@@ -35,11 +48,13 @@ def render(node: Any, values: dict[str, str]) -> Any:
     if isinstance(node, str):
 
         def sub(m: re.Match[str]) -> str:
+            if m.group(1).startswith("!"):
+                return "${" + m.group(1)[1:] + "}"  # Fn::Sub's escape: a literal ${...} (an IAM variable)
             if m.group(1) not in values:
                 raise PolicyError(f"no value for placeholder ${{{m.group(1)}}}")
             return values[m.group(1)]
 
-        return re.sub(r"\$\{([A-Za-z0-9:]+)\}", sub, node)
+        return re.sub(r"\$\{(!?[A-Za-z0-9:]+)\}", sub, node)
     if isinstance(node, list):
         return [render(v, values) for v in node]
     if isinstance(node, dict):
@@ -56,13 +71,36 @@ def _glob(pattern: str, value: str, *, ignore_case: bool) -> bool:
     return re.fullmatch(regex, value, re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL) is not None
 
 
-def _condition_ok(condition: dict[str, dict[str, Any]], context: dict[str, str]) -> bool:
+def _resolve(value: str, context: dict[str, str | list[str]]) -> str | None:
+    """Fill IAM policy variables from the request; None when one cannot be resolved."""
+    missing = False
+
+    def sub(m: re.Match[str]) -> str:
+        nonlocal missing
+        found = next((v for k, v in context.items() if k.lower() == m.group(1).lower()), None)
+        if not isinstance(found, str):
+            missing = True
+            return ""
+        return found
+
+    out = _VARIABLE.sub(sub, value)
+    return None if missing else out
+
+
+def _condition_ok(condition: dict[str, dict[str, Any]], context: dict[str, str | list[str]]) -> bool:
     for op, block in condition.items():
         if op not in _SUPPORTED:
             raise PolicyError(f"condition operator {op} not supported")
         for key, wanted in block.items():
-            actual = next((v for k, v in context.items() if k.lower() == key.lower()), None)
-            values = _list(wanted)
+            found = next((v for k, v in context.items() if k.lower() == key.lower()), None)
+            values = [r for r in (_resolve(v, context) for v in _list(wanted)) if r is not None]
+            if op.startswith("For"):
+                items = [] if found is None else _list(found)
+                ok = all(i in values for i in items) if op.startswith("ForAll") else any(i in values for i in items)
+                if not ok:
+                    return False
+                continue
+            actual = found if isinstance(found, str) else None
             if op == "StringEquals":
                 ok = actual is not None and actual in values
             elif op == "StringLike":

@@ -1,24 +1,29 @@
 """The EC2 adapter: route tables, instance states, stop/start. Thin, bounded, typed errors.
 
-Route writes are idempotent (already right: no call; missing 0.0.0.0/0: CreateRoute)
-and verified with DescribeRouteTables, because the EC2 API is eventually
-consistent. A route may name the instance or one of its network interfaces (AWS
-fills in both, moto only the one given), and may be ``blackhole``.
+Every write goes through the agent's :class:`~agent.aws.fence.Fence`: the lease is checked
+right before each send, one write per check, under a hard deadline on the whole call
+(agent/aws/fence.py). Route writes are blind (ReplaceRoute, or CreateRoute when the route
+is missing): DescribeRouteTables is eventually consistent - it may show the previous target,
+or no route while one exists - so a read never decides that a write can be skipped. A route
+may name the instance or one of its network interfaces (AWS fills in both, moto only the one
+given), and may be ``blackhole``.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent.aws.fence import Fence, FenceRefused
 from agent.config import Member
 from agent.decide import Ec2Route
 from coordinator.instrument import CallObserver, instrument_client
 
 DEFAULT_ROUTE = "0.0.0.0/0"
+HOLDER_TAG = "nat-ha:holder"
+# Error codes that mean "the account's request bucket is empty": back off, nothing is wrong with us.
+THROTTLED = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
 
 
 class Ec2Error(Exception):
@@ -70,13 +75,24 @@ class Ec2:
         timeout: float = 0.6,
         members: dict[str, Member] | None = None,
         on_call: CallObserver | None = None,
-        sleep: Callable[[float], None] = time.sleep,
         client: Any = None,
+        fence: Fence | None = None,
     ) -> None:
         self.client = client or make_client("ec2", region, endpoint_url, timeout, 1)
         instrument_client(self.client, on_call)
         self.members = members or {}
-        self.sleep = sleep
+        self.fence: Fence | None = None
+        if fence is not None:
+            self.attach_fence(fence)
+
+    def attach_fence(self, fence: Fence) -> None:
+        """Route every call through ``fence`` (writes need a permit; every call gets a deadline)."""
+        self.fence = fence
+        attach = getattr(self.client, "attach_fence", None)
+        if attach is not None:  # a simulated client (tests/sim) calls the fence itself
+            attach(fence)
+        else:
+            install_fence_hook(self.client, fence)
 
     def _call(self, operation: str, **params: Any) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -84,11 +100,20 @@ class Ec2:
         try:
             result: dict[str, Any] = getattr(self.client, operation)(**params)
             return result
+        except FenceRefused:
+            raise
         except ClientError as exc:
             err = exc.response.get("Error", {})
             raise Ec2Error(operation, str(err.get("Code", "ClientError")), str(err.get("Message", ""))) from exc
         except BotoCoreError as exc:
             raise Ec2Error(operation, type(exc).__name__, str(exc)) from exc
+
+    def _write(self, operation: str, resource: str, **params: Any) -> dict[str, Any]:
+        """One fenced write: the lease is checked by the transport right before the send."""
+        if self.fence is None:
+            raise RuntimeError(f"EC2 write {operation} without a fence: attach the agent's Fence first")
+        with self.fence.write(_api_name(operation), resource):
+            return self._call(operation, **params)
 
     # ---------------------------------------------------------------- routes
     def describe(self, route_tables: list[str]) -> dict[str, RouteView]:
@@ -144,52 +169,38 @@ class Ec2:
             return {"NetworkInterfaceId": m.eni}
         return {"InstanceId": instance}
 
-    def point_route(
-        self,
-        route_table: str,
-        instance: str,
-        current: RouteView | None = None,
-        *,
-        guard: Callable[[], bool] | None = None,
-    ) -> str:
-        """Make 0.0.0.0/0 of ``route_table`` go to ``instance``; returns what was done.
+    def point_route(self, route_table: str, instance: str, *, missing: bool = False) -> str:
+        """Point 0.0.0.0/0 of ``route_table`` at ``instance``, blindly; returns "replaced" or "created".
 
-        ``guard`` is asked after the read and right before the write: False means
-        the caller may no longer write (its lease is too short now), nothing is
-        written and "deferred" is returned.
+        ReplaceRoute first (the usual case), CreateRoute when the last read showed no route
+        (``missing``) or ReplaceRoute says there is none; a CreateRoute that finds the route
+        after all falls back to ReplaceRoute. Each of these is its own fenced write, with its
+        own lease check right before it is sent.
         """
-        if current is None:
-            current = self.describe([route_table])[route_table]
-        if self.member_of(current) == instance and current.state == "active":
-            return "already"
-        if guard is not None and not guard():
-            return "deferred"
         target = self._target(instance)
-        if current.state == "missing":
+        if missing:
             try:
-                self._call("create_route", RouteTableId=route_table, DestinationCidrBlock=DEFAULT_ROUTE, **target)
+                self._write(
+                    "create_route", route_table, RouteTableId=route_table, DestinationCidrBlock=DEFAULT_ROUTE, **target
+                )
                 return "created"
             except Ec2Error as exc:
                 if exc.code != "RouteAlreadyExists":
                     raise
-        self._call("replace_route", RouteTableId=route_table, DestinationCidrBlock=DEFAULT_ROUTE, **target)
-        return "replaced"
+        try:
+            self._write(
+                "replace_route", route_table, RouteTableId=route_table, DestinationCidrBlock=DEFAULT_ROUTE, **target
+            )
+            return "replaced"
+        except Ec2Error as exc:
+            if missing or not route_missing(exc):
+                raise
+        self._write("create_route", route_table, RouteTableId=route_table, DestinationCidrBlock=DEFAULT_ROUTE, **target)
+        return "created"
 
-    def verify(self, route_table: str, instance: str, timeout: float = 2.0) -> bool:
-        """Poll DescribeRouteTables (bounded, with backoff) until the route shows ``instance``."""
-        deadline = time.monotonic() + timeout
-        delay = 0.05
-        while True:
-            try:
-                view = self.describe([route_table])[route_table]
-                if self.member_of(view) == instance and view.state != "missing":
-                    return True
-            except Ec2Error:
-                pass
-            if time.monotonic() + delay > deadline:
-                return False
-            self.sleep(delay)
-            delay = min(delay * 2, 0.4)
+    def tag_holder(self, route_table: str, holder: str) -> None:
+        """Tag the route table with its holder: the IAM policy lets only that instance write its routes."""
+        self._write("create_tags", route_table, Resources=[route_table], Tags=[{"Key": HOLDER_TAG, "Value": holder}])
 
     # ------------------------------------------------------------- instances
     def instance_states(self, instances: list[str]) -> dict[str, str]:
@@ -203,10 +214,10 @@ class Ec2:
         }
 
     def stop(self, instance: str) -> None:
-        self._call("stop_instances", InstanceIds=[instance])
+        self._write("stop_instances", instance, InstanceIds=[instance])
 
     def start(self, instance: str) -> None:
-        self._call("start_instances", InstanceIds=[instance])
+        self._write("start_instances", instance, InstanceIds=[instance])
 
     # ------------------------------------------------------------- discovery
     def discover(self, group: str) -> list[Member]:
@@ -237,3 +248,32 @@ class Ec2:
             )
         ]
         return members
+
+
+def route_missing(exc: Ec2Error) -> bool:
+    """ReplaceRoute's way of saying the route does not exist (AWS: InvalidParameterValue "no route")."""
+    return exc.code == "InvalidRoute.NotFound" or (
+        exc.code == "InvalidParameterValue" and "no route" in str(exc).lower()
+    )
+
+
+def _api_name(operation: str) -> str:
+    """``replace_route`` -> ``ReplaceRoute`` (botocore's operation name)."""
+    return "".join(part.capitalize() for part in operation.split("_"))
+
+
+def install_fence_hook(client: Any, fence: Fence) -> None:
+    """Ask the fence right before botocore sends (after signing): a write without a permit is not sent.
+
+    botocore emits ``before-send`` once the request is signed and its endpoint resolved;
+    raising there sends nothing.
+    """
+
+    def before_send(request: Any, event_name: str = "", **_: Any) -> None:
+        operation = event_name.rsplit(".", 1)[-1]
+        fence.authorize(operation)
+        fence.sent()
+
+    client.meta.events.register_first(
+        f"before-send.{client.meta.service_model.service_name}", before_send, unique_id=f"nat-ha-fence-{id(client)}"
+    )

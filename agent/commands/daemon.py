@@ -23,7 +23,12 @@ log = logging.getLogger("nat_ha.agent")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})")
-    p.add_argument("--once", action="store_true", help="run one cycle, print the decision and exit")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="observe and decide one cycle without acting (no session, no write), print the decision and exit "
+        "(1 if the store could not be read)",
+    )
     p.add_argument(
         "--drain-timeout",
         type=float,
@@ -107,7 +112,7 @@ class Daemon:
             print(f"nat-ha agent: probe: {exc}", file=sys.stderr)
             return 2
         responder = None
-        if p.answer_port:
+        if p.answer_port and not once:
             try:
                 responder = EchoResponder(me.address, p.answer_port)
             except OSError as exc:
@@ -119,11 +124,14 @@ class Daemon:
             responder.start()
         build_info(metrics, config)
         try:
-            metrics.serve(config.metrics_listen)
+            if not once:  # --once must not take the running agent's port
+                metrics.serve(config.metrics_listen)
         except OSError as exc:
             print(f"nat-ha agent: metrics.listen: cannot listen on {config.metrics_listen}: {exc}", file=sys.stderr)
             return 2
-        agent = Agent(config, coordinator, rt.ec2, prober, SelfChecker(config.self_check), clock, metrics)
+        agent = Agent(
+            config, coordinator, rt.ec2, prober, SelfChecker(config.self_check), clock, metrics, holder=rt.holder
+        )
         notifier = Notifier()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -144,45 +152,28 @@ class Daemon:
                 responder.stop()
 
     def _loop(self, agent: Any, notifier: Any, once: bool) -> int:
-        interval = self.config.timing.cycle_interval
-        next_at = time.monotonic()
+        from agent.service import ServiceLoop
+
+        if once:
+            # One look, no action: no session, no write. A second process must never disturb
+            # the agent that runs for this instance (it would supersede its session).
+            time.sleep(self.config.probe.interval * self.config.probe.window)  # let the probe window fill
+            decision = agent.run_cycle(act=False)
+            print(decision.summary)
+            return 1 if decision.kind == "store_unavailable" else 0
+        loop = ServiceLoop(agent, self.drain_timeout, time.monotonic)
         ready = False
-        drain_deadline: float | None = None
         while True:
-            if self.stop_requested.is_set() and drain_deadline is None:
-                agent.draining = True
-                drain_deadline = time.monotonic() + self.drain_timeout
+            if self.stop_requested.is_set() and not loop.stop_requested:
+                loop.request_stop()
                 notifier.stopping("draining: handing route tables over")
-            decision = agent.run_cycle()
-            if once:
-                print(decision.summary)
-                return 0
+            step = loop.step()
             if not ready:
-                notifier.ready(decision.summary)
+                notifier.ready(step.decision.summary)
                 ready = True
-            notifier.watchdog(decision.summary)
-            if drain_deadline is not None and agent.coordinator.session is not None and agent.drained():
-                agent.leave()
-                log.info("drained: every route table handed over; exiting")
-                return 0
-            if drain_deadline is not None and time.monotonic() > drain_deadline:
-                log.warning(
-                    "drain timed out after %.0f s; exiting with route tables still held (%s)",
-                    self.drain_timeout,
-                    decision.summary,
-                )
-                agent.leave()
-                return 1
-            next_at += interval
-            wake = next_at
-            deadline = agent.next_deadline()
-            if deadline is not None and deadline + 0.005 < wake:
-                # A peer whose probes fail can be taken over at `deadline`: one extra read
-                # then, rather than up to a whole cycle later (failures only; no cost otherwise).
-                wake = deadline + 0.005
-                next_at = wake
-            delay = wake - time.monotonic()
-            if delay < 0:
-                next_at = time.monotonic()
-                continue
-            self.stop_requested.wait(delay) if drain_deadline is None else time.sleep(delay)
+            notifier.watchdog(step.decision.summary)
+            if step.exit_code is not None:
+                return step.exit_code
+            delay = step.wake_at - time.monotonic()
+            if delay > 0:
+                self.stop_requested.wait(delay) if not loop.stopping else time.sleep(delay)

@@ -44,7 +44,11 @@ def policy_yaml(n):
             for op, blk in st["Condition"].items():
                 out.append(f"      {op}:")
                 for k, v in blk.items():
-                    out.append(f"        {k}: !Sub '{v}'")
+                    if isinstance(v, list):
+                        out.append(f"        {k}:")
+                        out += [f"          - '{x}'" for x in v]
+                    else:
+                        out.append(f"        {k}: !Sub '{v}'")
     return ind("\n".join(out) + "\n", n)
 
 

@@ -44,9 +44,10 @@ class Proc:
         self.done = False
         self.started = False
         self.error: BaseException | None = None
-        self.where = "idle"  # idle | store | ec2: what the process is waiting in
+        self.where = "idle"  # idle | store | ec2 | ...: what the process is waiting in
         self.hung_until = 0.0
-        self.pending_hang = 0.0
+        self.wait_id = 0  # queue entries of earlier waits are stale
+        self.waiting = False
         self.thread = threading.Thread(target=self._main, name=f"sim-{name}", daemon=True)
 
     def _main(self) -> None:
@@ -69,47 +70,49 @@ class Proc:
             raise Killed()
         self.where = where
         target = k.now + max(0.0, dt)
-        if self.pending_hang > 0 and where != "ec2":
-            self.hung_until = max(self.hung_until, k.now + self.pending_hang)
-            self.pending_hang = 0.0
         if self.hung_until <= k.now and k.next_time() > target:
             k.now = target  # nothing else happens before: no switch
             self.where = "running"
             return
-        k._push(target, self)
+        self.wait_id += 1
+        self.waiting = True
+        k._push(target, (self, self.wait_id))
         k._back.release()
         self.go.acquire()
+        self.waiting = False
         if self.killed:
             raise Killed()
         self.where = "running"
+
+    def wake_at(self, t: float) -> None:
+        """End the current wait early, at ``t`` (an answer arrived); called from the kernel."""
+        if self.waiting and not self.done:
+            self.kernel._push(max(t, self.kernel.now), (self, self.wait_id))
 
     def kill(self) -> None:
         self.killed = True
 
     def hang(self, seconds: float) -> None:
-        """Freeze the process (SIGSTOP, a long GC pause); its monotonic clock keeps running.
+        """Freeze the process (SIGSTOP, a long GC pause, a frozen VM) wherever it is, inside calls too.
 
-        A hang does not start between a lease check and the EC2 call it guards
-        (inside an EC2 call): EC2 cannot fence a write, so the protocol's bound
-        there is the call's timeout, not the lease (tests/sim/README.md).
+        Its monotonic clock keeps running. A process waiting in a call wakes no earlier
+        than the end of the freeze; one running at the instant (the caller of this
+        method, at a yield point) stops at its next wait.
         """
-        if self.where == "ec2":
-            self.pending_hang = max(self.pending_hang, seconds)
-        else:
-            self.hung_until = max(self.hung_until, self.kernel.now + seconds)
+        self.hung_until = max(self.hung_until, self.kernel.now + seconds)
 
 
 class Kernel:
     def __init__(self) -> None:
         self.now = 0.0
-        self._q: list[tuple[float, int, Proc | Callable[[], None]]] = []
+        self._q: list[tuple[float, int, tuple[Proc, int] | Proc | Callable[[], None]]] = []
         self._seq = 0
         self._back = threading.Semaphore(0)
         self.current: Proc | None = None
         self.procs: list[Proc] = []
         self.steps = 0
 
-    def _push(self, t: float, obj: Proc | Callable[[], None]) -> None:
+    def _push(self, t: float, obj: tuple[Proc, int] | Proc | Callable[[], None]) -> None:
         self._seq += 1
         heapq.heappush(self._q, (t, self._seq, obj))
 
@@ -144,7 +147,15 @@ class Kernel:
             self.steps += 1
             if self.steps > MAX_STEPS:
                 raise SimError(f"more than {MAX_STEPS} events: a process does not let virtual time pass")
-            if isinstance(obj, Proc):
+            if isinstance(obj, tuple):
+                proc, wid = obj
+                if proc.done or wid != proc.wait_id or not proc.waiting:
+                    continue  # a wait that already ended (woken early, or timed out)
+                if proc.hung_until > self.now and not proc.killed:
+                    self._push(proc.hung_until, obj)
+                    continue
+                self._resume(proc)
+            elif isinstance(obj, Proc):
                 if obj.done:
                     continue
                 if obj.hung_until > self.now and not obj.killed:

@@ -2,6 +2,9 @@
 
 Everything a run depends on is drawn here from ``random.Random(seed)``, so a seed
 names one run exactly; ``describe()`` prints it as the first lines of a trace.
+
+Timing is the production default (``agent.config.Timing()``): the simulator proves
+the configuration users run, not a faster one.
 """
 
 from __future__ import annotations
@@ -18,61 +21,63 @@ from agent.config import Timing
 # own clock has run ``lease + margin`` from a later sighting. Holder and peer
 # intervals cannot overlap while
 #     lease / (1 - SKEW) + STALL  <=  (lease + margin) / (1 + SKEW)
-# With lease 1.0 s: margin 0.15 s tolerates SKEW 5 % and a 20 ms stall
-# (1.0726 <= 1.0952); the default margin 0.1 s tolerates 4.7 % without stalls,
-# 3.8 % with 20 ms stalls. The simulator runs margin 0.15 s with SKEW 5 %, and
-# test_can_fail shows a rate skew beyond the bound is caught.
-SKEW = 0.05
+# With the default lease 1.0 s and margin 0.1 s: SKEW 3.5 % and a 20 ms stall give
+# 1.0563 <= 1.0628. (Real clocks drift by parts per million; test_can_fail shows a
+# skew beyond the bound is caught.)
+SKEW = 0.035
 STALL = 0.02
 
-TIMING = Timing(
-    cycle_interval=0.35,
-    heartbeat_interval=0.7,
-    lease=1.0,
-    margin=0.15,
-    store_timeout=0.15,
-    store_attempts=2,
-    ec2_timeout=0.6,
-    ec2_reconcile_interval=2.0,
-    claim_stagger=0.35,
-    failback_hold_down=3.0,
-    restart_after=4.0,
-    restart_cooldown=8.0,
-    restart_max_attempts=3,
-    restart_timeout=20.0,
-    restart_poll_interval=0.5,
-)
+TIMING = Timing()
 
 # EC2 instance transitions (virtual seconds) and the boot time until the agent runs.
-STOP_DELAY = 1.5
-START_DELAY = 2.0
-BOOT_DELAY = 1.0
-EC2_STALE_MAX = 1.5  # DescribeRouteTables may show the previous target this long after a write (stale fault)
+STOP_DELAY = 5.0
+START_DELAY = 5.0
+BOOT_DELAY = 3.0
+EC2_STALE_MAX = 1.5  # DescribeRouteTables may show the previous target this long after a write (ec2_stale)
+STORE_LATE_MAX = 1.0  # a late DynamoDB write lands up to this long after the client's timeout (store_late)
 
 FAULT_KINDS = (
-    "crash",  # agent process dies; restarted (new Agent, new session) at the end
-    "hang",  # agent process frozen longer than its lease, then resumes
-    "nat_down",  # instance hung: data plane and agent dead, EC2 says running; peers may stop/start it
-    "dataplane_down",  # forwarding broken: probes fail, self check unhealthy, agent runs
+    "crash",  # agent process dies (the NAT forwards); a new process starts when the fault ends
+    "hang",  # agent process frozen (SIGSTOP, GC pause) at any instant, inside calls too; resumes
+    "vm_freeze",  # whole VM frozen: agent, timers, data plane, probes, requests not yet sent; resumes
+    "nat_down",  # instance hung: no data plane, no agent, EC2 says running; peers may stop/start it
+    "dataplane_down",  # forwarding broken and probes fail; the agent runs and its self check sees it
+    "forward_hang",  # forwarding stops, probes still answered, agent frozen (it cannot tell anyone)
+    "lost_egress",  # AWS unreachable from this NAT (store and EC2 calls fail), no forwarding, probes fine
     "partition",  # probes between two members fail both ways
     "partition_oneway",  # one member's probes of another fail
     "store_down",  # DynamoDB unavailable for every agent
-    "store_isolated",  # DynamoDB unreachable from one agent only
-    "store_slow",  # calls take up to the retry budget (store_attempts x store_timeout)
+    "store_isolated",  # DynamoDB unreachable from one agent only (forwarding fine)
+    "store_slow",  # calls take up to and past the client's timeout
     "store_throttled",  # a fraction of calls throttled
     "store_ambiguous",  # writes applied but reported as timeouts / as retried-and-failed
-    "ec2_errors",  # 5xx on a fraction of EC2 calls
-    "ec2_throttled",  # RequestLimitExceeded on a fraction of EC2 calls
-    "ec2_stale",  # DescribeRouteTables returns the previous target for a while after a write
-    "ec2_slow",  # EC2 calls take up to ec2_timeout
+    "store_late",  # writes applied after the client's timeout and after its re-read
+    "ec2_errors",  # 5xx on a fraction of EC2 calls (writes applied half of the time)
+    "ec2_busy",  # another tenant drains the account's EC2 token buckets: RequestLimitExceeded
+    "ec2_stale",  # DescribeRouteTables shows the previous target, or no route, for a while
+    "ec2_slow",  # EC2 answers late: replies after the client's deadline, the write applied anyway
+    "ec2_late",  # EC2 applies writes up to the horizon after the client's deadline
+    "ec2_denied",  # one member's EC2 writes are refused (UnauthorizedOperation)
     "clock_stall",  # an agent's monotonic clock stands still (<= STALL s) while it runs
+    "config_skew",  # one agent restarts with a config that lacks another member
+    "member_removed",  # a member leaves every config undrained (its agent stops, its NAT runs)
+    "second_process",  # a second agent process for the same instance runs for a while
+    "agent_once",  # `nat-ha agent --once` runs on a live NAT
+    "drain",  # an operator drains a member (nat-ha drain), then undoes it
+    "sigterm",  # systemctl stop: the agent drains, leaves and exits; started again at the end
+    "pin",  # an operator pins a route table to another member (nat-ha switchover), then clears it
 )
 
-# Faults of the shared services: they hit every agent (store_isolated hits its target only).
+# Where a freeze may be armed (see Fault.point).
+FREEZE_POINTS = ("", "", "ec2_prep", "ec2_gap", "ec2_call", "store_call")
+
+# Faults of the shared services: they hit every agent (the drawn target is not used).
 GLOBAL_KINDS = frozenset(
-    {"store_down", "store_slow", "store_throttled", "store_ambiguous"}
-    | {"ec2_errors", "ec2_throttled", "ec2_stale", "ec2_slow"}
+    {"store_down", "store_slow", "store_throttled", "store_ambiguous", "store_late"}
+    | {"ec2_errors", "ec2_busy", "ec2_stale", "ec2_slow", "ec2_late"}
 )
+# Operator actions: planned, not failures (a table may move for them).
+OPERATOR_KINDS = frozenset({"drain", "sigterm", "pin", "member_removed", "config_skew"})
 
 
 @dataclass(frozen=True)
@@ -81,19 +86,26 @@ class Fault:
     start: float
     duration: float
     target: str = ""  # instance
-    other: str = ""  # second instance (partitions)
-    rate: float = 0.0  # fraction of calls affected
+    other: str = ""  # second instance (partitions, config skew, pins: the pinned member)
+    rate: float = 0.0  # fraction of calls affected, or another tenant's requests per second (ec2_busy)
+    table: str = ""  # route table (pins)
+    # hang / vm_freeze: "" = at the start time, wherever the process is; else at the first time
+    # after the start that the process reaches this instant of a call: ec2_prep (before the lease
+    # check), ec2_gap (between the check and the send), ec2_call (request sent, reply awaited),
+    # store_call (DynamoDB request applied, reply awaited).
+    point: str = ""
 
     @property
     def end(self) -> float:
         return self.start + self.duration
 
     def describe(self) -> str:
-        who = self.target + (f"->{self.other}" if self.other else "")
+        who = self.target + (f"->{self.other}" if self.other else "") + (f" {self.table}" if self.table else "")
         if self.kind in GLOBAL_KINDS:
-            who = "(everyone)"  # the drawn target is not used
+            who = "(everyone)"
         rate = f" rate={self.rate:.2f}" if self.rate else ""
-        return f"{self.kind:<17} {who:<12} t={self.start:7.3f}..{self.end:7.3f}{rate}"
+        point = f" at {self.point}" if self.point else ""
+        return f"{self.kind:<17} {who:<18} t={self.start:7.3f}..{self.end:7.3f}{rate}{point}"
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,7 @@ class Scenario:
     faults: tuple[Fault, ...]
     timing: Timing = TIMING
     jitter: float = 0.1  # cycle interval jitter (fraction)
+    holder_tag: bool = True  # agents tag tables and EC2 enforces the IAM holder-tag policy
     extra: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -115,34 +128,49 @@ class Scenario:
         """Seconds after the last fault ends by which every route table must be served by its home.
 
         A peer stopped just before the heal may wait ``restart_after`` for a new
-        restart holder, then stop + start + boot; the home then needs a session
-        and its peers must see it live (lease + margin, twice for a lapsed
-        session), healthy for the hold-down; the holder then hands over (EC2
-        verify up to an EC2 staleness, reconcile interval) - plus a few cycles of
-        slack for jitter and claim staggering.
+        restart holder, then stop + start + boot; the home then needs a session (after
+        its old one was silent lease + margin) and its peers must see it live and healthy
+        for the hold-down; the holder then hands over - plus EC2 staleness, a reconcile
+        and a few cycles of slack for jitter and claim staggering.
         """
         t = self.timing
         return (
             t.restart_after
+            + 2 * t.restart_poll_interval
             + STOP_DELAY
             + START_DELAY
             + BOOT_DELAY
-            + 2 * (t.lease + t.margin)
+            + 3 * (t.lease + t.margin)
             + t.failback_hold_down
             + t.ec2_reconcile_interval
             + EC2_STALE_MAX
-            + 8 * t.cycle_interval
+            + t.ec2_apply_horizon
+            + 10 * t.cycle_interval
         )
 
     def describe(self) -> list[str]:
         lines = [
-            f"seed {self.seed}: members {', '.join(self.members)}",
+            f"seed {self.seed}: members {', '.join(self.members)}; holder tags {'on' if self.holder_tag else 'off'}",
             "  route tables: " + "; ".join(f"{m}: {', '.join(r)}" for m, r in self.route_tables.items()),
             "  clock rates: " + ", ".join(f"{m}={r:.4f}" for m, r in self.rates.items()),
             f"  faults ({len(self.faults)}):" + ("" if self.faults else " none"),
         ]
         lines += [f"    {f.describe()}" for f in self.faults]
         return lines
+
+
+def _duration(rng: random.Random, kind: str) -> float:
+    if kind in ("hang", "vm_freeze"):
+        return rng.uniform(0.05, 6.0)
+    if kind == "clock_stall":
+        return rng.uniform(0.001, STALL)
+    if kind == "nat_down":
+        return rng.uniform(0.3, 60.0)  # long ones reach restart_after: peers stop and start it
+    if kind == "agent_once":
+        return 1.2
+    if kind.startswith("store") and kind != "store_isolated":
+        return rng.uniform(0.2, 4.0)
+    return rng.uniform(0.3, 8.0)
 
 
 def draw(seed: int) -> Scenario:
@@ -161,20 +189,19 @@ def draw(seed: int) -> Scenario:
     faults = []
     for _ in range(nfaults):
         kind = rng.choice(FAULT_KINDS)
-        start = rng.uniform(2.0, 14.0)
+        start = rng.uniform(2.0, 20.0)
         target = rng.choice(members)
         other = rng.choice([m for m in members if m != target])
-        if kind == "hang":
-            duration = rng.uniform(TIMING.lease + TIMING.margin, 6.0)
-        elif kind == "clock_stall":
-            duration = rng.uniform(0.001, STALL)
-        elif kind.startswith("store") and kind != "store_isolated":
-            duration = rng.uniform(0.2, 4.0)
-        else:
-            duration = rng.uniform(0.3, 8.0)
-        rated = kind in ("store_throttled", "store_ambiguous", "ec2_errors", "ec2_throttled")
-        rate = rng.uniform(0.1, 0.9) if rated else 0.0
-        pair = other if kind.startswith("partition") else ""
-        faults.append(Fault(kind, round(start, 3), round(duration, 3), target, pair, rate))
+        rate = 0.0
+        if kind in ("store_throttled", "store_ambiguous", "store_late", "ec2_errors"):
+            rate = rng.uniform(0.1, 0.9)
+        elif kind == "ec2_busy":
+            rate = rng.uniform(3.0, 30.0)  # another tenant's requests per second
+        pair = other if kind in ("partition", "partition_oneway", "config_skew", "pin") else ""
+        table = rng.choice([rt for rts in tables.values() for rt in rts]) if kind == "pin" else ""
+        point = rng.choice(FREEZE_POINTS) if kind in ("hang", "vm_freeze") else ""
+        duration = round(_duration(rng, kind), 3)
+        faults.append(Fault(kind, round(start, 3), duration, target, pair, rate, table, point))
     faults.sort(key=lambda f: (f.start, f.kind, f.target))
-    return Scenario(seed, members, tables, rates, tuple(faults))
+    holder_tag = rng.random() < 0.5
+    return Scenario(seed, members, tables, rates, tuple(faults), holder_tag=holder_tag)

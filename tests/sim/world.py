@@ -1,12 +1,14 @@
-"""The simulated world: a NAT group of real agents against an in-memory store and EC2.
+"""The simulated world: a NAT group of real agents against an in-memory DynamoDB and a modelled EC2.
 
-Everything here is a test double *around* the real code: ``agent.cycle.Agent``
-(observe -> ``agent.decide.decide`` -> act) and ``coordinator.leases.Coordinator``
-run unchanged, each agent on its own (skewed) clock, against one shared
-:class:`~coordinator.memory.MemoryStore` whose hooks inject faults and spend
-virtual time inside calls, and a fake EC2 with instance transition delays and
-eventually consistent route reads. The invariants are checked at the moment of
-every side effect (route write, stop, store write) and at the end of the run.
+Everything here is a test double *around* the real code. Each simulated process runs
+the real service loop (``agent.service.ServiceLoop``: the daemon's schedule, its
+drain-leave-exit shutdown), the real ``agent.cycle.Agent`` (observe ->
+``agent.decide.decide`` -> act), the real ``coordinator.leases.Coordinator`` and the
+real EC2 adapter ``agent.aws.ec2.Ec2`` with its fence, on its own (skewed) clock,
+against one shared :class:`~coordinator.memory.MemoryStore` whose hooks inject
+faults, spend virtual time inside calls and land writes late, and one EC2 account
+(tests/sim/aws.py) reached through a boto3-level client. The invariants are checked
+at the moment of every side effect and sampled every 50 ms (tests/sim/checks.py).
 """
 
 from __future__ import annotations
@@ -16,36 +18,50 @@ import random
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from agent.aws.ec2 import Ec2Error
+from botocore.exceptions import ClientError
+
+from agent.aws.ec2 import Ec2
 from agent.config import Config, Member, ProbeConfig
 from agent.cycle import Agent
-from agent.decide import Ec2Route, PeerProbe
+from agent.decide import PeerProbe
+from agent.service import ServiceLoop
 from coordinator.clock import FakeClock
-from coordinator.items import MEMBER_ALIVE, Attrs, Health
+from coordinator.items import DRAIN_PREFIX, MEMBER_ALIVE, PIN_PREFIX, Attrs, Health
 from coordinator.leases import Coordinator
 from coordinator.memory import MemoryStore
+from tests.sim.aws import Call, SimCloud, SimEc2Client, arn
+from tests.sim.checks import Checker
 from tests.sim.kernel import Kernel, Proc
-from tests.sim.scenario import BOOT_DELAY, EC2_STALE_MAX, START_DELAY, STOP_DELAY, Fault, Scenario, draw
+from tests.sim.scenario import (
+    BOOT_DELAY,
+    GLOBAL_KINDS,
+    OPERATOR_KINDS,
+    START_DELAY,
+    STOP_DELAY,
+    STORE_LATE_MAX,
+    Fault,
+    Scenario,
+    draw,
+)
 
 GROUP = "sim"
 PROBE_DOWN_AFTER = 0.6  # 3 lost probes of 0.2 s
 PROBE_UP_AFTER = 0.2
-STORE_LATENCY = (0.002, 0.012)
-STORE_SLOW = (0.02, 0.15)  # per half call: <= store_attempts x store_timeout in all
-EC2_LATENCY = (0.01, 0.08)
-EC2_SLOW = (0.1, 0.6)  # whole call, <= ec2_timeout
-EC2_STALE_BASE = 0.05
+STORE_LATENCY = (0.001, 0.006)  # per half call
+STORE_SLOW = (0.02, 0.2)  # per half call: past the client's 0.15 s deadline at times
+SAMPLE = 0.05
+DRAIN_TIMEOUT = 15.0
 MAX_CYCLES = 1_000_000
-_NUMBERS = re.compile(r"\d+\.\d s")  # ages in decision lines: a new trace line only when the rest changes
+_NUMBERS = re.compile(r"\d+\.\d+ s")  # ages in decision lines: a new trace line only when the rest changes
 
 
 class AgentClock:
     """One host's monotonic clock: a FakeClock driven from global virtual time at a skewed rate.
 
     ``stalls`` are intervals of global time during which the clock stands still (and
-    does not catch up afterwards).
+    does not catch up afterwards). A frozen VM's clock keeps running (kvmclock).
     """
 
     def __init__(self, kernel: Kernel, rate: float, start: float) -> None:
@@ -75,12 +91,16 @@ class AgentClock:
 
 @dataclass
 class Running:
-    """One agent process (an incarnation): a new one after every crash or reboot."""
+    """One agent process (an incarnation)."""
 
     iid: str
+    name: str
     agent: Agent
     proc: Proc
-    incarnation: int
+    loop: ServiceLoop
+    main: bool = True  # the instance's service (not a second process or --once)
+    exited: bool = False
+    started: float = 0.0
 
 
 @dataclass
@@ -95,8 +115,14 @@ class Result:
     steps: int
     end: float
     error: str = ""
-    recovered_after: float = -1.0  # seconds from the heal time until the group was back to normal
+    recovered_after: float = -1.0
     stop_races: int = 0
+    strays: int = 0
+    stray_corrections: list[float] = field(default_factory=list)  # seconds after each stray's bound
+    outages: list[float] = field(default_factory=list)
+    late_sends: int = 0
+    iam_refusals: int = 0
+    freezes_triggered: int = 0
 
     @property
     def ok(self) -> bool:
@@ -117,55 +143,63 @@ class World:
     def __init__(self, sc: Scenario) -> None:
         self.sc = sc
         self.t = sc.timing
+        self.group = GROUP
         self.rng = random.Random(sc.seed * 1_000_003 + 17)
         self.k = Kernel()
-        self.store = MemoryStore(self._store_fault, delay_hook=self._store_delay, apply_hook=self._store_applied)
+        self.store = MemoryStore(
+            self._store_fault,
+            delay_hook=self._store_delay,
+            apply_hook=self._store_applied,
+            send_hook=self._store_sent,
+            defer_hook=self._store_defer,
+        )
         self.trace: list[str] = []
-        self.violations: list[str] = []
         problems = self.t.problems(ProbeConfig(interval=0.2, timeout=0.15))
         if problems:
             raise ValueError(f"the simulated timing is not a valid configuration: {problems}")
         self.homes = {rt: m for m, rts in sc.route_tables.items() for rt in rts}
         self.members = tuple(Member(m, f"10.0.{i}.10", sc.route_tables[m]) for i, m in enumerate(sc.members))
-        # instances
-        self.state: dict[str, str] = {m: "running" for m in sc.members}
-        self.hung: set[str] = set()
-        self.broken: set[str] = set()
+        self.state: dict[str, str] = dict.fromkeys(sc.members, "running")
+        self.hung: set[str] = set()  # nat_down
+        self.broken: set[str] = set()  # dataplane_down
+        self.forward_hung: set[str] = set()
+        self.vm_frozen: Counter[str] = Counter()
         self.crashed: set[str] = set()
-        self.running: dict[str, Running] = {}
+        self.stopped_by_operator: Counter[str] = Counter()  # sigterm'd, member_removed: no agent until it ends
+        self.skewed: dict[str, tuple[str, ...]] = {}  # instance -> members its config lacks
+        self.running: dict[str, Running] = {}  # the instance's service process
+        self.extra: list[Running] = []  # second processes, --once
         self.incarnations: Counter[str] = Counter()
         self.clocks = {m: AgentClock(self.k, sc.rates[m], 1000.0 + 100 * i) for i, m in enumerate(sc.members)}
         self.active: list[Fault] = []
-        # EC2 route tables: history of (applied at, target)
-        self.route_hist: dict[str, list[tuple[float, str]]] = {rt: [(-1e9, home)] for rt, home in self.homes.items()}
-        # invariant bookkeeping
-        # (global, holder-local) time each agent sent its last own member write, and per session
-        # the one of its last applied renewal: the session's interval in true time runs from
-        # there until the holder's own clock reaches local + lease.
+        self.ended: list[Fault] = []
+        self.armed: dict[str, list[Fault]] = {}
+        self.fault_started: dict[str, float] = {}  # instance -> when the last fault that hit it began
+        self.applied: set[int] = set()  # id() of operator faults whose effect was applied
+        self.freezes_triggered = 0
+        self.cloud = SimCloud(self)
+        for rt, home in self.homes.items():
+            self.cloud.routes[rt] = [(-1e9, home)]
+        self.checker = Checker(self)
+        self.checker.newest_target.update(self.homes)
+        self.reach: dict[tuple[str, str], tuple[bool, float]] = {}
+        # (global, holder-local) time each write of an own member item was sent, by token; per
+        # session the one of its last applied renewal: the session's interval in true time runs
+        # from there until the holder's own clock reaches local + lease.
         self.pending_send: dict[str, tuple[float, float]] = {}
+        self.token_writer: dict[str, str] = {}  # write token -> the instance that sent it
         self.sent_at: dict[tuple[str, str], tuple[float, float]] = {}
         self.self_write_at: dict[str, float] = {}
-        self.term_owner: dict[tuple[str, int], tuple[str, str]] = {}
-        self.term_writers: dict[tuple[str, int], set[str]] = {}
-        self.route_changes: Counter[str] = Counter()
-        self.stops = 0
-        self.starts = 0
-        self.reach: dict[tuple[str, str], tuple[bool, float]] = {}
         self.read_at: dict[str, float] = {}
+        self.term_owner: dict[tuple[str, int], tuple[str, str]] = {}
         self.holder: dict[str, tuple[str, str]] = {}
-        self.stop_races = 0
-        self.last_summary: dict[str, str] = {}
-        self.sessions: dict[str, str] = {}
         self.session_names: dict[str, str] = {}
         self.tokens = 0
+        self.operator = Coordinator(self.store, GROUP, "operator", FakeClock(), self.t.lease, token_factory=self.token)
 
     # ------------------------------------------------------------ helpers
     def log(self, line: str) -> None:
         self.trace.append(f"{self.k.now:8.3f} {line}")
-
-    def violation(self, what: str) -> None:
-        self.violations.append(f"t={self.k.now:.3f}: {what}")
-        self.log(f"!!! VIOLATION {what}")
 
     def sname(self, session: str) -> str:
         if not session:
@@ -186,10 +220,115 @@ class World:
         self.tokens += 1
         return f"tok{self.tokens}"
 
+    def unreachable_aws(self, iid: str) -> bool:
+        return self.faulty("lost_egress", iid) is not None
+
+    def forwards(self, iid: str) -> bool:
+        """The NAT carries its subnets' traffic to the internet."""
+        return (
+            self.state.get(iid) == "running"
+            and iid not in self.hung
+            and iid not in self.broken
+            and iid not in self.forward_hung
+            and not self.vm_frozen[iid]
+            and not self.unreachable_aws(iid)
+        )
+
+    def healthy_member(self, iid: str, *, observing: bool = False) -> bool:
+        """Could serve route tables now: forwards, its agent runs with a session and reaches AWS, not leaving.
+
+        ``observing``: and its agent has run long enough to judge a silent peer (a process
+        that has just started has seen nobody's heartbeat change yet).
+        """
+        run = self.running.get(iid)
+        if run is None or run.exited or not self.forwards(iid) or run.proc.hung_until > self.k.now:
+            return False
+        if observing and self.k.now - run.started < self.t.silent_owner_after:
+            return False
+        if self.faulty("store_isolated", iid) or self.faulty("ec2_denied", iid) or run.loop.stopping:
+            return False
+        agent = run.agent
+        if agent.coordinator.session is None or agent.coordinator.remaining() <= 0 or agent.draining:
+            return False
+        item = self.store.raw_get(GROUP, DRAIN_PREFIX + iid)
+        return not (item and item.get("owner") == "on")
+
+    def aws_works(self) -> bool:
+        """No impairment of AWS itself (for everyone): DynamoDB down, slow or throttling; EC2 failing,
+        throttling, slow or applying writes late. (b)'s clock stops meanwhile: no AWS-based failover
+        can be faster than AWS; the outage is still measured."""
+        impaired = (
+            "store_down", "store_slow", "store_throttled", "store_ambiguous", "store_late",
+            "ec2_errors", "ec2_busy", "ec2_slow", "ec2_late",
+        )  # fmt: skip
+        if any(self.faulty(kind) for kind in impaired):
+            return False
+        # Late writes go on landing after a lateness fault ends (a late heartbeat resets every
+        # observer's silence clock; a late route write lands up to the horizon later).
+        tails = {"store_late": self.t.store_timeout + STORE_LATE_MAX, "ec2_late": self.t.ec2_apply_horizon + 1.0}
+        return not any(f.kind in tails and self.k.now - f.end < tails[f.kind] for f in self.ended)
+
+    def process_run(self, name: str) -> Running | None:
+        for run in [*self.running.values(), *self.extra]:
+            if run.name == name:
+                return run
+        return None
+
+    def is_main_process(self, name: str) -> bool:
+        """May this process write at all? (``--once`` never writes.)"""
+        run = self.process_run(name)
+        return run is not None and not name.endswith("once")
+
+    def operator_touched(self, iid: str, table: str, window: float) -> bool:
+        for f in [*self.active, *self.ended]:
+            if f.kind not in OPERATOR_KINDS or self.k.now - f.end > window:
+                continue
+            if f.kind == "member_removed" or f.target == iid or f.other == iid or f.table == table:
+                return True
+        return False
+
+    # ------------------------------------------------------------- freezes
+    def freeze_point(self, iid: str, point: str, p: Proc) -> None:
+        """A freeze armed for this instant of a call (between the lease check and the send, ...) happens now."""
+        armed = self.armed.get(iid)
+        if not armed:
+            return
+        for f in armed:
+            if f.point == point and self.k.now >= f.start:
+                armed.remove(f)
+                self.freezes_triggered += 1
+                self.fault_started[iid] = self.k.now
+                self.log(f"FREEZE {f.kind} of {iid} at {point} for {f.duration:.3f} s")
+                self._freeze(f, iid, f.duration, only=p)
+                p.wait(0.0, "frozen")
+                return
+
+    def _freeze(self, f: Fault, iid: str, seconds: float, only: Proc | None = None) -> None:
+        procs = [r.proc for r in [*self.running.values(), *self.extra] if r.iid == iid]
+        if f.kind == "vm_freeze":
+            self.vm_frozen[iid] += 1
+            self.refresh_reach()
+            self.k.at(self.k.now + seconds, lambda: self._thaw(iid))
+        elif only is not None:
+            procs = [only]
+        else:
+            run = self.running.get(iid)
+            procs = [run.proc] if run is not None else []
+        for proc in procs:
+            proc.hang(seconds)
+
+    def _thaw(self, iid: str) -> None:
+        self.vm_frozen[iid] -= 1
+        self.refresh_reach()
+        if not self.vm_frozen[iid]:
+            self.start_agent(iid, "VM resumed")
+
     # -------------------------------------------------------------- store
     def _store_fault(self, op: str, group: str, item: str) -> str | None:
         me = self.caller()
-        if self.faulty("store_down") or self.faulty("store_isolated", me):
+        if not me:
+            return None  # the operator's commands (kernel events)
+        if self.faulty("store_down") or self.faulty("store_isolated", me) or self.unreachable_aws(me):
             return "unavailable"
         f = self.faulty("store_throttled")
         if f is not None and self.rng.random() < f.rate:
@@ -197,140 +336,121 @@ class World:
         f = self.faulty("store_ambiguous")
         if op == "put" and f is not None and self.rng.random() < f.rate:
             return self.rng.choice(("lost_reply", "retried"))
+        f = self.faulty("store_late")
+        if op == "put" and f is not None and self.rng.random() < f.rate:
+            return "late"
         return None
 
     def _store_delay(self, op: str, group: str, item: str, phase: str) -> None:
         p = self.k.current
         if p is None:
             return
-        me = p.name.split("#")[0]
-        if phase == "request" and op == "put" and item == "member#" + me:
-            self.pending_send[me] = (self.k.now, self.clocks[me].monotonic())  # the holder's t0
         lo, hi = STORE_SLOW if self.faulty("store_slow") else STORE_LATENCY
+        if phase == "request":
+            p.started = self.k.now  # type: ignore[attr-defined]
+            p.wait(self.rng.uniform(lo, hi), "store")
+            if op in ("query", "get"):
+                self.read_at[p.name] = self.k.now  # the store reads the items now (the read's linearization point)
+            return
+        iid = p.name.split("#")[0]
+        self.freeze_point(iid, "store_call", p)
         p.wait(self.rng.uniform(lo, hi), "store")
-        if phase == "request" and op in ("query", "get"):
-            self.read_at[me] = self.k.now  # the store reads the items now (the read's linearization point)
+        deadline = p.started + self.t.store_timeout * self.t.store_attempts  # type: ignore[attr-defined]
+        if self.k.now > deadline + 1e-9 and self.rng.random() < 0.5:
+            # The client's deadline passed first (or, after a freeze, the timer won the race).
+            from coordinator.store import OutcomeUnknown, Unavailable
+
+            if op == "put":
+                raise OutcomeUnknown("simulated: no answer before the deadline")
+            raise Unavailable("simulated: no answer before the deadline")
+
+    def _store_sent(self, group: str, attrs: Attrs) -> None:
+        me = self.caller()
+        key = str(attrs["item"])
+        self.token_writer[str(attrs.get("token"))] = me
+        if me and key == "member#" + me and attrs.get("state") == MEMBER_ALIVE and not attrs.get("expired_by"):
+            self.pending_send[str(attrs["token"])] = (self.k.now, self.clocks[me].monotonic())
+
+    def _store_defer(self, apply: Callable[[], object]) -> None:
+        self.k.at(self.k.now + self.t.store_timeout + self.rng.uniform(0.0, STORE_LATE_MAX), lambda: apply() and None)
 
     def _store_applied(self, group: str, attrs: Attrs) -> None:
         key = str(attrs["item"])
-        me = self.caller()
+        me = self.caller() or self.token_writer.get(str(attrs.get("token")), "")  # a late write: its sender
         if key.startswith("member#"):
             who = key[len("member#") :]
-            if who == me and attrs.get("expired_by", "") == "":
+            if not attrs.get("expired_by"):
                 self.self_write_at[who] = self.k.now
-                if attrs.get("state") == MEMBER_ALIVE:
-                    now = (self.k.now, self.clocks[who].monotonic())
-                    self.sent_at[(who, str(attrs["session"]))] = self.pending_send.get(who, now)
-            elif attrs.get("expired_by"):
-                self.log(f"{me}: expired {who} (session {self.sname(str(attrs['session']))})")
+                sent = self.pending_send.get(str(attrs.get("token")))
+                if attrs.get("state") == MEMBER_ALIVE and sent is not None:
+                    k = (who, str(attrs["session"]))
+                    self.sent_at[k] = max(self.sent_at.get(k, sent), sent)
+            else:
+                self.log(f"{me or 'late write'}: expired {who} (session {self.sname(str(attrs['session']))})")
         elif key.startswith("route#"):
             rt = key[len("route#") :]
             term = int(attrs["term"])
             holder = (str(attrs.get("owner", "")), str(attrs.get("owner_session", "")))
             seen = self.term_owner.setdefault((rt, term), holder)
             if seen != holder:
-                self.violation(f"{rt} term {term} held by {seen} and by {holder}")
+                self.checker.violation(f"{rt} term {term} held by {seen} and by {holder}")
             before = self.holder.get(rt, ("", ""))
             self.holder[rt] = holder
-            owner_run = self.running.get(before[0])
-            owner_session = owner_run.agent.coordinator.session if owner_run is not None else None
-            if before[0] and before != holder and me != before[0] and owner_session is not None \
-                    and owner_session.session == before[1]:  # fmt: skip
-                # Taken (not handed over) from a session a live (possibly hung) process still
-                # holds: it must have run out, or two agents may act on the table at once. A
-                # session whose process died or dropped it cannot act any more.
+            # Taken (not handed over) from a session: it must have run out, or two agents may
+            # act on the table at once. A session nobody runs any more cannot act.
+            taken = before[0] and before != holder and me != before[0]
+            if taken and self._session_runs(before[0], before[1]):
                 left = self.session_left(before[0], before[1])
                 if left > 0:
-                    self.violation(
+                    self.checker.violation(
                         f"{me} took {rt} (term {term}) from {before[0]} whose session {self.sname(before[1])} "
                         f"is still valid ({left:.3f} s more on its holder's clock)"
                     )
-            self.log(f"{me}: {rt} term {term} -> {holder[0] or 'nobody'} ({self.sname(holder[1])})")
+            self.log(f"{me or 'late write'}: {rt} term {term} -> {holder[0] or 'nobody'} ({self.sname(holder[1])})")
+
+    def _session_runs(self, iid: str, session: str) -> bool:
+        for run in [*self.running.values(), *self.extra]:
+            s = run.agent.coordinator.session
+            if run.iid == iid and not run.exited and not run.proc.killed and s is not None and s.session == session:
+                return True
+        return False
 
     def session_left(self, who: str, session: str) -> float:
-        """Seconds (on the holder's clock) its session has left: its last applied renewal's t0 + lease - now.
-
-        This is the session's validity mapped to true time: from the global instant the
-        renewal was sent until the holder's clock (skewed, stalled) reaches t0 + lease.
-        """
+        """Seconds (on the holder's clock) its session has left: its last applied renewal's t0 + lease - now."""
         sent = self.sent_at.get((who, session))
         if sent is None:
             return -1.0
         return sent[1] + self.t.lease - self.clocks[who].monotonic()
 
     # ---------------------------------------------------------------- EC2
-    def route_view(self, rt: str, stale: bool) -> Ec2Route:
-        hist = self.route_hist[rt]
-        lag = self.rng.uniform(0, EC2_STALE_MAX if self.faulty("ec2_stale") else EC2_STALE_BASE) if stale else 0.0
-        target = hist[0][1]
-        for t, tgt in hist:
-            if t <= self.k.now - lag:
-                target = tgt
-        if not target:
-            return Ec2Route("", "missing")
-        return Ec2Route(target, "active" if self.state.get(target) == "running" else "blackhole")
-
-    def write_route(self, caller: str, rt: str, target: str) -> None:
-        r = self.store.raw_get(GROUP, "route#" + rt)
-        run = self.running.get(caller)
-        session = self.sessions.get(caller, "")
-        if run is not None and run.agent.coordinator.session is not None:
-            session = run.agent.coordinator.session.session
-        owner = (str(r.get("owner", "")), str(r.get("owner_session", ""))) if r else ("", "")
-        term = int(r["term"]) if r else 0
-        if owner != (caller, session):
-            self.violation(
-                f"{caller} ({self.sname(session)}) wrote {rt} -> {target} but the holder is "
-                f"{owner[0] or 'nobody'} ({self.sname(owner[1])}), term {term}"
-            )
-        sent = self.sent_at.get((caller, session))
-        if sent is None or self.session_left(caller, session) <= 0:
-            self.violation(
-                f"{caller} wrote {rt} -> {target} after its session {self.sname(session)} ran out "
-                f"(last renewal sent at {round(sent[0], 3) if sent else 'never'}, lease {self.t.lease} s)"
-            )
-        writers = self.term_writers.setdefault((rt, term), set())
-        writers.add(caller)
-        if len(writers) > 1:
-            self.violation(f"{rt} written by {sorted(writers)} in the same term {term}")
-        before = self.route_hist[rt][-1][1]
-        self.route_hist[rt].append((self.k.now, target))
+    def write_route(self, call: Call, table: str, target: str) -> None:
+        before = self.cloud.target(table)
+        self.cloud.routes[table].append((self.k.now, target))
+        self.checker.route_applied(call, table, target, before)
         if before != target:
-            self.route_changes[rt] += 1
-            self.log(f"{caller}: EC2 {rt}: {before} -> {target} (term {term})")
+            self.log(f"{call.process}: EC2 {table}: {before} -> {target} (term {call.info.get('term', '?')})")
 
-    def stop_instance(self, caller: str, target: str) -> None:
-        last = self.self_write_at.get(target, -1e9)
-        read = self.read_at.get(caller, -1e9)
-        if last <= read and read - last < self.t.lease:
-            self.violation(
-                f"{caller} stopped {target}, which heartbeated {self.k.now - last:.3f} s ago "
-                f"(before {caller}'s last read of the group, {self.k.now - read:.3f} s ago)"
-            )
-        elif self.k.now - last < self.t.lease:
-            # The target wrote after the stopper's last read: StopInstances has no condition, so this
-            # window (one store reply plus one EC2 call) cannot be closed; counted, not a violation.
-            self.stop_races += 1
-            self.log(f"(race) {target} wrote {self.k.now - last:.3f} s before this stop, after {caller}'s last read")
+    def stop_instance(self, call: Call, target: str) -> None:
         if self.state[target] in ("stopping", "stopped"):
             return
         if self.state[target] == "pending":
-            raise Ec2Error("stop_instances", "IncorrectInstanceState", f"{target} is pending")
-        self.stops += 1
-        self.log(f"{caller}: EC2 stop {target}")
+            raise ClientError({"Error": {"Code": "IncorrectInstanceState", "Message": target}}, "StopInstances")
+        self.checker.stopped(call, target)
+        self.log(f"{call.process}: EC2 stop {target}")
         self.state[target] = "stopping"
         self.hung.discard(target)
-        self.kill_agent(target, "instance stopping")
+        for run in [r for r in [*self.running.values(), *self.extra] if r.iid == target]:
+            self.kill_process(run, "instance stopping")
         self.refresh_reach()
         self.k.at(self.k.now + STOP_DELAY, lambda: self._set_state(target, "stopped"))
 
-    def start_instance(self, caller: str, target: str) -> None:
+    def start_instance(self, call: Call, target: str) -> None:
         if self.state[target] in ("running", "pending"):
             return
         if self.state[target] == "stopping":
-            raise Ec2Error("start_instances", "IncorrectInstanceState", f"{target} is stopping")
-        self.starts += 1
-        self.log(f"{caller}: EC2 start {target}")
+            raise ClientError({"Error": {"Code": "IncorrectInstanceState", "Message": target}}, "StartInstances")
+        self.checker.starts += 1
+        self.log(f"{call.process}: EC2 start {target}")
         self.state[target] = "pending"
         self.k.at(self.k.now + START_DELAY, lambda: self._set_state(target, "running"))
         self.k.at(self.k.now + START_DELAY + BOOT_DELAY, lambda: self.start_agent(target, "booted"))
@@ -341,61 +461,105 @@ class World:
         self.log(f"EC2 {target} is {state}")
 
     # ------------------------------------------------------------- agents
-    def start_agent(self, iid: str, why: str) -> None:
-        if iid in self.running or self.state[iid] != "running" or iid in self.hung or iid in self.crashed:
-            return
+    def config_of(self, iid: str) -> Config:
+        lacks = set(self.skewed.get(iid, ()))
+        members = [m for m in self.members if m.instance_id not in lacks]
+        for gone in lacks:  # a removed member's tables get a new home: the next member that remains
+            ids = [m.instance_id for m in self.members]
+            i = ids.index(gone)
+            heir = next(x for x in ids[i + 1 :] + ids[:i] if x not in lacks)
+            extra = self.sc.route_tables[gone]
+            members = [replace(m, route_tables=m.route_tables + extra) if m.instance_id == heir else m for m in members]
+        return Config(group=GROUP, instance_id=iid, members=tuple(members), timing=self.t)
+
+    def _spawn(self, iid: str, why: str, *, main: bool = True, once: bool = False) -> Running:
         self.incarnations[iid] += 1
         n = self.incarnations[iid]
+        name = f"{iid}#{n}" + ("once" if once else "" if main else "b")
         clock = self.clocks[iid]
-        config = Config(group=GROUP, instance_id=iid, members=self.members, timing=self.t)
+        config = self.config_of(iid)
         coordinator = Coordinator(self.store, GROUP, iid, clock, self.t.lease, token_factory=self.token)
+        client = SimEc2Client(self, iid, name)
+        ec2 = Ec2("sim", client=client, members={m.instance_id: m for m in config.members})
         agent = Agent(
             config,
             coordinator,
-            SimEc2(self, iid),
+            ec2,
             SimProbes(self, iid),
             SimHealth(self, iid),
             clock,
-            on_event=lambda kind, data: self._event(iid, kind, data),
+            holder=arn(iid) if self.sc.holder_tag else "",
+            on_event=lambda kind, data: self._event(name, kind, data),
         )
+        loop = ServiceLoop(agent, DRAIN_TIMEOUT, clock.monotonic)
+        run: Running
 
         def body(p: Proc) -> None:
-            next_local = clock.monotonic()
+            if once:
+                p.wait(1.0, "idle")  # the probe window fills (nat-ha agent --once)
+                decision = agent.run_cycle(act=False)
+                self.log(f"{name} [{decision.kind}] {decision.summary}")
+                run.exited = True
+                return
+            last = ""
             for _ in range(MAX_CYCLES):  # the kernel ends the process long before
-                decision = agent.run_cycle()
-                key = _NUMBERS.sub("#", decision.summary)
-                if key != self.last_summary.get(iid):
-                    self.last_summary[iid] = key
-                    self.log(f"{iid}#{n} [{decision.kind}] {decision.summary}")
-                if agent.coordinator.session is not None:
-                    self.sessions[iid] = agent.coordinator.session.session
-                jitter = self.rng.uniform(-self.sc.jitter, self.sc.jitter)
-                next_local += self.t.cycle_interval * (1 + jitter)
-                p.wait(max(0.0, next_local - clock.monotonic()) / clock.rate, "idle")
+                t0 = self.k.now
+                step = loop.step()
+                self.checker.max_cycle = max(self.checker.max_cycle, self.k.now - t0)
+                key = _NUMBERS.sub("#", step.decision.summary)
+                if key != last:
+                    last = key
+                    self.log(f"{name} [{step.decision.kind}] {step.decision.summary}")
+                if step.exit_code is not None:
+                    self.log(f"{name} exited ({step.exit_code})")
+                    run.exited = True
+                    return
+                jitter = self.rng.uniform(0.0, self.sc.jitter * self.t.cycle_interval)
+                p.wait(max(0.0, step.wake_at - clock.monotonic()) / clock.rate + jitter, "idle")
 
-        proc = self.k.spawn(f"{iid}#{n}", body)
-        self.running[iid] = Running(iid, agent, proc, n)
-        self.log(f"{iid}#{n} process started ({why})")
+        proc = self.k.spawn(name, body)
+        run = Running(iid, name, agent, proc, loop, main=main and not once, started=self.k.now)
+        self.log(f"{name} process started ({why})")
+        return run
+
+    def start_agent(self, iid: str, why: str) -> None:
+        if iid in self.running or self.state[iid] != "running" or iid in self.hung or iid in self.crashed:
+            return
+        if iid in self.forward_hung or self.vm_frozen[iid]:
+            return  # the host is hung or frozen: no new process runs until it resumes
+        if self.stopped_by_operator[iid] > 0:
+            return
+        self.running[iid] = self._spawn(iid, why)
+
+    def kill_process(self, run: Running, why: str) -> None:
+        run.proc.kill()
+        if self.running.get(run.iid) is run:
+            del self.running[run.iid]
+        if run in self.extra:
+            self.extra.remove(run)
+        self.log(f"{run.name} process killed ({why})")
 
     def kill_agent(self, iid: str, why: str) -> None:
-        run = self.running.pop(iid, None)
-        if run is not None:
-            run.proc.kill()
-            self.log(f"{iid}#{run.incarnation} process killed ({why})")
-
-    def _event(self, iid: str, kind: str, data: dict[str, object]) -> None:
         run = self.running.get(iid)
-        if kind == "session_started" and run is not None and run.agent.coordinator.session is not None:
-            self.sessions[iid] = run.agent.coordinator.session.session
-        if kind in ("session_started", "session_lost", "peer_expired", "peer_stopping", "peer_starting"):
-            self.log(f"{iid}: {kind} {data if data else ''}".rstrip())
+        if run is not None:
+            self.kill_process(run, why)
+
+    def restart_agent(self, iid: str, why: str) -> None:
+        self.kill_agent(iid, why)
+        self.start_agent(iid, why)
+
+    def _event(self, name: str, kind: str, data: dict[str, object]) -> None:
+        if kind in ("session_started", "session_lost", "peer_expired", "peer_stopping", "peer_starting", "late_write"):
+            self.log(f"{name}: {kind} {data if data else ''}".rstrip())
 
     # ------------------------------------------------------------- probes
-    def dataplane_ok(self, iid: str) -> bool:
-        return self.state[iid] == "running" and iid not in self.hung and iid not in self.broken
+    def answers_probes(self, iid: str) -> bool:
+        return (
+            self.state[iid] == "running" and iid not in self.hung and iid not in self.broken and not self.vm_frozen[iid]
+        )
 
     def reachable(self, a: str, b: str) -> bool:
-        if not self.dataplane_ok(b):
+        if not self.answers_probes(b):
             return False
         for f in self.active:
             if f.kind == "partition" and {f.target, f.other} == {a, b}:
@@ -431,50 +595,131 @@ class World:
     def _fault_start(self, f: Fault) -> None:
         self.log(f"FAULT start {f.describe()}")
         self.active.append(f)
+        if f.target and f.kind not in GLOBAL_KINDS and not f.point:
+            self.fault_started[f.target] = self.k.now
         self._fault_effect(f)
         self.refresh_reach()
 
     def _fault_effect(self, f: Fault) -> None:
+        iid = f.target
         if f.kind == "crash":
-            self.crashed.add(f.target)
-            self.kill_agent(f.target, "crash")
-        elif f.kind == "hang":
-            run = self.running.get(f.target)
-            if run is not None:
-                run.proc.hang(f.duration)
+            self.crashed.add(iid)
+            self.kill_agent(iid, "crash")
+        elif f.kind in ("hang", "vm_freeze"):
+            if f.point:
+                self.armed.setdefault(iid, []).append(f)
+            else:
+                self.freezes_triggered += 1
+                self._freeze(f, iid, f.duration)
+        elif f.kind == "forward_hang":
+            self.forward_hung.add(iid)
+            for run in [r for r in [*self.running.values(), *self.extra] if r.iid == iid]:
+                run.proc.hang(f.duration)  # the host hangs: every agent process on it
         elif f.kind == "nat_down":
-            if self.state[f.target] == "running":
-                self.hung.add(f.target)
-                self.kill_agent(f.target, "instance hung")
+            if self.state[iid] == "running":
+                self.hung.add(iid)
+                for run in [r for r in [*self.running.values(), *self.extra] if r.iid == iid]:
+                    self.kill_process(run, "instance hung")
         elif f.kind == "dataplane_down":
-            self.broken.add(f.target)
+            self.broken.add(iid)
         elif f.kind == "clock_stall":
-            self.clocks[f.target].stalls.append((f.start, f.end))
+            self.clocks[iid].stalls.append((f.start, f.end))
+        elif f.kind == "config_skew":
+            if len(self.sc.members) < 3:
+                self.log("(config_skew needs three members: a config of one member is refused)")
+                return
+            self.skewed[iid] = (f.other,)
+            self.applied.add(id(f))
+            self.restart_agent(iid, f"config without {f.other}")
+        elif f.kind == "member_removed":
+            if len(self.sc.members) < 3:
+                self.log("(member_removed needs three members: nothing done)")
+                return
+            self.stopped_by_operator[iid] += 1
+            self.applied.add(id(f))
+            self.kill_agent(iid, "removed from the group (not drained)")
+            for m in self.sc.members:
+                if m != iid:
+                    self.skewed[m] = (iid,)
+                    self.restart_agent(m, f"config without {iid}")
+        elif f.kind == "second_process":
+            if self.state[iid] == "running" and iid not in self.hung:
+                self.extra.append(self._spawn(iid, "a second agent for the same instance", main=False))
+        elif f.kind == "agent_once":
+            if self.state[iid] == "running" and iid not in self.hung:
+                self.extra.append(self._spawn(iid, "nat-ha agent --once", once=True))
+        elif f.kind == "drain":
+            self.operator.set_request(DRAIN_PREFIX + iid, "on")
+        elif f.kind == "sigterm":
+            run = self.running.get(iid)
+            if run is not None:
+                run.loop.request_stop()
+                self.stopped_by_operator[iid] += 1
+                self.applied.add(id(f))
+        elif f.kind == "pin":
+            self.operator.set_request(PIN_PREFIX + f.table, f.other)
 
     def _fault_end(self, f: Fault) -> None:
         self.log(f"FAULT end   {f.describe()}")
         self.active.remove(f)
+        self.ended.append(f)
         self._fault_cleared(f)
         self.refresh_reach()
 
     def _fault_cleared(self, f: Fault) -> None:
+        iid = f.target
         if f.kind == "crash":
-            if not any(x.kind == "crash" and x.target == f.target for x in self.active):
-                self.crashed.discard(f.target)
-                self.start_agent(f.target, "restarted after crash")
+            if not self.faulty("crash", iid):
+                self.crashed.discard(iid)
+                self.start_agent(iid, "restarted after crash")
         elif f.kind == "nat_down":
-            if f.target in self.hung and not self.faulty("nat_down", f.target):
-                self.hung.discard(f.target)
-                self.start_agent(f.target, "instance recovered")
-        elif f.kind == "dataplane_down" and not self.faulty("dataplane_down", f.target):
-            self.broken.discard(f.target)
+            if iid in self.hung and not self.faulty("nat_down", iid):
+                self.hung.discard(iid)
+                self.start_agent(iid, "instance recovered")
+        elif f.kind == "dataplane_down" and not self.faulty("dataplane_down", iid):
+            self.broken.discard(iid)
+        elif f.kind == "forward_hang" and not self.faulty("forward_hang", iid):
+            self.forward_hung.discard(iid)
+            self.start_agent(iid, "host resumed")
+        elif f.kind == "config_skew" and id(f) in self.applied:
+            self.skewed.pop(iid, None)
+            self.restart_agent(iid, "config restored")
+        elif f.kind == "member_removed" and id(f) in self.applied:
+            self.stopped_by_operator[iid] -= 1
+            for m in self.sc.members:
+                if self.skewed.get(m) == (iid,):
+                    del self.skewed[m]
+                    self.restart_agent(m, f"config with {iid} again")
+            self.start_agent(iid, "added back to the group")
+        elif f.kind in ("second_process", "agent_once"):
+            for run in [r for r in self.extra if r.iid == iid]:
+                self.kill_process(run, "ended")
+        elif f.kind == "drain":
+            self.operator.set_request(DRAIN_PREFIX + iid, "")
+        elif f.kind == "sigterm" and id(f) in self.applied:
+            self.stopped_by_operator[iid] -= 1
+            run = self.running.get(iid)
+            if run is not None and run.exited:
+                del self.running[iid]
+            if iid not in self.running:
+                self.start_agent(iid, "systemctl start")
+        elif f.kind == "pin":
+            self.operator.set_request(PIN_PREFIX + f.table, "")
+
+    def _sample(self) -> None:
+        for iid, run in list(self.running.items()):
+            if run.exited and self.stopped_by_operator[iid] <= 0:
+                del self.running[iid]  # a drain that timed out: systemd starts it again
+                self.start_agent(iid, "restarted after exiting")
+        self.checker.sample(SAMPLE)
+        self.k.at(self.k.now + SAMPLE, self._sample)
 
     # ------------------------------------------------------------- checks
     def live_problems(self) -> list[str]:
         """Why the group is not yet back to normal: every route table at its healthy home, held by it."""
         out = []
         for rt, home in sorted(self.homes.items()):
-            target = self.route_hist[rt][-1][1]
+            target = self.cloud.target(rt)
             r = self.store.raw_get(GROUP, "route#" + rt)
             run = self.running.get(target)
             session = run.agent.coordinator.session if run is not None else None
@@ -482,7 +727,7 @@ class World:
             problems = []
             if target != home:
                 problems.append(f"points at {target or 'nothing'}, not its home {home}")
-            if not self.dataplane_ok(target):
+            if not self.forwards(target):
                 problems.append(f"{target} does not forward ({self.state.get(target)})")
             if run is None or session is None:
                 problems.append(f"{target} has no running agent with a session")
@@ -495,93 +740,17 @@ class World:
         return out
 
     def check_end(self) -> None:
+        self.checker.finish()
         nfaults = len(self.sc.faults)
         for rt in sorted(self.homes):
-            changes = self.route_changes[rt]
+            changes = self.checker.route_changes[rt]
             if changes > 2 * nfaults:
-                self.violation(f"{rt} changed {changes} times for {nfaults} faults (flapping)")
+                self.checker.violation(f"{rt} changed {changes} times for {nfaults} faults (flapping)")
         for problem in self.live_problems():
-            self.violation(f"liveness: {problem}")
-        if nfaults == 0 and (sum(self.route_changes.values()) or self.stops or self.starts):
-            self.violation(f"no faults, yet {sum(self.route_changes.values())} route changes, {self.stops} stops")
-
-
-class SimEc2:
-    """The Ec2Like of one agent: bounded virtual latency, injected errors, eventually consistent reads."""
-
-    def __init__(self, world: World, me: str) -> None:
-        self.w = world
-        self.me = me
-
-    def _call(self, op: str, apply: Callable[[], object], write: bool = False) -> object:
-        w = self.w
-        p = w.k.current
-        assert p is not None
-        lo, hi = EC2_SLOW if w.faulty("ec2_slow") else EC2_LATENCY
-        latency = w.rng.uniform(lo, hi)
-        error = ""
-        f = w.faulty("ec2_throttled")
-        if f is not None and w.rng.random() < f.rate:
-            error = "RequestLimitExceeded"
-        f = w.faulty("ec2_errors")
-        if not error and f is not None and w.rng.random() < f.rate:
-            error = "InternalError"
-        at = w.rng.random()  # where inside the call the server acts on it
-        p.wait(latency * at, "ec2")
-        applied = error == "" or (error == "InternalError" and write and w.rng.random() < 0.5)
-        result = apply() if applied else None
-        p.wait(latency * (1 - at), "ec2")
-        if error:
-            raise Ec2Error(op, error, "injected")
-        return result
-
-    def _describe(self, rts: list[str]) -> dict[str, Ec2Route]:
-        out = self._call("describe_route_tables", lambda: {rt: self.w.route_view(rt, True) for rt in rts})
-        assert isinstance(out, dict)
-        return out
-
-    def routes(self, route_tables: list[str]) -> dict[str, Ec2Route]:
-        return self._describe(sorted(route_tables))
-
-    def point_route(self, route_table: str, instance: str, *, guard: Callable[[], bool] | None = None) -> str:
-        current = self._describe([route_table])[route_table]
-        if current.target == instance and current.state == "active":
-            return "already"
-        if guard is not None and not guard():
-            return "deferred"
-        op = "create_route" if current.state == "missing" else "replace_route"
-        self._call(op, lambda: self.w.write_route(self.me, route_table, instance), write=True)
-        return "created" if op == "create_route" else "replaced"
-
-    def verify(self, route_table: str, instance: str, timeout: float = 2.0) -> bool:
-        w = self.w
-        p = w.k.current
-        assert p is not None
-        deadline = w.k.now + timeout
-        delay = 0.05
-        for _ in range(64):
-            try:
-                view = self._describe([route_table])[route_table]
-                if view.target == instance and view.state != "missing":
-                    return True
-            except Ec2Error:
-                pass
-            if w.k.now + delay > deadline:
-                return False
-            p.wait(delay, "verify")
-            delay = min(delay * 2, 0.4)
-        return False
-
-    def instance_states(self, instances: list[str]) -> dict[str, str]:
-        out = self._call("describe_instances", lambda: {i: self.w.state[i] for i in instances})
-        assert isinstance(out, dict)
-        return out
-
-    def stop(self, instance: str) -> None:
-        self._call("stop_instances", lambda: self.w.stop_instance(self.me, instance), write=True)
-
-    def start(self, instance: str) -> None:
-        self._call("start_instances", lambda: self.w.start_instance(self.me, instance), write=True)
+            self.checker.violation(f"liveness: {problem}")
+        moved = sum(self.checker.route_changes.values())
+        if nfaults == 0 and (moved or self.checker.stops or self.checker.starts):
+            self.checker.violation(f"no faults, yet {moved} route changes, {self.checker.stops} stops")
 
 
 class SimProbes:
@@ -594,12 +763,14 @@ class SimProbes:
 
 
 class SimHealth:
+    """The self check: it sees broken forwarding on the host; it cannot see lost egress (no egress targets)."""
+
     def __init__(self, world: World, me: str) -> None:
         self.w = world
         self.me = me
 
     def check(self, now: float, reaches: tuple[str, ...] = ()) -> Health:
-        ok = self.w.dataplane_ok(self.me)
+        ok = self.me not in self.w.broken
         return Health(ok, {"ip_forward": ok}, reaches, "" if ok else "forwarding broken")
 
 
@@ -628,6 +799,7 @@ def run(sc: Scenario, end: float | None = None) -> Result:
         world.schedule()
         for m in sc.members:
             world.k.at(world.rng.uniform(0.0, 0.3), lambda m=m: world.start_agent(m, "boot"))
+        world.k.at(SAMPLE, world._sample)
         world.k.run_until(heal if end is None else end)
         ok_since: float | None = None
         for _ in range(10_000):  # bounded: deadline / 0.25 steps
@@ -648,19 +820,26 @@ def run(sc: Scenario, end: float | None = None) -> Result:
     finally:
         world.k.shutdown()
         agent_log.setLevel(level)
+    c = world.checker
     return Result(
         sc.seed,
         sc,
-        world.violations,
+        c.violations,
         world.trace,
-        dict(world.route_changes),
-        world.stops,
-        world.starts,
+        dict(c.route_changes),
+        c.stops,
+        c.starts,
         world.k.steps,
         world.k.now,
         error,
         recovered,
-        world.stop_races,
+        c.stop_races,
+        len(c.strays),
+        [s.corrected - s.bound for s in c.strays if s.corrected >= 0],
+        c.outage_samples,
+        c.late_sends,
+        c.iam_refusals,
+        world.freezes_triggered,
     )
 
 

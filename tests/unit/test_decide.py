@@ -16,6 +16,7 @@ from agent.decide import (
     HandOver,
     Observation,
     PeerProbe,
+    Release,
     ResetOwnRestart,
     StartSession,
     TakeOver,
@@ -71,6 +72,10 @@ class World:
     self_healthy_since: float | None = 0.0
     pins: dict[str, str] = field(default_factory=dict)
     requests: dict[str, RequestItem] = field(default_factory=dict)
+    pins_since: dict[str, float] = field(default_factory=dict)
+    reassert: dict[str, str] = field(default_factory=dict)
+    relinquished: dict[str, int] = field(default_factory=dict)
+    self_unhealthy_since: float | None = None
     now: float = 100.0
 
     def obs(self) -> Observation:
@@ -96,6 +101,10 @@ class World:
             claimable_since=self.claimable_since,
             self_healthy_since=self.self_healthy_since,
             pins=self.pins,
+            pins_since=self.pins_since,
+            reassert=self.reassert,
+            relinquished=self.relinquished,
+            self_unhealthy_since=self.self_unhealthy_since,
         )
 
     def decide(self) -> Decision:
@@ -123,9 +132,31 @@ def test_steady_holding_home_route() -> None:
 
 def test_no_session_starts_one_and_nothing_else() -> None:
     w = World()
+    del w.members[A]  # first start: no member item of ours yet
     d = decide(w.obs(), T)  # session ""
     assert d.summary == "no session: starting one before acting"
     assert d.actions == (StartSession(),)
+
+
+def test_a_second_process_never_supersedes_a_renewing_session() -> None:
+    # Hole 3: `nat-ha agent --once`, or two agents configured with one instance id. Our own member
+    # item keeps changing (another process renews it): no session is started, nothing is done.
+    w = World()
+    w.ages[A] = 0.3
+    d = decide(w.obs(), T)
+    assert d.actions == () and d.kind == "no_session"
+    assert d.summary.startswith("not starting a session: another agent of i-a (session s-i-a) renewed 0.3 s ago")
+
+
+def test_a_previous_session_is_superseded_once_silent_for_its_lease_plus_margin() -> None:
+    w = World()
+    w.ages[A] = 1.09
+    assert decide(w.obs(), T).actions == ()
+    w.ages[A] = 1.1  # as a peer would judge it: the old process is gone (crashed, restarted)
+    assert decide(w.obs(), T).actions == (StartSession(),)
+    w.ages[A] = 0.2
+    w.members[A] = member(A, state="expired")  # a peer expired it: start at once
+    assert decide(w.obs(), T).actions == (StartSession(),)
 
 
 def test_lapsed_session_does_not_act() -> None:
@@ -161,12 +192,42 @@ def test_probe_loss_alone_never_moves_a_route() -> None:
     assert d.summary.startswith("holding rtb-b (term 1)")
 
 
-def test_heartbeat_silence_alone_never_moves_a_route() -> None:
+def test_short_heartbeat_silence_alone_never_moves_a_route() -> None:
     w = World(me=B)
-    w.ages[A] = 5.0  # agent hung or DynamoDB slow, but the NAT answers probes
+    w.ages[A] = 1.9  # agent paused or DynamoDB slow, but the NAT answers probes
     d = w.decide()
     assert d.actions == ()
-    assert "not moving rtb-a: heartbeat of i-a silent 5.0 s but it answers probes" in d.summary
+    assert "not moving rtb-a: heartbeat of i-a silent 1.9 s but it answers probes" in d.summary
+
+
+def test_long_heartbeat_silence_moves_a_route_even_if_probes_answer() -> None:
+    # Hole 6: a NAT that lost its public egress (EIP gone, NACL) cannot renew - its AWS calls
+    # leave the same way - and cannot forward either, but still answers probes on its private
+    # address. After silent_owner_after its lease has long run out: the route moves.
+    w = World(me=B)
+    w.ages[A] = 2.0
+    d = w.decide()
+    take = d.actions[0]
+    assert isinstance(take, TakeOver) and take.route_table == RA and take.expire == w.members[A]
+    assert d.summary == (
+        "took over rtb-a from i-a (term 2): heartbeat silent 2.0 s "
+        "(it answers probes, but a NAT that cannot reach AWS cannot forward)"
+    )
+
+
+def test_route_of_an_owner_outside_the_group_is_taken_once_its_lease_ran_out() -> None:
+    # Hole 5: i-x was removed from the config (or never in ours: config skew). Nobody probes
+    # it, so the probe signal never comes; heartbeat silence past its lease is enough.
+    w = World(me=A)
+    w.members["i-x"] = member("i-x")
+    w.routes[RA] = route(RA, "i-x")
+    w.ages["i-x"] = 0.5
+    assert w.decide().actions == ()  # alive: its lease is respected whatever the config says
+    w.ages["i-x"] = 1.1
+    d = w.decide()
+    take = d.actions[0]
+    assert isinstance(take, TakeOver) and take.expire == w.members["i-x"]
+    assert "owner i-x is not a member of this group and its heartbeat is silent" in d.summary
 
 
 def test_heartbeat_just_under_lease_plus_margin_is_not_stale() -> None:
@@ -323,6 +384,16 @@ def test_pinned_holder_does_not_fail_back() -> None:
     assert w.decide().actions == ()
 
 
+def test_pinned_nat_that_failed_comes_back_only_after_the_hold_down() -> None:
+    # Suspected hole: a flapping pinned NAT would flap the route. The pin was seen long ago;
+    # C has been healthy again for 3 s only: the table stays where it is until the hold-down.
+    w = World(me=A, pins={RA: C}, pins_since={RA: 50.0})
+    w.healthy_since = {B: 0.0, C: 97.0}
+    assert w.decide().actions == ()
+    w.healthy_since[C] = 90.0
+    assert isinstance(w.decide().actions[0], HandOver)
+
+
 def test_pin_to_unhealthy_member_is_not_followed() -> None:
     w = dead(World(me=A, pins={RA: C}), C)
     assert not any(isinstance(a, HandOver) for a in w.decide().actions)
@@ -335,6 +406,62 @@ def restart_world(me: str = B, silent: float = 31.0, state: str = "running") -> 
     w.routes[RA] = route(RA, B, term=2)
     w.states = {A: state}
     return w
+
+
+def test_reassert_is_a_blind_rewrite_of_a_route_ec2_already_shows() -> None:
+    w = World(reassert={RA: "writes of earlier terms can no longer land"})
+    d = w.decide()
+    why = "writing rtb-a's route again: writes of earlier terms can no longer land"
+    assert d.actions == (EnsureRoute(RA, w.routes[RA], why),)
+
+
+def test_a_hand_over_in_doubt_is_sent_again_without_a_route_write() -> None:
+    w = World(me=B, relinquished={RA: 2})
+    w.routes[RA] = route(RA, B, term=2)
+    d = w.decide()
+    a = d.actions[0]
+    assert isinstance(a, HandOver) and a.successor.instance == A and not a.write_route
+    assert not any(isinstance(x, EnsureRoute) for x in d.actions)
+
+
+def test_a_hand_over_in_doubt_with_nobody_to_take_it_is_taken_back_in_a_new_term() -> None:
+    w = dead(dead(World(me=B, relinquished={RA: 2}), A), C)
+    w.routes[RA] = route(RA, B, term=2)
+    d = w.decide()
+    take = next(a for a in d.actions if isinstance(a, TakeOver) and a.route_table == RA)
+    assert take.route == w.routes[RA] and "took back rtb-a (term 3)" in d.summary
+
+
+def test_holder_whose_ec2_writes_fail_hands_its_tables_over_lease_first() -> None:
+    # Hole 7: make-before-break is impossible when our own writes fail; the successor writes.
+    w = World(health=Health(False, {"ip_forward": True, "ec2_writes": False}))
+    w.ec2 = {RA: Ec2Route(C), RB: Ec2Route(B), RC: Ec2Route(C)}  # we took rtb-a but could not route it here
+    a = w.decide().actions[0]
+    assert isinstance(a, HandOver) and a.successor.instance == B and not a.write_route
+    ok = World(health=Health(False, {"ip_forward": False}))
+    b = ok.decide().actions[0]
+    assert isinstance(b, HandOver) and b.write_route
+
+
+def test_holder_whose_ec2_writes_fail_keeps_a_table_ec2_already_routes_here() -> None:
+    # Only the writes fail; the table is served: moving it would cost its connections for nothing.
+    w = World(health=Health(False, {"ip_forward": True, "ec2_writes": False}))
+    d = w.decide()
+    assert d.actions == () and "holding rtb-a" in d.summary
+
+
+def test_unhealthy_holder_without_a_known_healthy_peer_releases_after_a_while() -> None:
+    # Config skew: a healthy member we do not know of may have the table in its config.
+    w = dead(dead(World(health=Health(False, {"ip_forward": False})), B), C)
+    w.self_unhealthy_since = 99.0
+    assert not any(isinstance(a, Release) for a in w.decide().actions)  # 1 s: not yet
+    w.self_unhealthy_since = 98.0
+    d = w.decide()
+    assert d.actions == (Release(RA, w.routes[RA], d.summary),)
+    assert (
+        d.summary
+        == "unhealthy (ip_forward) for 2.0 s and no healthy peer: releasing rtb-a to any member that can serve it"
+    )
 
 
 def test_restart_dead_peer_after_long_silence() -> None:

@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "agent.host": 2,
     "agent.cycle": 3,
     "agent.runtime": 3,
+    "agent.service": 3,
     "agent.commands": 4,
     "agent.lab": 4,
 }

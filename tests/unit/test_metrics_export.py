@@ -16,13 +16,14 @@ Regenerate it only for an intended change of the metrics:
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from agent.aws.calls import AGENT_CALLS
+from agent.aws.fence import Fence
 from agent.config import Config, Member
 from agent.cycle import Agent, build_info
 from agent.decide import Ec2Route, PeerProbe
@@ -56,17 +57,24 @@ class Ec2:
     def routes(self, route_tables: list[str]) -> dict[str, Ec2Route]:
         return {rt: Ec2Route(self.targets[rt]) for rt in route_tables}
 
-    def point_route(self, route_table: str, instance: str, *, guard: Callable[[], bool] | None = None) -> str:
-        if self.targets[route_table] == instance:
-            return "already"
-        if guard is not None and not guard():
-            return "deferred"
-        if route_table not in self.stuck:
-            self.targets[route_table] = instance
+    def view(self) -> Ec2:
+        """One agent's handle (its own fence) on the group's EC2."""
+        mine = Ec2.__new__(Ec2)
+        mine.targets, mine.stuck = self.targets, self.stuck
+        return mine
+
+    def attach_fence(self, fence: Fence) -> None:
+        self.fence = fence
+
+    def point_route(self, route_table: str, instance: str, *, missing: bool = False) -> str:
+        with self.fence.write("ReplaceRoute", route_table):
+            self.fence.authorize("ReplaceRoute")
+            if route_table not in self.stuck:
+                self.targets[route_table] = instance
         return "replaced"
 
-    def verify(self, route_table: str, instance: str, timeout: float = 2.0) -> bool:
-        return self.targets[route_table] == instance
+    def tag_holder(self, route_table: str, holder: str) -> None:
+        raise AssertionError("the story runs without holder tags")
 
     def instance_states(self, instances: list[str]) -> dict[str, str]:
         return dict.fromkeys(instances, "running")
@@ -121,7 +129,7 @@ class Group:
             self.probes[me] = Probes(me)
             self.health[me] = SelfHealth()
             self.agents[me] = Agent(
-                config, coordinator, self.ec2, self.probes[me], self.health[me], self.clock, metrics
+                config, coordinator, self.ec2.view(), self.probes[me], self.health[me], self.clock, metrics
             )
 
     def rounds(self, n: int) -> None:

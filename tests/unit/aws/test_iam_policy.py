@@ -144,23 +144,49 @@ def _drive_representative_calls() -> None:
             ec2.stop_instances(InstanceIds=[b])
             ec2.start_instances(InstanceIds=[b])
         else:
-            adapter = Ec2(REGION, timeout=5)
+            import time
+
+            from agent.aws.fence import Fence, FenceTiming
+
+            adapter = Ec2(REGION, timeout=5, fence=Fence(lambda: 60.0, time.monotonic, FenceTiming(5.0)))
             adapter.discover(GROUP)
-            adapter.point_route(rtb, a)  # CreateRoute (no default route yet)
+            adapter.tag_holder(rtb, holder_arn(a))  # CreateTags (the IAM fence)
+            adapter.point_route(rtb, a, missing=True)  # CreateRoute (no default route yet)
             adapter.point_route(rtb, b)  # ReplaceRoute
             adapter.instance_states([a, b])
             adapter.stop(b)
             adapter.start(b)
 
 
+def holder_arn(instance: str) -> str:
+    return arn("instance", instance)
+
+
+CALLER = holder_arn("i-0caller")
+HOLDER = "ec2:ResourceTag/nat-ha:holder"
+
+
 def _requests(record: dict[str, Any], group: str) -> list[Request]:
-    """The IAM requests one recorded call makes, for resources tagged nat-ha:group=<group>."""
+    """The IAM requests one recorded call makes, for resources tagged nat-ha:group=<group>.
+
+    Route writes are made by the table's holder (the agent tags the table before writing it),
+    so the request carries the caller's ARN both as ``ec2:SourceInstanceARN`` and in the tag.
+    """
     action = awscalls.iam_action(record["service"], record["action"])
     res = record.get("resources", {})
     if record["service"] == "dynamodb":
         return [Request(action, arn("table", res["TableName"]))]
     if record["action"] in ("ReplaceRoute", "CreateRoute"):
-        return [Request(action, arn("route-table", res["RouteTableId"]), {TAG: group})]
+        context = {TAG: group, HOLDER: CALLER, "ec2:SourceInstanceARN": CALLER}
+        return [Request(action, arn("route-table", res["RouteTableId"]), context)]
+    if record["action"] == "CreateTags":
+        context = {
+            TAG: group,
+            "aws:RequestTag/nat-ha:holder": CALLER,
+            "aws:TagKeys": ["nat-ha:holder"],
+            "ec2:SourceInstanceARN": CALLER,
+        }
+        return [Request(action, arn("route-table", r), context) for r in res["Resources"]]
     if record["action"] in ("StopInstances", "StartInstances"):
         return [Request(action, arn("instance", i), {TAG: group}) for i in res["InstanceIds"]]
     return [Request(action, "*")]
@@ -206,6 +232,44 @@ def test_untagged_resources_and_other_actions_are_denied() -> None:
     assert not allowed(pol, Request("dynamodb:Scan", arn("table", TABLE)))
     assert not allowed(pol, Request("dynamodb:CreateTable", arn("table", TABLE))), "admin calls are separate"
     assert not allowed(pol, Request("iam:PassRole", "*"))
+
+
+# ------------------------------------------------------------------ the holder-tag fence
+def test_route_writes_are_allowed_only_to_the_instance_the_holder_tag_names() -> None:
+    """The IAM fence: AWS evaluates the tag when it processes the request, so a stale holder's late
+    ReplaceRoute - sent inside its lease, processed after the new holder re-tagged the table - is
+    refused by AWS, whatever the client did."""
+    pol = policy()
+    rt = arn("route-table", "rtb-1")
+    old, new = holder_arn("i-0old"), holder_arn("i-0new")
+    for action in ("ec2:ReplaceRoute", "ec2:CreateRoute"):
+        # The old holder, while the tag names it: allowed.
+        assert allowed(pol, Request(action, rt, {TAG: GROUP, HOLDER: old, "ec2:SourceInstanceARN": old}))
+        # The same request processed after the new holder's CreateTags landed: refused.
+        assert not allowed(pol, Request(action, rt, {TAG: GROUP, HOLDER: new, "ec2:SourceInstanceARN": old}))
+        # An untagged table (nobody has taken it yet): nobody may write its routes before tagging it.
+        assert not allowed(pol, Request(action, rt, {TAG: GROUP, "ec2:SourceInstanceARN": old}))
+        # Credentials used outside an instance (no SourceInstanceARN): refused.
+        assert not allowed(pol, Request(action, rt, {TAG: GROUP, HOLDER: old}))
+        # Another group's table, even if tagged with the caller: refused.
+        assert not allowed(pol, Request(action, rt, {TAG: "another", HOLDER: old, "ec2:SourceInstanceARN": old}))
+
+
+def test_an_instance_may_only_tag_itself_as_holder_and_nothing_else() -> None:
+    pol = policy()
+    rt = arn("route-table", "rtb-1")
+    me, other = holder_arn("i-0me"), holder_arn("i-0other")
+
+    def tag(value: str, keys: list[str], group: str = GROUP) -> Request:
+        ctx: dict[str, str | list[str]] = {TAG: group, "ec2:SourceInstanceARN": me, "aws:TagKeys": keys}
+        ctx["aws:RequestTag/nat-ha:holder"] = value
+        return Request("ec2:CreateTags", rt, ctx)
+
+    assert allowed(pol, tag(me, ["nat-ha:holder"]))
+    assert not allowed(pol, tag(other, ["nat-ha:holder"])), "naming another instance as holder"
+    assert not allowed(pol, tag(me, ["nat-ha:holder", "nat-ha:group"])), "changing the group tag too"
+    assert not allowed(pol, tag(me, ["nat-ha:holder"], group="another")), "another group's table"
+    assert not allowed(pol, Request("ec2:CreateTags", arn("instance", "i-0me"), {TAG: GROUP})), "not a route table"
 
 
 # ------------------------------------------------------------------ (c) exactly the calls

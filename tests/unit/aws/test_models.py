@@ -82,10 +82,13 @@ def test_full_models_when_asked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 
 def test_every_call_works_on_moto_with_the_trimmed_models(trimmed_session: Any) -> None:
     """Every operation nat-ha uses, through its real adapters and the shared trimmed session."""
+    import time
+
     import botocore.session
     import moto
 
     from agent.aws.ec2 import Ec2
+    from agent.aws.fence import Fence, FenceTiming
     from coordinator.dynamo import DynamoSettings, DynamoStore, init_table
     from coordinator.store import Expect
 
@@ -116,14 +119,15 @@ def test_every_call_works_on_moto_with_the_trimmed_models(trimmed_session: Any) 
             ],
         )["RouteTable"]["RouteTableId"]
 
-        ec2 = Ec2(REGION, timeout=5)
+        ec2 = Ec2(REGION, timeout=5, fence=Fence(lambda: 60.0, time.monotonic, FenceTiming(5.0)))
         assert ec2.client.meta.service_model.operation_names == sorted(
             op for s, op in awscalls.AGENT_CALLS if s == "ec2"
         )
         found = ec2.discover("g")  # DescribeInstances (filters), DescribeRouteTables (filters)
         assert {m.instance_id for m in found} == {a, b}
         assert next(m for m in found if m.instance_id == a).route_tables == (rtb,)
-        assert ec2.point_route(rtb, a) == "created"  # CreateRoute
+        ec2.tag_holder(rtb, f"arn:aws:ec2:{REGION}:123456789012:instance/{a}")  # CreateTags
+        assert ec2.point_route(rtb, a, missing=True) == "created"  # CreateRoute
         assert ec2.point_route(rtb, b) == "replaced"  # ReplaceRoute
         ec2.members = {m.instance_id: m for m in found}
         assert ec2.routes([rtb])[rtb].target == b  # DescribeRouteTables (ids)

@@ -23,6 +23,7 @@ class FakeImds(BaseHTTPRequestHandler):
         "instance-id": "i-0abc",
         "placement/region": "eu-west-1",
         "placement/availability-zone": "eu-west-1b",
+        "/dynamic/instance-identity/document": '{"accountId": "210987654321", "region": "eu-west-1"}',
     }
 
     def do_PUT(self) -> None:
@@ -36,6 +37,8 @@ class FakeImds(BaseHTTPRequestHandler):
             self.send_error(401)  # IMDSv2 only: no token, no answer
             return
         key = self.path.removeprefix("/latest/meta-data/")
+        if self.path.startswith("/latest/dynamic/"):
+            key = self.path.removeprefix("/latest")
         if key not in self.data:
             self.send_error(404)
             return
@@ -92,6 +95,14 @@ def test_config_without_identity_uses_imds(fake_imds: str, tmp_path: Path) -> No
         if saved is not None:
             os.environ["AWS_DEFAULT_REGION"] = saved
     assert (rt.config.instance_id, rt.config.region) == ("i-0abc", "eu-west-1")
+    # The holder tag names this instance's ARN (ec2:SourceInstanceARN): the account comes from IMDS too.
+    assert rt.holder == "arn:aws:ec2:eu-west-1:210987654321:instance/i-0abc"
+
+
+def test_instance_arn_partitions() -> None:
+    assert imds.instance_arn("i-1", "cn-north-1", "1") == "arn:aws-cn:ec2:cn-north-1:1:instance/i-1"
+    assert imds.instance_arn("i-1", "us-gov-west-1", "1") == "arn:aws-us-gov:ec2:us-gov-west-1:1:instance/i-1"
+    assert imds.instance_arn("i-1", "eu-west-1", "1") == "arn:aws:ec2:eu-west-1:1:instance/i-1"
 
 
 def test_notifier_sends_ready_and_watchdog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

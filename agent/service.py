@@ -1,0 +1,74 @@
+"""The service's schedule: a cycle every ``cycle_interval``, an early cycle when a failing peer
+can be taken over, and the planned shutdown (drain, then leave, then exit).
+
+Pure of time and signals: the clock is passed in and :meth:`ServiceLoop.step` returns when
+the next cycle is due, so ``nat-ha agent`` runs it on the real clock and the simulator
+(tests/sim) on virtual time, with the same drain logic.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.cycle import Agent
+from agent.decide import Decision
+
+log = logging.getLogger("nat_ha.agent")
+
+
+@dataclass(frozen=True)
+class Step:
+    decision: Decision
+    wake_at: float  # monotonic time of the next cycle
+    exit_code: int | None = None  # set once the service should exit
+
+
+class ServiceLoop:
+    def __init__(self, agent: Agent, drain_timeout: float, monotonic: Callable[[], float]) -> None:
+        self.agent = agent
+        self.interval = agent.timings.cycle_interval
+        self.drain_timeout = drain_timeout
+        self.monotonic = monotonic
+        self.next_at = monotonic()
+        self.stop_requested = False
+        self.drain_deadline: float | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self.drain_deadline is not None
+
+    def request_stop(self) -> None:
+        """SIGTERM: hand every route table over, then leave and exit (checked at the next step)."""
+        self.stop_requested = True
+
+    def step(self) -> Step:
+        """Run one cycle; say when the next is due, or that the service should exit now."""
+        agent = self.agent
+        if self.stop_requested and self.drain_deadline is None:
+            agent.draining = True
+            self.drain_deadline = self.monotonic() + self.drain_timeout
+        decision = agent.run_cycle()
+        if self.drain_deadline is not None and agent.coordinator.session is not None and agent.drained():
+            agent.leave()
+            log.info("drained: every route table handed over; exiting")
+            return Step(decision, self.monotonic(), 0)
+        if self.drain_deadline is not None and self.monotonic() > self.drain_deadline:
+            log.warning(
+                "drain timed out after %.0f s; exiting with route tables still held (%s)",
+                self.drain_timeout,
+                decision.summary,
+            )
+            agent.leave()
+            return Step(decision, self.monotonic(), 1)
+        self.next_at += self.interval
+        deadline = agent.next_deadline()
+        if deadline is not None and deadline + 0.005 < self.next_at:
+            # A peer whose probes fail can be taken over at `deadline`: one extra read
+            # then, rather than up to a whole cycle later (failures only; no cost otherwise).
+            self.next_at = deadline + 0.005
+        now = self.monotonic()
+        if self.next_at < now:
+            self.next_at = now  # late: run the next cycle at once, do not catch up
+        return Step(decision, self.next_at)

@@ -1,0 +1,230 @@
+"""The invariants, checked at every step of a simulated run, and the figures measured along the way.
+
+(a) Exactly one writer per term, and no EC2 write outside its writer's authority:
+    every EC2 write is authorized (the fence's check) by the process that holds the
+    route item (owner and session) - or the restart item, for stop/start - while its
+    session is valid; a term has one writer; a write sent after its writer's lease
+    (the process was frozen between the check and the send) must have been seen by
+    the fence (reported). A write that lands after a write of a newer term is a
+    *stray*: it must be overwritten by the newest term within 1 s of its bound, the
+    later of its landing and its deadline + ``ec2_apply_horizon``.
+(b) Liveness during faults: while a healthy member exists (forwards, runs an agent
+    with a session, reaches AWS) and AWS itself works, no route table points at a NAT
+    that does not forward for more than 3 s. Every such interval is measured.
+(c) Per fault, a table moves at most once plus one fail-back; a healthy NAT's home
+    table never moves away from it unless an operator asked.
+(d) No healthy, heartbeating peer is stopped; restarts never exceed the cap.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tests.sim.aws import Call
+
+if TYPE_CHECKING:
+    from tests.sim.world import World
+
+OUTAGE_LIMIT = 3.0
+STRAY_CORRECTION_LIMIT = 1.0
+HEALTHY_WINDOW = 5.0  # (c): a home table may not move while its home has been healthy this long
+
+
+@dataclass
+class Stray:
+    table: str
+    term: int
+    target: str
+    landed: float
+    bound: float
+    newest_term: int
+    corrected: float = -1.0
+
+
+@dataclass
+class Outage:
+    table: str
+    target: str
+    started: float
+    counted: float = 0.0  # seconds during which a healthy member existed
+
+
+@dataclass
+class Checker:
+    w: World
+    violations: list[str] = field(default_factory=list)
+    term_writers: dict[tuple[str, int], set[tuple[str, str]]] = field(default_factory=dict)
+    newest_term: dict[str, int] = field(default_factory=dict)  # table -> newest term whose write landed
+    newest_target: dict[str, str] = field(default_factory=dict)  # table -> where that term's last write points
+    strays: list[Stray] = field(default_factory=list)
+    outages: dict[str, Outage] = field(default_factory=dict)
+    outage_samples: list[float] = field(default_factory=list)
+    route_changes: Counter[str] = field(default_factory=Counter)
+    stops: int = 0
+    starts: int = 0
+    stop_races: int = 0
+    late_sends: int = 0
+    iam_refusals: int = 0
+    stops_since_healthy: Counter[str] = field(default_factory=Counter)
+    healthy_since: dict[str, float] = field(default_factory=dict)  # member -> continuously healthy since
+    max_cycle: float = 0.0
+
+    def violation(self, what: str) -> None:
+        self.violations.append(f"t={self.w.k.now:.3f}: {what}")
+        self.w.log(f"!!! VIOLATION {what}")
+
+    # ------------------------------------------------------------- (a) writes
+    def authorized(self, call: Call) -> None:
+        """The fence checked the lease; the caller must hold what it writes, in a valid session."""
+        w = self.w
+        if not w.is_main_process(call.process):
+            self.violation(f"{call.process} (not the instance's agent) sent {call.op} {call.params}")
+            return
+        if call.op in ("StopInstances", "StartInstances"):
+            target = call.params["InstanceIds"][0]
+            item = w.store.raw_get(w.group, "restart#" + target) or {}
+            holder = (str(item.get("owner", "")), str(item.get("owner_session", "")))
+        else:
+            table = call.params.get("RouteTableId") or call.params["Resources"][0]
+            item = w.store.raw_get(w.group, "route#" + table) or {}
+            holder = (str(item.get("owner", "")), str(item.get("owner_session", "")))
+            term = int(item.get("term", 0))
+            call.info.update(table=table, term=term)
+            if call.op != "CreateTags":
+                writers = self.term_writers.setdefault((table, term), set())
+                writers.add((call.caller, call.session))
+                if len(writers) > 1:
+                    self.violation(f"{table} written by {sorted(writers)} in one term {term}")
+        if holder != (call.caller, call.session):
+            self.violation(
+                f"{call.caller} ({w.sname(call.session)}) authorized {call.op} {call.params} but the holder is "
+                f"{holder[0] or 'nobody'} ({w.sname(holder[1])})"
+            )
+        left = w.session_left(call.caller, call.session)
+        call.info["lease_end"] = w.k.now + left / w.clocks[call.caller].rate
+        if left <= 0:
+            self.violation(f"{call.caller} authorized {call.op} after its session {w.sname(call.session)} ran out")
+
+    def sent(self, call: Call) -> None:
+        if self.w.k.now <= call.info.get("lease_end", float("inf")):
+            return
+        self.late_sends += 1
+        self.w.log(f"{call.process}: {call.op} sent {self.w.k.now - call.deadline:.3f} s after its deadline")
+        if not call.overran:
+            self.violation(f"{call.caller}'s {call.op} left after its lease and the fence did not see it")
+
+    def route_applied(self, call: Call, table: str, target: str, before: str) -> None:
+        """A route write landed (EC2 state changed now)."""
+        w = self.w
+        now = w.k.now
+        term = int(call.info.get("term", 0))
+        newest = self.newest_term.get(table, 0)
+        if term < newest and target != self.newest_target.get(table, ""):
+            bound = max(now, call.deadline + w.sc.timing.ec2_apply_horizon)
+            self.strays.append(Stray(table, term, target, now, bound, newest))
+            w.log(f"STRAY {call.process}: {table} -> {target} (term {term}) landed under term {newest}")
+        elif term >= newest:
+            self.newest_term[table] = term
+            self.newest_target[table] = target
+            for s in self.strays:
+                if s.table == table and s.corrected < 0:
+                    s.corrected = now
+                    late = now - s.bound
+                    if late > STRAY_CORRECTION_LIMIT:
+                        self.violation(
+                            f"stray write to {table} (term {s.term} -> {s.target}) corrected {late:.3f} s after "
+                            f"its bound (limit {STRAY_CORRECTION_LIMIT} s)"
+                        )
+        if target != before:
+            self.route_changes[table] += 1
+            self._moved(table, before, target, call)
+
+    def tagged(self, call: Call, table: str, value: str) -> None:
+        self.w.log(f"{call.process}: tagged {table} holder={value.rsplit('/', 1)[-1]}")
+
+    def refused_by_iam(self, call: Call, tag: str) -> None:
+        self.iam_refusals += 1
+        self.w.log(f"IAM refused {call.process}'s {call.op} (holder tag {tag.rsplit('/', 1)[-1] or 'none'})")
+
+    # ------------------------------------------------------------ (c) moves
+    def _moved(self, table: str, before: str, after: str, call: Call) -> None:
+        w = self.w
+        home = w.homes[table]
+        if before != home or any(s.table == table and s.landed == w.k.now for s in self.strays):
+            return
+        since = self.healthy_since.get(home)
+        if since is None or w.k.now - since < HEALTHY_WINDOW or not w.healthy_member(home):
+            return
+        if w.operator_touched(home, table, HEALTHY_WINDOW):
+            return
+        self.violation(
+            f"{call.caller} moved {table} away from its home {home}, healthy for {w.k.now - since:.1f} s, to {after}"
+        )
+
+    # ------------------------------------------------------------ (d) stops
+    def stopped(self, call: Call, target: str) -> None:
+        w = self.w
+        last = w.self_write_at.get(target, -1e9)
+        read = w.read_at.get(call.process, -1e9)
+        lease = w.sc.timing.lease
+        if last <= read and read - last < lease:
+            self.violation(
+                f"{call.caller} stopped {target}, which heartbeated {w.k.now - last:.3f} s ago "
+                f"(before {call.caller}'s last read of the group, {w.k.now - read:.3f} s ago)"
+            )
+        elif w.k.now - last < lease:
+            # The target wrote after the stopper's last read: StopInstances has no condition, so this
+            # window (one store reply plus one EC2 call) cannot be closed; counted, not a violation.
+            self.stop_races += 1
+            w.log(f"(race) {target} wrote {w.k.now - last:.3f} s before this stop, after the stopper's last read")
+        self.stops += 1
+        self.stops_since_healthy[target] += 1
+        cap = w.sc.timing.restart_max_attempts
+        if self.stops_since_healthy[target] > cap:
+            self.violation(f"{target} stopped {self.stops_since_healthy[target]} times without recovering (cap {cap})")
+
+    # ------------------------------------------------------- (b) liveness
+    def sample(self, dt: float) -> None:
+        """Called every ``dt`` of virtual time: outages, health streaks."""
+        w = self.w
+        now = w.k.now
+        for m in w.sc.members:
+            if w.healthy_member(m):
+                self.healthy_since.setdefault(m, now)
+                if now - self.healthy_since[m] >= w.sc.timing.failback_hold_down:
+                    self.stops_since_healthy[m] = 0
+            else:
+                self.healthy_since.pop(m, None)
+        can_act = w.aws_works() and any(w.healthy_member(m, observing=True) for m in w.sc.members)
+        for table in w.homes:
+            target = w.cloud.target(table)
+            bad = not target or not w.forwards(target)
+            o = self.outages.get(table)
+            if bad and o is None:
+                o = self.outages[table] = Outage(table, target, now)
+            if bad and o is not None:
+                item = w.store.raw_get(w.group, "route#" + table) or {}
+                owner = str(item.get("owner", ""))
+                if owner and owner != target and not w.healthy_member(owner):
+                    # The member that took the table over cannot act (a fault of its own, before or
+                    # after it took it): the clock waits until a working member holds the table.
+                    continue
+            if bad and o is not None and can_act:
+                o.counted += dt
+                if o.counted > OUTAGE_LIMIT and o.counted - dt <= OUTAGE_LIMIT:
+                    self.violation(
+                        f"{table} has pointed at {target or 'nothing'}, which does not forward, for "
+                        f"{o.counted:.2f} s while a healthy member could take it (limit {OUTAGE_LIMIT} s)"
+                    )
+            if not bad and o is not None:
+                self.outage_samples.append(o.counted)
+                del self.outages[table]
+
+    def finish(self) -> None:
+        for o in self.outages.values():
+            self.outage_samples.append(o.counted)
+        for s in self.strays:
+            if s.corrected < 0 and self.w.cloud.target(s.table) == s.target:
+                self.violation(f"stray write to {s.table} (term {s.term} -> {s.target}) never corrected")
