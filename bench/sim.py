@@ -1,9 +1,13 @@
-"""Run many seeded simulations of a nat-ha group and report violations and throughput.
+"""Run many seeded simulations of a nat-ha group and report violations, stray writes, outages, throughput.
 
     python bench/sim.py --seeds 10000 --workers 2 --json sim.json [--start 0]
 
-Every seed is one deterministic run (tests/sim); a failing seed is printed with
-its replay command (``pytest tests/sim --sim-seed N``) and its trace.
+Every seed is one deterministic run (tests/sim) at the production default timings; a failing
+seed is printed with its replay command (``pytest tests/sim --sim-seed N``) and its trace.
+The JSON has ``seeds``, ``violations``, ``violations_by_invariant`` (a-d, tests/sim/checks.py),
+``stray_writes``, ``stray_write_max_correction_s`` (after each stray's bound),
+``outage_during_faults_{p50,p99,max}_s`` (every interval a table pointed at a NAT that did
+not forward, counted while a healthy member existed and AWS worked) and ``seeds_per_second``.
 """
 
 from __future__ import annotations
@@ -36,8 +40,24 @@ def one(seed: int) -> dict[str, object]:
         "stop_races": r.stop_races,
         "virtual": r.end,
         "recovered_after": r.recovered_after,
+        "by_invariant": r.by_invariant,
+        "strays": r.strays,
+        "stray_corrections": r.stray_corrections,
+        "outages": [o for o in r.outages if o > 0],
+        "late_sends": r.late_sends,
+        "iam_refusals": r.iam_refusals,
+        "freezes": r.freezes_triggered,
+        "max_cycle": r.max_cycle,
+        "holder_tag": r.scenario.holder_tag,
         "report": "" if r.ok else r.report(),
     }
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,11 +84,28 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         kinds.update(r["faults"])  # type: ignore[arg-type]
     recovered = [float(r["recovered_after"]) for r in results if float(r["recovered_after"]) >= 0]  # type: ignore[arg-type]
+    by_invariant: Counter[str] = Counter({k: 0 for k in "abcd"})
+    for r in results:
+        by_invariant.update(r["by_invariant"])  # type: ignore[arg-type]
+    corrections = [float(c) for r in results for c in r["stray_corrections"]]  # type: ignore[attr-defined]
+    outages = [float(o) for r in results for o in r["outages"]]  # type: ignore[attr-defined]
     summary = {
         "seeds": len(results),
         "start": args.start,
         "workers": args.workers,
         "violations": len(failing),
+        "violations_by_invariant": dict(sorted(by_invariant.items())),
+        "stray_writes": sum(int(r["strays"]) for r in results),  # type: ignore[call-overload]
+        "stray_write_max_correction_s": round(max(corrections, default=0.0), 3),
+        "outage_during_faults_p50_s": round(percentile(outages, 0.50), 3),
+        "outage_during_faults_p99_s": round(percentile(outages, 0.99), 3),
+        "outage_during_faults_max_s": round(max(outages, default=0.0), 3),
+        "outages_measured": len(outages),
+        "late_sends": sum(int(r["late_sends"]) for r in results),  # type: ignore[call-overload]
+        "iam_refusals": sum(int(r["iam_refusals"]) for r in results),  # type: ignore[call-overload]
+        "freezes": sum(int(r["freezes"]) for r in results),  # type: ignore[call-overload]
+        "holder_tag_seeds": sum(1 for r in results if r["holder_tag"]),
+        "max_cycle_s": round(max(float(r["max_cycle"]) for r in results), 3),  # type: ignore[arg-type]
         "failing_seeds": [r["seed"] for r in failing],
         "seconds": round(elapsed, 2),
         "seeds_per_second": round(len(results) / elapsed, 2),
@@ -87,6 +124,16 @@ def main(argv: list[str] | None = None) -> int:
         print()
     print(f"{'seeds':<24}{summary['seeds']}")
     print(f"{'violations':<24}{summary['violations']}  {summary['failing_seeds'][:20]}")
+    print(f"{'  by invariant':<24}{summary['violations_by_invariant']}")
+    worst = summary["stray_write_max_correction_s"]
+    print(f"{'stray writes':<24}{summary['stray_writes']}  (corrected at most {worst} s after their bound)")
+    print(
+        f"{'outage during faults':<24}p50 {summary['outage_during_faults_p50_s']} s, "
+        f"p99 {summary['outage_during_faults_p99_s']} s, max {summary['outage_during_faults_max_s']} s "
+        f"({summary['outages_measured']} outages)"
+    )
+    print(f"{'late sends (reported)':<24}{summary['late_sends']}   IAM refusals: {summary['iam_refusals']}")
+    print(f"{'freezes':<24}{summary['freezes']}   longest cycle: {summary['max_cycle_s']} s (freezes included)")
     print(f"{'wall seconds':<24}{summary['seconds']}  ({args.workers} workers)")
     print(f"{'seeds per second':<24}{summary['seeds_per_second']}")
     print(f"{'virtual seconds':<24}{summary['virtual_seconds']}")

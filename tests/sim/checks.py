@@ -49,12 +49,14 @@ class Outage:
     target: str
     started: float
     counted: float = 0.0  # seconds during which a healthy member existed
+    taker: str = ""  # a member that took the table but could not act: the clock restarted then
 
 
 @dataclass
 class Checker:
     w: World
     violations: list[str] = field(default_factory=list)
+    by_invariant: Counter[str] = field(default_factory=Counter)
     term_writers: dict[tuple[str, int], set[tuple[str, str]]] = field(default_factory=dict)
     newest_term: dict[str, int] = field(default_factory=dict)  # table -> newest term whose write landed
     newest_target: dict[str, str] = field(default_factory=dict)  # table -> where that term's last write points
@@ -71,16 +73,18 @@ class Checker:
     healthy_since: dict[str, float] = field(default_factory=dict)  # member -> continuously healthy since
     max_cycle: float = 0.0
 
-    def violation(self, what: str) -> None:
-        self.violations.append(f"t={self.w.k.now:.3f}: {what}")
-        self.w.log(f"!!! VIOLATION {what}")
+    def violation(self, what: str, invariant: str) -> None:
+        """Record a broken invariant: ``invariant`` is a, b, c or d (the module docstring)."""
+        self.violations.append(f"t={self.w.k.now:.3f}: ({invariant}) {what}")
+        self.by_invariant[invariant] += 1
+        self.w.log(f"!!! VIOLATION ({invariant}) {what}")
 
     # ------------------------------------------------------------- (a) writes
     def authorized(self, call: Call) -> None:
         """The fence checked the lease; the caller must hold what it writes, in a valid session."""
         w = self.w
         if not w.is_main_process(call.process):
-            self.violation(f"{call.process} (not the instance's agent) sent {call.op} {call.params}")
+            self.violation(f"{call.process} (nat-ha agent --once) sent {call.op} {call.params}", "a")
             return
         if call.op in ("StopInstances", "StartInstances"):
             target = call.params["InstanceIds"][0]
@@ -96,16 +100,17 @@ class Checker:
                 writers = self.term_writers.setdefault((table, term), set())
                 writers.add((call.caller, call.session))
                 if len(writers) > 1:
-                    self.violation(f"{table} written by {sorted(writers)} in one term {term}")
+                    self.violation(f"{table} written by {sorted(writers)} in one term {term}", "a")
         if holder != (call.caller, call.session):
             self.violation(
                 f"{call.caller} ({w.sname(call.session)}) authorized {call.op} {call.params} but the holder is "
-                f"{holder[0] or 'nobody'} ({w.sname(holder[1])})"
+                f"{holder[0] or 'nobody'} ({w.sname(holder[1])})",
+                "a",
             )
         left = w.session_left(call.caller, call.session)
         call.info["lease_end"] = w.k.now + left / w.clocks[call.caller].rate
         if left <= 0:
-            self.violation(f"{call.caller} authorized {call.op} after its session {w.sname(call.session)} ran out")
+            self.violation(f"{call.caller} authorized {call.op} after its session {w.sname(call.session)} ran out", "a")
 
     def sent(self, call: Call) -> None:
         if self.w.k.now <= call.info.get("lease_end", float("inf")):
@@ -113,7 +118,7 @@ class Checker:
         self.late_sends += 1
         self.w.log(f"{call.process}: {call.op} sent {self.w.k.now - call.deadline:.3f} s after its deadline")
         if not call.overran:
-            self.violation(f"{call.caller}'s {call.op} left after its lease and the fence did not see it")
+            self.violation(f"{call.caller}'s {call.op} left after its lease and the fence did not see it", "a")
 
     def route_applied(self, call: Call, table: str, target: str, before: str) -> None:
         """A route write landed (EC2 state changed now)."""
@@ -135,7 +140,8 @@ class Checker:
                     if late > STRAY_CORRECTION_LIMIT:
                         self.violation(
                             f"stray write to {table} (term {s.term} -> {s.target}) corrected {late:.3f} s after "
-                            f"its bound (limit {STRAY_CORRECTION_LIMIT} s)"
+                            f"its bound (limit {STRAY_CORRECTION_LIMIT} s)",
+                            "a",
                         )
         if target != before:
             self.route_changes[table] += 1
@@ -160,7 +166,8 @@ class Checker:
         if w.operator_touched(home, table, HEALTHY_WINDOW):
             return
         self.violation(
-            f"{call.caller} moved {table} away from its home {home}, healthy for {w.k.now - since:.1f} s, to {after}"
+            f"{call.caller} moved {table} away from its home {home}, healthy for {w.k.now - since:.1f} s, to {after}",
+            "c",
         )
 
     # ------------------------------------------------------------ (d) stops
@@ -172,7 +179,8 @@ class Checker:
         if last <= read and read - last < lease:
             self.violation(
                 f"{call.caller} stopped {target}, which heartbeated {w.k.now - last:.3f} s ago "
-                f"(before {call.caller}'s last read of the group, {w.k.now - read:.3f} s ago)"
+                f"(before {call.caller}'s last read of the group, {w.k.now - read:.3f} s ago)",
+                "d",
             )
         elif w.k.now - last < lease:
             # The target wrote after the stopper's last read: StopInstances has no condition, so this
@@ -183,7 +191,9 @@ class Checker:
         self.stops_since_healthy[target] += 1
         cap = w.sc.timing.restart_max_attempts
         if self.stops_since_healthy[target] > cap:
-            self.violation(f"{target} stopped {self.stops_since_healthy[target]} times without recovering (cap {cap})")
+            self.violation(
+                f"{target} stopped {self.stops_since_healthy[target]} times without recovering (cap {cap})", "d"
+            )
 
     # ------------------------------------------------------- (b) liveness
     def sample(self, dt: float) -> None:
@@ -207,16 +217,18 @@ class Checker:
             if bad and o is not None:
                 item = w.store.raw_get(w.group, "route#" + table) or {}
                 owner = str(item.get("owner", ""))
-                if owner and owner != target and not w.healthy_member(owner):
+                if owner and owner != target and owner != o.taker and not w.healthy_member(owner):
                     # The member that took the table over cannot act (a fault of its own, before or
-                    # after it took it): the clock waits until a working member holds the table.
-                    continue
+                    # after it took it): a second failure, with a clock of its own from now on.
+                    self.outage_samples.append(o.counted)
+                    o = self.outages[table] = Outage(table, target, now, taker=owner)
             if bad and o is not None and can_act:
                 o.counted += dt
                 if o.counted > OUTAGE_LIMIT and o.counted - dt <= OUTAGE_LIMIT:
                     self.violation(
                         f"{table} has pointed at {target or 'nothing'}, which does not forward, for "
-                        f"{o.counted:.2f} s while a healthy member could take it (limit {OUTAGE_LIMIT} s)"
+                        f"{o.counted:.2f} s while a healthy member could take it (limit {OUTAGE_LIMIT} s)",
+                        "b",
                     )
             if not bad and o is not None:
                 self.outage_samples.append(o.counted)
@@ -227,4 +239,4 @@ class Checker:
             self.outage_samples.append(o.counted)
         for s in self.strays:
             if s.corrected < 0 and self.w.cloud.target(s.table) == s.target:
-                self.violation(f"stray write to {s.table} (term {s.term} -> {s.target}) never corrected")
+                self.violation(f"stray write to {s.table} (term {s.term} -> {s.target}) never corrected", "a")

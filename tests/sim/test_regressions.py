@@ -1,39 +1,47 @@
-"""Seeds that found bugs in agent/ or coordinator/, kept after the fix.
+"""Every hole of issue 11 that a schedule shows, as a crafted schedule that fails when its fix is undone,
+and the seeds that found bugs while the simulator was rebuilt, kept clean.
 
-Each entry names the bug and the commit that fixed it; the seed must stay clean.
-Replay one with ``pytest tests/sim --sim-seed N`` to see its trace.
+Replay a seed with ``pytest tests/sim --sim-seed N`` to see its trace. The holes that a
+schedule cannot isolate are unit tests: one write per lease check and each fallback write
+checked on its own (tests/unit/aws/test_ec2.py, test_fence.py), no polling while the lease
+runs out, blind takeover writes, one expiry per dead member, hand-overs in doubt, the
+restart count before the stop (tests/unit/test_cycle.py), owners outside the member list,
+pins after a failure, a second process (tests/unit/test_decide.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import dataclasses
 
 import pytest
 
-from agent.cycle import Agent
-from agent.decide import Decision, Observation
-from coordinator.items import GroupSnapshot, Health
-from tests.sim.world import SimEc2, run_seed
+import agent.cycle
+import agent.decide
+from tests.sim.scenario import TIMING, Fault, Scenario
+from tests.sim.world import Result, run, run_seed
 
-# Seeds are those that fail with the fix undone under the current scenario generator
-# (scenario.py): the seeds the bugs were first found with (4523 .. 5716 for the first,
-# with margin 0.1 s) drew other schedules once the margin became 0.15 s.
+THREE = ("i-a", "i-b", "i-c")
+TABLES = {"i-a": ("rtb-0",), "i-b": ("rtb-1",), "i-c": ("rtb-2",)}
+
+# Seeds that failed while the simulator and the fixes were built (tests/sim/README.md, "Bugs it found").
 REGRESSIONS = {
-    # point_route reads the route (DescribeRouteTables) and then writes it; the lease was
-    # checked only before the read, so with slow EC2 calls the ReplaceRoute landed after
-    # the session ran out (fixed in f591dd5: the lease is checked again right before the write).
-    110: "route write after the session ran out: lease checked before the read, not before the write",
-    769: "same",
-    1257: "same",
-    1333: "same, writing the route to a successor (failback)",
-    5651: "same, with EC2 throttling (found with margin 0.1 s; still reproduces)",
-    # The snapshot's versions were recorded as first seen at the *start* of the cycle, before
-    # the renewal and the read: after a pause (or a slow renewal) a peer's fresh heartbeat
-    # looked stale and was expired while valid (fixed in ac02424: first seen when the read returned).
-    2189: "fresh heartbeat judged stale: observation time taken before the read (found with this seed)",
-    1437: "same",
+    96: "a holder whose writes failed with AWS's 5xx handed its home table away (now: only failures of its own count)",
+    201: "the same under ec2_late timeouts, with holder tags",
+    290: "the same after a fail-back",
+    3686: "a taker whose writes AWS refused kept the tables 3 s (now: it gives up after two refusals)",
+    7981: "an unhealthy holder whose config lacked its only peer held its table for ever (now: it releases it)",
+    1746: "a late-landing claim was blamed on nobody (checker: a late write is its sender's)",
+    7104: "overlapping operator faults (checker bookkeeping)",
 }
+
+
+def three(*faults: Fault, **kw: object) -> Scenario:
+    return Scenario(1, THREE, TABLES, dict.fromkeys(THREE, 1.0), tuple(faults), **kw)  # type: ignore[arg-type]
+
+
+def ok(r: Result) -> Result:
+    assert r.ok, r.report()
+    return r
 
 
 @pytest.mark.parametrize("seed", sorted(REGRESSIONS))
@@ -42,31 +50,34 @@ def test_regression_seed(seed: int) -> None:
     assert r.ok, f"{REGRESSIONS[seed]}\n{r.report()}"
 
 
-def test_seed_110_fails_without_the_guard(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Undo the fix (point_route ignores the lease check before its write): the seed must fail."""
-    real = SimEc2.point_route
-
-    def unguarded(self: SimEc2, route_table: str, instance: str, *, guard: Callable[[], bool] | None = None) -> str:
-        return real(self, route_table, instance)
-
-    monkeypatch.setattr(SimEc2, "point_route", unguarded)
-    r = run_seed(110)
-    assert any("ran out" in v for v in r.violations), r.report()
-
-
-def test_seed_2189_fails_with_the_cycle_start_as_observation_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Undo the fix (versions first seen at the cycle's start): the seed must fail."""
-    real_run, real_observe = Agent.run_cycle, Agent._observe
-    started: dict[int, float] = {}
-
-    def run_cycle(self: Agent) -> Decision:
-        started[id(self)] = self.clock.monotonic()
-        return real_run(self)
-
-    def observe(self: Agent, snapshot: GroupSnapshot, now: float, probes: Any, health: Health) -> Observation:
-        return real_observe(self, snapshot, started.get(id(self), now), probes, health)
-
-    monkeypatch.setattr(Agent, "run_cycle", run_cycle)
-    monkeypatch.setattr(Agent, "_observe", observe)
-    r = run_seed(2189)
+def test_hole_3_a_second_process_never_supersedes_the_running_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    sc = three(Fault("second_process", 3.0, 6.0, "i-a"), Fault("agent_once", 4.0, 1.2, "i-b"))
+    assert sum(ok(run(sc)).route_changes.values()) == 0
+    monkeypatch.setattr(agent.decide._View, "other_process", lambda self: "")  # undo: start a session regardless
+    r = run(sc)
     assert any("still valid" in v for v in r.violations), r.report()
+
+
+def test_hole_6_a_nat_that_lost_its_egress_loses_its_tables_within_3_s() -> None:
+    for kind in ("lost_egress", "forward_hang"):
+        r = ok(run(three(Fault(kind, 3.0, 8.0, "i-b"))))
+        assert r.route_changes.get("rtb-1", 0) >= 1 and 0 < max(r.outages) < 3.0
+    undone = dataclasses.replace(TIMING, silent_owner_after=1000.0)  # undo: silence alone never moves a route
+    r = run(three(Fault("lost_egress", 3.0, 8.0, "i-b"), timing=undone))
+    assert any("(b) rtb-1 has pointed at i-b" in v for v in r.violations), r.report()
+
+
+def test_hole_7_a_taker_whose_writes_are_refused_gives_the_table_to_a_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    sc = three(Fault("ec2_denied", 2.0, 12.0, "i-c"), Fault("nat_down", 3.0, 10.0, "i-b"), holder_tag=False)
+    r = ok(run(sc))
+    assert max(r.outages) < 3.0
+    monkeypatch.setattr(agent.cycle, "EC2_FAILURES_TO_GIVE_UP", 10**6)  # undo: keep the table whatever happens
+    r = run(sc)
+    assert any("(b) rtb-1 has pointed at i-b" in v for v in r.violations), r.report()
+
+
+def test_hole_5_a_table_owned_by_a_member_removed_undrained_is_taken_over() -> None:
+    # i-b leaves every config without draining; its NAT then stops forwarding: i-c, the new home
+    # of rtb-1 in the new configs, takes it although nobody probes i-b any more.
+    r = ok(run(three(Fault("member_removed", 3.0, 12.0, "i-b"), Fault("dataplane_down", 5.0, 8.0, "i-b"))))
+    assert r.route_changes.get("rtb-1", 0) >= 1

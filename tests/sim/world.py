@@ -52,6 +52,7 @@ PROBE_UP_AFTER = 0.2
 STORE_LATENCY = (0.001, 0.006)  # per half call
 STORE_SLOW = (0.02, 0.2)  # per half call: past the client's 0.15 s deadline at times
 SAMPLE = 0.05
+OBSERVING = 2.0  # an agent must have run this long to judge a silent peer (the default silent_owner_after)
 DRAIN_TIMEOUT = 15.0
 MAX_CYCLES = 1_000_000
 _NUMBERS = re.compile(r"\d+\.\d+ s")  # ages in decision lines: a new trace line only when the rest changes
@@ -123,6 +124,8 @@ class Result:
     late_sends: int = 0
     iam_refusals: int = 0
     freezes_triggered: int = 0
+    by_invariant: dict[str, int] = field(default_factory=dict)
+    max_cycle: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -243,7 +246,7 @@ class World:
         run = self.running.get(iid)
         if run is None or run.exited or not self.forwards(iid) or run.proc.hung_until > self.k.now:
             return False
-        if observing and self.k.now - run.started < self.t.silent_owner_after:
+        if observing and self.k.now - run.started < OBSERVING:
             return False
         if self.faulty("store_isolated", iid) or self.faulty("ec2_denied", iid) or run.loop.stopping:
             return False
@@ -393,7 +396,7 @@ class World:
             holder = (str(attrs.get("owner", "")), str(attrs.get("owner_session", "")))
             seen = self.term_owner.setdefault((rt, term), holder)
             if seen != holder:
-                self.checker.violation(f"{rt} term {term} held by {seen} and by {holder}")
+                self.checker.violation(f"{rt} term {term} held by {seen} and by {holder}", "a")
             before = self.holder.get(rt, ("", ""))
             self.holder[rt] = holder
             # Taken (not handed over) from a session: it must have run out, or two agents may
@@ -404,7 +407,8 @@ class World:
                 if left > 0:
                     self.checker.violation(
                         f"{me} took {rt} (term {term}) from {before[0]} whose session {self.sname(before[1])} "
-                        f"is still valid ({left:.3f} s more on its holder's clock)"
+                        f"is still valid ({left:.3f} s more on its holder's clock)",
+                        "a",
                     )
             self.log(f"{me or 'late write'}: {rt} term {term} -> {holder[0] or 'nobody'} ({self.sname(holder[1])})")
 
@@ -745,12 +749,12 @@ class World:
         for rt in sorted(self.homes):
             changes = self.checker.route_changes[rt]
             if changes > 2 * nfaults:
-                self.checker.violation(f"{rt} changed {changes} times for {nfaults} faults (flapping)")
+                self.checker.violation(f"{rt} changed {changes} times for {nfaults} faults (flapping)", "c")
         for problem in self.live_problems():
-            self.checker.violation(f"liveness: {problem}")
+            self.checker.violation(f"not back to normal within the bound after the faults: {problem}", "b")
         moved = sum(self.checker.route_changes.values())
         if nfaults == 0 and (moved or self.checker.stops or self.checker.starts):
-            self.checker.violation(f"no faults, yet {moved} route changes, {self.checker.stops} stops")
+            self.checker.violation(f"no faults, yet {moved} route changes, {self.checker.stops} stops", "c")
 
 
 class SimProbes:
@@ -840,6 +844,8 @@ def run(sc: Scenario, end: float | None = None) -> Result:
         c.late_sends,
         c.iam_refusals,
         world.freezes_triggered,
+        dict(c.by_invariant),
+        c.max_cycle,
     )
 
 
