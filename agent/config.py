@@ -39,6 +39,22 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+class ConfigFileError(ConfigError):
+    """The file itself cannot be used (missing, unreadable, not TOML); each line already names the file."""
+
+
+SHOWN_CHARS = 60  # a value echoed in an error line is cut to this many characters
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to SHOWN_CHARS with its length said: an error line stays one readable line."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    return text[: SHOWN_CHARS - 3] + "..." + size
+
+
 @dataclass(frozen=True)
 class Key:
     """One configuration key: its type, default and what it means."""
@@ -380,16 +396,16 @@ def _check_value(path: str, key: Key, value: Any, problems: list[str]) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if (kind is int and isinstance(value, bool)) or (kind is float and isinstance(value, bool)):
-        problems.append(f"{path}: must be {_type_name(kind)}, got {value!r}")
+        problems.append(f"{path}: must be {_type_name(kind)}, got {shown(value)}")
         return key.default
     if not isinstance(value, kind):
-        problems.append(f"{path}: must be {_type_name(kind)}, got {type(value).__name__} {value!r}")
+        problems.append(f"{path}: must be {_type_name(kind)}, got {type(value).__name__} {shown(value)}")
         return key.default
     if key.choices and value not in key.choices:
-        problems.append(f"{path}: must be one of {', '.join(key.choices)}, got {value!r}")
+        problems.append(f"{path}: must be one of {', '.join(key.choices)}, got {shown(value)}")
         return key.default
     if key.minimum is not None and isinstance(value, (int, float)) and value < key.minimum:
-        problems.append(f"{path}: must be >= {key.minimum}, got {original!r}")
+        problems.append(f"{path}: must be >= {key.minimum}, got {shown(original)}")
         return key.default
     if isinstance(value, list) and not all(isinstance(v, str) for v in value):
         problems.append(f"{path}: must be a list of strings")
@@ -410,7 +426,8 @@ def _section(path: str, raw: Any, schema: dict[str, Key], problems: list[str]) -
                 continue  # a section, handled by the caller
             close = difflib.get_close_matches(name, list(schema) + ([*SCHEMA] if not path else []), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"{full}: unknown key{hint}")
+            name = full if len(full) <= SHOWN_CHARS else full[: SHOWN_CHARS - 3] + "..."
+            problems.append(f"{name}: unknown key{hint}")
             continue
         out[name] = _check_value(full, schema[name], value, problems)
     for name, key in schema.items():
@@ -430,20 +447,24 @@ def _member(index: int, raw: Any, problems: list[str], from_tags: bool) -> Membe
     values = _section(path, raw, SCHEMA["members"], problems)
     iid = values["instance_id"]
     if iid and not INSTANCE_RE.match(iid):
-        problems.append(f"{path}.instance_id: {iid!r} is not an instance id (i-...)")
+        problems.append(f"{path}.instance_id: {shown(iid)} is not an instance id (i-...)")
     addr = values["address"]
     if addr:
         try:
             ipaddress.ip_address(addr)
         except ValueError:
-            problems.append(f"{path}.address: {addr!r} is not an IP address")
+            problems.append(f"{path}.address: {shown(addr)} is not an IP address")
     elif not from_tags:
         problems.append(f"{path}.address: required")
+    listed: set[str] = set()
     for rt in values["route_tables"]:
         if not RTB_RE.match(rt):
-            problems.append(f"{path}.route_tables: {rt!r} is not a route table id (rtb-...)")
+            problems.append(f"{path}.route_tables: {shown(rt)} is not a route table id (rtb-...)")
+        elif rt in listed:
+            problems.append(f"{path}.route_tables: {rt} is listed twice")
+        listed.add(rt)
     if values["eni"] and not ENI_RE.match(values["eni"]):
-        problems.append(f"{path}.eni: {values['eni']!r} is not a network interface id (eni-...)")
+        problems.append(f"{path}.eni: {shown(values['eni'])} is not a network interface id (eni-...)")
     return Member(
         instance_id=iid,
         address=addr,
@@ -454,12 +475,28 @@ def _member(index: int, raw: Any, problems: list[str], from_tags: bool) -> Membe
     )
 
 
+def _two_homes(members: tuple[Member, ...]) -> list[str]:
+    """A route table has one home: one line for each route table a later member lists again."""
+    first: dict[str, int] = {}
+    out = []
+    for i, m in enumerate(members):
+        for rt in dict.fromkeys(m.route_tables):  # twice in one member is _member's line
+            if rt in first and members[first[rt]].instance_id != m.instance_id:
+                j = first[rt]
+                out.append(
+                    f"members[{i}].route_tables: {rt} is already the home of members[{j}] "
+                    f"({members[j].instance_id}); a route table has one home"
+                )
+            first.setdefault(rt, i)
+    return out
+
+
 def _listen_problem(value: str) -> str | None:
     if not value:
         return None
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return f"metrics.listen: {value!r} must be host:port, e.g. 127.0.0.1:9510"
+        return f"metrics.listen: {shown(value)} must be host:port, e.g. 127.0.0.1:9510"
     return None
 
 
@@ -469,8 +506,9 @@ def parse(raw: dict[str, Any]) -> Config:
     top = _section("", raw, SCHEMA[""], problems)
     if top["group"] and not GROUP_RE.match(top["group"]):
         problems.append("group: use 1-64 letters, digits and _.:- only")
-    if top["instance_id"] and not INSTANCE_RE.match(top["instance_id"]):
-        problems.append(f"instance_id: {top['instance_id']!r} is not an instance id (i-...)")
+    instance_id_ok = bool(top["instance_id"]) and bool(INSTANCE_RE.match(top["instance_id"]))
+    if top["instance_id"] and not instance_id_ok:
+        problems.append(f"instance_id: {shown(top['instance_id'])} is not an instance id (i-...)")
     sections = {
         name: _section(name, raw.get(name, {}), SCHEMA[name], problems)
         for name in SCHEMA
@@ -481,7 +519,7 @@ def parse(raw: dict[str, Any]) -> Config:
         problems.append(f"ec2.account_id: {account!r} is not an AWS account id (12 digits)")
     if not TABLE_RE.match(sections["store"]["table"]):
         problems.append(
-            f"store.table: {sections['store']['table']!r} is not a DynamoDB table name (3-255 of A-Za-z0-9_.-)"
+            f"store.table: {shown(sections['store']['table'])} is not a DynamoDB table name (3-255 of A-Za-z0-9_.-)"
         )
     raw_members = raw.get("members", [])
     if not isinstance(raw_members, list):
@@ -493,16 +531,11 @@ def parse(raw: dict[str, Any]) -> Config:
     if not top["members_from_tags"]:
         if len(members) < 2:
             problems.append("members: a group needs at least two members (or members_from_tags = true)")
-        seen: dict[str, str] = {}
         ids = [m.instance_id for m in members]
-        for iid in {i for i in ids if ids.count(i) > 1}:
+        for iid in sorted({i for i in ids if ids.count(i) > 1 and INSTANCE_RE.match(i)}):
             problems.append(f"members: instance {iid} is listed twice")
-        for m in members:
-            for rt in m.route_tables:
-                if rt in seen and seen[rt] != m.instance_id:
-                    problems.append(f"members: route table {rt} has two homes ({seen[rt]} and {m.instance_id})")
-                seen[rt] = m.instance_id
-        if top["instance_id"] and members and top["instance_id"] not in ids:
+        problems.extend(_two_homes(members))
+        if instance_id_ok and members and top["instance_id"] not in ids:
             problems.append(f"instance_id: {top['instance_id']} is not one of the members")
     probe = ProbeConfig(**sections["probe"])
     sc = dict(sections["self_check"])
@@ -510,7 +543,7 @@ def parse(raw: dict[str, Any]) -> Config:
     for target in sc["egress_targets"]:
         host, sep, port = target.rpartition(":")
         if not sep or not host or not port.isdigit():
-            problems.append(f"self_check.egress_targets: {target!r} must be host:port")
+            problems.append(f"self_check.egress_targets: {shown(target)} must be host:port")
     timing = Timing(**sections["timing"])
     problems.extend(timing.problems(probe))
     listen_problem = _listen_problem(sections["metrics"]["listen"])
@@ -541,17 +574,17 @@ def load(path: str | Path) -> Config:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError([f"{p}: no such file (write one, see `nat-ha check-config --reference`)"]) from None
+        raise ConfigFileError([f"{p}: no such file (write one, see `nat-ha check-config --reference`)"]) from None
     except IsADirectoryError:
-        raise ConfigError([f"{p}: is a directory, expected a TOML file"]) from None
+        raise ConfigFileError([f"{p}: is a directory, expected a TOML file"]) from None
     except PermissionError:
-        raise ConfigError([f"{p}: permission denied"]) from None
+        raise ConfigFileError([f"{p}: permission denied"]) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{p}: cannot read: {exc}"]) from None
+        raise ConfigFileError([f"{p}: cannot read: {exc}"]) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{p}: not valid TOML: {exc}"]) from None
+        raise ConfigFileError([f"{p}: not valid TOML: {exc}"]) from None
     return parse(raw)
 
 

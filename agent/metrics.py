@@ -1,7 +1,8 @@
 """Prometheus metrics of one agent (base units, ``_total`` counters, pre-created labels).
 
-Every series a dashboard panel or alert uses is created at start-up for every peer
-and route table, so a panel never shows "no data" because nothing happened yet.
+Every series a dashboard panel or alert uses is created at start-up for every peer,
+route table and AWS call, so a panel never shows "no data" because nothing happened
+yet, and ``increase()`` sees the first event (a counter born at 1 has no increase).
 """
 
 from __future__ import annotations
@@ -28,6 +29,49 @@ DECISIONS = (
     "holding", "standby", "took_over", "failed_back", "handed_over", "waiting", "restarting_peer",
     "draining", "no_session", "store_unavailable", "unhealthy",
 )  # fmt: skip
+
+# Every AWS call the agent makes (agent/aws/calls.py AGENT_CALLS; a test keeps the two equal: this
+# module sits below agent/aws and cannot import it) and the classes of error it can see from them.
+AWS_OPERATIONS = (
+    ("dynamodb", "DescribeTable"), ("dynamodb", "GetItem"), ("dynamodb", "PutItem"), ("dynamodb", "Query"),
+    ("ec2", "CreateRoute"), ("ec2", "CreateTags"), ("ec2", "DescribeInstances"), ("ec2", "DescribeRouteTables"),
+    ("ec2", "ReplaceRoute"), ("ec2", "StartInstances"), ("ec2", "StopInstances"),
+)  # fmt: skip
+AWS_ERROR_CODES = {
+    "timeout": ("ReadTimeoutError", "ConnectTimeoutError", "TimeoutError", "RequestTimeout", "RequestTimeoutException"),
+    "connection": (
+        "EndpointConnectionError", "ConnectionClosedError", "ConnectionError", "ProxyConnectionError", "SSLError",
+        "HTTPClientError", "ConnectionRefusedError", "ConnectionResetError", "BrokenPipeError", "IncompleteRead",
+    ),
+    "throttled": (
+        "ThrottlingException", "Throttling", "ProvisionedThroughputExceededException", "RequestLimitExceeded",
+        "RequestThrottled", "RequestThrottledException", "TooManyRequestsException", "LimitExceededException",
+        "ThrottledException", "RequestLimitExceededException", "SlowDown", "429",
+    ),
+    "denied": (
+        "AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnrecognizedClientException",
+        "InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException", "AuthFailure", "NoCredentialsError",
+        "SignatureDoesNotMatch", "InvalidSignatureException", "RequestExpired", "MissingAuthenticationToken",
+        "403",
+    ),
+    # A conditional write that lost (another agent wrote first): the protocol's normal answer under contention.
+    "conflict": ("ConditionalCheckFailedException", "TransactionConflictException", "RouteAlreadyExists"),
+    "server": (
+        "InternalServerError", "InternalError", "InternalFailure", "ServiceUnavailable", "ServiceUnavailableException",
+        "Unavailable",
+    ),
+}  # fmt: skip
+AWS_ERROR_CLASSES = (*AWS_ERROR_CODES, "other")
+_ERROR_CLASS_OF = {code: cls for cls, codes in AWS_ERROR_CODES.items() for code in codes}
+
+
+def aws_error_class(code: str) -> str:
+    """The class of an AWS error code, botocore exception name or HTTP status (``other`` if unknown)."""
+    cls = _ERROR_CLASS_OF.get(code)
+    if cls is not None:
+        return cls
+    return "server" if code.isdigit() and code.startswith("5") else "other"
+
 
 RTT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 FAILOVER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
@@ -66,6 +110,19 @@ class Children2(dict[tuple[str, str], M], Generic[M]):
         self.metric: M = metric
 
     def __missing__(self, values: tuple[str, str]) -> M:
+        child: M = self.metric.labels(*values)
+        self[values] = child
+        return child
+
+
+class Children3(dict[tuple[str, str, str], M], Generic[M]):
+    """Like :class:`Children`, for a metric with three labels (keyed by the triple)."""
+
+    def __init__(self, metric: M) -> None:
+        super().__init__()
+        self.metric: M = metric
+
+    def __missing__(self, values: tuple[str, str, str]) -> M:
         child: M = self.metric.labels(*values)
         self[values] = child
         return child
@@ -173,7 +230,12 @@ class Metrics:
             buckets=AWS_BUCKETS,
             registry=r,
         )
-        self.aws_errors = Counter(f"{ns}_aws_errors", "AWS API calls that failed", ["service", "operation"], registry=r)
+        self.aws_errors = Counter(
+            f"{ns}_aws_errors",
+            "AWS API calls that failed, by class of error",
+            ["service", "operation", "error"],
+            registry=r,
+        )
         self.decision = Gauge(f"{ns}_decision", "1 for the kind of the current decision", ["decision"], registry=r)
         self.decision_changes = Counter(f"{ns}_decision_changes", "Times the decision line changed", registry=r)
         self.ec2_late_writes = Counter(
@@ -205,7 +267,7 @@ class Metrics:
         self.route_ec2_target_of = Children2(self.route_ec2_target)
         self.decision_of = Children(self.decision)
         self.aws_duration_of = Children2(self.aws_duration)
-        self.aws_errors_of = Children2(self.aws_errors)
+        self.aws_errors_of = Children3(self.aws_errors)
         self._decided: str | None = None  # the decision kind whose gauge is 1, if any
         self._last: dict[Gauge, float] = {}  # what put() last set each gauge to
 
@@ -242,6 +304,9 @@ class Metrics:
             self.failover_duration.labels(kind)
         for result in RENEWAL_RESULTS:
             self.renewals.labels(result)
+        for service, operation in AWS_OPERATIONS:
+            for error in AWS_ERROR_CLASSES:
+                self.aws_errors_of[service, operation, error]
         for d in DECISIONS:
             self.decision_of[d].set(0)
         self._decided = None
@@ -281,7 +346,7 @@ class Metrics:
         """Time one AWS call and count it if it failed (the AWS clients' call observer)."""
         self.aws_duration_of[service, operation].observe(seconds)
         if error:
-            self.aws_errors_of[service, operation].inc()
+            self.aws_errors_of[service, operation, aws_error_class(error)].inc()
 
     def serve(self, listen: str) -> object | None:
         """Start the HTTP endpoint on ``host:port`` (returns the server, or None if disabled)."""

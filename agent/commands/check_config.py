@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agent.config import DEFAULT_PATH, ConfigError, effective_toml, load, reference_markdown
+from agent.config import DEFAULT_PATH, ConfigError, ConfigFileError, effective_toml, load, reference_markdown
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,8 +21,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load(args.config)
     except ConfigError as exc:
+        # A key's problem is prefixed with the file; a problem of the file itself already names it.
+        prefix = "" if isinstance(exc, ConfigFileError) else f"{args.config}: "
         for line in exc.problems:
-            print(f"{args.config}: {line}", file=sys.stderr)
+            print(f"{prefix}{line}", file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 2
     if not args.quiet:

@@ -1,30 +1,59 @@
-"""``nat-ha status``: the group at a glance - members, health, owners, terms, EC2 routes."""
+"""``nat-ha status``: the group at a glance - members, health, owners, terms, EC2 routes.
+
+Exit 0 when it lists no problem, 1 when it does (or AWS did not answer within ``--timeout``),
+2 for a bad config: scripts and monitoring can use the exit code alone.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import threading
 import time
 from typing import Any
 
-from agent.config import DEFAULT_PATH, load
+from agent.commands.cli import UsageError
+from agent.config import DEFAULT_PATH, Config, load
+
+DEFAULT_TIMEOUT_S = 10.0  # the whole command; each AWS call also has its own 5 s limit (runtime.OPERATOR_TIMEOUT_S)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"give up when AWS has not answered within SECONDS in all (default {DEFAULT_TIMEOUT_S:g}; exit 1)",
+    )
 
 
-def collect(config: Any) -> dict[str, Any]:
+class Steps:
+    """What :func:`collect` is waiting for now, so a timeout can say where it was stuck."""
+
+    def __init__(self) -> None:
+        self.now = "reading the config"
+
+
+def collect(config: Config, steps: Steps | None = None) -> dict[str, Any]:
     """Read the group (consistent) and EC2's routes; flag every disagreement."""
     from agent.aws.ec2 import Ec2Error
     from agent.runtime import coordinator_for, resolve
 
+    steps = steps or Steps()
+    steps.now = "discovering the members from EC2 tags" if config.members_from_tags else "connecting"
     rt = resolve(config, need_identity=False, operator=True)
     config = rt.config
+    steps.now = f"reading group {config.group} from DynamoDB table {config.store.table}"
     snapshot = coordinator_for(rt).read_group()
     now = time.time()
     problems: list[str] = []
+    missing = _no_route_tables(config)
+    if missing:
+        problems.append(missing)
+    steps.now = "reading the route tables from EC2"
     try:
         ec2 = rt.ec2.routes(config.route_tables())
     except Ec2Error as exc:
@@ -88,6 +117,25 @@ def collect(config: Any) -> dict[str, Any]:
     }
 
 
+def _no_route_tables(config: Config) -> str:
+    """The problem line when no member has a home route table (nothing to fail over), with the fix."""
+    if config.route_tables():
+        return ""
+    if not config.members_from_tags:
+        return (
+            "no route tables: no [[members]] entry lists route_tables; give each member its home private "
+            'route tables (route_tables = ["rtb-..."]) or nothing is failed over'
+        )
+    homes = ", ".join(f"{m.instance_id} ({m.az})" if m.az else m.instance_id for m in config.members)
+    return (
+        f"no route tables: none is tagged nat-ha:group={config.group} with a nat-ha:home of a member, so nothing "
+        f"is failed over; tag each private route table with the NAT of its AZ ({homes}): "
+        f"aws ec2 create-tags --region {config.region or '<region>'} --resources <rtb-id> "
+        f"--tags Key=nat-ha:group,Value={config.group} Key=nat-ha:home,Value=<instance-id> "
+        "(a nat-ha CloudFormation stack prints these commands as its TagRouteTables output)"
+    )
+
+
 def render(status: dict[str, Any]) -> str:
     lines = [f"group {status['group']} (table {status['table']})", ""]
     rows: list[tuple[str, ...]] = [("MEMBER", "AZ", "STATE", "HEALTH", "HEARTBEAT", "REACHES", "NOTE")]
@@ -114,7 +162,42 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
+def collect_within(config: Config, seconds: float) -> dict[str, Any] | str:
+    """:func:`collect`, or a one-line reason if it has not finished after ``seconds``.
+
+    botocore's timeouts are per socket operation and it retries, so an endpoint that accepts
+    connections and never answers held ``status`` for 3 x 5 s; the whole command gets one deadline.
+    The worker thread is a daemon: a call still hanging at the deadline dies with the process.
+    """
+    steps = Steps()
+    out: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            out["status"] = collect(config, steps)
+        except BaseException as exc:  # re-raised in the caller's thread, which maps it to an exit code
+            out["error"] = exc
+
+    worker = threading.Thread(target=work, name="nat-ha-status", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        return f"no answer from AWS within {seconds:g} s while {steps.now} (--timeout to wait longer)"
+    if "error" in out:
+        raise out["error"]
+    status: dict[str, Any] = out["status"]
+    return status
+
+
 def run(args: argparse.Namespace) -> int:
-    status = collect(load(args.config))
+    import math
+    import sys
+
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise UsageError("--timeout must be a number of seconds > 0")
+    status = collect_within(load(args.config), args.timeout)
+    if isinstance(status, str):
+        print(f"nat-ha status: {status}", file=sys.stderr)
+        return 1
     print(json.dumps(status, indent=2, sort_keys=True) if args.json else render(status))
-    return 0
+    return 1 if status["problems"] else 0

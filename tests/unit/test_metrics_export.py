@@ -22,11 +22,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from agent.aws.calls import AGENT_CALLS
 from agent.aws.fence import Fence
 from agent.config import Config, Member
 from agent.cycle import Agent, build_info
 from agent.decide import Ec2Route, PeerProbe
-from agent.metrics import DECISIONS, Metrics
+from agent.metrics import AWS_ERROR_CLASSES, AWS_OPERATIONS, DECISIONS, Metrics, aws_error_class
 from coordinator.clock import FakeClock
 from coordinator.items import Health
 from coordinator.leases import Coordinator
@@ -256,8 +257,62 @@ def test_aws_call_observer_times_every_call_and_counts_failures() -> None:
         )
         == 1
     )
-    assert value("nat_ha_aws_errors_total", {"service": "dynamodb", "operation": "Query"}) == 1
-    assert value("nat_ha_aws_errors_total", {"service": "ec2", "operation": "ReplaceRoute"}) is None  # never failed
+    assert value("nat_ha_aws_errors_total", {"service": "dynamodb", "operation": "Query", "error": "timeout"}) == 1
+
+
+def test_every_aws_error_series_exists_from_start_up() -> None:
+    """Before, a series was born with its first error at 1, so increase() never saw that error."""
+    m = Metrics(CollectorRegistry(), process=False)
+    m.prepare("0", GROUP, "i-a", ["i-b"], ["rtb-a"])
+    value = m.registry.get_sample_value
+    for service, operation in AWS_OPERATIONS:
+        for error in AWS_ERROR_CLASSES:
+            labels = {"service": service, "operation": operation, "error": error}
+            assert value("nat_ha_aws_errors_total", labels) == 0, labels
+    m.observe_aws_call("ec2", "ReplaceRoute", 0.6, "ReadTimeoutError")
+    m.observe_aws_call("dynamodb", "PutItem", 0.01, "ConditionalCheckFailedException")
+    m.observe_aws_call("dynamodb", "Query", 0.01, "ProvisionedThroughputExceededException")
+    m.observe_aws_call("ec2", "DescribeRouteTables", 0.01, "503")
+    m.observe_aws_call("ec2", "CreateRoute", 0.01, "InvalidRouteTableID.NotFound")
+    errors = {
+        (s.labels["service"], s.labels["operation"], s.labels["error"]): s.value
+        for family in m.registry.collect()
+        if family.name == "nat_ha_aws_errors"
+        for s in family.samples
+        if s.name.endswith("_total") and s.value
+    }
+    assert errors == {
+        ("ec2", "ReplaceRoute", "timeout"): 1,
+        ("dynamodb", "PutItem", "conflict"): 1,
+        ("dynamodb", "Query", "throttled"): 1,
+        ("ec2", "DescribeRouteTables", "server"): 1,
+        ("ec2", "CreateRoute", "other"): 1,
+    }
+
+
+def test_aws_operations_are_the_agents_calls() -> None:
+    assert sorted(AWS_OPERATIONS) == sorted((service, op) for service, op in AGENT_CALLS)
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [
+        ("ReadTimeoutError", "timeout"),
+        ("ConnectTimeoutError", "timeout"),
+        ("EndpointConnectionError", "connection"),
+        ("ThrottlingException", "throttled"),
+        ("RequestLimitExceeded", "throttled"),
+        ("UnauthorizedOperation", "denied"),
+        ("AccessDeniedException", "denied"),
+        ("ConditionalCheckFailedException", "conflict"),
+        ("InternalServerError", "server"),
+        ("500", "server"),
+        ("ValidationException", "other"),
+        ("", "other"),
+    ],
+)
+def test_error_classes(code: str, cls: str) -> None:
+    assert aws_error_class(code) == cls and cls in AWS_ERROR_CLASSES
 
 
 if __name__ == "__main__":

@@ -132,8 +132,46 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         load(write(tmp_path, text))
     problems = err.value.problems
     assert "members[0].address: 'ten' is not an IP address" in problems
-    assert "members: route table rtb-0aaa has two homes (i-0aaa and i-0bbb)" in problems
+    assert (
+        "members[1].route_tables: rtb-0aaa is already the home of members[0] (i-0aaa); a route table has one home"
+        in problems
+    )
     assert "timing.lease: must be >= 0.05, got -1" in problems
+
+
+def test_a_route_table_listed_twice_for_one_member_is_rejected(tmp_path: Path) -> None:
+    """It was accepted silently; the home of a route table must be one clear fact."""
+    text = GOOD.replace('route_tables = ["rtb-0aaa"]', 'route_tables = ["rtb-0aaa", "rtb-0aaa"]')
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, text))
+    assert err.value.problems == ["members[0].route_tables: rtb-0aaa is listed twice"]
+
+
+def test_a_route_table_under_two_members_names_the_key(tmp_path: Path) -> None:
+    text = GOOD.replace('route_tables = ["rtb-0bbb"]', 'route_tables = ["rtb-0bbb", "rtb-0aaa"]')
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, text))
+    assert err.value.problems == [
+        "members[1].route_tables: rtb-0aaa is already the home of members[0] (i-0aaa); a route table has one home"
+    ]
+
+
+@pytest.mark.parametrize("key", ["instance_id", "probe.method", "metrics.listen", "store.table", "timing.lease"])
+def test_a_huge_value_is_cut_and_echoed_once(tmp_path: Path, key: str) -> None:
+    """A 5000-character value was echoed in full (instance_id: in two lines); now once, cut to 60 characters."""
+    huge = "i-" + "x" * 5000
+    if key == "instance_id":
+        text = GOOD.replace('instance_id = "i-0aaa"\nregion', f'instance_id = "{huge}"\nregion', 1)
+    else:
+        section, _, name = key.partition(".")
+        text = GOOD.replace("\n[[members]]", f'\n[{section}]\n{name} = "{huge}"\n\n[[members]]', 1)
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, text))
+    problems = err.value.problems
+    mine = [p for p in problems if p.startswith(f"{key}:")]
+    assert len(mine) == 1, problems
+    assert "..." in mine[0] and len(mine[0]) < 160, mine[0]
+    assert sum(p.count("x" * 40) for p in problems) == 1, problems  # echoed once, in that line
 
 
 def test_check_config_prints_effective_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -171,6 +209,8 @@ def test_unreadable_files(tmp_path: Path, capsys: pytest.CaptureFixture[str], se
         path.write_bytes(b"\xff\xfe\x00group")
     code, _out, err = run_cli(["check-config", "--config", str(path)], capsys)
     assert code == 2 and expected in err and "Traceback" not in err
+    first = err.splitlines()[0]
+    assert first.startswith(f"{path}: ") and first.count(str(path)) == 1, first  # the path once, not twice
 
 
 def test_reference_documents_every_key() -> None:

@@ -1,0 +1,143 @@
+"""``nat-ha status`` as a user meets it: a group with nothing to fail over, an endpoint that never answers.
+
+moto runs in this process (ThreadedMotoServer, a real HTTP endpoint on 127.0.0.1); the
+endpoint that never answers is a listening socket on 127.0.0.1 that accepts and stays silent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from agent.commands import cli
+from coordinator.dynamo import DynamoSettings, init_table
+from tests.servers import threaded_moto_server
+
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    with threaded_moto_server() as url:
+        yield url
+
+
+def _group_without_route_tables(url: str, group: str) -> list[str]:
+    """Two running instances tagged with ``group`` and the table; no route table tagged (an existing VPC's stack)."""
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=url)
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    ids = []
+    for i, az in enumerate(("us-east-1a", "us-east-1b")):
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.9.{i}.0/24", AvailabilityZone=az)["Subnet"]["SubnetId"]
+        ec2.create_route_table(VpcId=vpc)  # exists, untagged: what the operator has not tagged yet
+        done = ec2.run_instances(
+            ImageId="ami-12c6146b",
+            MinCount=1,
+            MaxCount=1,
+            SubnetId=subnet,
+            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "nat-ha:group", "Value": group}]}],
+        )
+        ids.append(done["Instances"][0]["InstanceId"])
+    list(init_table(DynamoSettings(table=f"t-{group}", region=REGION, endpoint_url=url)))
+    return ids
+
+
+def _config(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(body)
+    return path
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_group_without_route_tables_says_what_to_tag_and_fails(
+    moto_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It exited 0 and listed no problem: an existing-VPC stack before its tables are tagged looked fine."""
+    ids = _group_without_route_tables(moto_url, "untagged")
+    path = _config(
+        tmp_path,
+        f'group = "untagged"\nregion = "{REGION}"\nmembers_from_tags = true\n\n'
+        f'[store]\ntable = "t-untagged"\nendpoint_url = "{moto_url}"\n\n[ec2]\nendpoint_url = "{moto_url}"\n',
+    )
+    code, out, err = _run(["status", "--json", "--config", str(path)], capsys)
+    assert code == 1, err
+    status = json.loads(out)
+    assert sorted(m["instance_id"] for m in status["members"]) == sorted(ids)
+    assert status["route_tables"] == []
+    (problem,) = status["problems"]
+    assert problem.startswith("no route tables: none is tagged nat-ha:group=untagged")
+    assert (
+        f"aws ec2 create-tags --region {REGION} --resources <rtb-id> "
+        "--tags Key=nat-ha:group,Value=untagged Key=nat-ha:home,Value=<instance-id>"
+    ) in problem
+    assert all(f"{i} (us-east-1" in problem for i in ids), problem  # which NAT is which AZ's home
+    code, out, _ = _run(["status", "--config", str(path)], capsys)
+    assert code == 1 and "problems:\n  - no route tables" in out
+
+
+def test_static_members_without_route_tables_fail_too(
+    moto_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    list(init_table(DynamoSettings(table="t-static", region=REGION, endpoint_url=moto_url)))
+    path = _config(
+        tmp_path,
+        f'group = "static"\nregion = "{REGION}"\n\n[store]\ntable = "t-static"\nendpoint_url = "{moto_url}"\n\n'
+        f'[ec2]\nendpoint_url = "{moto_url}"\n\n'
+        '[[members]]\ninstance_id = "i-0aaa"\naddress = "10.0.1.10"\n\n'
+        '[[members]]\ninstance_id = "i-0bbb"\naddress = "10.0.2.10"\n',
+    )
+    code, out, _ = _run(["status", "--json", "--config", str(path)], capsys)
+    assert code == 1
+    assert json.loads(out)["problems"] == [
+        "no route tables: no [[members]] entry lists route_tables; give each member its home private "
+        'route tables (route_tables = ["rtb-..."]) or nothing is failed over'
+    ]
+
+
+def test_an_endpoint_that_never_answers_is_given_up_after_timeout(tmp_path: Path) -> None:
+    """It held the command for 3 tries x 5 s with no option to shorten it; now one deadline, said on one line."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel accepts connections; nobody ever reads or answers
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    path = _config(
+        tmp_path,
+        f'group = "g"\nregion = "{REGION}"\n\n[store]\nendpoint_url = "{url}"\n\n[ec2]\nendpoint_url = "{url}"\n\n'
+        '[[members]]\ninstance_id = "i-0aaa"\naddress = "10.0.1.10"\nroute_tables = ["rtb-0aaa"]\n\n'
+        '[[members]]\ninstance_id = "i-0bbb"\naddress = "10.0.2.10"\nroute_tables = ["rtb-0bbb"]\n',
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "agent.commands.cli", "status", "--timeout", "1", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=12,  # a hang guard only: without the deadline it took 15 s
+            env={**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
+        )
+    finally:
+        silent.close()
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert done.stderr == (
+        "nat-ha status: no answer from AWS within 1 s while reading group g from DynamoDB table nat-ha "
+        "(--timeout to wait longer)\n"
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan"])
+def test_timeout_must_be_positive_seconds(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["status", "--timeout", value, "--config", "/nonexistent.toml"], capsys)
+    assert code == 2 and err == "nat-ha status: --timeout must be a number of seconds > 0\n"
