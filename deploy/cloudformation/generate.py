@@ -2,8 +2,9 @@
 """Generate the CloudFormation templates from the IAM policy and the systemd units (no drift).
 
 Usage: python deploy/cloudformation/generate.py [--check]
-The templates embed deploy/iam/nat-ha-policy.json (as Fn::Sub strings) and both units from
-deploy/systemd/ (in the user data). Edit those or this file, then re-run; tests run --check.
+The templates embed deploy/iam/nat-ha-policy.json (as Fn::Sub strings) and, as the user data,
+deploy/bootstrap/nat-ha-bootstrap.sh with both units from deploy/systemd/ in it. Edit those or
+this file, then re-run; tests run --check.
 """
 
 import json
@@ -48,34 +49,7 @@ def policy_yaml(n):
     return ind("\n".join(out) + "\n", n)
 
 
-USER_DATA = r"""#!/bin/bash
-# nat-ha bootstrap (CloudFormation user data). Log: /var/log/cloud-init-output.log
-set -euxo pipefail
-dnf install -y python3.11 nftables
-python3.11 -m venv /opt/nat-ha
-/opt/nat-ha/bin/pip install --quiet --upgrade pip
-PIP_SPEC='${PipSpec}'
-if [ -z "$PIP_SPEC" ]; then PIP_SPEC='nat-ha==${NatHaVersion}'; fi
-/opt/nat-ha/bin/pip install "$PIP_SPEC"
-ln -sf /opt/nat-ha/bin/nat-ha /usr/local/bin/nat-ha
-mkdir -p /etc/nat-ha
-cat > /etc/nat-ha/config.toml <<'CONFIG'
-group = "${NatHaGroup}"
-region = "${AWS::Region}"
-members_from_tags = true
-
-[store]
-table = "${Table}"
-CONFIG
-chmod 0644 /etc/nat-ha/config.toml
-cat > /etc/systemd/system/nat-ha-setup.service <<'UNIT'
-__SETUP_UNIT__UNIT
-cat > /etc/systemd/system/nat-ha.service <<'UNIT'
-__UNIT__UNIT
-/opt/nat-ha/bin/nat-ha setup-nat
-systemctl daemon-reload
-systemctl enable --now nat-ha-setup.service nat-ha.service
-"""
+USER_DATA = (REPO / "deploy/bootstrap/nat-ha-bootstrap.sh").read_text()
 assert "${" not in unit and "${" not in setup_unit
 user_data = USER_DATA.replace("__SETUP_UNIT__", setup_unit).replace("__UNIT__", unit)
 
