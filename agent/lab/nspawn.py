@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -127,8 +128,13 @@ def build_wheels(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.glob("nat_ha-*.whl"):  # always this checkout's code
         old.unlink()
-    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(dest), str(REPO)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    with tempfile.TemporaryDirectory(prefix="nat-ha-src-") as tmp:
+        # From a clean copy: setuptools' build/ in the checkout would keep files deleted since.
+        src = Path(tmp) / "src"
+        junk = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "node_modules", "tests", "bench")
+        shutil.copytree(REPO, src, ignore=junk)
+        cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(dest), str(src)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0 or not list(dest.glob("nat_ha-*.whl")):
         raise RuntimeError(f"pip wheel failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
     return dest
@@ -330,6 +336,16 @@ class Container:
         if unit:
             args += ["-u", unit]
         return self.run(*args, check=False).stdout
+
+    def journal_entries(self, unit: str = "", boot: str = "-b") -> list[dict[str, str]]:
+        """Journal entries (JSON) of ``unit``: ``MESSAGE``, ``__REALTIME_TIMESTAMP`` (µs), ``_PID`` ..."""
+        out = []
+        for line in self.journal(unit, output="json", boot=boot).splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry.get("MESSAGE"), str):
+                    out.append(entry)
+        return out
 
     def main_pid(self, unit: str) -> int:
         """The unit's main process, as a pid inside the container (0: none)."""
