@@ -401,7 +401,7 @@ class NetLab(LocalGroup):
     group: str = "lab"
     timing: dict[str, Any] = field(default_factory=lambda: dict(LAB_TIMING))
     agent_command: AgentCommand | None = None  # default: `nat-ha agent --config ...`
-    poll: float = 0.1  # the reconciler reads route tables this often, instance states every 3rd poll
+    poll: float = 0.1  # the reconciler reads route tables this often, instance states every 3rd poll (systemd: every)
     nice: int = -5  # moto and the reconciler play AWS, which does not share the NATs' CPU
     max_seconds: float = 3600.0
     topo: Topology = field(default_factory=Topology)
@@ -888,7 +888,11 @@ def reconcile(spec_path: str) -> int:
         polls += 1
         try:
             rts = ec2.describe_route_tables(RouteTableIds=list(tables))["RouteTables"]
-            res = ec2.describe_instances(InstanceIds=list(instances))["Reservations"] if polls % 3 == 1 else []
+            # Under systemd every poll: an agent's stop and start of a peer can be 0.4 s apart in moto, and a
+            # stop missed between two looks leaves a hung NAT as it was (its container is never rebooted).
+            every = 1 if spec.get("systemd") else 3
+            look = polls % every == 1 % every
+            res = ec2.describe_instances(InstanceIds=list(instances))["Reservations"] if look else []
             errors = 0
         except Exception as exc:
             errors += 1
