@@ -1,6 +1,6 @@
 """The systemd tier: the namespace lab with every NAT a container booted by a real systemd.
 
-One lab for the session (``NetLab(systemd=True)``, agent/lab/netlab.py and agent/lab/nspawn.py):
+One lab for the tier (``NetLab(systemd=True)``, agent/lab/netlab.py and agent/lab/nspawn.py):
 the stack's user data installs nat-ha in a Debian bookworm image, the shipped units run it, and
 each NAT's container is joined to the NAT's network namespace. Skips, saying why, where the lab
 or nspawn cannot run (not root, no systemd-nspawn, no rootfs and no debootstrap, no overlayfs).
@@ -31,7 +31,7 @@ def _leftovers(tag: str, names: list[str]) -> list[str]:
     return left
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # gone before the next tier starts: the tiers share 2 cores
 def sdlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[netlab.NetLab]:
     reason = netlab.skip_reason() or nspawn.skip_reason()
     if reason:
