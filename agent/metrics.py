@@ -7,7 +7,11 @@ yet, and ``increase()`` sees the first event (a counter born at 1 has no increas
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+import socket
+import socketserver
+import threading
+from typing import Any, Generic, TypeVar
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -17,8 +21,8 @@ from prometheus_client import (
     gc_collector,
     platform_collector,
     process_collector,
-    start_http_server,
 )
+from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
 FAILOVER_KINDS = ("takeover", "failback", "switchover", "drain")
 FAILOVER_REASONS = ("peer_dead", "self_unhealthy", "home_healthy", "operator", "shutdown", "orphaned")
@@ -353,5 +357,29 @@ class Metrics:
         if not listen:
             return None
         host, _, port = listen.rpartition(":")
-        server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
-        return server
+        return _serve(host.strip("[]"), int(port), self.registry)
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def _serve(host: str, port: int, registry: CollectorRegistry) -> ThreadingWSGIServer:
+    """prometheus_client's WSGI server without wsgiref's reverse DNS lookup of the listen address.
+
+    ``HTTPServer.server_bind`` calls ``socket.getfqdn(host)``: with no resolver answering (a lab
+    namespace, a VPC resolver down) that took 10 s and held READY=1 back (tests/systemd).
+    """
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def server_bind(self) -> None:
+            socketserver.TCPServer.server_bind(self)
+            self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+            self.setup_environ()
+
+    server = make_server(host or "0.0.0.0", port, make_wsgi_app(registry), Server, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

@@ -12,6 +12,12 @@ drain; partition (ICMP between NATs dropped for 10 s) counts route changes. The 
 faults run against bench/nat_monitor.py (3 pings, 1 s timeout, 2 s between rounds,
 ReplaceRoute to itself, no arbiter) in the same run, and nat-ha's outage is printed as
 a fraction of that baseline. Root only (agent/lab/netlab.py).
+
+``--systemd`` runs every NAT as a container booted by a real systemd (agent/lab/nspawn.py):
+nat-ha installed by the stack's user data, the shipped units unmodified, a crash is the
+container killed, an EC2 stop/start a container off and booted again, a drain ``nat-ha drain``
+run inside the container. It runs crash, hang and drain (with their fail-backs) by default and
+no baseline (nat_monitor.sh is not a systemd service; its figures are the default run's).
 """
 
 from __future__ import annotations
@@ -34,11 +40,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from agent.lab import nspawn  # noqa: E402
 from agent.lab.localgroup import Nat  # noqa: E402
 from agent.lab.netlab import NetLab, PingResult, sh, skip_reason  # noqa: E402
 
 VICTIM = 0
 FAULTS = ("crash", "hang", "forwarding", "drain", "partition")
+SYSTEMD_FAULTS = ("crash", "hang", "drain")
 PARTITION_S = 10.0
 UNDETECTED_WINDOW_S = 10.0
 
@@ -100,6 +108,7 @@ def _lost_between(r: PingResult, t_from: float, t_to: float) -> int:
 class Runner:
     def __init__(self, lab: NetLab, policy: str) -> None:
         self.lab = lab
+        self.systemd = lab.systemd
         self.policy = policy
         self.victim = lab.nats[VICTIM]
 
@@ -130,8 +139,8 @@ class Runner:
         if self.policy != "nat-ha":
             return
         vid, rtb = self.victim.instance_id, self.victim.route_table
-        for n in self.lab.nats[1:]:
-            for line in n.log_path.read_text(errors="replace").splitlines():
+        for i in range(1, self.lab.n):
+            for line in self.lab.agent_log(i).splitlines():
                 try:
                     d = json.loads(line)
                 except ValueError:
@@ -160,6 +169,9 @@ class Runner:
             "ip", "netns", "exec", lab.topo.nat_ns(VICTIM), sys.executable, "-m", "agent.commands.cli", "drain",
             "--config", str(v.config_path), "--wait", "15",
         ]  # fmt: skip
+        if self.systemd:  # the operator's command on the instance: its own config, identity from IMDS
+            drain_cmd = ["nsenter", "-t", str(lab.container(VICTIM).leader), "-a", "/opt/nat-ha/bin/nat-ha",
+                         "drain", "--wait", "15"]  # fmt: skip
         if fault == "crash":
             lab.crash(VICTIM)
         elif fault == "hang":
@@ -308,7 +320,11 @@ def table(results: dict[str, Any]) -> str:
     )
     lines = [head, "-" * len(head)]
     for name in ("crash", "hang", "forwarding", "drain", "failback", "partition"):
+        if name not in s and name not in b:
+            continue  # not run (--faults, --systemd)
         for pol, data in (("nat-ha", s), ("nat_monitor", b)):
+            if pol == "nat_monitor" and not b:
+                continue  # no baseline run (--no-baseline, --systemd)
             row = data.get(name)
             if row is None:
                 lines.append(f"{name:<11} {pol:<12} {'n/a (no such action)':>40}")
@@ -324,10 +340,12 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_policy(policy: str, workdir: Path, trials: int, faults: list[str], log: Callable[[str], None]) -> list[Trial]:
+def run_policy(
+    policy: str, workdir: Path, trials: int, faults: list[str], log: Callable[[str], None], systemd: bool = False
+) -> list[Trial]:
     kwargs: dict[str, Any] = {} if policy == "nat-ha" else {"agent_command": baseline_command}
     out: list[Trial] = []
-    with NetLab(workdir / policy, n=3, max_seconds=7200, **kwargs) as lab:
+    with NetLab(workdir / policy, n=3, max_seconds=7200, systemd=systemd, **kwargs) as lab:
         runner = Runner(lab, policy)
         runner.restore()
         for fault in faults:
@@ -354,11 +372,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=20, help="trials of crash and hang (others: min(N, 5)); default 20")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="PNG", default="failover-timeline.png", help="timeline of one crash trial")
-    p.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated subset of {','.join(FAULTS)}")
+    p.add_argument("--faults", default="", help=f"comma-separated subset of {','.join(FAULTS)} (default: all; "
+                   f"with --systemd: {','.join(SYSTEMD_FAULTS)})")  # fmt: skip
+    p.add_argument("--systemd", action="store_true",
+                   help="every NAT a container with a real systemd, the shipped units (no baseline)")  # fmt: skip
     p.add_argument("--no-baseline", action="store_true", help="skip the nat_monitor.sh reference runs")
     p.add_argument("--workdir", metavar="DIR", help="keep logs here (default: a temporary folder)")
     args = p.parse_args(argv)
-    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    default = SYSTEMD_FAULTS if args.systemd else FAULTS
+    faults = [f.strip() for f in (args.faults or ",".join(default)).split(",") if f.strip()]
     bad = [f for f in faults if f not in FAULTS]
     if bad or not faults:
         p.error(f"--faults: unknown fault(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(FAULTS)}")
@@ -366,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--trials must be between 1 and 1000")
     # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C: the lab's namespaces and processes go.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    reason = skip_reason()
+    reason = skip_reason() or (nspawn.skip_reason() if args.systemd else None)
     if reason:
         print(f"failover: {reason}", file=sys.stderr)
         return 2
@@ -376,10 +398,12 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="nat-ha-failover-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
-        ours = run_policy("nat-ha", workdir, args.trials, faults, log)
-        base = [] if args.no_baseline else run_policy("nat_monitor", workdir, args.trials, faults, log)
+        ours = run_policy("nat-ha", workdir, args.trials, faults, log, systemd=args.systemd)
+        skip_base = args.no_baseline or args.systemd
+        base = [] if skip_base else run_policy("nat_monitor", workdir, args.trials, faults, log)
     results = {
         "trials": args.trials,
+        "systemd": args.systemd,
         "ping_interval_s": 0.1,
         "scenarios": summarize(ours),
         "baseline": summarize(base),

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install everything the tests need, then run them all: lint, types, unit, simulation,
-# integration (moto server, dynalite, Prometheus, Alertmanager, systemd-analyze, cfn-lint)
-# and the network-namespace lab. Run as root on a fresh machine (CI does: .ci/run).
-# Without root, the system packages must already be there and the lab tests skip, saying why.
+# integration (moto server, dynalite, Prometheus, Alertmanager, systemd-analyze, cfn-lint),
+# the network-namespace lab and the systemd tier (the lab's NATs as containers with a real
+# systemd). Run as root on a fresh machine (CI does: .ci/run). Without root, the system
+# packages must already be there and the lab and systemd tiers skip, saying why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
@@ -32,6 +33,13 @@ if command -v node >/dev/null && command -v npm >/dev/null; then
     step "dynalite (npm)"
     [ -x .cache/dynalite/node_modules/.bin/dynalite ] || \
         npm install --silent --no-audit --no-fund --prefix .cache/dynalite dynalite@4.0.0 >/dev/null 2>&1
+fi
+
+if [ "$(id -u)" = 0 ] && command -v debootstrap >/dev/null; then
+    # The systemd tier's Debian rootfs: built once per checkout (about a minute), kept in .cache/systemd
+    # under a key of its package list, so every later run of the tier in this run reuses it.
+    step "systemd container rootfs (debootstrap, cached in .cache/systemd)"
+    .venv/bin/python -c 'from agent.lab import nspawn; print(nspawn.ensure_rootfs())'
 fi
 
 step "ruff"

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agent.lab import nspawn
 from agent.lab.localgroup import DUMMY_ENV, REGION, LocalGroup, MotoServer, Nat, member_toml, timing_toml
 
 PREFIX = "nat-ha-lab-"
@@ -156,6 +157,7 @@ class Topology:
     n: int = 3
     prefix: str = field(default_factory=lambda: f"{PREFIX}{os.getpid()}-{secrets.token_hex(2)}-")
     made: list[str] = field(default_factory=list)
+    default_route: bool = False
 
     @property
     def inet(self) -> str:
@@ -200,9 +202,13 @@ class Topology:
         sh("ip", "-n", ns_a, "link", "set", name_a, "up")
         sh("ip", "-n", ns_b, "link", "set", name_b, "up")
 
-    def build(self, setup_root: Path) -> None:
+    def build(self, setup_root: Path, setup_nat: bool = True, default_route: bool = False) -> None:
+        """Namespaces and links; ``setup_nat``: run ``nat-ha setup-nat`` in each NAT now (the systemd
+        lab leaves it to the containers' nat-ha-setup.service); ``default_route``: each NAT routes
+        0.0.0.0/0 to the fake internet, as an EC2 instance routes it to its VPC's gateway."""
         if not 2 <= self.n <= 5:
             raise ValueError("the lab has 2 to 5 NATs")
+        self.default_route = default_route
         names = [self.inet, self.vpc] + [f(i) for i in range(self.n) for f in (self.nat_ns, self.priv_ns)]
         for ns in names:
             sh("ip", "netns", "add", ns)
@@ -222,6 +228,8 @@ class Topology:
             sh("ip", "-n", self.vpc, "addr", "add", f"{self.nat_gw(i)}/24", "dev", f"nat{i}")
             sh("ip", "-n", nat, "addr", "add", f"{self.nat_ip(i)}/24", "dev", "priv0")
             sh("ip", "-n", nat, "route", "add", "10.0.0.0/16", "via", self.nat_gw(i))
+            if default_route:
+                sh("ip", "-n", nat, "route", "add", "default", "via", INET_IP, "dev", "pub0")
             self._veth(self.vpc, f"priv{i}", priv, "eth0")
             sh("ip", "-n", self.vpc, "addr", "add", f"10.0.{1 + i}.1/24", "dev", f"priv{i}")
             sh("ip", "-n", priv, "addr", "add", f"{self.priv_ip(i)}/24", "dev", "eth0")
@@ -232,6 +240,8 @@ class Topology:
                 if hook == "INPUT":
                     sh("ip", "netns", "exec", nat, "iptables", "-N", FAULT_CHAIN)
                 sh("ip", "netns", "exec", nat, "iptables", "-I", hook, "1", "-j", FAULT_CHAIN)
+        if not setup_nat:
+            return
         # The NAT set-up the product ships: `nat-ha setup-nat` inside each NAT namespace.
         procs = []
         for i in range(self.n):
@@ -271,6 +281,8 @@ class Topology:
         self.clear_faults(i)
         self.links(i, up=True)
         sh("ip", "-n", self.nat_ns(i), "route", "replace", "10.0.0.0/16", "via", self.nat_gw(i))
+        if self.default_route:
+            sh("ip", "-n", self.nat_ns(i), "route", "replace", "default", "via", INET_IP, "dev", "pub0")
 
     def clear_faults(self, i: int) -> None:
         self.nat_exec(i, "iptables", "-F", FAULT_CHAIN)
@@ -389,7 +401,7 @@ class NetLab(LocalGroup):
     group: str = "lab"
     timing: dict[str, Any] = field(default_factory=lambda: dict(LAB_TIMING))
     agent_command: AgentCommand | None = None  # default: `nat-ha agent --config ...`
-    poll: float = 0.1  # the reconciler reads route tables this often, instance states every 3rd poll
+    poll: float = 0.1  # the reconciler reads route tables this often, instance states every 3rd poll (systemd: every)
     nice: int = -5  # moto and the reconciler play AWS, which does not share the NATs' CPU
     max_seconds: float = 3600.0
     topo: Topology = field(default_factory=Topology)
@@ -401,6 +413,13 @@ class NetLab(LocalGroup):
     _events_lock: threading.Lock = field(default_factory=threading.Lock)
 
     DEMO_TIMING: dict[str, Any] = field(default_factory=dict)  # no demo timing: config defaults + `timing`
+    # Every NAT a container with a real systemd (agent/lab/nspawn.py): nat-ha installed by the
+    # stack's user data, the shipped units, identity and credentials from a lab IMDSv2.
+    systemd: bool = False
+    containers: list[nspawn.Container] = field(default_factory=list)
+    image: nspawn.Image | None = None
+    _imds: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _bake: nspawn.Container | None = None
 
     # --------------------------------------------------------------- set-up
     def __enter__(self) -> NetLab:
@@ -410,21 +429,99 @@ class NetLab(LocalGroup):
         self.workdir.mkdir(parents=True, exist_ok=True)
         for key, value in DUMMY_ENV.items():
             os.environ.setdefault(key, value)
+        if self.systemd:
+            reason = nspawn.skip_reason()
+            if reason:
+                raise RuntimeError(reason)
         self.topo.n = self.n
         try:
             cleanup_stale()
-            self.topo.build(self.workdir / "setup-root")
+            if self.systemd:
+                nspawn.cleanup_stale()
+                self._bake_image()
+            self.topo.build(self.workdir / "setup-root", setup_nat=not self.systemd, default_route=self.systemd)
             self._inet = NsExecutor(self.topo.inet)
             self._vpc = NsExecutor(self.topo.vpc)
             self.moto = InetMoto(self.topo.inet, self.workdir / "moto.log", self._inet, self.nice)
             self.inet(self._create_world)
             self._start_reconciler()
+            if self.systemd:
+                self._make_containers()
             for nat in self.nats:
                 self._spawn(nat)
         except BaseException:
             self.close()
             raise
         return self
+
+    # ------------------------------------------------------------ systemd
+    def _bake_image(self) -> None:
+        """Run the stack's user data once, in a namespace shaped like a NAT's (pub0, default route)."""
+        ns = self.topo.prefix + "bake"
+        sh("ip", "netns", "add", ns)
+        self.topo.made.append(ns)
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", ns, "link", "add", "pub0", "type", "veth", "peer", "name", "pub0p")
+        for dev in ("pub0", "pub0p"):
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "-n", ns, "addr", "add", "203.0.113.99/24", "dev", "pub0")
+        sh("ip", "-n", ns, "route", "add", "default", "via", INET_IP, "dev", "pub0")
+        self.image, self._bake = nspawn.bake_image(self.workdir / "containers", ns, group=self.group,
+                                                   table=self.table, log=self._log)  # fmt: skip
+        self._bake.poweroff()
+        self._bake.close()
+        if not (self.image.layer / "opt" / "nat-ha" / "bin" / "nat-ha").exists():
+            raise RuntimeError(f"the user data did not install nat-ha: {self.image.bootstrap_log[-800:]}")
+
+    def _make_containers(self) -> None:
+        """One container per NAT (not booted yet), its IMDSv2 in its namespace, the lab config on its disk."""
+        assert self.image is not None
+        for i, nat in enumerate(self.nats):
+            ns = self.topo.nat_ns(i)
+            sh("ip", "-n", ns, "addr", "add", "169.254.169.254/32", "dev", "lo")
+            imds = subprocess.Popen(
+                ["ip", "netns", "exec", ns, sys.executable, "-m", "agent.lab.imds", "--instance-id",
+                 nat.instance_id, "--region", REGION, "--az", nat.az],
+                stdout=subprocess.PIPE, stderr=open(self.workdir / f"imds{i}.log", "ab"),  # noqa: SIM115
+            )  # fmt: skip
+            self._imds.append(imds)
+            assert imds.stdout is not None
+            if imds.stdout.readline().strip() != b"ready":
+                raise RuntimeError(f"the lab IMDS of {ns} did not start (see {self.workdir}/imds{i}.log)")
+            ct = nspawn.Container(f"nat{chr(97 + i)}", self.image.lowers, self.workdir / "containers", netns=ns)
+            ct.write("/etc/nat-ha/config.toml", self._config(nat))
+            self.containers.append(ct)
+
+    def container(self, i: int) -> nspawn.Container:
+        return self.containers[i]
+
+    def reset_kernel(self, i: int) -> None:
+        """What a reboot does to the NAT's kernel state: forwarding off, setup-nat's masquerade table gone."""
+        self.topo.nat_exec(i, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+        self.topo.nat_exec(i, "nft", "delete", "table", "ip", "nat_ha", check=False)
+
+    def boot(self, i: int) -> float:
+        """Boot NAT i's container from a fresh kernel state (seconds until its systemd answers)."""
+        ct = self.containers[i]
+        if ct.running:
+            raise RuntimeError(f"{ct.name} is already running")
+        self.reset_kernel(i)
+        return ct.boot()
+
+    def reboot(self, i: int) -> tuple[float, float]:
+        """``systemctl poweroff`` (the agent drains), a fresh kernel state, boot: (poweroff s, boot s)."""
+        ct = self.containers[i]
+        down = ct.poweroff()
+        return down, self.boot(i)
+
+    def agent_log(self, i: int) -> str:
+        """The agent's output so far (its log file; under systemd its journal, every boot)."""
+        if self.systemd:
+            ct = self.containers[i]
+            if not ct.running:
+                return ""
+            return ct.journal("nat-ha.service", output="cat", boot="")
+        return self.nats[i].log_path.read_text(errors="replace")
 
     def inet(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
         """Run ``fn`` on the thread inside the ``inet`` namespace (where moto is)."""
@@ -460,10 +557,22 @@ class NetLab(LocalGroup):
         ]
         for j, other in enumerate(self.nats):
             lines += member_toml(other, self.topo.nat_ip(j))
+        if self.systemd:  # this instance's id and region from the lab IMDSv2, as on EC2
+            header = self._header_toml(nat, self.moto.url)
+            assert header[1].startswith("instance_id = ") and header[2].startswith("region = ")
+            del lines[1:3]
         return "\n".join(lines)
 
     def _spawn(self, nat: Nat) -> None:
         i = self.index(nat.instance_id)
+        if self.systemd:
+            ct = self.containers[i]
+            if not ct.running:
+                self.boot(i)
+            else:
+                ct.systemctl("start", "--no-block", "nat-ha.service")
+            nat.starts += 1
+            return
         if self.agent_command is not None:
             argv = self.agent_command(self, i, nat)
         else:
@@ -486,6 +595,7 @@ class NetLab(LocalGroup):
             "poll": self.poll,
             "deadline": time.time() + self.max_seconds,
             "vpc": self.topo.vpc,
+            "systemd": self.systemd,
             "tables": {n.route_table: self.topo.table(i) for i, n in enumerate(self.nats)},
             "instances": {
                 n.instance_id: {"ns": self.topo.nat_ns(i), "ip": self.topo.nat_ip(i), "gw": self.topo.nat_gw(i)}
@@ -538,7 +648,12 @@ class NetLab(LocalGroup):
                 self._on_event(ev)
 
     def _on_event(self, ev: Event) -> None:
-        if ev.kind == "stopped":
+        if ev.kind == "stopped" and self.systemd:
+            nat = self.nat(ev.data["instance"])
+            nat.expect_running = False
+            self.containers[self.index(nat.instance_id)].kill()
+            self._log(f"EC2: {nat.instance_id} stopped: links down, container off")
+        elif ev.kind == "stopped":
             nat = self.nat(ev.data["instance"])
             nat.expect_running = False
             self.signal(nat.instance_id, signal.SIGCONT)
@@ -620,9 +735,36 @@ class NetLab(LocalGroup):
 
     # --------------------------------------------------------------- faults
     def crash(self, i: int) -> None:
-        """The instance dies: its links go down and its agent is killed (moto still says running)."""
+        """The instance dies: its links go down and its agent is killed (moto still says running).
+
+        Under systemd the whole container goes (systemd would restart a killed agent).
+        """
         self.topo.links(i, up=False)
-        self.signal(self.nats[i].instance_id, signal.SIGKILL)
+        if self.systemd:
+            self.containers[i].kill()
+        else:
+            self.signal(self.nats[i].instance_id, signal.SIGKILL)
+
+    # Under systemd the agent is the unit nat-ha.service of the NAT's container.
+    def signal(self, instance_id: str, sig: int) -> None:
+        if not self.systemd:
+            super().signal(instance_id, sig)
+            return
+        ct = self.containers[self.index(instance_id)]
+        if ct.running:
+            ct.run("systemctl", "kill", "--kill-who=main", f"--signal={int(sig)}", "nat-ha.service", check=False)
+
+    def alive(self, instance_id: str) -> bool:
+        if not self.systemd:
+            return super().alive(instance_id)
+        ct = self.containers[self.index(instance_id)]
+        return ct.running and ct.is_active("nat-ha.service") == "active"
+
+    def restart_agent(self, instance_id: str) -> None:
+        if not self.systemd:
+            super().restart_agent(instance_id)
+        elif not self.alive(instance_id):
+            self._spawn(self.nat(instance_id))
 
     def hang(self, i: int) -> None:
         """The instance hangs: every packet in, out and through it is dropped; its agent runs on."""
@@ -669,6 +811,15 @@ class NetLab(LocalGroup):
     # -------------------------------------------------------------- cleanup
     def close(self) -> None:
         self._stop.set()
+        for ct in [*self.containers, *([self._bake] if self._bake else [])]:
+            try:
+                ct.close()
+            except Exception as exc:  # keep cleaning up the rest
+                self._log(f"closing container {ct.name}: {exc}")
+        for proc in self._imds:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
         if self._reconciler is not None and self._reconciler.poll() is None:
             self._reconciler.terminate()
             try:
@@ -737,7 +888,11 @@ def reconcile(spec_path: str) -> int:
         polls += 1
         try:
             rts = ec2.describe_route_tables(RouteTableIds=list(tables))["RouteTables"]
-            res = ec2.describe_instances(InstanceIds=list(instances))["Reservations"] if polls % 3 == 1 else []
+            # Under systemd every poll: an agent's stop and start of a peer can be 0.4 s apart in moto, and a
+            # stop missed between two looks leaves a hung NAT as it was (its container is never rebooted).
+            every = 1 if spec.get("systemd") else 3
+            look = polls % every == 1 % every
+            res = ec2.describe_instances(InstanceIds=list(instances))["Reservations"] if look else []
             errors = 0
         except Exception as exc:
             errors += 1
@@ -759,11 +914,15 @@ def reconcile(spec_path: str) -> int:
                 else:  # boot: runtime faults gone, setup-nat's state back, links and routes up
                     nsx(iid, "iptables", "-F", FAULT_CHAIN)
                     nsx(iid, "iptables", "-P", "FORWARD", "ACCEPT")
-                    nsx(iid, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+                    if not spec.get("systemd"):  # under systemd, nat-ha-setup.service does it at boot
+                        nsx(iid, "sysctl", "-qw", "net.ipv4.ip_forward=1")
                     for dev in ("pub0", "priv0"):
                         run("ip", "-n", instances[iid]["ns"], "link", "set", dev, "up")
                     run("ip", "-n", instances[iid]["ns"], "route", "replace", "10.0.0.0/16", "via",
                         instances[iid]["gw"])  # fmt: skip
+                    if spec.get("systemd"):
+                        run("ip", "-n", instances[iid]["ns"], "route", "replace", "default", "via", INET_IP,
+                            "dev", "pub0")  # fmt: skip
                     applied.clear()  # re-apply every table
                     emit("running", instance=iid, state=state)
         for rt in rts:

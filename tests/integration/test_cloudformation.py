@@ -102,8 +102,9 @@ def test_user_data_installs_the_shipped_units_and_config(name: str) -> None:
     for unit in ("nat-ha.service", "nat-ha-setup.service"):
         body = re.search(rf"cat > /etc/systemd/system/{unit} <<'UNIT'\n(.*?)UNIT\n", script, re.DOTALL)
         assert body and body.group(1) == (REPO / "deploy" / "systemd" / unit).read_text(), unit
-    assert "members_from_tags = true" in script and 'table = "${Table}"' in script
-    assert "nat-ha==${NatHaVersion}" in script and "nat-ha setup-nat" in script
+    assert "members_from_tags = true" in script and "TABLE='${Table}'" in script and 'table = "$TABLE"' in script
+    assert "VERSION='${NatHaVersion}'" in script and 'PIP_SPEC="nat-ha==$VERSION"' in script
+    assert "nat-ha setup-nat" in script
     assert "systemctl enable --now nat-ha-setup.service nat-ha.service" in script
     assert data["MetadataOptions"]["HttpTokens"] == "required"
 

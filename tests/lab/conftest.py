@@ -1,4 +1,4 @@
-"""The network-namespace lab fixture (root only): one lab for the whole lab session.
+"""The network-namespace lab fixture (root only): one lab for the tier, gone before the next one.
 
 The lab itself (topology, moto in ``inet``, reconciler, real agents) is agent/lab/netlab.py,
 shared with bench/failover.py, bench/soak.py and ``nat-ha demo --netns``.
@@ -13,7 +13,7 @@ import pytest
 from agent.lab import netlab
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # gone before the next tier starts: the tiers share 2 cores
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[netlab.NetLab]:
     reason = netlab.skip_reason()
     if reason:

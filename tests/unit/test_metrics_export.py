@@ -319,3 +319,25 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit("usage: python -m tests.unit.test_metrics_export --write")
     write_golden()
+
+
+def test_serve_answers_without_a_reverse_dns_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """wsgiref would call socket.getfqdn(listen address): 10 s without an answering resolver (tests/systemd)."""
+    import socket
+    import urllib.request
+
+    def no_lookups(*_a: object) -> str:
+        raise AssertionError("reverse DNS lookup at start-up")
+
+    monkeypatch.setattr(socket, "getfqdn", no_lookups)
+    monkeypatch.setattr(socket, "gethostbyaddr", no_lookups)
+    m = Metrics()
+    server = m.serve("127.0.0.1:0")
+    assert server is not None
+    try:
+        port = server.server_address[1]  # type: ignore[attr-defined]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            assert b"nat_ha_agent_up" in resp.read()
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
+        server.server_close()  # type: ignore[attr-defined]

@@ -1,0 +1,451 @@
+"""Lab machines with a real systemd: Debian bookworm containers under ``systemd-nspawn``.
+
+Root only. The recipe is research/systemd-container.md: a ``debootstrap`` rootfs, booted with
+``systemd-nspawn -b --register=no --keep-unit`` (this machine has no host systemd or machined)
+and driven with ``nsenter -t <container PID 1> -a``. Three layers, each an overlayfs lower of the
+next, so nothing below is ever written:
+
+* the **base rootfs** (:func:`ensure_rootfs`): debootstrap of :data:`ROOTFS_PACKAGES`, kept under
+  ``.cache/systemd/rootfs-<key>`` (the key hashes the package list), built once per cache;
+* the **image** (:func:`bake_image`): the base after the stack's own user data ran in it
+  (``deploy/bootstrap/nat-ha-bootstrap.sh`` as the templates embed it), installing nat-ha into the
+  venv ``/opt/nat-ha`` from a local wheel directory and the shipped units - an AMI after first boot;
+* one **instance** per container (:class:`Container`): its own upper layer, so its config,
+  journal and state survive a poweroff and boot, as an instance's disk does.
+
+Every container is joined to a network namespace the lab made (``--network-namespace-path``),
+runs in a cgroup of its own (``nat-ha-ct-<pid>-<name>``; nspawn without a host systemd would
+otherwise put every container in ``/payload``) and is removed with it: killed if still running,
+unmounted, its cgroups deleted. Leftovers of a dead owner pid go at the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.lab import userdata
+
+REPO = Path(__file__).resolve().parents[2]
+SUITE = "bookworm"
+#: The Debian packages of the base rootfs. python3 (3.11), python3-venv and nftables stand for the
+#: bootstrap's `dnf install python3.11 nftables`, which the lab skips (no dnf, no network).
+ROOTFS_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "iproute2", "nftables")
+CGROUP_ROOTS = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
+MARK = "nat-ha-ct-"
+CONTAINER_ENV = ["env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
+WHEELS_IN_CONTAINER = "/run/nat-ha-wheels"
+
+
+def skip_reason() -> str | None:
+    """Why containers with systemd cannot run here (None: they can)."""
+    if os.geteuid() != 0:
+        return "systemd containers need root (systemd-nspawn, overlayfs, network namespaces)"
+    for tool in ("systemd-nspawn", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed (apt-get install --no-install-recommends systemd-container)"
+    try:
+        has_overlay = "overlay" in Path("/proc/filesystems").read_text()
+    except OSError:
+        has_overlay = False
+    if not has_overlay:
+        return "the kernel has no overlayfs (the containers' disks are overlay layers)"
+    if not ready_rootfs() and shutil.which("debootstrap") is None:
+        return "no cached rootfs and no `debootstrap` (apt-get install --no-install-recommends debootstrap)"
+    if not Path(CGROUP_ROOTS[0]).is_dir() and not Path("/sys/fs/cgroup/cgroup.procs").exists():
+        return "no cgroup file system at /sys/fs/cgroup"
+    return None
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("NAT_HA_SYSTEMD_CACHE", str(REPO / ".cache" / "systemd")))
+
+
+def rootfs_key() -> str:
+    return hashlib.sha256(" ".join((SUITE, "minbase", *ROOTFS_PACKAGES)).encode()).hexdigest()[:12]
+
+
+def rootfs_path() -> Path:
+    return cache_root() / f"rootfs-{rootfs_key()}"
+
+
+def ready_rootfs() -> Path | None:
+    path = rootfs_path()
+    return path if (path / ".nat-ha-complete").exists() else None
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_rootfs(log: Callable[[str], None] = print) -> Path:
+    """The base rootfs, built with debootstrap the first time (about a minute, 215 MB)."""
+    path = rootfs_path()
+    with _file_lock(cache_root() / ".rootfs.lock"):
+        if (path / ".nat-ha-complete").exists():
+            return path
+        tmp = path.with_name(path.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        log(f"building the container rootfs with debootstrap into {path} (once per cache)")
+        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(ROOTFS_PACKAGES)}", SUITE, str(tmp)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+            raise RuntimeError(f"debootstrap failed: {' / '.join(tail)}")
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):  # 100 MB nobody reads
+            for p in (tmp / junk).glob("*"):
+                if p.is_file():
+                    p.unlink()
+        (tmp / "etc" / "hostname").write_text("nat-ha-lab\n")
+        (tmp / ".nat-ha-complete").write_text(" ".join(ROOTFS_PACKAGES) + "\n")
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+    return path
+
+
+def build_wheels(dest: Path) -> Path:
+    """nat-ha and its dependencies as wheels in ``dest`` (the lab's stand-in for PyPI)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("nat_ha-*.whl"):  # always this checkout's code
+        old.unlink()
+    with tempfile.TemporaryDirectory(prefix="nat-ha-src-") as tmp:
+        # From a clean copy: setuptools' build/ in the checkout would keep files deleted since.
+        src = Path(tmp) / "src"
+        junk = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "node_modules", "tests", "bench")
+        shutil.copytree(REPO, src, ignore=junk)
+        cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(dest), str(src)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0 or not list(dest.glob("nat_ha-*.whl")):
+        raise RuntimeError(f"pip wheel failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+    return dest
+
+
+# ------------------------------------------------------------- leftovers
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _rmdir_tree(path: Path) -> None:
+    """Remove an (empty of processes) cgroup directory tree, deepest first."""
+    if not path.is_dir():
+        return
+    for dirpath, _dirs, _files in sorted(os.walk(path), key=lambda x: -x[0].count("/")):
+        with contextlib.suppress(OSError):
+            os.rmdir(dirpath)
+
+
+def cleanup_stale() -> list[str]:
+    """Unmount container disks and delete cgroups whose owner process is gone."""
+    removed: list[str] = []
+    pattern = re.compile(rf"{MARK}(\d+)-")
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            mnt = line.split()[1] if len(line.split()) > 1 else ""
+            m = pattern.search(mnt)
+            if m and not _pid_alive(int(m.group(1))):
+                subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=10, check=False)
+                removed.append(mnt)
+    for root in CGROUP_ROOTS:
+        base = Path(root)
+        if not base.is_dir():
+            continue
+        for d in base.glob(f"{MARK}*"):
+            m = pattern.match(d.name)
+            if m and not _pid_alive(int(m.group(1))):
+                for pid in _cgroup_pids(d):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                _rmdir_tree(d)
+                removed.append(str(d))
+    return removed
+
+
+def _cgroup_pids(path: Path) -> list[int]:
+    pids: list[int] = []
+    for procs in path.rglob("cgroup.procs"):
+        with contextlib.suppress(OSError, ValueError):
+            pids += [int(x) for x in procs.read_text().split()]
+    return pids
+
+
+# ------------------------------------------------------------- containers
+@dataclass
+class Container:
+    """One booted (or bootable) machine: its own overlay disk, joined to a network namespace."""
+
+    name: str
+    lowers: list[Path]  # topmost first
+    workdir: Path
+    netns: str = ""  # a name under /run/netns; empty: --private-network
+    binds_ro: list[tuple[Path, str]] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    leader: int = 0
+    boots: int = 0
+    _mounted: bool = False
+
+    def __post_init__(self) -> None:
+        self.tag = f"{MARK}{os.getpid()}-{self.name}"
+        self.base = self.workdir / self.tag
+        self.upper = self.base / "upper"
+        self.root = self.base / "root"
+        self.log_path = self.base.with_name(self.tag + ".nspawn.log")
+
+    # ---------------------------------------------------------------- disk
+    def mount(self) -> None:
+        if self._mounted:
+            return
+        for d in (self.upper, self.base / "work", self.root):
+            d.mkdir(parents=True, exist_ok=True)
+        opts = f"lowerdir={':'.join(str(p) for p in self.lowers)},upperdir={self.upper},workdir={self.base / 'work'}"
+        proc = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", opts, str(self.root)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise RuntimeError(f"mount overlay for {self.name}: {proc.stderr.strip()}")
+        self._mounted = True
+
+    def write(self, path: str, text: str, mode: int = 0o644) -> None:
+        """Write a file on the container's disk (running or not)."""
+        self.mount()
+        target = self.root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        target.chmod(mode)
+
+    # --------------------------------------------------------------- power
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _cgroups(self) -> list[Path]:
+        return [Path(r) / self.tag for r in CGROUP_ROOTS if Path(r).is_dir()]
+
+    def boot(self, timeout: float = 60.0) -> float:
+        """Start systemd as PID 1 in the container; returns when it answers (seconds taken).
+
+        It answers once its bus is up; units may still be starting (`wait_active`).
+        """
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running")
+        self.mount()
+        self.cleanup_cgroups()
+        enter = []
+        for cg in self._cgroups():
+            cg.mkdir(exist_ok=True)
+            enter.append(f"echo $$ > {cg}/cgroup.procs")
+        # A joined namespace is the container's own network, as with --private-network: nspawn then keeps
+        # CAP_NET_ADMIN and a writable /proc/sys/net only when asked (the NAT set-up needs both).
+        net = ["--private-network"]
+        if self.netns:
+            net = [f"--network-namespace-path=/run/netns/{self.netns}", "--capability=CAP_NET_ADMIN"]
+        binds = [f"--bind-ro={src}:{dst}" for src, dst in self.binds_ro]
+        nspawn = [
+            "systemd-nspawn", "-b", "-D", str(self.root), "-M", self.name[:64], *net, *binds,
+            "--register=no", "--keep-unit", "--console=pipe",
+        ]  # fmt: skip
+        script = "; ".join([*enter, 'exec "$@"'])
+        t0 = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["sh", "-c", script, "sh", *nspawn],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"},
+            )  # fmt: skip
+        self.boots += 1
+        deadline = t0 + timeout
+        self.leader = 0
+        while time.monotonic() < deadline and self.running:
+            found = subprocess.run(
+                ["pgrep", "-P", str(self.proc.pid), "-x", "systemd"], capture_output=True, text=True, check=False
+            ).stdout.split()
+            if found:
+                self.leader = int(found[0])
+                break
+            time.sleep(0.05)
+        while self.leader and time.monotonic() < deadline and self.running:
+            state = self.run("systemctl", "is-system-running", check=False, timeout=10).stdout.strip()
+            if state in ("starting", "running", "degraded"):
+                return time.monotonic() - t0
+            time.sleep(0.05)
+        log_tail = self.log_path.read_text(errors="replace")[-500:] if self.log_path.exists() else ""
+        self.kill()
+        raise RuntimeError(f"container {self.name} did not boot within {timeout:.0f} s: {log_tail.strip()}")
+
+    def run(
+        self, *argv: str, check: bool = True, timeout: float = 30.0, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the running container (its namespaces, a clean environment)."""
+        if not self.leader:
+            raise RuntimeError(f"{self.name} is not running")
+        proc = subprocess.run(
+            ["nsenter", "-t", str(self.leader), "-a", *CONTAINER_ENV, *argv],
+            capture_output=True, text=True, timeout=timeout, check=False, input=input,
+        )  # fmt: skip
+        if check and proc.returncode != 0:
+            why = (proc.stderr or proc.stdout).strip()
+            raise RuntimeError(f"{self.name}: {' '.join(argv)}: rc {proc.returncode}: {why}")
+        return proc
+
+    def systemctl(self, *args: str, check: bool = True, timeout: float = 60.0) -> str:
+        return self.run("systemctl", *args, check=check, timeout=timeout).stdout.strip()
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        out = self.run("systemctl", "show", unit, *(f"--property={p}" for p in props), check=False).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def is_active(self, unit: str) -> str:
+        return self.run("systemctl", "is-active", unit, check=False).stdout.strip()
+
+    def wait_active(self, unit: str, timeout: float, want: str = "active") -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.running and self.is_active(unit) == want:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def journal(self, unit: str = "", output: str = "short-precise", boot: str = "-b") -> str:
+        args = ["journalctl", "--no-pager", "-o", output, *([boot] if boot else [])]
+        if unit:
+            args += ["-u", unit]
+        return self.run(*args, check=False).stdout
+
+    def journal_entries(self, unit: str = "", boot: str = "-b") -> list[dict[str, str]]:
+        """Journal entries (JSON) of ``unit``: ``MESSAGE``, ``__REALTIME_TIMESTAMP`` (µs), ``_PID`` ..."""
+        out = []
+        for line in self.journal(unit, output="json", boot=boot).splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry.get("MESSAGE"), str):
+                    out.append(entry)
+        return out
+
+    def main_pid(self, unit: str) -> int:
+        """The unit's main process, as a pid inside the container (0: none)."""
+        return int(self.show(unit, "MainPID").get("MainPID", "0") or 0)
+
+    def poweroff(self, timeout: float = 90.0) -> float:
+        """A clean shutdown (services stopped in order); returns seconds taken."""
+        if not self.running:
+            return 0.0
+        t0 = time.monotonic()
+        self.run("systemctl", "poweroff", "--no-block", check=False)
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise RuntimeError(f"{self.name} did not power off within {timeout:.0f} s") from None
+        self.leader = 0
+        self.cleanup_cgroups()
+        return time.monotonic() - t0
+
+    def kill(self) -> None:
+        """Pull the plug: SIGKILL the container's PID 1 (and nspawn if it stays)."""
+        if self.proc is None:
+            return
+        if self.leader:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.leader, signal.SIGKILL)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.leader = 0
+        self.cleanup_cgroups()
+
+    def cleanup_cgroups(self) -> None:
+        for cg in self._cgroups():
+            if cg.is_dir() and not self.running:
+                for pid in _cgroup_pids(cg):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                _rmdir_tree(cg)
+
+    def close(self) -> None:
+        """Off, unmounted, cgroups gone (the upper layer stays in the workdir)."""
+        if self.running:
+            self.kill()
+        self.cleanup_cgroups()
+        if self._mounted:
+            subprocess.run(["umount", str(self.root)], capture_output=True, timeout=30, check=False)
+            if os.path.ismount(self.root):
+                subprocess.run(["umount", "-l", str(self.root)], capture_output=True, timeout=30, check=False)
+            self._mounted = False
+
+
+# ------------------------------------------------------------------ image
+@dataclass
+class Image:
+    """The base rootfs plus the layer the bootstrap left (an AMI after first boot)."""
+
+    base: Path
+    layer: Path
+    wheels: Path
+    bootstrap_log: str
+    bootstrap_rc: int
+
+    @property
+    def lowers(self) -> list[Path]:
+        return [self.layer, self.base]
+
+
+def bake_image(workdir: Path, netns: str, group: str = "lab", region: str = "us-east-1", table: str = "nat-ha",
+               log: Callable[[str], None] = print) -> tuple[Image, Container]:  # fmt: skip
+    """Run the stack's user data in a fresh container joined to ``netns``; return the image and the container.
+
+    The caller powers the container off (or inspects it first: tests/systemd/test_bootstrap.py).
+    ``netns`` needs an IPv4 default route (setup-nat masquerades on its interface), as an EC2
+    instance has. The user data runs as root in a transient unit, as cloud-init runs it, with
+    ``NAT_HA_FIND_LINKS`` (the wheel directory, bound read-only) and ``NAT_HA_SKIP_PACKAGES=1``.
+    """
+    base = ensure_rootfs(log)
+    wheels = build_wheels(cache_root() / "wheels")
+    ct = Container("bake", [base], workdir, netns=netns, binds_ro=[(wheels, WHEELS_IN_CONTAINER)])
+    script = userdata.render(group=group, region=region, table=table, pip_spec="nat-ha")
+    ct.write("/var/lib/cloud/instance/user-data.txt", script, 0o700)
+    try:
+        ct.boot()
+        proc = ct.run(
+            "systemd-run", "--quiet", "--wait", "--pipe", "--unit=cloud-final-user-data",
+            f"--setenv=NAT_HA_FIND_LINKS={WHEELS_IN_CONTAINER}", "--setenv=NAT_HA_SKIP_PACKAGES=1",
+            "/bin/bash", "/var/lib/cloud/instance/user-data.txt",
+            check=False, timeout=600,
+        )  # fmt: skip
+    except BaseException:
+        ct.close()
+        raise
+    return Image(base, ct.upper, wheels, proc.stdout + proc.stderr, proc.returncode), ct
+
+
+def temp_workdir(prefix: str = "nat-ha-nspawn-") -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
