@@ -228,10 +228,19 @@ def user_data(server: ServerProcess, stack: dict[str, Any]) -> str:
 
 
 def written_file(script: str, path: str) -> str:
-    """What ``script`` writes to ``path`` with a quoted here-document (cat > PATH <<'END' ... END)."""
-    m = re.search(rf"^cat >\s*{re.escape(path)}\s*<<-?\s*'(\w+)'\n(.*?)^\1$", script, re.M | re.S)
-    assert m, f"the user data writes no {path} with a quoted here-document (did the bootstrap change?)"
-    return m.group(2)
+    """What ``script`` writes to ``path`` with a here-document (cat > PATH <<END ... END).
+
+    An unquoted here-document expands the script's variables: bash itself expands it, with
+    the script's own ``NAME='value'`` assignments (what runs on the instance, not a re-typing).
+    """
+    m = re.search(rf"^cat >\s*{re.escape(path)}\s*<<-?\s*('?)(\w+)\1\n(.*?)^\2$", script, re.M | re.S)
+    assert m, f"the user data writes no {path} with a here-document (did the bootstrap change?)"
+    quoted, end, body = m.group(1), m.group(2), m.group(3)
+    if quoted:
+        return body
+    assignments = "\n".join(re.findall(r"^[A-Z_]+='[^'\n]*'$", script, re.M))
+    snippet = f"set -eu\n{assignments}\ncat <<{end}\n{body}{end}\n"
+    return subprocess.run(["bash", "-c", snippet], capture_output=True, text=True, check=True, timeout=10).stdout
 
 
 def status(server: ServerProcess, config: Path) -> tuple[int, dict[str, Any], str]:
