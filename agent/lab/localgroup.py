@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.lab.routewatch import route_targets_of
+
 REGION = "us-east-1"
 AZS = ("us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d", "us-east-1e")
 DUMMY_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
@@ -117,6 +119,8 @@ class Nat:
     expect_running: bool = True  # False while moto says stopped (the group plays EC2)
     starts: int = 0
     env: dict[str, str] = field(default_factory=dict)  # extra environment of this agent only
+    name: str = ""  # what the demo calls it: nat-a, nat-b, ...
+    table_name: str = ""  # and its home route table: private-a, private-b, ...
 
 
 def timing_toml(timing: dict[str, Any]) -> list[str]:
@@ -156,6 +160,7 @@ class LocalGroup:
     probe_method: str = "tcp-echo"
     # DynamoDB elsewhere (dynalite); empty: the moto server serves DynamoDB too.
     dynamodb_url: str = ""
+    log_format: str = "plain"  # the agents' [log] format; the demo reads "json" for each line's own time
     nats: list[Nat] = field(default_factory=list)
     moto: MotoServer | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -246,6 +251,8 @@ class LocalGroup:
                     self.workdir / f"{name}.toml",
                     self.workdir / f"{name}.log",
                     env=self.nat_env.get(i, {}),
+                    name=f"nat-{name[-1]}",
+                    table_name=f"private-{name[-1]}",
                 )
             )
         init_table(DynamoSettings(table=self.table, region=REGION, endpoint_url=self.store_url))
@@ -274,6 +281,9 @@ class LocalGroup:
             *timing_toml(timing),
             "[metrics]",
             f'listen = "{f"127.0.0.1:{nat.metrics_port}" if nat.metrics_port else ""}"',
+            "",
+            "[log]",
+            f'format = "{self.log_format}"',
             "",
         ]
         for other in self.nats:
@@ -414,13 +424,7 @@ class LocalGroup:
     # ---------------------------------------------------------------- views
     def route_targets(self) -> dict[str, str]:
         """Route table -> instance EC2 routes 0.0.0.0/0 to."""
-        data = self.client("ec2").describe_route_tables(RouteTableIds=[n.route_table for n in self.nats])
-        out = {}
-        for rt in data["RouteTables"]:
-            for route in rt["Routes"]:
-                if route.get("DestinationCidrBlock") == "0.0.0.0/0":
-                    out[rt["RouteTableId"]] = route.get("InstanceId") or route.get("NetworkInterfaceId") or ""
-        return out
+        return route_targets_of(self.client("ec2"), [n.route_table for n in self.nats])
 
     def snapshot(self) -> Any:
         from coordinator.dynamo import DynamoSettings, DynamoStore
