@@ -240,6 +240,7 @@ def _watch(
     seen_member = (first.state, first.session) if first else ("absent", "")
     seen_changes = 0
     moved = False
+
     def agent_lines() -> None:
         for name, at, line in tail.new_lines():
             if name != victim.name or g.alive(vid):  # the dead agent's last words are not news

@@ -37,6 +37,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen[Any], *, kill: bool = False, timeout: float = 5.0) -> None:
+    """Stop a child this lab started: wake it (it may be SIGSTOPped), SIGTERM or SIGKILL, SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGCONT)
+    if kill:
+        proc.kill()
+    else:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
     """Poll ``predicate`` until true or ``timeout`` seconds pass (bounded)."""
     deadline = time.monotonic() + timeout
@@ -93,14 +109,7 @@ class MotoServer:
         self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self._log.close()
 
 
@@ -458,14 +467,15 @@ class LocalGroup:
         self._stop.set()
         if self._ec2_thread is not None:
             self._ec2_thread.join(timeout=2)
-        for nat in self.nats:
-            if nat.proc is not None and nat.proc.poll() is None:
-                nat.proc.send_signal(signal.SIGCONT)
-                nat.proc.kill()
-                nat.proc.wait(5)
+        self._stop_agents()
         if self.moto is not None:
             self.moto.stop()
         self._forward_call_records()
+
+    def _stop_agents(self) -> None:
+        for nat in self.nats:
+            if nat.proc is not None:
+                stop_process(nat.proc, kill=True)
 
     def _forward_call_records(self) -> None:
         """Append every agent's call record to the caller's own record, if it keeps one (the IAM test)."""

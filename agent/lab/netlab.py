@@ -45,7 +45,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.lab.localgroup import DUMMY_ENV, REGION, LocalGroup, MotoServer, Nat, member_toml, timing_toml
+from agent.lab.localgroup import (
+    DUMMY_ENV,
+    REGION,
+    LocalGroup,
+    MotoServer,
+    Nat,
+    member_toml,
+    stop_process,
+    timing_toml,
+)
 
 PREFIX = "nat-ha-lab-"
 INET_IP = "203.0.113.10"
@@ -669,18 +678,9 @@ class NetLab(LocalGroup):
     # -------------------------------------------------------------- cleanup
     def close(self) -> None:
         self._stop.set()
-        if self._reconciler is not None and self._reconciler.poll() is None:
-            self._reconciler.terminate()
-            try:
-                self._reconciler.wait(5)
-            except subprocess.TimeoutExpired:
-                self._reconciler.kill()
-                self._reconciler.wait(5)
-        for nat in self.nats:
-            if nat.proc is not None and nat.proc.poll() is None:
-                nat.proc.send_signal(signal.SIGCONT)
-                nat.proc.kill()
-                nat.proc.wait(5)
+        if self._reconciler is not None:
+            stop_process(self._reconciler)
+        self._stop_agents()
         if self.moto is not None:
             with suppress(Exception):
                 self.moto.stop()
