@@ -12,12 +12,17 @@ holder needs the opposite: "this call is over, one way or the other, at time T".
   with the CA bundle botocore would use; TCP_NODELAY (urllib3's default);
 * ``send(request, deadline)``: ``deadline`` is an absolute ``time.monotonic()``
   value and the whole call (name lookup, connect, TLS, send, status, headers,
-  body) ends by it. Each socket operation gets the time left as its timeout,
-  and one shared timer thread (:class:`DeadlineTimer`) shuts the socket down at
-  the deadline, which ends a read or write that is still trickling along. On
-  expiry the connection is closed (never reused) and botocore's own exception
-  is raised: ``ConnectTimeoutError`` before the request was sent,
-  ``ReadTimeoutError`` after; so callers classify failures as before;
+  body) ends by it. Every blocking step gets the time left as its timeout, set
+  again before each one: each ``recv`` of the answer (so a server dripping a
+  byte at a time runs out of time instead of resetting the clock), each
+  ``sendall`` (whose timeout bounds its total since Python 3.5), the TCP
+  connect, the TLS handshake (bounded as a whole by CPython) and the name
+  lookup (in a helper thread, waited for until the deadline). On expiry the
+  connection is closed (never reused) and botocore's own exception is raised:
+  ``ConnectTimeoutError`` before the request was sent, ``ReadTimeoutError``
+  after; so callers classify failures as before. No timer thread: one would
+  wake once per call, ~0.1 ms of CPU each on this machine, which the agent's
+  four DynamoDB calls a second cannot afford (bench/README.md);
 * after every call :attr:`Sender.last` (a :class:`SendRecord`) says when the
   request bytes were handed to the kernel: ``sent_late`` is true when that
   finished after the deadline (the process was frozen between the last check
@@ -34,10 +39,9 @@ before the bytes go out, whether this request may be sent and until when.
 
 from __future__ import annotations
 
-import contextlib
-import heapq
+import functools
+import io
 import ipaddress
-import itertools
 import os
 import socket
 import ssl
@@ -48,7 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from http.client import HTTPConnection as HTTPConnectionBase
-from http.client import HTTPException
+from http.client import HTTPException, HTTPResponse
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -65,72 +69,10 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import NewConnectionError
 from urllib3.exceptions import SSLError as Urllib3SSLError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
+from urllib3.util.ssl_ import create_urllib3_context
 
 # authorize(request) -> absolute monotonic deadline, or raise to refuse the send.
 Authorize = Callable[[AWSPreparedRequest], float]
-
-
-# ----------------------------------------------------------------- the timer
-@dataclass
-class _Alarm:
-    deadline: float
-    action: Callable[[], None]
-    fired: bool = False
-    cancelled: bool = False
-
-
-class DeadlineTimer:
-    """One daemon thread that runs an action at each armed deadline (unless disarmed first).
-
-    One thread for every sender: arming is a heap push, and the thread is woken
-    only when a new deadline is earlier than the one it sleeps towards.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, _Alarm]] = []
-        self._seq = itertools.count()
-        self._target = float("inf")  # the deadline the thread sleeps towards
-        self._thread: threading.Thread | None = None
-
-    def arm(self, deadline: float, action: Callable[[], None]) -> _Alarm:
-        alarm = _Alarm(deadline, action)
-        with self._cond:
-            heapq.heappush(self._heap, (deadline, next(self._seq), alarm))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="awshttp-deadline", daemon=True)
-                self._thread.start()
-            if deadline < self._target:
-                self._cond.notify()
-        return alarm
-
-    def disarm(self, alarm: _Alarm) -> bool:
-        """Cancel ``alarm``; True when it had already fired."""
-        with self._cond:
-            alarm.cancelled = True
-            return alarm.fired
-
-    def _run(self) -> None:
-        while True:
-            due: list[_Alarm] = []
-            with self._cond:
-                now = time.monotonic()
-                while self._heap and (self._heap[0][2].cancelled or self._heap[0][0] <= now):
-                    alarm = heapq.heappop(self._heap)[2]
-                    if not alarm.cancelled:
-                        alarm.fired = True
-                        due.append(alarm)
-                if not due:
-                    self._target = self._heap[0][0] if self._heap else float("inf")
-                    self._cond.wait(None if not self._heap else max(0.0, self._target - now))
-                    self._target = float("-inf")  # awake: arm() need not notify
-                    continue
-            for alarm in due:
-                with contextlib.suppress(Exception):  # an action must never kill the timer
-                    alarm.action()
-
-
-TIMER = DeadlineTimer()
 
 
 # ------------------------------------------------------------- name lookup
@@ -240,12 +182,17 @@ class Sender:
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.tls = parts.scheme == "https"
         self.host_header = host_header(endpoint_url)
-        self.ca_bundle: str | None = None
         self.verify = verify is not False
-        if self.tls and self.verify:
-            from botocore.httpsession import get_cert_path
+        self.ca_bundle: str | None = None
+        self._tls_context: ssl.SSLContext | None = None
+        if self.tls:
+            # One context per sender: loading the CA bundle costs ~20 ms, not something to repeat per connection.
+            self._tls_context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED if self.verify else ssl.CERT_NONE)
+            if self.verify:
+                from botocore.httpsession import get_cert_path
 
-            self.ca_bundle = get_cert_path(verify)  # type: ignore[arg-type]  # True or a path, as botocore passes it
+                self.ca_bundle = get_cert_path(verify)  # type: ignore[arg-type]  # True or a path, as botocore passes
+                self._tls_context.load_verify_locations(cafile=self.ca_bundle)
         self.last: SendRecord | None = None
         self._conn: HTTPConnection | None = None
         self._lock = threading.Lock()
@@ -256,14 +203,6 @@ class Sender:
         if conn is not None:
             conn.close()
 
-    def _abort(self) -> None:
-        """At the deadline (timer thread): shut the socket down so a blocked read or write returns now."""
-        conn = self._conn
-        sock = conn.sock if conn is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: leaves TLS state alone
-
     def _connection(self, deadline: float) -> HTTPConnection:
         """The kept connection if the server has not closed it, else a new one (connected by ``deadline``)."""
         conn = self._conn
@@ -271,23 +210,22 @@ class Sender:
             return conn
         self.close()
         address = _resolve(self.host, self.port, deadline, self.endpoint_url)
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("deadline passed before connecting")
+        left = _left(deadline)
         if self.tls:
-            conn = HTTPSConnection(
+            conn = _HTTPSConnection(
                 address,
                 self.port,
                 timeout=left,
                 server_hostname=self.host,
                 cert_reqs="CERT_REQUIRED" if self.verify else "CERT_NONE",
-                ca_certs=self.ca_bundle,
+                ssl_context=self._tls_context,
                 assert_hostname=None if self.verify else False,
             )
+            conn.deadline = deadline
         else:
             conn = HTTPConnection(address, self.port, timeout=left)
-        self._conn = conn  # before connect(): the timer can shut down its socket during the TLS handshake
         conn.connect()
+        self._conn = conn
         return conn
 
     # ------------------------------------------------------------------ send
@@ -313,70 +251,109 @@ class Sender:
         url = request.url
         if record.started >= record.deadline:
             raise ConnectTimeoutError(endpoint_url=url, error="deadline passed before the call")
-        alarm = TIMER.arm(record.deadline, self._abort)
         try:
-            try:
-                conn = self._connection(record.deadline)
-            except BotoCoreError:
-                raise
-            except Exception as exc:
-                raise _connect_error(exc, alarm.fired, url) from exc
-            if authorize is not None:
-                granted = authorize(request)  # may raise: nothing has been written, the connection stays
-                if granted < record.deadline:
-                    record.deadline = granted
-                    TIMER.disarm(alarm)
-                    alarm = TIMER.arm(granted, self._abort)
-            try:
-                response: AWSResponse = self._exchange(conn, request, record, alarm)
-                return response
-            except BaseException:
-                self.close()  # never reuse a connection a request failed on
-                raise
+            conn = self._connection(record.deadline)
         except BotoCoreError:
             self.close()
             raise
-        finally:
-            if TIMER.disarm(alarm):
-                self.close()  # the timer shut it down (possibly just after a complete answer)
+        except Exception as exc:
+            self.close()
+            raise _connect_error(exc, url) from exc
+        if authorize is not None:
+            record.deadline = min(record.deadline, authorize(request))  # may raise: nothing is written
+        try:
+            return self._exchange(conn, request, record)
+        except BaseException:
+            self.close()  # never reuse a connection a request failed on
+            raise
 
-    def _exchange(
-        self, conn: HTTPConnection, request: AWSPreparedRequest, record: SendRecord, alarm: _Alarm
-    ) -> AWSResponse:
+    def _exchange(self, conn: HTTPConnection, request: AWSPreparedRequest, record: SendRecord) -> AWSResponse:
         url = request.url
+        deadline = record.deadline
         parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        headers = dict(request.headers.items())
-        if not any(k.lower() == "host" for k in headers):
-            headers["Host"] = self.host_header  # what SigV4 signed; the connection may be to an address
-        body = request.body
-        left = record.deadline - time.monotonic()
-        if left <= 0:
-            raise ConnectTimeoutError(endpoint_url=url, error="deadline passed before the request was sent")
+        body = _bytes(request.body) if request.body else b""
+        sock = conn.sock
+        assert sock is not None
         try:
-            sock = conn.sock
-            assert sock is not None
-            sock.settimeout(left)
+            sock.settimeout(_left(deadline))
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(endpoint_url=url, error="deadline passed before the request was sent") from exc
+        try:
             # http.client's request API on urllib3's connection (urllib3's request()/getresponse() add a
             # response wrapper and header checks this does not need: ~0.1 ms of CPU per call).
             conn.putrequest(request.method, target, skip_host=True)
-            for name, value in headers.items():
+            if "host" not in request.headers:
+                conn.putheader("Host", self.host_header)  # what SigV4 signed; the connection may be to an address
+            for name, value in request.headers.items():
                 conn.putheader(name, value)
             record.send_started = time.monotonic()
-            conn.endheaders()
+            conn.endheaders()  # sendall, bounded by the time left
             if body:
-                conn.send(_bytes(body))
+                sock.settimeout(_left(deadline))
+                conn.send(body)
             record.sent_at = time.monotonic()
-            sock.settimeout(max(1e-3, record.deadline - time.monotonic()))
+            conn.response_class = functools.partial(_DeadlineResponse, deadline=deadline)  # type: ignore[assignment]
             response = HTTPConnectionBase.getresponse(conn)
             data = response.read()
         except TimeoutError as exc:
             raise ReadTimeoutError(endpoint_url=url, error=exc) from exc
         except (OSError, HTTPException, ValueError) as exc:
-            if alarm.fired:
-                raise ReadTimeoutError(endpoint_url=url, error=f"deadline passed: {exc!r}") from exc
             raise ConnectionClosedError(endpoint_url=url, error=exc) from exc
         return AWSResponse(url, response.status, cast(Any, response.msg), _Body(data))
+
+
+class _HTTPSConnection(HTTPSConnection):
+    """urllib3's TLS connection, with the TLS handshake given only what the TCP connect left of the deadline."""
+
+    deadline = float("inf")
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        try:
+            sock.settimeout(_left(self.deadline))  # CPython bounds the whole handshake by this timeout
+        except TimeoutError:
+            sock.close()
+            raise
+        return sock
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's receive side whose every ``recv`` gets the time left until ``deadline`` as its timeout."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.raw = sock.makefile("rb", buffering=0)  # holds the socket open, as http.client's own file does
+        self.deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        self.sock.settimeout(_left(self.deadline))
+        return self.raw.readinto(buffer)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+class _DeadlineResponse(HTTPResponse):
+    """http.client's response parser reading through a :class:`_DeadlineReader`: a drip cannot outlast the deadline."""
+
+    def __init__(self, sock: socket.socket, *args: Any, deadline: float, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        plain, self.fp = self.fp, io.BufferedReader(_DeadlineReader(sock, deadline))
+        plain.close()
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline``; TimeoutError when it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    return left
 
 
 def _bytes(body: Any) -> bytes:
@@ -389,9 +366,9 @@ def _bytes(body: Any) -> bytes:
     return data.encode("utf-8") if isinstance(data, str) else bytes(data)
 
 
-def _connect_error(exc: Exception, fired: bool, url: str) -> Exception:
+def _connect_error(exc: Exception, url: str) -> Exception:
     """botocore's exception for a failure to connect (as its URLLib3Session maps urllib3's)."""
-    if fired or (isinstance(exc, (TimeoutError, Urllib3Timeout)) and not isinstance(exc, NewConnectionError)):
+    if isinstance(exc, (TimeoutError, Urllib3Timeout)) and not isinstance(exc, NewConnectionError):
         return ConnectTimeoutError(endpoint_url=url, error=exc)
     if isinstance(exc, (Urllib3SSLError, ssl.SSLError)):
         return SSLError(endpoint_url=url, error=exc)

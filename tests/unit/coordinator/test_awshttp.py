@@ -28,7 +28,7 @@ from botocore.exceptions import (
 from moto import mock_aws
 
 from coordinator import awshttp
-from coordinator.awshttp import DeadlineTimer, Sender, SendRecord, install
+from coordinator.awshttp import Sender, SendRecord, install
 from tests.scripted_http import (
     RESET,
     THEN_CLOSE,
@@ -228,21 +228,31 @@ def test_authorize_can_shorten_the_deadline(scripted: Callable[..., ScriptedServ
 def test_a_frozen_process_writing_after_its_deadline_is_reported(
     scripted: Callable[..., ScriptedServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A whole-process freeze between the last check and the write also stops the timer: the record tells."""
+    """A freeze between the last deadline check and the write cannot be prevented, only reported."""
     server = scripted([ok])
     sender = Sender(server.url, timeout=2)
-    frozen = DeadlineTimer()
-    monkeypatch.setattr(frozen, "_run", lambda: None)  # a timer thread that never runs, as in a frozen process
-    monkeypatch.setattr(awshttp, "TIMER", frozen)
-    real_write = awshttp.HTTPConnection.endheaders
+    real_left = awshttp._left
+    checks: list[float] = []
 
-    def write_after_a_freeze(self: Any, *args: Any, **kwargs: Any) -> None:
-        time.sleep(0.3)  # frozen after the deadline check, before the write
-        real_write(self, *args, **kwargs)
+    def freeze_after_the_last_check(deadline: float) -> float:
+        left = real_left(deadline)
+        checks.append(left)
+        if len(checks) == 2:  # after authorize: 1 before the head, 2 before the body (the last write)
+            time.sleep(0.3)  # the whole process frozen here: the check passed, the write comes late
+        return left
 
-    monkeypatch.setattr(awshttp.HTTPConnection, "endheaders", write_after_a_freeze)
-    sender.send(request(server.url), time.monotonic() + 2, authorize=lambda _r: time.monotonic() + 0.1)
+    def authorize(_r: AWSPreparedRequest) -> float:
+        checks.clear()
+        return time.monotonic() + 0.1
+
+    monkeypatch.setattr(awshttp, "_left", freeze_after_the_last_check)
+    with pytest.raises(ReadTimeoutError):  # no time is left to read the answer
+        sender.send(request(server.url), time.monotonic() + 2, authorize=authorize)
     assert sender.last is not None and sender.last.sent_late and sender.last.maybe_sent
+    end = time.monotonic() + 1
+    while not server.requests and time.monotonic() < end:
+        time.sleep(0.01)
+    assert len(server.requests) == 1  # it did go out
 
 
 def test_send_record_flags() -> None:
@@ -266,6 +276,14 @@ def test_tls_is_verified_with_the_given_bundle_and_bounded_too(
     assert isinstance(error, ReadTimeoutError) and took <= 0.6 + SLACK
     with pytest.raises(SSLError):  # botocore's default bundle does not know this certificate
         Sender(server.url, timeout=2).send(request(server.url), time.monotonic() + 2)
+
+
+def test_a_tls_handshake_that_never_completes_ends_at_the_deadline(scripted: Callable[..., ScriptedServer]) -> None:
+    server = scripted([])  # plain TCP: accepts, reads the ClientHello, never answers it
+    url = server.url.replace("http://", "https://")
+    sender = Sender(url, timeout=2)
+    took, error = timed(lambda: sender.send(request(url), time.monotonic() + 0.5))
+    assert isinstance(error, ConnectTimeoutError) and took <= 0.5 + SLACK, f"{took:.2f} s: {error!r}"
 
 
 # -------------------------------------------------------------------- install
@@ -316,19 +334,3 @@ def test_install_leaves_mock_aws_answering() -> None:
         install(client, sender)
         assert client.list_tables()["TableNames"] == []  # moto answered in before-send
         assert sender.last is None  # the sender never ran: nothing left this machine
-
-
-# ---------------------------------------------------------------------- timer
-def test_the_timer_fires_in_deadline_order_and_not_when_disarmed() -> None:
-    timer = DeadlineTimer()
-    fired: list[str] = []
-    now = time.monotonic()
-    alarms = {name: timer.arm(now + delay, lambda name=name: fired.append(name)) for name, delay in
-              (("late", 0.3), ("early", 0.1), ("cancelled", 0.2))}  # fmt: skip
-    assert timer.disarm(alarms["cancelled"]) is False
-    deadline = time.monotonic() + 2
-    while len(fired) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.1)
-    assert fired == ["early", "late"]
-    assert timer.disarm(alarms["early"]) is True
