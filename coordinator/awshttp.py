@@ -282,11 +282,12 @@ class Sender:
         try:
             # http.client's request API on urllib3's connection (urllib3's request()/getresponse() add a
             # response wrapper and header checks this does not need: ~0.1 ms of CPU per call).
+            putheader = HTTPConnectionBase.putheader  # http.client's own checks, not urllib3's extra layer
             conn.putrequest(request.method, target, skip_host=True)
             if "host" not in request.headers:
-                conn.putheader("Host", self.host_header)  # what SigV4 signed; the connection may be to an address
+                putheader(conn, "Host", self.host_header)  # what SigV4 signed; the connection may be to an address
             for name, value in request.headers.items():
-                conn.putheader(name, value)
+                putheader(conn, name, value)
             record.send_started = time.monotonic()
             conn.endheaders()  # sendall, bounded by the time left
             if body:
@@ -300,7 +301,8 @@ class Sender:
             raise ReadTimeoutError(endpoint_url=url, error=exc) from exc
         except (OSError, HTTPException, ValueError) as exc:
             raise ConnectionClosedError(endpoint_url=url, error=exc) from exc
-        return AWSResponse(url, response.status, cast(Any, response.msg), _Body(data))
+        headers = {name.lower(): value for name, value in response.getheaders()}  # one pass over the parsed head
+        return AWSResponse(url, response.status, cast(Any, headers), _Body(data))
 
 
 class _HTTPSConnection(HTTPSConnection):

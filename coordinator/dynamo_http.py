@@ -6,10 +6,11 @@ hooks, endpoint rules, shape-driven serialising and parsing): most of the
 agent's 1 % budget alone. DynamoDB speaks JSON over HTTP POST, so for these
 three operations pynamodb's botocore client gets a thin stand-in
 (:class:`FastClient`): it POSTs the same parameters to the endpoint botocore
-resolved, signed by botocore's ``SigV4Auth`` with the session's own
-credentials, over the keep-alive urllib3 connection of
-:class:`coordinator.awshttp.Sender`, and returns the decoded JSON (what botocore
-returns for these operations: their responses hold no blobs or timestamps).
+resolved, signed with SigV4 (:class:`SigV4`, checked against botocore's
+``SigV4Auth``) with the session's own credentials, over the keep-alive urllib3
+connection of :class:`coordinator.awshttp.Sender`, and returns the decoded JSON
+(what botocore returns for these operations: their responses hold no blobs or
+timestamps).
 
 It behaves like the botocore client it stands in for:
 
@@ -38,6 +39,8 @@ signatures among others.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import threading
@@ -46,8 +49,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSPreparedRequest, AWSRequest
+from botocore.awsrequest import AWSPreparedRequest, HTTPHeaders
 from botocore.exceptions import (
     ChecksumError,
     ClientError,
@@ -84,6 +86,61 @@ def _error_code(status: int, body: bytes) -> tuple[str, str]:
     return code, str(data.get("message", data.get("Message", "")))
 
 
+class SigV4:
+    """AWS Signature Version 4 for DynamoDB's POST / requests (no query string).
+
+    The one hand-written piece left on this path, on purpose: botocore's
+    ``SigV4Auth`` builds an ``AWSRequest``, prepares it and canonicalises any URL
+    and header set, ~0.13 ms of CPU per call through the store against ~0.02 ms
+    here. At the agent's four calls a second that is ~0.05 % of a core, and with
+    the library signer the agent measured over its 1 % budget (bench/README.md).
+    This request always has the same shape; tests compare the two signatures.
+    """
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self._key: tuple[str, str, bytes] = ("", "", b"")  # (secret, date, derived signing key)
+
+    def _signing_key(self, secret: str, date: str) -> bytes:
+        if self._key[:2] != (secret, date):
+            key = hmac.new(("AWS4" + secret).encode(), date.encode(), hashlib.sha256).digest()
+            for part in (self.region, SERVICE, "aws4_request"):
+                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+            self._key = (secret, date, key)
+        return self._key[2]
+
+    def sign(self, headers: dict[str, str], body: bytes, credentials: Any, amz_date: str) -> None:
+        """Add X-Amz-Date, X-Amz-Security-Token (if any) and Authorization to ``headers``.
+
+        Every header present is signed (as botocore does; User-Agent is added after).
+        """
+        headers["X-Amz-Date"] = amz_date
+        if credentials.token:
+            headers["X-Amz-Security-Token"] = credentials.token
+        canonical = sorted((k.lower(), " ".join(v.split())) for k, v in headers.items())
+        signed = ";".join(k for k, _ in canonical)
+        canonical_request = "\n".join(
+            (
+                "POST",
+                "/",
+                "",
+                "".join(f"{k}:{v}\n" for k, v in canonical),
+                signed,
+                hashlib.sha256(body).hexdigest(),
+            )
+        )
+        date = amz_date[:8]
+        scope = f"{date}/{self.region}/{SERVICE}/aws4_request"
+        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
+        signature = hmac.new(
+            self._signing_key(credentials.secret_key, date), to_sign.encode(), hashlib.sha256
+        ).hexdigest()
+        headers["Authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
+            f"SignedHeaders={signed}, Signature={signature}"
+        )
+
+
 class DynamoHttp:
     """Signed DynamoDB JSON calls through a :class:`~coordinator.awshttp.Sender` (one thread at a time).
 
@@ -105,6 +162,7 @@ class DynamoHttp:
         self.url = self.endpoint_url + "/"
         self.region = region
         self.credentials = credentials
+        self.signer = SigV4(region)
         self.user_agent = user_agent
         self.on_call = on_call
         self.events = events  # the botocore client's event emitter (before-send)
@@ -134,12 +192,16 @@ class DynamoHttp:
         frozen = self.credentials.get_frozen_credentials() if self.credentials is not None else None
         if frozen is None or not frozen.access_key or not frozen.secret_key:
             raise NoCredentialsError()
-        headers = {"Content-Type": CONTENT_TYPE, "X-Amz-Target": TARGET_PREFIX + operation}
+        headers = {
+            "Host": self.sender.host_header,
+            "Content-Type": CONTENT_TYPE,
+            "X-Amz-Target": TARGET_PREFIX + operation,
+        }
+        self.signer.sign(headers, body, frozen, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
         if self.user_agent:
-            headers["User-Agent"] = self.user_agent  # SigV4Auth does not sign it, as in botocore
-        request = AWSRequest(method="POST", url=self.url, data=body, headers=headers)
-        SigV4Auth(frozen, SERVICE, self.region).add_auth(request)
-        return request.prepare()
+            headers["User-Agent"] = self.user_agent  # not signed, as botocore does
+        headers["Content-Length"] = str(len(body))
+        return AWSPreparedRequest("POST", self.url, HTTPHeaders.from_dict(headers), body, False)
 
     def _call(self, operation: str, params: dict[str, Any], deadline: float) -> dict[str, Any]:
         body = json.dumps(params, separators=(",", ":")).encode()

@@ -1,13 +1,14 @@
 """The fast DynamoDB path (coordinator/dynamo_http.py): signature, transport, errors, deadline, when it is used.
 
-A moto server that verifies signatures accepts what botocore's ``SigV4Auth``
-signs for it; transport failures come from a scripted HTTP server on 127.0.0.1
+The signature is compared with botocore's ``SigV4Auth`` and checked by a moto
+server that verifies signatures; transport failures come from a scripted HTTP server on 127.0.0.1
 (tests/scripted_http.py); results and errors are compared with the botocore
 path on a moto server and on dynalite.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import (
@@ -29,7 +31,7 @@ from moto import mock_aws
 
 from coordinator.awshttp import Sender
 from coordinator.dynamo import DynamoSettings, DynamoStore, init_table
-from coordinator.dynamo_http import OFF_ENV, CallDeadline, DynamoHttp, FastClient
+from coordinator.dynamo_http import OFF_ENV, CallDeadline, DynamoHttp, FastClient, SigV4
 from coordinator.store import ConditionFailed, Expect, OutcomeUnknown, Unavailable
 from tests import servers
 from tests.scripted_http import RESET, THEN_CLOSE, Drip, Reply, ScriptedServer, http_response, scripted_servers
@@ -52,6 +54,38 @@ def client(url: str, credentials: Any = None, *, timeout: float = TIMEOUT, **kwa
 
 
 # ------------------------------------------------------------------ signature
+@pytest.mark.parametrize(
+    ("url", "token"),
+    [
+        ("https://dynamodb.eu-west-1.amazonaws.com/", None),
+        ("https://dynamodb.eu-west-1.amazonaws.com/", "session-token/with+odd=chars"),
+        ("http://127.0.0.1:8000/", None),
+    ],
+)
+def test_signature_is_botocores(monkeypatch: pytest.MonkeyPatch, url: str, token: str | None) -> None:
+    fixed = datetime.datetime(2026, 11, 27, 6, 30, 5)
+    monkeypatch.setattr("botocore.auth.get_current_datetime", lambda: fixed)
+    creds = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
+    body = json.dumps(QUERY).encode()
+    host = url.split("/")[2]
+    base = {"Host": host, "Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "DynamoDB_20120810.Query"}
+    request = AWSRequest(method="POST", url=url, data=body, headers=dict(base))
+    SigV4Auth(creds.get_frozen_credentials(), "dynamodb", "eu-west-1").add_auth(request)
+    ours = dict(base)
+    SigV4("eu-west-1").sign(ours, body, creds.get_frozen_credentials(), "20261127T063005Z")
+    assert ours["Authorization"] == request.headers["Authorization"]
+    assert ours["X-Amz-Date"] == request.headers["X-Amz-Date"]
+    assert ours.get("X-Amz-Security-Token") == request.headers.get("X-Amz-Security-Token")
+
+
+def test_signing_key_follows_the_secret_and_the_date() -> None:
+    signer = SigV4("us-east-1")
+    one = signer._signing_key("s1", "20261127")
+    assert signer._signing_key("s1", "20261127") == one
+    assert signer._signing_key("s2", "20261127") != one  # rotated credentials
+    assert signer._signing_key("s1", "20261128") != one  # a new day
+
+
 @pytest.fixture(scope="module")
 def verifying_moto() -> Iterator[tuple[str, dict[str, str]]]:
     """A moto server that checks signatures, an IAM user allowed everything and its key."""
