@@ -4,8 +4,9 @@
 Starts dynalite (default; keeps connections alive, as AWS does) or a moto server
 on 127.0.0.1, creates the table, and times ``DynamoStore.query_group`` (a group of
 five member items, as the HA cycle reads it) and a conditional ``put_item`` (a
-heartbeat) in a loop, once through coordinator/dynamo_http.py and once through
-botocore (``NAT_HA_DYNAMODB_BOTOCORE=1``). CPU is this process's
+heartbeat) in a loop, once through the lean path (coordinator/dynamo_http.py) and
+once through botocore's own request building and parsing
+(``NAT_HA_DYNAMODB_BOTOCORE=1``); both send over coordinator/awshttp.py. CPU is this process's
 ``time.process_time()`` (user + system, so the client's share of the loopback
 socket work counts) per call; the server's CPU is not counted.
 

@@ -334,3 +334,19 @@ def test_install_leaves_mock_aws_answering() -> None:
         install(client, sender)
         assert client.list_tables()["TableNames"] == []  # moto answered in before-send
         assert sender.last is None  # the sender never ran: nothing left this machine
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("https://dynamodb.eu-west-1.amazonaws.com", "dynamodb.eu-west-1.amazonaws.com"),
+        ("https://dynamodb.eu-west-1.amazonaws.com:443/", "dynamodb.eu-west-1.amazonaws.com"),
+        ("http://127.0.0.1:8000", "127.0.0.1:8000"),
+        ("http://[::1]:8000/", "[::1]:8000"),
+        ("HTTPS://EC2.US-EAST-1.AMAZONAWS.COM:8443", "ec2.us-east-1.amazonaws.com:8443"),
+    ],
+)
+def test_the_host_header_is_the_one_botocore_signs(url: str, host: str) -> None:
+    from botocore.auth import _host_from_url
+
+    assert awshttp.host_header(url) == host == _host_from_url(url)
