@@ -49,7 +49,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
-from botocore.awsrequest import AWSPreparedRequest, HTTPHeaders
+from botocore.awsrequest import AWSPreparedRequest, HeadersDict
 from botocore.exceptions import (
     ChecksumError,
     ClientError,
@@ -201,7 +201,7 @@ class DynamoHttp:
         if self.user_agent:
             headers["User-Agent"] = self.user_agent  # not signed, as botocore does
         headers["Content-Length"] = str(len(body))
-        return AWSPreparedRequest("POST", self.url, HTTPHeaders.from_dict(headers), body, False)
+        return AWSPreparedRequest("POST", self.url, HeadersDict(headers), body, False)  # type: ignore[arg-type]
 
     def _call(self, operation: str, params: dict[str, Any], deadline: float) -> dict[str, Any]:
         body = json.dumps(params, separators=(",", ":")).encode()

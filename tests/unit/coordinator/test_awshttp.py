@@ -8,6 +8,7 @@ deadline + 0.2 s, not after the server's 3 s drip"), not speed claims.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -77,6 +78,8 @@ def test_calls_share_one_keep_alive_connection(scripted: Callable[..., ScriptedS
         assert response.status_code == 200 and response.content == BODY
         assert response.headers["x-amz-crc32"]
     assert server.connections == 1
+    assert sender._conn is not None and sender._conn.sock is not None
+    assert sender._conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)  # no Nagle delay
     head = server.requests[0].split(b"\r\n\r\n")[0].decode()
     assert head.startswith("POST / HTTP/1.1\r\n")
     assert f"Host: {server.url.split('//')[1]}" in head.split("\r\n")  # what SigV4 signs for this URL
@@ -156,8 +159,6 @@ def test_a_deadline_already_past_sends_nothing(scripted: Callable[..., ScriptedS
 
 
 def test_nothing_listening_is_an_endpoint_connection_error() -> None:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
         url = f"http://127.0.0.1:{s.getsockname()[1]}"

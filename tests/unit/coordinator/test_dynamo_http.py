@@ -256,6 +256,14 @@ def operations(server: ScriptedServer) -> list[str]:
     ]
 
 
+def test_pynamodbs_extra_headers_are_sent(scripted: Callable[..., ScriptedServer]) -> None:
+    server = scripted([ok({"Items": []})])
+    store = store_on(server.url)
+    store.model._get_connection().connection._extra_headers = {"X-Nat-Ha-Test": "yes"}
+    assert store.query_group(GROUP) == []
+    assert uses_fast_path(store) and b"\r\nX-Nat-Ha-Test: yes\r\n" in server.requests[0]
+
+
 def test_the_store_classifies_fast_path_failures_as_before(scripted: Callable[..., ScriptedServer]) -> None:
     conditional = {"__type": "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException", "message": "no"}
     server = scripted(
