@@ -9,7 +9,10 @@ holder needs the opposite: "this call is over, one way or the other, at time T".
 
 * one urllib3 connection, kept alive between calls and checked for a close by
   the server before reuse; no retries, no redirects, no proxy; TLS verified
-  with the CA bundle botocore would use; TCP_NODELAY (urllib3's default);
+  with the CA bundle botocore would use; TCP_NODELAY (urllib3's default). The
+  request is written in one ``sendall`` and the answer read by
+  :func:`read_response`, both small and ours, because http.client's way costs
+  ~0.15 ms of CPU per call more (measured; coordinator/README.md);
 * ``send(request, deadline)``: ``deadline`` is an absolute ``time.monotonic()``
   value and the whole call (name lookup, connect, TLS, send, status, headers,
   body) ends by it. Every blocking step gets the time left as its timeout, set
@@ -39,7 +42,6 @@ before the bytes go out, whether this request may be sent and until when.
 
 from __future__ import annotations
 
-import functools
 import io
 import ipaddress
 import os
@@ -51,8 +53,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from http.client import HTTPConnection as HTTPConnectionBase
-from http.client import HTTPException, HTTPResponse
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -62,6 +62,7 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    HTTPClientError,
     ReadTimeoutError,
     SSLError,
 )
@@ -195,11 +196,14 @@ class Sender:
                 self._tls_context.load_verify_locations(cafile=self.ca_bundle)
         self.last: SendRecord | None = None
         self._conn: HTTPConnection | None = None
+        self._raw: _DeadlineReader | None = None  # the connection's receive side
+        self._reader: io.BufferedReader | None = None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ connection
     def close(self) -> None:
         conn, self._conn = self._conn, None
+        self._raw = self._reader = None
         if conn is not None:
             conn.close()
 
@@ -225,7 +229,10 @@ class Sender:
         else:
             conn = HTTPConnection(address, self.port, timeout=left)
         conn.connect()
+        assert conn.sock is not None
         self._conn = conn
+        self._raw = _DeadlineReader(conn.sock)
+        self._reader = io.BufferedReader(self._raw)
         return conn
 
     # ------------------------------------------------------------------ send
@@ -270,39 +277,46 @@ class Sender:
     def _exchange(self, conn: HTTPConnection, request: AWSPreparedRequest, record: SendRecord) -> AWSResponse:
         url = request.url
         deadline = record.deadline
-        parts = urlsplit(url)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        body = _bytes(request.body) if request.body else b""
-        sock = conn.sock
-        assert sock is not None
+        sock, raw, reader = conn.sock, self._raw, self._reader
+        assert sock is not None and raw is not None and reader is not None
+        try:
+            message = self._message(request)
+        except ValueError as exc:
+            raise HTTPClientError(error=exc) from exc  # as botocore's session reports a request it cannot send
         try:
             sock.settimeout(_left(deadline))
         except TimeoutError as exc:
             raise ConnectTimeoutError(endpoint_url=url, error="deadline passed before the request was sent") from exc
         try:
-            # http.client's request API on urllib3's connection (urllib3's request()/getresponse() add a
-            # response wrapper and header checks this does not need: ~0.1 ms of CPU per call).
-            putheader = HTTPConnectionBase.putheader  # http.client's own checks, not urllib3's extra layer
-            conn.putrequest(request.method, target, skip_host=True)
-            if "host" not in request.headers:
-                putheader(conn, "Host", self.host_header)  # what SigV4 signed; the connection may be to an address
-            for name, value in request.headers.items():
-                putheader(conn, name, value)
             record.send_started = time.monotonic()
-            conn.endheaders()  # sendall, bounded by the time left
-            if body:
-                sock.settimeout(_left(deadline))
-                conn.send(body)
+            sock.sendall(message)  # one write (no second segment); bounded in total by the time left
             record.sent_at = time.monotonic()
-            conn.response_class = functools.partial(_DeadlineResponse, deadline=deadline)  # type: ignore[assignment]
-            response = HTTPConnectionBase.getresponse(conn)
-            data = response.read()
+            raw.deadline = deadline  # every recv gets the time left
+            status, headers, data, closes = read_response(reader, request.method)
         except TimeoutError as exc:
             raise ReadTimeoutError(endpoint_url=url, error=exc) from exc
-        except (OSError, HTTPException, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             raise ConnectionClosedError(endpoint_url=url, error=exc) from exc
-        headers = {name.lower(): value for name, value in response.getheaders()}  # one pass over the parsed head
-        return AWSResponse(url, response.status, cast(Any, headers), _Body(data))
+        if closes:
+            self.close()
+        return AWSResponse(url, status, cast(Any, headers), _Body(data))
+
+    def _message(self, request: AWSPreparedRequest) -> bytes:
+        """The request as it goes on the wire: request line, headers (Host as signed), body."""
+        parts = urlsplit(request.url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        body = _bytes(request.body) if request.body else b""
+        lines = [f"{request.method} {target} HTTP/1.1"]
+        if "host" not in request.headers:
+            lines.append(f"Host: {self.host_header}")  # what SigV4 signed; the connection may be to an address
+        if "content-length" not in request.headers:
+            lines.append(f"Content-Length: {len(body)}")
+        for name, value in request.headers.items():
+            text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+            if "\r" in text or "\n" in text or "\r" in name or "\n" in name or ":" in name:
+                raise ValueError(f"header {name!r} would break the request")
+            lines.append(f"{name}: {text}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 class _HTTPSConnection(HTTPSConnection):
@@ -321,33 +335,91 @@ class _HTTPSConnection(HTTPSConnection):
 
 
 class _DeadlineReader(io.RawIOBase):
-    """A socket's receive side whose every ``recv`` gets the time left until ``deadline`` as its timeout."""
+    """A socket's receive side whose every ``recv`` gets the time left until ``deadline`` as its timeout.
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
+    A server dripping its answer a byte at a time would otherwise reset the
+    clock with every byte; here the reads run out of time together.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
         super().__init__()
         self.sock = sock
-        self.raw = sock.makefile("rb", buffering=0)  # holds the socket open, as http.client's own file does
-        self.deadline = deadline
+        self.deadline = float("-inf")
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int | None:
+    def readinto(self, buffer: Any) -> int:
         self.sock.settimeout(_left(self.deadline))
-        return self.raw.readinto(buffer)
-
-    def close(self) -> None:
-        self.raw.close()
-        super().close()
+        return self.sock.recv_into(buffer)
 
 
-class _DeadlineResponse(HTTPResponse):
-    """http.client's response parser reading through a :class:`_DeadlineReader`: a drip cannot outlast the deadline."""
+MAX_LINE = 65536
+MAX_HEADER_LINES = 100
 
-    def __init__(self, sock: socket.socket, *args: Any, deadline: float, **kwargs: Any) -> None:
-        super().__init__(sock, *args, **kwargs)
-        plain, self.fp = self.fp, io.BufferedReader(_DeadlineReader(sock, deadline))
-        plain.close()
+
+def read_response(reader: io.BufferedReader, method: str = "POST") -> tuple[int, dict[str, str], bytes, bool]:
+    """One HTTP/1.1 response: (status, lower-case headers, body, the server closes the connection).
+
+    Hand-written on purpose, with the request line above (the measured reason is
+    in coordinator/README.md): http.client parses headers with the ``email``
+    package and writes a request in two sends, ~0.15 ms of CPU per call more than
+    this at the agent's four DynamoDB calls a second, which its 1 % budget does
+    not have. Enough of HTTP/1.1 for an AWS API endpoint: Content-Length, chunked,
+    or up to the close; interim 1xx answers skipped. Raises ``ValueError`` on
+    anything malformed and ``ConnectionError`` when the server closed first.
+    """
+    for _ in range(10):  # interim 1xx answers (100 Continue) come before the real one
+        line = reader.readline(MAX_LINE)
+        if not line:
+            raise ConnectionResetError("the server closed the connection")
+        version, _, rest = line.decode("latin-1").partition(" ")
+        if not version.startswith("HTTP/") or not rest[:3].isdigit():
+            raise ValueError(f"not an HTTP status line: {line[:80]!r}")
+        status = int(rest[:3])
+        headers: dict[str, str] = {}
+        for _ in range(MAX_HEADER_LINES):
+            line = reader.readline(MAX_LINE)
+            if line in (b"\r\n", b"\n"):
+                break
+            if not line:
+                raise ConnectionResetError("the server closed the connection in the headers")
+            name, sep, value = line.decode("latin-1").partition(":")
+            if not sep:
+                raise ValueError(f"bad header line {line[:80]!r}")
+            headers[name.strip().lower()] = value.strip()
+        else:
+            raise ValueError("too many header lines")
+        if not 100 <= status < 200:
+            break
+    else:
+        raise ValueError("too many interim answers")
+    connection = headers.get("connection", "").lower()
+    closes = connection == "close" or (version == "HTTP/1.0" and connection != "keep-alive")
+    if method == "HEAD" or status in (204, 304):
+        return status, headers, b"", closes
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        chunks: list[bytes] = []
+        for _ in range(1_000_000):
+            size = int(reader.readline(MAX_LINE).split(b";", 1)[0].strip() or b"x", 16)
+            if size == 0:
+                for _ in range(MAX_HEADER_LINES):  # trailers
+                    if reader.readline(MAX_LINE) in (b"\r\n", b"\n", b""):
+                        break
+                return status, headers, b"".join(chunks), closes
+            chunks.append(_read_exactly(reader, size))
+            reader.readline(MAX_LINE)
+        raise ValueError("too many chunks")
+    if "content-length" in headers:
+        return status, headers, _read_exactly(reader, int(headers["content-length"])), closes
+    return status, headers, reader.read(), True
+
+
+def _read_exactly(reader: io.BufferedReader, size: int) -> bytes:
+    data = reader.read(size)
+    if len(data) != size:
+        raise ConnectionResetError(f"the server closed the connection after {len(data)} of {size} body bytes")
+    return data
 
 
 def _left(deadline: float) -> float:

@@ -23,6 +23,7 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    HTTPClientError,
     ReadTimeoutError,
     SSLError,
 )
@@ -238,7 +239,7 @@ def test_a_frozen_process_writing_after_its_deadline_is_reported(
     def freeze_after_the_last_check(deadline: float) -> float:
         left = real_left(deadline)
         checks.append(left)
-        if len(checks) == 2:  # after authorize: 1 before the head, 2 before the body (the last write)
+        if len(checks) == 1:  # the first check after authorize is the last one before the write
             time.sleep(0.3)  # the whole process frozen here: the check passed, the write comes late
         return left
 
@@ -351,3 +352,29 @@ def test_the_host_header_is_the_one_botocore_signs(url: str, host: str) -> None:
     from botocore.auth import _host_from_url
 
     assert awshttp.host_header(url) == host == _host_from_url(url)
+
+
+# ------------------------------------------------------------------ framing
+def test_interim_answers_and_bodyless_statuses(scripted: Callable[..., ScriptedServer]) -> None:
+    server = scripted(
+        [
+            lambda _r: b"HTTP/1.1 100 Continue\r\n\r\n" + http_response(200, BODY),
+            lambda _r: b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+            ok,
+        ]
+    )
+    sender = Sender(server.url, timeout=2)
+    assert sender.send(request(server.url), time.monotonic() + 2).content == BODY
+    response = sender.send(request(server.url), time.monotonic() + 2)
+    assert (response.status_code, response.content) == (204, b"")
+    assert sender.send(request(server.url), time.monotonic() + 2).content == BODY
+    assert server.connections == 1
+
+
+def test_a_header_that_would_split_the_request_is_refused(scripted: Callable[..., ScriptedServer]) -> None:
+    server = scripted([ok])
+    bad = AWSRequest(method="POST", url=server.url + "/", data=b"{}", headers={"X-Evil": "a\r\nX-Other: b"}).prepare()
+    with pytest.raises(HTTPClientError):
+        Sender(server.url, timeout=2).send(bad, time.monotonic() + 2)
+    time.sleep(0.2)
+    assert server.requests == []
