@@ -89,12 +89,13 @@ def _error_code(status: int, body: bytes) -> tuple[str, str]:
 class SigV4:
     """AWS Signature Version 4 for DynamoDB's POST / requests (no query string).
 
-    The one hand-written piece left on this path, on purpose: botocore's
-    ``SigV4Auth`` builds an ``AWSRequest``, prepares it and canonicalises any URL
-    and header set, ~0.13 ms of CPU per call through the store against ~0.02 ms
-    here. At the agent's four calls a second that is ~0.05 % of a core, and with
-    the library signer the agent measured over its 1 % budget (bench/README.md).
-    This request always has the same shape; tests compare the two signatures.
+    Hand-written on purpose (with awshttp's request line and response reader,
+    the only hand-written pieces left on this path): botocore's ``SigV4Auth``
+    builds an ``AWSRequest``, prepares it and canonicalises any URL and header
+    set; through the store a Query cost 0.64 ms of CPU with it and 0.47 ms with
+    this (bench/store_calls.py, coordinator/README.md), and the agent was over
+    its 1 % budget with it. This request always has the same shape; tests
+    compare the two signatures.
     """
 
     def __init__(self, region: str) -> None:
