@@ -46,7 +46,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.lab import nspawn
-from agent.lab.localgroup import DUMMY_ENV, REGION, LocalGroup, MotoServer, Nat, member_toml, timing_toml
+from agent.lab.localgroup import (
+    DUMMY_ENV,
+    REGION,
+    LocalGroup,
+    MotoServer,
+    Nat,
+    member_toml,
+    stop_process,
+    timing_toml,
+)
 
 PREFIX = "nat-ha-lab-"
 INET_IP = "203.0.113.10"
@@ -860,33 +869,18 @@ class NetLab(LocalGroup):
         if self._proxy is not None and self._proxy.poll() is None:
             with suppress(OSError, ValueError):
                 assert self._proxy.stdin is not None
-                self._proxy.stdin.close()
-            try:
-                self._proxy.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proxy.kill()
-                self._proxy.wait(5)
+                self._proxy.stdin.close()  # its command loop ends
+            stop_process(self._proxy)
         for ct in [*self.containers, *([self._bake] if self._bake else [])]:
             try:
                 ct.close()
             except Exception as exc:  # keep cleaning up the rest
                 self._log(f"closing container {ct.name}: {exc}")
         for proc in self._imds:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
-        if self._reconciler is not None and self._reconciler.poll() is None:
-            self._reconciler.terminate()
-            try:
-                self._reconciler.wait(5)
-            except subprocess.TimeoutExpired:
-                self._reconciler.kill()
-                self._reconciler.wait(5)
-        for nat in self.nats:
-            if nat.proc is not None and nat.proc.poll() is None:
-                nat.proc.send_signal(signal.SIGCONT)
-                nat.proc.kill()
-                nat.proc.wait(5)
+            stop_process(proc, kill=True)
+        if self._reconciler is not None:
+            stop_process(self._reconciler)
+        self._stop_agents()
         if self.moto is not None:
             with suppress(Exception):
                 self.moto.stop()
