@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.aws.fence import Fence, FenceRefused
+from agent.aws.fence import Fence, FenceRefused, Permit
 from agent.config import Member
 from agent.decide import Ec2Route
 from coordinator.instrument import CallObserver, instrument_client
+
+if TYPE_CHECKING:
+    from coordinator.awshttp import Sender
 
 DEFAULT_ROUTE = "0.0.0.0/0"
 HOLDER_TAG = "nat-ha:holder"
@@ -78,7 +81,16 @@ class Ec2:
         client: Any = None,
         fence: Fence | None = None,
     ) -> None:
-        self.client = client or make_client("ec2", region, endpoint_url, timeout, 1)
+        # Our own client sends through coordinator.awshttp: one keep-alive connection whose every
+        # call ends by a hard deadline (botocore's timeouts are per socket operation, not per call).
+        self.sender: Sender | None = None
+        if client is None:
+            from agent.aws.models import botocore_session
+            from coordinator.awshttp import sender_for
+
+            client = make_client("ec2", region, endpoint_url, timeout, 1)
+            self.sender = sender_for(client, botocore_session(), timeout)
+        self.client = client
         instrument_client(self.client, on_call)
         self.members = members or {}
         self.fence: Fence | None = None
@@ -86,13 +98,22 @@ class Ec2:
             self.attach_fence(fence)
 
     def attach_fence(self, fence: Fence) -> None:
-        """Route every call through ``fence`` (writes need a permit; every call gets a deadline)."""
+        """Route every call through ``fence`` (writes need a permit; every call gets a deadline).
+
+        botocore's ``before-send`` pre-checks a write (signed, before anything is sent); then
+        awshttp asks the fence again once the connection is up, right before the bytes go out,
+        and ends the whole call at the deadline the fence gives.
+        """
         self.fence = fence
         attach = getattr(self.client, "attach_fence", None)
         if attach is not None:  # a simulated client (tests/sim) calls the fence itself
             attach(fence)
-        else:
-            install_fence_hook(self.client, fence)
+            return
+        install_fence_hook(self.client, fence)
+        if self.sender is not None:
+            from coordinator.awshttp import install
+
+            install(self.client, self.sender, authorize=lambda _request: fence.authorize_armed())
 
     def _call(self, operation: str, **params: Any) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -112,8 +133,21 @@ class Ec2:
         """One fenced write: the lease is checked by the transport right before the send."""
         if self.fence is None:
             raise RuntimeError(f"EC2 write {operation} without a fence: attach the agent's Fence first")
-        with self.fence.write(_api_name(operation), resource):
-            return self._call(operation, **params)
+        with self.fence.write(_api_name(operation), resource) as permit:
+            try:
+                return self._call(operation, **params)
+            finally:
+                self._record_send(permit)
+
+    def _record_send(self, permit: Permit) -> None:
+        """When the request's bytes left (awshttp's record of this call): the fence's overrun check."""
+        record = self.sender.last if self.sender is not None else None
+        if record is None or not permit.used or not record.started <= permit.checked_at:
+            return  # not sent through awshttp (refused before, or a test's mock answered)
+        if record.sent_at is not None:
+            permit.sent_at = record.sent_at
+        elif record.send_started is not None:
+            permit.sent_at = record.send_started  # cut short while writing: some bytes may have left
 
     # ---------------------------------------------------------------- routes
     def describe(self, route_tables: list[str]) -> dict[str, RouteView]:
@@ -263,16 +297,14 @@ def _api_name(operation: str) -> str:
 
 
 def install_fence_hook(client: Any, fence: Fence) -> None:
-    """Ask the fence right before botocore sends (after signing): a write without a permit is not sent.
+    """Pre-check at botocore's ``before-send`` (after signing): a write without a permit is not sent.
 
-    botocore emits ``before-send`` once the request is signed and its endpoint resolved;
-    raising there sends nothing.
+    Raising there sends nothing. It runs before any handler that answers instead of sending
+    (moto's ``mock_aws`` in unit tests), so those tests see the same refusals.
     """
 
     def before_send(request: Any, event_name: str = "", **_: Any) -> None:
-        operation = event_name.rsplit(".", 1)[-1]
-        fence.authorize(operation)
-        fence.sent()
+        fence.precheck(event_name.rsplit(".", 1)[-1])
 
     client.meta.events.register_first(
         f"before-send.{client.meta.service_model.service_name}", before_send, unique_id=f"nat-ha-fence-{id(client)}"

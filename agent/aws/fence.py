@@ -60,6 +60,7 @@ class Permit:
 
     operation: str
     resource: str
+    prechecked: bool = False  # the lease looked long enough when botocore was about to send
     checked_at: float = -1.0
     deadline: float = -1.0
     sent_at: float = -1.0
@@ -123,6 +124,34 @@ class Fence:
                 self.overruns += 1
                 if self.on_overrun is not None:
                     self.on_overrun(permit)
+
+    def precheck(self, operation: str) -> None:
+        """At botocore's ``before-send`` (signed, not yet connected): refuse a write early.
+
+        A write needs its armed permit (for this operation, not yet sent or pre-checked: one
+        write per check, even if botocore retried) and at least ``min_window`` of lease. The
+        final check is :meth:`authorize`, once the connection is up; where a test's mock answers
+        at ``before-send`` (moto's ``mock_aws``) this is the only one.
+        """
+        if operation not in WRITE_OPERATIONS:
+            return
+        permit = self._armed()
+        if permit is None or permit.operation != operation:
+            self.refusals += 1
+            raise FenceRefused(operation, "no lease check armed for it (a write outside the fence)")
+        if permit.used or permit.prechecked:
+            self.refusals += 1
+            raise FenceRefused(operation, "its lease check was already used (one write per check)")
+        permit.prechecked = True
+        left = self.remaining()
+        if left - self.timing.slack < self.timing.min_window:
+            self.refusals += 1
+            raise FenceRefused(operation, f"the lease has {max(left, 0.0):.3f} s left")
+
+    def authorize_armed(self) -> float:
+        """The transport's check (agent.aws.ec2 over coordinator.awshttp): the armed write, or a read."""
+        permit = self._armed()
+        return self.authorize(permit.operation if permit is not None else "")
 
     def authorize(self, operation: str) -> float:
         """Called by the transport right before the bytes go out; returns the call's deadline.
