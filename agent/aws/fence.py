@@ -10,9 +10,9 @@ StartInstances, ...) goes through a :class:`Fence`:
   the absolute deadline of the call, or :class:`FenceRefused` (nothing is sent) when the
   session has less than ``min_window`` left. A second send under the same permit is refused:
   one write per check;
-* the deadline is ``now + min(call_timeout, lease left - slack)``: the transport aborts the
-  whole call then (a timer closes the socket; nothing is retried), so a write is sent inside
-  the lease or not at all;
+* the deadline is ``now + min(call_timeout, lease left - slack)``: the transport
+  (coordinator.awshttp) ends the whole call then - every blocking step gets the time left,
+  nothing is retried - so a write is sent inside the lease or not at all;
 * when the call ends, a send that happened after its deadline (the process or VM was frozen
   between the check and the send) is reported to ``on_overrun``: the agent writes a stray
   report so the current holder re-asserts the route at once (see ``agent.cycle``).

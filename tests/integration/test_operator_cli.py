@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,8 +25,6 @@ def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGroup]:
 
 
 def nat_ha(g: LocalGroup, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    import os
-
     return subprocess.run(
         [sys.executable, "-m", "agent.commands.cli", *argv, "--config", str(g.nats[0].config_path)],
         capture_output=True,
@@ -120,3 +120,32 @@ def test_render_flags_mismatch_and_dead_owner() -> None:
     }
     text = render(status)
     assert "MISMATCH" in text and "i-a (dead)" in text and "problems:" in text
+
+
+def test_agent_once_beside_the_running_agent_observes_and_changes_nothing(group: LocalGroup) -> None:
+    # Hole 3: `nat-ha agent --once` on a live NAT used to start a session of its own, which the
+    # peers took for the running agent's restart. Now it only observes and decides.
+    before = group.snapshot()
+    done = nat_ha(group, "agent", "--once")
+    assert done.returncode == 0, done.stderr
+    assert "not starting a session: another agent of" in done.stdout
+    after = group.snapshot()
+    me = group.nats[0].instance_id
+    assert after.members[me].session == before.members[me].session, "--once superseded the running agent"
+    assert {rt: (r.owner, r.owner_session, r.term) for rt, r in after.routes.items()} == {
+        rt: (r.owner, r.owner_session, r.term) for rt, r in before.routes.items()
+    }
+
+
+def test_agent_once_without_the_store_says_so_and_exits_1(group: LocalGroup, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    text = group.nats[0].config_path.read_text()
+    store = next(line for line in text.splitlines() if line.startswith("endpoint_url") and "[store]" in text)
+    config.write_text(text.replace(store, 'endpoint_url = "http://127.0.0.1:9"', 1))
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.commands.cli", "agent", "--once", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **DUMMY_ENV},
+    )  # fmt: skip
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "store unavailable" in done.stdout
+    assert "Traceback" not in done.stderr

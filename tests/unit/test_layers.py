@@ -57,9 +57,7 @@ def imports_of(path: Path) -> set[str]:
 
 
 def graph() -> dict[str, set[str]]:
-    modules = {
-        module_name(p): p for top in ("agent", "coordinator") for p in (REPO / top).rglob("*.py")
-    }
+    modules = {module_name(p): p for top in ("agent", "coordinator") for p in (REPO / top).rglob("*.py")}
     return {name: {m for m in imports_of(path) if m in modules and m != name} for name, path in modules.items()}
 
 
