@@ -101,16 +101,6 @@ def skip_reason() -> str | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def cleanup_stale() -> list[str]:
     """Delete lab namespaces whose owner process is gone (and the processes left inside them)."""
     removed = []
@@ -118,7 +108,7 @@ def cleanup_stale() -> list[str]:
     for line in listing.splitlines():
         name = line.split()[0] if line.split() else ""
         m = re.match(rf"^{re.escape(PREFIX)}(\d+)-", name)
-        if not m or _pid_alive(int(m.group(1))):
+        if not m or nspawn.pid_alive(int(m.group(1))):
             continue
         for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
             with suppress(ProcessLookupError, ValueError):
@@ -689,6 +679,16 @@ class NetLab(LocalGroup):
                     nat.proc.wait(5)
                 self._spawn(nat)
                 self._log(f"EC2: {nat.instance_id} running: booted, agent starts")
+
+    def wait_event(self, since: float, kind: str, timeout: float, **match: str) -> float | None:
+        """Wall time of the first reconciler event of ``kind`` since ``since`` matching ``match`` (bounded)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in self.events_since(since, kind):
+                if all(e.data.get(k) == v for k, v in match.items()):
+                    return e.t
+            time.sleep(0.05)
+        return None
 
     def events_since(self, t: float, kind: str = "") -> list[Event]:
         with self._events_lock:

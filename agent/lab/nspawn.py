@@ -141,7 +141,8 @@ def build_wheels(dest: Path) -> Path:
 
 
 # ------------------------------------------------------------- leftovers
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is ``pid`` a live process (one we may not signal counts as live)?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -168,7 +169,7 @@ def cleanup_stale() -> list[str]:
         for line in Path("/proc/mounts").read_text().splitlines():
             mnt = line.split()[1] if len(line.split()) > 1 else ""
             m = pattern.search(mnt)
-            if m and not _pid_alive(int(m.group(1))):
+            if m and not pid_alive(int(m.group(1))):
                 subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=10, check=False)
                 removed.append(mnt)
     for root in CGROUP_ROOTS:
@@ -177,7 +178,7 @@ def cleanup_stale() -> list[str]:
             continue
         for d in base.glob(f"{MARK}*"):
             m = pattern.match(d.name)
-            if m and not _pid_alive(int(m.group(1))):
+            if m and not pid_alive(int(m.group(1))):
                 for pid in _cgroup_pids(d):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)

@@ -26,14 +26,6 @@ def _route_events(lab: NetLab, since: float, rtb: str = "") -> list[tuple[float,
     return [(e.t, e.data["target"]) for e in lab.events_since(since, "route") if not rtb or e.data["rtb"] == rtb]
 
 
-def _wait_event(lab: NetLab, since: float, kind: str, timeout: float, **match: str) -> float | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for e in lab.events_since(since, kind):
-            if all(e.data.get(k) == v for k, v in match.items()):
-                return e.t
-        time.sleep(0.05)
-    return None
 
 
 def _failover_and_back(lab: NetLab, inject: str) -> None:
@@ -46,14 +38,14 @@ def _failover_and_back(lab: NetLab, inject: str) -> None:
         lab.crash(VICTIM)
     else:
         lab.hang(VICTIM)
-    moved = _wait_event(lab, t_fault, "route", 6, rtb=rtb)
+    moved = lab.wait_event(t_fault, "route", 6, rtb=rtb)
     assert moved is not None, "the victim's route table did not move"
     target = _route_events(lab, t_fault, rtb)[0][1]
     assert target != home and target in lab.members
     # restart_after 5 s and hold-down 5 s; the rest is moto's latency on a busy machine (see tests/lab/README.md).
-    assert _wait_event(lab, t_fault, "stopped", 30, instance=home), "the dead NAT was not stopped"
-    assert _wait_event(lab, t_fault, "running", 10, instance=home), "the dead NAT was not started again"
-    back = _wait_event(lab, t_fault, "route", 40, rtb=rtb, target=home)
+    assert lab.wait_event(t_fault, "stopped", 30, instance=home), "the dead NAT was not stopped"
+    assert lab.wait_event(t_fault, "running", 10, instance=home), "the dead NAT was not started again"
+    back = lab.wait_event(t_fault, "route", 40, rtb=rtb, target=home)
     if back is None:
         ping.stop()
     assert back is not None, "the route did not fail back"
@@ -88,7 +80,7 @@ def test_forwarding_broken_nat_hands_over(settled_lab: NetLab, how: str) -> None
     time.sleep(1.0)
     t_fault = time.time()
     lab.break_forwarding(VICTIM, how)
-    moved = _wait_event(lab, t_fault, "route", 6, rtb=victim.route_table)
+    moved = lab.wait_event(t_fault, "route", 6, rtb=victim.route_table)
     assert moved is not None, "the NAT with broken forwarding kept its route table"
     result = ping.result()
     outage, _, _ = result.outage(t_fault)
@@ -99,7 +91,7 @@ def test_forwarding_broken_nat_hands_over(settled_lab: NetLab, how: str) -> None
     assert victim.proc is not None and victim.proc.poll() is None
     t_fix = time.time()
     lab.topo.clear_faults(VICTIM)
-    assert _wait_event(lab, t_fix, "route", 25, rtb=victim.route_table, target=victim.instance_id)
+    assert lab.wait_event(t_fix, "route", 25, rtb=victim.route_table, target=victim.instance_id)
 
 
 def test_agent_paused_briefly_nat_forwarding_no_loss_no_move(settled_lab: NetLab) -> None:
@@ -138,7 +130,7 @@ def test_agent_gone_nat_forwarding_tables_move_without_loss_and_fail_back(settle
     ping = lab.ping(VICTIM, 6)
     time.sleep(0.5)
     lab.signal(victim.instance_id, getattr(signal, sig))
-    moved = _wait_event(lab, t0, "route", 4.0, rtb=victim.route_table)
+    moved = lab.wait_event(t0, "route", 4.0, rtb=victim.route_table)
     assert moved is not None, "nobody took the silent NAT's route table"
     print(f"{sig}: a peer took {victim.route_table} {moved - t0 - 0.5:.2f} s after the agent stopped")
     assert lab.scrape(VICTIM) is None, "the stopped agent still answers /metrics"
@@ -202,7 +194,7 @@ def test_planned_drain_and_failback_lose_nothing(settled_lab: NetLab, how: str) 
     else:
         lab.signal(victim.instance_id, signal.SIGTERM)
         assert victim.proc is not None and victim.proc.wait(10) == 0
-    moved = _wait_event(lab, t0, "route", 10, rtb=victim.route_table)
+    moved = lab.wait_event(t0, "route", 10, rtb=victim.route_table)
     assert moved is not None
     time.sleep(1.0)
     if how == "drain":
@@ -210,7 +202,7 @@ def test_planned_drain_and_failback_lose_nothing(settled_lab: NetLab, how: str) 
         assert undo.returncode == 0, undo.stdout + undo.stderr
     else:
         lab.start_agent(VICTIM)
-    back = _wait_event(lab, t0, "route", 35, rtb=victim.route_table, target=victim.instance_id)
+    back = lab.wait_event(t0, "route", 35, rtb=victim.route_table, target=victim.instance_id)
     if back is None:
         ping.stop()
     assert back is not None, "no fail-back"

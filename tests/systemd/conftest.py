@@ -69,15 +69,6 @@ def lab(sdlab: netlab.NetLab) -> Iterator[netlab.NetLab]:
     assert sdlab.wait_for(sdlab.settled, 60, 0.3), "the lab did not settle after the test"
 
 
-def wait_event(lab: netlab.NetLab, since: float, kind: str, timeout: float, **match: str) -> float | None:
-    """Wall time of the first reconciler event of ``kind`` since ``since`` matching ``match`` (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for e in lab.events_since(since, kind):
-            if all(e.data.get(k) == v for k, v in match.items()):
-                return e.t
-        time.sleep(0.05)
-    return None
 
 
 def wall_of_monotonic(usec: str) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.lab.netlab import INET_IP, MOTO_PORT, NetLab
-from tests.systemd.conftest import VICTIM, metric, wait_event, wall_of_monotonic
+from tests.systemd.conftest import VICTIM, metric, wall_of_monotonic
 
 pytestmark = [pytest.mark.systemd, pytest.mark.timeout(180)]
 
@@ -182,7 +182,7 @@ def test_stop_drains_before_exiting(lab: NetLab) -> None:
     assert route.owner != me and route.owner in lab.members
     assert any("drained: every route table handed over" in e["MESSAGE"] for e in ct.journal_entries(UNIT))
     ct.systemctl("start", UNIT)
-    back = wait_event(lab, t0, "route", 40, rtb=rtb, target=me)
+    back = lab.wait_event(t0, "route", 40, rtb=rtb, target=me)
     assert back is not None, "no fail-back after the start"
     time.sleep(1.5)
     result = ping.finish()
@@ -212,7 +212,7 @@ def test_reboot_setup_unit_first_then_rejoin_and_fail_back(lab: NetLab) -> None:
     assert int(sysctl["ExecMainExitTimestampMonotonic"]) < int(agent["ExecMainStartTimestampMonotonic"])
     assert lab.topo.nat_exec(VICTIM, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
     assert 'oifname "pub0" masquerade' in lab.topo.nat_exec(VICTIM, "nft", "list", "table", "ip", "nat_ha").stdout
-    back = wait_event(lab, t0, "route", 45, rtb=rtb, target=me)
+    back = lab.wait_event(t0, "route", 45, rtb=rtb, target=me)
     print(f"reboot: poweroff {down:.2f} s, boot {up:.2f} s; route back home {0 if back is None else back - t0:.1f} s "
           "after the poweroff")  # fmt: skip
     assert back is not None, "its route table did not fail back"
