@@ -200,9 +200,14 @@ def _requests(record: dict[str, Any], group: str) -> list[Request]:
         return [Request(action, arn("instance", i), {TAG: group}) for i in res["InstanceIds"]]
     if record["action"] == "AssociateAddress":
         # IAM authorizes the request against every resource it names: the Elastic IP and the ENI.
+        onto = (
+            arn("network-interface", res["NetworkInterfaceId"])
+            if "NetworkInterfaceId" in res
+            else arn("instance", res["InstanceId"])
+        )
         return [
             Request(action, arn("elastic-ip", res["AllocationId"]), {TAG: group}),
-            Request(action, arn("network-interface", res["NetworkInterfaceId"]), {TAG: group}),
+            Request(action, onto, {TAG: group}),
         ]
     return [Request(action, "*")]
 
