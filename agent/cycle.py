@@ -171,6 +171,8 @@ class Memory:
     self_unhealthy_since: float | None = None
     ec2: dict[str, Ec2Route] = field(default_factory=dict)
     egress: dict[str, Ec2Address] = field(default_factory=dict)  # route table -> where its Elastic IP sits
+    egress_read: dict[str, Ec2Address] = field(default_factory=dict)  # what the last DescribeAddresses showed
+    egress_read_at: float = -1e18
     ec2_read_at: float = -1e18
     instance_states: dict[str, str] = field(default_factory=dict)
     instances_read_at: float = -1e18
@@ -520,6 +522,7 @@ class Agent:
             self._ec2_failed(exc, now, write=False)
             self._error_once("eipread:", f"{exc}; keeping the last known Elastic IP associations")
             return
+        mem.egress_read, mem.egress_read_at = read, now
         for rt, seen in read.items():
             h = mem.held.get(rt)
             if h is not None and now - h.last_address_write < t.ec2_consistency_window and seen.holder != self.me:
@@ -797,12 +800,25 @@ class Agent:
         """
         if rt not in self.egress_tables:
             return self._route_here(rt, term, target, health), ""
+        if target == self.me and self._fresh_at_me(rt):
+            # Claimed where EC2 has just shown it with us (start-up, a claim of our own table):
+            # no remap now; the settle association after the horizon is blind all the same.
+            return self._route_here(rt, term, target, health), ""
         t0 = self.clock.monotonic() if started is None else started
         if self.config.egress_order == "address-first":
             note = self._try_address(rt, term, target, health, kind, t0)
             return self._route_here(rt, term, target, health), note
         done = self._route_here(rt, term, target, health)
         return done, self._try_address(rt, term, target, health, kind, t0)
+
+    def _fresh_at_me(self, rt: str) -> bool:
+        """A DescribeAddresses of the last two cycles showed ``rt``'s Elastic IP on our address for it.
+
+        (A session starts in one cycle and claims in the next: the read of the first one counts.)
+        """
+        seen = self.memory.egress_read.get(rt)
+        age = self.clock.monotonic() - self.memory.egress_read_at
+        return seen is not None and seen.holder == self.me and age <= 2 * self.timings.cycle_interval
 
     def _try_address(self, rt: str, term: int, target: str, health: Health, kind: str, started: float) -> str:
         try:

@@ -106,6 +106,25 @@ def test_a_settled_group_makes_no_association_at_all() -> None:
     assert g.world.eips == HOMES
 
 
+def test_start_up_where_each_elastic_ip_already_sits_costs_one_association_per_table() -> None:
+    # Each home claims its table in its second cycle, where its first read showed the EIP with it:
+    # no association then (a remap may cost money), only the blind settle one after the horizon.
+    g = group()
+    for _ in range(20):  # one cycle per 0.35 s each, as in production
+        for who in ("i-a", "i-b"):
+            g.agents[who].run_cycle()
+        g.clock.advance(0.35)
+    assert sorted(w[1] for w in writes(g, 0, "AssociateAddress")) == sorted(HOMES)
+
+
+def test_a_takeover_on_an_old_read_saying_the_elastic_ip_is_here_associates_all_the_same() -> None:
+    g = settled()
+    g.agents["i-a"].memory.egress_read = {rt: Ec2Address("i-a") for rt in HOMES}  # read long ago, now wrong
+    with dead(g, "i-b"):
+        g.cycle("i-a")
+    assert all(g.world.eips[rt] == "i-a" for rt in HOMES)
+
+
 def test_route_first_takeover_routes_then_moves_each_elastic_ip() -> None:
     g = settled()
     n = len(g.world.writes)
