@@ -28,6 +28,7 @@ INSTANCE_RE = re.compile(r"^i-[0-9a-zA-Z]{1,32}$")
 RTB_RE = re.compile(r"^rtb-[0-9a-zA-Z]{1,32}$")
 ENI_RE = re.compile(r"^eni-[0-9a-zA-Z]{1,32}$")
 EIPALLOC_RE = re.compile(r"^eipalloc-[0-9a-zA-Z]{1,32}$")
+NATGW_RE = re.compile(r"^nat-[0-9a-zA-Z]{1,32}$")
 GROUP_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 TABLE_RE = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 
@@ -146,6 +147,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
         "account_id": Key(
             str, "", "AWS account id, for the holder tag's instance ARN; from IMDSv2 when empty (needed if holder_tag)."
+        ),
+        "last_resort_nat_gateway": Key(
+            str,
+            "",
+            "A NAT Gateway (nat-..., zonal or regional) for when no NAT of the group can serve a table: its holder, "
+            "unhealthy or draining with no healthy peer, routes the table there (a fenced write, the lease kept) and "
+            "a NAT takes it back as soon as one is healthy. Traffic then leaves with the gateway's address. "
+            "Empty: off.",
         ),
     },
     "probe": {
@@ -314,6 +323,7 @@ class Ec2Config:
     endpoint_url: str = ""
     holder_tag: bool = True
     account_id: str = ""
+    last_resort_nat_gateway: str = ""
 
 
 @dataclass(frozen=True)
@@ -706,6 +716,9 @@ def parse(raw: dict[str, Any]) -> Config:
         for name in SCHEMA
         if name not in ("", "members", "egress")
     }
+    gateway = sections["ec2"]["last_resort_nat_gateway"]
+    if gateway and not NATGW_RE.match(gateway):
+        problems.append(f"ec2.last_resort_nat_gateway: {shown(gateway)} is not a NAT gateway id (nat-...)")
     account = sections["ec2"]["account_id"]
     if account and not re.fullmatch(r"\d{12}", account):
         problems.append(f"ec2.account_id: {account!r} is not an AWS account id (12 digits)")

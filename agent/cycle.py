@@ -47,6 +47,7 @@ from agent.decide import (
     PeerProbe,
     Release,
     ResetOwnRestart,
+    RouteToGateway,
     StartSession,
     TakeOver,
     claimable_routes,
@@ -410,6 +411,7 @@ class Agent:
             egress_tables=self.egress_tables,
             egress=dict(mem.egress),
             reassert_address=self._address_reasserts(snapshot, now),
+            last_resort=self.config.ec2.last_resort_nat_gateway,
         )
         t = self.timings
         mem.stale_deadlines.clear()
@@ -669,6 +671,8 @@ class Agent:
                 return self._ensure_route(action, health)
             if isinstance(action, EnsureAddress):
                 return self._ensure_address(action, health)
+            if isinstance(action, RouteToGateway):
+                return self._route_to_gateway(action, health)
             if isinstance(action, HandOver):
                 return self._hand_over(action, health)
             if isinstance(action, Release):
@@ -709,7 +713,8 @@ class Agent:
         h = self.memory.held.get(route_table)
         self._writing = (route_table, term, target)
         try:
-            if self.holder and h is not None and not h.tagged and target == self.me:
+            ours = target == self.me or target == self.config.ec2.last_resort_nat_gateway  # written as the holder
+            if self.holder and h is not None and not h.tagged and ours:
                 self.ec2.tag_holder(route_table, self.holder)
                 h.tagged = True
             current = self.memory.ec2.get(route_table)
@@ -773,6 +778,20 @@ class Agent:
                 h.settled = True
         self.on_event(
             "route_moved", {"route_table": rt, "to": self.me, "done": done, "verified": True, "kind": "repair"}
+        )
+        return ""
+
+    def _route_to_gateway(self, a: RouteToGateway, health: Health) -> str:
+        """The last resort: the table's route to the NAT gateway, the lease kept (decide brings it back)."""
+        t0 = self.clock.monotonic()
+        done = self._route_here(a.route_table, a.route.term, a.gateway, health)
+        self.memory.ec2[a.route_table] = Ec2Route(f"other:{a.gateway}", "active")  # as DescribeRouteTables shows it
+        if self.metrics is not None:
+            self.metrics.failovers.labels(a.route_table, "last_resort", "no_nat").inc()
+            self.metrics.failover_duration.labels("last_resort").observe(self.clock.monotonic() - t0)
+        self.on_event(
+            "route_moved",
+            {"route_table": a.route_table, "to": a.gateway, "done": done, "verified": True, "kind": "last_resort"},
         )
         return ""
 

@@ -25,6 +25,10 @@ passed in. The rules (DESIGN.md):
   a dead NAT is spread and every agent agrees on the order). A candidate of rank
   r waits r x ``claim_stagger`` after first seeing the table claimable.
 * Fail back only after the home NAT has been healthy for ``failback_hold_down``.
+* The last resort (``ec2.last_resort_nat_gateway``): a holder that cannot serve its table
+  (unhealthy or draining) and knows no healthy peer routes it to the NAT gateway before it
+  would hold it on a broken NAT or release it, and keeps the lease; a peer that becomes
+  healthy gets it by a hand-over, the holder routes it back as soon as it can serve.
 * With ``egress_ip = "follow"`` a holder keeps its table's Elastic IP on its own address
   for the table like it keeps the route: written when taken, again after the horizon and
   after a stray report, and repaired when a read shows it elsewhere.
@@ -113,6 +117,7 @@ class Observation:
     egress_tables: frozenset[str] = frozenset()  # route tables whose Elastic IP follows them (egress_ip = follow)
     egress: dict[str, Ec2Address] = field(default_factory=dict)  # route table -> where its Elastic IP sits
     reassert_address: dict[str, str] = field(default_factory=dict)  # held table -> why to associate its EIP again
+    last_resort: str = ""  # the NAT gateway to route a table nobody in the group can serve to ("": none)
 
     def preferred_homes(self) -> dict[str, str]:
         """Homes, with operator pins taking precedence."""
@@ -158,6 +163,19 @@ class EnsureAddress:
 
     route_table: str
     route: RouteItem
+    why: str
+
+    def describe(self) -> str:
+        return self.why
+
+
+@dataclass(frozen=True)
+class RouteToGateway:
+    """Nobody in the group can serve a table we hold: route it to the last-resort NAT gateway, keep the lease."""
+
+    route_table: str
+    route: RouteItem
+    gateway: str
     why: str
 
     def describe(self) -> str:
@@ -224,6 +242,7 @@ Action = (
     | TakeOver
     | EnsureRoute
     | EnsureAddress
+    | RouteToGateway
     | HandOver
     | Release
     | ClaimRestart
@@ -375,6 +394,14 @@ def decide(obs: Observation, t: Timing) -> Decision:
             if handover is not None:
                 actions.append(handover)
                 continue
+            last = _plan_last_resort(v, t, rt, r)
+            if last is not None:
+                if isinstance(last, RouteToGateway):
+                    actions.append(last)
+                else:
+                    notes.append(last)
+                held.append(f"{rt} (term {r.term}, on {obs.last_resort})")
+                continue  # the lease is kept: a healthy peer takes the table over by a hand-over
             release = _plan_release(v, t, rt, r)
             if release is not None:
                 actions.append(release)
@@ -488,6 +515,30 @@ def _plan_handover(v: _View, t: Timing, rt: str, r: RouteItem, home: str) -> Han
     return None
 
 
+def _plan_last_resort(v: _View, t: Timing, rt: str, r: RouteItem) -> RouteToGateway | str | None:
+    """The last resort for a held table: route it to the NAT gateway, or keep it there (a note), or None.
+
+    To the gateway when we cannot serve it (unhealthy, draining) and no peer can (no successor:
+    _plan_handover found none), unless only our EC2 writes fail (then no write can help). The
+    lease is kept (no release): a peer that becomes healthy gets the table by a hand-over, and
+    we route it back ourselves as soon as we can serve it (EnsureRoute). No hold-down: the
+    gateway serves meanwhile, and only a self check flapping while no peer is healthy flaps it.
+    """
+    obs = v.obs
+    gateway = obs.last_resort
+    if not gateway or (obs.health.healthy and not obs.draining):
+        return None  # off, or we can serve it: EnsureRoute brings it back from the gateway
+    ec2 = obs.ec2.get(rt)
+    if ec2 is not None and ec2.target == f"other:{gateway}":
+        return f"{rt} on the last-resort NAT gateway {gateway}: no NAT can serve it"
+    failing = {k for k, ok in obs.health.checks.items() if not ok}
+    if failing == {EC2_WRITES_CHECK}:
+        return None
+    why = "draining" if obs.draining else f"unhealthy ({', '.join(sorted(failing)) or 'self check'})"
+    to = f"routing {rt} to the last-resort NAT gateway {gateway}"
+    return RouteToGateway(rt, r, gateway, f"{why} and no healthy peer: {to}")
+
+
 def _plan_release(v: _View, t: Timing, rt: str, r: RouteItem) -> Release | None:
     """Unhealthy for a while and no healthy peer in our config: let whoever can serve it claim it.
 
@@ -583,7 +634,7 @@ def _kind_of(actions: list[Action]) -> str:
         return "failed_back"
     if any(isinstance(a, HandOver) and a.reason == "shutdown" for a in actions):
         return "draining"
-    if any(isinstance(a, (HandOver, Release)) for a in actions):
+    if any(isinstance(a, (HandOver, Release, RouteToGateway)) for a in actions):
         return "handed_over"
     if any(isinstance(a, TakeOver) for a in actions):
         return "took_over"

@@ -24,10 +24,10 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
-FAILOVER_KINDS = ("takeover", "failback", "switchover", "drain")
+FAILOVER_KINDS = ("takeover", "failback", "switchover", "drain", "last_resort")
 # How a table's Elastic IP moved (egress_ip = follow): with the table, or repaired by its holder.
-EGRESS_MOVE_KINDS = (*FAILOVER_KINDS, "repair")
-FAILOVER_REASONS = ("peer_dead", "self_unhealthy", "home_healthy", "operator", "shutdown", "orphaned")
+EGRESS_MOVE_KINDS = ("takeover", "failback", "switchover", "drain", "repair")
+FAILOVER_REASONS = ("peer_dead", "self_unhealthy", "home_healthy", "operator", "shutdown", "orphaned", "no_nat")
 RESTART_RESULTS = ("stopped", "started", "failed", "gave_up")
 RENEWAL_RESULTS = ("success", "conflict", "error")
 SELF_CHECKS = ("ip_forward", "masquerade", "conntrack", "egress", "ec2_writes")
@@ -342,7 +342,12 @@ class Metrics:
                     kind,
                     "peer_dead"
                     if kind == "takeover"
-                    else {"failback": "home_healthy", "switchover": "operator", "drain": "shutdown"}[kind],
+                    else {
+                        "failback": "home_healthy",
+                        "switchover": "operator",
+                        "drain": "shutdown",
+                        "last_resort": "no_nat",
+                    }[kind],
                 )
         for kind in FAILOVER_KINDS:
             self.failover_duration.labels(kind)

@@ -57,6 +57,8 @@ def one(seed: int) -> dict[str, object]:
         "mismatches": [m for m in r.egress_mismatches if m > 0],
         "address_changes": sum(r.address_changes.values()),
         "mismatch_throttled": r.mismatch_throttled,
+        "last_resort": r.scenario.last_resort,
+        "gateway_stays": r.gateway_stays,
         "report": "" if r.ok else r.report(),
     }
 
@@ -123,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         "elastic_ip_moves": sum(int(r["address_changes"]) for r in results),  # type: ignore[call-overload]
         "egress_mismatch_throttled_s": round(sum(float(r["mismatch_throttled"]) for r in results), 2),  # type: ignore[arg-type]
         "egress_mismatch_throttled_seeds": sum(1 for r in results if float(r["mismatch_throttled"]) > 0),  # type: ignore[arg-type]
+        "last_resort_seeds": sum(1 for r in results if r["last_resort"]),
+        "last_resort_stays": sum(len(r["gateway_stays"]) for r in results),  # type: ignore[arg-type]
+        "last_resort_seeds_used": sum(1 for r in results if r["gateway_stays"]),
+        "last_resort_stay_max_s": round(max((float(s) for r in results for s in r["gateway_stays"]), default=0.0), 2),  # type: ignore[attr-defined]
         "max_cycle_s": round(max(float(r["max_cycle"]) for r in results), 3),  # type: ignore[arg-type]
         "failing_seeds": [r["seed"] for r in failing],
         "seconds": round(elapsed, 2),
@@ -157,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['egress_mismatch_max_s']} s ({summary['egress_mismatches_measured']} mismatches); not counted "
         f"while AWS throttled the account's writes (and 4 s after): "
         f"{summary['egress_mismatch_throttled_s']} s in {summary['egress_mismatch_throttled_seeds']} seeds"
+    )
+    print(
+        f"{'last-resort gateway':<24}{summary['last_resort_seeds']} seeds with one; used in "
+        f"{summary['last_resort_seeds_used']} ({summary['last_resort_stays']} stays, longest "
+        f"{summary['last_resort_stay_max_s']} s)"
     )
     print(f"{'late sends (reported)':<24}{summary['late_sends']}   IAM refusals: {summary['iam_refusals']}")
     print(f"{'freezes':<24}{summary['freezes']}   longest cycle: {summary['max_cycle_s']} s (time frozen excluded)")

@@ -179,13 +179,16 @@ class Ec2:
         return {rt: self.as_decision_input(v) for rt, v in self.describe(route_tables).items()}
 
     def _target(self, instance: str) -> dict[str, str]:
+        if instance.startswith("nat-"):  # the last-resort NAT gateway (ec2.last_resort_nat_gateway)
+            return {"NatGatewayId": instance}
         m = self.members.get(instance)
         if m is not None and m.eni:
             return {"NetworkInterfaceId": m.eni}
         return {"InstanceId": instance}
 
     def point_route(self, route_table: str, instance: str, *, missing: bool = False) -> str:
-        """Point 0.0.0.0/0 of ``route_table`` at ``instance``, blindly; returns "replaced" or "created".
+        """Point 0.0.0.0/0 of ``route_table`` at ``instance`` (or a NAT gateway, nat-...), blindly;
+        returns "replaced" or "created".
 
         ReplaceRoute first (the usual case), CreateRoute when the last read showed no route
         (``missing``) or ReplaceRoute says there is none; a CreateRoute that finds the route

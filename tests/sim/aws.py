@@ -154,7 +154,9 @@ class SimCloud:
                 seen = tgt
         local = {"DestinationCidrBlock": "10.0.0.0/16", "GatewayId": "local", "State": "active"}
         routes: list[dict[str, Any]] = [local]
-        if seen and not missing:
+        if seen.startswith("nat-") and not missing:  # the last-resort NAT gateway
+            routes.append({"DestinationCidrBlock": "0.0.0.0/0", "NatGatewayId": seen, "State": "active"})
+        elif seen and not missing:
             state = "active" if self.w.state.get(seen) == "running" else "blackhole"
             routes.append({"DestinationCidrBlock": "0.0.0.0/0", "InstanceId": seen, "State": state})
         return {"RouteTableId": table, "Routes": routes, "Tags": []}
@@ -299,7 +301,11 @@ class SimEc2Client:
 
     def _route_write(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
         table = params["RouteTableId"]
-        target = params.get("InstanceId") or self.w.eni_owner.get(params.get("NetworkInterfaceId", ""), "?")
+        target = (
+            params.get("InstanceId")
+            or params.get("NatGatewayId")
+            or self.w.eni_owner.get(params.get("NetworkInterfaceId", ""), "?")
+        )
 
         def serve(call: Call) -> dict[str, Any]:
             cloud = self.w.cloud

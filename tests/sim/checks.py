@@ -14,6 +14,8 @@
 (c) Per fault, a table moves at most once plus one fail-back; a healthy NAT's home
     table never moves away from it unless an operator asked.
 (d) No healthy, heartbeating peer is stopped; restarts never exceed the cap.
+    The last-resort NAT gateway forwards; a table routed to it while a healthy member could
+    serve the table must come back within 3 s of counted time.
 (e) Egress follows the table (egress_ip = follow): while a table's route points at a NAT that
     forwards, the table's Elastic IP sits on that NAT's address for the table, or is moved there
     within 3 s (counted as (b)'s clock is, and not while AWS throttles the account's mutating calls
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from tests.sim.world import World
 
 OUTAGE_LIMIT = 3.0
+LAST_RESORT_LIMIT = OUTAGE_LIMIT  # (b): back from the NAT gateway within this once a member can serve
 EGRESS_LIMIT = 3.0  # (e): a table's traffic leaves a forwarding NAT without its own Elastic IP at most this long
 STRAY_CORRECTION_LIMIT = 1.0
 HEALTHY_WINDOW = 5.0  # (c): a home table may not move while its home has been healthy this long
@@ -91,6 +94,9 @@ class Checker:
     mismatches: dict[str, Mismatch] = field(default_factory=dict)
     mismatch_samples: list[float] = field(default_factory=list)
     mismatch_throttled: float = 0.0  # seconds of mismatch not counted: AWS throttled the account's writes
+    on_gateway: dict[str, float] = field(default_factory=dict)  # table -> seconds counted on the NAT gateway now
+    gateway_samples: list[float] = field(default_factory=list)  # every stay on the NAT gateway (all of it)
+    gateway_since: dict[str, float] = field(default_factory=dict)
     stops: int = 0
     starts: int = 0
     stop_races: int = 0
@@ -307,16 +313,43 @@ class Checker:
             if not bad and o is not None:
                 self.outage_samples.append(o.counted)
                 del self.outages[table]
+        for table in w.homes:
+            self._sample_gateway(table, dt, can_act)
         throttled = bool(w.egress) and w.cloud.throttling(THROTTLE_BACKOFF[1])
         for table in w.egress:
             self._sample_egress(table, dt, can_act, throttled)
+
+    def _sample_gateway(self, table: str, dt: float, can_act: bool) -> None:
+        """(b) for the last resort: a table on the NAT gateway while a member could serve it comes back."""
+        w = self.w
+        now = w.k.now
+        on = w.cloud.target(table).startswith("nat-")
+        if not on:
+            if table in self.gateway_since:
+                self.gateway_samples.append(now - self.gateway_since.pop(table))
+                self.on_gateway.pop(table, None)
+            return
+        self.gateway_since.setdefault(table, now)
+        if not can_act:
+            return
+        counted = self.on_gateway.get(table, 0.0) + dt
+        self.on_gateway[table] = counted
+        limit = LAST_RESORT_LIMIT
+        if counted > limit >= counted - dt:
+            self.violation(
+                f"{table} has been on the last-resort NAT gateway {counted:.2f} s while a healthy member could "
+                f"serve it (limit {limit:.1f} s)",
+                "b",
+            )
 
     def _sample_egress(self, table: str, dt: float, can_act: bool, throttled: bool) -> None:
         """(e): the route's NAT forwards but its address for the table does not hold the table's Elastic IP."""
         w = self.w
         now = w.k.now
         target = w.cloud.target(table)
-        wrong = bool(target) and w.forwards(target) and w.cloud.eip_holder(table) != target
+        # On the last-resort NAT gateway the table leaves with the gateway's address: not (e)'s business.
+        gateway = target.startswith("nat-")
+        wrong = bool(target) and not gateway and w.forwards(target) and w.cloud.eip_holder(table) != target
         x = self.mismatches.get(table)
         if x is not None and (not wrong or x.target != target):
             self.mismatch_samples.append(x.counted)
@@ -350,6 +383,8 @@ class Checker:
             self.outage_samples.append(o.counted)
         for x in self.mismatches.values():
             self.mismatch_samples.append(x.counted)
+        for since in self.gateway_since.values():
+            self.gateway_samples.append(self.w.k.now - since)
         for s in self.strays:
             if s.kind == "route" and s.corrected < 0 and self.w.cloud.target(s.table) == s.target:
                 self.violation(f"stray write to {s.table} (term {s.term} -> {s.target}) never corrected", "a")

@@ -122,6 +122,7 @@ class Scenario:
     # egress_ip = follow: each table's Elastic IP follows it (invariant e); its takeover order.
     egress: bool = False
     egress_order: str = "route-first"
+    last_resort: bool = False  # ec2.last_resort_nat_gateway is set: a NAT gateway (always forwarding) exists
 
     @property
     def heal_time(self) -> float:
@@ -154,7 +155,8 @@ class Scenario:
     def describe(self) -> list[str]:
         lines = [
             f"seed {self.seed}: members {', '.join(self.members)}; holder tags {'on' if self.holder_tag else 'off'}; "
-            f"egress ip {f'follows ({self.egress_order})' if self.egress else 'off'}",
+            f"egress ip {f'follows ({self.egress_order})' if self.egress else 'off'}; "
+            f"last-resort NAT gateway {'on' if self.last_resort else 'off'}",
             "  route tables: " + "; ".join(f"{m}: {', '.join(r)}" for m, r in self.route_tables.items()),
             "  clock rates: " + ", ".join(f"{m}={r:.4f}" for m, r in self.rates.items()),
             f"  faults ({len(self.faults)}):" + ("" if self.faults else " none"),
@@ -211,6 +213,15 @@ def draw(seed: int) -> Scenario:
     # Drawn last, so every earlier draw (and so each seed's faults) is what it was before egress existed.
     egress = rng.random() < 0.5
     order = rng.choice(("route-first", "address-first"))
+    last_resort = rng.random() < 0.5
     return Scenario(
-        seed, members, tables, rates, tuple(faults), holder_tag=holder_tag, egress=egress, egress_order=order
+        seed,
+        members,
+        tables,
+        rates,
+        tuple(faults),
+        holder_tag=holder_tag,
+        egress=egress,
+        egress_order=order,
+        last_resort=last_resort,
     )

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from botocore.exceptions import ClientError
 
 from agent.aws.ec2 import Ec2
-from agent.config import Config, EgressTable, Member, ProbeConfig
+from agent.config import Config, Ec2Config, EgressTable, Member, ProbeConfig
 from agent.cycle import Agent
 from agent.decide import PeerProbe
 from agent.service import ServiceLoop
@@ -47,6 +47,7 @@ from tests.sim.scenario import (
 )
 
 GROUP = "sim"
+GATEWAY = "nat-0sim"  # the last-resort NAT gateway: a managed service, it always forwards
 PROBE_DOWN_AFTER = 0.6  # 3 lost probes of 0.2 s
 PROBE_UP_AFTER = 0.2
 STORE_LATENCY = (0.001, 0.006)  # per half call
@@ -129,6 +130,7 @@ class Result:
     egress_mismatches: list[float] = field(default_factory=list)  # (e): seconds counted per mismatch
     address_changes: dict[str, int] = field(default_factory=dict)
     mismatch_throttled: float = 0.0
+    gateway_stays: list[float] = field(default_factory=list)  # seconds each table spent on the NAT gateway
 
     @property
     def ok(self) -> bool:
@@ -256,6 +258,8 @@ class World:
 
     def forwards(self, iid: str) -> bool:
         """The NAT carries its subnets' traffic to the internet."""
+        if iid == GATEWAY:
+            return self.sc.last_resort
         return (
             self.state.get(iid) == "running"
             and iid not in self.hung
@@ -531,6 +535,7 @@ class World:
             egress_ip=follow,
             egress_order=self.sc.egress_order,
             egress_tables=egress,
+            ec2=Ec2Config(last_resort_nat_gateway=GATEWAY if self.sc.last_resort else ""),
         )
 
     def _spawn(self, iid: str, why: str, *, main: bool = True, once: bool = False) -> Running:
@@ -912,6 +917,7 @@ def run(sc: Scenario, end: float | None = None) -> Result:
         c.mismatch_samples,
         dict(c.address_changes),
         c.mismatch_throttled,
+        c.gateway_samples,
     )
 
 
