@@ -45,7 +45,7 @@ from agent.lab.localgroup import Nat  # noqa: E402
 from agent.lab.netlab import NetLab, PingResult, sh, skip_reason  # noqa: E402
 
 VICTIM = 0
-FAULTS = ("crash", "hang", "forwarding", "drain", "partition")
+FAULTS = ("crash", "hang", "forwarding", "drain", "partition", "frozen_write")
 SYSTEMD_FAULTS = ("crash", "hang", "drain")
 PARTITION_S = 10.0
 UNDETECTED_WINDOW_S = 10.0
@@ -160,8 +160,10 @@ class Runner:
         lab, v = self.lab, self.victim
         rtb, vid = v.route_table, v.instance_id
         tr = Trial(fault)
-        if fault == "drain" and self.policy != "nat-ha":
-            return tr  # nat_monitor.sh has no planned handover
+        if fault in ("drain", "frozen_write") and self.policy != "nat-ha":
+            return tr  # nat_monitor.sh has no planned handover, and no lease for a late write to outlive
+        if fault == "frozen_write":
+            return _frozen_write(self, tr)
         ping = lab.ping(VICTIM, 60)
         time.sleep(1.0)
         tr.t_fault = t = time.time()
@@ -222,6 +224,58 @@ class Runner:
         return tr
 
 
+def _frozen_write(runner: Runner, tr: Trial) -> Trial:
+    """The taker is frozen inside its ReplaceRoute; AWS applies that request after a newer term's write.
+
+    NAT a (the victim) crashes; b, next in line, takes a's table and sends its ReplaceRoute,
+    which the lab's EC2 proxy holds (AWS may apply a request long after the client gave up);
+    b is frozen (SIGSTOP) right then, with the request in flight. Its session runs out; c takes
+    the table (b answers probes: c waits silent_owner_after) and writes it. Then the proxy lets
+    b's old request through: it lands on top of c's - a stray write, beyond the horizon nat-ha
+    assumes - and b is resumed. Measured: when the stray landed and how long until c's table
+    pointed at c again (c writes again ec2_apply_horizon after taking it).
+    """
+    lab, v = runner.lab, runner.victim
+    rtb = v.route_table
+    taker_i, third_i = (VICTIM + 1) % lab.n, (VICTIM + 2) % lab.n
+    taker, third = lab.nats[taker_i], lab.nats[third_i]
+    ping = lab.ping(VICTIM, 60)
+    time.sleep(1.0)
+    tr.t_fault = t = time.time()
+    lab.hold_ec2(taker_i, "ReplaceRoute")
+    lab.crash(VICTIM)
+    try:
+        held = None
+        if _wait(lambda: lab.ec2_held_at(taker_i, t) is not None, 15, 0.01):
+            lab.signal(taker.instance_id, signal.SIGSTOP)  # frozen with its write in flight
+            held = lab.ec2_held_at(taker_i, t)
+        if held is not None:
+            tr.profile["taker_froze_s"] = held - t
+            _wait(lambda: _route_event(lab, t, rtb, target=third.instance_id) is not None, 20)
+            moved = _route_event(lab, t, rtb, target=third.instance_id)
+            tr.switch_s = None if moved is None else moved - t
+            t_rel = time.time()
+            lab.release_ec2(taker_i)
+            _wait(lambda: _route_event(lab, t_rel, rtb, target=taker.instance_id) is not None, 5)
+            stray = _route_event(lab, t_rel, rtb, target=taker.instance_id)
+            if stray is not None:
+                tr.profile["stray_landed_s"] = stray - t
+                _wait(lambda: _route_event(lab, stray, rtb, target=third.instance_id) is not None, 10)
+                fixed = _route_event(lab, stray, rtb, target=third.instance_id)
+                if fixed is not None:
+                    tr.profile["stray_corrected_after_s"] = fixed - stray
+    finally:
+        lab.signal(taker.instance_id, signal.SIGCONT)
+        lab.release_ec2(taker_i)
+    time.sleep(1.0)
+    r = ping.finish()
+    tr.ping = r
+    tr.route_changes = len(lab.events_since(t, "route"))
+    tr.outage_s, _, _ = r.outage(t)
+    tr.lost = _lost_between(r, t, time.time())
+    return tr
+
+
 def _stats(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"median_s": None, "p90_s": None, "max_s": None}
@@ -249,10 +303,13 @@ def summarize(trials: list[Trial]) -> dict[str, dict[str, Any]]:
             "trials": len(ts),
             "undetected": sum(1 for t in ts if t.switch_s is None and fault != "partition"),
         }
-        for key in ("detected_s", "takeover_s", "first_reply_s"):
+        for key in ("detected_s", "takeover_s", "first_reply_s", "stray_landed_s", "stray_corrected_after_s"):
             vals = [t.profile[key] for t in ts if key in t.profile]
             if vals:
                 row[f"{key.removesuffix('_s')}_median_s"] = round(statistics.median(vals), 3)
+                row[f"{key.removesuffix('_s')}_max_s"] = round(max(vals), 3)
+        if fault == "frozen_write":
+            row["strays"] = sum(1 for t in ts if "stray_landed_s" in t.profile)
         out[fault] = row
         fb = [t for t in ts if t.failback_lost is not None]
         if fb and fault in ("crash", "drain"):
@@ -319,7 +376,7 @@ def table(results: dict[str, Any]) -> str:
         f"{'switch med':>10} {'switch max':>10} {'routes':>6} {'vs base':>8}"
     )
     lines = [head, "-" * len(head)]
-    for name in ("crash", "hang", "forwarding", "drain", "failback", "partition"):
+    for name in ("crash", "hang", "forwarding", "drain", "failback", "partition", "frozen_write"):
         if name not in s and name not in b:
             continue  # not run (--faults, --systemd)
         for pol, data in (("nat-ha", s), ("nat_monitor", b)):
@@ -345,6 +402,8 @@ def run_policy(
 ) -> list[Trial]:
     kwargs: dict[str, Any] = {} if policy == "nat-ha" else {"agent_command": baseline_command}
     out: list[Trial] = []
+    if policy == "nat-ha":
+        kwargs["ec2_proxy"] = "frozen_write" in faults  # EC2 behind the lab's hold proxy
     with NetLab(workdir / policy, n=3, max_seconds=7200, systemd=systemd, **kwargs) as lab:
         runner = Runner(lab, policy)
         runner.restore()

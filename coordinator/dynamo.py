@@ -20,7 +20,7 @@ from pynamodb.exceptions import PynamoDBException
 from pynamodb.expressions.condition import Condition
 from pynamodb.models import Model
 
-from coordinator.dynamo_http import FastClient, fast_client_for, fast_path_off
+from coordinator.dynamo_http import FastClient, bound_botocore_client, fast_client_for, fast_path_off, sender_for
 from coordinator.errors import StoreConfigError
 from coordinator.instrument import CallObserver, instrument_client
 from coordinator.items import Attrs
@@ -136,7 +136,7 @@ class DynamoStore:
         self.model = make_model(settings)
         self._deserializer = TypeDeserializer()
         self._on_call = on_call
-        self._instrumented: Any = None
+        self._prepared: Any = None  # the botocore client instrumented and bound to a sender
         # The hot operations go over coordinator.dynamo_http where it behaves like botocore.
         self._fast_wanted = settings.max_attempts == 1 and not fast_path_off()
         connection = self.model._get_connection().connection
@@ -145,24 +145,31 @@ class DynamoStore:
         self._prepare_client()
 
     def _prepare_client(self) -> None:
-        """Instrument the connection's botocore client once and put the fast stand-in in front of it.
+        """Instrument the connection's botocore client once, bound its calls, put the fast stand-in in front.
 
-        Called before every call: pynamodb makes a new botocore client when the one it
-        has lacks credentials (dropping the stand-in), and the new one needs both too.
+        Every call, on either path, goes through one :class:`coordinator.awshttp.Sender`
+        and ends by a hard deadline: ``max(timeouts)`` per attempt, times the attempts
+        per call (not only per socket operation, as botocore's timeouts do). Called
+        before every call: pynamodb makes a new botocore client when the one it has
+        lacks credentials (dropping the stand-in), and the new one needs all of it too.
         """
         connection = self.model._get_connection().connection
         if isinstance(connection._client, FastClient):
             return
         client = connection.client
-        if client is not self._instrumented:
-            instrument_client(client, self._on_call)  # timing, errors, call recording
-            self._instrumented = client
+        if client is self._prepared:
+            return
+        instrument_client(client, self._on_call)  # timing, errors, call recording
+        self._prepared = client
+        s = self.settings
+        sender = sender_for(client, connection.session, max(s.connect_timeout_s, s.read_timeout_s))
+        if sender is None:
+            self._fast_wanted = False  # a proxy is configured: botocore handles it (per-operation timeouts only)
+            return
+        bound_botocore_client(client, sender, s.max_attempts)
         if self._fast_wanted:
-            fast = fast_client_for(client, connection.session, on_call=self._on_call)
-            if fast is None:
-                self._fast_wanted = False  # a proxy is configured: botocore handles it
-            else:
-                connection._client = fast  # type: ignore[assignment]  # duck-typed stand-in
+            fast = fast_client_for(client, connection.session, sender, on_call=self._on_call)
+            connection._client = fast  # type: ignore[assignment]  # duck-typed stand-in
 
     # ------------------------------------------------------------------ reads
     def _rows(self, raw_items: list[dict[str, Any]]) -> list[Attrs]:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.lab.routewatch import route_targets_of
+
 REGION = "us-east-1"
 AZS = ("us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d", "us-east-1e")
 DUMMY_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
@@ -36,6 +38,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[Any], *, kill: bool = False, timeout: float = 5.0) -> None:
+    """Stop a child this lab started: wake it (it may be SIGSTOPped), SIGTERM or SIGKILL, SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGCONT)
+    if kill:
+        proc.kill()
+    else:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
@@ -94,14 +112,7 @@ class MotoServer:
         self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self._log.close()
 
 
@@ -120,6 +131,8 @@ class Nat:
     expect_running: bool = True  # False while moto says stopped (the group plays EC2)
     starts: int = 0
     env: dict[str, str] = field(default_factory=dict)  # extra environment of this agent only
+    name: str = ""  # what the demo calls it: nat-a, nat-b, ...
+    table_name: str = ""  # and its home route table: private-a, private-b, ...
 
 
 def timing_toml(timing: dict[str, Any]) -> list[str]:
@@ -159,6 +172,7 @@ class LocalGroup:
     probe_method: str = "tcp-echo"
     # DynamoDB elsewhere (dynalite); empty: the moto server serves DynamoDB too.
     dynamodb_url: str = ""
+    log_format: str = "plain"  # the agents' [log] format; the demo reads "json" for each line's own time
     nats: list[Nat] = field(default_factory=list)
     moto: MotoServer | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -249,6 +263,8 @@ class LocalGroup:
                     self.workdir / f"{name}.toml",
                     self.workdir / f"{name}.log",
                     env=self.nat_env.get(i, {}),
+                    name=f"nat-{name[-1]}",
+                    table_name=f"private-{name[-1]}",
                 )
             )
         init_table(DynamoSettings(table=self.table, region=REGION, endpoint_url=self.store_url))
@@ -277,6 +293,9 @@ class LocalGroup:
             *timing_toml(timing),
             "[metrics]",
             f'listen = "{f"127.0.0.1:{nat.metrics_port}" if nat.metrics_port else ""}"',
+            "",
+            "[log]",
+            f'format = "{self.log_format}"',
             "",
         ]
         for other in self.nats:
@@ -420,13 +439,7 @@ class LocalGroup:
     # ---------------------------------------------------------------- views
     def route_targets(self) -> dict[str, str]:
         """Route table -> instance EC2 routes 0.0.0.0/0 to."""
-        data = self.client("ec2").describe_route_tables(RouteTableIds=[n.route_table for n in self.nats])
-        out = {}
-        for rt in data["RouteTables"]:
-            for route in rt["Routes"]:
-                if route.get("DestinationCidrBlock") == "0.0.0.0/0":
-                    out[rt["RouteTableId"]] = route.get("InstanceId") or route.get("NetworkInterfaceId") or ""
-        return out
+        return route_targets_of(self.client("ec2"), [n.route_table for n in self.nats])
 
     def snapshot(self) -> Any:
         from coordinator.dynamo import DynamoSettings, DynamoStore
@@ -460,14 +473,15 @@ class LocalGroup:
         self._stop.set()
         if self._ec2_thread is not None:
             self._ec2_thread.join(timeout=2)
-        for nat in self.nats:
-            if nat.proc is not None and nat.proc.poll() is None:
-                nat.proc.send_signal(signal.SIGCONT)
-                nat.proc.kill()
-                nat.proc.wait(5)
+        self._stop_agents()
         if self.moto is not None:
             self.moto.stop()
         self._forward_call_records()
+
+    def _stop_agents(self) -> None:
+        for nat in self.nats:
+            if nat.proc is not None:
+                stop_process(nat.proc, kill=True)
 
     def _forward_call_records(self) -> None:
         """Append every agent's call record to the caller's own record, if it keeps one (the IAM test)."""

@@ -46,11 +46,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.lab import nspawn
-from agent.lab.localgroup import DUMMY_ENV, REGION, LocalGroup, MotoServer, Nat, member_toml, timing_toml
+from agent.lab.localgroup import (
+    DUMMY_ENV,
+    REGION,
+    LocalGroup,
+    MotoServer,
+    Nat,
+    member_toml,
+    stop_process,
+    timing_toml,
+)
 
 PREFIX = "nat-ha-lab-"
 INET_IP = "203.0.113.10"
 MOTO_PORT = 5000
+PROXY_PORT = 5100  # ec2_proxy: NAT i reaches EC2 through agent.lab.holdproxy on PROXY_PORT + i
 FAULT_CHAIN = "LABFAULT"
 CLONE_NEWNET = 0x40000000
 PING_INTERVAL = 0.1
@@ -420,6 +430,11 @@ class NetLab(LocalGroup):
     image: nspawn.Image | None = None
     _imds: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _bake: nspawn.Container | None = None
+    # EC2 through agent.lab.holdproxy (one port per NAT): a request can be held and applied later,
+    # as AWS may apply a request after the client gave up (bench/failover.py's frozen_write).
+    ec2_proxy: bool = False
+    _proxy: subprocess.Popen[str] | None = None
+    _proxy_events: list[tuple[float, str]] = field(default_factory=list)
 
     # --------------------------------------------------------------- set-up
     def __enter__(self) -> NetLab:
@@ -443,6 +458,8 @@ class NetLab(LocalGroup):
             self._inet = NsExecutor(self.topo.inet)
             self._vpc = NsExecutor(self.topo.vpc)
             self.moto = InetMoto(self.topo.inet, self.workdir / "moto.log", self._inet, self.nice)
+            if self.ec2_proxy:
+                self._start_proxy()
             self.inet(self._create_world)
             self._start_reconciler()
             if self.systemd:
@@ -557,6 +574,11 @@ class NetLab(LocalGroup):
         ]
         for j, other in enumerate(self.nats):
             lines += member_toml(other, self.topo.nat_ip(j))
+        if self.ec2_proxy:
+            old, new = f'endpoint_url = "{self.moto.url}"', f'endpoint_url = "http://{INET_IP}:{PROXY_PORT + i}"'
+            ec2 = lines.index("[ec2]")
+            assert lines[ec2 + 1] == old
+            lines[ec2 + 1] = new
         if self.systemd:  # this instance's id and region from the lab IMDSv2, as on EC2
             header = self._header_toml(nat, self.moto.url)
             assert header[1].startswith("instance_id = ") and header[2].startswith("region = ")
@@ -808,30 +830,57 @@ class NetLab(LocalGroup):
     def start_agent(self, i: int) -> None:
         self.restart_agent(self.nats[i].instance_id)
 
+    # ---------------------------------------------------------- EC2 proxy
+    def _start_proxy(self) -> None:
+        argv = ["ip", "netns", "exec", self.topo.inet, sys.executable, "-m", "agent.lab.holdproxy",
+                INET_IP, str(PROXY_PORT), str(self.n), INET_IP, str(MOTO_PORT)]  # fmt: skip
+        self._proxy = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self._proxy.stdout is not None
+        if self._proxy.stdout.readline().strip() != "ready":
+            raise RuntimeError("the EC2 hold proxy did not start")
+
+        def read() -> None:
+            assert self._proxy is not None and self._proxy.stdout is not None
+            for line in self._proxy.stdout:
+                self._proxy_events.append((time.time(), line.strip()))
+
+        threading.Thread(target=read, name="holdproxy-events", daemon=True).start()
+
+    def _proxy_command(self, line: str) -> None:
+        assert self._proxy is not None and self._proxy.stdin is not None, "NetLab(ec2_proxy=True) only"
+        self._proxy.stdin.write(line + "\n")
+        self._proxy.stdin.flush()
+
+    def hold_ec2(self, i: int, action: str) -> None:
+        """Keep NAT i's next ``action`` request (and what follows on its connection) until released."""
+        self._proxy_command(f"hold {i} {action}")
+
+    def release_ec2(self, i: int) -> None:
+        """Send NAT i's held request on to EC2 (moto applies it, whether or not the client still waits)."""
+        self._proxy_command(f"release {i}")
+
+    def ec2_held_at(self, i: int, since: float) -> float | None:
+        """When the proxy started holding a request of NAT i (after ``since``), if it has."""
+        return next((t for t, line in list(self._proxy_events) if t >= since and line.startswith(f"held {i} ")), None)
+
     # -------------------------------------------------------------- cleanup
     def close(self) -> None:
         self._stop.set()
+        if self._proxy is not None and self._proxy.poll() is None:
+            with suppress(OSError, ValueError):
+                assert self._proxy.stdin is not None
+                self._proxy.stdin.close()  # its command loop ends
+            stop_process(self._proxy)
         for ct in [*self.containers, *([self._bake] if self._bake else [])]:
             try:
                 ct.close()
             except Exception as exc:  # keep cleaning up the rest
                 self._log(f"closing container {ct.name}: {exc}")
         for proc in self._imds:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
-        if self._reconciler is not None and self._reconciler.poll() is None:
-            self._reconciler.terminate()
-            try:
-                self._reconciler.wait(5)
-            except subprocess.TimeoutExpired:
-                self._reconciler.kill()
-                self._reconciler.wait(5)
-        for nat in self.nats:
-            if nat.proc is not None and nat.proc.poll() is None:
-                nat.proc.send_signal(signal.SIGCONT)
-                nat.proc.kill()
-                nat.proc.wait(5)
+            stop_process(proc, kill=True)
+        if self._reconciler is not None:
+            stop_process(self._reconciler)
+        self._stop_agents()
         if self.moto is not None:
             with suppress(Exception):
                 self.moto.stop()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.lab.localgroup import LocalGroup
+from agent.lab.routewatch import RouteWatch
 
 pytestmark = pytest.mark.integration
 
@@ -31,51 +32,32 @@ def group(tmp_path: Path) -> Iterator[LocalGroup]:
         yield g
 
 
-class RouteWatch:
-    """Samples EC2's route targets and counts every change (to prove 'exactly once')."""
-
-    def __init__(self, g: LocalGroup) -> None:
-        self.g = g
-        self.last = g.route_targets()
-        self.changes: list[tuple[float, str, str, str]] = []
-
-    def poll(self) -> dict[str, str]:
-        now = self.g.route_targets()
-        for rt, target in now.items():
-            if target != self.last.get(rt):
-                self.changes.append((time.monotonic(), rt, self.last.get(rt, ""), target))
-        self.last = now
-        return now
-
-    def until(self, predicate: object, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            targets = self.poll()
-            if predicate(targets):  # type: ignore[operator]
-                return True
-            time.sleep(0.05)
-        return False
+def route_watch(g: LocalGroup) -> RouteWatch:
+    """Samples EC2's route targets and records every change (to prove 'exactly once')."""
+    watch = RouteWatch(g.route_targets)
+    watch.poll()
+    return watch
 
 
 def test_crash_moves_routes_once_then_restart_and_failback(group: LocalGroup) -> None:
     g = group
     victim = g.nats[0]
-    watch = RouteWatch(g)
+    watch = route_watch(g)
     t0 = time.monotonic()
     g.kill(victim.instance_id)
     assert watch.until(lambda t: t[victim.route_table] != victim.instance_id, FAILOVER_BOUND_S), (
         f"{victim.route_table} still routed to the dead NAT after {FAILOVER_BOUND_S} s"
     )
     moved_after = time.monotonic() - t0
-    new_home = watch.last[victim.route_table]
+    new_home = watch.current[victim.route_table]
     assert new_home in {n.instance_id for n in g.nats[1:]}
     # A peer stops and starts the dead instance (restart_after 6 s in the local group), then the
     # route table fails back after the 5 s hold-down.
     assert watch.until(lambda t: t[victim.route_table] == victim.instance_id, 60), "no fail-back"
     assert victim.starts == 2, "the dead NAT was not restarted exactly once by a peer"
-    moves = [c for c in watch.changes if c[1] == victim.route_table]
-    assert [(c[2], c[3]) for c in moves] == [(victim.instance_id, new_home), (new_home, victim.instance_id)], moves
-    others = [c for c in watch.changes if c[1] != victim.route_table]
+    moves = [c for c in watch.changes if c.route_table == victim.route_table]
+    assert [(c.before, c.after) for c in moves] == [(victim.instance_id, new_home), (new_home, victim.instance_id)]
+    others = [c for c in watch.changes if c.route_table != victim.route_table]
     assert others == [], f"route tables of healthy NATs moved: {others}"
     stops = [c for n in g.nats for c in g.calls(n.instance_id, "StopInstances")]
     assert len(stops) == 1 and stops[0]["resources"]["InstanceIds"] == [victim.instance_id]
@@ -85,7 +67,7 @@ def test_crash_moves_routes_once_then_restart_and_failback(group: LocalGroup) ->
 def test_hung_agent_loses_its_route_and_writes_none_after_waking(group: LocalGroup) -> None:
     g = group
     victim = g.nats[1]
-    watch = RouteWatch(g)
+    watch = route_watch(g)
     g.signal(victim.instance_id, signal.SIGSTOP)
     try:
         assert watch.until(lambda t: t[victim.route_table] != victim.instance_id, FAILOVER_BOUND_S)
@@ -99,7 +81,7 @@ def test_hung_agent_loses_its_route_and_writes_none_after_waking(group: LocalGro
     assert writes_after == writes_before, "the woken agent wrote a route table it no longer holds"
     route = g.snapshot().routes[victim.route_table]
     assert route.term >= term_before and route.owner != victim.instance_id
-    assert watch.last[victim.route_table] == route.owner
+    assert watch.current[victim.route_table] == route.owner
     log = victim.log_path.read_text()
     assert "session lost" in log, "the woken agent did not learn that its session was expired"
 
@@ -107,7 +89,7 @@ def test_hung_agent_loses_its_route_and_writes_none_after_waking(group: LocalGro
 def test_sigterm_hands_over_before_exit(group: LocalGroup) -> None:
     g = group
     victim = g.nats[2]
-    watch = RouteWatch(g)
+    watch = route_watch(g)
     proc = victim.proc
     assert proc is not None
     proc.send_signal(signal.SIGTERM)

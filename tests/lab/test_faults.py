@@ -102,20 +102,20 @@ def test_forwarding_broken_nat_hands_over(settled_lab: NetLab, how: str) -> None
     assert _wait_event(lab, t_fix, "route", 25, rtb=victim.route_table, target=victim.instance_id)
 
 
-@pytest.mark.parametrize("sig", ["SIGKILL", "SIGSTOP"])
-def test_agent_gone_briefly_nat_forwarding_no_loss_no_move(settled_lab: NetLab, sig: str) -> None:
-    """The agent dies or freezes for less than silent_owner_after (2 s): nothing moves, nothing is lost."""
+def test_agent_paused_briefly_nat_forwarding_no_loss_no_move(settled_lab: NetLab) -> None:
+    """The agent freezes for less than silent_owner_after (2 s): nothing moves, nothing is lost.
+
+    (A crash is not brief: a new process waits lease + margin before it replaces the old
+    session, so a killed agent's restart takes longer than 2 s and its tables move: the test below.)
+    """
     lab = settled_lab
     victim = lab.nats[VICTIM]
     t0 = time.time()
     ping = lab.ping(VICTIM, 5)
     time.sleep(0.5)
-    lab.signal(victim.instance_id, getattr(signal, sig))
+    lab.signal(victim.instance_id, signal.SIGSTOP)
     time.sleep(1.5)
-    if sig == "SIGSTOP":
-        lab.signal(victim.instance_id, signal.SIGCONT)
-    else:
-        lab.start_agent(VICTIM)
+    lab.signal(victim.instance_id, signal.SIGCONT)
     result = ping.result()
     assert result.lost == 0, result.lost_seqs()
     assert lab.wait_for(lab.settled, 20, 0.3)

@@ -18,6 +18,7 @@ BAD = [
     ("footprint", ["--seconds", "1"], "--seconds must be at least 4"),
     ("probes", ["--targets", "0"], "--targets must be between 1 and 254"),
     ("store_calls", ["--calls", "5"], "--calls must be between 10 and 100000"),
+    ("store_calls", ["--cadence", "-1"], "--cadence must be between 0 and 600 seconds"),
 ]
 
 

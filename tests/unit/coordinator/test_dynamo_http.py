@@ -1,18 +1,16 @@
-"""The fast DynamoDB path (coordinator/dynamo_http.py): signature, transport, errors, when it is used.
+"""The fast DynamoDB path (coordinator/dynamo_http.py): signature, transport, errors, deadline, when it is used.
 
 The signature is compared with botocore's ``SigV4Auth`` and checked by a moto
-server that verifies signatures; transport failures come from a scripted HTTP
-server on 127.0.0.1; results and errors are compared with the botocore path on a
-moto server and on dynalite.
+server that verifies signatures; transport failures come from a scripted HTTP server on 127.0.0.1
+(tests/scripted_http.py); results and errors are compared with the botocore
+path on a moto server and on dynalite.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import socket
-import threading
-import zlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,16 +23,18 @@ from botocore.exceptions import (
     ChecksumError,
     ClientError,
     ConnectionClosedError,
-    EndpointConnectionError,
+    ConnectTimeoutError,
     NoCredentialsError,
     ReadTimeoutError,
 )
 from moto import mock_aws
 
+from coordinator.awshttp import Sender
 from coordinator.dynamo import DynamoSettings, DynamoStore, init_table
-from coordinator.dynamo_http import OFF_ENV, DynamoHttp, FastClient, SigV4
+from coordinator.dynamo_http import OFF_ENV, CallDeadline, DynamoHttp, FastClient, SigV4
 from coordinator.store import ConditionFailed, Expect, OutcomeUnknown, Unavailable
 from tests import servers
+from tests.scripted_http import RESET, THEN_CLOSE, Drip, Reply, ScriptedServer, http_response, scripted_servers
 
 GROUP = "g-1"
 QUERY = {
@@ -44,6 +44,13 @@ QUERY = {
     "ExpressionAttributeValues": {":g": {"S": GROUP}},
     "ConsistentRead": True,
 }
+TIMEOUT = 0.5  # each call's whole budget
+SLACK = 0.2  # how far past its deadline a call may end (thread wake-ups on a loaded machine)
+
+
+def client(url: str, credentials: Any = None, *, timeout: float = TIMEOUT, **kwargs: Any) -> DynamoHttp:
+    creds = Credentials("AKID", "SECRET") if credentials is None else credentials
+    return DynamoHttp(Sender(url, timeout=timeout), "us-east-1", creds or None, **kwargs)
 
 
 # ------------------------------------------------------------------ signature
@@ -108,7 +115,7 @@ def verifying_moto() -> Iterator[tuple[str, dict[str, str]]]:
 
 def test_a_server_that_checks_signatures_accepts_ours(verifying_moto: tuple[str, dict[str, str]]) -> None:
     url, key = verifying_moto
-    good = DynamoHttp(url, "us-east-1", Credentials(key["AccessKeyId"], key["SecretAccessKey"]), **_TIMEOUTS)
+    good = client(url, Credentials(key["AccessKeyId"], key["SecretAccessKey"]))
     item = {"group": {"S": GROUP}, "item": {"S": "member#i-a"}, "version": {"N": "1"}}
     good.call("PutItem", {"TableName": "nat-ha", "Item": item})
     assert good.call("Query", QUERY)["Items"] == [item]
@@ -116,7 +123,7 @@ def test_a_server_that_checks_signatures_accepts_ours(verifying_moto: tuple[str,
         good.call("GetItem", {"TableName": "nat-ha", "Key": {"group": item["group"], "item": item["item"]}})["Item"]
         == item
     )
-    bad = DynamoHttp(url, "us-east-1", Credentials(key["AccessKeyId"], "not-the-secret"), **_TIMEOUTS)
+    bad = client(url, Credentials(key["AccessKeyId"], "not-the-secret"))
     with pytest.raises(ClientError) as caught:
         bad.call("Query", QUERY)
     assert "SignatureDoesNotMatch" in caught.value.response["Error"]["Message"]
@@ -124,117 +131,21 @@ def test_a_server_that_checks_signatures_accepts_ours(verifying_moto: tuple[str,
 
 def test_no_credentials_is_botocores_error() -> None:
     with pytest.raises(NoCredentialsError):
-        DynamoHttp("http://127.0.0.1:9", "us-east-1", None, **_TIMEOUTS).call("Query", QUERY)
+        client("http://127.0.0.1:9", credentials=False).call("Query", QUERY)
 
 
 # ------------------------------------------------------- a scripted HTTP server
-_TIMEOUTS: dict[str, Any] = {"connect_timeout": 0.5, "read_timeout": 0.3}
-Reply = Callable[[bytes], bytes | None]  # request bytes -> raw response (None: say nothing)
-THEN_CLOSE = b"\0then-close"  # a reply ending with this is sent without it, then the connection closed
-
-
-def http_response(status: int, body: bytes, headers: dict[str, str] | None = None, *, crc: bool = True) -> bytes:
-    head = {"Content-Type": "application/x-amz-json-1.0", "Content-Length": str(len(body))}
-    if crc:
-        head["x-amz-crc32"] = str(zlib.crc32(body))
-    head.update(headers or {})
-    lines = "".join(f"{k}: {v}\r\n" for k, v in head.items())
-    return f"HTTP/1.1 {status} X\r\n{lines}\r\n".encode() + body
-
-
-class ScriptedServer:
-    """Answers each request on 127.0.0.1 with the next reply of a script; counts connections."""
-
-    def __init__(self, replies: list[Reply]) -> None:
-        self.replies = list(replies)
-        self.requests: list[bytes] = []
-        self.connections = 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        conn.settimeout(2)
-        buf = b""
-        with conn:
-            for _ in range(50):  # bounded: a test makes a handful of calls
-                try:
-                    while b"\r\n\r\n" not in buf:
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            return
-                        buf += chunk
-                    head, _, rest = buf.partition(b"\r\n\r\n")
-                    length = next(
-                        int(line.split(b":")[1])
-                        for line in head.split(b"\r\n")
-                        if line.lower().startswith(b"content-length")
-                    )
-                    while len(rest) < length:
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            return  # the client closed mid-body
-                        rest += chunk
-                    self.requests.append(head + b"\r\n\r\n" + rest[:length])
-                    buf = rest[length:]
-                    if not self.replies:
-                        return
-                    raw = self.replies.pop(0)(self.requests[-1])
-                    if raw is None:
-                        self._stop.wait(1.0)  # never answer (the client times out first)
-                        return
-                    if raw == b"":
-                        return  # close without an answer
-                    conn.sendall(raw.removesuffix(THEN_CLOSE))
-                    if (
-                        raw.endswith(THEN_CLOSE)
-                        or b"Connection: close" in raw.split(b"\r\n\r\n")[0]
-                        or raw.startswith(b"HTTP/1.0")
-                    ):
-                        return  # the body ends with the connection
-                except OSError:
-                    return
-
-    def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
-        self._thread.join(2)
-
-
 @pytest.fixture
-def scripted() -> Iterator[Callable[[list[Reply]], ScriptedServer]]:
-    made: list[ScriptedServer] = []
-
-    def make(replies: list[Reply]) -> ScriptedServer:
-        made.append(ScriptedServer(replies))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.close()
+def scripted() -> Iterator[Callable[..., ScriptedServer]]:
+    with scripted_servers() as make:
+        yield make
 
 
 def ok(body: dict[str, Any], **headers: str) -> Reply:
     return lambda _request: http_response(200, json.dumps(body).encode(), headers)
 
 
-def client(url: str, **kwargs: Any) -> DynamoHttp:
-    return DynamoHttp(url, "us-east-1", Credentials("AKID", "SECRET"), **{**_TIMEOUTS, **kwargs})
-
-
-def test_calls_share_one_keep_alive_connection(scripted: Callable[[list[Reply]], ScriptedServer]) -> None:
+def test_calls_share_one_keep_alive_connection(scripted: Callable[..., ScriptedServer]) -> None:
     server = scripted([ok({"Items": [], "Count": 0})] * 3)
     http = client(server.url, user_agent="nat-ha/test")
     for _ in range(3):
@@ -245,10 +156,11 @@ def test_calls_share_one_keep_alive_connection(scripted: Callable[[list[Reply]],
     assert f"Host: {server.url.split('//')[1]}" in head
     assert "X-Amz-Target: DynamoDB_20120810.Query" in head and "User-Agent: nat-ha/test" in head
     assert "SignedHeaders=content-type;host;x-amz-date;x-amz-target," in head  # User-Agent is not signed
+    assert head.count("Host: ") == 1
     assert json.loads(server.requests[0].split(b"\r\n\r\n", 1)[1]) == QUERY
 
 
-def test_a_closed_connection_is_replaced(scripted: Callable[[list[Reply]], ScriptedServer]) -> None:
+def test_a_closed_connection_is_replaced(scripted: Callable[..., ScriptedServer]) -> None:
     server = scripted([ok({"Items": []}, Connection="close"), ok({"Items": []})])
     http = client(server.url)
     http.call("Query", QUERY)
@@ -256,7 +168,7 @@ def test_a_closed_connection_is_replaced(scripted: Callable[[list[Reply]], Scrip
     assert server.connections == 2
 
 
-def test_chunked_and_http_1_0_bodies(scripted: Callable[[list[Reply]], ScriptedServer]) -> None:
+def test_chunked_and_http_1_0_bodies(scripted: Callable[..., ScriptedServer]) -> None:
     body = json.dumps({"Items": [{"item": {"S": "x"}}]}).encode()
     chunked = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -271,7 +183,7 @@ def test_chunked_and_http_1_0_bodies(scripted: Callable[[list[Reply]], ScriptedS
 
 
 def test_dynamodb_errors_are_client_errors_as_botocore_reads_them(
-    scripted: Callable[[list[Reply]], ScriptedServer],
+    scripted: Callable[..., ScriptedServer],
 ) -> None:
     conditional = {"__type": "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException", "message": "no"}
     server = scripted(
@@ -301,7 +213,9 @@ def test_dynamodb_errors_are_client_errors_as_botocore_reads_them(
     ("reply", "error"),
     [
         (lambda _r: None, ReadTimeoutError),  # accepted, never answered
+        (lambda _r: Drip(http_response(200, b"{}"), every=0.1), ReadTimeoutError),  # each byte in time, too slow
         (lambda _r: b"", ConnectionClosedError),  # closed without an answer
+        (lambda _r: RESET, ConnectionClosedError),
         (lambda _r: b'HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{"Items"' + THEN_CLOSE, ConnectionClosedError),
         (lambda _r: b"SSH-2.0-OpenSSH\r\n\r\n", ConnectionClosedError),  # not HTTP
         (lambda _r: http_response(200, b"not json"), ConnectionClosedError),
@@ -309,7 +223,7 @@ def test_dynamodb_errors_are_client_errors_as_botocore_reads_them(
     ],
 )
 def test_transport_failures_are_botocores_exceptions(
-    scripted: Callable[[list[Reply]], ScriptedServer], reply: Reply, error: type[Exception]
+    scripted: Callable[..., ScriptedServer], reply: Reply, error: type[Exception]
 ) -> None:
     server = scripted([reply, ok({"Items": []})])
     http = client(server.url)
@@ -317,14 +231,6 @@ def test_transport_failures_are_botocores_exceptions(
         http.call("Query", QUERY)
     assert http.call("Query", QUERY)["Items"] == []  # the next call works, on a new connection
     assert server.connections == 2
-
-
-def test_nothing_listening_is_an_endpoint_connection_error() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # bound, not listening: connections are refused
-        with pytest.raises(EndpointConnectionError):
-            client(f"http://127.0.0.1:{port}").call("Query", QUERY)
 
 
 # ------------------------------------------------------------- through the store
@@ -340,7 +246,25 @@ def uses_fast_path(store: DynamoStore) -> bool:
     return isinstance(store.model._get_connection().connection._client, FastClient)
 
 
-def test_the_store_classifies_fast_path_failures_as_before(scripted: Callable[[list[Reply]], ScriptedServer]) -> None:
+def operations(server: ScriptedServer) -> list[str]:
+    """The DynamoDB operations a scripted server was asked for, in order."""
+    return [
+        line.split(b".")[-1].decode()
+        for request in server.requests
+        for line in request.split(b"\r\n")
+        if line.startswith(b"X-Amz-Target:")
+    ]
+
+
+def test_pynamodbs_extra_headers_are_sent(scripted: Callable[..., ScriptedServer]) -> None:
+    server = scripted([ok({"Items": []})])
+    store = store_on(server.url)
+    store.model._get_connection().connection._extra_headers = {"X-Nat-Ha-Test": "yes"}
+    assert store.query_group(GROUP) == []
+    assert uses_fast_path(store) and b"\r\nX-Nat-Ha-Test: yes\r\n" in server.requests[0]
+
+
+def test_the_store_classifies_fast_path_failures_as_before(scripted: Callable[..., ScriptedServer]) -> None:
     conditional = {"__type": "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException", "message": "no"}
     server = scripted(
         [
@@ -361,6 +285,41 @@ def test_the_store_classifies_fast_path_failures_as_before(scripted: Callable[[l
         store.put_item(GROUP, attrs, Expect.matches(version=1))
     with pytest.raises(OutcomeUnknown, match="500"):
         store.put_item(GROUP, attrs, Expect.matches(version=1))
+    assert operations(server) == ["Query", "PutItem", "PutItem", "PutItem"]
+
+
+@pytest.mark.parametrize("path", ["fast", "botocore"])
+def test_every_store_call_ends_by_its_deadline(
+    scripted: Callable[..., ScriptedServer], monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """A server dripping its answers (each byte well inside the timeout) cannot hold a call past the store's timeout."""
+    if path == "botocore":
+        monkeypatch.setenv(OFF_ENV, "1")
+    drip = Drip(http_response(200, b'{"Items": []}'), every=0.05, limit=5)
+    server = scripted([lambda _r: drip, lambda _r: drip])
+    store = store_on(server.url, connect_timeout_s=0.3, read_timeout_s=0.3)
+    assert uses_fast_path(store) == (path == "fast")
+    t0 = time.monotonic()
+    with pytest.raises(Unavailable, match="ReadTimeoutError"):
+        store.get_item(GROUP, "member#i-a")
+    assert time.monotonic() - t0 <= 0.3 + SLACK
+    t0 = time.monotonic()
+    with pytest.raises(OutcomeUnknown, match="ReadTimeoutError"):
+        store.put_item(GROUP, {"item": "member#i-a", "kind": "member", "version": 2}, Expect.matches(version=1))
+    assert time.monotonic() - t0 <= 0.3 + SLACK
+    assert operations(server) == ["GetItem", "PutItem"]
+
+
+def test_with_retries_every_attempt_ends_by_the_calls_deadline() -> None:
+    deadline = CallDeadline(0.2)
+    request = Sender("http://127.0.0.1:9", timeout=0.1)
+    prepared = AWSRequest(method="POST", url=request.endpoint_url + "/", data=b"{}").prepare()
+    deadline.start()
+    granted = deadline.authorize(prepared)
+    assert 0.1 < granted - time.monotonic() <= 0.2  # the call's budget, not a fresh one per attempt
+    time.sleep(0.25)
+    with pytest.raises(ConnectTimeoutError):
+        deadline.authorize(prepared)  # spent: the attempt is refused before anything is written
 
 
 def test_when_the_fast_path_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
