@@ -91,9 +91,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "egress_order": Key(
             str,
             "route-first",
-            "With egress_ip = follow, what a taker writes first: route-first (the route, then the Elastic IP) or "
-            "address-first (the Elastic IP, then the route). Either way no packet leaves with another table's "
-            "address; a failed association never holds the route back.",
+            "With egress_ip = follow, what a NAT moving a table (a takeover, a fail-back, a drain) writes first: "
+            "route-first (the route, then the Elastic IP) or address-first (the Elastic IP, then the route). Either "
+            "way no packet leaves with another table's address; a failed association never holds the route back.",
             choices=("route-first", "address-first"),
         ),
     },

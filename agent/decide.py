@@ -396,11 +396,12 @@ def decide(obs: Observation, t: Timing) -> Decision:
                 continue
             last = _plan_last_resort(v, t, rt, r)
             if last is not None:
-                if isinstance(last, RouteToGateway):
-                    actions.append(last)
-                else:
+                if isinstance(last, str):
                     notes.append(last)
-                held.append(f"{rt} (term {r.term}, on {obs.last_resort})")
+                else:
+                    actions.append(last)
+                if not isinstance(last, Release):
+                    held.append(f"{rt} (term {r.term}, on {obs.last_resort})")
                 continue  # the lease is kept: a healthy peer takes the table over by a hand-over
             release = _plan_release(v, t, rt, r)
             if release is not None:
@@ -515,24 +516,39 @@ def _plan_handover(v: _View, t: Timing, rt: str, r: RouteItem, home: str) -> Han
     return None
 
 
-def _plan_last_resort(v: _View, t: Timing, rt: str, r: RouteItem) -> RouteToGateway | str | None:
-    """The last resort for a held table: route it to the NAT gateway, or keep it there (a note), or None.
+def _plan_last_resort(v: _View, t: Timing, rt: str, r: RouteItem) -> RouteToGateway | Release | str | None:
+    """The last resort for a held table: route it to the NAT gateway, keep it there (a note), or None.
 
-    To the gateway when we cannot serve it (unhealthy, draining) and no peer can (no successor:
-    _plan_handover found none), unless only our EC2 writes fail (then no write can help). The
-    lease is kept (no release): a peer that becomes healthy gets the table by a hand-over, and
-    we route it back ourselves as soon as we can serve it (EnsureRoute). No hold-down: the
-    gateway serves meanwhile, and only a self check flapping while no peer is healthy flaps it.
+    To the gateway when we cannot serve it (unhealthy, draining) and no peer can: _plan_handover
+    found no successor, and no peer even reports itself live and healthy (one we cannot probe
+    may be cut off from us only: then the table is held or released as without a gateway). Not
+    when only our EC2 writes fail (no write can help). The lease is kept: a peer that becomes
+    healthy gets the table by a hand-over, or by a release when we cannot probe it, and we route
+    it back ourselves as soon as we can serve it (EnsureRoute). No hold-down: the gateway serves
+    meanwhile, and only a self check flapping while no peer is healthy flaps it.
     """
     obs = v.obs
     gateway = obs.last_resort
     if not gateway or (obs.health.healthy and not obs.draining):
         return None  # off, or we can serve it: EnsureRoute brings it back from the gateway
+    reported = [
+        p
+        for p in obs.members
+        if p != obs.me
+        and (m := v.member(p)) is not None
+        and v.live(m)
+        and m.health.healthy
+        and not m.draining
+        and not obs.snapshot.draining(p)
+    ]
     ec2 = obs.ec2.get(rt)
     if ec2 is not None and ec2.target == f"other:{gateway}":
+        if reported:
+            why = f"{', '.join(reported)} reports healthy but does not answer my probes"
+            return Release(rt, r, f"{rt} is on the last-resort NAT gateway {gateway}; {why}: releasing it")
         return f"{rt} on the last-resort NAT gateway {gateway}: no NAT can serve it"
     failing = {k for k, ok in obs.health.checks.items() if not ok}
-    if failing == {EC2_WRITES_CHECK}:
+    if failing == {EC2_WRITES_CHECK} or reported:
         return None
     why = "draining" if obs.draining else f"unhealthy ({', '.join(sorted(failing)) or 'self check'})"
     to = f"routing {rt} to the last-resort NAT gateway {gateway}"

@@ -68,3 +68,14 @@ def test_the_gateway_is_never_used_while_a_nat_can_serve() -> None:
     for faults in ((Fault("dataplane_down", 3.0, 8.0, "i-a"),), (Fault("nat_down", 3.0, 8.0, "i-b"),)):
         r = ok(run(two(*faults)))
         assert r.gateway_stays == [], r.report()
+
+
+def test_seed_1480_a_drain_during_a_partition_between_the_nats_stays_off_the_gateway() -> None:
+    # Found by bench/sim.py: i-a, draining while its probes of i-b failed (a one-way partition),
+    # saw "no healthy peer" and routed its tables to the gateway, where they stayed for the drain
+    # timeout while i-b, healthy, could have served them. A peer that reports itself healthy now
+    # keeps the tables off the gateway.
+    from tests.sim.world import run_seed
+
+    r = ok(run_seed(1480))
+    assert r.scenario.last_resort and r.gateway_stays == []

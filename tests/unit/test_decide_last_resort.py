@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from agent.decide import Decision, Ec2Route, EnsureRoute, HandOver, Release, RouteToGateway, decide
+from agent.decide import Decision, Ec2Route, EnsureRoute, HandOver, PeerProbe, Release, RouteToGateway, decide
 from coordinator.items import Health
 from tests.unit.test_decide import RA, RB, RC, B, C, T, World, dead
 
@@ -84,4 +84,31 @@ def test_without_a_gateway_nothing_changes() -> None:
     d = run(w, gateway="")
     assert d.actions == () and d.summary.startswith(
         "unhealthy (ip_forward), still holding rtb-a (term 1): no healthy peer"
+    )
+
+
+DOWN = PeerProbe(False, 5, 5, 1.2)
+
+
+def cut_off(w: World) -> World:
+    """i-b and i-c heartbeat and report healthy, but i-a's probes of them fail (a partition)."""
+    w.probes[B] = w.probes[C] = DOWN
+    return w
+
+
+def test_a_peer_that_reports_healthy_but_cannot_be_probed_keeps_the_table_off_the_gateway() -> None:
+    # A drain (or an unhealthy self check) during a partition between the NATs: somebody can
+    # serve, we just cannot reach it. Held (a drain) or released (unhealthy), as without a gateway.
+    assert run(cut_off(World(draining=True))).actions == ()
+    w = cut_off(World(health=BROKEN, self_unhealthy_since=97.0))
+    assert [type(a) for a in run(w).actions] == [Release]
+
+
+def test_on_the_gateway_a_peer_that_reports_healthy_but_cannot_be_probed_gets_it_by_a_release() -> None:
+    w = cut_off(World(draining=True, ec2=ON_GW))
+    d = run(w)
+    assert d.actions == (Release(RA, w.routes[RA], d.summary),)
+    assert d.summary == (
+        f"rtb-a is on the last-resort NAT gateway {GW}; i-b, i-c reports healthy but does not answer my probes: "
+        "releasing it"
     )
