@@ -1112,8 +1112,8 @@ class Agent:
             seen = self.memory.egress.get(rt)
             mine = r is not None and session is not None and r.owner == self.me and r.owner_session == session.session
             put(m.egress_ok_of[rt], (1 if seen is not None and seen.holder == self.me else 0) if mine else 1)
-            if seen is None:
-                continue
+            if seen is None or not seen.public_ip:
+                continue  # not read yet (our own write does not say which public address it is)
             holder = seen.holder or "none"
             current = (rt, seen.public_ip, "other" if holder.startswith("other:") else holder)
             put(m.egress_ip_of[current], 1)
