@@ -25,6 +25,13 @@ passed in. The rules (DESIGN.md):
   a dead NAT is spread and every agent agrees on the order). A candidate of rank
   r waits r x ``claim_stagger`` after first seeing the table claimable.
 * Fail back only after the home NAT has been healthy for ``failback_hold_down``.
+* The last resort (``ec2.last_resort_nat_gateway``): a holder that cannot serve its table
+  (unhealthy or draining) and knows no healthy peer routes it to the NAT gateway before it
+  would hold it on a broken NAT or release it, and keeps the lease; a peer that becomes
+  healthy gets it by a hand-over, the holder routes it back as soon as it can serve.
+* With ``egress_ip = "follow"`` a holder keeps its table's Elastic IP on its own address
+  for the table like it keeps the route: written when taken, again after the horizon and
+  after a stray report, and repaired when a read shows it elsewhere.
 * Restarting a peer (stop/start) needs much stronger evidence: heartbeat silent
   for ``restart_after``, probes failing, EC2 saying it is running or stopped;
   it happens under a restart lease, after a cooldown, at most
@@ -74,6 +81,14 @@ class Ec2Route:
 
 
 @dataclass(frozen=True)
+class Ec2Address:
+    """Where EC2 says a route table's Elastic IP is associated (as last read)."""
+
+    holder: str  # the member whose address for the table holds it, "" when unassociated, or "other:<eni>/<ip>"
+    public_ip: str = ""
+
+
+@dataclass(frozen=True)
 class Observation:
     """Everything one cycle observed; the decision reads nothing else."""
 
@@ -99,6 +114,10 @@ class Observation:
     pins_since: dict[str, float] = field(default_factory=dict)  # route table -> when we first saw its pin
     reassert: dict[str, str] = field(default_factory=dict)  # held route table -> why to write its route again
     relinquished: dict[str, int] = field(default_factory=dict)  # route table -> term we sent a hand-over in
+    egress_tables: frozenset[str] = frozenset()  # route tables whose Elastic IP follows them (egress_ip = follow)
+    egress: dict[str, Ec2Address] = field(default_factory=dict)  # route table -> where its Elastic IP sits
+    reassert_address: dict[str, str] = field(default_factory=dict)  # held table -> why to associate its EIP again
+    last_resort: str = ""  # the NAT gateway to route a table nobody in the group can serve to ("": none)
 
     def preferred_homes(self) -> dict[str, str]:
         """Homes, with operator pins taking precedence."""
@@ -132,6 +151,31 @@ class EnsureRoute:
 
     route_table: str
     route: RouteItem
+    why: str
+
+    def describe(self) -> str:
+        return self.why
+
+
+@dataclass(frozen=True)
+class EnsureAddress:
+    """We hold the route table; its Elastic IP is not (provably) on our address for it, or a late write may land."""
+
+    route_table: str
+    route: RouteItem
+    why: str
+
+    def describe(self) -> str:
+        return self.why
+
+
+@dataclass(frozen=True)
+class RouteToGateway:
+    """Nobody in the group can serve a table we hold: route it to the last-resort NAT gateway, keep the lease."""
+
+    route_table: str
+    route: RouteItem
+    gateway: str
     why: str
 
     def describe(self) -> str:
@@ -194,7 +238,16 @@ class ResetOwnRestart:
 
 
 Action = (
-    StartSession | TakeOver | EnsureRoute | HandOver | Release | ClaimRestart | ContinueRestart | ResetOwnRestart
+    StartSession
+    | TakeOver
+    | EnsureRoute
+    | EnsureAddress
+    | RouteToGateway
+    | HandOver
+    | Release
+    | ClaimRestart
+    | ContinueRestart
+    | ResetOwnRestart
 )
 
 
@@ -341,6 +394,15 @@ def decide(obs: Observation, t: Timing) -> Decision:
             if handover is not None:
                 actions.append(handover)
                 continue
+            last = _plan_last_resort(v, t, rt, r)
+            if last is not None:
+                if isinstance(last, str):
+                    notes.append(last)
+                else:
+                    actions.append(last)
+                if not isinstance(last, Release):
+                    held.append(f"{rt} (term {r.term}, on {obs.last_resort})")
+                continue  # the lease is kept: a healthy peer takes the table over by a hand-over
             release = _plan_release(v, t, rt, r)
             if release is not None:
                 actions.append(release)
@@ -352,6 +414,9 @@ def decide(obs: Observation, t: Timing) -> Decision:
                 actions.append(EnsureRoute(rt, r, f"routing {rt} to me (EC2 shows {seen})"))
             elif rt in obs.reassert:
                 actions.append(EnsureRoute(rt, r, f"writing {rt}'s route again: {obs.reassert[rt]}"))
+            address = _plan_address(obs, rt, r)
+            if address is not None:
+                actions.append(address)
             continue
         if r is not None and r.owner == obs.me and me_ok:
             actions.append(TakeOver(rt, r, None, "orphaned", f"resumed {rt} from my previous session"))
@@ -401,6 +466,20 @@ def _successor(v: _View, rt: str) -> MemberItem | None:
     return v.member(name) if name is not None else None
 
 
+def _plan_address(obs: Observation, rt: str, r: RouteItem) -> EnsureAddress | None:
+    """A held table's Elastic IP: on our address for it, or moved there (egress_ip = follow)."""
+    if rt not in obs.egress_tables:
+        return None
+    seen = obs.egress.get(rt)
+    if seen is None or seen.holder != obs.me:
+        where = "unknown" if seen is None else (f"with {seen.holder}" if seen.holder else "unassociated")
+        ip = f" {seen.public_ip}" if seen is not None and seen.public_ip else ""
+        return EnsureAddress(rt, r, f"moving {rt}'s Elastic IP{ip} to me (it is {where})")
+    if rt in obs.reassert_address:
+        return EnsureAddress(rt, r, f"associating {rt}'s Elastic IP again: {obs.reassert_address[rt]}")
+    return None
+
+
 def _plan_handover(v: _View, t: Timing, rt: str, r: RouteItem, home: str) -> HandOver | None:
     obs = v.obs
     failing = {k for k, ok in obs.health.checks.items() if not ok}
@@ -435,6 +514,45 @@ def _plan_handover(v: _View, t: Timing, rt: str, r: RouteItem, home: str) -> Han
             why = f"failing back {rt} to its home {home}: healthy for {_fmt(held_for)}"
             return HandOver(rt, r, m, "failback", "home_healthy", why)
     return None
+
+
+def _plan_last_resort(v: _View, t: Timing, rt: str, r: RouteItem) -> RouteToGateway | Release | str | None:
+    """The last resort for a held table: route it to the NAT gateway, keep it there (a note), or None.
+
+    To the gateway when we cannot serve it (unhealthy, draining) and no peer can: _plan_handover
+    found no successor, and no peer even reports itself live and healthy (one we cannot probe
+    may be cut off from us only: then the table is held or released as without a gateway). Not
+    when only our EC2 writes fail (no write can help). The lease is kept: a peer that becomes
+    healthy gets the table by a hand-over, or by a release when we cannot probe it, and we route
+    it back ourselves as soon as we can serve it (EnsureRoute). No hold-down: the gateway serves
+    meanwhile, and only a self check flapping while no peer is healthy flaps it.
+    """
+    obs = v.obs
+    gateway = obs.last_resort
+    if not gateway or (obs.health.healthy and not obs.draining):
+        return None  # off, or we can serve it: EnsureRoute brings it back from the gateway
+    reported = [
+        p
+        for p in obs.members
+        if p != obs.me
+        and (m := v.member(p)) is not None
+        and v.live(m)
+        and m.health.healthy
+        and not m.draining
+        and not obs.snapshot.draining(p)
+    ]
+    ec2 = obs.ec2.get(rt)
+    if ec2 is not None and ec2.target == f"other:{gateway}":
+        if reported:
+            why = f"{', '.join(reported)} reports healthy but does not answer my probes"
+            return Release(rt, r, f"{rt} is on the last-resort NAT gateway {gateway}; {why}: releasing it")
+        return f"{rt} on the last-resort NAT gateway {gateway}: no NAT can serve it"
+    failing = {k for k, ok in obs.health.checks.items() if not ok}
+    if failing == {EC2_WRITES_CHECK} or reported:
+        return None
+    why = "draining" if obs.draining else f"unhealthy ({', '.join(sorted(failing)) or 'self check'})"
+    to = f"routing {rt} to the last-resort NAT gateway {gateway}"
+    return RouteToGateway(rt, r, gateway, f"{why} and no healthy peer: {to}")
 
 
 def _plan_release(v: _View, t: Timing, rt: str, r: RouteItem) -> Release | None:
@@ -532,7 +650,7 @@ def _kind_of(actions: list[Action]) -> str:
         return "failed_back"
     if any(isinstance(a, HandOver) and a.reason == "shutdown" for a in actions):
         return "draining"
-    if any(isinstance(a, (HandOver, Release)) for a in actions):
+    if any(isinstance(a, (HandOver, Release, RouteToGateway)) for a in actions):
         return "handed_over"
     if any(isinstance(a, TakeOver) for a in actions):
         return "took_over"

@@ -4,10 +4,13 @@
 
 Every seed is one deterministic run (tests/sim) at the production default timings; a failing
 seed is printed with its replay command (``pytest tests/sim --sim-seed N``) and its trace.
-The JSON has ``seeds``, ``violations``, ``violations_by_invariant`` (a-d, tests/sim/checks.py),
+The JSON has ``seeds``, ``violations``, ``violations_by_invariant`` (a-e, tests/sim/checks.py),
 ``stray_writes``, ``stray_write_max_correction_s`` (after each stray's bound),
 ``outage_during_faults_{p50,p99,max}_s`` (every interval a table pointed at a NAT that did
-not forward, counted while a healthy member existed and AWS worked) and ``seeds_per_second``.
+not forward, counted while a healthy member existed and AWS worked), ``seeds_per_second``, and for the
+seeds with ``egress_ip = follow``: ``egress_seeds``, ``egress_mismatch_{p50,p99,max}_s`` (every interval a
+table's route pointed at a forwarding NAT whose address for it did not hold its Elastic IP, counted as
+above) and ``elastic_ip_moves``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,13 @@ def one(seed: int) -> dict[str, object]:
         "freezes": r.freezes_triggered,
         "max_cycle": r.max_cycle,
         "holder_tag": r.scenario.holder_tag,
+        "egress": r.scenario.egress,
+        "egress_order": r.scenario.egress_order,
+        "mismatches": [m for m in r.egress_mismatches if m > 0],
+        "address_changes": sum(r.address_changes.values()),
+        "mismatch_throttled": r.mismatch_throttled,
+        "last_resort": r.scenario.last_resort,
+        "gateway_stays": r.gateway_stays,
         "report": "" if r.ok else r.report(),
     }
 
@@ -84,11 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         kinds.update(r["faults"])  # type: ignore[arg-type]
     recovered = [float(r["recovered_after"]) for r in results if float(r["recovered_after"]) >= 0]  # type: ignore[arg-type]
-    by_invariant: Counter[str] = Counter({k: 0 for k in "abcd"})
+    by_invariant: Counter[str] = Counter({k: 0 for k in "abcde"})
     for r in results:
         by_invariant.update(r["by_invariant"])  # type: ignore[arg-type]
     corrections = [float(c) for r in results for c in r["stray_corrections"]]  # type: ignore[attr-defined]
     outages = [float(o) for r in results for o in r["outages"]]  # type: ignore[attr-defined]
+    mismatches = [float(m) for r in results for m in r["mismatches"]]  # type: ignore[attr-defined]
     summary = {
         "seeds": len(results),
         "start": args.start,
@@ -105,6 +116,19 @@ def main(argv: list[str] | None = None) -> int:
         "iam_refusals": sum(int(r["iam_refusals"]) for r in results),  # type: ignore[call-overload]
         "freezes": sum(int(r["freezes"]) for r in results),  # type: ignore[call-overload]
         "holder_tag_seeds": sum(1 for r in results if r["holder_tag"]),
+        "egress_seeds": sum(1 for r in results if r["egress"]),
+        "egress_address_first_seeds": sum(1 for r in results if r["egress"] and r["egress_order"] == "address-first"),
+        "egress_mismatch_p50_s": round(percentile(mismatches, 0.50), 3),
+        "egress_mismatch_p99_s": round(percentile(mismatches, 0.99), 3),
+        "egress_mismatch_max_s": round(max(mismatches, default=0.0), 3),
+        "egress_mismatches_measured": len(mismatches),
+        "elastic_ip_moves": sum(int(r["address_changes"]) for r in results),  # type: ignore[call-overload]
+        "egress_mismatch_throttled_s": round(sum(float(r["mismatch_throttled"]) for r in results), 2),  # type: ignore[arg-type]
+        "egress_mismatch_throttled_seeds": sum(1 for r in results if float(r["mismatch_throttled"]) > 0),  # type: ignore[arg-type]
+        "last_resort_seeds": sum(1 for r in results if r["last_resort"]),
+        "last_resort_stays": sum(len(r["gateway_stays"]) for r in results),  # type: ignore[arg-type]
+        "last_resort_seeds_used": sum(1 for r in results if r["gateway_stays"]),
+        "last_resort_stay_max_s": round(max((float(s) for r in results for s in r["gateway_stays"]), default=0.0), 2),  # type: ignore[attr-defined]
         "max_cycle_s": round(max(float(r["max_cycle"]) for r in results), 3),  # type: ignore[arg-type]
         "failing_seeds": [r["seed"] for r in failing],
         "seconds": round(elapsed, 2),
@@ -131,6 +155,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{'outage during faults':<24}p50 {summary['outage_during_faults_p50_s']} s, "
         f"p99 {summary['outage_during_faults_p99_s']} s, max {summary['outage_during_faults_max_s']} s "
         f"({summary['outages_measured']} outages)"
+    )
+    print(
+        f"{'egress ip follows':<24}{summary['egress_seeds']} seeds ({summary['egress_address_first_seeds']} "
+        f"address-first), {summary['elastic_ip_moves']} Elastic IP moves; mismatch p50 "
+        f"{summary['egress_mismatch_p50_s']} s, p99 {summary['egress_mismatch_p99_s']} s, max "
+        f"{summary['egress_mismatch_max_s']} s ({summary['egress_mismatches_measured']} mismatches); not counted "
+        f"while AWS throttled the account's writes (and 4 s after): "
+        f"{summary['egress_mismatch_throttled_s']} s in {summary['egress_mismatch_throttled_seeds']} seeds"
+    )
+    print(
+        f"{'last-resort gateway':<24}{summary['last_resort_seeds']} seeds with one; used in "
+        f"{summary['last_resort_seeds_used']} ({summary['last_resort_stays']} stays, longest "
+        f"{summary['last_resort_stay_max_s']} s)"
     )
     print(f"{'late sends (reported)':<24}{summary['late_sends']}   IAM refusals: {summary['iam_refusals']}")
     print(f"{'freezes':<24}{summary['freezes']}   longest cycle: {summary['max_cycle_s']} s (time frozen excluded)")

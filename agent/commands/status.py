@@ -1,4 +1,4 @@
-"""``nat-ha status``: the group at a glance - members, health, owners, terms, EC2 routes.
+"""``nat-ha status``: the group at a glance - members, health, owners, terms, EC2 routes, Elastic IPs.
 
 Exit 0 when it lists no problem, 1 when it does (or AWS did not answer within ``--timeout``),
 2 for a bad config: scripts and monitoring can use the exit code alone.
@@ -59,6 +59,14 @@ def collect(config: Config, steps: Steps | None = None) -> dict[str, Any]:
     except Ec2Error as exc:
         ec2 = {}
         problems.append(str(exc))
+    follow = config.egress()
+    eips = {}
+    if follow:
+        steps.now = "reading the Elastic IPs from EC2"
+        try:
+            eips = rt.ec2.egress_ips(config.route_tables())
+        except Ec2Error as exc:
+            problems.append(str(exc))
     members = []
     for m in config.members:
         item = snapshot.members.get(m.instance_id)
@@ -93,19 +101,20 @@ def collect(config: Config, steps: Steps | None = None) -> dict[str, Any]:
             )
         if not live:
             problems.append(f"{rtb}: no live owner")
-        tables.append(
-            {
-                "route_table": rtb,
-                "home": config.home_of(rtb),
-                "pinned_to": pins.get(rtb, ""),
-                "owner": owner,
-                "owner_live": live,
-                "term": r.term if r else 0,
-                "ec2_target": ec2_target,
-                "ec2_state": target.state if target else "unknown",
-                "mismatch": mismatch,
-            }
-        )
+        row = {
+            "route_table": rtb,
+            "home": config.home_of(rtb),
+            "pinned_to": pins.get(rtb, ""),
+            "owner": owner,
+            "owner_live": live,
+            "term": r.term if r else 0,
+            "ec2_target": ec2_target,
+            "ec2_state": target.state if target else "unknown",
+            "mismatch": mismatch,
+        }
+        if rtb in follow:
+            row.update(_egress_row(rtb, eips.get(rtb), owner, problems))
+        tables.append(row)
     for bad in snapshot.bad_items:
         problems.append(f"bad item {bad.key}: {bad.problem}")
     return {
@@ -114,6 +123,24 @@ def collect(config: Config, steps: Steps | None = None) -> dict[str, Any]:
         "members": members,
         "route_tables": tables,
         "problems": problems,
+    }
+
+
+def _egress_row(rtb: str, seen: Any, owner: str, problems: list[str]) -> dict[str, Any]:
+    """Where ``rtb``'s Elastic IP sits and whether that is its holder's address for it (egress_ip = follow)."""
+    holder = seen.holder if seen is not None else "unknown"
+    ok = bool(owner) and holder == owner
+    if owner and not ok:
+        where = {"": "unassociated", "unknown": "unknown"}.get(holder, f"with {holder}")
+        ip = f" {seen.public_ip}" if seen is not None and seen.public_ip else ""
+        problems.append(
+            f"{rtb}: its Elastic IP{ip} is {where}, not on its holder {owner}'s address for it: "
+            "its traffic leaves without its own public address"
+        )
+    return {
+        "egress_ip": seen.public_ip if seen is not None else "",
+        "egress_holder": holder,
+        "egress_ok": ok,
     }
 
 
@@ -145,12 +172,19 @@ def render(status: dict[str, Any]) -> str:
         note = "draining" if m["draining"] else (m["detail"] or "")
         rows.append((m["instance_id"], m["az"] or "-", m["state"], health, age, ",".join(m["reaches"]) or "-", note))
     lines += [*_table(rows), ""]
-    rows = [("ROUTE TABLE", "HOME", "OWNER", "TERM", "EC2 ROUTES TO", "")]
+    egress = any("egress_ip" in t for t in status["route_tables"])
+    rows = [("ROUTE TABLE", "HOME", "OWNER", "TERM", "EC2 ROUTES TO", *(("EGRESS IP",) if egress else ()), "")]
     for t in status["route_tables"]:
         owner = (t["owner"] or "-") + ("" if t["owner_live"] or not t["owner"] else " (dead)")
         flag = "MISMATCH" if t["mismatch"] else ("pinned to " + t["pinned_to"] if t["pinned_to"] else "ok")
         ec2 = t["ec2_target"] + ("" if t["ec2_state"] in ("active", "unknown") else f" ({t['ec2_state']})")
-        rows.append((t["route_table"], t["home"], owner, str(t["term"]), ec2, flag))
+        eip: tuple[str, ...] = ()
+        if egress:
+            holder = t.get("egress_holder", "")
+            eip = (f"{t.get('egress_ip') or '-'} ({holder or 'unassociated'})" if "egress_ip" in t else "-",)
+            if "egress_ip" in t and not t["egress_ok"] and t["owner"] and flag == "ok":
+                flag = "EGRESS IP ELSEWHERE"
+        rows.append((t["route_table"], t["home"], owner, str(t["term"]), ec2, *eip, flag))
     lines += _table(rows)
     if status["problems"]:
         lines += ["", "problems:"] + [f"  - {p}" for p in status["problems"]]

@@ -20,7 +20,12 @@ here (research/aws-realism.md):
   instance is ``blackhole``; stop/start take seconds (``stopping``, ``pending``);
 * the IAM holder-tag policy (deploy/iam): when the scenario uses holder tags,
   AWS applies a route write only if the table's ``nat-ha:holder`` tag names the
-  caller when it processes the request; ``ec2_denied`` refuses one member's writes.
+  caller when it processes the request; ``ec2_denied`` refuses one member's writes;
+* Elastic IPs (egress_ip = follow): one per route table, associated with one
+  (network interface, private address); AssociateAddress is a mutating call like a
+  route write (same bucket, late landing, errors, ``ec2_denied``; the shipped policy
+  scopes it by group tags only, no holder tag), DescribeAddresses lags like
+  DescribeRouteTables (up to 50 ms, up to 1.5 s under ``ec2_stale``).
 """
 
 from __future__ import annotations
@@ -94,6 +99,9 @@ class SimCloud:
         self.w = world
         self.routes: dict[str, list[tuple[float, str]]] = {}  # table -> [(applied at, target)], "" = no route
         self.tags: dict[str, str] = {}  # table -> holder tag value
+        self.last_throttle = -1e9  # when AWS last answered a mutating call RequestLimitExceeded
+        # Elastic IPs: allocation id -> [(applied at, (eni, private address))], ("", "") = unassociated
+        self.addresses: dict[str, list[tuple[float, tuple[str, str]]]] = {}
         self.buckets = {
             "describe": Bucket(100, 20),
             "mutate": Bucket(50, 5),
@@ -113,6 +121,30 @@ class SimCloud:
     def target(self, table: str) -> str:
         return self.routes[table][-1][1]
 
+    def throttling(self, within: float) -> bool:
+        """AWS refused a mutating call for the account's bucket within the last ``within`` seconds."""
+        return self.w.k.now - self.last_throttle < within
+
+    def eip_holder(self, table: str) -> str:
+        """The member whose address for ``table`` holds its Elastic IP now ("" unassociated, "other:..." else)."""
+        e = self.w.egress.get(table)
+        if e is None:
+            return ""
+        eni, ip = self.addresses[e.allocation_id][-1][1]
+        return self.w.address_owner(table, eni, ip)
+
+    def view_address(self, allocation_id: str, lag: float) -> dict[str, Any]:
+        """The Elastic IP as a (possibly stale) DescribeAddresses shows it."""
+        hist = self.addresses[allocation_id]
+        eni, ip = hist[0][1]
+        for t, where in hist:
+            if t <= self.w.k.now - lag:
+                eni, ip = where
+        out: dict[str, Any] = {"AllocationId": allocation_id, "PublicIp": self.w.public_ip[allocation_id]}
+        if eni:
+            out.update(NetworkInterfaceId=eni, PrivateIpAddress=ip, AssociationId=f"eipassoc-{len(hist)}")
+        return out
+
     def view(self, table: str, lag: float, missing: bool) -> dict[str, Any]:
         """The route table as a (possibly stale) DescribeRouteTables shows it."""
         hist = self.routes[table]
@@ -122,7 +154,9 @@ class SimCloud:
                 seen = tgt
         local = {"DestinationCidrBlock": "10.0.0.0/16", "GatewayId": "local", "State": "active"}
         routes: list[dict[str, Any]] = [local]
-        if seen and not missing:
+        if seen.startswith("nat-") and not missing:  # the last-resort NAT gateway
+            routes.append({"DestinationCidrBlock": "0.0.0.0/0", "NatGatewayId": seen, "State": "active"})
+        elif seen and not missing:
             state = "active" if self.w.state.get(seen) == "running" else "blackhole"
             routes.append({"DestinationCidrBlock": "0.0.0.0/0", "InstanceId": seen, "State": state})
         return {"RouteTableId": table, "Routes": routes, "Tags": []}
@@ -213,6 +247,8 @@ class SimEc2Client:
 
         if not w.cloud.bucket(call.op).take(now):
             call.error = ("RequestLimitExceeded", "Request limit exceeded.")
+            if call.write:
+                w.cloud.last_throttle = now
             reply(now + back)
             return
         f = w.faulty("ec2_errors")
@@ -265,7 +301,11 @@ class SimEc2Client:
 
     def _route_write(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
         table = params["RouteTableId"]
-        target = params["InstanceId"]
+        target = (
+            params.get("InstanceId")
+            or params.get("NatGatewayId")
+            or self.w.eni_owner.get(params.get("NetworkInterfaceId", ""), "?")
+        )
 
         def serve(call: Call) -> dict[str, Any]:
             cloud = self.w.cloud
@@ -300,6 +340,38 @@ class SimEc2Client:
             return {}
 
         result: dict[str, Any] = self._request("CreateTags", params, True, serve)
+        return result
+
+    def describe_addresses(self, **params: Any) -> dict[str, Any]:
+        def serve(call: Call) -> dict[str, Any]:
+            stale = self.w.faulty("ec2_stale") is not None
+            out = []
+            for alloc in params["AllocationIds"]:
+                if alloc not in self.w.cloud.addresses:
+                    raise ClientError(
+                        {"Error": {"Code": "InvalidAllocationID.NotFound", "Message": alloc}}, "DescribeAddresses"
+                    )
+                lag = self.w.rng.uniform(0.0, EC2_STALE_MAX if stale else STALE_BASE)
+                out.append(self.w.cloud.view_address(alloc, lag))
+            return {"Addresses": out}
+
+        result: dict[str, Any] = self._request("DescribeAddresses", params, False, serve)
+        return result
+
+    def associate_address(self, **params: Any) -> dict[str, Any]:
+        alloc, eni, ip = params["AllocationId"], params["NetworkInterfaceId"], params["PrivateIpAddress"]
+
+        def serve(call: Call) -> dict[str, Any]:
+            if alloc not in self.w.cloud.addresses:
+                error = {"Error": {"Code": "InvalidAllocationID.NotFound", "Message": alloc}}
+                raise ClientError(error, "AssociateAddress")
+            if ip not in self.w.eni_addresses.get(eni, ()):
+                message = f"{ip} is not a private address of {eni}"
+                raise ClientError({"Error": {"Code": "InvalidParameterValue", "Message": message}}, "AssociateAddress")
+            self.w.write_address(call, alloc, eni, ip)
+            return {"AssociationId": f"eipassoc-{len(self.w.cloud.addresses[alloc])}"}
+
+        result: dict[str, Any] = self._request("AssociateAddress", params, True, serve)
         return result
 
     def describe_instances(self, **params: Any) -> dict[str, Any]:

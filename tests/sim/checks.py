@@ -14,6 +14,15 @@
 (c) Per fault, a table moves at most once plus one fail-back; a healthy NAT's home
     table never moves away from it unless an operator asked.
 (d) No healthy, heartbeating peer is stopped; restarts never exceed the cap.
+    The last-resort NAT gateway forwards; a table routed to it while a healthy member could
+    serve the table must come back within 3 s of counted time.
+(e) Egress follows the table (egress_ip = follow): while a table's route points at a NAT that
+    forwards, the table's Elastic IP sits on that NAT's address for the table, or is moved there
+    within 3 s (counted as (b)'s clock is, and not while AWS throttles the account's mutating calls
+    nor for the agent's longest back-off after it did: a group moving many tables at once drains
+    the bucket itself, and every move with egress costs two writes); an association that lands after one of a newer term
+    is a stray, overwritten within 1 s of its bound as in (a); a healthy NAT's home table keeps
+    its Elastic IP; an Elastic IP moves at most twice per fault. Every mismatch is measured.
 """
 
 from __future__ import annotations
@@ -22,12 +31,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from agent.cycle import THROTTLE_BACKOFF
 from tests.sim.aws import Call
 
 if TYPE_CHECKING:
     from tests.sim.world import World
 
 OUTAGE_LIMIT = 3.0
+LAST_RESORT_LIMIT = OUTAGE_LIMIT  # (b): back from the NAT gateway within this once a member can serve
+EGRESS_LIMIT = 3.0  # (e): a table's traffic leaves a forwarding NAT without its own Elastic IP at most this long
 STRAY_CORRECTION_LIMIT = 1.0
 HEALTHY_WINDOW = 5.0  # (c): a home table may not move while its home has been healthy this long
 
@@ -41,6 +53,7 @@ class Stray:
     bound: float
     newest_term: int
     corrected: float = -1.0
+    kind: str = "route"  # route | address (an Elastic IP association)
 
 
 @dataclass
@@ -50,6 +63,17 @@ class Outage:
     started: float
     counted: float = 0.0  # seconds during which a healthy member existed
     taker: str = ""  # a member that took the table but could not act: the clock restarted then
+
+
+@dataclass
+class Mismatch:
+    """(e): a table routed to a forwarding NAT whose address for the table does not hold its Elastic IP."""
+
+    table: str
+    target: str  # where the route points
+    started: float
+    counted: float = 0.0
+    owner: str = ""  # the lease holder when the clock (re)started
 
 
 @dataclass
@@ -64,6 +88,15 @@ class Checker:
     outages: dict[str, Outage] = field(default_factory=dict)
     outage_samples: list[float] = field(default_factory=list)
     route_changes: Counter[str] = field(default_factory=Counter)
+    address_changes: Counter[str] = field(default_factory=Counter)
+    newest_addr_term: dict[str, int] = field(default_factory=dict)  # table -> newest term whose association landed
+    newest_addr_target: dict[str, str] = field(default_factory=dict)
+    mismatches: dict[str, Mismatch] = field(default_factory=dict)
+    mismatch_samples: list[float] = field(default_factory=list)
+    mismatch_throttled: float = 0.0  # seconds of mismatch not counted: AWS throttled the account's writes
+    on_gateway: dict[str, float] = field(default_factory=dict)  # table -> seconds counted on the NAT gateway now
+    gateway_samples: list[float] = field(default_factory=list)  # every stay on the NAT gateway (all of it)
+    gateway_since: dict[str, float] = field(default_factory=dict)
     stops: int = 0
     starts: int = 0
     stop_races: int = 0
@@ -91,7 +124,10 @@ class Checker:
             item = w.store.raw_get(w.group, "restart#" + target) or {}
             holder = (str(item.get("owner", "")), str(item.get("owner_session", "")))
         else:
-            table = call.params.get("RouteTableId") or call.params["Resources"][0]
+            if call.op == "AssociateAddress":  # the table whose Elastic IP it is: its lease authorizes it
+                table = w.alloc_table[call.params["AllocationId"]]
+            else:
+                table = call.params.get("RouteTableId") or call.params["Resources"][0]
             item = w.store.raw_get(w.group, "route#" + table) or {}
             holder = (str(item.get("owner", "")), str(item.get("owner_session", "")))
             term = int(item.get("term", 0))
@@ -134,7 +170,7 @@ class Checker:
             self.newest_term[table] = term
             self.newest_target[table] = target
             for s in self.strays:
-                if s.table == table and s.corrected < 0:
+                if s.table == table and s.kind == "route" and s.corrected < 0:
                     s.corrected = now
                     late = now - s.bound
                     if late > STRAY_CORRECTION_LIMIT:
@@ -146,6 +182,50 @@ class Checker:
         if target != before:
             self.route_changes[table] += 1
             self._moved(table, before, target, call)
+
+    def address_applied(self, call: Call, table: str, holder: str, before: str) -> None:
+        """An association landed: (a)'s stray rule for it, (c)'s home rule, and its count for flapping."""
+        w = self.w
+        now = w.k.now
+        term = int(call.info.get("term", 0))
+        newest = self.newest_addr_term.get(table, 0)
+        if term < newest and holder != self.newest_addr_target.get(table, ""):
+            bound = max(now, call.deadline + w.sc.timing.ec2_apply_horizon)
+            self.strays.append(Stray(table, term, holder, now, bound, newest, kind="address"))
+            w.log(f"STRAY {call.process}: {table}'s Elastic IP -> {holder} (term {term}) landed under term {newest}")
+        elif term >= newest:
+            self.newest_addr_term[table] = term
+            self.newest_addr_target[table] = holder
+            for s in self.strays:
+                if s.table == table and s.kind == "address" and s.corrected < 0:
+                    s.corrected = now
+                    late = now - s.bound
+                    if late > STRAY_CORRECTION_LIMIT:
+                        self.violation(
+                            f"stray association of {table}'s Elastic IP (term {s.term} -> {s.target}) corrected "
+                            f"{late:.3f} s after its bound (limit {STRAY_CORRECTION_LIMIT} s)",
+                            "e",
+                        )
+        if holder != before:
+            self.address_changes[table] += 1
+            self._address_moved(table, before, holder, call)
+
+    def _address_moved(self, table: str, before: str, after: str, call: Call) -> None:
+        """(e): a healthy NAT's home table keeps its Elastic IP, as (c) keeps its route."""
+        w = self.w
+        home = w.homes[table]
+        if before != home or any(s.table == table and s.landed == w.k.now for s in self.strays):
+            return
+        since = self.healthy_since.get(home)
+        if since is None or w.k.now - since < HEALTHY_WINDOW or not w.healthy_member(home):
+            return
+        if w.operator_touched(home, table, HEALTHY_WINDOW):
+            return
+        self.violation(
+            f"{call.caller} moved {table}'s Elastic IP away from its home {home}, healthy for "
+            f"{w.k.now - since:.1f} s, to {after}",
+            "e",
+        )
 
     def tagged(self, call: Call, table: str, value: str) -> None:
         self.w.log(f"{call.process}: tagged {table} holder={value.rsplit('/', 1)[-1]}")
@@ -233,10 +313,80 @@ class Checker:
             if not bad and o is not None:
                 self.outage_samples.append(o.counted)
                 del self.outages[table]
+        for table in w.homes:
+            self._sample_gateway(table, dt, can_act)
+        throttled = bool(w.egress) and w.cloud.throttling(THROTTLE_BACKOFF[1])
+        for table in w.egress:
+            self._sample_egress(table, dt, can_act, throttled)
+
+    def _sample_gateway(self, table: str, dt: float, can_act: bool) -> None:
+        """(b) for the last resort: a table on the NAT gateway while a member could serve it comes back."""
+        w = self.w
+        now = w.k.now
+        on = w.cloud.target(table).startswith("nat-")
+        if not on:
+            if table in self.gateway_since:
+                self.gateway_samples.append(now - self.gateway_since.pop(table))
+                self.on_gateway.pop(table, None)
+            return
+        self.gateway_since.setdefault(table, now)
+        if not can_act:
+            return
+        counted = self.on_gateway.get(table, 0.0) + dt
+        self.on_gateway[table] = counted
+        limit = LAST_RESORT_LIMIT
+        if counted > limit >= counted - dt:
+            self.violation(
+                f"{table} has been on the last-resort NAT gateway {counted:.2f} s while a healthy member could "
+                f"serve it (limit {limit:.1f} s)",
+                "b",
+            )
+
+    def _sample_egress(self, table: str, dt: float, can_act: bool, throttled: bool) -> None:
+        """(e): the route's NAT forwards but its address for the table does not hold the table's Elastic IP."""
+        w = self.w
+        now = w.k.now
+        target = w.cloud.target(table)
+        # On the last-resort NAT gateway the table leaves with the gateway's address: not (e)'s business.
+        gateway = target.startswith("nat-")
+        wrong = bool(target) and not gateway and w.forwards(target) and w.cloud.eip_holder(table) != target
+        x = self.mismatches.get(table)
+        if x is not None and (not wrong or x.target != target):
+            self.mismatch_samples.append(x.counted)
+            del self.mismatches[table]
+            x = None
+        if not wrong:
+            return
+        item = w.store.raw_get(w.group, "route#" + table) or {}
+        owner = str(item.get("owner", ""))
+        if x is None:
+            x = self.mismatches[table] = Mismatch(table, target, now, owner=owner)
+        elif owner != x.owner and not w.healthy_member(owner):
+            # The member that took the table cannot act (a fault of its own): a second failure,
+            # with a clock of its own from now on, as in (b).
+            self.mismatch_samples.append(x.counted)
+            x = self.mismatches[table] = Mismatch(table, target, now, owner=owner)
+        if can_act and throttled:
+            self.mismatch_throttled += dt
+        elif can_act:
+            x.counted += dt
+            if x.counted > EGRESS_LIMIT and x.counted - dt <= EGRESS_LIMIT:
+                where = w.cloud.eip_holder(table) or "nobody"
+                self.violation(
+                    f"{table} routes to {target}, which forwards, but its Elastic IP has been with {where} for "
+                    f"{x.counted:.2f} s while a healthy member could act (limit {EGRESS_LIMIT} s)",
+                    "e",
+                )
 
     def finish(self) -> None:
         for o in self.outages.values():
             self.outage_samples.append(o.counted)
+        for x in self.mismatches.values():
+            self.mismatch_samples.append(x.counted)
+        for since in self.gateway_since.values():
+            self.gateway_samples.append(self.w.k.now - since)
         for s in self.strays:
-            if s.corrected < 0 and self.w.cloud.target(s.table) == s.target:
+            if s.kind == "route" and s.corrected < 0 and self.w.cloud.target(s.table) == s.target:
                 self.violation(f"stray write to {s.table} (term {s.term} -> {s.target}) never corrected", "a")
+            if s.kind == "address" and s.corrected < 0 and self.w.cloud.eip_holder(s.table) == s.target:
+                self.violation(f"stray association of {s.table}'s Elastic IP (term {s.term}) never corrected", "e")

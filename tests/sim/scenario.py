@@ -119,6 +119,10 @@ class Scenario:
     jitter: float = 0.1  # cycle interval jitter (fraction)
     holder_tag: bool = True  # agents tag tables and EC2 enforces the IAM holder-tag policy
     extra: dict[str, float] = field(default_factory=dict)
+    # egress_ip = follow: each table's Elastic IP follows it (invariant e); its takeover order.
+    egress: bool = False
+    egress_order: str = "route-first"
+    last_resort: bool = False  # ec2.last_resort_nat_gateway is set: a NAT gateway (always forwarding) exists
 
     @property
     def heal_time(self) -> float:
@@ -150,7 +154,9 @@ class Scenario:
 
     def describe(self) -> list[str]:
         lines = [
-            f"seed {self.seed}: members {', '.join(self.members)}; holder tags {'on' if self.holder_tag else 'off'}",
+            f"seed {self.seed}: members {', '.join(self.members)}; holder tags {'on' if self.holder_tag else 'off'}; "
+            f"egress ip {f'follows ({self.egress_order})' if self.egress else 'off'}; "
+            f"last-resort NAT gateway {'on' if self.last_resort else 'off'}",
             "  route tables: " + "; ".join(f"{m}: {', '.join(r)}" for m, r in self.route_tables.items()),
             "  clock rates: " + ", ".join(f"{m}={r:.4f}" for m, r in self.rates.items()),
             f"  faults ({len(self.faults)}):" + ("" if self.faults else " none"),
@@ -204,4 +210,18 @@ def draw(seed: int) -> Scenario:
         faults.append(Fault(kind, round(start, 3), duration, target, pair, rate, table, point))
     faults.sort(key=lambda f: (f.start, f.kind, f.target))
     holder_tag = rng.random() < 0.5
-    return Scenario(seed, members, tables, rates, tuple(faults), holder_tag=holder_tag)
+    # Drawn last, so every earlier draw (and so each seed's faults) is what it was before egress existed.
+    egress = rng.random() < 0.5
+    order = rng.choice(("route-first", "address-first"))
+    last_resort = rng.random() < 0.5
+    return Scenario(
+        seed,
+        members,
+        tables,
+        rates,
+        tuple(faults),
+        holder_tag=holder_tag,
+        egress=egress,
+        egress_order=order,
+        last_resort=last_resort,
+    )

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from botocore.exceptions import ClientError
 
 from agent.aws.ec2 import Ec2
-from agent.config import Config, Member, ProbeConfig
+from agent.config import Config, Ec2Config, EgressTable, Member, ProbeConfig
 from agent.cycle import Agent
 from agent.decide import PeerProbe
 from agent.service import ServiceLoop
@@ -47,6 +47,7 @@ from tests.sim.scenario import (
 )
 
 GROUP = "sim"
+GATEWAY = "nat-0sim"  # the last-resort NAT gateway: a managed service, it always forwards
 PROBE_DOWN_AFTER = 0.6  # 3 lost probes of 0.2 s
 PROBE_UP_AFTER = 0.2
 STORE_LATENCY = (0.001, 0.006)  # per half call
@@ -126,6 +127,10 @@ class Result:
     freezes_triggered: int = 0
     by_invariant: dict[str, int] = field(default_factory=dict)
     max_cycle: float = 0.0
+    egress_mismatches: list[float] = field(default_factory=list)  # (e): seconds counted per mismatch
+    address_changes: dict[str, int] = field(default_factory=dict)
+    mismatch_throttled: float = 0.0
+    gateway_stays: list[float] = field(default_factory=list)  # seconds each table spent on the NAT gateway
 
     @property
     def ok(self) -> bool:
@@ -161,7 +166,30 @@ class World:
         if problems:
             raise ValueError(f"the simulated timing is not a valid configuration: {problems}")
         self.homes = {rt: m for m, rts in sc.route_tables.items() for rt in rts}
-        self.members = tuple(Member(m, f"10.0.{i}.10", sc.route_tables[m]) for i, m in enumerate(sc.members))
+        eni = {m: f"eni-{m[2:]}" if sc.egress else "" for m in sc.members}
+        self.members = tuple(
+            Member(m, f"10.0.{i}.10", sc.route_tables[m], eni=eni[m]) for i, m in enumerate(sc.members)
+        )
+        # egress_ip = follow: one Elastic IP per table; every member has an address for every table
+        # on its ENI (assigned ahead of time, as the stacks do); a home's first table uses its primary.
+        self.egress: dict[str, EgressTable] = {}
+        self.public_ip: dict[str, str] = {}  # allocation id -> public address
+        self.alloc_table: dict[str, str] = {}
+        self.eni_owner = {e: m for m, e in eni.items() if e}
+        self.eni_addresses: dict[str, set[str]] = {e: {f"10.0.{i}.10"} for i, e in enumerate(eni.values()) if e}
+        if sc.egress:
+            for k, rt in enumerate(sorted(self.homes, key=lambda r: int(r.split("-")[1]))):
+                home = self.homes[rt]
+                addresses = []
+                for i, m in enumerate(sc.members):
+                    primary = m == home and sc.route_tables[m][0] == rt
+                    addr = f"10.0.{i}.10" if primary else f"10.0.{i}.{100 + k}"
+                    addresses.append((m, addr))
+                    self.eni_addresses[eni[m]].add(addr)
+                alloc = f"eipalloc-{k}"
+                self.egress[rt] = EgressTable(rt, alloc, (f"10.100.{k}.0/24",), tuple(addresses))
+                self.public_ip[alloc] = f"203.0.113.{10 + k}"
+                self.alloc_table[alloc] = rt
         self.state: dict[str, str] = dict.fromkeys(sc.members, "running")
         self.hung: set[str] = set()  # nat_down
         self.broken: set[str] = set()  # dataplane_down
@@ -183,6 +211,8 @@ class World:
         self.cloud = SimCloud(self)
         for rt, home in self.homes.items():
             self.cloud.routes[rt] = [(-1e9, home)]
+        for rt, e in self.egress.items():  # each table's Elastic IP starts on its home's address for it
+            self.cloud.addresses[e.allocation_id] = [(-1e9, (eni[self.homes[rt]], e.address(self.homes[rt])))]
         self.checker = Checker(self)
         self.checker.newest_target.update(self.homes)
         self.reach: dict[tuple[str, str], tuple[bool, float]] = {}
@@ -228,6 +258,8 @@ class World:
 
     def forwards(self, iid: str) -> bool:
         """The NAT carries its subnets' traffic to the internet."""
+        if iid == GATEWAY:
+            return self.sc.last_resort
         return (
             self.state.get(iid) == "running"
             and iid not in self.hung
@@ -434,6 +466,25 @@ class World:
         if before != target:
             self.log(f"{call.process}: EC2 {table}: {before} -> {target} (term {call.info.get('term', '?')})")
 
+    def address_owner(self, table: str, eni: str, ip: str) -> str:
+        """The member whose address for ``table`` is (eni, ip); "" when unassociated, "other:..." else."""
+        if not eni:
+            return ""
+        owner = self.eni_owner.get(eni, "")
+        e = self.egress.get(table)
+        if owner and e is not None and e.address(owner) == ip:
+            return owner
+        return f"other:{eni}/{ip}"
+
+    def write_address(self, call: Call, alloc: str, eni: str, ip: str) -> None:
+        table = self.alloc_table[alloc]
+        before = self.cloud.eip_holder(table)
+        self.cloud.addresses[alloc].append((self.k.now, (eni, ip)))
+        after = self.cloud.eip_holder(table)
+        self.checker.address_applied(call, table, after, before)
+        if before != after:
+            self.log(f"{call.process}: EC2 {table} Elastic IP: {before} -> {after} (term {call.info.get('term', '?')})")
+
     def stop_instance(self, call: Call, target: str) -> None:
         if self.state[target] in ("stopping", "stopped"):
             return
@@ -474,7 +525,18 @@ class World:
             heir = next(x for x in ids[i + 1 :] + ids[:i] if x not in lacks)
             extra = self.sc.route_tables[gone]
             members = [replace(m, route_tables=m.route_tables + extra) if m.instance_id == heir else m for m in members]
-        return Config(group=GROUP, instance_id=iid, members=tuple(members), timing=self.t)
+        egress = tuple(self.egress.values())
+        follow = "follow" if self.sc.egress else "off"
+        return Config(
+            group=GROUP,
+            instance_id=iid,
+            members=tuple(members),
+            timing=self.t,
+            egress_ip=follow,
+            egress_order=self.sc.egress_order,
+            egress_tables=egress,
+            ec2=Ec2Config(last_resort_nat_gateway=GATEWAY if self.sc.last_resort else ""),
+        )
 
     def _spawn(self, iid: str, why: str, *, main: bool = True, once: bool = False) -> Running:
         self.incarnations[iid] += 1
@@ -484,7 +546,7 @@ class World:
         config = self.config_of(iid)
         coordinator = Coordinator(self.store, GROUP, iid, clock, self.t.lease, token_factory=self.token)
         client = SimEc2Client(self, iid, name)
-        ec2 = Ec2("sim", client=client, members={m.instance_id: m for m in config.members})
+        ec2 = Ec2("sim", client=client, members={m.instance_id: m for m in config.members}, egress=config.egress())
         agent = Agent(
             config,
             coordinator,
@@ -740,6 +802,8 @@ class World:
                 problems.append(f"the route item is held by {r and r.get('owner')}, not {target}'s session")
             elif m is None or m.get("state") != MEMBER_ALIVE or m.get("session") != session.session:
                 problems.append(f"{target}'s member item is not its live session")
+            if rt in self.egress and self.cloud.eip_holder(rt) != target:
+                problems.append(f"its Elastic IP is with {self.cloud.eip_holder(rt) or 'nobody'}, not {target}")
             if problems:
                 out.append(f"{rt} " + "; ".join(problems))
         return out
@@ -751,9 +815,12 @@ class World:
             changes = self.checker.route_changes[rt]
             if changes > 2 * nfaults:
                 self.checker.violation(f"{rt} changed {changes} times for {nfaults} faults (flapping)", "c")
+            moves = self.checker.address_changes[rt]
+            if moves > 2 * nfaults:
+                self.checker.violation(f"{rt}'s Elastic IP moved {moves} times for {nfaults} faults (flapping)", "e")
         for problem in self.live_problems():
             self.checker.violation(f"not back to normal within the bound after the faults: {problem}", "b")
-        moved = sum(self.checker.route_changes.values())
+        moved = sum(self.checker.route_changes.values()) + sum(self.checker.address_changes.values())
         if nfaults == 0 and (moved or self.checker.stops or self.checker.starts):
             self.checker.violation(f"no faults, yet {moved} route changes, {self.checker.stops} stops", "c")
 
@@ -847,6 +914,10 @@ def run(sc: Scenario, end: float | None = None) -> Result:
         world.freezes_triggered,
         dict(c.by_invariant),
         c.max_cycle,
+        c.mismatch_samples,
+        dict(c.address_changes),
+        c.mismatch_throttled,
+        c.gateway_samples,
     )
 
 

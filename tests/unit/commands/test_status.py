@@ -141,3 +141,72 @@ def test_an_endpoint_that_never_answers_is_given_up_after_timeout(tmp_path: Path
 def test_timeout_must_be_positive_seconds(value: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(["status", "--timeout", value, "--config", "/nonexistent.toml"], capsys)
     assert code == 2 and err == "nat-ha status: --timeout must be a number of seconds > 0\n"
+
+
+def test_each_tables_elastic_ip_and_whether_it_sits_with_its_holder(
+    moto_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """egress_ip = follow: the EGRESS IP column and JSON fields; an EIP off its holder's address is a problem.
+
+    moto ignores AssociateAddress's PrivateIpAddress (it reports the interface's primary address), so
+    the addresses that hold an EIP here are primary ones.
+    """
+    from coordinator.clock import FakeClock
+    from coordinator.dynamo import DynamoStore
+    from coordinator.items import Health
+    from coordinator.leases import Coordinator
+
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=moto_url)
+    vpc = ec2.create_vpc(CidrBlock="10.8.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.8.1.0/24")["Subnet"]["SubnetId"]
+    insts = ec2.run_instances(ImageId="ami-12c6146b", MinCount=2, MaxCount=2, SubnetId=subnet)["Instances"]
+    (a, ip_a, eni_a), (b, ip_b, eni_b) = (
+        (i["InstanceId"], i["PrivateIpAddress"], i["NetworkInterfaces"][0]["NetworkInterfaceId"]) for i in insts
+    )
+    rtb_a, rtb_b = (ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"] for _ in range(2))
+    ec2.create_route(RouteTableId=rtb_a, DestinationCidrBlock="0.0.0.0/0", NetworkInterfaceId=eni_a)
+    ec2.create_route(RouteTableId=rtb_b, DestinationCidrBlock="0.0.0.0/0", NetworkInterfaceId=eni_b)
+    eip_a, eip_b = (ec2.allocate_address(Domain="vpc") for _ in range(2))
+    ec2.associate_address(AllocationId=eip_a["AllocationId"], NetworkInterfaceId=eni_a, PrivateIpAddress=ip_a)
+    ec2.associate_address(AllocationId=eip_b["AllocationId"], NetworkInterfaceId=eni_a, PrivateIpAddress=ip_a)
+    settings = DynamoSettings(table="t-egress", region=REGION, endpoint_url=moto_url)
+    list(init_table(settings))
+    store = DynamoStore(settings)
+    for who, rtb in ((a, rtb_a), (b, rtb_b)):
+        c = Coordinator(store, "egress", who, FakeClock(), 600.0)
+        c.start_session(Health(True, {}))
+        c.claim_route(rtb, None, who)
+    path = _config(
+        tmp_path,
+        f'group = "egress"\nregion = "{REGION}"\negress_ip = "follow"\n\n'
+        f'[store]\ntable = "t-egress"\nendpoint_url = "{moto_url}"\n\n[ec2]\nendpoint_url = "{moto_url}"\n\n'
+        f'[[members]]\ninstance_id = "{a}"\naddress = "{ip_a}"\neni = "{eni_a}"\nroute_tables = ["{rtb_a}"]\n\n'
+        f'[[members]]\ninstance_id = "{b}"\naddress = "{ip_b}"\neni = "{eni_b}"\nroute_tables = ["{rtb_b}"]\n\n'
+        f'[[egress.tables]]\nroute_table = "{rtb_a}"\nallocation_id = "{eip_a["AllocationId"]}"\n'
+        f'subnets = ["10.8.11.0/24"]\naddresses = {{ "{a}" = "{ip_a}", "{b}" = "10.8.1.202" }}\n\n'
+        f'[[egress.tables]]\nroute_table = "{rtb_b}"\nallocation_id = "{eip_b["AllocationId"]}"\n'
+        f'subnets = ["10.8.12.0/24"]\naddresses = {{ "{a}" = "10.8.1.201", "{b}" = "{ip_b}" }}\n',
+    )
+    code, out, err = _run(["status", "--json", "--config", str(path)], capsys)
+    assert code == 1, err
+    status = json.loads(out)
+    rows = {t["route_table"]: t for t in status["route_tables"]}
+    assert (rows[rtb_a]["egress_ip"], rows[rtb_a]["egress_holder"], rows[rtb_a]["egress_ok"]) == (
+        eip_a["PublicIp"],
+        a,
+        True,
+    )
+    # rtb-b's EIP sits on a's primary address, which is not a's address for rtb-b (10.8.1.201).
+    assert rows[rtb_b]["egress_holder"] == f"other:{eni_a}/{ip_a}" and rows[rtb_b]["egress_ok"] is False
+    assert status["problems"] == [
+        f"{rtb_b}: its Elastic IP {eip_b['PublicIp']} is with other:{eni_a}/{ip_a}, not on its holder {b}'s "
+        "address for it: its traffic leaves without its own public address"
+    ]
+    code, out, _ = _run(["status", "--config", str(path)], capsys)
+    assert code == 1
+    line_a = next(x for x in out.splitlines() if x.startswith(rtb_a))
+    line_b = next(x for x in out.splitlines() if x.startswith(rtb_b))
+    assert f"{eip_a['PublicIp']} ({a})" in line_a and line_a.rstrip().endswith("ok")
+    assert line_b.rstrip().endswith("EGRESS IP ELSEWHERE")
+    header = next(x for x in out.splitlines() if x.startswith("ROUTE TABLE"))
+    assert header.split() == ["ROUTE", "TABLE", "HOME", "OWNER", "TERM", "EC2", "ROUTES", "TO", "EGRESS", "IP"]

@@ -20,6 +20,7 @@ REQUIRED_ALERTS = {
     "NatHaRouteTableNoLiveOwner",
     "NatHaSplitBrain",
     "NatHaEc2RouteMismatch",
+    "NatHaEgressIpNotWithHolder",
     "NatHaLeaseRenewalsFailing",
     "NatHaPeerRestartLoop",
     "NatHaSelfCheckFailing",

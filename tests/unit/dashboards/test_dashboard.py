@@ -76,6 +76,10 @@ def test_required_panels_are_there() -> None:
         "nat_ha_agent_up",
         "nat_ha_decision",
         "nat_ha_bad_items",
+        "nat_ha_route_table_egress_ok",
+        "nat_ha_route_table_egress_ip_info",
+        "nat_ha_egress_ip_moves_total",
+        "nat_ha_egress_ip_move_duration_seconds_bucket",
     ):
         assert needle in exprs, needle
     types = {p["type"] for p in promql.iter_panels(DASH)}
