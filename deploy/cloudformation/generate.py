@@ -8,6 +8,7 @@ this file, then re-run; tests run --check.
 """
 
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -45,7 +46,13 @@ def policy_yaml(n):
             for op, blk in st["Condition"].items():
                 out.append(f"      {op}:")
                 for k, v in blk.items():
-                    out.append(f"        {k}: !Sub '{v}'")
+                    if isinstance(v, list):
+                        out.append(f"        {k}:")
+                        out += [f"          - '{x}'" for x in v]
+                    elif re.search(r"\$\{[^!]", v):
+                        out.append(f"        {k}: !Sub '{v}'")
+                    else:  # only IAM policy variables (${!x} in Fn::Sub's escape): a plain string
+                        out.append(f"        {k}: '{v.replace('${!', '${')}'")
     return ind("\n".join(out) + "\n", n)
 
 
@@ -119,10 +126,39 @@ COMMON_PARAMS = """  NatHaGroup:
     Default: 5
     MinValue: 1
     Description: Write capacity units (PROVISIONED only). About 1.5 x group size writes per second at default timing.
+  MetricsListen:
+    Type: String
+    Default: '127.0.0.1:9510'
+    AllowedValues: ['127.0.0.1:9510', '0.0.0.0:9510', '']
+    Description: >-
+      Where each agent serves /metrics ([metrics] listen in its config). 127.0.0.1:9510 - on the NAT only;
+      0.0.0.0:9510 - for a Prometheus elsewhere (the security group admits the private subnets and the
+      MetricsScrape* sources only); empty - no endpoint.
+  MetricsScrapeCidr:
+    Type: String
+    Default: ''
+    AllowedPattern: '^$|^(\d{1,3}\.){3}\d{1,3}/\d{1,2}$'
+    Description: Optional CIDR of Prometheus servers allowed to scrape TCP 9510 (needs MetricsListen 0.0.0.0:9510). Empty - none.
+  MetricsScrapeSecurityGroupId:
+    Type: String
+    Default: ''
+    AllowedPattern: '^$|^sg-[0-9a-f]{8,17}$'
+    Description: Optional security group of Prometheus servers allowed to scrape TCP 9510 (same VPC or a peered one; needs MetricsListen 0.0.0.0:9510). Empty - none.
+"""
+
+METRICS_RULES = """Rules:
+  ScrapersNeedAnOpenEndpoint:
+    RuleCondition: !Or [!Not [!Equals [!Ref MetricsScrapeCidr, '']], !Not [!Equals [!Ref MetricsScrapeSecurityGroupId, '']]]
+    Assertions:
+      - Assert: !Equals [!Ref MetricsListen, '0.0.0.0:9510']
+        AssertDescription: MetricsScrapeCidr and MetricsScrapeSecurityGroupId need MetricsListen 0.0.0.0:9510 (the agent listens on loopback only otherwise).
+
 """
 
 COMMON_CONDITIONS = """  ThreeAzs: !Equals [!Ref AzCount, 3]
   Provisioned: !Equals [!Ref TableBillingMode, PROVISIONED]
+  ScrapeFromCidr: !Not [!Equals [!Ref MetricsScrapeCidr, '']]
+  ScrapeFromSecurityGroup: !Not [!Equals [!Ref MetricsScrapeSecurityGroupId, '']]
 """
 
 
@@ -203,6 +239,28 @@ def common_resources(ingress_cidrs):
       ToPort: -1
       Description: peer probes between nat-ha agents
 
+  NatMetricsFromCidr:
+    Type: AWS::EC2::SecurityGroupIngress
+    Condition: ScrapeFromCidr
+    Properties:
+      GroupId: !Ref NatSecurityGroup
+      CidrIp: !Ref MetricsScrapeCidr
+      IpProtocol: tcp
+      FromPort: 9510
+      ToPort: 9510
+      Description: Prometheus scrapes the nat-ha agents (MetricsScrapeCidr)
+
+  NatMetricsFromSecurityGroup:
+    Type: AWS::EC2::SecurityGroupIngress
+    Condition: ScrapeFromSecurityGroup
+    Properties:
+      GroupId: !Ref NatSecurityGroup
+      SourceSecurityGroupId: !Ref MetricsScrapeSecurityGroupId
+      IpProtocol: tcp
+      FromPort: 9510
+      ToPort: 9510
+      Description: Prometheus scrapes the nat-ha agents (MetricsScrapeSecurityGroupId)
+
   NatLaunchTemplate:
     Type: AWS::EC2::LaunchTemplate
     Properties:
@@ -249,7 +307,9 @@ Parameters:
     AllowedPattern: '^(\\d{1,3}\\.){3}\\d{1,3}/(1[6-9]|2[0-4])$'
     Description: VPC CIDR (/16 to /24); split into /20-ish subnets with Fn::Cidr (6 subnets).
 
-Conditions:
+"""
+    + METRICS_RULES
+    + """Conditions:
 """
     + COMMON_CONDITIONS
     + """
@@ -433,7 +493,9 @@ Parameters:
       true - also create 0.0.0.0/0 -> NAT in each private route table (fails if one already has a default
       route); false - point them yourself (aws ec2 replace-route, see deploy/README.md).
 
-Conditions:
+"""
+    + METRICS_RULES
+    + """Conditions:
 """
     + COMMON_CONDITIONS
     + """  CreateRoutes: !Equals [!Ref CreateDefaultRoutes, 'true']

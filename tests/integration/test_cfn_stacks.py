@@ -228,10 +228,25 @@ def user_data(server: ServerProcess, stack: dict[str, Any]) -> str:
 
 
 def written_file(script: str, path: str) -> str:
-    """What ``script`` writes to ``path`` with a quoted here-document (cat > PATH <<'END' ... END)."""
-    m = re.search(rf"^cat >\s*{re.escape(path)}\s*<<-?\s*'(\w+)'\n(.*?)^\1$", script, re.M | re.S)
-    assert m, f"the user data writes no {path} with a quoted here-document (did the bootstrap change?)"
-    return m.group(2)
+    """What ``script`` writes to ``path`` with a here-document (cat > PATH <<END ... END).
+
+    An unquoted one has its ``$NAME`` expanded from the script's ``NAME='value'`` lines (the
+    bootstrap's first block, which Fn::Sub filled in); any other expansion fails the test.
+    """
+    m = re.search(rf"^cat >\s*{re.escape(path)}\s*<<-?\s*('?)(\w+)\1\n(.*?)^\2$", script, re.M | re.S)
+    assert m, f"the user data writes no {path} with a here-document (did the bootstrap change?)"
+    body = m.group(3)
+    if m.group(1):
+        return body
+    values = dict(re.findall(r"^([A-Z_]+)='([^'$]*)'$", script, re.M))
+
+    def expand(ref: re.Match[str]) -> str:
+        assert ref.group(1) in values, f"{path}: ${ref.group(1)} is not set by the bootstrap's first block"
+        return values[ref.group(1)]
+
+    expanded = re.sub(r"\$\{?([A-Z_]+)\}?", expand, body)
+    assert "$(" not in expanded and "`" not in expanded, f"{path}: a command substitution the test cannot run"
+    return expanded
 
 
 def status(server: ServerProcess, config: Path) -> tuple[int, dict[str, Any], str]:
