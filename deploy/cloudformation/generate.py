@@ -137,7 +137,7 @@ COMMON_PARAMS = """  NatHaGroup:
   MetricsScrapeCidr:
     Type: String
     Default: ''
-    AllowedPattern: '^$|^(\d{1,3}\.){3}\d{1,3}/\d{1,2}$'
+    AllowedPattern: '^$|^(\\d{1,3}\\.){3}\\d{1,3}/\\d{1,2}$'
     Description: Optional CIDR of Prometheus servers allowed to scrape TCP 9510 (needs MetricsListen 0.0.0.0:9510). Empty - none.
   MetricsScrapeSecurityGroupId:
     Type: String
