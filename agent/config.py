@@ -27,6 +27,7 @@ DEFAULT_PATH = "/etc/nat-ha/config.toml"
 INSTANCE_RE = re.compile(r"^i-[0-9a-zA-Z]{1,32}$")
 RTB_RE = re.compile(r"^rtb-[0-9a-zA-Z]{1,32}$")
 ENI_RE = re.compile(r"^eni-[0-9a-zA-Z]{1,32}$")
+EIPALLOC_RE = re.compile(r"^eipalloc-[0-9a-zA-Z]{1,32}$")
 GROUP_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 TABLE_RE = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 
@@ -78,15 +79,51 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "instances tagged nat-ha:group=<group>, route tables tagged nat-ha:group=<group> and "
             "nat-ha:home=<instance id>.",
         ),
+        "egress_ip": Key(
+            str,
+            "off",
+            "follow: each route table's Elastic IP follows the table - its holder keeps it associated with its own "
+            "address for that table ([[egress.tables]]), so the table's traffic leaves with the same public IP "
+            "after a failover, a drain or a fail-back; off: the agent never touches Elastic IPs.",
+            choices=("off", "follow"),
+        ),
+        "egress_order": Key(
+            str,
+            "route-first",
+            "With egress_ip = follow, what a taker writes first: route-first (the route, then the Elastic IP) or "
+            "address-first (the Elastic IP, then the route). Either way no packet leaves with another table's "
+            "address; a failed association never holds the route back.",
+            choices=("route-first", "address-first"),
+        ),
     },
     "members": {
         "instance_id": Key(str, None, "The member's instance id. Required."),
         "address": Key(str, "", "Address its peers probe (its private IP). Required unless discovered from tags."),
         "route_tables": Key(list, [], "Route tables whose home is this member (served by it when healthy)."),
-        "eni": Key(str, "", "Point routes at this network interface instead of the instance id (optional)."),
+        "eni": Key(
+            str,
+            "",
+            "Point routes at this network interface instead of the instance id (optional); required with "
+            "egress_ip = follow: the Elastic IPs are associated with addresses of this interface.",
+        ),
         "az": Key(str, "", "Availability zone (informational)."),
         "probe_port": Key(
             int, 0, "TCP probe port of this member, overriding probe.tcp_port (0: use probe.tcp_port).", minimum=0
+        ),
+    },
+    # One [[egress.tables]] entry per route table (egress_ip = follow); parsed by _egress_tables.
+    "egress": {
+        "route_table": Key(str, None, "The route table whose Elastic IP this is. Required."),
+        "allocation_id": Key(str, None, "The table's Elastic IP (eipalloc-...). Required."),
+        "subnets": Key(
+            list, [], "The private subnets (CIDRs) that use the table: setup-nat SNATs them to this table's address."
+        ),
+        "addresses": Key(
+            dict,
+            None,
+            'Per member, { "i-..." = "10.0.1.21", ... }: the private address on that member\'s ENI that carries this '
+            "table's traffic and, while that member serves the table, its Elastic IP (the home member may use its "
+            "primary address). Required.",
         ),
     },
     "store": {
@@ -252,6 +289,20 @@ class Member:
 
 
 @dataclass(frozen=True)
+class EgressTable:
+    """One route table's Elastic IP and, per member, the private address that carries the table's traffic."""
+
+    route_table: str
+    allocation_id: str
+    subnets: tuple[str, ...] = ()
+    addresses: tuple[tuple[str, str], ...] = ()  # (instance id, private address), in config order
+
+    def address(self, instance: str) -> str:
+        """The private address of ``instance`` for this table ("" if the config gives none)."""
+        return next((a for i, a in self.addresses if i == instance), "")
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     table: str = "nat-ha"
     endpoint_url: str = ""
@@ -371,6 +422,17 @@ class Config:
     metrics_listen: str = "127.0.0.1:9510"
     log_format: str = "plain"
     log_level: str = "info"
+    egress_ip: str = "off"
+    egress_order: str = "route-first"
+    egress_tables: tuple[EgressTable, ...] = ()
+
+    @property
+    def egress_follow(self) -> bool:
+        return self.egress_ip == "follow"
+
+    def egress(self) -> dict[str, EgressTable]:
+        """Route table -> its [[egress.tables]] entry, when egress_ip = follow (else empty)."""
+        return {e.route_table: e for e in self.egress_tables} if self.egress_follow else {}
 
     def member(self, instance_id: str) -> Member | None:
         return next((m for m in self.members if m.instance_id == instance_id), None)
@@ -384,7 +446,14 @@ class Config:
 
 # ------------------------------------------------------------------ parsing
 def _type_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", bool: "true or false", int: "a whole number", float: "a number", list: "a list"}
+    names = {
+        str: "a string",
+        bool: "true or false",
+        int: "a whole number",
+        float: "a number",
+        list: "a list",
+        dict: "a table",
+    }
     if isinstance(kind, tuple):
         return " or ".join(names.get(k, k.__name__) for k in kind)
     return names.get(kind, kind.__name__)
@@ -409,6 +478,9 @@ def _check_value(path: str, key: Key, value: Any, problems: list[str]) -> Any:
         return key.default
     if isinstance(value, list) and not all(isinstance(v, str) for v in value):
         problems.append(f"{path}: must be a list of strings")
+        return key.default
+    if isinstance(value, dict) and not all(isinstance(v, str) for v in value.values()):
+        problems.append(f"{path}: every value must be a string")
         return key.default
     return value
 
@@ -491,6 +563,126 @@ def _two_homes(members: tuple[Member, ...]) -> list[str]:
     return out
 
 
+def _egress_tables(raw: Any, problems: list[str]) -> tuple[EgressTable, ...]:
+    """The [[egress.tables]] entries, each checked on its own (cross checks: :func:`egress_problems`)."""
+    if not isinstance(raw, dict):
+        problems.append(f"egress: must be a table of [[egress.tables]] entries, got {type(raw).__name__}")
+        return ()
+    for name in raw:
+        if name != "tables":
+            hint = " (did you mean 'tables'?)" if difflib.get_close_matches(name, ["tables"], n=1) else ""
+            problems.append(f"egress.{name}: unknown key{hint}")
+    entries = raw.get("tables", [])
+    if not isinstance(entries, list):
+        problems.append("egress.tables: must be an array of tables ([[egress.tables]])")
+        return ()
+    out = []
+    for i, entry in enumerate(entries):
+        path = f"egress.tables[{i}]"
+        values = _section(path, entry, SCHEMA["egress"], problems)
+        rt, alloc = values["route_table"], values["allocation_id"]
+        if rt and not RTB_RE.match(rt):
+            problems.append(f"{path}.route_table: {shown(rt)} is not a route table id (rtb-...)")
+        if alloc and not EIPALLOC_RE.match(alloc):
+            problems.append(f"{path}.allocation_id: {shown(alloc)} is not an Elastic IP allocation id (eipalloc-...)")
+        subnets = []
+        for net in values["subnets"]:
+            try:
+                subnets.append(str(ipaddress.ip_network(net, strict=True)))
+            except ValueError as exc:
+                problems.append(f"{path}.subnets: {shown(net)} is not a subnet (CIDR): {exc}")
+        addresses = []
+        for iid, addr in (values["addresses"] or {}).items():
+            if not INSTANCE_RE.match(iid):
+                problems.append(f"{path}.addresses: {shown(iid)} is not an instance id (i-...)")
+                continue
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                problems.append(f"{path}.addresses: {iid} = {shown(addr)} is not an IP address")
+                continue
+            addresses.append((iid, addr))
+        out.append(EgressTable(rt, alloc, tuple(subnets), tuple(addresses)))
+    return tuple(out)
+
+
+def egress_problems(config: Config) -> list[str]:
+    """What keeps ``egress_ip = "follow"`` from working with these members and [[egress.tables]] (one line each).
+
+    Checked at load time with [[members]], and after discovery with ``members_from_tags``.
+    """
+    if not config.egress_follow:
+        return []
+    out: list[str] = []
+    tables = config.egress_tables
+    members = config.members
+    homes = {rt: m.instance_id for m in members for rt in m.route_tables}
+    ids = [m.instance_id for m in members]
+    seen: dict[str, int] = {}
+    allocs: dict[str, int] = {}
+    for i, e in enumerate(tables):
+        path = f"egress.tables[{i}]"
+        if e.route_table in seen:
+            first = seen[e.route_table]
+            out.append(f"{path}.route_table: {e.route_table} is listed twice (also egress.tables[{first}])")
+        elif e.route_table and members and e.route_table not in homes:
+            out.append(f"{path}.route_table: {e.route_table} is not a route table of any member")
+        seen.setdefault(e.route_table, i)
+        if e.allocation_id in allocs:
+            first = allocs[e.allocation_id]
+            out.append(
+                f"{path}.allocation_id: {e.allocation_id} is also the Elastic IP of egress.tables[{first}]: "
+                "each table needs its own"
+            )
+        allocs.setdefault(e.allocation_id, i)
+        if not e.subnets:
+            out.append(f'{path}.subnets: required with egress_ip = "follow" (the private subnets that use the table)')
+    for rt, home in homes.items():
+        if rt not in seen:
+            out.append(
+                f'egress.tables: no entry for {rt} (home of {home}); egress_ip = "follow" needs one per route table'
+            )
+    for j, m in enumerate(members):
+        if not m.eni:
+            where = f"members[{j}]" if not config.members_from_tags else f"members ({m.instance_id})"
+            out.append(f'{where}.eni: required with egress_ip = "follow" (its Elastic IPs sit on this interface)')
+    nets = [(i, e.route_table, ipaddress.ip_network(n)) for i, e in enumerate(tables) for n in e.subnets]
+    for a in range(len(nets)):
+        for b in range(a + 1, len(nets)):
+            (i, rt_i, n_i), (j, _, n_j) = nets[a], nets[b]
+            if n_i.overlaps(n_j):
+                out.append(
+                    f"egress.tables[{j}].subnets: {n_j} overlaps {n_i} of {rt_i or f'egress.tables[{i}]'}: "
+                    "a packet would match two tables' SNAT rules"
+                )
+    mine: dict[tuple[str, str], str] = {}  # (member, address) -> the route table it serves
+    owner = {m.address: m.instance_id for m in members if m.address}  # address -> the member whose ENI has it
+    for i, e in enumerate(tables):
+        path = f"egress.tables[{i}].addresses"
+        given = dict(e.addresses)
+        for iid in ids:
+            if iid not in given:
+                out.append(f"{path}: no address for member {iid}")
+        for iid, addr in e.addresses:
+            if members and iid not in ids:
+                out.append(f"{path}: {iid} is not a member")
+            holder = owner.setdefault(addr, iid)
+            if holder != iid:
+                out.append(f"{path}: {iid}'s address {addr} belongs to {holder}: a private address is on one ENI")
+                continue
+            other = mine.setdefault((iid, addr), e.route_table)
+            if other != e.route_table:
+                out.append(
+                    f"{path}: {iid}'s address {addr} is also its address for {other}: each table needs its own "
+                    "address on every member"
+                )
+            ip = ipaddress.ip_address(addr)
+            inside = next(((rt, n) for _k, rt, n in nets if ip.version == n.version and ip in n), None)
+            if inside is not None:
+                out.append(f"{path}: {iid}'s address {addr} lies inside {inside[0]}'s private subnet {inside[1]}")
+    return out
+
+
 def _listen_problem(value: str) -> str | None:
     if not value:
         return None
@@ -512,7 +704,7 @@ def parse(raw: dict[str, Any]) -> Config:
     sections = {
         name: _section(name, raw.get(name, {}), SCHEMA[name], problems)
         for name in SCHEMA
-        if name not in ("", "members")
+        if name not in ("", "members", "egress")
     }
     account = sections["ec2"]["account_id"]
     if account and not re.fullmatch(r"\d{12}", account):
@@ -549,6 +741,11 @@ def parse(raw: dict[str, Any]) -> Config:
     listen_problem = _listen_problem(sections["metrics"]["listen"])
     if listen_problem:
         problems.append(listen_problem)
+    egress_tables = _egress_tables(raw.get("egress", {}), problems)
+    if not problems and top["egress_ip"] == "follow":
+        # With members_from_tags the member checks wait for discovery (agent.runtime.resolve).
+        shape = Config(group="", members=members, members_from_tags=top["members_from_tags"], egress_ip="follow")
+        problems.extend(egress_problems(dataclasses.replace(shape, egress_tables=egress_tables)))
     if problems:
         raise ConfigError(problems)
     return Config(
@@ -565,6 +762,9 @@ def parse(raw: dict[str, Any]) -> Config:
         metrics_listen=sections["metrics"]["listen"],
         log_format=sections["log"]["format"],
         log_level=sections["log"]["level"],
+        egress_ip=top["egress_ip"],
+        egress_order=top["egress_order"],
+        egress_tables=egress_tables,
     )
 
 
@@ -618,6 +818,8 @@ def effective_toml(config: Config) -> str:
         f"instance_id = {_toml_value(config.instance_id)}",
         f"region = {_toml_value(config.region)}",
         f"members_from_tags = {_toml_value(config.members_from_tags)}",
+        f"egress_ip = {_toml_value(config.egress_ip)}",
+        f"egress_order = {_toml_value(config.egress_order)}",
     ]
     sections: list[tuple[str, Any]] = [
         ("store", config.store),
@@ -636,6 +838,13 @@ def effective_toml(config: Config) -> str:
         lines.append("\n[[members]]")
         for f in dataclasses.fields(m):
             lines.append(f"{f.name} = {_toml_value(getattr(m, f.name))}")
+    for e in config.egress_tables:
+        lines.append("\n[[egress.tables]]")
+        lines.append(f"route_table = {_toml_value(e.route_table)}")
+        lines.append(f"allocation_id = {_toml_value(e.allocation_id)}")
+        lines.append(f"subnets = {_toml_value(e.subnets)}")
+        pairs = ", ".join(f"{_toml_value(i)} = {_toml_value(a)}" for i, a in e.addresses)
+        lines.append(f"addresses = {{ {pairs} }}" if pairs else "addresses = {}")
     return "\n".join(lines) + "\n"
 
 
@@ -644,9 +853,12 @@ def reference_markdown() -> str:
     out = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for section, keys in SCHEMA.items():
         for name, key in keys.items():
-            full = name if not section else (f"[[members]].{name}" if section == "members" else f"{section}.{name}")
+            arrays = {"members": "[[members]]", "egress": "[[egress.tables]]"}
+            full = name if not section else f"{arrays.get(section, section)}.{name}"
             default = "required" if key.default is None else f"`{_toml_value(key.default)}`"
             kind = _type_name(key.kind)
+            if key.kind is dict:
+                default = "required" if key.default is None else "`{}`"
             if key.choices:
                 kind = " \\| ".join(key.choices)
             out.append(f"| `{full}` | {kind} | {default} | {key.doc} |")

@@ -12,7 +12,13 @@ to the coordinator and EC2, and keeps the EC2 side of the protocol (rule 4):
   once more ``ec2_apply_horizon`` after it was taken, when no write of the previous
   holder can land any more (and again after a stray report);
 * a route write whose reply was lost is retried, never concluded "not applied";
-* a hand-over whose outcome is unknown keeps this session off the table in that term.
+* a hand-over whose outcome is unknown keeps this session off the table in that term;
+* with ``egress_ip = "follow"`` the table's Elastic IP is one more such write: associated
+  with the holder's address for the table when it takes it (before or after the route:
+  ``egress_order``), moved to the successor's address before a hand-over, associated again
+  after the horizon and after a stray report, and repaired when DescribeAddresses shows it
+  elsewhere. A failed association never holds a route back and never makes this NAT
+  unhealthy (the route is what keeps traffic flowing; the egress metrics and alert show it).
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from agent.decide import (
     ClaimRestart,
     ContinueRestart,
     Decision,
+    Ec2Address,
     Ec2Route,
+    EnsureAddress,
     EnsureRoute,
     HandOver,
     Observation,
@@ -96,6 +104,10 @@ class Ec2Like(Protocol):
 
     def tag_holder(self, route_table: str, holder: str) -> None: ...
 
+    def egress_ips(self, route_tables: list[str]) -> dict[str, Ec2Address]: ...
+
+    def associate_address(self, route_table: str, instance: str) -> str: ...
+
     def instance_states(self, instances: list[str]) -> dict[str, str]: ...
 
     def stop(self, instance: str) -> None: ...
@@ -129,6 +141,9 @@ class Held:
     tagged: bool = False  # the holder tag names us (written in this term)
     settled: bool = False
     last_write: float = -1e18  # our last confirmed route write
+    address_settled: bool = False  # the Elastic IP was associated again after settle_at (egress_ip = follow)
+    address_due: str = ""  # why the Elastic IP must be associated again (a stray report), until it is
+    last_address_write: float = -1e18  # our last confirmed association
 
 
 @dataclass
@@ -155,6 +170,7 @@ class Memory:
     self_healthy_since: float | None = None
     self_unhealthy_since: float | None = None
     ec2: dict[str, Ec2Route] = field(default_factory=dict)
+    egress: dict[str, Ec2Address] = field(default_factory=dict)  # route table -> where its Elastic IP sits
     ec2_read_at: float = -1e18
     instance_states: dict[str, str] = field(default_factory=dict)
     instances_read_at: float = -1e18
@@ -205,6 +221,7 @@ class Agent:
         self.timings = t
         self.members = tuple(m.instance_id for m in config.members)
         self.homes = {rt: m.instance_id for m in config.members for rt in m.route_tables}
+        self.egress_tables = frozenset(rt for rt in config.egress() if rt in self.homes)
         self.fence = Fence(
             coordinator.remaining, clock.monotonic, FenceTiming(t.ec2_timeout), on_overrun=self._on_overrun
         )
@@ -305,6 +322,13 @@ class Agent:
         for rt, r in mine.items():
             if rt not in mem.held:
                 mem.held[rt] = Held(r.term, now, now + t.ec2_apply_horizon)
+                if rt in self.egress_tables:
+                    # Handed to us: the giver moved the Elastic IP here before the lease (make before
+                    # break). Trusted until the settle write after the horizon, which is blind anyway:
+                    # an association costs a remap, a route write nothing.
+                    seen = mem.egress.get(rt)
+                    mem.egress[rt] = Ec2Address(self.me, seen.public_ip if seen is not None else "")
+                    mem.held[rt].last_address_write = now
                 stray = snapshot.strays.get(rt)
                 if stray is not None:
                     mem.strays_handled.add(stray.token)  # our first write and the settle cover it
@@ -325,6 +349,22 @@ class Agent:
             elif not h.settled and now >= h.settle_at:
                 horizon = self.timings.ec2_apply_horizon
                 out[rt] = f"writes of earlier terms can no longer land ({horizon:.1f} s after taking it)"
+        return out
+
+    def _address_reasserts(self, snapshot: GroupSnapshot, now: float) -> dict[str, str]:
+        """Held tables whose Elastic IP must be associated again now, and why (egress_ip = follow)."""
+        out: dict[str, str] = {}
+        for rt, h in self.memory.held.items():
+            if rt not in self.egress_tables:
+                continue
+            stray = snapshot.strays.get(rt)
+            if stray is not None and stray.token not in self.memory.strays_handled:
+                out[rt] = f"{stray.writer} reported a late write (term {stray.term})"
+            elif h.address_due:
+                out[rt] = h.address_due
+            elif not h.address_settled and now >= h.settle_at:
+                horizon = self.timings.ec2_apply_horizon
+                out[rt] = f"associations of earlier terms can no longer land ({horizon:.1f} s after taking it)"
         return out
 
     def _observe(
@@ -365,6 +405,9 @@ class Agent:
             pins_since={rt: since for rt, (_, since) in mem.pins_since.items()},
             reassert=self._reasserts(snapshot, now),
             relinquished=dict(mem.relinquished),
+            egress_tables=self.egress_tables,
+            egress=dict(mem.egress),
+            reassert_address=self._address_reasserts(snapshot, now),
         )
         t = self.timings
         mem.stale_deadlines.clear()
@@ -447,6 +490,8 @@ class Agent:
                     if h is not None and now - h.last_write < t.ec2_consistency_window and view.target != self.me:
                         continue
                     mem.ec2[rt] = view
+            if self.egress_tables:
+                self._refresh_egress(now)
         # Instance states only matter for restarts: read them when a peer has been silent a while.
         silent = [
             p
@@ -463,6 +508,23 @@ class Agent:
             except Ec2Error as exc:
                 self._ec2_failed(exc, now, write=False)
                 self._error_once("ec2:describe_instances", f"{exc}; no peer restart until EC2 answers")
+
+    def _refresh_egress(self, now: float) -> None:
+        """Where each table's Elastic IP sits (one DescribeAddresses; it lags associations like routes)."""
+        t = self.config.timing
+        mem = self.memory
+        try:
+            read = self.ec2.egress_ips(sorted(self.egress_tables))
+            self._error_cleared("eipread:")
+        except Ec2Error as exc:
+            self._ec2_failed(exc, now, write=False)
+            self._error_once("eipread:", f"{exc}; keeping the last known Elastic IP associations")
+            return
+        for rt, seen in read.items():
+            h = mem.held.get(rt)
+            if h is not None and now - h.last_address_write < t.ec2_consistency_window and seen.holder != self.me:
+                continue
+            mem.egress[rt] = seen
 
     def _ec2_failed(self, exc: Ec2Error, now: float, *, write: bool) -> None:
         """Book an EC2 failure: throttling backs off every call; failing route writes make us unhealthy."""
@@ -602,6 +664,8 @@ class Agent:
                 return self._take_over(action, health)
             if isinstance(action, EnsureRoute):
                 return self._ensure_route(action, health)
+            if isinstance(action, EnsureAddress):
+                return self._ensure_address(action, health)
             if isinstance(action, HandOver):
                 return self._hand_over(action, health)
             if isinstance(action, Release):
@@ -676,7 +740,7 @@ class Agent:
             "claimed", {"route_table": a.route_table, "term": route.term, "from": a.route.owner if a.route else ""}
         )
         before = self.memory.ec2.get(a.route_table)
-        done = self._route_here(a.route_table, route.term, self.me, health)
+        done, note = self._move(a.route_table, route.term, self.me, health, "takeover", started)
         moved = before is None or before.target != self.me  # a claim of a table EC2 already routes here moves nothing
         if self.metrics is not None and moved:
             self.metrics.failovers.labels(a.route_table, "takeover", a.reason).inc()
@@ -686,7 +750,7 @@ class Agent:
             "route_moved",
             {"route_table": a.route_table, "to": self.me, "done": done, "verified": True, "kind": "takeover"},
         )
-        return ""
+        return note
 
     def _ensure_route(self, a: EnsureRoute, health: Health) -> str:
         rt = a.route_table
@@ -699,6 +763,9 @@ class Agent:
                 self.memory.strays_handled.add(stray.token)
                 h.settled = False
                 h.settle_at = self.clock.monotonic() + self.timings.ec2_apply_horizon
+                if rt in self.egress_tables:  # the late write may have been an association
+                    h.address_settled = False
+                    h.address_due = f"{stray.writer} reported a late write (term {stray.term})"
             elif self.clock.monotonic() >= h.settle_at:
                 h.settled = True
         self.on_event(
@@ -706,11 +773,85 @@ class Agent:
         )
         return ""
 
+    def _ensure_address(self, a: EnsureAddress, health: Health) -> str:
+        rt = a.route_table
+        try:
+            self._address_here(rt, a.route.term, self.me, health, "repair", self.clock.monotonic())
+        except Ec2Error as exc:
+            self._error_once(f"eip:{exc.code}", f"{exc}; will retry next cycle")
+            return str(exc)
+        h = self.memory.held.get(rt)
+        if h is not None:
+            h.address_due = ""
+            if self.clock.monotonic() >= h.settle_at:
+                h.address_settled = True
+        return ""
+
+    def _move(
+        self, rt: str, term: int, target: str, health: Health, kind: str, started: float | None
+    ) -> tuple[str, str]:
+        """Route ``rt`` (and its Elastic IP, egress_ip = follow) to ``target`` in ``egress_order``.
+
+        Returns what the route write did and a note when the association failed: it never holds
+        the route back (address-first goes on to the route; route-first has routed already).
+        """
+        if rt not in self.egress_tables:
+            return self._route_here(rt, term, target, health), ""
+        t0 = self.clock.monotonic() if started is None else started
+        if self.config.egress_order == "address-first":
+            note = self._try_address(rt, term, target, health, kind, t0)
+            return self._route_here(rt, term, target, health), note
+        done = self._route_here(rt, term, target, health)
+        return done, self._try_address(rt, term, target, health, kind, t0)
+
+    def _try_address(self, rt: str, term: int, target: str, health: Health, kind: str, started: float) -> str:
+        try:
+            self._address_here(rt, term, target, health, kind, started)
+        except FenceRefused as exc:
+            return f"{rt}'s Elastic IP not moved: {exc.reason}"
+        except Ec2Error as exc:
+            self._error_once(f"eip:{exc.code}", f"{exc}; will retry next cycle")
+            return f"{rt}'s Elastic IP not moved: {exc}"
+        return ""
+
+    def _address_here(self, rt: str, term: int, target: str, health: Health, kind: str, started: float) -> None:
+        """Associate ``rt``'s Elastic IP with ``target``'s address for it: one fenced write.
+
+        Its failures back off on throttling like every EC2 call, but do not count as failing
+        route writes: an Elastic IP that cannot move must not move routes around.
+        """
+        if self._ec2_quiet(self.clock.monotonic()):
+            raise Ec2Error("associate_address", "RequestLimitExceeded", "backing off after throttling")
+        if not self._may_act(health):
+            raise FenceRefused("AssociateAddress", "the lease is too short; renewing first")
+        before = self.memory.egress.get(rt)
+        self._writing = (rt, term, target)
+        try:
+            self.ec2.associate_address(rt, target)
+        except Ec2Error as exc:
+            self._ec2_failed(exc, self.clock.monotonic(), write=False)
+            raise
+        finally:
+            self._writing = None
+        now = self.clock.monotonic()
+        self.memory.ec2_writes.backoff = 0.0
+        self.memory.egress[rt] = Ec2Address(target, before.public_ip if before is not None else "")
+        h = self.memory.held.get(rt)
+        if h is not None:
+            h.last_address_write = now
+        self._error_cleared("eip:")
+        if before is None or before.holder != target:
+            if self.metrics is not None:
+                self.metrics.egress_moves.labels(rt, kind).inc()
+                self.metrics.egress_move_duration.labels(kind).observe(max(0.0, now - started))
+            self.on_event("egress_moved", {"route_table": rt, "to": target, "from": before.holder if before else "?"})
+
     def _hand_over(self, a: HandOver, health: Health) -> str:
         t0 = self.clock.monotonic()
         done = "lease only"
+        note = ""
         if a.write_route:
-            done = self._route_here(a.route_table, a.route.term, a.successor.instance, health)
+            done, note = self._move(a.route_table, a.route.term, a.successor.instance, health, a.kind, t0)
         try:
             self.coordinator.hand_over_route(a.route, a.successor)
         except StoreUnavailable:
@@ -725,7 +866,7 @@ class Agent:
             "route_moved",
             {"route_table": a.route_table, "to": a.successor.instance, "done": done, "verified": True, "kind": a.kind},
         )
-        return ""
+        return note
 
     def _release(self, a: Release) -> str:
         try:
@@ -922,8 +1063,32 @@ class Agent:
                     if key[0] == rt:
                         put(child, 0)
         put(m.route_tables_owned, owned)
+        if self.egress_tables:
+            self._export_egress(snapshot)
+
+    def _export_egress(self, snapshot: GroupSnapshot) -> None:
+        """Where each table's Elastic IP sits (every agent), and whether it sits with us (the holder)."""
+        m = self.metrics
+        assert m is not None
+        put = m.put
+        session = self.coordinator.session
+        for rt in sorted(self.egress_tables):
+            r = snapshot.routes.get(rt)
+            seen = self.memory.egress.get(rt)
+            mine = r is not None and session is not None and r.owner == self.me and r.owner_session == session.session
+            put(m.egress_ok_of[rt], (1 if seen is not None and seen.holder == self.me else 0) if mine else 1)
+            if seen is None:
+                continue
+            holder = seen.holder or "none"
+            current = (rt, seen.public_ip, "other" if holder.startswith("other:") else holder)
+            put(m.egress_ip_of[current], 1)
+            for key, child in m.egress_ip_of.items():  # where it sat before
+                if key[0] == rt and key != current:
+                    put(child, 0)
 
 
 def build_info(metrics: Metrics, config: Config) -> None:
     peers = [p for p in (m.instance_id for m in config.members) if p != config.instance_id]
-    metrics.prepare(__version__, config.group, config.instance_id, peers, config.route_tables())
+    homes = config.route_tables()
+    egress = [rt for rt in homes if rt in config.egress()]
+    metrics.prepare(__version__, config.group, config.instance_id, peers, homes, egress)

@@ -25,6 +25,9 @@ passed in. The rules (DESIGN.md):
   a dead NAT is spread and every agent agrees on the order). A candidate of rank
   r waits r x ``claim_stagger`` after first seeing the table claimable.
 * Fail back only after the home NAT has been healthy for ``failback_hold_down``.
+* With ``egress_ip = "follow"`` a holder keeps its table's Elastic IP on its own address
+  for the table like it keeps the route: written when taken, again after the horizon and
+  after a stray report, and repaired when a read shows it elsewhere.
 * Restarting a peer (stop/start) needs much stronger evidence: heartbeat silent
   for ``restart_after``, probes failing, EC2 saying it is running or stopped;
   it happens under a restart lease, after a cooldown, at most
@@ -74,6 +77,14 @@ class Ec2Route:
 
 
 @dataclass(frozen=True)
+class Ec2Address:
+    """Where EC2 says a route table's Elastic IP is associated (as last read)."""
+
+    holder: str  # the member whose address for the table holds it, "" when unassociated, or "other:<eni>/<ip>"
+    public_ip: str = ""
+
+
+@dataclass(frozen=True)
 class Observation:
     """Everything one cycle observed; the decision reads nothing else."""
 
@@ -99,6 +110,9 @@ class Observation:
     pins_since: dict[str, float] = field(default_factory=dict)  # route table -> when we first saw its pin
     reassert: dict[str, str] = field(default_factory=dict)  # held route table -> why to write its route again
     relinquished: dict[str, int] = field(default_factory=dict)  # route table -> term we sent a hand-over in
+    egress_tables: frozenset[str] = frozenset()  # route tables whose Elastic IP follows them (egress_ip = follow)
+    egress: dict[str, Ec2Address] = field(default_factory=dict)  # route table -> where its Elastic IP sits
+    reassert_address: dict[str, str] = field(default_factory=dict)  # held table -> why to associate its EIP again
 
     def preferred_homes(self) -> dict[str, str]:
         """Homes, with operator pins taking precedence."""
@@ -129,6 +143,18 @@ class TakeOver:
 @dataclass(frozen=True)
 class EnsureRoute:
     """We hold the route table; EC2 does not (provably) route it to us, or a late write may have landed."""
+
+    route_table: str
+    route: RouteItem
+    why: str
+
+    def describe(self) -> str:
+        return self.why
+
+
+@dataclass(frozen=True)
+class EnsureAddress:
+    """We hold the route table; its Elastic IP is not (provably) on our address for it, or a late write may land."""
 
     route_table: str
     route: RouteItem
@@ -194,7 +220,15 @@ class ResetOwnRestart:
 
 
 Action = (
-    StartSession | TakeOver | EnsureRoute | HandOver | Release | ClaimRestart | ContinueRestart | ResetOwnRestart
+    StartSession
+    | TakeOver
+    | EnsureRoute
+    | EnsureAddress
+    | HandOver
+    | Release
+    | ClaimRestart
+    | ContinueRestart
+    | ResetOwnRestart
 )
 
 
@@ -352,6 +386,9 @@ def decide(obs: Observation, t: Timing) -> Decision:
                 actions.append(EnsureRoute(rt, r, f"routing {rt} to me (EC2 shows {seen})"))
             elif rt in obs.reassert:
                 actions.append(EnsureRoute(rt, r, f"writing {rt}'s route again: {obs.reassert[rt]}"))
+            address = _plan_address(obs, rt, r)
+            if address is not None:
+                actions.append(address)
             continue
         if r is not None and r.owner == obs.me and me_ok:
             actions.append(TakeOver(rt, r, None, "orphaned", f"resumed {rt} from my previous session"))
@@ -399,6 +436,20 @@ def _successor(v: _View, rt: str) -> MemberItem | None:
     order = preference(rt, v.obs.preferred_homes(), v.obs.members)
     name = next((c for c in order if c != v.obs.me and v.eligible(c)), None)
     return v.member(name) if name is not None else None
+
+
+def _plan_address(obs: Observation, rt: str, r: RouteItem) -> EnsureAddress | None:
+    """A held table's Elastic IP: on our address for it, or moved there (egress_ip = follow)."""
+    if rt not in obs.egress_tables:
+        return None
+    seen = obs.egress.get(rt)
+    if seen is None or seen.holder != obs.me:
+        where = "unknown" if seen is None else (f"with {seen.holder}" if seen.holder else "unassociated")
+        ip = f" {seen.public_ip}" if seen is not None and seen.public_ip else ""
+        return EnsureAddress(rt, r, f"moving {rt}'s Elastic IP{ip} to me (it is {where})")
+    if rt in obs.reassert_address:
+        return EnsureAddress(rt, r, f"associating {rt}'s Elastic IP again: {obs.reassert_address[rt]}")
+    return None
 
 
 def _plan_handover(v: _View, t: Timing, rt: str, r: RouteItem, home: str) -> HandOver | None:

@@ -25,6 +25,8 @@ from prometheus_client import (
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
 FAILOVER_KINDS = ("takeover", "failback", "switchover", "drain")
+# How a table's Elastic IP moved (egress_ip = follow): with the table, or repaired by its holder.
+EGRESS_MOVE_KINDS = (*FAILOVER_KINDS, "repair")
 FAILOVER_REASONS = ("peer_dead", "self_unhealthy", "home_healthy", "operator", "shutdown", "orphaned")
 RESTART_RESULTS = ("stopped", "started", "failed", "gave_up")
 RENEWAL_RESULTS = ("success", "conflict", "error")
@@ -38,8 +40,9 @@ DECISIONS = (
 # module sits below agent/aws and cannot import it) and the classes of error it can see from them.
 AWS_OPERATIONS = (
     ("dynamodb", "DescribeTable"), ("dynamodb", "GetItem"), ("dynamodb", "PutItem"), ("dynamodb", "Query"),
-    ("ec2", "CreateRoute"), ("ec2", "CreateTags"), ("ec2", "DescribeInstances"), ("ec2", "DescribeRouteTables"),
-    ("ec2", "ReplaceRoute"), ("ec2", "StartInstances"), ("ec2", "StopInstances"),
+    ("ec2", "AssociateAddress"), ("ec2", "CreateRoute"), ("ec2", "CreateTags"), ("ec2", "DescribeAddresses"),
+    ("ec2", "DescribeInstances"), ("ec2", "DescribeRouteTables"), ("ec2", "ReplaceRoute"), ("ec2", "StartInstances"),
+    ("ec2", "StopInstances"),
 )  # fmt: skip
 AWS_ERROR_CODES = {
     "timeout": ("ReadTimeoutError", "ConnectTimeoutError", "TimeoutError", "RequestTimeout", "RequestTimeoutException"),
@@ -205,6 +208,33 @@ class Metrics:
             ["route_table", "target"],
             registry=r,
         )
+        self.egress_ok = Gauge(
+            f"{ns}_route_table_egress_ok",
+            "1 when the route table's Elastic IP is associated with its holder's address for it, as last read "
+            "(exported by the holder; egress_ip = follow)",
+            ["route_table"],
+            registry=r,
+        )
+        self.egress_ip = Gauge(
+            f"{ns}_route_table_egress_ip_info",
+            "1 for where the route table's Elastic IP sits as last read: the member whose address holds it, "
+            "none or other (egress_ip = follow)",
+            ["route_table", "public_ip", "holder"],
+            registry=r,
+        )
+        self.egress_moves = Counter(
+            f"{ns}_egress_ip_moves",
+            "Elastic IP associations by this agent that moved a route table's Elastic IP",
+            ["route_table", "kind"],
+            registry=r,
+        )
+        self.egress_move_duration = Histogram(
+            f"{ns}_egress_ip_move_duration_seconds",
+            "From detection (or request) to the association EC2 confirmed",
+            ["kind"],
+            buckets=FAILOVER_BUCKETS,
+            registry=r,
+        )
         self.failovers = Counter(
             f"{ns}_failovers", "Route table moves made by this agent", ["route_table", "kind", "reason"], registry=r
         )
@@ -269,14 +299,24 @@ class Metrics:
         self.route_has_owner_of = Children(self.route_has_owner)
         self.route_ec2_matches_of = Children(self.route_ec2_matches)
         self.route_ec2_target_of = Children2(self.route_ec2_target)
+        self.egress_ok_of = Children(self.egress_ok)
+        self.egress_ip_of = Children3(self.egress_ip)
         self.decision_of = Children(self.decision)
         self.aws_duration_of = Children2(self.aws_duration)
         self.aws_errors_of = Children3(self.aws_errors)
         self._decided: str | None = None  # the decision kind whose gauge is 1, if any
         self._last: dict[Gauge, float] = {}  # what put() last set each gauge to
 
-    def prepare(self, version: str, group: str, me: str, peers: list[str], route_tables: list[str]) -> None:
-        """Create every labelled series up front (no missing metrics)."""
+    def prepare(
+        self,
+        version: str,
+        group: str,
+        me: str,
+        peers: list[str],
+        route_tables: list[str],
+        egress_tables: list[str] | None = None,
+    ) -> None:
+        """Create every labelled series up front (no missing metrics); the egress ones for ``egress_tables``."""
         self.build_info.labels(version, group, me).set(1)
         # Indexing a Children dict creates the series (and keeps the child for the hot paths).
         for check in SELF_CHECKS:
@@ -306,6 +346,13 @@ class Metrics:
                 )
         for kind in FAILOVER_KINDS:
             self.failover_duration.labels(kind)
+        for rt in egress_tables or ():
+            self.egress_ok_of[rt]
+            for kind in EGRESS_MOVE_KINDS:
+                self.egress_moves.labels(rt, kind)
+        if egress_tables:
+            for kind in EGRESS_MOVE_KINDS:
+                self.egress_move_duration.labels(kind)
         for result in RENEWAL_RESULTS:
             self.renewals.labels(result)
         for service, operation in AWS_OPERATIONS:

@@ -13,7 +13,7 @@ from agent import __version__
 from agent.aws.ec2 import Ec2, Ec2Error
 from agent.aws.imds import ImdsError, account_id, identity, instance_arn
 from agent.aws.models import botocore_session
-from agent.config import Config, ConfigError, with_discovered
+from agent.config import Config, ConfigError, egress_problems, with_discovered
 from coordinator.clock import Clock, SystemClock
 from coordinator.dynamo import DynamoSettings, DynamoStore
 from coordinator.instrument import CallObserver
@@ -60,10 +60,17 @@ def resolve(
     call_timeout, store_timeout, attempts = (
         (OPERATOR_TIMEOUT_S, OPERATOR_TIMEOUT_S, 3) if operator else (t.ec2_timeout, t.store_timeout, t.store_attempts)
     )
-    ec2 = Ec2(region, config.ec2.endpoint_url, timeout=call_timeout, members=members, on_call=ec2_on_call)
+    ec2 = Ec2(
+        region,
+        config.ec2.endpoint_url,
+        timeout=call_timeout,
+        members=members,
+        on_call=ec2_on_call,
+        egress=config.egress(),
+    )
     if config.members_from_tags:
         try:
-            found = ec2.discover(config.group)
+            found = ec2.discover(config.group, with_eni=config.egress_follow)
         except Ec2Error as exc:
             raise ConfigError([f"members_from_tags: cannot discover members: {exc}"]) from None
         if len(found) < 2:
@@ -75,6 +82,9 @@ def resolve(
             )
         config = with_discovered(config, members=tuple(found))
         ec2.members = {m.instance_id: m for m in config.members}
+        problems = egress_problems(config)  # [[egress.tables]] against the discovered members
+        if problems:
+            raise ConfigError(problems)
     if need_identity and config.member(config.instance_id) is None:
         raise ConfigError([f"instance_id: {config.instance_id} is not a member of group {config.group}"])
     store = DynamoStore(

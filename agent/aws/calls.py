@@ -17,6 +17,8 @@ AGENT_CALLS: dict[tuple[str, str], str] = {
     ("ec2", "CreateRoute"): "point 0.0.0.0/0 of a group route table at a NAT when the route is missing",
     ("ec2", "ReplaceRoute"): "move 0.0.0.0/0 of a group route table to the NAT holding its lease",
     ("ec2", "CreateTags"): "tag a group route table nat-ha:holder=<own ARN> on taking it (the IAM fence)",
+    ("ec2", "AssociateAddress"): "egress_ip = follow: move a group route table's Elastic IP to its holder's address",
+    ("ec2", "DescribeAddresses"): "egress_ip = follow: read where the group's Elastic IPs are associated (reconcile)",
     ("ec2", "StopInstances"): "stop a dead peer of the group (restart lease, cooldown and cap apply)",
     ("ec2", "StartInstances"): "start that peer again",
     ("dynamodb", "DescribeTable"): "pynamodb reads the table's key schema once per process",

@@ -1,4 +1,4 @@
-"""The EC2 adapter: route tables, instance states, stop/start. Thin, bounded, typed errors.
+"""The EC2 adapter: route tables, Elastic IPs, instance states, stop/start. Thin, bounded, typed errors.
 
 Every write goes through the agent's :class:`~agent.aws.fence.Fence`: the lease is checked
 right before each send, one write per check, under a hard deadline on the whole call
@@ -6,7 +6,9 @@ right before each send, one write per check, under a hard deadline on the whole 
 is missing): DescribeRouteTables is eventually consistent - it may show the previous target,
 or no route while one exists - so a read never decides that a write can be skipped. A route
 may name the instance or one of its network interfaces (AWS fills in both, moto only the one
-given), and may be ``blackhole``.
+given), and may be ``blackhole``. With ``egress_ip = "follow"`` each route table's Elastic IP
+is associated, like a route, blindly and fenced (AssociateAddress with AllowReassociation);
+DescribeAddresses is read the same way as DescribeRouteTables: it may lag.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.aws.fence import Fence, FenceRefused
-from agent.config import Member
-from agent.decide import Ec2Route
+from agent.config import EgressTable, Member
+from agent.decide import Ec2Address, Ec2Route
 from coordinator.instrument import CallObserver, instrument_client
 
 DEFAULT_ROUTE = "0.0.0.0/0"
@@ -64,8 +66,19 @@ class RouteView:
     state: str  # active | blackhole | missing
 
 
+@dataclass(frozen=True)
+class AddressView:
+    """One Elastic IP as DescribeAddresses reports it (eni and private_ip empty when unassociated)."""
+
+    allocation_id: str
+    public_ip: str
+    eni: str
+    private_ip: str
+
+
 class Ec2:
-    """EC2 calls of one agent. ``members`` maps instance ids to their config (for ENI targets)."""
+    """EC2 calls of one agent. ``members`` maps instance ids to their config (for ENI targets);
+    ``egress`` maps route tables to their Elastic IP and per-member addresses (egress_ip = follow)."""
 
     def __init__(
         self,
@@ -77,10 +90,12 @@ class Ec2:
         on_call: CallObserver | None = None,
         client: Any = None,
         fence: Fence | None = None,
+        egress: dict[str, EgressTable] | None = None,
     ) -> None:
         self.client = client or make_client("ec2", region, endpoint_url, timeout, 1)
         instrument_client(self.client, on_call)
         self.members = members or {}
+        self.egress = egress or {}
         self.fence: Fence | None = None
         if fence is not None:
             self.attach_fence(fence)
@@ -202,6 +217,62 @@ class Ec2:
         """Tag the route table with its holder: the IAM policy lets only that instance write its routes."""
         self._write("create_tags", route_table, Resources=[route_table], Tags=[{"Key": HOLDER_TAG, "Value": holder}])
 
+    # ---------------------------------------------------------- Elastic IPs
+    def addresses(self, allocation_ids: list[str]) -> dict[str, AddressView]:
+        """DescribeAddresses by allocation id: where each Elastic IP is associated (eventually consistent)."""
+        if not allocation_ids:
+            return {}
+        data = self._call("describe_addresses", AllocationIds=sorted(set(allocation_ids)))
+        return {
+            str(a["AllocationId"]): AddressView(
+                str(a["AllocationId"]),
+                str(a.get("PublicIp") or ""),
+                str(a.get("NetworkInterfaceId") or ""),
+                str(a.get("PrivateIpAddress") or ""),
+            )
+            for a in data.get("Addresses", [])
+        }
+
+    def holder_of(self, route_table: str, view: AddressView | None) -> Ec2Address:
+        """Whose address for ``route_table`` holds its Elastic IP: a member, "" (nobody) or "other:<eni>/<ip>"."""
+        if view is None:
+            return Ec2Address("", "")
+        if not view.eni:
+            return Ec2Address("", view.public_ip)
+        e = self.egress.get(route_table)
+        for m in self.members.values():
+            if m.eni == view.eni and e is not None and e.address(m.instance_id) == view.private_ip:
+                return Ec2Address(m.instance_id, view.public_ip)
+        return Ec2Address(f"other:{view.eni}/{view.private_ip}", view.public_ip)
+
+    def egress_ips(self, route_tables: list[str]) -> dict[str, Ec2Address]:
+        """Where each route table's Elastic IP sits, as one DescribeAddresses shows it (tables with egress only)."""
+        tables = [self.egress[rt] for rt in route_tables if rt in self.egress]
+        views = self.addresses([e.allocation_id for e in tables])
+        return {e.route_table: self.holder_of(e.route_table, views.get(e.allocation_id)) for e in tables}
+
+    def associate_address(self, route_table: str, instance: str) -> str:
+        """Associate ``route_table``'s Elastic IP with ``instance``'s address for it; returns the association id.
+
+        One fenced write (the resource is the route table: its lease authorizes the write),
+        blind like a route write, with AllowReassociation: the address moves from wherever it is.
+        """
+        e = self.egress.get(route_table)
+        m = self.members.get(instance)
+        address = e.address(instance) if e is not None else ""
+        if e is None or m is None or not m.eni or not address:
+            why = f"no Elastic IP, ENI or address configured for {route_table} on {instance}"
+            raise Ec2Error("associate_address", "NotConfigured", why)
+        done = self._write(
+            "associate_address",
+            route_table,
+            AllocationId=e.allocation_id,
+            NetworkInterfaceId=m.eni,
+            PrivateIpAddress=address,
+            AllowReassociation=True,
+        )
+        return str(done.get("AssociationId", ""))
+
     # ------------------------------------------------------------- instances
     def instance_states(self, instances: list[str]) -> dict[str, str]:
         if not instances:
@@ -220,8 +291,12 @@ class Ec2:
         self._write("start_instances", instance, InstanceIds=[instance])
 
     # ------------------------------------------------------------- discovery
-    def discover(self, group: str) -> list[Member]:
-        """Members and their home route tables from tags (members_from_tags = true)."""
+    def discover(self, group: str, *, with_eni: bool = False) -> list[Member]:
+        """Members and their home route tables from tags (members_from_tags = true).
+
+        ``with_eni`` (egress_ip = follow): each member's primary network interface too, where
+        its Elastic IPs are associated (its routes then name the interface, as with a configured eni).
+        """
         data = self._call(
             "describe_instances",
             Filters=[
@@ -241,6 +316,7 @@ class Ec2:
                 instance_id=i["InstanceId"],
                 address=str(i.get("PrivateIpAddress", "")),
                 route_tables=tuple(sorted(homes.get(i["InstanceId"], []))),
+                eni=primary_eni(i) if with_eni else "",
                 az=str(i.get("Placement", {}).get("AvailabilityZone", "")),
             )
             for i in sorted(
@@ -248,6 +324,14 @@ class Ec2:
             )
         ]
         return members
+
+
+def primary_eni(instance: dict[str, Any]) -> str:
+    """The instance's primary network interface (device index 0), "" if EC2 does not say."""
+    for ni in instance.get("NetworkInterfaces", []):
+        if ni.get("Attachment", {}).get("DeviceIndex") == 0:
+            return str(ni.get("NetworkInterfaceId") or "")
+    return ""
 
 
 def route_missing(exc: Ec2Error) -> bool:

@@ -147,12 +147,21 @@ def _drive_representative_calls() -> None:
             import time
 
             from agent.aws.fence import Fence, FenceTiming
+            from agent.config import EgressTable
 
-            adapter = Ec2(REGION, timeout=5, fence=Fence(lambda: 60.0, time.monotonic, FenceTiming(5.0)))
-            adapter.discover(GROUP)
+            members = {m.instance_id: m for m in Ec2(REGION, timeout=5).discover(GROUP, with_eni=True)}
+            eni = members[a].eni
+            raw.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=["10.0.1.200"])
+            eip = [{"ResourceType": "elastic-ip", "Tags": [{"Key": "nat-ha:group", "Value": GROUP}]}]
+            alloc = raw.allocate_address(Domain="vpc", TagSpecifications=eip)["AllocationId"]
+            egress = {rtb: EgressTable(rtb, alloc, ("10.0.11.0/24",), ((a, "10.0.1.200"),))}
+            fence = Fence(lambda: 60.0, time.monotonic, FenceTiming(5.0))
+            adapter = Ec2(REGION, timeout=5, fence=fence, members=members, egress=egress)
             adapter.tag_holder(rtb, holder_arn(a))  # CreateTags (the IAM fence)
             adapter.point_route(rtb, a, missing=True)  # CreateRoute (no default route yet)
             adapter.point_route(rtb, b)  # ReplaceRoute
+            adapter.associate_address(rtb, a)  # AssociateAddress (egress_ip = follow)
+            adapter.egress_ips([rtb])  # DescribeAddresses
             adapter.instance_states([a, b])
             adapter.stop(b)
             adapter.start(b)
@@ -189,6 +198,17 @@ def _requests(record: dict[str, Any], group: str) -> list[Request]:
         return [Request(action, arn("route-table", r), context) for r in res["Resources"]]
     if record["action"] in ("StopInstances", "StartInstances"):
         return [Request(action, arn("instance", i), {TAG: group}) for i in res["InstanceIds"]]
+    if record["action"] == "AssociateAddress":
+        # IAM authorizes the request against every resource it names: the Elastic IP and the ENI.
+        onto = (
+            arn("network-interface", res["NetworkInterfaceId"])
+            if "NetworkInterfaceId" in res
+            else arn("instance", res["InstanceId"])
+        )
+        return [
+            Request(action, arn("elastic-ip", res["AllocationId"]), {TAG: group}),
+            Request(action, onto, {TAG: group}),
+        ]
     return [Request(action, "*")]
 
 
@@ -270,6 +290,27 @@ def test_an_instance_may_only_tag_itself_as_holder_and_nothing_else() -> None:
     assert not allowed(pol, tag(me, ["nat-ha:holder", "nat-ha:group"])), "changing the group tag too"
     assert not allowed(pol, tag(me, ["nat-ha:holder"], group="another")), "another group's table"
     assert not allowed(pol, Request("ec2:CreateTags", arn("instance", "i-0me"), {TAG: GROUP})), "not a route table"
+
+
+# ------------------------------------------------------------------ Elastic IPs (egress_ip = follow)
+def test_elastic_ips_move_only_within_the_group() -> None:
+    """AssociateAddress names two resources, and IAM must allow both: the group's Elastic IP, onto the
+    network interface (or instance) of a group member. Another group's or an untagged EIP, or any
+    EIP onto an interface outside the group, is refused; so is taking an EIP away (DisassociateAddress)."""
+    pol = policy()
+    eip, eni, inst = arn("elastic-ip", "eipalloc-1"), arn("network-interface", "eni-1"), arn("instance", "i-1")
+    act = "ec2:AssociateAddress"
+    assert allowed(pol, Request(act, eip, {TAG: GROUP}))
+    assert allowed(pol, Request(act, eni, {TAG: GROUP}))
+    assert allowed(pol, Request(act, inst, {TAG: GROUP})), "AWS may also authorize the ENI's instance"
+    assert not allowed(pol, Request(act, eip, {TAG: "another"})), "another group's Elastic IP"
+    assert not allowed(pol, Request(act, eip)), "an untagged Elastic IP (the account's others)"
+    assert not allowed(pol, Request(act, eni, {TAG: "another"})), "onto another group's interface"
+    assert not allowed(pol, Request(act, eni)), "onto an untagged interface"
+    assert not allowed(pol, Request(act, arn("route-table", "rtb-1"), {TAG: GROUP})), "not an EIP, ENI or instance"
+    for action in ("ec2:DisassociateAddress", "ec2:ReleaseAddress", "ec2:AllocateAddress"):
+        assert not allowed(pol, Request(action, eip, {TAG: GROUP})), action
+    assert allowed(pol, Request("ec2:DescribeAddresses", "*"))
 
 
 # ------------------------------------------------------------------ (c) exactly the calls

@@ -1,0 +1,286 @@
+"""The HA cycle with ``egress_ip = "follow"``: each table's Elastic IP follows the table, as a fenced write.
+
+Two agents on a FakeClock and the in-memory store, with the EC2 fake of tests/unit/test_cycle.py
+extended by Elastic IPs (where each sits, a log of every association, reads that may be stale).
+The whole group under faults is the simulator's job (tests/sim, invariant e).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from agent.aws.ec2 import Ec2Error
+from agent.config import Config, EgressTable, Timing
+from agent.cycle import Agent, build_info
+from agent.decide import Ec2Address
+from agent.metrics import Metrics
+from coordinator.clock import FakeClock
+from coordinator.leases import Coordinator
+from coordinator.memory import MemoryStore
+from tests.unit import test_cycle as base
+from tests.unit.test_cycle import GROUP, HOMES, Group, Probes, SelfHealth, dead
+
+MEMBERS = tuple(dataclasses.replace(m, eni=f"eni-{m.instance_id[2:]}") for m in base.MEMBERS)
+TABLES = tuple(
+    EgressTable(
+        rt, f"eipalloc-{rt[4:]}", (f"10.1.{k}.0/24",), (("i-a", f"10.0.0.{20 + k}"), ("i-b", f"10.0.1.{20 + k}"))
+    )
+    for k, rt in enumerate(sorted(HOMES))
+)
+PUBLIC = {rt: f"203.0.113.{10 + k}" for k, rt in enumerate(sorted(HOMES))}
+
+
+class World(base.World):
+    """The group's EC2, plus where each table's Elastic IP sits."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.eips: dict[str, str] = dict(HOMES)  # route table -> member whose address holds its EIP
+        self.eip_stale: dict[str, str] | None = None  # what DescribeAddresses shows, when stale
+
+
+class Ec2(base.Ec2):
+    w: World
+
+    def egress_ips(self, route_tables: list[str]) -> dict[str, Ec2Address]:
+        self.w.clock.advance(self.w.call_time)
+        shown = self.w.eip_stale if self.w.eip_stale is not None else self.w.eips
+        return {rt: Ec2Address(shown[rt], PUBLIC[rt]) for rt in route_tables if rt in PUBLIC}
+
+    def associate_address(self, route_table: str, instance: str) -> str:
+        self._write("AssociateAddress", route_table)
+        self.w.eips[route_table] = instance
+        self.w.writes.append(("AssociateAddress", route_table, instance))
+        return "eipassoc-1"
+
+
+def group(order: str = "route-first", *, metrics: bool = False) -> Group:
+    clock = FakeClock()
+    store = MemoryStore()
+    world = World(clock)
+    probes = Probes()
+    agents = {}
+    for m in MEMBERS:
+        config = Config(
+            group=GROUP,
+            instance_id=m.instance_id,
+            members=MEMBERS,
+            timing=Timing(),
+            egress_ip="follow",
+            egress_order=order,
+            egress_tables=TABLES,
+        )
+        coordinator = Coordinator(store, GROUP, m.instance_id, clock, config.timing.lease)
+        registry = Metrics(CollectorRegistry(), process=False) if metrics and m.instance_id == "i-a" else None
+        agent = Agent(config, coordinator, Ec2(world), probes, SelfHealth(), clock, registry)
+        if registry is not None:
+            build_info(registry, config)
+        agents[m.instance_id] = agent
+    return Group(clock, store, world, agents, probes)
+
+
+def settled(order: str = "route-first", *, metrics: bool = False) -> Group:
+    g = group(order, metrics=metrics)
+    for _ in range(40):
+        g.cycle("i-a")
+        g.cycle("i-b")
+    assert all(g.store.raw_get(GROUP, "route#" + rt)["owner"] == home for rt, home in HOMES.items())
+    return g
+
+
+def writes(g: Group, since: int = 0, op: str = "") -> list[tuple[str, str, str]]:
+    return [w for w in g.world.writes[since:] if not op or w[0] == op]
+
+
+def test_a_settled_group_makes_no_association_at_all() -> None:
+    # Every association may cost a remap fee: none while nothing moves.
+    g = settled()
+    n = len(g.world.writes)
+    for _ in range(60):  # 21 s: four reconciles each
+        g.cycle("i-a")
+        g.cycle("i-b")
+    assert writes(g, n) == []
+    assert g.world.eips == HOMES
+
+
+def test_route_first_takeover_routes_then_moves_each_elastic_ip() -> None:
+    g = settled()
+    n = len(g.world.writes)
+    with dead(g, "i-b"):
+        g.cycle("i-a")
+    assert writes(g, n) == [
+        w
+        for rt in ("rtb-b1", "rtb-b2", "rtb-b3")
+        for w in (("ReplaceRoute", rt, "i-a"), ("AssociateAddress", rt, "i-a"))
+    ]
+    assert all(g.world.eips[rt] == "i-a" for rt in HOMES)
+
+
+def test_address_first_takeover_moves_each_elastic_ip_then_routes() -> None:
+    g = settled("address-first")
+    n = len(g.world.writes)
+    with dead(g, "i-b"):
+        g.cycle("i-a")
+    assert writes(g, n) == [
+        w
+        for rt in ("rtb-b1", "rtb-b2", "rtb-b3")
+        for w in (("AssociateAddress", rt, "i-a"), ("ReplaceRoute", rt, "i-a"))
+    ]
+
+
+@pytest.mark.parametrize("order", ["route-first", "address-first"])
+def test_a_failing_association_never_holds_the_route_back_nor_makes_the_nat_unhealthy(order: str) -> None:
+    g = settled(order)
+    g.world.fail["AssociateAddress"] = "UnauthorizedOperation"  # e.g. the ENI lacks the group tag
+    with dead(g, "i-b"):
+        line = g.cycle("i-a")[0]
+        lines = g.cycle("i-a", 4)
+    assert all(g.world.targets[rt] == "i-a" for rt in HOMES), "every route moved"
+    assert "rtb-b1's Elastic IP not moved: EC2 AssociateAddress failed: UnauthorizedOperation" in line
+    assert any("moving rtb-b1's Elastic IP 203.0.113.11 to me (it is with i-b)" in x for x in lines), lines
+    assert g.agents["i-a"].memory.ec2_writes.out_until < g.clock.monotonic(), "not unhealthy for it"
+    assert g.agents["i-a"].run_cycle().kind in ("holding", "took_over")
+    del g.world.fail["AssociateAddress"]
+    g.cycle("i-a")
+    assert all(g.world.eips[rt] == "i-a" for rt in HOMES)
+
+
+def test_taken_tables_get_their_elastic_ip_associated_once_more_after_the_horizon() -> None:
+    g = settled()
+    with dead(g, "i-b"):
+        g.cycle("i-a")
+        n = len(g.world.writes)
+        lines = g.cycle("i-a", 4)  # 1.4 s: past ec2_apply_horizon (1 s)
+        m = len(g.world.writes)
+        g.cycle("i-a", 20)
+    again = writes(g, n, "AssociateAddress")
+    assert sorted(w[1] for w in again) == ["rtb-b1", "rtb-b2", "rtb-b3"]
+    assert any("associations of earlier terms can no longer land" in line for line in lines)
+    assert writes(g, m, "AssociateAddress") == [], "once, not every cycle"
+
+
+def test_a_stray_report_makes_the_holder_associate_at_once_and_after_the_horizon() -> None:
+    g = settled()
+    g.world.eips["rtb-a"] = "i-b"  # a late association of a former holder landed
+    g.agents["i-b"].coordinator.report_stray("rtb-a", 0, "i-b")
+    n = len(g.world.writes)
+    g.cycle("i-a")
+    assert g.world.eips["rtb-a"] == "i-a" and ("AssociateAddress", "rtb-a", "i-a") in writes(g, n)
+    g.world.eips["rtb-a"] = "i-b"  # ... or it lands only now, within the horizon
+    g.cycle("i-a", 4)
+    assert g.world.eips["rtb-a"] == "i-a"
+
+
+def test_a_stray_association_is_corrected_even_if_the_first_reassertion_fails() -> None:
+    g = settled()
+    g.world.eips["rtb-a"] = "i-b"
+    g.agents["i-b"].coordinator.report_stray("rtb-a", 0, "i-b")
+    g.world.fail["AssociateAddress"] = "InternalError"
+    g.cycle("i-a")
+    assert g.world.eips["rtb-a"] == "i-b"
+    del g.world.fail["AssociateAddress"]
+    g.cycle("i-a")  # the next cycle, not only after the horizon
+    assert g.world.eips["rtb-a"] == "i-a"
+
+
+def test_a_drain_moves_route_and_elastic_ip_before_the_lease_and_the_receiver_trusts_it() -> None:
+    g = settled()
+    g.agents["i-b"].draining = True
+    n = len(g.world.writes)
+    g.cycle("i-b")
+    assert writes(g, n) == [
+        w
+        for rt in ("rtb-b1", "rtb-b2", "rtb-b3")
+        for w in (("ReplaceRoute", rt, "i-a"), ("AssociateAddress", rt, "i-a"))
+    ]
+    assert all(g.store.raw_get(GROUP, "route#" + rt)["owner"] == "i-a" for rt in HOMES)
+    m = len(g.world.writes)
+    g.cycle("i-a")
+    assert writes(g, m, "AssociateAddress") == [], "the giver moved it: no second remap at once"
+    g.cycle("i-a", 4)
+    assert sorted(w[1] for w in writes(g, m, "AssociateAddress")) == ["rtb-b1", "rtb-b2", "rtb-b3"], "settle"
+
+
+def test_a_moved_elastic_ip_is_repaired_at_the_next_reconcile_but_a_lagging_read_is_not_acted_on() -> None:
+    g = settled()
+    with dead(g, "i-b"):
+        g.cycle("i-a")
+    # Right after the takeover DescribeAddresses still shows the old place: not acted on.
+    g.world.eip_stale = dict(HOMES)
+    g.agents["i-a"].memory.ec2_read_at = -1e18  # force a read now
+    n = len(g.world.writes)
+    g.cycle("i-a")
+    assert writes(g, n, "AssociateAddress") == []
+    g.world.eip_stale = None
+    g.cycle("i-a", 20)  # past the horizon and the consistency window
+    # Someone moves rtb-a's EIP away (the console, another tool): the next reconcile puts it back.
+    g.world.eips["rtb-a"] = "i-b"
+    n = len(g.world.writes)
+    lines = g.cycle("i-a", 16)  # 5.6 s: one ec2_reconcile_interval
+    assert ("AssociateAddress", "rtb-a", "i-a") in writes(g, n)
+    assert any("moving rtb-a's Elastic IP 203.0.113.10 to me (it is with i-b)" in x for x in lines)
+
+
+def test_metrics_say_where_each_elastic_ip_sits_and_count_the_moves() -> None:
+    g = settled(metrics=True)
+    m = g.agents["i-a"].metrics
+    assert m is not None
+    value = m.registry.get_sample_value
+    assert value("nat_ha_route_table_egress_ok", {"route_table": "rtb-a"}) == 1
+    assert (
+        value(
+            "nat_ha_route_table_egress_ip_info",
+            {"route_table": "rtb-b1", "public_ip": PUBLIC["rtb-b1"], "holder": "i-b"},
+        )
+        == 1
+    )
+    assert value("nat_ha_egress_ip_moves_total", {"route_table": "rtb-b1", "kind": "takeover"}) == 0
+    with dead(g, "i-b"):
+        g.cycle("i-a")
+        g.cycle("i-a", 20)
+    assert value("nat_ha_egress_ip_moves_total", {"route_table": "rtb-b1", "kind": "takeover"}) == 1
+    assert value("nat_ha_egress_ip_move_duration_seconds_count", {"kind": "takeover"}) == 3
+    assert (
+        value(
+            "nat_ha_route_table_egress_ip_info",
+            {"route_table": "rtb-b1", "public_ip": PUBLIC["rtb-b1"], "holder": "i-a"},
+        )
+        == 1
+    )
+    assert (
+        value(
+            "nat_ha_route_table_egress_ip_info",
+            {"route_table": "rtb-b1", "public_ip": PUBLIC["rtb-b1"], "holder": "i-b"},
+        )
+        == 0
+    )
+    # The EIP is taken away and cannot be moved back: the holder says so.
+    g.world.fail["AssociateAddress"] = "UnauthorizedOperation"
+    g.world.eips["rtb-a"] = ""
+    g.cycle("i-a", 16)
+    assert value("nat_ha_route_table_egress_ok", {"route_table": "rtb-a"}) == 0
+    assert (
+        value(
+            "nat_ha_route_table_egress_ip_info",
+            {"route_table": "rtb-a", "public_ip": PUBLIC["rtb-a"], "holder": "none"},
+        )
+        == 1
+    )
+    del g.world.fail["AssociateAddress"]
+    g.cycle("i-a")
+    assert value("nat_ha_route_table_egress_ok", {"route_table": "rtb-a"}) == 1
+    assert value("nat_ha_egress_ip_moves_total", {"route_table": "rtb-a", "kind": "repair"}) == 1
+
+
+def test_an_unknown_error_on_an_association_is_one_note_and_a_retry() -> None:
+    g = settled()
+    g.world.fail["AssociateAddress"] = "Gremlins"
+    g.world.eips["rtb-a"] = "i-b"
+    g.agents["i-a"].memory.ec2_read_at = -1e18
+    line = g.cycle("i-a")[0]
+    assert "EC2 AssociateAddress failed: Gremlins" in line
+    with pytest.raises(Ec2Error):
+        g.agents["i-a"].ec2.associate_address("rtb-a", "i-a")

@@ -1,0 +1,93 @@
+"""The pure decision with ``egress_ip = "follow"``: a holder keeps its table's Elastic IP on its own address.
+
+Situation -> decision line and actions, like tests/unit/test_decide.py (whose observation builder
+this reuses). The route side is unchanged: these tests check that the address side is added
+exactly where the holder's duties are, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from agent.decide import Decision, Ec2Address, Ec2Route, EnsureAddress, EnsureRoute, HandOver, TakeOver, decide
+from tests.unit.test_decide import RA, RB, RC, A, B, C, T, World, dead
+
+FOLLOW = frozenset({RA, RB, RC})
+
+
+def run(w: World, egress: dict[str, Ec2Address] | None = None, **extra: object) -> Decision:
+    if not w.session:
+        w.session = f"s-{w.me}"
+    obs = w.obs()
+    seen = egress if egress is not None else {rt: Ec2Address(r.owner, "203.0.113.1") for rt, r in w.routes.items()}
+    obs = dataclasses.replace(obs, egress_tables=extra.pop("tables", FOLLOW), egress=seen, **extra)  # type: ignore[arg-type]
+    return decide(obs, T)
+
+
+def test_steady_holder_with_its_elastic_ip_does_nothing() -> None:
+    d = run(World())
+    assert d.actions == () and d.summary == "holding rtb-a (term 1); peers i-b, i-c healthy"
+
+
+def test_elastic_ip_elsewhere_is_moved_to_the_holder() -> None:
+    d = run(World(), {RA: Ec2Address(B, "203.0.113.1")})
+    assert d.actions and isinstance(d.actions[0], EnsureAddress) and d.actions[0].route_table == RA
+    assert d.summary == "moving rtb-a's Elastic IP 203.0.113.1 to me (it is with i-b)"
+    assert d.kind == "holding"
+
+
+def test_unassociated_unknown_or_foreign_elastic_ip_is_moved() -> None:
+    for seen, where in (
+        ({RA: Ec2Address("", "203.0.113.1")}, "it is unassociated"),
+        ({}, "it is unknown"),
+        ({RA: Ec2Address("other:eni-x/10.0.9.9", "203.0.113.1")}, "it is with other:eni-x/10.0.9.9"),
+    ):
+        d = run(World(), seen)
+        assert [type(a) for a in d.actions] == [EnsureAddress], where
+        assert where in d.summary
+
+
+def test_a_route_and_an_address_both_wrong_are_both_repaired() -> None:
+    w = World(ec2={RA: Ec2Route(B), RB: Ec2Route(B), RC: Ec2Route(C)})
+    d = run(w, {RA: Ec2Address(B)})
+    assert [type(a) for a in d.actions] == [EnsureRoute, EnsureAddress]
+    assert d.summary == "routing rtb-a to me (EC2 shows i-b); moving rtb-a's Elastic IP to me (it is with i-b)"
+
+
+def test_settle_and_stray_reassertions_name_their_reason() -> None:
+    d = run(World(), reassert_address={RA: "associations of earlier terms can no longer land (1.0 s after taking it)"})
+    assert [type(a) for a in d.actions] == [EnsureAddress]
+    assert d.summary == (
+        "associating rtb-a's Elastic IP again: associations of earlier terms can no longer land (1.0 s after taking it)"
+    )
+
+
+def test_tables_whose_address_does_not_follow_are_left_alone() -> None:
+    d = run(World(), {RA: Ec2Address(B)}, tables=frozenset({RB}))
+    assert d.actions == ()
+    d = run(World(), {RA: Ec2Address(B)}, tables=frozenset())
+    assert d.actions == ()
+
+
+def test_nobody_but_the_holder_touches_an_elastic_ip() -> None:
+    # i-b's view: rtb-a (held by i-a) has its EIP elsewhere. Only i-a may write it.
+    d = run(World(me=B), {RA: Ec2Address(C), RB: Ec2Address(B), RC: Ec2Address(C)})
+    assert d.actions == ()
+
+
+def test_a_takeover_carries_the_elastic_ip_in_the_action_not_a_separate_one() -> None:
+    # The taker writes route and address in one action (agent.cycle, in egress_order); it does
+    # not hold the table yet, so no EnsureAddress for it this cycle.
+    w = dead(World(me=B), A)
+    d = run(w, {RA: Ec2Address(A), RB: Ec2Address(B), RC: Ec2Address(C)})
+    assert [type(a) for a in d.actions] == [TakeOver]
+
+
+def test_a_fail_back_is_one_hand_over_not_an_address_repair() -> None:
+    # i-b holds rtb-a (taken over); the home i-a is back and healthy for the hold-down: the hand-over
+    # moves route and Elastic IP (agent.cycle); no EnsureAddress beside it.
+    w = World(me=B)
+    w.routes[RA] = dataclasses.replace(w.routes[RA], owner=B, owner_session="s-i-b", term=2)
+    w.healthy_since = {A: 80.0, C: 0.0}
+    d = run(w, {RA: Ec2Address(A), RB: Ec2Address(B), RC: Ec2Address(C)})
+    assert [type(a) for a in d.actions] == [HandOver] and d.kind == "failed_back"
