@@ -21,7 +21,6 @@ what would change. Bad arguments exit 2 with one line; failures to apply exit 1.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import shlex
 import shutil
 import socket
@@ -34,11 +33,6 @@ from pathlib import Path
 from agent import config as agentconfig
 from agent.commands.cli import UsageError
 from agent.host import nat as hostnat
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 _CMD_TIMEOUT_S = 10.0
 
@@ -170,12 +164,15 @@ def _file_is(path: Path, text: str) -> bool:
         return False
 
 
-def build_items(
-    iface: str, backend: str, root: Path, procfs: str, egress: list[EgressAddress] | None = None
-) -> list[Item]:
-    """Every item setup-nat checks and, when missing, applies (in order); ``egress``: this host's table addresses."""
+def build_items(iface: str, backend: str, root: Path, procfs: str, egress: list[EgressAddress] | None) -> list[Item]:
+    """Every item setup-nat checks and, when missing, applies (in order).
+
+    ``egress``: this host's table addresses ([]: none); None: unknown (the config could not be used),
+    so nat-ha's SNAT rules and the persisted rule file are left as they are.
+    """
     items: list[Item] = []
-    egress = egress or []
+    known = egress is not None
+    egress = list(egress or [])
     snats = [hostnat.Snat(subnet, e.address) for e in egress for subnet in e.subnets]
 
     for key, value in hostnat.SYSCTLS.items():
@@ -221,7 +218,8 @@ def build_items(
         rule_file, rule_text = root / hostnat.IPTABLES_FILE, hostnat.iptables_rules(iface, snats)
 
     items.append(Item(f"masquerade on {iface} ({backend})", masq_present, masq_apply))
-    items += _egress_items(iface, backend, egress, snats, masq_apply)
+    if known:
+        items += _egress_items(iface, backend, egress, snats, masq_apply)
 
     sysctl_file, sysctl_text = root / hostnat.SYSCTL_FILE, hostnat.sysctl_conf_text()
     items.append(
@@ -231,13 +229,14 @@ def build_items(
             lambda: _write_file(sysctl_file, sysctl_text),
         )
     )
-    items.append(
-        Item(
-            f"persisted masquerade {'and snat rules' if snats else 'rule'} in {rule_file}",
-            lambda: _file_is(rule_file, rule_text),
-            lambda: _write_file(rule_file, rule_text),
+    if known:
+        items.append(
+            Item(
+                f"persisted masquerade {'and snat rules' if snats else 'rule'} in {rule_file}",
+                lambda: _file_is(rule_file, rule_text),
+                lambda: _write_file(rule_file, rule_text),
+            )
         )
-    )
 
     if backend == "nftables":
         conf = next((root / c for c in hostnat.NFTABLES_CONFS if (root / c).is_file()), None)
@@ -344,85 +343,48 @@ def _local_addresses() -> set[str]:
     return set(hostnat.interface_addresses(_listing(["ip", "-j", "-4", "addr", "show"])))
 
 
-@dataclass(frozen=True)
-class _EgressConfig:
-    """What setup-nat needs from the agent's config."""
-
-    follow: bool
-    instance_id: str
-    member_addresses: dict[str, str]  # [[members]] instance_id -> address
-    tables: list[tuple[str, tuple[str, ...], dict[str, str]]]  # (route_table, subnets, addresses)
-
-
-def _read_egress_config(path: str) -> _EgressConfig:
-    """The egress part of the agent's config file (a file problem is a UsageError of one line)."""
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"--config: {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--config: {path}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"--config: {path}: not valid TOML: {exc}") from None
-    mode = raw.get("egress_ip", "off")
-    if mode not in ("off", "follow"):
-        raise UsageError(f"{path}: egress_ip: must be one of off, follow, got {agentconfig.shown(mode)}")
-    members = {
-        str(m.get("instance_id", "")): str(m.get("address", "")) for m in raw.get("members", []) if isinstance(m, dict)
-    }
-    tables = []
-    egress = raw.get("egress", {})
-    for i, t in enumerate(egress.get("tables", []) if isinstance(egress, dict) else []):
-        where = f"{path}: egress.tables[{i}]"
-        if not isinstance(t, dict):
-            raise UsageError(f"{where}: must be a table")
-        subnets, addresses = t.get("subnets", []), t.get("addresses", {})
-        if not isinstance(subnets, list) or not all(isinstance(x, str) for x in subnets):
-            raise UsageError(f"{where}.subnets: must be a list of CIDRs")
-        for subnet in subnets:
-            try:
-                ipaddress.ip_network(subnet)
-            except ValueError:
-                raise UsageError(f"{where}.subnets: {agentconfig.shown(subnet)} is not a CIDR") from None
-        if not isinstance(addresses, dict):
-            raise UsageError(f"{where}.addresses: must be a table of instance id = address")
-        for iid, addr in addresses.items():
-            try:
-                ipaddress.IPv4Address(addr)
-            except ValueError:
-                raise UsageError(f"{where}.addresses.{iid}: {agentconfig.shown(addr)} is not an IPv4 address") from None
-        tables.append((str(t.get("route_table", "")), tuple(subnets), {str(k): str(v) for k, v in addresses.items()}))
-    return _EgressConfig(mode == "follow", str(raw.get("instance_id", "")), members, tables)
+class EgressError(Exception):
+    """The egress settings cannot be used (one line); the rest of setup-nat still runs."""
 
 
 def egress_plan(config_path: str, instance_id: str) -> list[EgressAddress]:
-    """This host's table addresses under ``egress_ip = "follow"`` ([] when off or without a config)."""
+    """This host's table addresses under ``egress_ip = "follow"`` ([] when off or without a config).
+
+    Raises :class:`UsageError` for a ``--config`` that does not exist, :class:`EgressError` when the
+    config cannot be used (its first problem) or this host's member or addresses cannot be told.
+    """
     path = config_path or agentconfig.DEFAULT_PATH
-    if not config_path and not Path(path).exists():
+    if not Path(path).exists():
+        if config_path:
+            raise UsageError(f"--config: {path}: no such file")
         return []
-    cfg = _read_egress_config(path)
-    if not cfg.follow:
+    try:
+        cfg = agentconfig.load(path)
+    except agentconfig.ConfigFileError as exc:
+        raise EgressError(exc.problems[0]) from None
+    except agentconfig.ConfigError as exc:
+        more = f" (and {len(exc.problems) - 1} more: nat-ha check-config)" if len(exc.problems) > 1 else ""
+        raise EgressError(f"{path}: {exc.problems[0]}{more}") from None
+    if not cfg.egress_follow:
         return []
-    if not cfg.tables:
-        raise UsageError(f"{path}: egress_ip = follow needs an [[egress.tables]] entry per route table")
+    tables = cfg.egress_tables
     me = instance_id or cfg.instance_id
     if not me:
         local = _local_addresses()
-        mine = {iid for iid, addr in cfg.member_addresses.items() if addr in local}
-        mine |= {iid for _, _, addresses in cfg.tables for iid, addr in addresses.items() if addr in local}
+        mine = {m.instance_id for m in cfg.members if m.address in local}
+        mine |= {iid for t in tables for iid, addr in t.addresses if addr in local}
         if len(mine) != 1:
             found = f" (addresses of {', '.join(sorted(mine))} are all here)" if mine else ""
-            raise UsageError(
+            raise EgressError(
                 f"egress_ip = follow: cannot tell which member this host is{found}: "
                 "set instance_id in the config or pass --instance-id"
             )
         (me,) = mine
     plan = []
-    for route_table, subnets, addresses in cfg.tables:
-        if me not in addresses:
-            raise UsageError(f"{path}: egress.tables ({route_table}): no address for this instance ({me})")
-        cidrs = tuple(str(ipaddress.ip_network(n, strict=False)) for n in subnets)  # as the rule listings show them
-        plan.append(EgressAddress(route_table, addresses[me], cidrs))
+    for t in tables:
+        if not t.address(me):
+            raise EgressError(f"{path}: egress.tables ({t.route_table}): no address for this instance ({me})")
+        plan.append(EgressAddress(t.route_table, t.address(me), t.subnets))
     return plan
 
 
@@ -434,7 +396,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--procfs: {args.procfs!r} has no sys/ directory")
     iface = _interface(args.public_interface, args.procfs)
     backend = _pick_backend(args.backend)
-    egress = egress_plan(args.config, args.instance_id)
+    egress_failed = False
+    try:
+        egress: list[EgressAddress] | None = egress_plan(args.config, args.instance_id)
+    except EgressError as exc:  # the host is still made a NAT; nat-ha's SNAT rules are left as they are
+        print(f"nat-ha setup-nat: failed: egress: {exc}", file=sys.stderr)
+        egress, egress_failed = None, True
     items = build_items(iface, backend, root, args.procfs, egress)
 
     if args.check:
@@ -443,9 +410,9 @@ def run(args: argparse.Namespace) -> int:
             ok = item.present()
             missing += not ok
             print(f"{'ok' if ok else 'missing'}: {item.name}")
-        return 1 if missing else 0
+        return 1 if missing or egress_failed else 0
 
-    failed = 0
+    failed = int(egress_failed)
     for item in items:
         if item.present():
             print(f"ok: {item.name}")

@@ -225,13 +225,13 @@ route_tables = ["rtb-bbbb"]
 route_table = "rtb-aaaa"
 allocation_id = "eipalloc-aaaa"
 subnets = ["10.77.0.0/24"]
-addresses = { "i-aaaa" = "203.0.113.21", "i-bbbb" = "10.88.0.21" }
+addresses = { "i-aaaa" = "203.0.113.21", "i-bbbb" = "10.66.0.21" }
 
 [[egress.tables]]
 route_table = "rtb-bbbb"
 allocation_id = "eipalloc-bbbb"
 subnets = ["10.88.0.0/24"]
-addresses = { "i-aaaa" = "203.0.113.22", "i-bbbb" = "10.88.0.22" }
+addresses = { "i-aaaa" = "203.0.113.22", "i-bbbb" = "10.66.0.22" }
 """
 
 
@@ -318,20 +318,33 @@ def test_setup_nat_egress_follow(lab: Lab, backend: str, tmp_path: Path) -> None
 
 
 def test_setup_nat_egress_bad_config(lab: Lab, tmp_path: Path) -> None:
-    """A config setup-nat cannot use for egress: one line on stderr, exit 2, nothing changed."""
+    """Egress settings setup-nat cannot use: one line on stderr, exit 1, and the host still made a NAT.
+
+    nat-ha's SNAT rules and persisted rule file are left as they were (the config says nothing
+    trustworthy about them); a --config that does not exist is a usage error (exit 2).
+    """
     config = tmp_path / "config.toml"
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
     cases = [
         (EGRESS_CONFIG.replace('address = "10.77.0.1"', 'address = "10.99.0.1"'), "cannot tell which member"),
-        (EGRESS_CONFIG.replace('"i-aaaa" = "203.0.113.21", ', ""), "no address for this instance (i-aaaa)"),
+        (
+            EGRESS_CONFIG.replace('egress_ip = "follow"', 'egress_ip = "always"'),
+            "egress_ip: must be one of off, follow",
+        ),
+        (EGRESS_CONFIG.replace('"i-aaaa" = "203.0.113.21", ', ""), "no address for member i-aaaa"),
         (EGRESS_CONFIG + "\n[[", "not valid TOML"),
     ]
     for text, message in cases:
         config.write_text(text)
-        proc = lab.setup_nat("--check", "--config", str(config), "--root", str(tmp_path))
-        assert proc.returncode == 2, (message, proc)
+        proc = lab.setup_nat("--config", str(config), "--root", str(root), "--public-interface", "pub0")
+        assert proc.returncode == 1, (message, proc)
         assert message in proc.stderr and "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
+        assert "masquerade on pub0" in proc.stdout and "snat" not in proc.stdout, proc.stdout
+    ipt, nft = lab.listings()
+    assert hostnat.masquerade_present(ipt, nft, "pub0")
     missing = lab.setup_nat("--check", "--config", str(tmp_path / "absent.toml"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
     config.write_text(EGRESS_CONFIG.replace('address = "10.77.0.1"', 'address = "10.99.0.1"'))
-    named = lab.setup_nat("--check", "--config", str(config), "--root", str(tmp_path), "--instance-id", "i-bbbb")
-    assert "missing: address 10.88.0.21 on pub0 (egress of rtb-aaaa)" in named.stdout, named
+    named = lab.setup_nat("--check", "--config", str(config), "--root", str(root), "--instance-id", "i-bbbb")
+    assert "missing: address 10.66.0.21 on pub0 (egress of rtb-aaaa)" in named.stdout, named
