@@ -168,3 +168,26 @@ def test_vpc_stack_shape() -> None:
     table = res["Table"]["Properties"]
     assert [k["AttributeName"] for k in table["KeySchema"]] == ["group", "item"]
     assert table["TimeToLiveSpecification"] == {"AttributeName": "gc_at", "Enabled": True}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "ValueError: no egress tables"),
+        ("subnet-1|rtb-1", "is not subnet|rtb-or-subnet|cidrs"),
+        ("subnet-1|igw-1|10.0.0.0/24", "is not subnet|rtb-or-subnet|cidrs"),
+        ("subnet-1|rtb-1|10.0.0.1/24", "has host bits set"),
+        ("subnet-1|rtb-1| ", "no private subnet CIDR"),
+    ],
+)
+def test_egress_helper_refuses_a_bad_spec_in_one_line(spec: str, message: str, tmp_path: Path) -> None:
+    """The first-boot helper (deploy/bootstrap/egress_config.py) with a spec it cannot use: one line, exit 1."""
+    config = tmp_path / "config.toml"
+    config.write_text('group = "g"\n')
+    done = subprocess.run(
+        [sys.executable, str(REPO / "deploy" / "bootstrap" / "egress_config.py"), str(config), spec, "g", "us-east-1",
+         "--wait", "0"],
+        capture_output=True, text=True, timeout=60, check=False, env={"NAT_HA_INSTANCE_ID": "i-1", "PATH": ""},
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stderr.startswith("nat-ha egress config: ") and message in done.stderr
+    assert len(done.stderr.splitlines()) == 1 and config.read_text() == 'group = "g"\n'

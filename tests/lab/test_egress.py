@@ -209,6 +209,9 @@ def _failover_and_back(lab: NetLab, inject: str) -> None:
     assert lab.topo.igw_map().get(lab.topo.egress_address(VICTIM, VICTIM)) == lab.eip(VICTIM)
     others = [r.lost for i, r in enumerate(results) if i != VICTIM]
     assert others == [0] * (lab.n - 1), f"the other subnets lost packets: {others}"
+    # The holder says so too: its table's EIP sits with it (what the dashboard and the alert read).
+    ok = f'nat_ha_route_table_egress_ok{{route_table="{victim.route_table}"}} 1.0'
+    assert lab.wait_for(lambda: ok in (lab.scrape(VICTIM) or ""), 10), "the holder does not report its EIP home"
 
 
 def test_crash_eip_follows_and_fails_back(settled_egress_lab: NetLab) -> None:
@@ -258,4 +261,40 @@ def test_planned_drain_and_failback_keep_the_eip(settled_egress_lab: NetLab, how
     t_end = time.time()
     print(f"{how}: hand-over lost {results[VICTIM].lost} of subnet a's packets (both moves)")
     _check_egress(lab, t_start, t_fault, t_end)
+    assert [r.lost for i, r in enumerate(results) if i != VICTIM] == [0] * (lab.n - 1)
+
+
+def test_moved_eip_is_put_back_by_its_holder(settled_egress_lab: NetLab) -> None:
+    """Someone moves table a's EIP to another NAT (an operator, a stale write): table a's holder puts it back.
+
+    Meanwhile table a's traffic, still routed through NAT a, has no public address and is dropped
+    at the gateway: never sent with another address. The holder's reconcile (DescribeAddresses
+    every ec2_reconcile_interval, 5 s) repairs it.
+    """
+    lab = settled_egress_lab
+    pings = _ping_all(lab, 30)
+    t_start = time.time()
+    time.sleep(1.0)
+    t_fault = time.time()
+    other = lab.nats[1]
+
+    def move() -> None:
+        lab.client("ec2").associate_address(
+            AllocationId=lab.allocations[VICTIM], NetworkInterfaceId=lab.enis[other.instance_id],
+            PrivateIpAddress=lab.topo.egress_address(1, VICTIM), AllowReassociation=True,
+        )  # fmt: skip
+
+    lab.inet(move)
+    assert _wait_event(lab, t_fault, "eip", 3, private=lab.topo.egress_address(1, VICTIM))
+    back = _wait_event(lab, t_fault, "eip", 15, private=lab.topo.egress_address(VICTIM, VICTIM))
+    if back is None:
+        for p in pings:
+            p.stop()
+    assert back is not None, "the holder did not put its table's EIP back"
+    time.sleep(1.5)
+    results = [p.finish() for p in pings]
+    t_end = time.time()
+    print(f"moved away for {back - t_fault:.2f} s; subnet a lost {results[VICTIM].lost}")
+    _check_egress(lab, t_start, t_fault, t_end)
+    assert not lab.events_since(t_fault, "route"), "a route moved for an EIP moved by hand"
     assert [r.lost for i, r in enumerate(results) if i != VICTIM] == [0] * (lab.n - 1)
