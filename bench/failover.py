@@ -13,6 +13,14 @@ faults run against bench/nat_monitor.py (3 pings, 1 s timeout, 2 s between round
 ReplaceRoute to itself, no arbiter) in the same run, and nat-ha's outage is printed as
 a fraction of that baseline. Root only (agent/lab/netlab.py).
 
+``--egress-ip follow`` runs the lab with its internet gateway (agent/lab/netlab.py) and every
+route table's Elastic IP following the table: beside the outage it prints ``same_ip_outage``,
+the largest gap between packets of AZ a's host that reached the fake internet *with table a's
+EIP* (minus one interval; its end is the first packet with the right address after the fault),
+and the packets that arrived with any other address (every host, every trial). It runs once per
+``--egress-order`` (route-first, address-first, or both, the default), crash, hang and drain by
+default, and no baseline (nat_monitor.sh moves routes, never an EIP).
+
 ``--systemd`` runs every NAT as a container booted by a real systemd (agent/lab/nspawn.py):
 nat-ha installed by the stack's user data, the shipped units unmodified, a crash is the
 container killed, an EC2 stop/start a container off and booted again, a drain ``nat-ha drain``
@@ -42,11 +50,13 @@ if str(REPO) not in sys.path:
 
 from agent.lab import nspawn  # noqa: E402
 from agent.lab.localgroup import Nat  # noqa: E402
-from agent.lab.netlab import NetLab, PingResult, sh, skip_reason  # noqa: E402
+from agent.lab.netlab import PING_INTERVAL, NetLab, PingResult, sh, skip_reason  # noqa: E402
 
 VICTIM = 0
 FAULTS = ("crash", "hang", "forwarding", "drain", "partition", "frozen_write")
 SYSTEMD_FAULTS = ("crash", "hang", "drain")
+EGRESS_FAULTS = ("crash", "hang", "drain")
+EGRESS_ORDERS = ("route-first", "address-first")
 PARTITION_S = 10.0
 UNDETECTED_WINDOW_S = 10.0
 
@@ -75,6 +85,11 @@ class Trial:
     profile: dict[str, float] = field(default_factory=dict)
     ping: PingResult | None = None
     t_fault: float = 0.0
+    # egress_ip = follow: AZ a's traffic at the fake internet with table a's EIP
+    same_ip_outage_s: float | None = None
+    wrong_address: int | None = None  # packets (any host) that arrived with an address not their table's EIP
+    eip_switch_s: float | None = None  # fault -> the gateway maps table a's EIP to the taker's address
+    failback_same_ip_outage_s: float | None = None
 
 
 def _wait(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
@@ -95,6 +110,12 @@ def _route_event(lab: NetLab, since: float, rtb: str, target: str = "", other_th
         if hit and (not other_than or e.data["target"] != other_than):
             return e.t
     return None
+
+
+def _largest_gap(times: list[float], interval: float, ends_after: float, ends_before: float = math.inf) -> float:
+    """Largest gap between consecutive times, minus one interval, among those ending in (ends_after, ends_before]."""
+    gaps = [b - a - interval for a, b in itertools.pairwise(sorted(times)) if ends_after < b <= ends_before]
+    return max([0.0, *gaps])
 
 
 def _lost_between(r: PingResult, t_from: float, t_to: float) -> int:
@@ -134,6 +155,22 @@ class Runner:
                 raise RuntimeError(f"{self.policy}: the lab did not return home")
         time.sleep(0.5)
 
+    def _egress(self, tr: Trial, t_start: float, back: float | None) -> None:
+        """Same public IP: when AZ a's packets reached the fake internet with table a's EIP again; wrong ones."""
+        lab, t = self.lab, tr.t_fault
+        arrivals = lab.arrivals(t_start)
+        right = [a.t for a in arrivals if a.host == VICTIM and a.source == lab.eip(VICTIM)]
+        tr.same_ip_outage_s = _largest_gap(right, PING_INTERVAL, t, back - 1.0 if back is not None else math.inf)
+        tr.wrong_address = sum(1 for a in arrivals if a.host >= 0 and a.source != lab.eip(a.host))
+        home = lab.topo.egress_address(VICTIM, VICTIM)
+        moved = [
+            e.t for e in lab.events_since(t, "eip")
+            if e.data["allocation"] == lab.allocations[VICTIM] and e.data["private"] not in ("", home)
+        ]  # fmt: skip
+        tr.eip_switch_s = moved[0] - t if moved else None
+        if back is not None:
+            tr.failback_same_ip_outage_s = _largest_gap(right, PING_INTERVAL, back - 1.0, back + 1.5)
+
     def _profile(self, tr: Trial) -> None:
         """Detection and take-over times from the surviving agents' JSON logs (nat-ha only)."""
         if self.policy != "nat-ha":
@@ -164,7 +201,9 @@ class Runner:
             return tr  # nat_monitor.sh has no planned handover, and no lease for a late write to outlive
         if fault == "frozen_write":
             return _frozen_write(self, tr)
+        t_start = time.time()
         ping = lab.ping(VICTIM, 60)
+        others = [lab.ping(i, 60) for i in range(1, lab.n)] if lab.egress else []  # every subnet's address
         time.sleep(1.0)
         tr.t_fault = t = time.time()
         drain_cmd = [
@@ -205,8 +244,12 @@ class Runner:
                 back = _route_event(lab, t_wait, rtb, target=vid)
             time.sleep(1.5)
         r = ping.finish()
+        for other in others:
+            other.finish()
         tr.ping = r
         tr.route_changes = len(lab.events_since(t, "route"))
+        if lab.egress:
+            self._egress(tr, t_start, back)
         end = back - 1.0 if back is not None else time.time()
         outage, _, resumed = r.outage(t)
         if fault == "forwarding" and tr.switch_s is None:
@@ -310,6 +353,12 @@ def summarize(trials: list[Trial]) -> dict[str, dict[str, Any]]:
                 row[f"{key.removesuffix('_s')}_max_s"] = round(max(vals), 3)
         if fault == "frozen_write":
             row["strays"] = sum(1 for t in ts if "stray_landed_s" in t.profile)
+        same = [t.same_ip_outage_s for t in ts if t.same_ip_outage_s is not None]
+        if same:
+            stats = _stats(same)
+            row["same_ip_outage"] = {"median_s": stats["median_s"], "p90_s": stats["p90_s"], "max_s": stats["max_s"]}
+            row["wrong_address"] = sum(t.wrong_address or 0 for t in ts)
+            row["eip_switch_median_s"] = _stats([t.eip_switch_s for t in ts if t.eip_switch_s is not None])["median_s"]
         out[fault] = row
         fb = [t for t in ts if t.failback_lost is not None]
         if fb and fault in ("crash", "drain"):
@@ -320,6 +369,10 @@ def summarize(trials: list[Trial]) -> dict[str, dict[str, Any]]:
                 "route_changes": len(fb),
                 "trials": len(fb),
             }
+            fb_same = [t.failback_same_ip_outage_s for t in fb if t.failback_same_ip_outage_s is not None]
+            if fb_same:
+                fbrow["same_ip_outage"] = _stats(fb_same)
+                fbrow["wrong_address"] = 0  # counted in the trial's row (the whole trial)
             prev = out.get("failback")
             if prev is None or fault == "crash":
                 out["failback"] = fbrow
@@ -397,14 +450,44 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def egress_table(results: dict[str, Any]) -> str:
+    """Same public IP restored (egress_ip = follow), per order and fault."""
+    head = (
+        f"{'scenario':<11} {'order':<14} {'same-ip med':>11} {'p90':>6} {'max':>6} {'outage med':>10} "
+        f"{'eip switch':>10} {'wrong addr':>10} {'trials':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for order, scenarios in results.get("egress", {}).items():
+        for name in ("crash", "hang", "drain", "failback"):
+            row = scenarios.get(name)
+            if row is None or "same_ip_outage" not in row:
+                continue
+            same = row["same_ip_outage"]
+            lines.append(
+                f"{name:<11} {order:<14} {_fmt(same['median_s'], ' s'):>11} {_fmt(same['p90_s']):>6} "
+                f"{_fmt(same['max_s']):>6} {_fmt(row.get('median_s'), ' s'):>10} "
+                f"{_fmt(row.get('eip_switch_median_s'), ' s'):>10} {row.get('wrong_address', 0):>10} {row['trials']:>6}"
+            )
+    return "\n".join(lines)
+
+
 def run_policy(
-    policy: str, workdir: Path, trials: int, faults: list[str], log: Callable[[str], None], systemd: bool = False
+    policy: str,
+    workdir: Path,
+    trials: int,
+    faults: list[str],
+    log: Callable[[str], None],
+    systemd: bool = False,
+    egress_order: str = "",
 ) -> list[Trial]:
     kwargs: dict[str, Any] = {} if policy == "nat-ha" else {"agent_command": baseline_command}
+    if egress_order:
+        kwargs.update(egress_ip="follow", egress_order=egress_order)
     out: list[Trial] = []
     if policy == "nat-ha":
         kwargs["ec2_proxy"] = "frozen_write" in faults  # EC2 behind the lab's hold proxy
-    with NetLab(workdir / policy, n=3, max_seconds=7200, systemd=systemd, **kwargs) as lab:
+    name = f"{policy}-{egress_order}" if egress_order else policy
+    with NetLab(workdir / name, n=3, max_seconds=7200, systemd=systemd, **kwargs) as lab:
         runner = Runner(lab, policy)
         runner.restore()
         for fault in faults:
@@ -412,8 +495,13 @@ def run_policy(
             for k in range(n):
                 tr = runner.trial(fault)
                 out.append(tr)
+                same = ""
+                if egress_order:
+                    same = (f"same-ip outage {_fmt(tr.same_ip_outage_s, ' s')}, "
+                            f"eip switch {_fmt(tr.eip_switch_s, ' s')}, wrong address {tr.wrong_address}, "
+                            f"failback same-ip {_fmt(tr.failback_same_ip_outage_s, ' s')}, ")  # fmt: skip
                 log(
-                    f"{policy:<11} {fault:<10} trial {k + 1}/{n}: outage {_fmt(tr.outage_s, ' s')}, "
+                    f"{name:<11} {fault:<10} trial {k + 1}/{n}: outage {_fmt(tr.outage_s, ' s')}, {same}"
                     f"lost {_fmt(tr.lost)}, switch {_fmt(tr.switch_s, ' s')}, routes {tr.route_changes}, "
                     f"failback lost {_fmt(tr.failback_lost)} { ({k: round(v, 2) for k, v in tr.profile.items()}) }"
                 )
@@ -436,9 +524,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--systemd", action="store_true",
                    help="every NAT a container with a real systemd, the shipped units (no baseline)")  # fmt: skip
     p.add_argument("--no-baseline", action="store_true", help="skip the nat_monitor.sh reference runs")
+    p.add_argument("--egress-ip", choices=("off", "follow"), default="off",
+                   help="follow: each route table's Elastic IP follows it; measure when its traffic leaves with it "
+                   "again (same_ip_outage)")  # fmt: skip
+    p.add_argument("--egress-order", choices=(*EGRESS_ORDERS, "both"), default="both",
+                   help="with --egress-ip follow: the agents' egress_order (default: both, one lab each)")  # fmt: skip
     p.add_argument("--workdir", metavar="DIR", help="keep logs here (default: a temporary folder)")
     args = p.parse_args(argv)
-    default = SYSTEMD_FAULTS if args.systemd else FAULTS
+    follow = args.egress_ip == "follow"
+    if follow and args.systemd:
+        p.error("--egress-ip follow runs in the process lab (the systemd lab has no internet gateway)")
+    default = SYSTEMD_FAULTS if args.systemd else EGRESS_FAULTS if follow else FAULTS
     faults = [f.strip() for f in (args.faults or ",".join(default)).split(",") if f.strip()]
     bad = [f for f in faults if f not in FAULTS]
     if bad or not faults:
@@ -457,18 +553,31 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="nat-ha-failover-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
-        ours = run_policy("nat-ha", workdir, args.trials, faults, log, systemd=args.systemd)
-        skip_base = args.no_baseline or args.systemd
+        egress: dict[str, list[Trial]] = {}
+        if follow:
+            orders = EGRESS_ORDERS if args.egress_order == "both" else (args.egress_order,)
+            for order in orders:
+                egress[order] = run_policy("nat-ha", workdir, args.trials, faults, log, egress_order=order)
+            ours = egress[orders[0]]
+        else:
+            ours = run_policy("nat-ha", workdir, args.trials, faults, log, systemd=args.systemd)
+        skip_base = args.no_baseline or args.systemd or follow
         base = [] if skip_base else run_policy("nat_monitor", workdir, args.trials, faults, log)
-    results = {
+    results: dict[str, Any] = {
         "trials": args.trials,
         "systemd": args.systemd,
+        "egress_ip": args.egress_ip,
         "ping_interval_s": 0.1,
         "scenarios": summarize(ours),
         "baseline": summarize(base),
     }
+    if follow:
+        results["egress"] = {order: summarize(trs) for order, trs in egress.items()}
     print()
     print(table(results))
+    if follow:
+        print(f"\nsame public IP ({', '.join(egress)}; the table above: {next(iter(egress))})\n")
+        print(egress_table(results))
     crash = [t for t in ours if t.fault == "crash" and t.ping is not None and t.outage_s is not None]
     if crash and args.plot:
         median = sorted(crash, key=lambda t: t.outage_s or 0)[len(crash) // 2]

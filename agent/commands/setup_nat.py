@@ -5,9 +5,14 @@ Items, each checked first and changed only when missing:
 1. runtime sysctls (:data:`agent.host.nat.SYSCTLS`): ip_forward on, ICMP redirects off;
 2. a masquerade rule on the public interface (default: the default route's), with
    nftables (table ``ip nat_ha``) or iptables (``POSTROUTING -o IF -m comment --comment nat-ha``);
-3. persistence: ``/etc/sysctl.d/90-nat-ha.conf`` and the rule file under ``/etc/nat-ha``
+3. with ``egress_ip = "follow"`` in the agent's config (``--config``): for this instance and every
+   route table, its address for that table on the public interface (``ip addr add ADDR/32``,
+   unless already there) and an SNAT rule per subnet of the table to that address, ahead of
+   the masquerade rule (:class:`agent.host.nat.Snat`); nat-ha SNAT rules no longer wanted go;
+4. persistence: ``/etc/sysctl.d/90-nat-ha.conf`` and the rule file under ``/etc/nat-ha``
    (plus an ``include`` in the distribution's nftables.conf when it exists); ``--root``
-   redirects these files (tests). At boot ``nat-ha-setup.service`` runs this command again.
+   redirects these files (tests). At boot ``nat-ha-setup.service`` runs this command again
+   (addresses are runtime state: that run puts them back).
 
 ``--check`` prints one line per item and exits 1 if any is missing; ``--dry-run`` prints
 what would change. Bad arguments exit 2 with one line; failures to apply exit 1.
@@ -16,6 +21,7 @@ what would change. Bad arguments exit 2 with one line; failures to apply exit 1.
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import socket
 import subprocess
@@ -24,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import config as agentconfig
 from agent.commands.cli import UsageError
 from agent.host import nat as hostnat
 
@@ -56,6 +63,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--root", default="/", metavar="DIR", help="write persisted files under DIR instead of / (tests)"
+    )
+    parser.add_argument(
+        "--config",
+        default="",
+        metavar="FILE",
+        help=f"the agent's config, read for egress_ip and [[egress.tables]] (default: {agentconfig.DEFAULT_PATH} "
+        "if it exists; without one there is nothing to SNAT)",
+    )
+    parser.add_argument(
+        "--instance-id",
+        default="",
+        metavar="ID",
+        help="which member this host is (default: the config's instance_id, else the member whose address "
+        "is on this host)",
     )
     parser.add_argument("--procfs", default="/proc", help=argparse.SUPPRESS)
     mode = parser.add_mutually_exclusive_group()
@@ -143,9 +164,16 @@ def _file_is(path: Path, text: str) -> bool:
         return False
 
 
-def build_items(iface: str, backend: str, root: Path, procfs: str) -> list[Item]:
-    """Every item setup-nat checks and, when missing, applies (in order)."""
+def build_items(iface: str, backend: str, root: Path, procfs: str, egress: list[EgressAddress] | None) -> list[Item]:
+    """Every item setup-nat checks and, when missing, applies (in order).
+
+    ``egress``: this host's table addresses ([]: none); None: unknown (the config could not be used),
+    so nat-ha's SNAT rules and the persisted rule file are left as they are.
+    """
     items: list[Item] = []
+    known = egress is not None
+    egress = list(egress or [])
+    snats = [hostnat.Snat(subnet, e.address) for e in egress for subnet in e.subnets]
 
     for key, value in hostnat.SYSCTLS.items():
         path = hostnat.sysctl_path(key, procfs)
@@ -173,12 +201,12 @@ def build_items(iface: str, backend: str, root: Path, procfs: str) -> list[Item]
 
     if backend == "nftables":
 
-        def masq_apply() -> None:
-            proc = _run(["nft", "-f", "-"], stdin=hostnat.nft_ruleset(iface))
+        def masq_apply() -> None:  # the whole table ip nat_ha: masquerade and every SNAT rule
+            proc = _run(["nft", "-f", "-"], stdin=hostnat.nft_ruleset(iface, snats))
             if proc.returncode != 0:
                 raise ApplyError(f"nft -f: {_first_line(proc.stderr)}")
 
-        rule_file, rule_text = root / hostnat.NFT_FILE, hostnat.nft_ruleset(iface)
+        rule_file, rule_text = root / hostnat.NFT_FILE, hostnat.nft_ruleset(iface, snats)
     else:
 
         def masq_apply() -> None:
@@ -187,9 +215,11 @@ def build_items(iface: str, backend: str, root: Path, procfs: str) -> list[Item]
             if proc.returncode != 0:
                 raise ApplyError(f"iptables: {_first_line(proc.stderr)}")
 
-        rule_file, rule_text = root / hostnat.IPTABLES_FILE, hostnat.iptables_rules(iface)
+        rule_file, rule_text = root / hostnat.IPTABLES_FILE, hostnat.iptables_rules(iface, snats)
 
     items.append(Item(f"masquerade on {iface} ({backend})", masq_present, masq_apply))
+    if known:
+        items += _egress_items(iface, backend, egress, snats, masq_apply)
 
     sysctl_file, sysctl_text = root / hostnat.SYSCTL_FILE, hostnat.sysctl_conf_text()
     items.append(
@@ -199,13 +229,14 @@ def build_items(iface: str, backend: str, root: Path, procfs: str) -> list[Item]
             lambda: _write_file(sysctl_file, sysctl_text),
         )
     )
-    items.append(
-        Item(
-            f"persisted masquerade rule in {rule_file}",
-            lambda: _file_is(rule_file, rule_text),
-            lambda: _write_file(rule_file, rule_text),
+    if known:
+        items.append(
+            Item(
+                f"persisted masquerade {'and snat rules' if snats else 'rule'} in {rule_file}",
+                lambda: _file_is(rule_file, rule_text),
+                lambda: _write_file(rule_file, rule_text),
+            )
         )
-    )
 
     if backend == "nftables":
         conf = next((root / c for c in hostnat.NFTABLES_CONFS if (root / c).is_file()), None)
@@ -230,6 +261,133 @@ def build_items(iface: str, backend: str, root: Path, procfs: str) -> list[Item]
     return items
 
 
+@dataclass(frozen=True)
+class EgressAddress:
+    """This host's address for one route table, and the subnets that use the table."""
+
+    route_table: str
+    address: str
+    subnets: tuple[str, ...]
+
+
+def _snats_listed(backend: str, iface: str) -> list[hostnat.Snat]:
+    if backend == "nftables":
+        return hostnat.nft_snats(_listing(["nft", "list", "table", hostnat.NFT_FAMILY, hostnat.NFT_TABLE]), iface)
+    return hostnat.iptables_snats(_listing(["iptables-save", "-t", "nat"]), iface)
+
+
+def _egress_items(
+    iface: str, backend: str, egress: list[EgressAddress], snats: list[hostnat.Snat], load_table: Callable[[], None]
+) -> list[Item]:
+    """Addresses, SNAT rules and the removal of stale nat-ha SNAT rules (only if there is something to do)."""
+    items: list[Item] = []
+
+    def addresses() -> list[str]:
+        return hostnat.interface_addresses(_listing(["ip", "-j", "-4", "addr", "show", "dev", iface]), iface)
+
+    for e in egress:
+
+        def addr_apply(address: str = e.address) -> None:
+            proc = _run(["ip", "addr", "add", f"{address}/32", "dev", iface])
+            if proc.returncode != 0 and "File exists" not in proc.stderr:
+                raise ApplyError(f"ip addr add: {_first_line(proc.stderr)}")
+
+        items.append(
+            Item(
+                f"address {e.address} on {iface} (egress of {e.route_table})",
+                lambda address=e.address: address in addresses(),  # type: ignore[misc]
+                addr_apply,
+            )
+        )
+    for e in egress:
+        for subnet in e.subnets:
+            snat = hostnat.Snat(subnet, e.address)
+            if backend == "nftables":
+                apply = load_table  # one transaction: the table with every rule
+            else:
+
+                def apply(snat: hostnat.Snat = snat) -> None:
+                    cmd = ["iptables", "-t", "nat", "-I", "POSTROUTING", "1", *hostnat.iptables_snat_args(iface, snat)]
+                    proc = _run(cmd)
+                    if proc.returncode != 0:
+                        raise ApplyError(f"iptables: {_first_line(proc.stderr)}")
+
+            items.append(
+                Item(
+                    f"snat {subnet} -> {e.address} on {iface} ({backend}, egress of {e.route_table})",
+                    lambda snat=snat: snat in _snats_listed(backend, iface),  # type: ignore[misc]
+                    apply,
+                )
+            )
+
+    def stale() -> list[hostnat.Snat]:
+        return [s for s in _snats_listed(backend, iface) if s not in snats]
+
+    def stale_apply() -> None:
+        if backend == "nftables":
+            load_table()  # the table is replaced whole: only the wanted rules stay
+            return
+        for line in _listing(["iptables-save", "-t", "nat"]).splitlines():
+            found = hostnat.iptables_snats(f"*nat\n{line}\nCOMMIT\n", iface)
+            if found and found[0] not in snats:
+                proc = _run(["iptables", "-t", "nat", "-D", *shlex.split(line)[1:]])
+                if proc.returncode != 0:
+                    raise ApplyError(f"iptables -D: {_first_line(proc.stderr)}")
+
+    if egress or stale():
+        items.append(Item(f"no other nat-ha snat rules on {iface} ({backend})", lambda: not stale(), stale_apply))
+    return items
+
+
+def _local_addresses() -> set[str]:
+    return set(hostnat.interface_addresses(_listing(["ip", "-j", "-4", "addr", "show"])))
+
+
+class EgressError(Exception):
+    """The egress settings cannot be used (one line); the rest of setup-nat still runs."""
+
+
+def egress_plan(config_path: str, instance_id: str) -> list[EgressAddress]:
+    """This host's table addresses under ``egress_ip = "follow"`` ([] when off or without a config).
+
+    Raises :class:`UsageError` for a ``--config`` that does not exist, :class:`EgressError` when the
+    config cannot be used (its first problem) or this host's member or addresses cannot be told.
+    """
+    path = config_path or agentconfig.DEFAULT_PATH
+    if not Path(path).exists():
+        if config_path:
+            raise UsageError(f"--config: {path}: no such file")
+        return []
+    try:
+        cfg = agentconfig.load(path)
+    except agentconfig.ConfigFileError as exc:
+        raise EgressError(exc.problems[0]) from None
+    except agentconfig.ConfigError as exc:
+        more = f" (and {len(exc.problems) - 1} more: nat-ha check-config)" if len(exc.problems) > 1 else ""
+        raise EgressError(f"{path}: {exc.problems[0]}{more}") from None
+    if not cfg.egress_follow:
+        return []
+    tables = cfg.egress_tables
+    me = instance_id or cfg.instance_id
+    if not me:
+        local = _local_addresses()
+        mine = {m.instance_id for m in cfg.members if m.address in local}
+        mine |= {iid for t in tables for iid, addr in t.addresses if addr in local}
+        if len(mine) != 1:
+            found = f" (addresses of {', '.join(sorted(mine))} are all here)" if mine else ""
+            raise EgressError(
+                f"egress_ip = follow: cannot tell which member this host is{found}: "
+                "set instance_id in the config or pass --instance-id"
+            )
+        (me,) = mine
+    plan = []
+    for t in tables:
+        if not t.address(me):
+            raise EgressError(f"{path}: egress.tables ({t.route_table}): no address for this instance ({me})")
+        plan.append(EgressAddress(t.route_table, t.address(me), t.subnets))
+    return plan
+
+
 def run(args: argparse.Namespace) -> int:
     root = Path(args.root)
     if not root.is_dir():
@@ -238,7 +396,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--procfs: {args.procfs!r} has no sys/ directory")
     iface = _interface(args.public_interface, args.procfs)
     backend = _pick_backend(args.backend)
-    items = build_items(iface, backend, root, args.procfs)
+    egress_failed = False
+    try:
+        egress: list[EgressAddress] | None = egress_plan(args.config, args.instance_id)
+    except EgressError as exc:  # the host is still made a NAT; nat-ha's SNAT rules are left as they are
+        print(f"nat-ha setup-nat: failed: egress: {exc}", file=sys.stderr)
+        egress, egress_failed = None, True
+    items = build_items(iface, backend, root, args.procfs, egress)
 
     if args.check:
         missing = 0
@@ -246,9 +410,9 @@ def run(args: argparse.Namespace) -> int:
             ok = item.present()
             missing += not ok
             print(f"{'ok' if ok else 'missing'}: {item.name}")
-        return 1 if missing else 0
+        return 1 if missing or egress_failed else 0
 
-    failed = 0
+    failed = int(egress_failed)
     for item in items:
         if item.present():
             print(f"ok: {item.name}")

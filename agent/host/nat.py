@@ -16,12 +16,23 @@ Layout of what ``setup-nat`` writes (relative to ``root``, ``/`` on a real host)
   ``etc/nftables.conf`` or ``etc/sysconfig/nftables.conf`` when that file exists.
 * iptables backend: ``etc/nat-ha/iptables-nat.rules`` - the rule in ``iptables-save``
   syntax (:func:`iptables_rules`); ``nat-ha-setup.service`` re-applies it at boot.
+
+With ``egress_ip = "follow"`` each route table's subnets are also SNATed to this host's address
+for that table (:class:`Snat`), ahead of the masquerade rule: in nftables a chain of their own
+at priority ``srcnat - 10`` (so they win over any masquerade at ``srcnat``, ours or another
+table's), in iptables rules inserted at the head of ``POSTROUTING``. A packet of a table whose
+address holds no Elastic IP is then dropped by the internet gateway rather than sent out with
+this host's own public address.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
+import json
 import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 #: The kernel settings a NAT instance needs (key -> value), as in AWS's NAT AMI.
@@ -166,18 +177,33 @@ def masquerade_count(iptables_save_text: str, nft_ruleset_text: str, interface: 
     return sum(1 for f in found if f == interface)
 
 
-def nft_ruleset(interface: str) -> str:
+@dataclass(frozen=True)
+class Snat:
+    """Traffic from ``subnet`` leaving on the public interface gets source ``address`` (egress follow)."""
+
+    subnet: str
+    address: str
+
+
+def nft_ruleset(interface: str, snats: tuple[Snat, ...] | list[Snat] = ()) -> str:
     """The nftables file setup-nat loads and persists: replaces table ``ip nat_ha`` atomically.
 
     The leading ``table``/``delete table`` pair makes it idempotent (``nft -f`` runs it as one
-    transaction; works on nft 0.9+ which lacks ``destroy``).
+    transaction; works on nft 0.9+ which lacks ``destroy``). ``snats`` go in chain ``egress``,
+    which runs before every masquerade (priority ``srcnat - 10``).
     """
+    egress = ""
+    if snats:
+        rules = "".join(
+            f'\t\tip saddr {s.subnet} oifname "{interface}" snat to {s.address} comment "{COMMENT}"\n' for s in snats
+        )
+        head = "\tchain egress {\n\t\ttype nat hook postrouting priority srcnat - 10; policy accept;\n"
+        egress = head + rules + "\t}\n"
     return (
         "# Written by nat-ha setup-nat. Load with: nft -f this-file (idempotent).\n"
         f"table {NFT_FAMILY} {NFT_TABLE}\n"
         f"delete table {NFT_FAMILY} {NFT_TABLE}\n"
-        f"table {NFT_FAMILY} {NFT_TABLE} {{\n"
-        "\tchain postrouting {\n"
+        f"table {NFT_FAMILY} {NFT_TABLE} {{\n" + egress + "\tchain postrouting {\n"
         "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
         f'\t\toifname "{interface}" masquerade comment "{COMMENT}"\n'
         "\t}\n"
@@ -190,15 +216,90 @@ def iptables_rule_args(interface: str) -> list[str]:
     return ["-o", interface, "-m", "comment", "--comment", COMMENT, "-j", "MASQUERADE"]
 
 
-def iptables_rules(interface: str) -> str:
-    """The persisted iptables rule, in ``iptables-save`` syntax (for inspection and the self check)."""
+def iptables_snat_args(interface: str, snat: Snat) -> list[str]:
+    """The rule specification (after ``-t nat -I POSTROUTING 1``) of one egress SNAT rule."""
+    return ["-s", snat.subnet, "-o", interface, "-m", "comment", "--comment", COMMENT, "-j", "SNAT",
+            "--to-source", snat.address]  # fmt: skip
+
+
+def iptables_rules(interface: str, snats: tuple[Snat, ...] | list[Snat] = ()) -> str:
+    """The persisted iptables rules, in ``iptables-save`` syntax (for inspection and the self check)."""
+    lines = [f"-A POSTROUTING {' '.join(iptables_snat_args(interface, s))}\n" for s in snats]
     return (
         "# Written by nat-ha setup-nat; nat-ha-setup.service re-applies it at boot (`nat-ha setup-nat`,\n"
         "# which adds it only when missing). Do not `iptables-restore` this without --noflush.\n"
-        "*nat\n"
-        f"-A POSTROUTING {' '.join(iptables_rule_args(interface))}\n"
+        "*nat\n" + "".join(lines) + f"-A POSTROUTING {' '.join(iptables_rule_args(interface))}\n"
         "COMMIT\n"
     )
+
+
+def _cidr(text: str) -> str:
+    """``10.0.1.0/24`` as written; a bare address as ``/32`` (iptables-save writes ``-s A/32``)."""
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        return text
+
+
+def iptables_snats(iptables_save_text: str, interface: str = "") -> list[Snat]:
+    """The nat-ha SNAT rules (commented ``nat-ha``) in the ``*nat`` table of ``iptables-save`` text.
+
+    Only rules naming ``interface`` with ``-o`` when one is given; in chain order.
+    """
+    out: list[Snat] = []
+    table = ""
+    for line in iptables_save_text.splitlines():
+        line = line.strip()
+        if line.startswith("*"):
+            table = line[1:]
+            continue
+        if table != "nat" or not line.startswith("-A POSTROUTING "):
+            continue
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            continue
+        opts = dict(itertools.pairwise(words))
+        if opts.get("-j") != "SNAT" or opts.get("--comment") != COMMENT or "-s" not in opts:
+            continue
+        if interface and opts.get("-o") != interface:
+            continue
+        out.append(Snat(_cidr(opts["-s"]), opts.get("--to-source", "")))
+    return out
+
+
+_NFT_SNAT_RE = re.compile(r'\bip saddr (\S+) oifname "?([^"\s]+)"? snat (?:ip )?to (\S+)')
+
+
+def nft_snats(nft_ruleset_text: str, interface: str = "") -> list[Snat]:
+    """The SNAT rules of table ``ip nat_ha`` in ``nft list ruleset`` text (only ``interface``'s if given)."""
+    out: list[Snat] = []
+    inside = False
+    for raw in nft_ruleset_text.splitlines():
+        line = raw.strip()
+        if line.startswith("table "):
+            inside = line.split()[1:3] == [NFT_FAMILY, NFT_TABLE]
+            continue
+        m = _NFT_SNAT_RE.search(line.split("#", 1)[0]) if inside else None
+        if m and (not interface or m.group(2) == interface):
+            out.append(Snat(_cidr(m.group(1)), m.group(3)))
+    return out
+
+
+def interface_addresses(ip_json_text: str, interface: str = "") -> list[str]:
+    """IPv4 addresses in ``ip -j -4 addr show`` output (of ``interface`` only, if given)."""
+    try:
+        links = json.loads(ip_json_text or "[]")
+    except ValueError:
+        return []
+    out = []
+    for link in links if isinstance(links, list) else []:
+        if interface and link.get("ifname") != interface:
+            continue
+        for info in link.get("addr_info", []):
+            if info.get("family") == "inet" and info.get("local"):
+                out.append(str(info["local"]))
+    return out
 
 
 def nft_include_line(root_relative_file: str = NFT_FILE) -> str:

@@ -87,12 +87,13 @@ class MotoServer:
         url: str = "",
         prefix: tuple[str, ...] = (),
         ready: Callable[[], bool] | None = None,
+        module: str = "moto.server",
     ) -> None:
         self.port = port or free_port()
         self.url = url or f"http://{host}:{self.port}"
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "moto.server", "-H", host, "-p", str(self.port)],
+            [*prefix, sys.executable, "-m", module, "-H", host, "-p", str(self.port)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **DUMMY_ENV},
@@ -140,7 +141,7 @@ def timing_toml(timing: dict[str, Any]) -> list[str]:
     return ["[timing]", *(f"{k} = {json.dumps(v)}" for k, v in sorted(timing.items())), ""]
 
 
-def member_toml(nat: Nat, address: str, probe_port: int = 0) -> list[str]:
+def member_toml(nat: Nat, address: str, probe_port: int = 0, eni: str = "") -> list[str]:
     """The ``[[members]]`` block of one NAT in a generated agent config."""
     port = [f"probe_port = {probe_port}"] if probe_port else []
     return [
@@ -148,6 +149,7 @@ def member_toml(nat: Nat, address: str, probe_port: int = 0) -> list[str]:
         f'instance_id = "{nat.instance_id}"',
         f'address = "{address}"',
         *port,
+        *([f'eni = "{eni}"'] if eni else []),
         f'route_tables = ["{nat.route_table}"]',
         f'az = "{nat.az}"',
         "",
@@ -241,6 +243,7 @@ class LocalGroup:
                 MaxCount=1,
                 InstanceType="t4g.nano",
                 SubnetId=subnet["Subnet"]["SubnetId"],
+                PrivateIpAddress=f"10.0.{100 + i}.10",  # the network lab's NAT i has it on its public interface
                 TagSpecifications=[
                     {"ResourceType": "instance", "Tags": [{"Key": "nat-ha:group", "Value": self.group}]}
                 ],

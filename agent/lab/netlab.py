@@ -22,6 +22,21 @@ in ``vpc``; a stopped instance has its links down, a started one boots (faults
 cleared, ip_forward on, links up, routes back). It prints one JSON line per
 change; the lab kills a stopped instance's agent and starts it again when the
 instance runs again.
+
+``egress_ip="follow"`` models AWS's internet gateway too (research/aws-realism.md, "Keeping
+the egress IP across AZs")::
+
+    nat<i> pub0 10.0.<100+i>.10 (+ one address per route table, setup-nat) --- igw --- inet br0
+
+Each NAT's public interface holds private addresses only (its primary, and its address for
+every route table, 10.0.<100+i>.<21+t>); the ``igw`` namespace translates 1:1 and statelessly
+between a private address and its public one, as the internet gateway does: the primary has
+the instance's own public address 203.0.113.<11+i>, a table address has the table's Elastic IP
+(203.0.113.<101+t>) while moto says that EIP is associated with it, and a packet from an
+address with no public one is dropped there. moto's EIPs, ENIs and secondary addresses are
+made by the lab, the reconciler maps moto's associations onto igw's maps, and
+:mod:`agent.lab.egresswatch` in ``inet`` records the source address of every echo request the
+fake internet receives (the private hosts ping with a pattern saying which subnet sent it).
 """
 
 from __future__ import annotations
@@ -45,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.lab import nspawn
+from agent.lab import egresswatch, nspawn
 from agent.lab.localgroup import (
     DUMMY_ENV,
     REGION,
@@ -64,6 +79,8 @@ PROXY_PORT = 5100  # ec2_proxy: NAT i reaches EC2 through agent.lab.holdproxy on
 FAULT_CHAIN = "LABFAULT"
 CLONE_NEWNET = 0x40000000
 PING_INTERVAL = 0.1
+IGW_IP = "203.0.113.2"  # the internet gateway's side of the fake internet (egress lab)
+IGW_TABLE = "igw"
 
 # Defaults of agent/config.py, except what makes restarts and fail-back fit a test run.
 LAB_TIMING: dict[str, Any] = {
@@ -77,8 +94,10 @@ T = TypeVar("T")
 
 
 # ------------------------------------------------------------------ helpers
-def sh(*argv: str, check: bool = True, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+def sh(
+    *argv: str, check: bool = True, timeout: float = 10.0, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False, input=stdin)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc
@@ -116,6 +135,61 @@ def cleanup_stale() -> list[str]:
         sh("ip", "netns", "del", name, check=False)
         removed.append(name)
     return removed
+
+
+def igw_ruleset(public_of: dict[str, str]) -> str:
+    """The internet gateway's nftables table: a stateless 1:1 translation, nothing else.
+
+    Inbound (from the fake internet) a public destination becomes its private address before
+    routing; outbound a private source becomes its public address; a packet from a private
+    address with no public one is counted and dropped, as AWS's gateway drops it.
+    """
+    return f"""table ip {IGW_TABLE}
+delete table ip {IGW_TABLE}
+table ip {IGW_TABLE} {{
+\tmap public_of {{ type ipv4_addr : ipv4_addr; }}
+\tmap private_of {{ type ipv4_addr : ipv4_addr; }}
+\tset mapped {{ type ipv4_addr; }}
+\tcounter dropped {{ }}
+\tchain inbound {{
+\t\ttype filter hook prerouting priority -150; policy accept;
+\t\tiifname "inet0" ip daddr set ip daddr map @private_of
+\t}}
+\tchain forward {{
+\t\ttype filter hook forward priority 0; policy accept;
+\t\tiifname "inet0" ip daddr 10.0.0.0/8 accept
+\t\toifname "inet0" ip saddr @mapped accept
+\t\tcounter name "dropped" drop
+\t}}
+\tchain outbound {{
+\t\ttype filter hook postrouting priority 100; policy accept;
+\t\toifname "inet0" ip saddr set ip saddr map @public_of
+\t}}
+}}
+""" + igw_update(public_of)
+
+
+def igw_update(public_of: dict[str, str]) -> str:
+    """Replace the translation (one nft transaction: a mapping moves from one address to another atomically)."""
+    lines = [f"flush map ip {IGW_TABLE} public_of", f"flush map ip {IGW_TABLE} private_of",
+             f"flush set ip {IGW_TABLE} mapped"]  # fmt: skip
+    if public_of:
+        pairs = sorted(public_of.items())
+        lines += [
+            f"add element ip {IGW_TABLE} public_of {{ {', '.join(f'{a} : {b}' for a, b in pairs)} }}",
+            f"add element ip {IGW_TABLE} private_of {{ {', '.join(f'{b} : {a}' for a, b in pairs)} }}",
+            f"add element ip {IGW_TABLE} mapped {{ {', '.join(a for a, _ in pairs)} }}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_igw_map(nft_json: str) -> dict[str, str]:
+    """private -> public from ``nft -j list map ip igw public_of``."""
+    out: dict[str, str] = {}
+    for item in json.loads(nft_json or "{}").get("nftables", []):
+        for pair in item.get("map", {}).get("elem", []) if "map" in item else []:
+            out[str(pair[0])] = str(pair[1])
+    return out
 
 
 class NsExecutor:
@@ -158,6 +232,7 @@ class Topology:
     prefix: str = field(default_factory=lambda: f"{PREFIX}{os.getpid()}-{secrets.token_hex(2)}-")
     made: list[str] = field(default_factory=list)
     default_route: bool = False
+    egress: bool = False  # the internet gateway namespace and private public interfaces (module doc)
 
     @property
     def inet(self) -> str:
@@ -166,6 +241,10 @@ class Topology:
     @property
     def vpc(self) -> str:
         return self.prefix + "vpc"
+
+    @property
+    def igw(self) -> str:
+        return self.prefix + "igw"
 
     def nat_ns(self, i: int) -> str:
         return self.prefix + f"nat{chr(97 + i)}"
@@ -193,6 +272,30 @@ class Topology:
     def table(i: int) -> int:
         return 101 + i
 
+    # With egress: the NAT's public interface is private, as an EC2 instance's ENI is.
+    @staticmethod
+    def pub_ip(i: int) -> str:
+        """NAT i's primary private address on its public interface (its instance's PrivateIpAddress)."""
+        return f"10.0.{100 + i}.10"
+
+    @staticmethod
+    def pub_gw(i: int) -> str:
+        return f"10.0.{100 + i}.1"
+
+    @staticmethod
+    def egress_address(i: int, t: int) -> str:
+        """NAT i's address for route table t (a secondary address of its ENI)."""
+        return f"10.0.{100 + i}.{21 + t}"
+
+    @staticmethod
+    def eip(t: int) -> str:
+        """Route table t's Elastic IP."""
+        return f"203.0.113.{101 + t}"
+
+    @staticmethod
+    def private_subnet(t: int) -> str:
+        return f"10.0.{1 + t}.0/24"
+
     def _veth(self, ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
         tmp_a, tmp_b = f"lv{secrets.token_hex(4)}", f"lv{secrets.token_hex(4)}"
         # Created under random names, renamed inside each namespace (names are per namespace).
@@ -205,11 +308,13 @@ class Topology:
     def build(self, setup_root: Path, setup_nat: bool = True, default_route: bool = False) -> None:
         """Namespaces and links; ``setup_nat``: run ``nat-ha setup-nat`` in each NAT now (the systemd
         lab leaves it to the containers' nat-ha-setup.service); ``default_route``: each NAT routes
-        0.0.0.0/0 to the fake internet, as an EC2 instance routes it to its VPC's gateway."""
+        0.0.0.0/0 to the fake internet, as an EC2 instance routes it to its VPC's gateway (always
+        with ``egress``: to the internet gateway)."""
         if not 2 <= self.n <= 5:
             raise ValueError("the lab has 2 to 5 NATs")
-        self.default_route = default_route
+        self.default_route = default_route or self.egress
         names = [self.inet, self.vpc] + [f(i) for i in range(self.n) for f in (self.nat_ns, self.priv_ns)]
+        names += [self.igw] if self.egress else []
         for ns in names:
             sh("ip", "netns", "add", ns)
             self.made.append(ns)
@@ -219,17 +324,30 @@ class Topology:
         sh("ip", "-n", self.inet, "addr", "add", f"{INET_IP}/24", "dev", "br0")
         sh("ip", "netns", "exec", self.vpc, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         sh("ip", "-n", self.vpc, "rule", "add", "to", "10.0.0.0/16", "lookup", "main", "priority", "50")
+        if self.egress:
+            self._veth(self.inet, "igw", self.igw, "inet0")
+            sh("ip", "-n", self.inet, "link", "set", "igw", "master", "br0")
+            sh("ip", "-n", self.igw, "addr", "add", f"{IGW_IP}/24", "dev", "inet0")
+            sh("ip", "netns", "exec", self.igw, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            for public in [self.nat_public_ip(i) for i in range(self.n)] + [self.eip(t) for t in range(self.n)]:
+                sh("ip", "-n", self.inet, "route", "add", f"{public}/32", "via", IGW_IP)
+            self.set_igw_map({self.pub_ip(i): self.nat_public_ip(i) for i in range(self.n)})
         for i in range(self.n):
             nat, priv = self.nat_ns(i), self.priv_ns(i)
-            self._veth(self.inet, f"pub{i}", nat, "pub0")
-            sh("ip", "-n", self.inet, "link", "set", f"pub{i}", "master", "br0")
-            sh("ip", "-n", nat, "addr", "add", f"{self.nat_public_ip(i)}/24", "dev", "pub0")
+            if self.egress:  # pub0 on its own link to the internet gateway, a private address
+                self._veth(self.igw, f"nat{i}", nat, "pub0")
+                sh("ip", "-n", self.igw, "addr", "add", f"{self.pub_gw(i)}/24", "dev", f"nat{i}")
+                sh("ip", "-n", nat, "addr", "add", f"{self.pub_ip(i)}/24", "dev", "pub0")
+            else:
+                self._veth(self.inet, f"pub{i}", nat, "pub0")
+                sh("ip", "-n", self.inet, "link", "set", f"pub{i}", "master", "br0")
+                sh("ip", "-n", nat, "addr", "add", f"{self.nat_public_ip(i)}/24", "dev", "pub0")
             self._veth(self.vpc, f"nat{i}", nat, "priv0")
             sh("ip", "-n", self.vpc, "addr", "add", f"{self.nat_gw(i)}/24", "dev", f"nat{i}")
             sh("ip", "-n", nat, "addr", "add", f"{self.nat_ip(i)}/24", "dev", "priv0")
             sh("ip", "-n", nat, "route", "add", "10.0.0.0/16", "via", self.nat_gw(i))
-            if default_route:
-                sh("ip", "-n", nat, "route", "add", "default", "via", INET_IP, "dev", "pub0")
+            if self.default_route:
+                sh("ip", "-n", nat, "route", "add", "default", "via", self.default_gw(i), "dev", "pub0")
             self._veth(self.vpc, f"priv{i}", priv, "eth0")
             sh("ip", "-n", self.vpc, "addr", "add", f"10.0.{1 + i}.1/24", "dev", f"priv{i}")
             sh("ip", "-n", priv, "addr", "add", f"{self.priv_ip(i)}/24", "dev", "eth0")
@@ -240,9 +358,12 @@ class Topology:
                 if hook == "INPUT":
                     sh("ip", "netns", "exec", nat, "iptables", "-N", FAULT_CHAIN)
                 sh("ip", "netns", "exec", nat, "iptables", "-I", hook, "1", "-j", FAULT_CHAIN)
-        if not setup_nat:
-            return
-        # The NAT set-up the product ships: `nat-ha setup-nat` inside each NAT namespace.
+        if setup_nat:
+            self.setup_nat(setup_root)
+
+    def setup_nat(self, setup_root: Path, configs: list[Path] | None = None) -> None:
+        """The NAT set-up the product ships: ``nat-ha setup-nat`` inside each NAT namespace (with the
+        agent's config when given: egress addresses and SNAT rules)."""
         procs = []
         for i in range(self.n):
             root = setup_root / f"nat{i}"
@@ -251,11 +372,33 @@ class Topology:
                 "ip", "netns", "exec", self.nat_ns(i), sys.executable, "-m", "agent.commands.cli", "setup-nat",
                 "--public-interface", "pub0", "--root", str(root),
             ]  # fmt: skip
+            if configs is not None:
+                cmd += ["--config", str(configs[i])]
             procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         for i, p in enumerate(procs):
             out, _ = p.communicate(timeout=60)
             if p.returncode != 0:
                 raise RuntimeError(f"setup-nat in {self.nat_ns(i)} failed: {out.strip()}")
+
+    def default_gw(self, i: int) -> str:
+        return self.pub_gw(i) if self.egress else INET_IP
+
+    def set_igw_map(self, public_of: dict[str, str]) -> None:
+        """The internet gateway, with this 1:1 translation (private address -> public address)."""
+        sh("ip", "netns", "exec", self.igw, "nft", "-f", "-", stdin=igw_ruleset(public_of))
+
+    def igw_map(self) -> dict[str, str]:
+        """The translation the internet gateway has now (private -> public)."""
+        out = sh("ip", "netns", "exec", self.igw, "nft", "-j", "list", "map", "ip", IGW_TABLE, "public_of").stdout
+        return parse_igw_map(out)
+
+    def igw_dropped(self) -> int:
+        """Packets the internet gateway dropped so far (from an address with no public one)."""
+        out = sh("ip", "netns", "exec", self.igw, "nft", "-j", "list", "counter", "ip", IGW_TABLE, "dropped").stdout
+        for item in json.loads(out).get("nftables", []):
+            if "counter" in item:
+                return int(item["counter"].get("packets", 0))
+        return 0
 
     def teardown(self) -> None:
         for ns in reversed(self.made):
@@ -282,7 +425,7 @@ class Topology:
         self.links(i, up=True)
         sh("ip", "-n", self.nat_ns(i), "route", "replace", "10.0.0.0/16", "via", self.nat_gw(i))
         if self.default_route:
-            sh("ip", "-n", self.nat_ns(i), "route", "replace", "default", "via", INET_IP, "dev", "pub0")
+            sh("ip", "-n", self.nat_ns(i), "route", "replace", "default", "via", self.default_gw(i), "dev", "pub0")
 
     def clear_faults(self, i: int) -> None:
         self.nat_exec(i, "iptables", "-F", FAULT_CHAIN)
@@ -333,13 +476,16 @@ def parse_ping(text: str, count: int, interval: float = PING_INTERVAL) -> PingRe
 class Ping:
     """``ping -D -O -i 0.1 -W 1 -c N 203.0.113.10`` from a private host, in the background (bounded)."""
 
-    def __init__(self, ns: str, seconds: float, interval: float = PING_INTERVAL, target: str = INET_IP) -> None:
+    def __init__(
+        self, ns: str, seconds: float, interval: float = PING_INTERVAL, target: str = INET_IP, pattern: str = ""
+    ) -> None:
         self.count = max(1, round(seconds / interval))
         self.interval = interval
         self.started = time.time()
+        fill = ["-p", pattern] if pattern else []  # says which private host sent it (agent.lab.egresswatch)
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, "timeout", str(int(seconds + 10)), "ping", "-D", "-O", "-n",
-             "-i", str(interval), "-W", "1", "-c", str(self.count), target],
+             "-i", str(interval), "-W", "1", "-c", str(self.count), *fill, target],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
 
@@ -376,6 +522,7 @@ class InetMoto(MotoServer):
             url=f"http://{INET_IP}:{MOTO_PORT}",
             prefix=("nice", "-n", str(nice), "ip", "netns", "exec", ns),
             ready=lambda: bool(executor.call(lambda: self.answers(30), timeout=40)),
+            module="agent.lab.motofix",  # EIP associations bound to the private address asked for, as in AWS
         )
 
 
@@ -425,6 +572,15 @@ class NetLab(LocalGroup):
     ec2_proxy: bool = False
     _proxy: subprocess.Popen[str] | None = None
     _proxy_events: list[tuple[float, str]] = field(default_factory=list)
+    # Each route table's Elastic IP follows the table (the module doc): "off" or "follow".
+    egress_ip: str = "off"
+    egress_order: str = ""  # the agents' egress_order ("" : their default)
+    enis: dict[str, str] = field(default_factory=dict)  # instance id -> its ENI (egress)
+    allocations: list[str] = field(default_factory=list)  # route table t's EIP allocation id (egress)
+    _watch: subprocess.Popen[str] | None = None
+    _arrivals: list[egresswatch.Arrival] = field(default_factory=list)
+    _arrivals_offset: int = 0
+    _defer_configs: bool = False
 
     # --------------------------------------------------------------- set-up
     def __enter__(self) -> NetLab:
@@ -438,19 +594,28 @@ class NetLab(LocalGroup):
             reason = nspawn.skip_reason()
             if reason:
                 raise RuntimeError(reason)
+        if self.egress_ip not in ("off", "follow"):
+            raise ValueError(f"egress_ip: {self.egress_ip!r} is not off or follow")
+        if self.egress and self.systemd:
+            raise ValueError("the systemd lab has no internet gateway: egress_ip = follow runs in the process lab")
         self.topo.n = self.n
+        self.topo.egress = self.egress
         try:
             cleanup_stale()
             if self.systemd:
                 nspawn.cleanup_stale()
                 self._bake_image()
-            self.topo.build(self.workdir / "setup-root", setup_nat=not self.systemd, default_route=self.systemd)
+            setup_now = not self.systemd and not self.egress  # egress: setup-nat reads the agents' configs
+            self.topo.build(self.workdir / "setup-root", setup_nat=setup_now, default_route=self.systemd)
             self._inet = NsExecutor(self.topo.inet)
             self._vpc = NsExecutor(self.topo.vpc)
             self.moto = InetMoto(self.topo.inet, self.workdir / "moto.log", self._inet, self.nice)
             if self.ec2_proxy:
                 self._start_proxy()
             self.inet(self._create_world)
+            if self.egress:
+                self.topo.setup_nat(self.workdir / "setup-root", [n.config_path for n in self.nats])
+                self._start_watch()
             self._start_reconciler()
             if self.systemd:
                 self._make_containers()
@@ -538,12 +703,77 @@ class NetLab(LocalGroup):
     def index(self, instance_id: str) -> int:
         return next(i for i, n in enumerate(self.nats) if n.instance_id == instance_id)
 
+    @property
+    def egress(self) -> bool:
+        return self.egress_ip == "follow"
+
+    def _create_world(self) -> None:
+        """LocalGroup's world; with egress also each NAT's table addresses and each table's EIP, at home."""
+        if not self.egress:
+            super()._create_world()
+            return
+        self._defer_configs = True
+        super()._create_world()
+        self._defer_configs = False
+        ec2 = self.client("ec2")
+        data = ec2.describe_instances(InstanceIds=self.members)
+        for inst in (i for r in data["Reservations"] for i in r["Instances"]):
+            self.enis[inst["InstanceId"]] = inst["NetworkInterfaces"][0]["NetworkInterfaceId"]
+        group_tag = {"Key": "nat-ha:group", "Value": self.group}
+        for i, nat in enumerate(self.nats):
+            eni = self.enis[nat.instance_id]
+            ec2.assign_private_ip_addresses(
+                NetworkInterfaceId=eni, PrivateIpAddresses=[self.topo.egress_address(i, t) for t in range(self.n)]
+            )
+            ec2.create_tags(Resources=[eni], Tags=[group_tag])
+        for t, nat in enumerate(self.nats):
+            alloc = ec2.allocate_address(
+                Domain="vpc",
+                Address=self.topo.eip(t),
+                TagSpecifications=[{"ResourceType": "elastic-ip", "Tags": [
+                    group_tag, {"Key": "nat-ha:route-table", "Value": nat.route_table}]}],
+            )["AllocationId"]  # fmt: skip
+            self.allocations.append(alloc)
+            ec2.associate_address(
+                AllocationId=alloc,
+                NetworkInterfaceId=self.enis[nat.instance_id],
+                PrivateIpAddress=self.topo.egress_address(t, t),
+                AllowReassociation=True,
+            )
+        for nat in self.nats:
+            nat.config_path.write_text(self._config(nat))
+
+    def _egress_top_toml(self) -> list[str]:
+        """The top-level egress keys (the interface of issue 14)."""
+        return ['egress_ip = "follow"', *([f'egress_order = "{self.egress_order}"'] if self.egress_order else [])]
+
+    def _egress_tables_toml(self) -> list[str]:
+        """One [[egress.tables]] per route table: its EIP, its subnet, every NAT's address for it."""
+        lines = []
+        for t, nat in enumerate(self.nats):
+            addresses = ", ".join(f'"{o.instance_id}" = "{self.topo.egress_address(j, t)}"'
+                                  for j, o in enumerate(self.nats))  # fmt: skip
+            lines += [
+                "[[egress.tables]]",
+                f'route_table = "{nat.route_table}"',
+                f'allocation_id = "{self.allocations[t]}"',
+                f'subnets = ["{self.topo.private_subnet(t)}"]',
+                f"addresses = {{ {addresses} }}",
+                "",
+            ]
+        return lines
+
     def _config(self, nat: Nat) -> str:
         assert self.moto is not None
+        if self._defer_configs:
+            return ""  # written once the egress resources exist (_create_world)
         i = self.index(nat.instance_id)
         timing = {**self.timing}
+        header = self._header_toml(nat, self.moto.url)
+        if self.egress:  # top-level keys, before the first table
+            header = header[:3] + self._egress_top_toml() + header[3:]
         lines = [
-            *self._header_toml(nat, self.moto.url),
+            *header,
             "[probe]",
             'method = "icmp"',
             'privileged = "true"',
@@ -563,12 +793,14 @@ class NetLab(LocalGroup):
             "",
         ]
         for j, other in enumerate(self.nats):
-            lines += member_toml(other, self.topo.nat_ip(j))
+            lines += member_toml(other, self.topo.nat_ip(j), eni=self.enis.get(other.instance_id, ""))
         if self.ec2_proxy:
             old, new = f'endpoint_url = "{self.moto.url}"', f'endpoint_url = "http://{INET_IP}:{PROXY_PORT + i}"'
             ec2 = lines.index("[ec2]")
             assert lines[ec2 + 1] == old
             lines[ec2 + 1] = new
+        if self.egress:
+            lines += self._egress_tables_toml()
         if self.systemd:  # this instance's id and region from the lab IMDSv2, as on EC2
             header = self._header_toml(nat, self.moto.url)
             assert header[1].startswith("instance_id = ") and header[2].startswith("region = ")
@@ -610,10 +842,23 @@ class NetLab(LocalGroup):
             "systemd": self.systemd,
             "tables": {n.route_table: self.topo.table(i) for i, n in enumerate(self.nats)},
             "instances": {
-                n.instance_id: {"ns": self.topo.nat_ns(i), "ip": self.topo.nat_ip(i), "gw": self.topo.nat_gw(i)}
+                n.instance_id: {
+                    "ns": self.topo.nat_ns(i),
+                    "ip": self.topo.nat_ip(i),
+                    "gw": self.topo.nat_gw(i),
+                    "pubgw": self.topo.default_gw(i),
+                    "eni": self.enis.get(n.instance_id, ""),
+                }
                 for i, n in enumerate(self.nats)
             },
         }
+        if self.egress:
+            spec["egress"] = {
+                "igw": self.topo.igw,
+                "allocations": self.allocations,
+                "eips": [self.topo.eip(t) for t in range(self.n)],
+                "static": {self.topo.pub_ip(i): self.topo.nat_public_ip(i) for i in range(self.n)},
+            }
         path = self.workdir / "reconciler.json"
         path.write_text(json.dumps(spec))
         self._reconciler = subprocess.Popen(
@@ -696,7 +941,9 @@ class NetLab(LocalGroup):
 
     # ------------------------------------------------------------- views
     def route_targets(self) -> dict[str, str]:
-        return self.inet(super().route_targets)
+        """Route table -> instance (a route to a NAT's ENI counts as a route to its instance, as in AWS)."""
+        by_eni = {eni: iid for iid, eni in self.enis.items()}
+        return {rtb: by_eni.get(t, t) for rtb, t in self.inet(super().route_targets).items()}
 
     def snapshot(self) -> Any:
         return self.inet(super().snapshot)
@@ -713,8 +960,10 @@ class NetLab(LocalGroup):
         return True
 
     def settled(self) -> bool:
-        """At home in DynamoDB, EC2 and the data plane; every member alive and healthy."""
+        """At home in DynamoDB, EC2 and the data plane (and every EIP: egress); every member alive and healthy."""
         if not self.at_home() or not self.data_plane_at_home():
+            return False
+        if self.egress and not self.egress_at_home():
             return False
         snap = self.snapshot()
         return all(
@@ -753,7 +1002,50 @@ class NetLab(LocalGroup):
         return self._vpc.call(get, timeout + 5)
 
     def ping(self, i: int, seconds: float, interval: float = PING_INTERVAL) -> Ping:
-        return Ping(self.topo.priv_ns(i), seconds, interval)
+        """Private host i pings the fake internet (with its pattern: the egress record tells its packets apart)."""
+        return Ping(self.topo.priv_ns(i), seconds, interval, pattern=egresswatch.pattern(i))
+
+    # --------------------------------------------------------------- egress
+    def _start_watch(self) -> None:
+        deadline = time.time() + self.max_seconds
+        self._watch = subprocess.Popen(
+            ["ip", "netns", "exec", self.topo.inet, sys.executable, "-m", "agent.lab.egresswatch",
+             str(self.workdir / "egress.log"), "--deadline", str(deadline)],
+            stdout=subprocess.PIPE, stderr=open(self.workdir / "egresswatch.log", "ab"), text=True,  # noqa: SIM115
+        )  # fmt: skip
+        assert self._watch.stdout is not None
+        if self._watch.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the fake internet's recorder did not start (see {self.workdir}/egresswatch.log)")
+
+    def arrivals(self, since: float = 0.0, host: int | None = None) -> list[egresswatch.Arrival]:
+        """Echo requests the fake internet received since ``since`` (of private host ``host`` only, if given)."""
+        new, self._arrivals_offset = egresswatch.read(self.workdir / "egress.log", self._arrivals_offset)
+        self._arrivals += new
+        return [a for a in self._arrivals if a.t >= since and (host is None or a.host == host)]
+
+    def eip(self, t: int) -> str:
+        """Route table t's Elastic IP (the address its subnet's traffic must leave with)."""
+        return self.topo.eip(t)
+
+    def eip_holders(self) -> dict[str, str]:
+        """Route table -> the private address moto has its EIP associated with ("" if none)."""
+
+        def read() -> dict[str, str]:
+            data = self.client("ec2").describe_addresses(AllocationIds=self.allocations)["Addresses"]
+            by_alloc = {a["AllocationId"]: a.get("PrivateIpAddress", "") for a in data}
+            return {n.route_table: by_alloc.get(self.allocations[t], "") for t, n in enumerate(self.nats)}
+
+        return self.inet(read)
+
+    def egress_at_home(self) -> bool:
+        """Every table's EIP on its home NAT's address for it, in moto and in the internet gateway."""
+        igw = self.topo.igw_map()
+        holders = self.eip_holders()
+        return all(
+            holders.get(n.route_table) == self.topo.egress_address(t, t)
+            and igw.get(self.topo.egress_address(t, t)) == self.topo.eip(t)
+            for t, n in enumerate(self.nats)
+        )
 
     # --------------------------------------------------------------- faults
     def crash(self, i: int) -> None:
@@ -876,7 +1168,8 @@ class NetLab(LocalGroup):
                 ct.close()
             except Exception as exc:  # keep cleaning up the rest
                 self._log(f"closing container {ct.name}: {exc}")
-        for proc in self._imds:
+        helpers: list[subprocess.Popen[Any]] = [*self._imds, *([self._watch] if self._watch else [])]
+        for proc in helpers:
             stop_process(proc, kill=True)
         if self._reconciler is not None:
             stop_process(self._reconciler)
@@ -914,9 +1207,13 @@ def reconcile(spec_path: str) -> int:
     )
     tables: dict[str, int] = spec["tables"]
     instances: dict[str, dict[str, str]] = spec["instances"]
+    by_eni = {v["eni"]: iid for iid, v in instances.items() if v.get("eni")}
     applied: dict[str, str] = {}  # what the vpc router has
     seen: dict[str, str] = {}  # what moto said last
     running = dict.fromkeys(instances, True)
+    egress: dict[str, Any] = spec.get("egress") or {}
+    public_of: dict[str, str] = dict(egress.get("static", {}))  # what the internet gateway has
+    holders: dict[str, str] = {}  # allocation id -> private address moto says (egress)
 
     def emit(ev: str, **data: Any) -> None:
         print(json.dumps({"t": time.time(), "ev": ev, **data}), flush=True)
@@ -928,6 +1225,29 @@ def reconcile(spec_path: str) -> int:
 
     def nsx(inst: str, *argv: str) -> None:
         run("ip", "netns", "exec", instances[inst]["ns"], *argv)
+
+    def map_eips(addresses: list[dict[str, Any]]) -> None:
+        """moto's associations -> the internet gateway's 1:1 translation (one transaction per change)."""
+        now = {a["AllocationId"]: a.get("PrivateIpAddress") or "" for a in addresses}
+        if now == holders:
+            return
+        wanted = dict(egress.get("static", {}))
+        public = dict(zip(egress["allocations"], egress["eips"], strict=True))
+        for alloc, private in now.items():
+            if private:
+                wanted[private] = public[alloc]  # an EIP on an instance's primary replaces its own public IP
+        p = subprocess.run(["ip", "netns", "exec", egress["igw"], "nft", "-f", "-"], input=igw_update(wanted),
+                           capture_output=True, text=True, timeout=10, check=False)  # fmt: skip
+        if p.returncode != 0:
+            emit("cmd_error", cmd="nft -f (igw)", err=p.stderr.strip())
+            return
+        for alloc, private in now.items():
+            if holders.get(alloc) != private:
+                emit("eip", allocation=alloc, eip=public[alloc], private=private, previous=holders.get(alloc, ""))
+        holders.clear()
+        holders.update(now)
+        public_of.clear()
+        public_of.update(wanted)
 
     emit("ready")
     errors = 0
@@ -942,6 +1262,7 @@ def reconcile(spec_path: str) -> int:
             every = 1 if spec.get("systemd") else 3
             look = polls % every == 1 % every
             res = ec2.describe_instances(InstanceIds=list(instances))["Reservations"] if look else []
+            eips = ec2.describe_addresses(AllocationIds=egress["allocations"])["Addresses"] if egress else []
             errors = 0
         except Exception as exc:
             errors += 1
@@ -969,16 +1290,16 @@ def reconcile(spec_path: str) -> int:
                         run("ip", "-n", instances[iid]["ns"], "link", "set", dev, "up")
                     run("ip", "-n", instances[iid]["ns"], "route", "replace", "10.0.0.0/16", "via",
                         instances[iid]["gw"])  # fmt: skip
-                    if spec.get("systemd"):
-                        run("ip", "-n", instances[iid]["ns"], "route", "replace", "default", "via", INET_IP,
-                            "dev", "pub0")  # fmt: skip
+                    if spec.get("systemd") or egress:
+                        run("ip", "-n", instances[iid]["ns"], "route", "replace", "default", "via",
+                            instances[iid]["pubgw"], "dev", "pub0")  # fmt: skip
                     applied.clear()  # re-apply every table
                     emit("running", instance=iid, state=state)
         for rt in rts:
             rid = rt["RouteTableId"]
             target = next(
                 (
-                    x.get("InstanceId") or ""
+                    x.get("InstanceId") or by_eni.get(x.get("NetworkInterfaceId") or "", "")
                     for x in rt.get("Routes", [])
                     if x.get("DestinationCidrBlock") == "0.0.0.0/0"
                 ),
@@ -990,6 +1311,8 @@ def reconcile(spec_path: str) -> int:
                 if seen.get(rid) != target:  # a change in moto (not a re-apply after a boot)
                     emit("route", rtb=rid, target=target, previous=seen.get(rid, ""))
                 applied[rid] = seen[rid] = target
+        if egress:
+            map_eips(eips)
         time.sleep(max(0.0, spec["poll"] - (time.monotonic() - t0)))
     emit("exit")
     return 0

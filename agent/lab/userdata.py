@@ -1,7 +1,8 @@
 """The stack's user data, rendered here as CloudFormation renders it (so the lab runs what ships).
 
 ``deploy/cloudformation/generate.py`` embeds ``deploy/bootstrap/nat-ha-bootstrap.sh``, with the
-two units of ``deploy/systemd`` in place of its markers, as an ``Fn::Sub`` string. This module
+two units of ``deploy/systemd`` and ``deploy/bootstrap/egress_config.py`` in place of its markers,
+as an ``Fn::Sub`` string (with one variable of its own, ``EgressTables``). This module
 builds the same text (:func:`template_text`, compared with the templates by a test) and resolves
 ``Fn::Sub`` the way CloudFormation does (:func:`fn_sub`): ``${Name}`` becomes a value, ``${!Name}``
 the literal ``${Name}``.
@@ -25,7 +26,8 @@ def template_text(repo: Path = REPO) -> str:
     units = repo / "deploy" / "systemd"
     setup_unit = (units / "nat-ha-setup.service").read_text()
     unit = (units / "nat-ha.service").read_text()
-    return script.replace("__SETUP_UNIT__", setup_unit).replace("__UNIT__", unit)
+    helper = (repo / "deploy" / "bootstrap" / "egress_config.py").read_text()
+    return script.replace("__SETUP_UNIT__", setup_unit).replace("__UNIT__", unit).replace("__EGRESS_CONFIG__", helper)
 
 
 def fn_sub(text: str, values: dict[str, str]) -> str:
@@ -44,7 +46,23 @@ def names(text: str) -> set[str]:
     return {m.group(2) for m in _SUB.finditer(text) if not m.group(1)}
 
 
-def render(group: str, region: str, table: str, version: str = "0.1.0", pip_spec: str = "") -> str:
-    """The user data one NAT instance of a stack would run."""
-    values = {"NatHaGroup": group, "AWS::Region": region, "Table": table, "NatHaVersion": version, "PipSpec": pip_spec}
+def render(
+    group: str,
+    region: str,
+    table: str,
+    version: str = "0.1.0",
+    pip_spec: str = "",
+    metrics_listen: str = "127.0.0.1:9510",
+) -> str:
+    """The user data one NAT instance of a stack would run (the stacks' defaults: EgressIp off)."""
+    values = {
+        "NatHaGroup": group,
+        "AWS::Region": region,
+        "Table": table,
+        "NatHaVersion": version,
+        "PipSpec": pip_spec,
+        "MetricsListen": metrics_listen,
+        "EgressIp": "off",
+        "EgressTables": "",
+    }
     return fn_sub(template_text(), values)

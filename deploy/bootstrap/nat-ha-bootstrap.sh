@@ -1,8 +1,9 @@
 #!/bin/bash
 # nat-ha bootstrap: what each NAT instance runs at first boot (CloudFormation user data).
 # Log: /var/log/cloud-init-output.log. deploy/cloudformation/generate.py embeds this file in both
-# templates as an Fn::Sub string: CloudFormation fills in the values of the first block, and
-# the two __..._UNIT__ markers become deploy/systemd/*.service, byte for byte.
+# templates as an Fn::Sub string: CloudFormation fills in the values of the first block, the
+# two __..._UNIT__ markers become deploy/systemd/*.service and __EGRESS_CONFIG__ becomes
+# deploy/bootstrap/egress_config.py, byte for byte.
 # tests/systemd/test_bootstrap.py runs the embedded text in a container with a real systemd.
 set -euxo pipefail
 
@@ -12,6 +13,8 @@ TABLE='${Table}'
 PIP_SPEC='${PipSpec}'
 VERSION='${NatHaVersion}'
 METRICS_LISTEN='${MetricsListen}'
+EGRESS_IP='${EgressIp}'
+EGRESS_TABLES='${EgressTables}'
 
 # Where nat-ha comes from: PyPI (nat-ha==VERSION, or PIP_SPEC: a wheel URL, git+https://...).
 # NAT_HA_FIND_LINKS in the environment (unset on EC2): a local wheel directory or URL; pip
@@ -38,6 +41,7 @@ cat > /etc/nat-ha/config.toml <<CONFIG
 group = "$NAT_HA_GROUP"
 region = "$REGION"
 members_from_tags = true
+egress_ip = "$EGRESS_IP"
 
 [store]
 table = "$TABLE"
@@ -46,6 +50,14 @@ table = "$TABLE"
 listen = "$METRICS_LISTEN"
 CONFIG
 chmod 0644 /etc/nat-ha/config.toml
+# EgressIp=follow: each route table's Elastic IP follows it. This NAT's id and the [[egress.tables]]
+# (every NAT's secondary address for every table) are known only once the NATs run: the helper
+# waits for them (DescribeInstances, at most 15 min) and adds them to the config.
+if [ "$EGRESS_IP" = follow ]; then
+    cat > /opt/nat-ha/egress_config.py <<'EGRESS'
+__EGRESS_CONFIG__EGRESS
+    /opt/nat-ha/bin/python /opt/nat-ha/egress_config.py /etc/nat-ha/config.toml "$EGRESS_TABLES" "$NAT_HA_GROUP" "$REGION"
+fi
 cat > /etc/systemd/system/nat-ha-setup.service <<'UNIT'
 __SETUP_UNIT__UNIT
 cat > /etc/systemd/system/nat-ha.service <<'UNIT'

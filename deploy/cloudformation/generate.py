@@ -57,12 +57,20 @@ def policy_yaml(n):
 
 
 USER_DATA = (REPO / "deploy/bootstrap/nat-ha-bootstrap.sh").read_text()
-assert "${" not in unit and "${" not in setup_unit
-user_data = USER_DATA.replace("__SETUP_UNIT__", setup_unit).replace("__UNIT__", unit)
+egress_helper = (REPO / "deploy/bootstrap/egress_config.py").read_text()
+assert "${" not in unit and "${" not in setup_unit and "${" not in egress_helper
+user_data = (
+    USER_DATA.replace("__SETUP_UNIT__", setup_unit)
+    .replace("__UNIT__", unit)
+    .replace("__EGRESS_CONFIG__", egress_helper)
+)
 
 
 def nat_instance(i, subnet_ref, cond):
     c = "    Condition: ThreeAzs\n" if cond else ""
+    subnet = "!Ref " + subnet_ref if not subnet_ref.startswith("!") else subnet_ref
+    # EgressIp=follow: the interface is described here, with a secondary address per route table
+    # (the tables' Elastic IPs sit on them) and a public IP of its own for the primary (the NAT's calls).
     return f"""  NatInstance{i}:
     Type: AWS::EC2::Instance
 {c}    DependsOn: {"PublicDefaultRoute" if subnet_ref.startswith("PublicSubnet") else "Table"}
@@ -70,9 +78,20 @@ def nat_instance(i, subnet_ref, cond):
       LaunchTemplate:
         LaunchTemplateId: !Ref NatLaunchTemplate
         Version: !GetAtt NatLaunchTemplate.LatestVersionNumber
-      SubnetId: {"!Ref " + subnet_ref if not subnet_ref.startswith("!") else subnet_ref}
-      SecurityGroupIds:
-        - !Ref NatSecurityGroup
+      SubnetId: !If [EgressFollow, !Ref AWS::NoValue, {subnet}]
+      SecurityGroupIds: !If
+        - EgressFollow
+        - !Ref AWS::NoValue
+        - - !Ref NatSecurityGroup
+      NetworkInterfaces: !If
+        - EgressFollow
+        - - DeviceIndex: '0'
+            SubnetId: {subnet}
+            GroupSet:
+              - !Ref NatSecurityGroup
+            AssociatePublicIpAddress: true
+            SecondaryPrivateIpAddressCount: !Ref AzCount
+        - !Ref AWS::NoValue
       SourceDestCheck: false
       Tags:
         - Key: Name
@@ -137,13 +156,21 @@ COMMON_PARAMS = """  NatHaGroup:
   MetricsScrapeCidr:
     Type: String
     Default: ''
-    AllowedPattern: '^$|^(\d{1,3}\.){3}\d{1,3}/\d{1,2}$'
+    AllowedPattern: '^$|^(\\d{1,3}\\.){3}\\d{1,3}/\\d{1,2}$'
     Description: Optional CIDR of Prometheus servers allowed to scrape TCP 9510 (needs MetricsListen 0.0.0.0:9510). Empty - none.
   MetricsScrapeSecurityGroupId:
     Type: String
     Default: ''
     AllowedPattern: '^$|^sg-[0-9a-f]{8,17}$'
     Description: Optional security group of Prometheus servers allowed to scrape TCP 9510 (same VPC or a peered one; needs MetricsListen 0.0.0.0:9510). Empty - none.
+  EgressIp:
+    Type: String
+    Default: 'off'
+    AllowedValues: ['off', 'follow']
+    Description: >-
+      follow - each private route table keeps its own Elastic IP through failover, drain and fail-back (the EIP
+      moves with the table, to a secondary address of the NAT serving it; needs 1 + AzCount IPv4 addresses per
+      network interface, so t4g.small or larger); off - one Elastic IP per NAT, which stays with the NAT.
 """
 
 METRICS_RULES = """Rules:
@@ -152,6 +179,11 @@ METRICS_RULES = """Rules:
     Assertions:
       - Assert: !Equals [!Ref MetricsListen, '0.0.0.0:9510']
         AssertDescription: MetricsScrapeCidr and MetricsScrapeSecurityGroupId need MetricsListen 0.0.0.0:9510 (the agent listens on loopback only otherwise).
+  EgressNeedsAddresses:
+    RuleCondition: !Equals [!Ref EgressIp, follow]
+    Assertions:
+      - Assert: !Not [!Contains [[t4g.nano, t4g.micro], !Ref InstanceType]]
+        AssertDescription: EgressIp=follow puts 1 + AzCount IPv4 addresses on each NAT's network interface; t4g.nano and t4g.micro allow 2. Use t4g.small or larger.
 
 """
 
@@ -159,10 +191,44 @@ COMMON_CONDITIONS = """  ThreeAzs: !Equals [!Ref AzCount, 3]
   Provisioned: !Equals [!Ref TableBillingMode, PROVISIONED]
   ScrapeFromCidr: !Not [!Equals [!Ref MetricsScrapeCidr, '']]
   ScrapeFromSecurityGroup: !Not [!Equals [!Ref MetricsScrapeSecurityGroupId, '']]
+  EgressFollow: !Equals [!Ref EgressIp, follow]
+  EgressOff: !Not [!Condition EgressFollow]
+  ThreeAzsEgressFollow: !And [!Condition ThreeAzs, !Condition EgressFollow]
+  ThreeAzsEgressOff: !And [!Condition ThreeAzs, !Condition EgressOff]
 """
 
 
-def common_resources(ingress_cidrs):
+def egress_eip(i, route_table, three):
+    """Route table i's Elastic IP (EgressIp=follow): created unassociated; the agent holding the table associates it."""
+    cond = "ThreeAzsEgressFollow" if three else "EgressFollow"
+    return f"""  EgressEip{i}:
+    Type: AWS::EC2::EIP
+    Condition: {cond}
+    Properties:
+      Domain: vpc
+      Tags:
+        - Key: Name
+          Value: !Sub '${{NatHaGroup}}-egress-{i}'
+        - Key: nat-ha:group
+          Value: !Ref NatHaGroup
+        - Key: nat-ha:route-table
+          Value: {route_table}
+
+"""
+
+
+def egress_tables(entry):
+    """The UserData's EgressTables: 'nat subnet|rtb or private subnet|cidrs' per table, ';' between ('' when off)."""
+    two = f"!Join [';', [{entry(1)}, {entry(2)}]]"
+    three = f"!Join [';', [{entry(1)}, {entry(2)}, {entry(3)}]]"
+    return f"!If [EgressFollow, !If [ThreeAzs, {three}, {two}], '']"
+
+
+def public_ips(name):
+    return f"!If [ThreeAzs, !Join [',', [!Ref {name}1, !Ref {name}2, !Ref {name}3]], !Join [',', [!Ref {name}1, !Ref {name}2]]]"
+
+
+def common_resources(ingress_cidrs, egress_tables_value):
     return f"""  Table:
     Type: AWS::DynamoDB::Table
     DeletionPolicy: Delete
@@ -278,9 +344,15 @@ def common_resources(ingress_cidrs):
             Tags:
               - Key: nat-ha:group
                 Value: !Ref NatHaGroup
+          - ResourceType: network-interface
+            Tags:
+              - Key: nat-ha:group
+                Value: !Ref NatHaGroup
         UserData:
-          Fn::Base64: !Sub |
-{ind(user_data, 12)}
+          Fn::Base64: !Sub
+            - |
+{ind(user_data, 14)}
+            - EgressTables: {egress_tables_value}
 """
 
 
@@ -420,7 +492,8 @@ for i in (1, 2, 3):
         + f"""
   NatEip{i}:
     Type: AWS::EC2::EIP
-{c}    DependsOn: GatewayAttachment
+    Condition: {"ThreeAzsEgressOff" if i == 3 else "EgressOff"}
+    DependsOn: GatewayAttachment
     Properties:
       Domain: vpc
       InstanceId: !Ref NatInstance{i}
@@ -429,9 +502,20 @@ for i in (1, 2, 3):
           Value: !Ref NatHaGroup
 
 """
+        + egress_eip(i, f"!Ref PrivateRouteTable{i}", i == 3).replace(
+            "    Properties:", "    DependsOn: GatewayAttachment\n    Properties:", 1
+        )
     )
-vpc.append(fix(common_resources("vpc")).replace("{ingress_cidrs_first}", ""))
-vpc.append("""
+
+
+def vpc_egress_entry(i):
+    # The route table and its EIP depend on NAT i (its nat-ha:home tag): named by the private subnet instead.
+    return f"!Join ['|', [!Ref PublicSubnet{i}, !Ref PrivateSubnet{i}, !GetAtt PrivateSubnet{i}.CidrBlock]]"
+
+
+vpc.append(fix(common_resources("vpc", egress_tables(vpc_egress_entry))).replace("{ingress_cidrs_first}", ""))
+vpc.append(
+    """
 Outputs:
   VpcId:
     Value: !Ref VPC
@@ -444,15 +528,22 @@ Outputs:
   NatInstanceIds:
     Value: !If [ThreeAzs, !Join [',', [!Ref NatInstance1, !Ref NatInstance2, !Ref NatInstance3]], !Join [',', [!Ref NatInstance1, !Ref NatInstance2]]]
   NatPublicIps:
-    Description: Egress addresses of the VPC (Elastic IPs; they survive a NAT stop/start)
-    Value: !If [ThreeAzs, !Join [',', [!Ref NatEip1, !Ref NatEip2, !Ref NatEip3]], !Join [',', [!Ref NatEip1, !Ref NatEip2]]]
+    Description: >-
+      Egress addresses of the VPC (Elastic IPs, in AZ order; they survive a NAT stop/start). EgressIp=follow -
+      private subnet N's traffic always leaves with the N-th, whichever NAT serves it.
+    Value: !If [EgressFollow, """
+    + public_ips("EgressEip")
+    + ", "
+    + public_ips("NatEip")
+    + """]
   TableName:
     Value: !Ref Table
   NatRoleArn:
     Value: !GetAtt NatRole.Arn
   NatHaGroup:
     Value: !Ref NatHaGroup
-""")
+"""
+)
 text = "".join(vpc)
 text = text.replace(
     "Parameters:\n",
@@ -492,10 +583,23 @@ Parameters:
     Description: >-
       true - also create 0.0.0.0/0 -> NAT in each private route table (fails if one already has a default
       route); false - point them yourself (aws ec2 replace-route, see deploy/README.md).
+  PrivateSubnetCidrs:
+    Type: String
+    Default: ''
+    AllowedPattern: "^$|^[0-9./ ]+(,[0-9./ ]+)*$"
+    Description: >-
+      EgressIp=follow only - the CIDRs of the private subnets of each route table, in the same AZ order, commas
+      between route tables, spaces between the subnets of one (e.g. '10.0.10.0/24 10.0.12.0/24,10.0.11.0/24').
 
 """
     + METRICS_RULES
-    + """Conditions:
+    + """  EgressNeedsPrivateSubnetCidrs:
+    RuleCondition: !Equals [!Ref EgressIp, follow]
+    Assertions:
+      - Assert: !Not [!Equals [!Ref PrivateSubnetCidrs, '']]
+        AssertDescription: EgressIp=follow SNATs each route table's private subnets to its Elastic IP's address; give them in PrivateSubnetCidrs.
+
+Conditions:
 """
     + COMMON_CONDITIONS
     + """  CreateRoutes: !Equals [!Ref CreateDefaultRoutes, 'true']
@@ -520,14 +624,17 @@ for i in (1, 2, 3):
         + f"""
   NatEip{i}:
     Type: AWS::EC2::EIP
-{c}    Properties:
+    Condition: {"ThreeAzsEgressOff" if i == 3 else "EgressOff"}
+    Properties:
       Domain: vpc
       InstanceId: !Ref NatInstance{i}
       Tags:
         - Key: nat-ha:group
           Value: !Ref NatHaGroup
 
-  PrivateDefaultRoute{i}:
+"""
+        + egress_eip(i, f"!Select [{i - 1}, !Ref PrivateRouteTableIds]", i == 3)
+        + f"""  PrivateDefaultRoute{i}:
     Type: AWS::EC2::Route
     Condition: {rc}
     Properties:
@@ -537,7 +644,14 @@ for i in (1, 2, 3):
 
 """
     )
-ex.append(fix(common_resources("existing")))
+
+
+def existing_egress_entry(i):
+    return (f"!Join ['|', [!Select [{i - 1}, !Ref PublicSubnetIds], !Select [{i - 1}, !Ref PrivateRouteTableIds], "
+            f"!Select [{i - 1}, !Split [',', !Ref PrivateSubnetCidrs]]]]")  # fmt: skip
+
+
+ex.append(fix(common_resources("existing", egress_tables(existing_egress_entry))))
 tag = "aws ec2 create-tags --region ${AWS::Region} --resources ${RT} --tags Key=nat-ha:group,Value=${NatHaGroup} Key=nat-ha:home,Value=${NAT}"
 
 
@@ -550,7 +664,8 @@ Outputs:
   NatInstanceIds:
     Value: !If [ThreeAzs, !Join [',', [!Ref NatInstance1, !Ref NatInstance2, !Ref NatInstance3]], !Join [',', [!Ref NatInstance1, !Ref NatInstance2]]]
   NatPublicIps:
-    Value: !If [ThreeAzs, !Join [',', [!Ref NatEip1, !Ref NatEip2, !Ref NatEip3]], !Join [',', [!Ref NatEip1, !Ref NatEip2]]]
+    Description: Egress addresses (Elastic IPs, in AZ order); EgressIp=follow - route table N's traffic always leaves with the N-th.
+    Value: !If [EgressFollow, {public_ips("EgressEip")}, {public_ips("NatEip")}]
   TableName:
     Value: !Ref Table
   NatRoleArn:

@@ -25,6 +25,13 @@ changed; each workaround also has a comment where it is made):
 6. ``AWS::EC2::SubnetRouteTableAssociation``: moto records it where DescribeRouteTables does
    not show it. Applied with AssociateRouteTable after CreateStack, from the template.
 
+7. ``NetworkInterfaces`` on ``AWS::EC2::Instance`` (how EgressIp=follow describes the NAT's
+   interface): ignored. The template's ``Fn::If [EgressFollow, ...]`` on the instance is resolved
+   here for the stack's EgressIp; with follow the interface's subnet and groups become the
+   instance's ``SubnetId`` and ``SecurityGroups``, and its ``SecondaryPrivateIpAddressCount`` is
+   applied after CreateStack with AssignPrivateIpAddresses. The launch template's
+   ``network-interface`` tags are not applied either (test_cloudformation.py asserts them).
+
 Read around, not worked around: moto's DescribeStackResources gives SecurityGroupIngress
 resources no PhysicalResourceId and lists a nameless entry for each resource whose Condition
 is false (their rules are asserted on the security group instead).
@@ -135,9 +142,39 @@ def for_moto(template: dict[str, Any], params: dict[str, str]) -> dict[str, Any]
         props["UserData"] = data["UserData"]
         profile = data["IamInstanceProfile"]["Arn"]["Fn::GetAtt"][0]
         props["IamInstanceProfile"] = {"Ref": profile}  # moto takes the profile's name (its Ref)
+        # Workaround 7: moto ignores NetworkInterfaces; resolve the EgressFollow choice here.
+        follow = param({"Ref": "EgressIp"}) == "follow"
+        for key in ("SubnetId", "SecurityGroupIds", "NetworkInterfaces"):
+            cond, yes, no = props[key]["Fn::If"]
+            assert cond == "EgressFollow", props[key]
+            props[key] = yes if follow else no
+        if follow:
+            (nic,) = props.pop("NetworkInterfaces")
+            props["SubnetId"], props["SecurityGroupIds"] = nic["SubnetId"], nic["GroupSet"]
+        else:
+            props.pop("NetworkInterfaces")
         # Workaround 4: moto reads security groups from SecurityGroups, not SecurityGroupIds.
         props["SecurityGroups"] = props.pop("SecurityGroupIds")
     return t
+
+
+def assign_secondary_addresses(server: ServerProcess, template: dict[str, Any], params: dict[str, str],
+                               physical: dict[str, str]) -> list[str]:  # fmt: skip
+    """Workaround 7, after CreateStack: each NAT's SecondaryPrivateIpAddressCount (EgressIp=follow)."""
+    if params.get("EgressIp") != "follow":
+        return []
+    ec2 = client(server, "ec2")
+    applied = []
+    for logical, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::EC2::Instance" or logical not in physical:
+            continue
+        (nic,) = resource["Properties"]["NetworkInterfaces"]["Fn::If"][1]
+        assert nic["SecondaryPrivateIpAddressCount"] == {"Ref": "AzCount"}
+        (reservation,) = ec2.describe_instances(InstanceIds=[physical[logical]])["Reservations"]
+        eni = reservation["Instances"][0]["NetworkInterfaces"][0]["NetworkInterfaceId"]
+        ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, SecondaryPrivateIpAddressCount=int(params["AzCount"]))
+        applied.append(f"secondary addresses on {logical}")
+    return applied
 
 
 def resolve_value(node: Any, params: dict[str, str], physical: dict[str, str]) -> str:
@@ -210,6 +247,7 @@ def deploy(server: ServerProcess, name: str, template_file: str, params: dict[st
     # moto gives SecurityGroupIngress resources no physical id (their rules are asserted on the group)
     physical = {r["LogicalResourceId"]: r.get("PhysicalResourceId", "") for r in resources}
     applied = copy_dropped_tags_and_associations(server, template, params, physical)
+    applied += assign_secondary_addresses(server, template, params, physical)
     return {
         "template": template,
         "physical": physical,
@@ -233,7 +271,7 @@ def written_file(script: str, path: str) -> str:
     An unquoted here-document expands the script's variables: bash itself expands it, with
     the script's own ``NAME='value'`` assignments (what runs on the instance, not a re-typing).
     """
-    m = re.search(rf"^cat >\s*{re.escape(path)}\s*<<-?\s*('?)(\w+)\1\n(.*?)^\2$", script, re.M | re.S)
+    m = re.search(rf"^[ ]*cat >\s*{re.escape(path)}\s*<<-?\s*('?)(\w+)\1\n(.*?)^\2$", script, re.M | re.S)
     assert m, f"the user data writes no {path} with a here-document (did the bootstrap change?)"
     quoted, end, body = m.group(1), m.group(2), m.group(3)
     if quoted:
@@ -310,7 +348,8 @@ def test_vpc_stack_in_moto(moto: ServerProcess, tmp_path: Path) -> None:
     }
     stack = deploy(moto, "nat-ha-vpc", "nat-ha-vpc.yaml", params)
     phys, out = stack["physical"], stack["outputs"]
-    assert stack["types"] == {k: v["Type"] for k, v in stack["template"]["Resources"].items()}  # all of them, 3 AZs
+    every = {k: v["Type"] for k, v in stack["template"]["Resources"].items() if not k.startswith("EgressEip")}
+    assert stack["types"] == every  # all of them, 3 AZs, EgressIp off
 
     (vpc,) = ec2.describe_vpcs(VpcIds=[phys["VPC"]])["Vpcs"]
     assert vpc["CidrBlock"] == "10.0.0.0/16" and tags_of(vpc)["Name"] == group
@@ -385,6 +424,86 @@ def test_vpc_stack_in_moto(moto: ServerProcess, tmp_path: Path) -> None:
     assert f'group = "{group}"' in text and f'region = "{REGION}"' in text and "members_from_tags = true" in text
     assert f'table = "{out["TableName"]}"' in text and 'listen = "0.0.0.0:9510"' in text
     assert_status_finds_the_group(*status(moto, config), homes=homes, azs=azs)
+
+
+def test_vpc_stack_egress_follow_in_moto(moto: ServerProcess, tmp_path: Path) -> None:
+    """EgressIp=follow: an EIP per route table tagged with it, secondary addresses on every NAT, and the
+    [[egress.tables]] each NAT's user data writes at boot (its helper run against this stack in moto)."""
+    group = "cfn-egress"
+    params = {"NatHaGroup": group, "AzCount": "3", "InstanceType": "t4g.small", "EgressIp": "follow"}
+    stack = deploy(moto, "nat-ha-egress", "nat-ha-vpc.yaml", params)
+    phys, out = stack["physical"], stack["outputs"]
+    conditional = ("NatEip", "NatMetrics")  # EgressIp off; no scrape source given
+    every = {k: v["Type"] for k, v in stack["template"]["Resources"].items() if not k.startswith(conditional)}
+    assert stack["types"] == every  # the tables' EIPs instead of the NATs' own
+    ec2 = client(moto, "ec2")
+    nat_ids = out["NatInstanceIds"].split(",")
+    rtbs = out["PrivateRouteTableIds"].split(",")
+    nats = instances(moto, nat_ids)
+    secondaries = {}
+    for nat_id in nat_ids:
+        (eni,) = nats[nat_id]["NetworkInterfaces"]
+        found = sorted((a["PrivateIpAddress"] for a in eni["PrivateIpAddresses"] if not a["Primary"]),
+                       key=ipaddress.ip_address)  # fmt: skip
+        assert len(found) == 3, eni  # 1 + AzCount addresses per interface
+        secondaries[nat_id] = found
+    eips = {a["PublicIp"]: a for a in ec2.describe_addresses(PublicIps=out["NatPublicIps"].split(","))["Addresses"]}
+    assert list(eips) == [phys[f"EgressEip{i}"] for i in (1, 2, 3)]
+    allocs = {}
+    for i, address in enumerate(eips.values()):
+        assert tags_of(address)["nat-ha:group"] == group and tags_of(address)["nat-ha:route-table"] == rtbs[i]
+        assert not address.get("AssociationId"), "created unassociated: the holder's agent associates it"
+        allocs[rtbs[i]] = address["AllocationId"]
+
+    script = user_data(moto, stack)
+    assert "EGRESS_IP='follow'" in script
+    values = dict(re.findall(r"^([A-Z_]+)='([^'$]*)'$", script, re.M))
+    private = [ec2.describe_subnets(SubnetIds=[phys[f"PrivateSubnet{i}"]])["Subnets"][0] for i in (1, 2, 3)]
+    assert values["EGRESS_TABLES"] == ";".join(
+        f"{phys[f'PublicSubnet{i}']}|{phys[f'PrivateSubnet{i}']}|{private[i - 1]['CidrBlock']}" for i in (1, 2, 3)
+    )
+    helper = tmp_path / "egress_config.py"
+    helper.write_text(written_file(script, "/opt/nat-ha/egress_config.py"))
+    assert helper.read_text() == (Path(__file__).parents[2] / "deploy" / "bootstrap" / "egress_config.py").read_text()
+    base = written_file(script, CONFIG_PATH)
+    assert 'egress_ip = "follow"' in base
+    tables_of = {}
+    for nat_id in nat_ids:  # what each NAT's first boot writes
+        config = tmp_path / f"{nat_id}.toml"
+        config.write_text(base)
+        env = {**child_env(), "AWS_ENDPOINT_URL": moto.url, "NAT_HA_INSTANCE_ID": nat_id}
+        done = subprocess.run(
+            [sys.executable, str(helper), str(config), values["EGRESS_TABLES"], group, REGION, "--wait", "20"],
+            capture_output=True, text=True, timeout=60, env=env, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        check_config(config)
+        text = config.read_text()
+        assert text.startswith(f'instance_id = "{nat_id}"\n')
+        tables_of[nat_id] = text[text.index("[[egress.tables]]") :]
+        from agent.commands.setup_nat import egress_plan  # what setup-nat puts on this NAT
+
+        plan = egress_plan(str(config), "")
+        assert [(e.route_table, e.address) for e in plan] == list(zip(rtbs, secondaries[nat_id], strict=True))
+        assert [e.subnets for e in plan] == [(p["CidrBlock"],) for p in private]
+    assert len(set(tables_of.values())) == 1, "the NATs wrote different [[egress.tables]]"
+    from agent.config import load as load_config
+
+    cfg = load_config(tmp_path / f"{nat_ids[0]}.toml")
+    assert [(e.route_table, e.allocation_id) for e in cfg.egress_tables] == list(allocs.items())
+    for k, e in enumerate(cfg.egress_tables):
+        assert dict(e.addresses) == {nat_id: secondaries[nat_id][k] for nat_id in nat_ids}
+
+    # The helper gives up, bounded and in one line, when the stack is not all there.
+    lonely = tmp_path / "lonely.toml"
+    lonely.write_text(base)
+    env = {**child_env(), "AWS_ENDPOINT_URL": moto.url, "NAT_HA_INSTANCE_ID": nat_ids[0]}
+    spec = values["EGRESS_TABLES"] + ";subnet-00000000|rtb-00000000|10.9.0.0/24"
+    done = subprocess.run([sys.executable, str(helper), str(lonely), spec, group, REGION, "--wait", "0"],
+                          capture_output=True, text=True, timeout=60, env=env, check=False)  # fmt: skip
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "no single NAT with 4 secondary addresses in subnet-00000000" in done.stderr
+    assert lonely.read_text() == base
 
 
 def _existing_vpc(server: ServerProcess) -> dict[str, Any]:

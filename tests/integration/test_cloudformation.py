@@ -34,8 +34,8 @@ def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
         value = loader.construct_sequence(node, deep=True)
     else:
         value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-    if suffix == "Ref":
-        return {"Ref": value}
+    if suffix in ("Ref", "Condition"):  # their long forms have no Fn:: prefix
+        return {suffix: value}
     if suffix == "GetAtt" and isinstance(value, str):
         value = value.split(".", 1)
     return {f"Fn::{suffix}": value}
@@ -97,8 +97,8 @@ def test_embedded_policy_equals_the_standalone_json(name: str) -> None:
 def test_user_data_installs_the_shipped_units_and_config(name: str) -> None:
     template = load(name)
     data = template["Resources"]["NatLaunchTemplate"]["Properties"]["LaunchTemplateData"]
-    script = data["UserData"]["Fn::Base64"]["Fn::Sub"]
-    assert isinstance(script, str)
+    script, variables = data["UserData"]["Fn::Base64"]["Fn::Sub"]
+    assert isinstance(script, str) and set(variables) == {"EgressTables"}
     for unit in ("nat-ha.service", "nat-ha-setup.service"):
         body = re.search(rf"cat > /etc/systemd/system/{unit} <<'UNIT'\n(.*?)UNIT\n", script, re.DOTALL)
         assert body and body.group(1) == (REPO / "deploy" / "systemd" / unit).read_text(), unit
@@ -107,6 +107,50 @@ def test_user_data_installs_the_shipped_units_and_config(name: str) -> None:
     assert "nat-ha setup-nat" in script
     assert "systemctl enable --now nat-ha-setup.service nat-ha.service" in script
     assert data["MetadataOptions"]["HttpTokens"] == "required"
+    # EgressIp=follow: the helper, byte for byte, runs after the config is written and before setup-nat.
+    helper = re.search(r"cat > /opt/nat-ha/egress_config.py <<'EGRESS'\n(.*?)EGRESS\n", script, re.DOTALL)
+    assert helper and helper.group(1) == (REPO / "deploy" / "bootstrap" / "egress_config.py").read_text()
+    assert 'egress_ip = "$EGRESS_IP"' in script and "EGRESS_TABLES='${EgressTables}'" in script
+    assert script.index("chmod 0644 /etc/nat-ha/config.toml") < script.index("egress_config.py /etc/nat-ha")
+    assert script.index("egress_config.py /etc/nat-ha") < script.index("/opt/nat-ha/bin/nat-ha setup-nat")
+    tagged = {t["ResourceType"]: t["Tags"] for t in data["TagSpecifications"]}
+    assert tagged["network-interface"] == [{"Key": "nat-ha:group", "Value": {"Ref": "NatHaGroup"}}]  # IAM scope
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_egress_follow_resources(name: str) -> None:
+    """EgressIp=follow: an EIP per route table, tagged with it; each NAT's interface with a secondary address
+    per route table and a public IP of its own; t4g.nano and micro refused (2 addresses per interface)."""
+    template = load(name)
+    res, conditions = template["Resources"], template["Conditions"]
+    assert template["Parameters"]["EgressIp"]["AllowedValues"] == ["off", "follow"]
+    assert template["Parameters"]["EgressIp"]["Default"] == "off"
+    assert conditions["EgressFollow"] == {"Fn::Equals": [{"Ref": "EgressIp"}, "follow"]}
+    rule = template["Rules"]["EgressNeedsAddresses"]
+    assert rule["Assertions"][0]["Assert"] == {
+        "Fn::Not": [{"Fn::Contains": [["t4g.nano", "t4g.micro"], {"Ref": "InstanceType"}]}]
+    }
+    for i in (1, 2, 3):
+        eip = res[f"EgressEip{i}"]
+        assert eip["Condition"] == ("ThreeAzsEgressFollow" if i == 3 else "EgressFollow")
+        assert "InstanceId" not in eip["Properties"]  # the holder's agent associates it
+        tags = {t["Key"]: t["Value"] for t in eip["Properties"]["Tags"]}
+        assert tags["nat-ha:group"] == {"Ref": "NatHaGroup"}
+        table = {"Ref": f"PrivateRouteTable{i}"} if "PrivateRouteTable1" in res else {
+            "Fn::Select": [i - 1, {"Ref": "PrivateRouteTableIds"}]}  # fmt: skip
+        assert tags["nat-ha:route-table"] == table
+        assert res[f"NatEip{i}"]["Condition"] == ("ThreeAzsEgressOff" if i == 3 else "EgressOff")
+        props = res[f"NatInstance{i}"]["Properties"]
+        cond, (nic,), no_value = props["NetworkInterfaces"]["Fn::If"]
+        assert cond == "EgressFollow" and no_value == {"Ref": "AWS::NoValue"}
+        assert nic["SecondaryPrivateIpAddressCount"] == {"Ref": "AzCount"} and nic["AssociatePublicIpAddress"] is True
+        assert nic["DeviceIndex"] == "0" and nic["GroupSet"] == [{"Ref": "NatSecurityGroup"}]
+        assert props["SubnetId"]["Fn::If"][:2] == ["EgressFollow", {"Ref": "AWS::NoValue"}]
+        assert props["SubnetId"]["Fn::If"][2] == nic["SubnetId"]
+    outputs = template["Outputs"]["NatPublicIps"]["Value"]["Fn::If"]
+    assert (
+        outputs[0] == "EgressFollow" and "EgressEip3" in json.dumps(outputs[1]) and "NatEip3" in json.dumps(outputs[2])
+    )
 
 
 def test_vpc_stack_shape() -> None:
@@ -120,7 +164,30 @@ def test_vpc_stack_shape() -> None:
         assert rt_tags["nat-ha:home"] == {"Ref": f"NatInstance{i}"}
         assert res[f"PrivateDefaultRoute{i}"]["Properties"]["InstanceId"] == {"Ref": f"NatInstance{i}"}
     third = [k for k in res if k.endswith("3") or k.startswith(("PublicSubnet3", "PrivateSubnet3"))]
-    assert len(third) == 9 and all(res[k].get("Condition") == "ThreeAzs" for k in third), third
+    assert len(third) == 10 and all("ThreeAzs" in res[k].get("Condition", "") for k in third), third
     table = res["Table"]["Properties"]
     assert [k["AttributeName"] for k in table["KeySchema"]] == ["group", "item"]
     assert table["TimeToLiveSpecification"] == {"AttributeName": "gc_at", "Enabled": True}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "ValueError: no egress tables"),
+        ("subnet-1|rtb-1", "is not subnet|rtb-or-subnet|cidrs"),
+        ("subnet-1|igw-1|10.0.0.0/24", "is not subnet|rtb-or-subnet|cidrs"),
+        ("subnet-1|rtb-1|10.0.0.1/24", "has host bits set"),
+        ("subnet-1|rtb-1| ", "no private subnet CIDR"),
+    ],
+)
+def test_egress_helper_refuses_a_bad_spec_in_one_line(spec: str, message: str, tmp_path: Path) -> None:
+    """The first-boot helper (deploy/bootstrap/egress_config.py) with a spec it cannot use: one line, exit 1."""
+    config = tmp_path / "config.toml"
+    config.write_text('group = "g"\n')
+    done = subprocess.run(
+        [sys.executable, str(REPO / "deploy" / "bootstrap" / "egress_config.py"), str(config), spec, "g", "us-east-1",
+         "--wait", "0"],
+        capture_output=True, text=True, timeout=60, check=False, env={"NAT_HA_INSTANCE_ID": "i-1", "PATH": ""},
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stderr.startswith("nat-ha egress config: ") and message in done.stderr
+    assert len(done.stderr.splitlines()) == 1 and config.read_text() == 'group = "g"\n'

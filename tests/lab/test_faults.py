@@ -26,8 +26,6 @@ def _route_events(lab: NetLab, since: float, rtb: str = "") -> list[tuple[float,
     return [(e.t, e.data["target"]) for e in lab.events_since(since, "route") if not rtb or e.data["rtb"] == rtb]
 
 
-
-
 def _failover_and_back(lab: NetLab, inject: str) -> None:
     victim = lab.nats[VICTIM]
     home, rtb = victim.instance_id, victim.route_table

@@ -249,9 +249,7 @@ class _Settled:
 
 def _sim_side(seed: int) -> list[Any]:
     names = {"a": "i-a", "b": "i-b"}
-    sc = Scenario(
-        seed, ("i-a", "i-b"), {"i-a": ("rtb-0",), "i-b": ()}, {"i-a": 1.0, "i-b": 1.0}, (), holder_tag=False
-    )
+    sc = Scenario(seed, ("i-a", "i-b"), {"i-a": ("rtb-0",), "i-b": ()}, {"i-a": 1.0, "i-b": 1.0}, (), holder_tag=False)
     world = World(sc)
     world.start_agent = lambda iid, why: None  # type: ignore[method-assign]  # EC2 only: no agent boots
     # This compares EC2 behaviour only: nobody holds a lease here, so the checker stays out.

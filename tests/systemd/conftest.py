@@ -69,8 +69,6 @@ def lab(sdlab: netlab.NetLab) -> Iterator[netlab.NetLab]:
     assert sdlab.wait_for(sdlab.settled, 60, 0.3), "the lab did not settle after the test"
 
 
-
-
 def wall_of_monotonic(usec: str) -> float:
     """A systemd ...TimestampMonotonic (µs; the container shares the host's CLOCK_MONOTONIC) as wall time."""
     return time.time() - (time.monotonic() - int(usec) / 1e6)

@@ -35,8 +35,9 @@ class _CfnLoader(yaml.SafeLoader):
 
 
 _CfnLoader.add_multi_constructor(
-    "!", lambda loader, suffix, node: {f"Fn::{suffix}": loader.construct_scalar(node)}
-    if isinstance(node, yaml.ScalarNode) else None,
+    "!", lambda loader, suffix, node: {f"Fn::{suffix}": loader.construct_scalar(node)
+    if isinstance(node, yaml.ScalarNode) else loader.construct_sequence(node, deep=True)
+    if isinstance(node, yaml.SequenceNode) else None},
 )  # fmt: skip
 
 
@@ -45,8 +46,12 @@ def test_templates_embed_the_bootstrap_file(name: str) -> None:
     """What the lab runs is what ships: the templates' user data is the file with the units in it."""
     template: Any = yaml.load((REPO / "deploy" / "cloudformation" / name).read_text(), Loader=_CfnLoader)
     data = template["Resources"]["NatLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
-    assert data["Fn::Base64"]["Fn::Sub"] == userdata.template_text()
-    assert userdata.names(userdata.template_text()) == {"NatHaGroup", "AWS::Region", "Table", "PipSpec", "NatHaVersion"}
+    text, variables = data["Fn::Base64"]["Fn::Sub"]
+    assert text == userdata.template_text()
+    assert set(variables) == {"EgressTables"}  # computed by the template; the rest are its parameters
+    assert userdata.names(userdata.template_text()) == {
+        "NatHaGroup", "AWS::Region", "Table", "PipSpec", "NatHaVersion", "MetricsListen", "EgressIp", "EgressTables"
+    }  # fmt: skip
 
 
 def test_fn_sub_like_cloudformation() -> None:
@@ -72,7 +77,10 @@ def test_user_data_installs_nat_ha_and_the_units(sdlab: NetLab) -> None:
         assert (layer / "etc/systemd/system" / unit).read_text() == (REPO / "deploy/systemd" / unit).read_text()
         assert (layer / "etc/systemd/system/multi-user.target.wants" / unit).is_symlink(), f"{unit} not enabled"
     config = (layer / "etc/nat-ha/config.toml").read_text()
-    assert config == 'group = "lab"\nregion = "us-east-1"\nmembers_from_tags = true\n\n[store]\ntable = "nat-ha"\n'
+    assert config == (
+        'group = "lab"\nregion = "us-east-1"\nmembers_from_tags = true\negress_ip = "off"\n\n'
+        '[store]\ntable = "nat-ha"\n\n[metrics]\nlisten = "127.0.0.1:9510"\n'
+    )
     assert (layer / "etc/nat-ha/config.toml").stat().st_mode & 0o777 == 0o644
     assert "home = /usr/bin" in (layer / "opt/nat-ha/pyvenv.cfg").read_text(), "not the container's own python"
     assert (layer / "usr/local/bin/nat-ha").is_symlink()

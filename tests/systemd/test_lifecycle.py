@@ -150,8 +150,10 @@ def test_slow_ec2_never_trips_the_watchdog(lab: NetLab) -> None:
         count = metric(text, "nat_ha_cycle_duration_seconds_count") or 0
         within_1s = next((float(ln.split()[-1]) for ln in over if 'le="1.0"' in ln), 0.0)
         within_half = next((float(ln.split()[-1]) for ln in over if 'le="0.5"' in ln), 0.0)
-        print(f"slow EC2 for {2.5 * WATCHDOG_S:.0f} s: {errors:.0f} DescribeRouteTables errors, {count:.0f} cycles, "
-              f"{count - within_half:.0f} longer than 0.5 s, {count - within_1s:.0f} longer than 1 s; no watchdog")
+        print(
+            f"slow EC2 for {2.5 * WATCHDOG_S:.0f} s: {errors:.0f} DescribeRouteTables errors, {count:.0f} cycles, "
+            f"{count - within_half:.0f} longer than 0.5 s, {count - within_1s:.0f} longer than 1 s; no watchdog"
+        )
         assert errors > 0, "the slow EC2 never reached the agent"
         assert count - within_half > 0, "no cycle was slowed down: the test did not test a long cycle"
     finally:

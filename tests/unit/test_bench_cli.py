@@ -13,6 +13,16 @@ BAD = [
     ("cycle", ["--cycles", "0"], "--cycles and --repeats must be at least 1"),
     ("coordinator", ["--bogus"], "unrecognized arguments: --bogus"),
     ("failover", ["--trials", "0"], "--trials must be between 1 and 1000"),
+    (
+        "failover",
+        ["--egress-ip", "follow", "--systemd"],
+        "--egress-ip follow runs in the process lab (the systemd lab has no internet gateway)",
+    ),
+    (
+        "failover",
+        ["--egress-order", "later"],
+        "argument --egress-order: invalid choice: 'later' (choose from 'route-first', 'address-first', 'both')",
+    ),
     ("sim", ["--bogus"], "unrecognized arguments: --bogus"),
     ("soak", ["--minutes", "0"], "--minutes must be in (0, 600]"),
     ("footprint", ["--seconds", "1"], "--seconds must be at least 4"),
@@ -22,7 +32,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("script", "argv", "message"), BAD, ids=[b[0] for b in BAD])
+@pytest.mark.parametrize(("script", "argv", "message"), BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
 def test_bad_arguments_are_one_line_and_exit_2(script: str, argv: list[str], message: str) -> None:
     done = subprocess.run(
         [sys.executable, str(REPO / "bench" / f"{script}.py"), *argv],

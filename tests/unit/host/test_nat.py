@@ -83,3 +83,61 @@ def test_interface_names_and_sysctl_paths() -> None:
     assert not hostnat.valid_interface_name("../x")
     assert str(hostnat.sysctl_path("net.ipv4.ip_forward", "/p")) == "/p/sys/net/ipv4/ip_forward"
     assert "net.ipv4.ip_forward = 1" in hostnat.sysctl_conf_text()
+
+
+SNAT_SAVE = """*nat
+:POSTROUTING ACCEPT [0:0]
+-A POSTROUTING -s 10.0.1.0/24 -o ens5 -m comment --comment nat-ha -j SNAT --to-source 10.0.0.21
+-A POSTROUTING -s 10.0.2.5/32 -o ens5 -m comment --comment nat-ha -j SNAT --to-source 10.0.0.22
+-A POSTROUTING -s 10.0.3.0/24 -o eth1 -m comment --comment nat-ha -j SNAT --to-source 10.0.0.23
+-A POSTROUTING -s 10.0.4.0/24 -o ens5 -j SNAT --to-source 10.0.0.24
+-A POSTROUTING -o ens5 -m comment --comment nat-ha -j MASQUERADE
+COMMIT
+"""
+
+
+def test_snat_rules_round_trip_through_both_listings() -> None:
+    """What setup-nat writes is what its parsers read back (only nat-ha's rules, on the named interface)."""
+    snats = [hostnat.Snat("10.0.1.0/24", "10.0.0.21"), hostnat.Snat("10.0.9.0/24", "10.0.0.29")]
+    assert hostnat.nft_snats(hostnat.nft_ruleset("ens5", snats), "ens5") == snats
+    assert hostnat.iptables_snats(hostnat.iptables_rules("ens5", snats), "ens5") == snats
+    assert hostnat.nft_snats(hostnat.nft_ruleset("ens5", snats), "eth0") == []
+    # the masquerade is still found, and the SNAT chain runs before it
+    text = hostnat.nft_ruleset("ens5", snats)
+    assert hostnat.nft_masquerade_interfaces(text) == ["ens5"]
+    assert text.index("priority srcnat - 10") < text.index("masquerade")
+    assert hostnat.nft_ruleset("ens5") == hostnat.nft_ruleset("ens5", [])  # off: today's file, byte for byte
+    assert "chain egress" not in hostnat.nft_ruleset("ens5")
+
+
+def test_iptables_snats_reads_nat_ha_rules_only() -> None:
+    assert hostnat.iptables_snats(SNAT_SAVE, "ens5") == [
+        hostnat.Snat("10.0.1.0/24", "10.0.0.21"),
+        hostnat.Snat("10.0.2.5/32", "10.0.0.22"),
+    ]
+    assert len(hostnat.iptables_snats(SNAT_SAVE)) == 3  # any interface; the uncommented rule is not ours
+
+
+def test_nft_snats_only_in_table_nat_ha() -> None:
+    text = """table ip other {
+\tchain post { type nat hook postrouting priority srcnat; ip saddr 10.9.0.0/16 oifname "ens5" snat to 1.1.1.1 }
+}
+table ip nat_ha {
+\tchain egress {
+\t\ttype nat hook postrouting priority srcnat - 10; policy accept;
+\t\tip saddr 10.0.1.0/24 oifname "ens5" snat ip to 10.0.0.21 comment "nat-ha"
+\t}
+}
+"""
+    assert hostnat.nft_snats(text) == [hostnat.Snat("10.0.1.0/24", "10.0.0.21")]
+
+
+def test_interface_addresses_from_ip_json() -> None:
+    text = (
+        '[{"ifname":"lo","addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8}]},'
+        '{"ifname":"ens5","addr_info":[{"family":"inet","local":"10.0.0.10","prefixlen":20},'
+        '{"family":"inet","local":"10.0.0.21","prefixlen":32},{"family":"inet6","local":"fe80::1"}]}]'
+    )
+    assert hostnat.interface_addresses(text, "ens5") == ["10.0.0.10", "10.0.0.21"]
+    assert hostnat.interface_addresses(text) == ["127.0.0.1", "10.0.0.10", "10.0.0.21"]
+    assert hostnat.interface_addresses("not json") == [] and hostnat.interface_addresses("") == []
