@@ -2,8 +2,8 @@
 # nat-ha bootstrap: what each NAT instance runs at first boot (CloudFormation user data).
 # Log: /var/log/cloud-init-output.log. deploy/cloudformation/generate.py embeds this file in both
 # templates as an Fn::Sub string: CloudFormation fills in the values of the first block, the
-# two __..._UNIT__ markers become deploy/systemd/*.service and __EGRESS_CONFIG__ becomes
-# deploy/bootstrap/egress_config.py, byte for byte.
+# two unit markers become deploy/systemd/*.service and the egress marker (below, in the EGRESS
+# here-document) becomes deploy/bootstrap/egress_config.py, byte for byte.
 # tests/systemd/test_bootstrap.py runs the embedded text in a container with a real systemd.
 set -euxo pipefail
 

@@ -54,6 +54,17 @@ def test_templates_embed_the_bootstrap_file(name: str) -> None:
     }  # fmt: skip
 
 
+def test_rendered_user_data_is_valid_bash_with_each_file_once() -> None:
+    """Each embedded file appears once (a marker named in a comment would embed it there too) and the
+    user data, as CloudFormation renders it, parses as bash: found here, not by a 2-minute systemd lab."""
+    script = (REPO / "deploy" / "bootstrap" / "nat-ha-bootstrap.sh").read_text()
+    for marker in ("__SETUP_UNIT__", "__UNIT__UNIT", "__EGRESS_CONFIG__"):
+        assert script.count(marker) == 1, marker
+    rendered = userdata.render(group="g", region="eu-west-1", table="t", pip_spec="nat-ha")
+    checked = subprocess.run(["bash", "-n"], input=rendered, capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+
+
 def test_fn_sub_like_cloudformation() -> None:
     assert userdata.fn_sub("a ${X} ${!Y} ${AWS::Region}", {"X": "1", "AWS::Region": "r"}) == "a 1 ${Y} r"
     with pytest.raises(KeyError):
