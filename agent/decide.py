@@ -125,6 +125,15 @@ class Observation:
 
 
 # ------------------------------------------------------------------- actions
+class _Explained:
+    """An action whose log line is the ``why`` the decision wrote for it."""
+
+    why: str
+
+    def describe(self) -> str:
+        return self.why
+
+
 @dataclass(frozen=True)
 class StartSession:
     def describe(self) -> str:
@@ -132,7 +141,7 @@ class StartSession:
 
 
 @dataclass(frozen=True)
-class TakeOver:
+class TakeOver(_Explained):
     """Claim a route table (expiring its dead owner's session first if needed) and route it here."""
 
     route_table: str
@@ -141,36 +150,27 @@ class TakeOver:
     reason: str  # metrics reason: peer_dead | orphaned
     why: str
 
-    def describe(self) -> str:
-        return self.why
-
 
 @dataclass(frozen=True)
-class EnsureRoute:
+class EnsureRoute(_Explained):
     """We hold the route table; EC2 does not (provably) route it to us, or a late write may have landed."""
 
     route_table: str
     route: RouteItem
     why: str
 
-    def describe(self) -> str:
-        return self.why
-
 
 @dataclass(frozen=True)
-class EnsureAddress:
+class EnsureAddress(_Explained):
     """We hold the route table; its Elastic IP is not (provably) on our address for it, or a late write may land."""
 
     route_table: str
     route: RouteItem
     why: str
 
-    def describe(self) -> str:
-        return self.why
-
 
 @dataclass(frozen=True)
-class RouteToGateway:
+class RouteToGateway(_Explained):
     """Nobody in the group can serve a table we hold: route it to the last-resort NAT gateway, keep the lease."""
 
     route_table: str
@@ -178,12 +178,9 @@ class RouteToGateway:
     gateway: str
     why: str
 
-    def describe(self) -> str:
-        return self.why
-
 
 @dataclass(frozen=True)
-class HandOver:
+class HandOver(_Explained):
     """Point the route at a live successor, verify, then hand the lease over (make before break)."""
 
     route_table: str
@@ -194,39 +191,27 @@ class HandOver:
     why: str
     write_route: bool = True  # False: our EC2 writes fail, or the route was written before an unknown outcome
 
-    def describe(self) -> str:
-        return self.why
-
 
 @dataclass(frozen=True)
-class Release:
+class Release(_Explained):
     """Give up a held table without naming a successor (we are unhealthy and know no healthy peer)."""
 
     route_table: str
     route: RouteItem
     why: str
 
-    def describe(self) -> str:
-        return self.why
-
 
 @dataclass(frozen=True)
-class ClaimRestart:
+class ClaimRestart(_Explained):
     target: str
     item: RestartItem | None
     why: str
 
-    def describe(self) -> str:
-        return self.why
-
 
 @dataclass(frozen=True)
-class ContinueRestart:
+class ContinueRestart(_Explained):
     item: RestartItem
     why: str
-
-    def describe(self) -> str:
-        return self.why
 
 
 @dataclass(frozen=True)

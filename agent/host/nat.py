@@ -32,6 +32,7 @@ import itertools
 import json
 import re
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,23 @@ def default_route_interface(proc_net_route: str) -> str | None:
     return best[1] if best else None
 
 
+def _nat_rules(iptables_save_text: str, chain: str = "") -> Iterator[list[str]]:
+    """The words of each ``-A`` rule of the ``*nat`` table in ``iptables-save`` text (of ``chain`` if given)."""
+    table = ""
+    prefix = f"-A {chain} " if chain else "-A "
+    for line in iptables_save_text.splitlines():
+        line = line.strip()
+        if line.startswith("*"):
+            table = line[1:]
+            continue
+        if table != "nat" or not line.startswith(prefix):
+            continue
+        try:
+            yield shlex.split(line)
+        except ValueError:
+            continue  # not shell words: not a rule we wrote
+
+
 def iptables_masquerade_interfaces(iptables_save_text: str) -> list[str]:
     """Output interfaces of the MASQUERADE rules in the ``*nat`` table of ``iptables-save`` text.
 
@@ -99,18 +117,7 @@ def iptables_masquerade_interfaces(iptables_save_text: str) -> list[str]:
     negated ``! -o`` are ignored.
     """
     out: list[str] = []
-    table = ""
-    for line in iptables_save_text.splitlines():
-        line = line.strip()
-        if line.startswith("*"):
-            table = line[1:]
-            continue
-        if table != "nat" or not line.startswith("-A "):
-            continue
-        try:
-            words = shlex.split(line)
-        except ValueError:
-            continue
+    for words in _nat_rules(iptables_save_text):
         if "-j" not in words or words[words.index("-j") + 1 :][:1] != ["MASQUERADE"]:
             continue
         iface, negated = "", False
@@ -247,18 +254,7 @@ def iptables_snats(iptables_save_text: str, interface: str = "") -> list[Snat]:
     Only rules naming ``interface`` with ``-o`` when one is given; in chain order.
     """
     out: list[Snat] = []
-    table = ""
-    for line in iptables_save_text.splitlines():
-        line = line.strip()
-        if line.startswith("*"):
-            table = line[1:]
-            continue
-        if table != "nat" or not line.startswith("-A POSTROUTING "):
-            continue
-        try:
-            words = shlex.split(line)
-        except ValueError:
-            continue
+    for words in _nat_rules(iptables_save_text, chain="POSTROUTING"):
         opts = dict(itertools.pairwise(words))
         if opts.get("-j") != "SNAT" or opts.get("--comment") != COMMENT or "-s" not in opts:
             continue

@@ -158,74 +158,54 @@ class Checker:
 
     def route_applied(self, call: Call, table: str, target: str, before: str) -> None:
         """A route write landed (EC2 state changed now)."""
-        w = self.w
-        now = w.k.now
-        term = int(call.info.get("term", 0))
-        newest = self.newest_term.get(table, 0)
-        if term < newest and target != self.newest_target.get(table, ""):
-            bound = max(now, call.deadline + w.sc.timing.ec2_apply_horizon)
-            self.strays.append(Stray(table, term, target, now, bound, newest))
-            w.log(f"STRAY {call.process}: {table} -> {target} (term {term}) landed under term {newest}")
-        elif term >= newest:
-            self.newest_term[table] = term
-            self.newest_target[table] = target
-            for s in self.strays:
-                if s.table == table and s.kind == "route" and s.corrected < 0:
-                    s.corrected = now
-                    late = now - s.bound
-                    if late > STRAY_CORRECTION_LIMIT:
-                        self.violation(
-                            f"stray write to {table} (term {s.term} -> {s.target}) corrected {late:.3f} s after "
-                            f"its bound (limit {STRAY_CORRECTION_LIMIT} s)",
-                            "a",
-                        )
+        self._landed(call, "route", table, target, (self.newest_term, self.newest_target), table, "a")
         if target != before:
             self.route_changes[table] += 1
             self._moved(table, before, target, call)
 
-    def address_applied(self, call: Call, table: str, holder: str, before: str) -> None:
-        """An association landed: (a)'s stray rule for it, (c)'s home rule, and its count for flapping."""
+    def _landed(
+        self,
+        call: Call,
+        kind: str,
+        table: str,
+        target: str,
+        newest: tuple[dict[str, int], dict[str, str]],
+        what: str,
+        invariant: str,
+    ) -> None:
+        """(a)'s stray rule for a write of ``kind`` that landed now: older than the newest term's and
+        elsewhere, it is a stray; one of the newest term corrects the strays before it, within the limit."""
         w = self.w
         now = w.k.now
         term = int(call.info.get("term", 0))
-        newest = self.newest_addr_term.get(table, 0)
-        if term < newest and holder != self.newest_addr_target.get(table, ""):
+        newest_term, newest_target = newest
+        last = newest_term.get(table, 0)
+        noun = "write to" if kind == "route" else "association of"
+        if term < last and target != newest_target.get(table, ""):
             bound = max(now, call.deadline + w.sc.timing.ec2_apply_horizon)
-            self.strays.append(Stray(table, term, holder, now, bound, newest, kind="address"))
-            w.log(f"STRAY {call.process}: {table}'s Elastic IP -> {holder} (term {term}) landed under term {newest}")
-        elif term >= newest:
-            self.newest_addr_term[table] = term
-            self.newest_addr_target[table] = holder
+            self.strays.append(Stray(table, term, target, now, bound, last, kind=kind))
+            w.log(f"STRAY {call.process}: {what} -> {target} (term {term}) landed under term {last}")
+        elif term >= last:
+            newest_term[table] = term
+            newest_target[table] = target
             for s in self.strays:
-                if s.table == table and s.kind == "address" and s.corrected < 0:
+                if s.table == table and s.kind == kind and s.corrected < 0:
                     s.corrected = now
                     late = now - s.bound
                     if late > STRAY_CORRECTION_LIMIT:
                         self.violation(
-                            f"stray association of {table}'s Elastic IP (term {s.term} -> {s.target}) corrected "
-                            f"{late:.3f} s after its bound (limit {STRAY_CORRECTION_LIMIT} s)",
-                            "e",
+                            f"stray {noun} {what} (term {s.term} -> {s.target}) corrected {late:.3f} s after "
+                            f"its bound (limit {STRAY_CORRECTION_LIMIT} s)",
+                            invariant,
                         )
+
+    def address_applied(self, call: Call, table: str, holder: str, before: str) -> None:
+        """An association landed: (a)'s stray rule for it, (c)'s home rule, and its count for flapping."""
+        newest = (self.newest_addr_term, self.newest_addr_target)
+        self._landed(call, "address", table, holder, newest, f"{table}'s Elastic IP", "e")
         if holder != before:
             self.address_changes[table] += 1
-            self._address_moved(table, before, holder, call)
-
-    def _address_moved(self, table: str, before: str, after: str, call: Call) -> None:
-        """(e): a healthy NAT's home table keeps its Elastic IP, as (c) keeps its route."""
-        w = self.w
-        home = w.homes[table]
-        if before != home or any(s.table == table and s.landed == w.k.now for s in self.strays):
-            return
-        since = self.healthy_since.get(home)
-        if since is None or w.k.now - since < HEALTHY_WINDOW or not w.healthy_member(home):
-            return
-        if w.operator_touched(home, table, HEALTHY_WINDOW):
-            return
-        self.violation(
-            f"{call.caller} moved {table}'s Elastic IP away from its home {home}, healthy for "
-            f"{w.k.now - since:.1f} s, to {after}",
-            "e",
-        )
+            self._moved(table, before, holder, call, f"{table}'s Elastic IP", "e")
 
     def tagged(self, call: Call, table: str, value: str) -> None:
         self.w.log(f"{call.process}: tagged {table} holder={value.rsplit('/', 1)[-1]}")
@@ -235,7 +215,8 @@ class Checker:
         self.w.log(f"IAM refused {call.process}'s {call.op} (holder tag {tag.rsplit('/', 1)[-1] or 'none'})")
 
     # ------------------------------------------------------------ (c) moves
-    def _moved(self, table: str, before: str, after: str, call: Call) -> None:
+    def _moved(self, table: str, before: str, after: str, call: Call, what: str = "", invariant: str = "c") -> None:
+        """(c), and (e) for Elastic IPs: a healthy NAT's home table keeps its route (its EIP) - ``what`` moved."""
         w = self.w
         home = w.homes[table]
         if before != home or any(s.table == table and s.landed == w.k.now for s in self.strays):
@@ -246,8 +227,9 @@ class Checker:
         if w.operator_touched(home, table, HEALTHY_WINDOW):
             return
         self.violation(
-            f"{call.caller} moved {table} away from its home {home}, healthy for {w.k.now - since:.1f} s, to {after}",
-            "c",
+            f"{call.caller} moved {what or table} away from its home {home}, healthy for {w.k.now - since:.1f} s, "
+            f"to {after}",
+            invariant,
         )
 
     # ------------------------------------------------------------ (d) stops
