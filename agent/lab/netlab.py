@@ -89,6 +89,9 @@ LAB_TIMING: dict[str, Any] = {
     "restart_cooldown": 30.0,  # default 300
     "restart_poll_interval": 0.3,  # default 2.0
 }
+# Under systemd a frozen agent is systemd's to restart (WatchdogSec=10 + RestartSec=2), as with the
+# default restart_after (30 s): a peer stops a NAT for a silent heartbeat alone only after that.
+SYSTEMD_RESTART_AFTER = 15.0
 
 T = TypeVar("T")
 
@@ -594,6 +597,7 @@ class NetLab(LocalGroup):
             reason = nspawn.skip_reason()
             if reason:
                 raise RuntimeError(reason)
+            self.timing["restart_after"] = max(self.timing.get("restart_after", 0.0), SYSTEMD_RESTART_AFTER)
         if self.egress_ip not in ("off", "follow"):
             raise ValueError(f"egress_ip: {self.egress_ip!r} is not off or follow")
         if self.egress and self.systemd:

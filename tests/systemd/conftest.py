@@ -60,12 +60,15 @@ def lab(sdlab: netlab.NetLab) -> Iterator[netlab.NetLab]:
     for i in range(sdlab.n):
         sdlab.topo.clear_faults(i)
         ct = sdlab.container(i)
+        try:
+            if ct.running:
+                ct.run("systemctl", "kill", "--kill-who=main", "--signal=SIGCONT", "nat-ha.service", check=False)
+                if ct.is_active("nat-ha.service") not in ("active", "activating"):
+                    ct.systemctl("start", "--no-block", "nat-ha.service")
+        except RuntimeError:  # it went down meanwhile (a peer's StopInstances: the lab kills the container)
+            pass
         if not ct.running:
             sdlab.boot(i)
-        else:
-            ct.run("systemctl", "kill", "--kill-who=main", "--signal=SIGCONT", "nat-ha.service", check=False)
-            if ct.is_active("nat-ha.service") not in ("active", "activating"):
-                ct.systemctl("start", "--no-block", "nat-ha.service")
     assert sdlab.wait_for(sdlab.settled, 60, 0.3), "the lab did not settle after the test"
 
 
