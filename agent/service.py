@@ -1,5 +1,7 @@
 """The service's schedule: a cycle every ``cycle_interval``, an early cycle when a failing peer
-can be taken over, and the planned shutdown (drain, then leave, then exit).
+can be taken over, and the planned shutdown (drain, then leave, then exit). The daemon may also
+call :meth:`ServiceLoop.step` before ``wake_at`` (a peer's probes just turned it down): the next
+cycle is then due ``cycle_interval`` after the one it replaced.
 
 Pure of time and signals: the clock is passed in and :meth:`ServiceLoop.step` returns when
 the next cycle is due, so ``nat-ha agent`` runs it on the real clock and the simulator

@@ -51,6 +51,9 @@ class Daemon:
         self.config = config
         self.drain_timeout = drain_timeout
         self.stop_requested = threading.Event()
+        # Ends the wait between cycles early: a signal, or a peer's probes turning it down (its
+        # session may then be expirable before the next regular cycle).
+        self.wake = threading.Event()
         self.signals = 0
 
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -60,6 +63,7 @@ class Daemon:
             raise SystemExit(1)
         log.info("received %s: handing route tables over before exiting", signal.Signals(signum).name)
         self.stop_requested.set()
+        self.wake.set()
 
     def main(self, once: bool = False) -> int:
         from agent import logsetup
@@ -107,6 +111,7 @@ class Daemon:
                 down_after=p.down_after,
                 privileged=p.privileged,
                 observer=metrics.observe_probe,  # children resolved once, not labels() per probe
+                on_down=lambda _peer: self.wake.set(),
             )
         except ProbeSetupError as exc:
             print(f"nat-ha agent: probe: {exc}", file=sys.stderr)
@@ -164,6 +169,7 @@ class Daemon:
         loop = ServiceLoop(agent, self.drain_timeout, time.monotonic)
         ready = False
         while True:
+            self.wake.clear()
             if self.stop_requested.is_set() and not loop.stop_requested:
                 loop.request_stop()
                 notifier.stopping("draining: handing route tables over")
@@ -176,4 +182,4 @@ class Daemon:
                 return step.exit_code
             delay = step.wake_at - time.monotonic()
             if delay > 0:
-                self.stop_requested.wait(delay) if not loop.stopping else time.sleep(delay)
+                self.wake.wait(delay) if not loop.stopping else time.sleep(delay)

@@ -82,10 +82,17 @@ class Window:
         self.down_after = down_after
         self.last_reply = now
 
-    def add(self, answered: bool, now: float) -> None:
+    def add(self, answered: bool, now: float) -> bool:
+        """Record one result; True when it turned the peer from up to down."""
+        was_up = self.up
         self.results.append(answered)
         if answered:
             self.last_reply = now
+        return was_up and not self.up
+
+    @property
+    def up(self) -> bool:
+        return sum(1 for ok in self.results if not ok) < self.down_after
 
     def view(self, now: float) -> PeerProbe:
         lost = sum(1 for ok in self.results if not ok)
@@ -228,6 +235,7 @@ class Prober:
         privileged: str = "auto",
         observer: ProbeObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_down: Callable[[str], None] | None = None,
     ) -> None:
         if method not in ("icmp", "tcp", "tcp-echo"):
             raise ProbeSetupError(f"unknown probe method {method!r}")
@@ -237,6 +245,9 @@ class Prober:
         self.timeout = timeout
         self.observer = observer
         self.clock = clock
+        # Called (on the probe thread) with a peer's id when its probes turn it down: the daemon
+        # runs its next HA cycle then instead of up to a cycle later.
+        self.on_down = on_down
         self.privileged = icmp_privilege(privileged) if method == "icmp" and targets else False
         now = clock()
         self._windows = {t.instance: Window(window, down_after, now) for t in targets}
@@ -283,7 +294,9 @@ class Prober:
     def _record(self, t: Target, ok: bool, rtt: float) -> None:
         now = self.clock()
         with self._lock:
-            self._windows[t.instance].add(ok, now)
+            went_down = self._windows[t.instance].add(ok, now)
+        if went_down and self.on_down is not None:
+            self.on_down(t.instance)
         if self.observer is not None:
             try:
                 self.observer(t.instance, ok, rtt)

@@ -75,11 +75,21 @@ def test_window_k_of_n() -> None:
     assert not v.up and v.lost == 3 and v.silent_for == pytest.approx(0.5)
 
 
+def test_window_says_when_a_result_turns_the_peer_down() -> None:
+    w = Window(size=5, down_after=3, now=0.0)
+    turned = [w.add(ok, 1.0) for ok in (True, False, False, True, False, False, True, True, True, True)]
+    # down at the third loss in the window (index 4), stays down (index 5), up again once two
+    # losses have left the window (index 8), and never "turned down" twice for one transition
+    assert turned == [False, False, False, False, True, False, False, False, False, False]
+    assert w.up
+
+
 def test_tcp_echo_up_then_down_when_the_peer_stops_answering() -> None:
     port = free_port()
     responder = EchoResponder("127.0.0.1", port)
     responder.start()
     seen: list[bool] = []
+    downs: list[str] = []
     prober = Prober(
         [Target("i-b", "127.0.0.1", port)],
         method="tcp-echo",
@@ -88,13 +98,17 @@ def test_tcp_echo_up_then_down_when_the_peer_stops_answering() -> None:
         window=5,
         down_after=3,
         observer=lambda peer, ok, rtt: seen.append(ok),
+        on_down=downs.append,
     )
     prober.start()
     try:
         assert wait(lambda: prober.rounds >= 5)
-        assert prober.snapshot()["i-b"].up and all(seen[:5])
+        assert prober.snapshot()["i-b"].up and all(seen[:5]) and downs == []
         responder.stop()
         assert wait(lambda: not prober.snapshot()["i-b"].up), "a silent peer was never judged down"
+        rounds = prober.rounds
+        assert wait(lambda: prober.rounds >= rounds + 3)
+        assert downs == ["i-b"], "the daemon is woken once when the peer turns down, not every lost probe"
     finally:
         prober.stop()
         responder.stop()
