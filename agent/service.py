@@ -1,7 +1,7 @@
 """The service's schedule: a cycle every ``cycle_interval``, an early cycle when a failing peer
 can be taken over, and the planned shutdown (drain, then leave, then exit). The daemon may also
 call :meth:`ServiceLoop.step` before ``wake_at`` (a peer's probes just turned it down): the next
-cycle is then due ``cycle_interval`` after the one it replaced.
+cycle is then due ``cycle_interval`` after that early one.
 
 Pure of time and signals: the clock is passed in and :meth:`ServiceLoop.step` returns when
 the next cycle is due, so ``nat-ha agent`` runs it on the real clock and the simulator
@@ -48,6 +48,9 @@ class ServiceLoop:
     def step(self) -> Step:
         """Run one cycle; say when the next is due, or that the service should exit now."""
         agent = self.agent
+        # Early (woken before next_at): the grid restarts here, so cycles - and the renewals they
+        # carry - are never further apart than cycle_interval because of an extra cycle.
+        self.next_at = min(self.next_at, self.monotonic())
         if self.stop_requested and self.drain_deadline is None:
             agent.draining = True
             self.drain_deadline = self.monotonic() + self.drain_timeout
