@@ -646,6 +646,17 @@ class World:
                     self.reach[(a, b)] = (now, -1e9)
                 elif seen[0] != now:
                     self.reach[(a, b)] = (now, self.k.now)
+                    if not now:
+                        since = self.k.now
+                        self.k.at(since + PROBE_DOWN_AFTER, lambda a=a, b=b, since=since: self._probe_down(a, b, since))
+
+    def _probe_down(self, a: str, b: str, since: float) -> None:
+        """a's probes just turned b down: the prober wakes a's daemon for a cycle now (agent.commands.daemon)."""
+        if self.reach.get((a, b)) != (False, since):
+            return  # b answered again meanwhile
+        run = self.running.get(a)
+        if run is not None and run.proc.where == "idle":
+            run.proc.wake_at(self.k.now)
 
     def probe(self, a: str, b: str) -> PeerProbe:
         value, since = self.reach[(a, b)]
