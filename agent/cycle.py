@@ -175,6 +175,9 @@ class Memory:
     egress_read: dict[str, Ec2Address] = field(default_factory=dict)  # what the last DescribeAddresses showed
     egress_read_at: float = -1e18
     ec2_read_at: float = -1e18
+    # Extra EC2 reads due (monotonic times): after a write to a peer whose outcome is unknown, at
+    # once and once it can no longer land (ec2_apply_horizon), so the holder acts on where it is.
+    ec2_rechecks: list[float] = field(default_factory=list)
     instance_states: dict[str, str] = field(default_factory=dict)
     instances_read_at: float = -1e18
     last_heartbeat: float = -1e18
@@ -478,8 +481,10 @@ class Agent:
     def _refresh_ec2(self, now: float, snapshot: GroupSnapshot, probes: dict[str, PeerProbe]) -> None:
         t = self.config.timing
         mem = self.memory
-        if now - mem.ec2_read_at >= t.ec2_reconcile_interval and not self._ec2_quiet(now):
+        due = [x for x in mem.ec2_rechecks if x <= now]
+        if (due or now - mem.ec2_read_at >= t.ec2_reconcile_interval) and not self._ec2_quiet(now):
             mem.ec2_read_at = now
+            mem.ec2_rechecks = [x for x in mem.ec2_rechecks if x > now]
             try:
                 read = self.ec2.routes(sorted(self.homes))
                 self._error_cleared("ec2:describe_route_tables")
@@ -713,8 +718,9 @@ class Agent:
         h = self.memory.held.get(route_table)
         self._writing = (route_table, term, target)
         try:
-            ours = target == self.me or target == self.config.ec2.last_resort_nat_gateway  # written as the holder
-            if self.holder and h is not None and not h.tagged and ours:
+            # IAM lets only the instance the table's tag names write its route, whatever the
+            # target: the holder tags it first, once per term (a hand-over's giver too).
+            if self.holder and h is not None and not h.tagged:
                 self.ec2.tag_holder(route_table, self.holder)
                 h.tagged = True
             current = self.memory.ec2.get(route_table)
@@ -722,6 +728,8 @@ class Agent:
         except Ec2Error as exc:
             if h is not None and exc.code == "UnauthorizedOperation":
                 h.tagged = False  # the holder tag may name someone else (a late tag write): tag again first
+            if target != self.me:
+                self._recheck_after_unknown_write()
             self._ec2_failed(exc, self.clock.monotonic(), write=True)
             raise
         finally:
@@ -732,6 +740,16 @@ class Agent:
             h.last_write = self.clock.monotonic()
         self._error_cleared("ec2:")
         return done
+
+    def _recheck_after_unknown_write(self) -> None:
+        """A write pointing a table we hold at a peer failed; it may have landed, or still land.
+
+        Read EC2 at the next cycle and again once the write can no longer land, rather than write
+        blindly: if it landed, the table's route (or Elastic IP) is with the peer, and the holder
+        either finishes the hand-over or takes both back (agent.decide).
+        """
+        now = self.clock.monotonic()
+        self.memory.ec2_rechecks += [now, now + self.timings.ec2_apply_horizon + self.timings.cycle_interval]
 
     def _take_over(self, a: TakeOver, health: Health) -> str:
         started = self.memory.suspect_since.get(a.route.owner, self.clock.monotonic()) if a.route else None
@@ -852,8 +870,10 @@ class Agent:
     def _address_here(self, rt: str, term: int, target: str, health: Health, kind: str, started: float) -> None:
         """Associate ``rt``'s Elastic IP with ``target``'s address for it: one fenced write.
 
-        Its failures back off on throttling like every EC2 call, but do not count as failing
-        route writes: an Elastic IP that cannot move must not move routes around.
+        Its failures back off on throttling like every EC2 call. A refusal of our own (access
+        denied, our credentials) counts as a failing write, as a route write's does: a holder that
+        may not associate its table's Elastic IP leaves the table without a public address, and
+        a peer can serve it whole. Other failures (AWS's errors, timeouts) do not.
         """
         if self._ec2_quiet(self.clock.monotonic()):
             raise Ec2Error("associate_address", "RequestLimitExceeded", "backing off after throttling")
@@ -864,7 +884,9 @@ class Agent:
         try:
             self.ec2.associate_address(rt, target)
         except Ec2Error as exc:
-            self._ec2_failed(exc, self.clock.monotonic(), write=False)
+            if target != self.me:
+                self._recheck_after_unknown_write()
+            self._ec2_failed(exc, self.clock.monotonic(), write=True)
             raise
         finally:
             self._writing = None

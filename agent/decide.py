@@ -392,8 +392,17 @@ def decide(obs: Observation, t: Timing) -> Decision:
             if release is not None:
                 actions.append(release)
                 continue
-            held.append(f"{rt} (term {r.term})")
             ec2 = obs.ec2.get(rt)
+            if ec2 is not None and ec2.state == "active" and home != obs.me and ec2.target == home and v.eligible(home):
+                # Our hand-over's write reached EC2 though its reply did not (or a write landed
+                # late): the table is where a fail-back would put it. Hand the lease over; moving
+                # the route back to us would be one move too many.
+                m = v.member(home)
+                assert m is not None
+                why = f"EC2 already routes {rt} to its home {home}: handing the lease over"
+                actions.append(HandOver(rt, r, m, "failback", "home_healthy", why, write_route=False))
+                continue
+            held.append(f"{rt} (term {r.term})")
             if ec2 is None or ec2.target != obs.me or ec2.state != "active":
                 seen = "unknown" if ec2 is None else (ec2.target or ec2.state)
                 actions.append(EnsureRoute(rt, r, f"routing {rt} to me (EC2 shows {seen})"))
@@ -465,11 +474,19 @@ def _plan_address(obs: Observation, rt: str, r: RouteItem) -> EnsureAddress | No
     return None
 
 
+def _served_here(obs: Observation, rt: str) -> bool:
+    """EC2 routes ``rt`` to us and, with egress_ip = follow, its Elastic IP is on our address for it."""
+    ec2 = obs.ec2.get(rt)
+    if ec2 is None or ec2.target != obs.me:
+        return False
+    seen = obs.egress.get(rt)
+    return rt not in obs.egress_tables or (seen is not None and seen.holder == obs.me)
+
+
 def _plan_handover(v: _View, t: Timing, rt: str, r: RouteItem, home: str) -> HandOver | None:
     obs = v.obs
     failing = {k for k, ok in obs.health.checks.items() if not ok}
-    ec2 = obs.ec2.get(rt)
-    if not obs.draining and failing == {EC2_WRITES_CHECK} and ec2 is not None and ec2.target == obs.me:
+    if not obs.draining and failing == {EC2_WRITES_CHECK} and _served_here(obs, rt):
         return None  # our writes fail, but EC2 routes this table here already: it is served, keep it
     if obs.draining or not obs.health.healthy:
         m = _successor(v, rt)
@@ -553,7 +570,7 @@ def _plan_release(v: _View, t: Timing, rt: str, r: RouteItem) -> Release | None:
     failing = {k for k, ok in obs.health.checks.items() if not ok}
     ec2 = obs.ec2.get(rt)
     if failing == {EC2_WRITES_CHECK} and ec2 is not None and ec2.target == obs.me:
-        return None
+        return None  # routed here: releasing would move nothing, and nobody else could do better
     unhealthy_for = obs.now - obs.self_unhealthy_since
     if unhealthy_for < t.silent_owner_after or _successor(v, rt) is not None:
         return None

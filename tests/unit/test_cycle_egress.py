@@ -151,20 +151,43 @@ def test_address_first_takeover_moves_each_elastic_ip_then_routes() -> None:
 
 
 @pytest.mark.parametrize("order", ["route-first", "address-first"])
-def test_a_failing_association_never_holds_the_route_back_nor_makes_the_nat_unhealthy(order: str) -> None:
+def test_a_refused_association_never_holds_the_route_back_and_with_no_peer_the_tables_stay(order: str) -> None:
     g = settled(order)
     g.world.fail["AssociateAddress"] = "UnauthorizedOperation"  # e.g. the ENI lacks the group tag
     with dead(g, "i-b"):
         line = g.cycle("i-a")[0]
         lines = g.cycle("i-a", 4)
-    assert all(g.world.targets[rt] == "i-a" for rt in HOMES), "every route moved"
-    assert "rtb-b1's Elastic IP not moved: EC2 AssociateAddress failed: UnauthorizedOperation" in line
-    assert any("moving rtb-b1's Elastic IP 203.0.113.11 to me (it is with i-b)" in x for x in lines), lines
-    assert g.agents["i-a"].memory.ec2_writes.out_until < g.clock.monotonic(), "not unhealthy for it"
-    assert g.agents["i-a"].run_cycle().kind in ("holding", "took_over")
-    del g.world.fail["AssociateAddress"]
-    g.cycle("i-a")
+        assert all(g.world.targets[rt] == "i-a" for rt in HOMES), "every route moved"
+        assert "rtb-b1's Elastic IP not moved: EC2 AssociateAddress failed: UnauthorizedOperation" in line
+        assert any("moving rtb-b1's Elastic IP 203.0.113.11 to me (it is with i-b)" in x for x in lines), lines
+        # Refusals of our own count as failing writes (as ReplaceRoute's): unhealthy for ec2_writes,
+        # but with no healthy peer the tables stay held and routed here (nothing could do better).
+        assert g.agents["i-a"].memory.ec2_writes.out_until > g.clock.monotonic()
+        g.cycle("i-a", 10)
+        assert all(g.store.raw_get(GROUP, "route#" + rt)["owner"] == "i-a" for rt in HOMES)
+        assert all(g.world.targets[rt] == "i-a" for rt in HOMES)
+        del g.world.fail["AssociateAddress"]
+        g.cycle("i-a", 3)
+        assert all(g.world.eips[rt] == "i-a" for rt in HOMES)
+
+
+def test_a_holder_refused_its_tables_elastic_ip_hands_the_table_to_a_healthy_peer_at_once() -> None:
+    """Its route is here but its public address cannot follow: a peer can serve the table whole."""
+    g = settled()
+    with dead(g, "i-b"):
+        g.cycle("i-a", 4)  # i-a took rtb-b1..3 and their Elastic IPs
     assert all(g.world.eips[rt] == "i-a" for rt in HOMES)
+    g.world.eips["rtb-b1"] = "i-b"  # moved away (by hand, or a late association)
+    g.world.fail["AssociateAddress"] = "UnauthorizedOperation"
+    for _ in range(6):  # 2 s: well within failback_hold_down (10 s)
+        g.cycle("i-b")
+        g.cycle("i-a")
+    del g.world.fail["AssociateAddress"]
+    g.cycle("i-b", 3)
+    assert g.store.raw_get(GROUP, "route#rtb-b1")["owner"] == "i-b", "rtb-b1 still held by i-a"
+    assert g.world.targets["rtb-b1"] == "i-b" and g.world.eips["rtb-b1"] == "i-b"
+    # the tables i-a serves whole (route and address with it) stay until the fail-back
+    assert g.store.raw_get(GROUP, "route#rtb-b2")["owner"] == "i-a"
 
 
 def test_taken_tables_get_their_elastic_ip_associated_once_more_after_the_horizon() -> None:

@@ -320,6 +320,29 @@ def test_holder_repairs_ec2_route(ec2: Ec2Route, shown: str) -> None:
     assert d.summary == f"routing rtb-a to me (EC2 shows {shown})"
 
 
+def test_holder_whose_table_ec2_already_routes_to_its_healthy_home_hands_the_lease_over() -> None:
+    """A hand-over write that reached EC2 though its reply did not: finish the fail-back, lease only.
+
+    Moving the route back here would be one move too many (seed 8996). Elsewhere than the home it
+    is repaired as ever.
+    """
+    w = World(me=A)
+    w.routes[RB] = route(RB, A, term=2, session="s-i-a")
+    w.healthy_since[B] = w.now - 2.0  # healthy, but not for failback_hold_down yet
+    w.ec2 = {RA: Ec2Route(A), RB: Ec2Route(B), RC: Ec2Route(C)}
+    d = w.decide()
+    assert d.actions == (
+        HandOver(RB, w.routes[RB], w.members[B], "failback", "home_healthy",
+                 "EC2 already routes rtb-b to its home i-b: handing the lease over", write_route=False),
+    )  # fmt: skip
+    w.ec2[RB] = Ec2Route(C)
+    d = w.decide()
+    assert isinstance(d.actions[0], EnsureRoute) and d.summary.startswith("routing rtb-b to me (EC2 shows i-c)")
+    w.ec2[RB] = Ec2Route(B)
+    dead(w, B)
+    assert isinstance(w.decide().actions[0], EnsureRoute), "an unhealthy home gets nothing"
+
+
 def test_non_holder_never_writes_a_route() -> None:
     w = World(me=B)
     w.ec2 = {RA: Ec2Route(C), RB: Ec2Route(B), RC: Ec2Route(C)}  # rtb-a wrong in EC2, but A holds it
