@@ -302,12 +302,12 @@ class Agent:
         return self.coordinator.remaining() > self.ec2_budget
 
     def _with_ec2_check(self, health: Health, now: float) -> Health:
-        """Our health, with the ``ec2_writes`` check failing while our route writes keep failing."""
+        """Our health, with the ``ec2_writes`` check failing while AWS keeps refusing our writes (routes, Elastic IPs)."""
         if now >= self.memory.ec2_writes.out_until:
             return health
         checks = dict(health.checks)
         checks[EC2_WRITES_CHECK] = False
-        return dataclasses.replace(health, healthy=False, checks=checks, detail="EC2 route writes fail")
+        return dataclasses.replace(health, healthy=False, checks=checks, detail="EC2 refuses our writes")
 
     # --------------------------------------------------------------- observe
     def _track_holdings(self, snapshot: GroupSnapshot, now: float) -> None:
@@ -554,7 +554,7 @@ class Agent:
             w.out_until = now + w.penalty
             w.failures = 0
             log.warning(
-                "EC2 route writes keep failing (%s): handing route tables over and taking none for %.0f s",
+                "AWS keeps refusing our EC2 writes (%s): handing route tables over and taking none for %.0f s",
                 exc,
                 w.penalty,
             )
