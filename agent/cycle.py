@@ -302,7 +302,7 @@ class Agent:
         return self.coordinator.remaining() > self.ec2_budget
 
     def _with_ec2_check(self, health: Health, now: float) -> Health:
-        """Our health, with the ``ec2_writes`` check failing while AWS keeps refusing our writes (routes, Elastic IPs)."""
+        """Our health, with the ``ec2_writes`` check failing while AWS refuses our route or EIP writes."""
         if now >= self.memory.ec2_writes.out_until:
             return health
         checks = dict(health.checks)
