@@ -392,17 +392,12 @@ def decide(obs: Observation, t: Timing) -> Decision:
             if release is not None:
                 actions.append(release)
                 continue
-            ec2 = obs.ec2.get(rt)
-            if ec2 is not None and ec2.state == "active" and home != obs.me and ec2.target == home and v.eligible(home):
-                # Our hand-over's write reached EC2 though its reply did not (or a write landed
-                # late): the table is where a fail-back would put it. Hand the lease over; moving
-                # the route back to us would be one move too many.
-                m = v.member(home)
-                assert m is not None
-                why = f"EC2 already routes {rt} to its home {home}: handing the lease over"
-                actions.append(HandOver(rt, r, m, "failback", "home_healthy", why, write_route=False))
+            done = _plan_failback_done(v, rt, r, home)
+            if done is not None:
+                actions.append(done)
                 continue
             held.append(f"{rt} (term {r.term})")
+            ec2 = obs.ec2.get(rt)
             if ec2 is None or ec2.target != obs.me or ec2.state != "active":
                 seen = "unknown" if ec2 is None else (ec2.target or ec2.state)
                 actions.append(EnsureRoute(rt, r, f"routing {rt} to me (EC2 shows {seen})"))
@@ -422,6 +417,11 @@ def decide(obs: Observation, t: Timing) -> Decision:
             notes.append(f"not moving {rt}: {why}")
             continue
         if not me_ok:
+            continue
+        if state == "orphaned" and r is not None and _owner_back(v, r):
+            # Its owner is back with a new session, heartbeating and healthy by its own report:
+            # it resumes the table itself, even where our probes of it fail (a partition).
+            notes.append(f"not claiming {rt}: its owner {r.owner} is back with a new session")
             continue
         order = preference(rt, homes, obs.members)
         if r is not None and r.owner in order:
@@ -472,6 +472,33 @@ def _plan_address(obs: Observation, rt: str, r: RouteItem) -> EnsureAddress | No
     if rt in obs.reassert_address:
         return EnsureAddress(rt, r, f"associating {rt}'s Elastic IP again: {obs.reassert_address[rt]}")
     return None
+
+
+def _plan_failback_done(v: _View, rt: str, r: RouteItem, home: str) -> HandOver | None:
+    """EC2 already routes a table we hold to its healthy home: hand the lease over.
+
+    Our hand-over's write reached EC2 though its reply did not (or a write landed late): the
+    table is where a fail-back would put it, and moving it back to us would be one move too
+    many. Its Elastic IP goes with the lease unless it is with the home already.
+    """
+    obs = v.obs
+    ec2 = obs.ec2.get(rt)
+    if ec2 is None or ec2.state != "active" or home == obs.me or ec2.target != home or not v.eligible(home):
+        return None
+    m = v.member(home)
+    assert m is not None
+    seen = obs.egress.get(rt)
+    lease_only = rt not in obs.egress_tables or (seen is not None and seen.holder == home)
+    why = f"EC2 already routes {rt} to its home {home}: handing the lease over" + (
+        "" if lease_only else " with its Elastic IP"
+    )
+    return HandOver(rt, r, m, "failback", "home_healthy", why, write_route=not lease_only)
+
+
+def _owner_back(v: _View, r: RouteItem) -> bool:
+    """The table's owner runs a new session, live, healthy and not draining: it will resume the table."""
+    m = v.member(r.owner)
+    return m is not None and m.session != r.owner_session and v.live(m) and m.health.healthy and not m.draining
 
 
 def _served_here(obs: Observation, rt: str) -> bool:

@@ -279,9 +279,11 @@ class Checker:
             if bad and o is not None:
                 item = w.store.raw_get(w.group, "route#" + table) or {}
                 owner = str(item.get("owner", ""))
-                if owner and owner != target and owner != o.taker and not w.healthy_member(owner):
+                taker = owner != target or target != o.target  # not the NAT whose failure began it
+                if owner and taker and owner != o.taker and not w.healthy_member(owner):
                     # The member that took the table over cannot act (a fault of its own, before or
-                    # after it took it): a second failure, with a clock of its own from now on.
+                    # after it took it, or while its route write was in flight): a second failure,
+                    # with a clock of its own from now on.
                     self.outage_samples.append(o.counted)
                     o = self.outages[table] = Outage(table, target, now, taker=owner)
             if bad and o is not None and can_act:

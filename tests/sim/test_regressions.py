@@ -36,6 +36,8 @@ REGRESSIONS = {
     2948: "a holder refused AssociateAddress kept a table whose address could not follow it (now: a refusal counts)",
     5374: "a giver that got its table by hand-over never tagged it, so IAM refused its hand-over writes for 7 s",
     8996: "a hand-over write that landed unseen: the holder moved the table back from its healthy home",
+    1382: "a hand-over finishing a fail-back EC2 had done left the Elastic IP with the giver for 1.4 s more",
+    9085: "a table whose owner came back with a new session claimed across a partition: the home's table moved",
 }
 
 
@@ -59,7 +61,9 @@ def test_hole_3_a_second_process_never_supersedes_the_running_agent(monkeypatch:
     assert sum(ok(run(sc)).route_changes.values()) == 0
     monkeypatch.setattr(agent.decide._View, "other_process", lambda self: "")  # undo: start a session regardless
     r = run(sc)
-    assert any("still valid" in v for v in r.violations), r.report()
+    # Two sessions of one instance: both write its table in one term (peers leave a table whose
+    # owner is back with a new session to it), or peers claim it while the old session is valid.
+    assert any("(a)" in v for v in r.violations), r.report()
 
 
 def test_hole_6_a_nat_that_lost_its_egress_loses_its_tables_within_3_s() -> None:

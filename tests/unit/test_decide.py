@@ -274,6 +274,18 @@ def test_orphaned_route_is_left_to_its_live_owner() -> None:
     assert w.decide().actions == ()
 
 
+def test_orphaned_route_is_left_to_its_live_owner_even_when_our_probes_of_it_fail() -> None:
+    """A partition between us and the owner: it heartbeats and reports healthy, so it resumes the
+    table itself (seed 9085: claimed across a one-way partition, the home's table moved)."""
+    w = World(me=B)
+    w.routes[RA] = route(RA, A, session="s-old")
+    w.probes[A] = DOWN
+    d = w.decide()
+    assert d.actions == () and "not claiming rtb-a: its owner i-a is back with a new session" in d.summary
+    w.members[A] = member(A, healthy=False)  # unhealthy by its own report
+    assert isinstance(w.decide().actions[0], TakeOver)
+
+
 def test_route_of_member_that_left_is_claimed_by_next_in_line() -> None:
     w = World(me=B)
     w.members[A] = member(A, state="left")
