@@ -178,6 +178,7 @@ class Memory:
     # Extra EC2 reads due (monotonic times): after a write to a peer whose outcome is unknown, at
     # once and once it can no longer land (ec2_apply_horizon), so the holder acts on where it is.
     ec2_rechecks: list[float] = field(default_factory=list)
+    handover_doubt: dict[str, float] = field(default_factory=dict)  # route table -> when that write failed
     instance_states: dict[str, str] = field(default_factory=dict)
     instances_read_at: float = -1e18
     last_heartbeat: float = -1e18
@@ -414,6 +415,7 @@ class Agent:
             egress_tables=self.egress_tables,
             egress=dict(mem.egress),
             reassert_address=self._address_reasserts(snapshot, now),
+            handovers_in_doubt=self._handovers_in_doubt(now),
             last_resort=self.config.ec2.last_resort_nat_gateway,
         )
         t = self.timings
@@ -729,7 +731,7 @@ class Agent:
             if h is not None and exc.code == "UnauthorizedOperation":
                 h.tagged = False  # the holder tag may name someone else (a late tag write): tag again first
             if target != self.me:
-                self._recheck_after_unknown_write()
+                self._recheck_after_unknown_write(route_table)
             self._ec2_failed(exc, self.clock.monotonic(), write=True)
             raise
         finally:
@@ -741,7 +743,7 @@ class Agent:
         self._error_cleared("ec2:")
         return done
 
-    def _recheck_after_unknown_write(self) -> None:
+    def _recheck_after_unknown_write(self, route_table: str) -> None:
         """A write pointing a table we hold at a peer failed; it may have landed, or still land.
 
         Read EC2 at the next cycle and again once the write can no longer land, rather than write
@@ -750,6 +752,15 @@ class Agent:
         """
         now = self.clock.monotonic()
         self.memory.ec2_rechecks += [now, now + self.timings.ec2_apply_horizon + self.timings.cycle_interval]
+        self.memory.handover_doubt[route_table] = now
+
+    def _handovers_in_doubt(self, now: float) -> frozenset[str]:
+        """Held tables whose write to a successor failed lately (until the second EC2 read after it)."""
+        keep = self.timings.ec2_apply_horizon + 3 * self.timings.cycle_interval
+        doubt = self.memory.handover_doubt
+        for rt in [rt for rt, at in doubt.items() if now - at > keep or rt not in self.memory.held]:
+            del doubt[rt]
+        return frozenset(doubt)
 
     def _take_over(self, a: TakeOver, health: Health) -> str:
         started = self.memory.suspect_since.get(a.route.owner, self.clock.monotonic()) if a.route else None
@@ -885,7 +896,7 @@ class Agent:
             self.ec2.associate_address(rt, target)
         except Ec2Error as exc:
             if target != self.me:
-                self._recheck_after_unknown_write()
+                self._recheck_after_unknown_write(rt)
             self._ec2_failed(exc, self.clock.monotonic(), write=True)
             raise
         finally:

@@ -117,6 +117,7 @@ class Observation:
     egress_tables: frozenset[str] = frozenset()  # route tables whose Elastic IP follows them (egress_ip = follow)
     egress: dict[str, Ec2Address] = field(default_factory=dict)  # route table -> where its Elastic IP sits
     reassert_address: dict[str, str] = field(default_factory=dict)  # held table -> why to associate its EIP again
+    handovers_in_doubt: frozenset[str] = frozenset()  # held tables whose write to a successor failed lately
     last_resort: str = ""  # the NAT gateway to route a table nobody in the group can serve to ("": none)
 
     def preferred_homes(self) -> dict[str, str]:
@@ -483,7 +484,9 @@ def _plan_failback_done(v: _View, rt: str, r: RouteItem, home: str) -> HandOver 
     """
     obs = v.obs
     ec2 = obs.ec2.get(rt)
-    if ec2 is None or ec2.state != "active" or home == obs.me or ec2.target != home or not v.eligible(home):
+    if rt not in obs.handovers_in_doubt or ec2 is None or ec2.state != "active":
+        return None  # only after a write of ours that may have landed: an older view says nothing
+    if home == obs.me or ec2.target != home or not v.eligible(home):
         return None
     m = v.member(home)
     assert m is not None

@@ -57,6 +57,7 @@ def one(seed: int) -> dict[str, object]:
         "mismatches": [m for m in r.egress_mismatches if m > 0],
         "address_changes": sum(r.address_changes.values()),
         "mismatch_throttled": r.mismatch_throttled,
+        "outage_throttled": r.outage_throttled,
         "last_resort": r.scenario.last_resort,
         "gateway_stays": r.gateway_stays,
         "report": "" if r.ok else r.report(),
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         "elastic_ip_moves": sum(int(r["address_changes"]) for r in results),  # type: ignore[call-overload]
         "egress_mismatch_throttled_s": round(sum(float(r["mismatch_throttled"]) for r in results), 2),  # type: ignore[arg-type]
         "egress_mismatch_throttled_seeds": sum(1 for r in results if float(r["mismatch_throttled"]) > 0),  # type: ignore[arg-type]
+        "outage_throttled_s": round(sum(float(r["outage_throttled"]) for r in results), 2),  # type: ignore[arg-type]
+        "outage_throttled_seeds": sum(1 for r in results if float(r["outage_throttled"]) > 0),  # type: ignore[arg-type]
         "last_resort_seeds": sum(1 for r in results if r["last_resort"]),
         "last_resort_stays": sum(len(r["gateway_stays"]) for r in results),  # type: ignore[arg-type]
         "last_resort_seeds_used": sum(1 for r in results if r["gateway_stays"]),
@@ -154,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'outage during faults':<24}p50 {summary['outage_during_faults_p50_s']} s, "
         f"p99 {summary['outage_during_faults_p99_s']} s, max {summary['outage_during_faults_max_s']} s "
-        f"({summary['outages_measured']} outages)"
+        f"({summary['outages_measured']} outages); not counted while AWS throttled the account's writes "
+        f"(and 4 s after): {summary['outage_throttled_s']} s in {summary['outage_throttled_seeds']} seeds"
     )
     print(
         f"{'egress ip follows':<24}{summary['egress_seeds']} seeds ({summary['egress_address_first_seeds']} "

@@ -94,6 +94,7 @@ class Checker:
     mismatches: dict[str, Mismatch] = field(default_factory=dict)
     mismatch_samples: list[float] = field(default_factory=list)
     mismatch_throttled: float = 0.0  # seconds of mismatch not counted: AWS throttled the account's writes
+    outage_throttled: float = 0.0  # seconds of (b) outage not counted: the same
     on_gateway: dict[str, float] = field(default_factory=dict)  # table -> seconds counted on the NAT gateway now
     gateway_samples: list[float] = field(default_factory=list)  # every stay on the NAT gateway (all of it)
     gateway_since: dict[str, float] = field(default_factory=dict)
@@ -221,6 +222,8 @@ class Checker:
         home = w.homes[table]
         if before != home or any(s.table == table and s.landed == w.k.now for s in self.strays):
             return
+        if invariant == "e" and w.cloud.target(table) == after:
+            return  # the Elastic IP follows a route already moved (judged by (c) when it moved)
         since = self.healthy_since.get(home)
         if since is None or w.k.now - since < HEALTHY_WINDOW or not w.healthy_member(home):
             return
@@ -270,6 +273,10 @@ class Checker:
             else:
                 self.healthy_since.pop(m, None)
         can_act = w.aws_works() and any(w.healthy_member(m, observing=True) for m in w.sc.members)
+        # AWS refusing the account's mutating calls (its token bucket, shared by the whole group and
+        # everything else in the account) is AWS not accepting writes: (b) and (e) stop their
+        # clocks then and for the agents' longest back-off after; the time is reported.
+        throttled = w.cloud.throttling(THROTTLE_BACKOFF[1])
         for table in w.homes:
             target = w.cloud.target(table)
             bad = not target or not w.forwards(target)
@@ -286,7 +293,9 @@ class Checker:
                     # with a clock of its own from now on.
                     self.outage_samples.append(o.counted)
                     o = self.outages[table] = Outage(table, target, now, taker=owner)
-            if bad and o is not None and can_act:
+            if bad and o is not None and can_act and throttled:
+                self.outage_throttled += dt
+            elif bad and o is not None and can_act:
                 o.counted += dt
                 if o.counted > OUTAGE_LIMIT and o.counted - dt <= OUTAGE_LIMIT:
                     self.violation(
@@ -299,7 +308,6 @@ class Checker:
                 del self.outages[table]
         for table in w.homes:
             self._sample_gateway(table, dt, can_act)
-        throttled = bool(w.egress) and w.cloud.throttling(THROTTLE_BACKOFF[1])
         for table in w.egress:
             self._sample_egress(table, dt, can_act, throttled)
 

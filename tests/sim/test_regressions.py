@@ -38,6 +38,7 @@ REGRESSIONS = {
     8996: "a hand-over write that landed unseen: the holder moved the table back from its healthy home",
     1382: "a hand-over finishing a fail-back EC2 had done left the Elastic IP with the giver for 1.4 s more",
     9085: "a table whose owner came back with a new session claimed across a partition: the home's table moved",
+    2241: "a table just received by hand-over, an old EC2 view showing its home: handed straight back",
 }
 
 

@@ -130,6 +130,7 @@ class Result:
     egress_mismatches: list[float] = field(default_factory=list)  # (e): seconds counted per mismatch
     address_changes: dict[str, int] = field(default_factory=dict)
     mismatch_throttled: float = 0.0
+    outage_throttled: float = 0.0
     gateway_stays: list[float] = field(default_factory=list)  # seconds each table spent on the NAT gateway
 
     @property
@@ -928,6 +929,7 @@ def run(sc: Scenario, end: float | None = None) -> Result:
         c.mismatch_samples,
         dict(c.address_changes),
         c.mismatch_throttled,
+        c.outage_throttled,
         c.gateway_samples,
     )
 

@@ -75,6 +75,7 @@ class World:
     pins_since: dict[str, float] = field(default_factory=dict)
     reassert: dict[str, str] = field(default_factory=dict)
     relinquished: dict[str, int] = field(default_factory=dict)
+    handovers_in_doubt: frozenset[str] = frozenset()
     self_unhealthy_since: float | None = None
     now: float = 100.0
 
@@ -105,6 +106,7 @@ class World:
             reassert=self.reassert,
             relinquished=self.relinquished,
             self_unhealthy_since=self.self_unhealthy_since,
+            handovers_in_doubt=self.handovers_in_doubt,
         )
 
     def decide(self) -> Decision:
@@ -342,6 +344,8 @@ def test_holder_whose_table_ec2_already_routes_to_its_healthy_home_hands_the_lea
     w.routes[RB] = route(RB, A, term=2, session="s-i-a")
     w.healthy_since[B] = w.now - 2.0  # healthy, but not for failback_hold_down yet
     w.ec2 = {RA: Ec2Route(A), RB: Ec2Route(B), RC: Ec2Route(C)}
+    assert isinstance(w.decide().actions[0], EnsureRoute), "no write of ours in doubt: an old view says nothing"
+    w.handovers_in_doubt = frozenset({RB})
     d = w.decide()
     assert d.actions == (
         HandOver(RB, w.routes[RB], w.members[B], "failback", "home_healthy",
