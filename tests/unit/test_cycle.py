@@ -7,16 +7,18 @@ in the test). The whole-group behaviour under faults is the simulator's job (tes
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
 from agent.aws.ec2 import Ec2Error
 from agent.aws.fence import Fence
 from agent.config import Config, Member, Timing
-from agent.cycle import Agent
+from agent.cycle import Agent, build_info
 from agent.decide import Ec2Route, PeerProbe
+from agent.metrics import Metrics
 from coordinator.clock import FakeClock
 from coordinator.items import Health
 from coordinator.leases import Coordinator
@@ -112,17 +114,34 @@ class Group:
         return out
 
 
-def group(timing: Timing | None = None) -> Group:
+def group(
+    timing: Timing | None = None,
+    *,
+    members: tuple[Member, ...] | None = None,
+    world: Callable[[FakeClock], World] | None = None,
+    ec2_adapter: Callable[[World], Ec2] | None = None,
+    health: Callable[[str], Any] | None = None,
+    metrics: Callable[[str], Metrics | None] | None = None,
+    **config: Any,
+) -> Group:
+    """A group of agents on one fake clock, store and EC2; the keywords vary what the tests of
+    egress (``test_cycle_egress``) and the last resort (``test_cycle_last_resort``) need."""
     clock = FakeClock()
     store = MemoryStore()
-    world = World(clock)
+    w = (world or World)(clock)
     probes = Probes()
     agents = {}
-    for m in MEMBERS:
-        config = Config(group=GROUP, instance_id=m.instance_id, members=MEMBERS, timing=timing or Timing())
-        coordinator = Coordinator(store, GROUP, m.instance_id, clock, config.timing.lease)
-        agents[m.instance_id] = Agent(config, coordinator, Ec2(world), probes, SelfHealth(), clock)
-    return Group(clock, store, world, agents, probes)
+    for m in members or MEMBERS:
+        c = Config(
+            group=GROUP, instance_id=m.instance_id, members=members or MEMBERS, timing=timing or Timing(), **config
+        )
+        coordinator = Coordinator(store, GROUP, m.instance_id, clock, c.timing.lease)
+        registry = metrics(m.instance_id) if metrics is not None else None
+        checker = health(m.instance_id) if health is not None else SelfHealth()
+        agents[m.instance_id] = Agent(c, coordinator, (ec2_adapter or Ec2)(w), probes, checker, clock, registry)
+        if registry is not None:
+            build_info(registry, c)
+    return Group(clock, store, w, agents, probes)
 
 
 def settled() -> Group:

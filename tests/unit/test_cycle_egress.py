@@ -13,15 +13,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agent.aws.ec2 import Ec2Error
-from agent.config import Config, EgressTable, Timing
-from agent.cycle import Agent, build_info
+from agent.config import EgressTable
 from agent.decide import Ec2Address
 from agent.metrics import Metrics
 from coordinator.clock import FakeClock
-from coordinator.leases import Coordinator
-from coordinator.memory import MemoryStore
 from tests.unit import test_cycle as base
-from tests.unit.test_cycle import GROUP, HOMES, Group, Probes, SelfHealth, dead
+from tests.unit.test_cycle import GROUP, HOMES, Group, dead
 
 MEMBERS = tuple(dataclasses.replace(m, eni=f"eni-{m.instance_id[2:]}") for m in base.MEMBERS)
 TABLES = tuple(
@@ -58,28 +55,15 @@ class Ec2(base.Ec2):
 
 
 def group(order: str = "route-first", *, metrics: bool = False) -> Group:
-    clock = FakeClock()
-    store = MemoryStore()
-    world = World(clock)
-    probes = Probes()
-    agents = {}
-    for m in MEMBERS:
-        config = Config(
-            group=GROUP,
-            instance_id=m.instance_id,
-            members=MEMBERS,
-            timing=Timing(),
-            egress_ip="follow",
-            egress_order=order,
-            egress_tables=TABLES,
-        )
-        coordinator = Coordinator(store, GROUP, m.instance_id, clock, config.timing.lease)
-        registry = Metrics(CollectorRegistry(), process=False) if metrics and m.instance_id == "i-a" else None
-        agent = Agent(config, coordinator, Ec2(world), probes, SelfHealth(), clock, registry)
-        if registry is not None:
-            build_info(registry, config)
-        agents[m.instance_id] = agent
-    return Group(clock, store, world, agents, probes)
+    return base.group(
+        members=MEMBERS,
+        world=World,
+        ec2_adapter=Ec2,
+        metrics=(lambda i: Metrics(CollectorRegistry(), process=False) if metrics and i == "i-a" else None),
+        egress_ip="follow",
+        egress_order=order,
+        egress_tables=TABLES,
+    )
 
 
 def settled(order: str = "route-first", *, metrics: bool = False) -> Group:

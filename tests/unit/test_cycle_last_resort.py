@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from agent.config import Config, Ec2Config, Timing
-from agent.cycle import Agent
+from agent.config import Ec2Config
 from agent.decide import Ec2Route
-from coordinator.clock import FakeClock
 from coordinator.items import Health
-from coordinator.leases import Coordinator
-from coordinator.memory import MemoryStore
 from tests.unit import test_cycle as base
-from tests.unit.test_cycle import GROUP, HOMES, MEMBERS, Group, Probes, dead
+from tests.unit.test_cycle import GROUP, HOMES, MEMBERS, Group, dead
 
 GW = "nat-0abc"
 
@@ -36,23 +32,8 @@ class SettableHealth:
 
 
 def group() -> tuple[Group, dict[str, SettableHealth]]:
-    clock = FakeClock()
-    store = MemoryStore()
-    world = base.World(clock)
-    probes = Probes()
     health = {m.instance_id: SettableHealth() for m in MEMBERS}
-    agents = {}
-    for m in MEMBERS:
-        config = Config(
-            group=GROUP,
-            instance_id=m.instance_id,
-            members=MEMBERS,
-            timing=Timing(),
-            ec2=Ec2Config(last_resort_nat_gateway=GW),
-        )
-        coordinator = Coordinator(store, GROUP, m.instance_id, clock, config.timing.lease)
-        agents[m.instance_id] = Agent(config, coordinator, Ec2(world), probes, health[m.instance_id], clock)
-    g = Group(clock, store, world, agents, probes)
+    g = base.group(health=health.__getitem__, ec2_adapter=Ec2, ec2=Ec2Config(last_resort_nat_gateway=GW))
     for _ in range(40):
         g.cycle("i-a")
         g.cycle("i-b")
