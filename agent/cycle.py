@@ -17,20 +17,23 @@ to the coordinator and EC2, and keeps the EC2 side of the protocol (rule 4):
   with the holder's address for the table when it takes it (before or after the route:
   ``egress_order``), moved to the successor's address before a hand-over, associated again
   after the horizon and after a stray report, and repaired when DescribeAddresses shows it
-  elsewhere. A failed association never holds a route back and never makes this NAT
-  unhealthy (the route is what keeps traffic flowing; the egress metrics and alert show it).
+  elsewhere. A failed association never holds a route back (the route is what keeps traffic
+  flowing); only refusals of our own (access denied) count as failing writes, as for routes;
+* a write pointing a table we hold at a peer that fails may still land: EC2 is read at the
+  next cycle and again once it can no longer land, and decide acts on what it shows.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent import __version__
-from agent.aws.ec2 import THROTTLED, Ec2Error
+from agent.aws.ec2 import THROTTLED, Ec2Error, api_name
 from agent.aws.fence import Fence, FenceRefused, FenceTiming, Permit
 from agent.config import Config
 from agent.decide import (
@@ -710,32 +713,47 @@ class Agent:
             return str(exc)
         return ""
 
-    def _route_here(self, route_table: str, term: int, target: str, health: Health) -> str:
-        """Tag (once per term) and write the route, each a fenced write; returns what was done."""
-        now = self.clock.monotonic()
-        if self._ec2_quiet(now):
-            raise Ec2Error("replace_route", "RequestLimitExceeded", "backing off after throttling")
+    @contextmanager
+    def _table_write(self, operation: str, route_table: str, term: int, target: str, health: Health) -> Iterator[None]:
+        """The frame of every write of ours to a table (route or Elastic IP), around the fenced call.
+
+        Nothing is sent while we back off after throttling or while the lease is shorter than a
+        call's deadline (renewed first). A failure is booked (refusals of our own make us hand
+        tables over), and a failed write pointing the table at a peer may still land: EC2 is read
+        again (:meth:`_recheck_after_unknown_write`).
+        """
+        if self._ec2_quiet(self.clock.monotonic()):
+            raise Ec2Error(operation, "RequestLimitExceeded", "backing off after throttling")
         if not self._may_act(health):
-            raise FenceRefused("ReplaceRoute", "the lease is too short; renewing first")
-        h = self.memory.held.get(route_table)
+            raise FenceRefused(api_name(operation), "the lease is too short; renewing first")
         self._writing = (route_table, term, target)
         try:
-            # IAM lets only the instance the table's tag names write its route, whatever the
-            # target: the holder tags it first, once per term (a hand-over's giver too).
-            if self.holder and h is not None and not h.tagged:
-                self.ec2.tag_holder(route_table, self.holder)
-                h.tagged = True
-            current = self.memory.ec2.get(route_table)
-            done = self.ec2.point_route(route_table, target, missing=current is not None and current.state == "missing")
+            yield
         except Ec2Error as exc:
-            if h is not None and exc.code == "UnauthorizedOperation":
-                h.tagged = False  # the holder tag may name someone else (a late tag write): tag again first
             if target != self.me:
                 self._recheck_after_unknown_write(route_table)
             self._ec2_failed(exc, self.clock.monotonic(), write=True)
             raise
         finally:
             self._writing = None
+
+    def _route_here(self, route_table: str, term: int, target: str, health: Health) -> str:
+        """Tag (once per term) and write the route, each a fenced write; returns what was done."""
+        with self._table_write("replace_route", route_table, term, target, health):
+            h = self.memory.held.get(route_table)
+            try:
+                # IAM lets only the instance the table's tag names write its route, whatever the
+                # target: the holder tags it first, once per term (a hand-over's giver too).
+                if self.holder and h is not None and not h.tagged:
+                    self.ec2.tag_holder(route_table, self.holder)
+                    h.tagged = True
+                current = self.memory.ec2.get(route_table)
+                missing = current is not None and current.state == "missing"
+                done = self.ec2.point_route(route_table, target, missing=missing)
+            except Ec2Error as exc:
+                if h is not None and exc.code == "UnauthorizedOperation":
+                    h.tagged = False  # the holder tag may name someone else (a late tag write): tag again first
+                raise
         self._ec2_succeeded()
         self.memory.ec2[route_table] = Ec2Route(target, "active")
         if h is not None:
@@ -886,21 +904,9 @@ class Agent:
         may not associate its table's Elastic IP leaves the table without a public address, and
         a peer can serve it whole. Other failures (AWS's errors, timeouts) do not.
         """
-        if self._ec2_quiet(self.clock.monotonic()):
-            raise Ec2Error("associate_address", "RequestLimitExceeded", "backing off after throttling")
-        if not self._may_act(health):
-            raise FenceRefused("AssociateAddress", "the lease is too short; renewing first")
         before = self.memory.egress.get(rt)
-        self._writing = (rt, term, target)
-        try:
+        with self._table_write("associate_address", rt, term, target, health):
             self.ec2.associate_address(rt, target)
-        except Ec2Error as exc:
-            if target != self.me:
-                self._recheck_after_unknown_write(rt)
-            self._ec2_failed(exc, self.clock.monotonic(), write=True)
-            raise
-        finally:
-            self._writing = None
         now = self.clock.monotonic()
         self.memory.ec2_writes.backoff = 0.0
         self.memory.egress[rt] = Ec2Address(target, before.public_ip if before is not None else "")

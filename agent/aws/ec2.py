@@ -148,7 +148,7 @@ class Ec2:
         """One fenced write: the lease is checked by the transport right before the send."""
         if self.fence is None:
             raise RuntimeError(f"EC2 write {operation} without a fence: attach the agent's Fence first")
-        with self.fence.write(_api_name(operation), resource) as permit:
+        with self.fence.write(api_name(operation), resource) as permit:
             try:
                 return self._call(operation, **params)
             finally:
@@ -378,7 +378,7 @@ def route_missing(exc: Ec2Error) -> bool:
     )
 
 
-def _api_name(operation: str) -> str:
+def api_name(operation: str) -> str:
     """``replace_route`` -> ``ReplaceRoute`` (botocore's operation name)."""
     return "".join(part.capitalize() for part in operation.split("_"))
 
