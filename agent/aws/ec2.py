@@ -230,24 +230,24 @@ class Ec2:
         own lease check right before it is sent.
         """
         target = self._target(instance)
+
+        def write(operation: str) -> None:
+            self._write(operation, route_table, RouteTableId=route_table, DestinationCidrBlock=DEFAULT_ROUTE, **target)
+
         if missing:
             try:
-                self._write(
-                    "create_route", route_table, RouteTableId=route_table, DestinationCidrBlock=DEFAULT_ROUTE, **target
-                )
+                write("create_route")
                 return "created"
             except Ec2Error as exc:
                 if exc.code != "RouteAlreadyExists":
                     raise
         try:
-            self._write(
-                "replace_route", route_table, RouteTableId=route_table, DestinationCidrBlock=DEFAULT_ROUTE, **target
-            )
+            write("replace_route")
             return "replaced"
         except Ec2Error as exc:
             if missing or not route_missing(exc):
                 raise
-        self._write("create_route", route_table, RouteTableId=route_table, DestinationCidrBlock=DEFAULT_ROUTE, **target)
+        write("create_route")
         return "created"
 
     def tag_holder(self, route_table: str, holder: str) -> None:
