@@ -92,25 +92,43 @@ def test_forwarding_broken_nat_hands_over(settled_lab: NetLab, how: str) -> None
     assert lab.wait_event(t_fix, "route", 25, rtb=victim.route_table, target=victim.instance_id)
 
 
-def test_agent_paused_briefly_nat_forwarding_no_loss_no_move(settled_lab: NetLab) -> None:
-    """The agent freezes for less than silent_owner_after (2 s): nothing moves, nothing is lost.
+def _just_renewed(lab: NetLab, instance_id: str, timeout: float = 5.0) -> bool:
+    """Wait (bounded) until the member's heartbeat version changes: it renewed a moment ago."""
+    first = lab.snapshot().members[instance_id].version
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if lab.snapshot().members[instance_id].version != first:
+            return True
+        time.sleep(0.01)
+    return False
 
-    (A crash is not brief: a new process waits lease + margin before it replaces the old
-    session, so a killed agent's restart takes longer than 2 s and its tables move: the test below.)
+
+def test_agent_paused_briefly_nat_forwarding_no_loss_no_move(settled_lab: NetLab) -> None:
+    """The agent's heartbeat is silent past its lease but less than silent_owner_after (2 s):
+    nothing moves, nothing is lost.
+
+    Peers see the silence from the last renewal they saw until the first one after the pause,
+    not the pause alone: up to heartbeat_interval (0.7 s) before it and a cycle plus a store
+    call (about 0.5 s) after it. So the pause starts right after a renewal and lasts 1.2 s:
+    silence 1.2-1.8 s, past lease + margin (1.1 s), under 2 s. (A pause started at a random
+    instant could be seen as 2.5 s of silence, and then the tables move, as they should.)
+    A crash is not brief: a new process waits lease + margin before it replaces the old
+    session, so a killed agent's restart takes longer than 2 s and its tables move: the test below.
     """
     lab = settled_lab
     victim = lab.nats[VICTIM]
     t0 = time.time()
     ping = lab.ping(VICTIM, 5)
     time.sleep(0.5)
+    assert _just_renewed(lab, victim.instance_id), "the victim's heartbeat did not change in 5 s"
     lab.signal(victim.instance_id, signal.SIGSTOP)
-    time.sleep(1.5)
+    time.sleep(1.2)
     lab.signal(victim.instance_id, signal.SIGCONT)
     result = ping.result()
     assert result.lost == 0, result.lost_seqs()
     assert lab.wait_for(lab.settled, 20, 0.3)
     time.sleep(1.0)
-    assert _route_events(lab, t0) == [], "a route moved for a pause shorter than silent_owner_after"
+    assert _route_events(lab, t0) == [], "a route moved for a silence shorter than silent_owner_after"
 
 
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGSTOP"])
