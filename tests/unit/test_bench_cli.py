@@ -45,3 +45,22 @@ def test_bad_arguments_are_one_line_and_exit_2(script: str, argv: list[str], mes
     assert done.returncode == 2
     assert done.stderr == f"{script}: error: {message}\n"
     assert done.stdout == ""
+
+
+def test_footprint_counts_calls_from_the_agents_own_metrics() -> None:
+    """bench/footprint.py counts AWS calls from the exposition, so the measured agent records nothing."""
+    from prometheus_client import generate_latest
+
+    from agent.metrics import Metrics
+    from bench.footprint import count_calls
+
+    m = Metrics()
+    for _ in range(3):
+        m.observe_aws_call("dynamodb", "Query", 0.002, None)
+    m.observe_aws_call("dynamodb", "PutItem", 0.002, "ConditionalCheckFailedException")
+    m.observe_aws_call("ec2", "DescribeRouteTables", 0.01, None)
+    assert count_calls(generate_latest(m.registry).decode()) == {
+        ("dynamodb", "Query"): 3,
+        ("dynamodb", "PutItem"): 1,
+        ("ec2", "DescribeRouteTables"): 1,
+    }

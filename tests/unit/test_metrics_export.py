@@ -341,3 +341,20 @@ def test_serve_answers_without_a_reverse_dns_lookup(monkeypatch: pytest.MonkeyPa
     finally:
         server.shutdown()  # type: ignore[attr-defined]
         server.server_close()  # type: ignore[attr-defined]
+
+
+def test_metrics_server_stops_on_shutdown_though_it_does_not_poll() -> None:
+    """The server waits in select without a timeout (no idle wake-ups); shutdown() still stops it."""
+    import urllib.error
+    import urllib.request
+
+    server = Metrics().serve("127.0.0.1:0")
+    assert server is not None
+    port = server.server_address[1]  # type: ignore[attr-defined]
+    try:
+        server.shutdown()  # type: ignore[attr-defined]
+        # The socket still listens (not closed yet), but nobody serves it any more.
+        with pytest.raises((TimeoutError, urllib.error.URLError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=0.5)
+    finally:
+        server.server_close()  # type: ignore[attr-defined]
