@@ -7,11 +7,13 @@ a two-NAT :class:`agent.lab.localgroup.LocalGroup` with the *default* timing of
 from ``/proc``: RSS (VmRSS, VmHWM) and CPU time (utime+stime). Its AWS calls are
 counted over the steady part from its own /metrics (it records nothing to a file).
 
-    python bench/footprint.py --seconds 60 --json footprint.json
+    python bench/footprint.py --seconds 240 --backend dynalite --json footprint.json
 
 The steady part is the second half of the run: ``rss_mb_steady`` is the median RSS
 there, ``cpu_percent`` the CPU time used there (with the processes it started) over
 its wall time (100 = one core), and the per-minute rates are counted there. ``rss_mb_peak`` is the kernel's VmHWM.
+``threads`` splits the CPU by thread (nanoseconds from ``schedstat``) with each thread's
+wake-ups a second: on this VM a wake-up costs 0.1-0.3 ms of CPU by itself (bench/wakeup.py).
 See bench/README.md for the figures and what was done to reach them.
 """
 
@@ -49,7 +51,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from bench.cli import BenchParser  # after the repository is on sys.path
 
     p = BenchParser(prog="bench/footprint.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=60.0, help="measured run length after start-up (default 60)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=240.0,
+        help="measured run length after start-up (default 240: the CPU is read over the second half, in 10 ms ticks)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
     p.add_argument(
         "--backend",
@@ -63,14 +70,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="icmp",
         help="probe method of the agents (default icmp, as in production; needs root or ping_group_range)",
     )
-    p.add_argument("--interval", type=float, default=0.5, help="seconds between /proc samples (default 0.5)")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=0.5,
+        help="seconds between /proc samples (default 0.5)",
+    )
     p.add_argument(
         "--scrape-interval",
         type=float,
         default=15.0,
         help="scrape the agent's /metrics this often like Prometheus would (0: never; default 15)",
     )
-    p.add_argument("--startup-timeout", type=float, default=60.0, help="seconds to wait for the first cycle")
+    p.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the first cycle",
+    )
     p.add_argument(
         "--env",
         action="append",
@@ -78,7 +95,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="extra environment of the measured agent (repeatable), e.g. MALLOC_ARENA_MAX=2",
     )
-    p.add_argument("--workdir", metavar="DIR", help="keep configs and logs here (default: a temporary directory)")
+    p.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="keep configs and logs here (default: a temporary directory)",
+    )
     args = p.parse_args(argv)
     if args.seconds < 4:
         p.error("--seconds must be at least 4")
@@ -127,6 +148,42 @@ def read_cpu_s(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / CLK_TCK
 
 
+def read_threads(pid: int) -> dict[int, tuple[float, int]]:
+    """Per thread: (seconds on CPU, voluntary context switches), by thread id.
+
+    ``schedstat`` counts nanoseconds, where ``/proc/PID/stat`` counts clock ticks
+    (10 ms): over the 30 s steady part of a 60 s run one tick is 0.03 point, and
+    ~30 ticks vary by several. A voluntary switch is a sleep: each one is a wake-up.
+    """
+    out: dict[int, tuple[float, int]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                on_cpu = int(fh.read().split()[0]) / 1e9
+            with open(f"/proc/{pid}/task/{tid}/status") as fh:
+                switches = next(int(line.split()[1]) for line in fh if line.startswith("voluntary_ctxt_switches"))
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            continue  # the thread ended
+        out[int(tid)] = (on_cpu, switches)
+    return out
+
+
+def thread_rates(
+    start: dict[int, tuple[float, int]],
+    end: dict[int, tuple[float, int]],
+    seconds: float,
+) -> list[dict[str, Any]]:
+    """Threads alive over the whole window, oldest first (the first is the main thread)."""
+    return [
+        {
+            "thread": "main" if i == 0 else f"thread {i + 1}",
+            "cpu_percent": round(100.0 * (end[tid][0] - start[tid][0]) / seconds, 3),
+            "wakeups_per_s": round((end[tid][1] - start[tid][1]) / seconds, 1),
+        }
+        for i, tid in enumerate(sorted(set(start) & set(end)))
+    ]
+
+
 def count_calls(metrics_text: str) -> dict[tuple[str, str], int]:
     """AWS calls so far by (service, operation): the agent's ``nat_ha_aws_request_duration_seconds_count``.
 
@@ -140,7 +197,10 @@ def count_calls(metrics_text: str) -> dict[tuple[str, str], int]:
             continue
         labels_text, _, value = line[len(CALLS_METRIC) + 1 :].rpartition("} ")
         labels = dict(part.split("=", 1) for part in labels_text.split(","))
-        key = (labels.get("service", "").strip('"'), labels.get("operation", "").strip('"'))
+        key = (
+            labels.get("service", "").strip('"'),
+            labels.get("operation", "").strip('"'),
+        )
         counts[key] = counts.get(key, 0) + int(float(value))
     return counts
 
@@ -213,6 +273,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         half = t0 + args.seconds / 2
         end = t0 + args.seconds
         steady_cpu0 = steady_t0 = None
+        threads0: dict[int, tuple[float, int]] = {}
         steady_calls0: dict[tuple[str, str], int] = {}
         while True:
             now = time.monotonic()
@@ -222,11 +283,15 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             samples.append((now - t0, rss))
             if steady_t0 is None and now >= half:
                 steady_calls0 = count_calls(metrics_text())  # before the CPU reading: not counted
-                steady_t0, steady_cpu0 = time.monotonic(), read_cpu_s(pid)
+                steady_t0, steady_cpu0, threads0 = (
+                    time.monotonic(),
+                    read_cpu_s(pid),
+                    read_threads(pid),
+                )
             if now >= end:
                 break
             time.sleep(min(args.interval, max(0.0, end - time.monotonic())))
-        t1, cpu1 = time.monotonic(), read_cpu_s(pid)
+        t1, cpu1, threads1 = time.monotonic(), read_cpu_s(pid), read_threads(pid)
         calls = _diff(count_calls(metrics_text()), steady_calls0)
         _rss, hwm = read_rss_kb(pid)
         stop.set()
@@ -248,6 +313,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "rss_mb_max_sampled": round(max(kb for _t, kb in samples) / 1024, 1),
             "cpu_percent": round(100.0 * (cpu1 - steady_cpu0) / steady_s, 2),
             "cpu_seconds_total": round(cpu1, 2),
+            "threads": thread_rates(threads0, threads1, steady_s),
             "dynamodb_writes_per_min": rate(lambda k: k[0] == "dynamodb" and k[1] in DYNAMODB_WRITES),
             "dynamodb_reads_per_min": rate(lambda k: k[0] == "dynamodb" and k[1] in DYNAMODB_READS),
             "ec2_calls_per_min": rate(lambda k: k[0] == "ec2"),
@@ -273,6 +339,10 @@ def table(result: dict[str, Any]) -> str:
         if key in TARGETS:
             mark = "ok  " if result[key] <= TARGETS[key] else "OVER"
         lines.append(f"{key:<26}{result[key]:>10}  {unit:<15}{mark} {note}".rstrip())
+    lines.append(
+        "threads (schedstat): "
+        + ", ".join(f"{t['thread']} {t['cpu_percent']:.2f} % {t['wakeups_per_s']:g} wakes/s" for t in result["threads"])
+    )
     lines.append("calls/min: " + ", ".join(f"{k} {v}" for k, v in result["calls_per_min"].items()))
     return "\n".join(lines)
 

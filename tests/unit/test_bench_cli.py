@@ -29,6 +29,7 @@ BAD = [
     ("probes", ["--targets", "0"], "--targets must be between 1 and 254"),
     ("store_calls", ["--calls", "5"], "--calls must be between 10 and 100000"),
     ("store_calls", ["--cadence", "-1"], "--cadence must be between 0 and 600 seconds"),
+    ("wakeup", ["--wakes", "5"], "--wakes must be between 10 and 100000"),
 ]
 
 
