@@ -490,8 +490,7 @@ def _plan_failback_done(v: _View, rt: str, r: RouteItem, home: str) -> HandOver 
         return None
     m = v.member(home)
     assert m is not None
-    seen = obs.egress.get(rt)
-    lease_only = rt not in obs.egress_tables or (seen is not None and seen.holder == home)
+    lease_only = _address_with(obs, rt, home)
     why = f"EC2 already routes {rt} to its home {home}: handing the lease over" + (
         "" if lease_only else " with its Elastic IP"
     )
@@ -504,13 +503,16 @@ def _owner_back(v: _View, r: RouteItem) -> bool:
     return m is not None and m.session != r.owner_session and v.live(m) and m.health.healthy and not m.draining
 
 
+def _address_with(obs: Observation, rt: str, instance: str) -> bool:
+    """``rt``'s Elastic IP is on ``instance``'s address for it, or does not follow the table at all."""
+    seen = obs.egress.get(rt)
+    return rt not in obs.egress_tables or (seen is not None and seen.holder == instance)
+
+
 def _served_here(obs: Observation, rt: str) -> bool:
     """EC2 routes ``rt`` to us and, with egress_ip = follow, its Elastic IP is on our address for it."""
     ec2 = obs.ec2.get(rt)
-    if ec2 is None or ec2.target != obs.me:
-        return False
-    seen = obs.egress.get(rt)
-    return rt not in obs.egress_tables or (seen is not None and seen.holder == obs.me)
+    return ec2 is not None and ec2.target == obs.me and _address_with(obs, rt, obs.me)
 
 
 def _plan_handover(v: _View, t: Timing, rt: str, r: RouteItem, home: str) -> HandOver | None:

@@ -91,11 +91,15 @@ class Window:
         return was_up and not self.up
 
     @property
+    def lost(self) -> int:
+        return sum(1 for ok in self.results if not ok)
+
+    @property
     def up(self) -> bool:
-        return sum(1 for ok in self.results if not ok) < self.down_after
+        return self.lost < self.down_after
 
     def view(self, now: float) -> PeerProbe:
-        lost = sum(1 for ok in self.results if not ok)
+        lost = self.lost
         return PeerProbe(
             up=lost < self.down_after, lost=lost, window=len(self.results), silent_for=max(0.0, now - self.last_reply)
         )
