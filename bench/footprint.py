@@ -191,17 +191,14 @@ def count_calls(metrics_text: str) -> dict[tuple[str, str], int]:
     opens and appends to a file on every call, work the measured agent would not do in
     production (about 0.02-0.04 % of a core at four calls a second).
     """
+    from prometheus_client.parser import text_string_to_metric_families
+
     counts: dict[tuple[str, str], int] = {}
-    for line in metrics_text.splitlines():
-        if not line.startswith(CALLS_METRIC + "{"):
-            continue
-        labels_text, _, value = line[len(CALLS_METRIC) + 1 :].rpartition("} ")
-        labels = dict(part.split("=", 1) for part in labels_text.split(","))
-        key = (
-            labels.get("service", "").strip('"'),
-            labels.get("operation", "").strip('"'),
-        )
-        counts[key] = counts.get(key, 0) + int(float(value))
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == CALLS_METRIC:
+                key = (sample.labels.get("service", ""), sample.labels.get("operation", ""))
+                counts[key] = counts.get(key, 0) + int(sample.value)
     return counts
 
 
@@ -259,8 +256,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         def scrape() -> None:  # Prometheus' scrape cost is part of the agent's CPU
             while args.scrape_interval and not stop.wait(args.scrape_interval):
                 try:
-                    with urllib.request.urlopen(metrics_url, timeout=2) as resp:
-                        resp.read()
+                    metrics_text()
                     scrapes[0] += 1
                 except OSError:
                     pass
