@@ -293,16 +293,17 @@ class Checker:
                     # with a clock of its own from now on.
                     self.outage_samples.append(o.counted)
                     o = self.outages[table] = Outage(table, target, now, taker=owner)
-            if bad and o is not None and can_act and throttled:
-                self.outage_throttled += dt
-            elif bad and o is not None and can_act:
-                o.counted += dt
-                if o.counted > OUTAGE_LIMIT and o.counted - dt <= OUTAGE_LIMIT:
-                    self.violation(
-                        f"{table} has pointed at {target or 'nothing'}, which does not forward, for "
-                        f"{o.counted:.2f} s while a healthy member could take it (limit {OUTAGE_LIMIT} s)",
-                        "b",
-                    )
+            if bad and o is not None and can_act:
+                if throttled:
+                    self.outage_throttled += dt
+                else:
+                    o.counted += dt
+                    if o.counted > OUTAGE_LIMIT and o.counted - dt <= OUTAGE_LIMIT:
+                        self.violation(
+                            f"{table} has pointed at {target or 'nothing'}, which does not forward, for "
+                            f"{o.counted:.2f} s while a healthy member could take it (limit {OUTAGE_LIMIT} s)",
+                            "b",
+                        )
             if not bad and o is not None:
                 self.outage_samples.append(o.counted)
                 del self.outages[table]
