@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 from agent import config as agentconfig
 from agent.commands.cli import UsageError
 from agent.host import nat as hostnat
+from agent.host import tools
 
 _CMD_TIMEOUT_S = 10.0
 
@@ -85,8 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(cmd: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    full = tools.argv(cmd) or cmd  # /usr/sbin is not on every PATH
     try:
-        return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=_CMD_TIMEOUT_S, check=False)
+        return subprocess.run(full, input=stdin, capture_output=True, text=True, timeout=_CMD_TIMEOUT_S, check=False)
     except FileNotFoundError:
         raise ApplyError(f"{cmd[0]}: not installed") from None
     except subprocess.TimeoutExpired:
@@ -95,7 +96,7 @@ def _run(cmd: list[str], stdin: str | None = None) -> subprocess.CompletedProces
 
 def _listing(cmd: list[str]) -> str:
     """Output of a read-only listing command, or "" when it is not installed or fails."""
-    if shutil.which(cmd[0]) is None:
+    if tools.find(cmd[0]) is None:
         return ""
     try:
         proc = _run(cmd)
@@ -110,19 +111,20 @@ def _first_line(text: str) -> str:
 
 
 def _pick_backend(choice: str) -> str:
+    where = f"on PATH or in {', '.join(tools.SBIN)}"
     if choice == "nftables":
-        if shutil.which("nft") is None:
-            raise UsageError("--backend nftables: `nft` is not installed (apt-get/dnf install nftables)")
+        if tools.find("nft") is None:
+            raise UsageError(f"--backend nftables: `nft` is not installed ({where}; apt-get/dnf install nftables)")
         return choice
     if choice == "iptables":
-        if shutil.which("iptables") is None:
-            raise UsageError("--backend iptables: `iptables` is not installed (apt-get/dnf install iptables)")
+        if tools.find("iptables") is None:
+            raise UsageError(f"--backend iptables: `iptables` is not installed ({where}; apt-get/dnf install iptables)")
         return choice
-    if shutil.which("nft"):
+    if tools.find("nft"):
         return "nftables"
-    if shutil.which("iptables"):
+    if tools.find("iptables"):
         return "iptables"
-    raise UsageError("neither nft nor iptables is installed (install nftables)")
+    raise UsageError(f"neither nft nor iptables is installed ({where}; install nftables)")
 
 
 def _interface(requested: str, procfs: str) -> str:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.config import SelfCheckConfig
+from agent.host import tools
 from agent.host.nat import masquerade_present, persisted_masquerade_present
 from coordinator.items import Health
 
@@ -73,10 +73,11 @@ def forward_blocked(iptables_save_text: str, nft_ruleset_text: str) -> bool:
 
 def run_command(argv: list[str]) -> str | None:
     """Run a read-only command with a short timeout; None when unavailable or denied."""
-    if shutil.which(argv[0]) is None:
+    full = tools.argv(argv)  # /usr/sbin is not on every PATH
+    if full is None:
         return None
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=2.0, check=False)
+        done = subprocess.run(full, capture_output=True, text=True, timeout=2.0, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout if done.returncode == 0 else None

@@ -102,7 +102,10 @@ class Lab:
 
     def setup_nat(self, *args: str) -> subprocess.CompletedProcess[str]:
         cmd = ["ip", "netns", "exec", self.nat, sys.executable, "-m", "agent.commands.setup_nat", *args]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        # No sbin directory on PATH, like an ordinary user's shell on Debian: setup-nat must find
+        # nft, iptables and ip in /usr/sbin by itself (it said "neither nft nor iptables is installed").
+        path = ":".join(p for p in os.environ.get("PATH", "").split(":") if p and not p.endswith("/sbin"))
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": path or "/usr/bin:/bin"}
         return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False, env=env, cwd=REPO)
 
     def ping_out(self, count: int) -> bool:
