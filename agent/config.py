@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import importlib.util
 import ipaddress
+import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -573,6 +576,28 @@ def _two_homes(members: tuple[Member, ...]) -> list[str]:
     return out
 
 
+def _shared_probe_addresses(members: tuple[Member, ...], probe: ProbeConfig) -> list[str]:
+    """Two members probed at one address: a peer's probes of a dead NAT would be answered by another.
+
+    ICMP probes an address; TCP probes an address and a port (the demo's agents share 127.0.0.1).
+    """
+    first: dict[tuple[str, int], int] = {}
+    out = []
+    for i, m in enumerate(members):
+        if not m.address:
+            continue
+        port = 0 if probe.method == "icmp" else (m.probe_port or probe.tcp_port)
+        key = (m.address, port)
+        if key in first:
+            where = m.address + (f" port {port}" if port else "")
+            out.append(
+                f"members[{i}].address: {where} is also where members[{first[key]}] is probed: each member needs "
+                "its own probe address, or the probes of a dead NAT are answered by another"
+            )
+        first.setdefault(key, i)
+    return out
+
+
 def _egress_tables(raw: Any, problems: list[str]) -> tuple[EgressTable, ...]:
     """The [[egress.tables]] entries, each checked on its own (cross checks: :func:`egress_problems`)."""
     if not isinstance(raw, dict):
@@ -693,6 +718,43 @@ def egress_problems(config: Config) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def known_regions() -> frozenset[str]:
+    """The AWS regions the installed botocore knows (its partitions.json; read without importing botocore)."""
+    spec = importlib.util.find_spec("botocore")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        try:
+            data = json.loads((Path(folder) / "data" / "partitions.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return frozenset(
+            r for p in data.get("partitions", []) for r in p.get("regions", {}) if not r.endswith("-global")
+        )
+    return frozenset()
+
+
+def _stem(region: str) -> str:
+    """``eu-west-1`` -> ``eu-west``: AWS numbers new regions of a known area (eu-south-2 after eu-south-1)."""
+    return region.rsplit("-", 1)[0]
+
+
+def region_problem(region: str) -> str | None:
+    """A misspelt region, caught before it sends every call to an endpoint that does not exist.
+
+    A region botocore does not list yet is accepted when only its number is new (AWS adds
+    eu-south-2 after eu-south-1); a new area needs a newer botocore, and the line says so.
+    """
+    known = known_regions()
+    if not region or not known or region in known:
+        return None
+    if re.fullmatch(r"[a-z]{2}(?:-[a-z]+)+-\d+", region) and _stem(region) in {_stem(r) for r in known}:
+        return None
+    close = difflib.get_close_matches(region, sorted(known), n=1, cutoff=0.6)
+    if close:
+        return f"region: {shown(region)} is not an AWS region (did you mean {close[0]!r}?)"
+    return f"region: {shown(region)} is not an AWS region this botocore knows (a region added since needs a newer one)"
+
+
 def _listen_problem(value: str) -> str | None:
     if not value:
         return None
@@ -706,6 +768,9 @@ def parse(raw: dict[str, Any]) -> Config:
     """Build a :class:`Config` from parsed TOML; raises :class:`ConfigError` with every problem."""
     problems: list[str] = []
     top = _section("", raw, SCHEMA[""], problems)
+    region = region_problem(top["region"])
+    if region:
+        problems.append(region)
     if top["group"] and not GROUP_RE.match(top["group"]):
         problems.append("group: use 1-64 letters, digits and _.:- only")
     instance_id_ok = bool(top["instance_id"]) and bool(INSTANCE_RE.match(top["instance_id"]))
@@ -743,6 +808,7 @@ def parse(raw: dict[str, Any]) -> Config:
         if instance_id_ok and members and top["instance_id"] not in ids:
             problems.append(f"instance_id: {top['instance_id']} is not one of the members")
     probe = ProbeConfig(**sections["probe"])
+    problems.extend(_shared_probe_addresses(members, probe))
     sc = dict(sections["self_check"])
     sc["egress_targets"] = tuple(sc["egress_targets"])
     for target in sc["egress_targets"]:

@@ -337,3 +337,32 @@ def test_subprocess_bad_input_exits_2_without_traceback(tmp_path: Path) -> None:
         )
         assert done.returncode == 2, (argv, done.stderr)
         assert "Traceback" not in done.stderr and done.stderr.strip(), argv
+
+
+# ------------------------------------------------- issue 20, item 7: what check-config used to accept
+def test_a_misspelt_region_is_refused_with_the_region_it_meant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(
+        ["check-config", "--config", str(write(tmp_path, GOOD.replace("us-east-1", "eu-wst-1")))], capsys
+    )
+    assert code == 2 and out == ""
+    assert "region: 'eu-wst-1' is not an AWS region (did you mean 'eu-west-1'?)" in err
+    for region in ("eu-west-1", "us-gov-west-1", "cn-north-1", "eu-south-9"):  # known, or only its number is new
+        assert load(write(tmp_path, GOOD.replace("us-east-1", region))).region == region
+    for bad in ("us-east-1a", "EU-WEST-1", "xx-foo-1"):
+        with pytest.raises(ConfigError, match="region: "):
+            load(write(tmp_path, GOOD.replace("us-east-1", bad)))
+
+
+def test_two_members_probed_at_one_address_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shared = GOOD.replace('address = "10.0.2.10"', 'address = "10.0.1.10"')
+    code, _out, err = run_cli(["check-config", "--config", str(write(tmp_path, shared))], capsys)
+    assert code == 2
+    assert "members[1].address: 10.0.1.10 is also where members[0] is probed" in err
+    # TCP probes: an address and a port; the demo's agents share 127.0.0.1 on ports of their own.
+    tcp = shared + '\n[probe]\nmethod = "tcp"\n'
+    with pytest.raises(ConfigError, match=r"10\.0\.1\.10 port 22 is also where members\[0\] is probed"):
+        load(write(tmp_path, tcp))
+    ports = tcp.replace('route_tables = ["rtb-0bbb"]', 'route_tables = ["rtb-0bbb"]\nprobe_port = 2222')
+    assert len(load(write(tmp_path, ports)).members) == 2
