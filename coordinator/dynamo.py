@@ -21,7 +21,7 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.models import Model
 
 from coordinator.dynamo_http import FastClient, bound_botocore_client, fast_client_for, fast_path_off, sender_for
-from coordinator.errors import StoreConfigError
+from coordinator.errors import StoreConfigError, readable
 from coordinator.instrument import CallObserver, instrument_client
 from coordinator.items import Attrs
 from coordinator.store import ConditionFailed, Expect, OutcomeUnknown, Unavailable
@@ -65,6 +65,11 @@ class DynamoSettings:
             or None
         )
 
+    def where(self) -> str:
+        """Which table, in which region, at which endpoint: every error line names them."""
+        endpoint = self.resolved_endpoint()
+        return f"DynamoDB table {self.table!r} in {self.region}" + (f" at {endpoint}" if endpoint else "")
+
 
 def make_model(settings: DynamoSettings) -> type[Model]:
     """A pynamodb model class bound to one table and endpoint (one per store)."""
@@ -102,6 +107,17 @@ def _code(exc: PynamoDBException) -> str:
         if code:
             return str(code)
     return type(cause or exc).__name__
+
+
+def _message(exc: PynamoDBException) -> str:
+    """AWS's own message for ``exc`` (not pynamodb's wrapper around it), as one short line."""
+    cause = getattr(exc, "cause", None)
+    response = getattr(cause, "response", None)
+    if isinstance(response, dict):
+        message = response.get("Error", {}).get("Message")
+        if message:
+            return readable(str(message))
+    return readable(str(exc.msg or cause or exc))
 
 
 def _plain(value: Any) -> Any:
@@ -221,8 +237,8 @@ class DynamoStore:
     def _raise_read(self, exc: PynamoDBException) -> None:
         code = _code(exc)
         if code in CONFIG_ERRORS:
-            raise StoreConfigError(f"DynamoDB table {self.settings.table!r}: {code}: {exc.msg}") from exc
-        raise Unavailable(f"{code}: {exc.msg}") from exc
+            raise StoreConfigError(f"{self.settings.where()}: {code}: {_message(exc)}", code=code) from exc
+        raise Unavailable(f"{code}: {_message(exc)} ({self.settings.where()})") from exc
 
     # ----------------------------------------------------------------- writes
     def _condition(self, expect: Expect) -> Condition | None:
@@ -257,8 +273,8 @@ class DynamoStore:
             if code == "ConditionalCheckFailedException":
                 raise ConditionFailed(str(attrs["item"])) from exc
             if code in CONFIG_ERRORS:
-                raise StoreConfigError(f"DynamoDB table {self.settings.table!r}: {code}: {exc.msg}") from exc
-            raise OutcomeUnknown(f"{code}: {exc.msg}") from exc
+                raise StoreConfigError(f"{self.settings.where()}: {code}: {_message(exc)}", code=code) from exc
+            raise OutcomeUnknown(f"{code}: {_message(exc)} ({self.settings.where()})") from exc
 
 
 def init_table(
@@ -326,7 +342,8 @@ def init_table(
             else:
                 done.append(f"TTL not enabled ({type(exc).__name__}); items are still correct without it")
     except PynamoDBException as exc:
-        raise StoreConfigError(f"cannot create table {settings.table!r}: {_code(exc)}: {exc.msg}") from exc
+        code = _code(exc)
+        raise StoreConfigError(f"cannot create {admin.where()}: {code}: {_message(exc)}", code=code) from exc
     except (ClientError, BotoCoreError) as exc:  # pynamodb lets some through (e.g. from exists())
-        raise StoreConfigError(f"cannot create table {settings.table!r}: {exc}") from exc
+        raise StoreConfigError(f"cannot create {admin.where()}: {readable(str(exc))}") from exc
     return done

@@ -6,6 +6,8 @@ decides what to do from the type alone (stop acting, retry next cycle, report).
 
 from __future__ import annotations
 
+import re
+
 
 class CoordinatorError(Exception):
     """Base class of every error the coordinator raises."""
@@ -45,4 +47,41 @@ class BadItem(CoordinatorError):
 
 
 class StoreConfigError(CoordinatorError):
-    """The table is missing or misconfigured (wrong keys, access denied)."""
+    """The table is missing or misconfigured (wrong keys, access denied); ``code`` is AWS's error code."""
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+_PYNAMO_WRAPPER = re.compile(
+    r"^(?:Failed to [^:]*: )?An error occurred \([^)]*\)(?: on request \([^)]*\))?(?: on table \([^)]*\))?"
+    r" when calling the \w+ operation(?: \(reached max retries: \d+\))?: ",
+    re.DOTALL,
+)
+_PYNAMO_PREFIX = re.compile(r"^Failed to [a-z ]+: ")
+_HTML = re.compile(r"<\s*(?:!doctype|html|head|body|title)\b", re.IGNORECASE)
+_TITLE = re.compile(r"<\s*(title|h1)[^>]*>(.*?)<\s*/\s*\1\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
+MESSAGE_CHARS = 200  # an AWS error text echoed in a one-line error is cut here
+
+
+def readable(text: str, limit: int = MESSAGE_CHARS) -> str:
+    """An AWS error text as one short readable line.
+
+    pynamodb wraps botocore's text ("Failed to query items: An error occurred (X) on request (...)
+    on table (t) when calling the Query operation: <message>"), which repeats what our own line
+    says: only the message is kept. An endpoint that is not AWS (a proxy, a web server) answers
+    with an HTML page: its title stands for it, never the page.
+    """
+    text = _PYNAMO_WRAPPER.sub("", text.strip())
+    text = _PYNAMO_PREFIX.sub("", text)
+    if _HTML.search(text):
+        found = _TITLE.search(text)
+        title = " ".join(_TAG.sub(" ", found.group(2)).split()) if found else ""
+        page = f"an HTML page ({title})" if title else "an HTML page"
+        text = f"the endpoint answered with {page}, not an AWS API response"
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text

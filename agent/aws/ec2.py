@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from agent.aws.fence import Fence, FenceRefused, Permit
 from agent.config import EgressTable, Member
 from agent.decide import Ec2Address, Ec2Route
+from coordinator.errors import readable
 from coordinator.instrument import CallObserver, instrument_client
 
 if TYPE_CHECKING:
@@ -34,8 +35,9 @@ THROTTLED = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingExceptio
 class Ec2Error(Exception):
     """An EC2 call failed; ``code`` is AWS's error code or the exception name."""
 
-    def __init__(self, operation: str, code: str, message: str) -> None:
-        super().__init__(f"EC2 {operation} failed: {code}: {message}")
+    def __init__(self, operation: str, code: str, message: str, region: str = "") -> None:
+        where = f" in {region}" if region else ""
+        super().__init__(f"EC2 {operation}{where} failed: {code}: {readable(message)}")
         self.operation = operation
         self.code = code
 
@@ -105,6 +107,7 @@ class Ec2:
             client = make_client("ec2", region, endpoint_url, timeout, 1)
             self.sender = sender_for(client, botocore_session(), timeout)
         self.client = client
+        self.region = region
         instrument_client(self.client, on_call)
         self.members = members or {}
         self.egress = egress or {}
@@ -132,6 +135,7 @@ class Ec2:
 
     def _call(self, operation: str, **params: Any) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.parsers import ResponseParserError
 
         try:
             result: dict[str, Any] = getattr(self.client, operation)(**params)
@@ -140,9 +144,10 @@ class Ec2:
             raise
         except ClientError as exc:
             err = exc.response.get("Error", {})
-            raise Ec2Error(operation, str(err.get("Code", "ClientError")), str(err.get("Message", ""))) from exc
-        except BotoCoreError as exc:
-            raise Ec2Error(operation, type(exc).__name__, str(exc)) from exc
+            code, message = str(err.get("Code", "ClientError")), str(err.get("Message", ""))
+            raise Ec2Error(operation, code, message, self.region) from exc
+        except (BotoCoreError, ResponseParserError) as exc:  # an endpoint that is not EC2 answers unparseably
+            raise Ec2Error(operation, type(exc).__name__, str(exc), self.region) from exc
 
     def _write(self, operation: str, resource: str, **params: Any) -> dict[str, Any]:
         """One fenced write: the lease is checked by the transport right before the send."""

@@ -46,6 +46,22 @@ def run(args: argparse.Namespace) -> int:
     return Daemon(cfg.load(args.config), args.drain_timeout).main(once=args.once)
 
 
+def store_advice(exc: Any, config: Any) -> str:
+    """The store's refusal, with what to do: a missing table is created only once the region is known right.
+
+    In a wrong region the table is missing too: `init-table` would create a second, empty arbiter
+    there, and the members in the right region would never see this one.
+    """
+    if getattr(exc, "code", "") != "ResourceNotFoundException":
+        return str(exc)
+    table, region = config.store.table, config.region
+    return (
+        f"{exc}; is {region} the group's region? If not, fix `region` in the config (every member must use "
+        f"the same table in the same region); if it is, create the table once: nat-ha init-table --region {region} "
+        f"--table {table}"
+    )
+
+
 class Daemon:
     def __init__(self, config: Any, drain_timeout: float) -> None:
         self.config = config
@@ -88,7 +104,7 @@ class Daemon:
         try:
             coordinator.read_group()
         except StoreConfigError as exc:
-            print(f"nat-ha agent: {exc} (create it with `nat-ha init-table`)", file=sys.stderr)
+            print(f"nat-ha agent: {store_advice(exc, config)}", file=sys.stderr)
             return 1
         except StoreUnavailable as exc:
             log.warning("DynamoDB not reachable at start (%s); will keep trying, no route is touched meanwhile", exc)

@@ -210,3 +210,27 @@ def test_each_tables_elastic_ip_and_whether_it_sits_with_its_holder(
     assert line_b.rstrip().endswith("EGRESS IP ELSEWHERE")
     header = next(x for x in out.splitlines() if x.startswith("ROUTE TABLE"))
     assert header.split() == ["ROUTE", "TABLE", "HOME", "OWNER", "TERM", "EC2", "ROUTES", "TO", "EGRESS", "IP"]
+
+
+@pytest.mark.timeout(60)
+def test_agent_in_a_region_without_the_table_asks_about_the_region_before_init_table(
+    moto_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said "create it with `nat-ha init-table`": in a wrong region that makes a second, empty arbiter."""
+    path = _config(
+        tmp_path,
+        f'group = "g"\ninstance_id = "i-0aaa"\nregion = "us-east-2"\n\n[store]\ntable = "t-nowhere"\n'
+        f'endpoint_url = "{moto_url}"\n\n[ec2]\nendpoint_url = "{moto_url}"\naccount_id = "123456789012"\n\n'
+        '[metrics]\nlisten = ""\n\n[timing]\nstore_timeout = 0.5\nlease = 2.0\nsilent_owner_after = 2.5\n\n'
+        '[[members]]\ninstance_id = "i-0aaa"\naddress = "10.0.1.10"\nroute_tables = ["rtb-0aaa"]\n\n'
+        '[[members]]\ninstance_id = "i-0bbb"\naddress = "10.0.2.10"\nroute_tables = ["rtb-0bbb"]\n',
+    )
+    # Warm moto's DynamoDB for us-east-2 up first: its first answer there is slower than a lease's call.
+    with pytest.raises(boto3.client("dynamodb", region_name="us-east-2").exceptions.ResourceNotFoundException):
+        boto3.client("dynamodb", region_name="us-east-2", endpoint_url=moto_url).describe_table(TableName="t-nowhere")
+    code, out, err = _run(["agent", "--config", str(path)], capsys)
+    assert code == 1 and out == ""
+    (line,) = err.splitlines()
+    assert line.startswith("nat-ha agent: DynamoDB table 't-nowhere' in us-east-2 at ")
+    assert "ResourceNotFoundException" in line and "is us-east-2 the group's region? If not, fix `region`" in line
+    assert line.endswith("if it is, create the table once: nat-ha init-table --region us-east-2 --table t-nowhere")
