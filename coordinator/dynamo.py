@@ -39,10 +39,12 @@ CONFIG_ERRORS = frozenset(
 
 _STRING_ATTRS = (
     "kind", "session", "state", "token", "health", "agent_version", "az", "address",
-    "expired_by", "owner", "owner_session", "home", "phase", "target",
+    "expired_by", "owner", "owner_session", "home", "phase", "target", "by", "why", "event", "detail",
 )  # fmt: skip
-_NUMBER_ATTRS = ("version", "lease_ms", "term", "attempts", "cooldown_ms", "updated_at")
-_BOOL_ATTRS = ("draining",)
+_NUMBER_ATTRS = (
+    "version", "lease_ms", "term", "attempts", "cooldown_ms", "updated_at", "since", "at", "seconds", "seq",
+)  # fmt: skip
+_BOOL_ATTRS = ("draining", "paused")
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,20 @@ One table holds every group. Partition key ``group``, sort key ``item``:
   under which of its sessions.
 * ``restart#<instance>`` - the restart lease on a peer instance (stop/start).
 * ``drain#<instance>`` - an operator asked this member to hand its route tables
-  over and take none (``nat-ha drain``); ``active`` false once undone.
+  over and take none (``nat-ha drain``); ``owner`` "on", empty once undone.
 * ``pin#<route-table>`` - an operator asked that this route table be served by a
   given member while it is healthy (``nat-ha switchover``); empty ``owner`` = none.
+* ``pause#group`` / ``pause#<route-table>`` - an operator paused the group or one route table
+  (``nat-ha pause``): the agents keep their sessions, leases and probes but send no EC2 write
+  for it; ``owner`` "on" while paused, empty once resumed.
 * ``stray#<route-table>`` - an agent found that one of its EC2 writes to this route table
   left after its deadline (it was frozen between the lease check and the send): the
   write may land outside its lease, so the current holder writes the route again.
+
+Operator requests (drain, pin, pause) also say who asked, why and since when (``by``, ``why``,
+``since``: the operator's wall clock, shown to humans and exported for alerts on a request that
+was forgotten; never used to decide). The group's history lives in a partition of its own
+(:mod:`coordinator.history`), so the Query of every cycle never reads it.
 
 Parsing never raises on odd content: an item that cannot be used becomes a
 :class:`BadItemReport`, so one hand-edited item cannot crash an agent.
@@ -31,7 +39,10 @@ ROUTE_PREFIX = "route#"
 RESTART_PREFIX = "restart#"
 DRAIN_PREFIX = "drain#"
 PIN_PREFIX = "pin#"
+PAUSE_PREFIX = "pause#"
 STRAY_PREFIX = "stray#"
+REQUEST_PREFIXES = (DRAIN_PREFIX, PIN_PREFIX, PAUSE_PREFIX)
+GROUP_PAUSE = PAUSE_PREFIX + "group"  # the whole group; pause#<route-table> for one table
 
 MEMBER_ALIVE = "alive"
 MEMBER_EXPIRED = "expired"
@@ -96,6 +107,7 @@ class MemberItem:
     draining: bool = False
     expired_by: str = ""
     updated_at: float = 0.0  # wall clock of the writer: shown to humans, never used to judge expiry
+    paused: bool = False  # the agent sees a pause of its group or of one of its tables (acknowledges it)
 
     @property
     def key(self) -> str:
@@ -140,13 +152,21 @@ class RestartItem:
 
 @dataclass(frozen=True)
 class RequestItem:
-    """An operator's standing request: a drain of a member, or a pin of a route table."""
+    """An operator's standing request: a drain of a member, a pin or a pause of a route table (or the group)."""
 
     key: str
-    target: str  # drained instance, or pinned route table
-    value: str  # "" (drain off / no pin), "on" for a drain, the instance for a pin
+    target: str  # drained instance, pinned or paused route table, "group" for a pause of the group
+    value: str  # "" (off / no pin), "on" for a drain or a pause, the instance for a pin
     version: int
     token: str
+    by: str = ""  # who asked (the operator's name and host)
+    why: str = ""  # their reason, if they gave one
+    since: float = 0.0  # when (the operator's wall clock, unix s; 0: not recorded)
+
+    @property
+    def kind(self) -> str:
+        """drain, pin or pause."""
+        return self.key.split("#", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -190,6 +210,22 @@ class GroupSnapshot:
         """Route table -> member an operator pinned it to."""
         return {r.target: r.value for k, r in self.requests.items() if k.startswith(PIN_PREFIX) and r.value}
 
+    def pause_of(self, route_table: str) -> RequestItem | None:
+        """The pause that holds ``route_table`` (the group's first, then the table's own), if any."""
+        for key in (GROUP_PAUSE, PAUSE_PREFIX + route_table):
+            r = self.requests.get(key)
+            if r is not None and r.value == "on":
+                return r
+        return None
+
+    def pauses(self) -> list[RequestItem]:
+        """Every pause in force (the group's and single tables')."""
+        return [r for k, r in sorted(self.requests.items()) if k.startswith(PAUSE_PREFIX) and r.value == "on"]
+
+    def active_requests(self) -> list[RequestItem]:
+        """Every drain, pin and pause in force, by key."""
+        return [r for _k, r in sorted(self.requests.items()) if r.value]
+
 
 def _str(attrs: Attrs, name: str, *, required: bool = True) -> str:
     value = attrs.get(name)
@@ -228,7 +264,8 @@ def parse_member(attrs: Attrs) -> MemberItem:
         address=_str(attrs, "address", required=False),
         draining=bool(attrs.get("draining", False)),
         expired_by=_str(attrs, "expired_by", required=False),
-        updated_at=float(attrs["updated_at"]) if isinstance(attrs.get("updated_at"), (int, float)) else 0.0,
+        updated_at=_seconds(attrs, "updated_at"),
+        paused=attrs.get("paused") is True,
     )
 
 
@@ -265,13 +302,28 @@ def parse_restart(attrs: Attrs) -> RestartItem:
     )
 
 
+def _seconds(attrs: Attrs, name: str) -> float:
+    """A wall-clock time for humans: 0 when absent or not a number (never a reason to reject an item)."""
+    value = attrs.get(name)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
 def parse_request(attrs: Attrs) -> RequestItem:
     key = _str(attrs, "item")
-    prefix = DRAIN_PREFIX if key.startswith(DRAIN_PREFIX) else PIN_PREFIX
+    prefix = next(p for p in REQUEST_PREFIXES if key.startswith(p))
     value = _str(attrs, "owner", required=False)
-    if prefix == DRAIN_PREFIX and value not in ("", "on"):
-        raise ValueError(f"a drain request's owner must be 'on' or empty, got {value!r}")
-    return RequestItem(key, key[len(prefix) :], value, _int(attrs, "version", minimum=1), _str(attrs, "token"))
+    if prefix in (DRAIN_PREFIX, PAUSE_PREFIX) and value not in ("", "on"):
+        raise ValueError(f"a {prefix[:-1]} request's owner must be 'on' or empty, got {value!r}")
+    return RequestItem(
+        key,
+        key[len(prefix) :],
+        value,
+        _int(attrs, "version", minimum=1),
+        _str(attrs, "token"),
+        by=_str(attrs, "by", required=False),
+        why=_str(attrs, "why", required=False),
+        since=_seconds(attrs, "since"),
+    )
 
 
 def parse_stray(attrs: Attrs) -> StrayItem:
@@ -297,7 +349,16 @@ def encode_stray(s: StrayItem) -> Attrs:
 
 
 def encode_request(r: RequestItem) -> Attrs:
-    return {"item": r.key, "kind": "request", "owner": r.value, "version": r.version, "token": r.token}
+    return {
+        "item": r.key,
+        "kind": "request",
+        "owner": r.value,
+        "version": r.version,
+        "token": r.token,
+        "by": r.by,
+        "why": r.why,
+        "since": r.since,
+    }
 
 
 def encode_member(m: MemberItem) -> Attrs:
@@ -315,6 +376,7 @@ def encode_member(m: MemberItem) -> Attrs:
         "address": m.address,
         "draining": m.draining,
         "expired_by": m.expired_by,
+        "paused": m.paused,
     }
 
 
@@ -366,16 +428,15 @@ def parse_group(group: str, rows: list[Attrs]) -> GroupSnapshot:
             elif key.startswith(RESTART_PREFIX) and len(key) > len(RESTART_PREFIX):
                 x = parse_restart(attrs)
                 restarts[x.target] = x
-            elif key.startswith((DRAIN_PREFIX, PIN_PREFIX)) and len(key.split("#", 1)[1]) > 0:
+            elif key.startswith(REQUEST_PREFIXES) and len(key.split("#", 1)[1]) > 0:
                 q = parse_request(attrs)
                 requests[q.key] = q
             elif key.startswith(STRAY_PREFIX) and len(key) > len(STRAY_PREFIX):
                 s = parse_stray(attrs)
                 strays[s.route_table] = s
             else:
-                bad.append(
-                    BadItemReport(key, "unknown item kind (expected member#, route#, restart#, drain#, pin#, stray#)")
-                )
+                expected = "member#, route#, restart#, drain#, pin#, pause#, stray#"
+                bad.append(BadItemReport(key, f"unknown item kind (expected {expected})"))
         except (ValueError, TypeError, json.JSONDecodeError) as exc:
             bad.append(BadItemReport(key, str(exc)))
     return GroupSnapshot(group, members, routes, restarts, tuple(bad), requests, strays)

@@ -26,12 +26,11 @@ from dataclasses import dataclass, replace
 from coordinator.clock import Clock
 from coordinator.errors import BadItem, Conflict, SessionLost, StoreUnavailable
 from coordinator.items import (
-    DRAIN_PREFIX,
     MEMBER_ALIVE,
     MEMBER_EXPIRED,
     MEMBER_LEFT,
     MEMBER_PREFIX,
-    PIN_PREFIX,
+    REQUEST_PREFIXES,
     RESTART_IDLE,
     Attrs,
     GroupSnapshot,
@@ -177,13 +176,17 @@ class Coordinator:
         self._session = SessionState(session, version, t0, t0 + self.lease_s)
         return item
 
-    def heartbeat(self, health: Health, *, draining: bool = False) -> MemberItem:
-        """Renew the session; raises :class:`SessionLost` if a peer expired it."""
+    def heartbeat(self, health: Health, *, draining: bool = False, paused: bool = False) -> MemberItem:
+        """Renew the session; raises :class:`SessionLost` if a peer expired it.
+
+        ``paused``: this agent sees a pause of its group (or of a table) and writes nothing to EC2
+        for it; ``nat-ha pause`` waits until every live member says so.
+        """
         if self._session is None:
             raise SessionLost("no session")
         s = self._session
         t0 = self.clock.monotonic()  # the clock starts before the request is sent
-        item = self._member(s.session, s.version + 1, MEMBER_ALIVE, health, draining)
+        item = replace(self._member(s.session, s.version + 1, MEMBER_ALIVE, health, draining), paused=paused)
         expect = Expect.matches(session=s.session, state=MEMBER_ALIVE, version=s.version)
         try:
             self._write(encode_member(item), expect, gc_after_s=MEMBER_GC_SECONDS)
@@ -194,7 +197,7 @@ class Coordinator:
                 raise SessionLost(f"session {s.session} of {self.me} was expired or superseded") from exc
             item = replace(item, version=adopted + 1)
             self._session = replace(s, version=adopted)
-            return self.heartbeat(health, draining=draining)
+            return self.heartbeat(health, draining=draining, paused=paused)
         self._session = replace(s, version=item.version, valid_until=t0 + self.lease_s)
         return item
 
@@ -362,14 +365,22 @@ class Coordinator:
         return item
 
     # --------------------------------------------------------------- requests
-    def set_request(self, key: str, value: str) -> RequestItem:
-        """Write an operator request (drain on/off, pin a route table); last writer wins by design."""
+    def set_request(self, key: str, value: str, *, by: str = "", why: str = "") -> RequestItem:
+        """Write an operator request (drain on/off, pin a route table, pause); last writer wins by design.
+
+        ``since`` is when the request was made: kept from the item when only ``by``/``why`` change
+        (the same request again), set now when it starts or ends.
+        """
         current = self._get(key)
-        prefix = DRAIN_PREFIX if key.startswith(DRAIN_PREFIX) else PIN_PREFIX
+        prefix = next(p for p in REQUEST_PREFIXES if key.startswith(p))
         version = current.get("version") if current is not None else None
         if current is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise BadItem(key, "has no whole-number 'version'; delete it and retry")
-        item = RequestItem(key, key[len(prefix) :], value, (version or 0) + 1, self._token())
+        since = self.clock.wall()
+        before = current.get("since") if current is not None else None
+        if current is not None and current.get("owner", "") == value and isinstance(before, (int, float)) and before:
+            since = float(before)
+        item = RequestItem(key, key[len(prefix) :], value, (version or 0) + 1, self._token(), by, why, since)
         expect = Expect.item_absent() if current is None else Expect.matches(version=version)
         self._write(encode_request(item), expect)
         return item
