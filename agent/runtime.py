@@ -13,7 +13,7 @@ from agent import __version__
 from agent.aws.ec2 import Ec2, Ec2Error
 from agent.aws.imds import ImdsError, account_id, identity, instance_arn
 from agent.aws.models import botocore_session
-from agent.config import Config, ConfigError, egress_problems, with_discovered
+from agent.config import Config, ConfigError, egress_problems, region_problem, with_discovered
 from coordinator.clock import Clock, SystemClock
 from coordinator.dynamo import DynamoSettings, DynamoStore
 from coordinator.instrument import CallObserver
@@ -53,6 +53,9 @@ def resolve(
                 raise ConfigError([f"{k}: not set and {exc}" for k in missing]) from None
             instance_id = instance_id or iid
             region = region or reg
+    problem = region_problem(region)  # from the environment or IMDS: check-config saw only the file
+    if problem:
+        raise ConfigError([problem])
     config = with_discovered(config, instance_id=instance_id, region=region)
     t = config.timing
     members = {m.instance_id: m for m in config.members}

@@ -189,6 +189,12 @@ class DynamoStore:
             fast = fast_client_for(client, connection.session, sender, on_call=self._on_call)
             connection._client = fast  # type: ignore[assignment]  # duck-typed stand-in
 
+    @property
+    def endpoint_url(self) -> str:
+        """The endpoint this store's calls go to (botocore's, when no endpoint is configured)."""
+        client = getattr(self._prepared, "meta", None)
+        return str(getattr(client, "endpoint_url", "") or self.settings.resolved_endpoint() or "")
+
     # ------------------------------------------------------------------ reads
     def _rows(self, raw_items: list[dict[str, Any]]) -> list[Attrs]:
         return [{name: self._value(typed) for name, typed in raw.items()} for raw in raw_items]

@@ -23,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("agent.commands.status", "show the group: members, health, owners, terms, EC2 routes"),
     "drain": ("agent.commands.control", "hand every route table of an instance to healthy peers"),
     "switchover": ("agent.commands.control", "move one route table to a named instance"),
+    "pause": ("agent.commands.control", "stop every EC2 write of the group (or a table); leases and probes go on"),
+    "resume": ("agent.commands.control", "end a pause: the holders write their routes again"),
+    "history": ("agent.commands.history", "the group's recent failovers, fail-backs, drains, pins, pauses and stops"),
     "setup-nat": ("agent.commands.setup_nat", "configure this host as a NAT (ip_forward, masquerade), idempotently"),
     "demo": ("agent.commands.demo", "run a 3-AZ NAT group on this machine (moto) and kill one NAT"),
 }
@@ -72,18 +75,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(runner(args))
     except UsageError as exc:
-        print(f"nat-ha {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, [str(exc)], 2)
     except ConfigError as exc:
-        for line in exc.problems:
-            print(f"nat-ha {args.command}: {line}", file=sys.stderr)
-        return 2
+        return _fail(args, exc.problems, 2)
     except CoordinatorError as exc:
-        print(f"nat-ha {args.command}: {exc}", file=sys.stderr)
-        return 1
+        return _fail(args, [str(exc)], 1)
+    except Exception as exc:
+        from agent.aws.ec2 import Ec2Error
+
+        if isinstance(exc, Ec2Error):
+            return _fail(args, [str(exc)], 1)
+        raise
     except KeyboardInterrupt:
         print(f"nat-ha {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(args: argparse.Namespace, lines: list[str], code: int) -> int:
+    """Each line on stderr, prefixed with the command; with ``--json`` also a JSON object on stdout for scripts."""
+    for line in lines:
+        print(f"nat-ha {args.command}: {line}", file=sys.stderr)
+    if getattr(args, "json", False):
+        import json
+
+        print(json.dumps({"error": "; ".join(lines), "problems": lines, "exit_code": code}, indent=2))
+    return code
 
 
 if __name__ == "__main__":

@@ -50,6 +50,10 @@ def _group_without_route_tables(url: str, group: str) -> list[str]:
     return ids
 
 
+def status_order(status: dict[str, object]) -> list[str]:
+    return [m["instance_id"] for m in status["members"]]  # type: ignore[attr-defined,index]
+
+
 def _config(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(body)
@@ -77,7 +81,12 @@ def test_a_group_without_route_tables_says_what_to_tag_and_fails(
     status = json.loads(out)
     assert sorted(m["instance_id"] for m in status["members"]) == sorted(ids)
     assert status["route_tables"] == []
-    (problem,) = status["problems"]
+    problem, *others = status["problems"]
+    # No agent runs yet: each member says so, and the group has no redundancy.
+    assert others == [
+        *(f"{i}: no heartbeat item: its agent never ran (or its item was deleted)" for i in status_order(status)),
+        "no redundancy: no member can serve a route table (of 2 members)",
+    ]
     assert problem.startswith("no route tables: none is tagged nat-ha:group=untagged")
     assert (
         f"aws ec2 create-tags --region {REGION} --resources <rtb-id> "
@@ -101,10 +110,10 @@ def test_static_members_without_route_tables_fail_too(
     )
     code, out, _ = _run(["status", "--json", "--config", str(path)], capsys)
     assert code == 1
-    assert json.loads(out)["problems"] == [
+    assert json.loads(out)["problems"][0] == (
         "no route tables: no [[members]] entry lists route_tables; give each member its home private "
         'route tables (route_tables = ["rtb-..."]) or nothing is failed over'
-    ]
+    )
 
 
 def test_an_endpoint_that_never_answers_is_given_up_after_timeout(tmp_path: Path) -> None:
@@ -119,28 +128,44 @@ def test_an_endpoint_that_never_answers_is_given_up_after_timeout(tmp_path: Path
         '[[members]]\ninstance_id = "i-0aaa"\naddress = "10.0.1.10"\nroute_tables = ["rtb-0aaa"]\n\n'
         '[[members]]\ninstance_id = "i-0bbb"\naddress = "10.0.2.10"\nroute_tables = ["rtb-0bbb"]\n',
     )
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+    def status(*argv: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "agent.commands.cli", "status", *argv, "--config", str(path)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=12, env=env)  # a hang guard only
+
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "agent.commands.cli", "status", "--timeout", "1", "--config", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=12,  # a hang guard only: without the deadline it took 15 s
-            env={**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
-        )
+        # 3 s: loading botocore in the status thread alone took over a second on this loaded machine
+        done = status("--timeout", "3")
+        as_json = status("--json", "--timeout", "3")
     finally:
         silent.close()
     assert done.returncode == 1, done.stderr
     assert done.stdout == ""
-    assert done.stderr == (
-        "nat-ha status: no answer from AWS within 1 s while reading group g from DynamoDB table nat-ha "
-        "(--timeout to wait longer)\n"
+    line = (
+        f"no answer from AWS within 3 s while reading group g from DynamoDB table nat-ha in {REGION} at {url} "
+        "(--timeout to wait longer)"
     )
+    assert done.stderr == f"nat-ha status: {line}\n"
+    assert as_json.returncode == 1
+    assert json.loads(as_json.stdout) == {"error": line, "exit_code": 1}
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "inf", "nan"])
 def test_timeout_must_be_positive_seconds(value: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(["status", "--timeout", value, "--config", "/nonexistent.toml"], capsys)
     assert code == 2 and err == "nat-ha status: --timeout must be a number of seconds > 0\n"
+
+
+def test_status_json_errors_are_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """`status --json` printed its errors as plain text only: a script parsing stdout got nothing."""
+    code, out, err = _run(["status", "--json", "--config", "/nonexistent.toml"], capsys)
+    assert code == 2 and err.startswith("nat-ha status: /nonexistent.toml: no such file")
+    assert json.loads(out) == {
+        "error": err.strip()[len("nat-ha status: ") :],
+        "problems": [err.strip()[15:]],
+        "exit_code": 2,
+    }
 
 
 def test_each_tables_elastic_ip_and_whether_it_sits_with_its_holder(
@@ -209,7 +234,19 @@ def test_each_tables_elastic_ip_and_whether_it_sits_with_its_holder(
     assert f"{eip_a['PublicIp']} ({a})" in line_a and line_a.rstrip().endswith("ok")
     assert line_b.rstrip().endswith("EGRESS IP ELSEWHERE")
     header = next(x for x in out.splitlines() if x.startswith("ROUTE TABLE"))
-    assert header.split() == ["ROUTE", "TABLE", "HOME", "OWNER", "TERM", "EC2", "ROUTES", "TO", "EGRESS", "IP"]
+    assert header.split() == [
+        "ROUTE",
+        "TABLE",
+        "HOME",
+        "OWNER",
+        "TERM",
+        "EC2",
+        "ROUTES",
+        "TO",
+        "EGRESS",
+        "IP",
+        "VERDICT",
+    ]
 
 
 @pytest.mark.timeout(60)
