@@ -32,6 +32,11 @@ passed in. The rules (DESIGN.md):
 * With ``egress_ip = "follow"`` a holder keeps its table's Elastic IP on its own address
   for the table like it keeps the route: written when taken, again after the horizon and
   after a stray report, and repaired when a read shows it elsewhere.
+* A pause (``nat-ha pause``, of the group or of one table): no EC2 write for a paused table.
+  Leases still move - a dead holder's table is claimed, a hand-over hands the lease - but the
+  route stays where it is (an operator may have pointed it at a NAT gateway by hand) until the
+  pause ends and the holder writes it. A pause of the group also holds every restart (stop/start
+  is an EC2 write too). The fence refuses any EC2 write for a paused table all the same.
 * Restarting a peer (stop/start) needs much stronger evidence: heartbeat silent
   for ``restart_after``, probes failing, EC2 saying it is running or stopped;
   it happens under a restart lease, after a cooldown, at most
@@ -41,6 +46,7 @@ passed in. The rules (DESIGN.md):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from agent.config import Timing
@@ -86,6 +92,7 @@ class Ec2Address:
 
     holder: str  # the member whose address for the table holds it, "" when unassociated, or "other:<eni>/<ip>"
     public_ip: str = ""
+    problem: str = ""  # why it cannot be associated at all: released (not in the account), another group's
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,8 @@ class Observation:
     reassert_address: dict[str, str] = field(default_factory=dict)  # held table -> why to associate its EIP again
     handovers_in_doubt: frozenset[str] = frozenset()  # held tables whose write to a successor failed lately
     last_resort: str = ""  # the NAT gateway to route a table nobody in the group can serve to ("": none)
+    paused: dict[str, str] = field(default_factory=dict)  # route table -> who paused it (group or table)
+    group_paused: str = ""  # who paused the whole group ("": not paused): no restarts either
 
     def preferred_homes(self) -> dict[str, str]:
         """Homes, with operator pins taking precedence."""
@@ -150,6 +159,7 @@ class TakeOver(_Explained):
     expire: MemberItem | None
     reason: str  # metrics reason: peer_dead | orphaned
     why: str
+    write_route: bool = True  # False: the table is paused, only its lease is taken
 
 
 @dataclass(frozen=True)
@@ -405,7 +415,9 @@ def decide(obs: Observation, t: Timing) -> Decision:
             elif rt in obs.reassert:
                 actions.append(EnsureRoute(rt, r, f"writing {rt}'s route again: {obs.reassert[rt]}"))
             address = _plan_address(obs, rt, r)
-            if address is not None:
+            if isinstance(address, str):
+                notes.append(address)
+            elif address is not None:
                 actions.append(address)
             continue
         if r is not None and r.owner == obs.me and me_ok:
@@ -447,11 +459,42 @@ def decide(obs: Observation, t: Timing) -> Decision:
         actions.append(TakeOver(rt, r, expire, reason, f"{verb} {rt}{owner} (term {term}): {why}"))
 
     actions.extend(_plan_restarts(v, t))
+    held_back: list[str] = []
+    actions = _hold_for_pause(obs, actions, held_back)
 
     if actions:
         kind = _kind_of(actions)
-        return Decision(kind, "; ".join(a.describe() for a in actions), tuple(actions))
-    return _steady(v, held, notes)
+        return Decision(kind, "; ".join([*(a.describe() for a in actions), *held_back]), tuple(actions))
+    return _steady(v, held, notes + held_back)
+
+
+def _hold_for_pause(obs: Observation, actions: list[Action], notes: list[str]) -> list[Action]:
+    """What of ``actions`` a pause lets through: lease moves without their route writes, no other EC2 write.
+
+    The fence refuses those writes anyway (agent.aws.fence); deciding them away keeps the decision
+    line true ("paused: not writing ...") and the lease moves lease-only, on purpose.
+    """
+    if not obs.paused and not obs.group_paused:
+        return actions
+    out: list[Action] = []
+    for a in actions:
+        if isinstance(a, (ClaimRestart, ContinueRestart)):
+            if obs.group_paused:
+                target = a.target if isinstance(a, ClaimRestart) else a.item.target
+                notes.append(f"not restarting {target}: the group is paused")
+                continue
+            out.append(a)
+            continue
+        rt = getattr(a, "route_table", "")
+        if rt not in obs.paused:
+            out.append(a)
+        elif isinstance(a, (EnsureRoute, EnsureAddress, RouteToGateway)):
+            notes.append(f"{rt} paused: not {a.why[0].lower()}{a.why[1:]}")
+        elif isinstance(a, (HandOver, TakeOver)) and a.write_route:
+            out.append(dataclasses.replace(a, write_route=False, why=f"{a.why} (paused: the lease only)"))
+        else:
+            out.append(a)
+    return out
 
 
 def _successor(v: _View, rt: str) -> MemberItem | None:
@@ -461,11 +504,17 @@ def _successor(v: _View, rt: str) -> MemberItem | None:
     return v.member(name) if name is not None else None
 
 
-def _plan_address(obs: Observation, rt: str, r: RouteItem) -> EnsureAddress | None:
-    """A held table's Elastic IP: on our address for it, or moved there (egress_ip = follow)."""
+def _plan_address(obs: Observation, rt: str, r: RouteItem) -> EnsureAddress | str | None:
+    """A held table's Elastic IP: on our address for it, or moved there (egress_ip = follow).
+
+    An Elastic IP that cannot be associated at all (released, or another group's) is a note, not
+    an association that fails every cycle.
+    """
     if rt not in obs.egress_tables:
         return None
     seen = obs.egress.get(rt)
+    if seen is not None and seen.problem:
+        return f"{rt}'s Elastic IP cannot be associated: {seen.problem}"
     if seen is None or seen.holder != obs.me:
         where = "unknown" if seen is None else (f"with {seen.holder}" if seen.holder else "unassociated")
         ip = f" {seen.public_ip}" if seen is not None and seen.public_ip else ""
@@ -719,6 +768,12 @@ def _steady(v: _View, held: list[str], notes: list[str]) -> Decision:
     parts = [head, peer_part, *notes]
     if notes and kind in ("holding", "standby"):
         kind = "waiting"
+    if obs.group_paused or any(rt in obs.paused for rt in obs.homes if v.holds(obs.snapshot.routes.get(rt))):
+        # Said first, and the kind the dashboard and alerts see: nothing is written to EC2.
+        who = obs.group_paused or next(obs.paused[rt] for rt in sorted(obs.paused) if rt in obs.homes)
+        what = "the group" if obs.group_paused else ", ".join(sorted(rt for rt in obs.paused if rt in obs.homes))
+        parts.insert(0, f"paused ({what}, {who}): no EC2 write")
+        kind = "paused" if kind in ("holding", "standby", "waiting") else kind
     return Decision(kind, "; ".join(parts))
 
 
