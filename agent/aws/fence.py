@@ -17,6 +17,10 @@ StartInstances, ...) goes through a :class:`Fence`:
   between the check and the send) is reported to ``on_overrun``: the agent writes a stray
   report so the current holder re-asserts the route at once (see ``agent.cycle.tables``).
 
+A pause (``nat-ha pause``) is enforced here too, where every EC2 write passes: ``hold(operation,
+resource)`` names who paused the write's route table (or the group), and the write is refused
+before anything is sent, whatever the decision asked for.
+
 What the fence cannot bound is AWS applying a request it received after the client gave up:
 that is the ``ec2_apply_horizon`` assumption, covered by the taker's re-assertion at
 acquisition + horizon (README, "What is guaranteed").
@@ -93,11 +97,14 @@ class Fence:
         timing: FenceTiming,
         *,
         on_overrun: Callable[[Permit], None] | None = None,
+        hold: Callable[[str, str], str] | None = None,
     ) -> None:
         self.remaining = remaining
         self.monotonic = monotonic
         self.timing = timing
         self.on_overrun = on_overrun
+        self.hold = hold  # (operation, resource) -> why the write must not be sent now ("": it may)
+        self.held = 0  # writes refused because of a pause
         self._local = threading.local()
         self.refusals = 0
         self.overruns = 0
@@ -142,6 +149,7 @@ class Fence:
         if permit.used or permit.prechecked:
             self.refusals += 1
             raise FenceRefused(operation, "its lease check was already used (one write per check)")
+        self._check_hold(permit)
         permit.prechecked = True
         left = self.remaining()
         if left - self.timing.slack < self.timing.min_window:
@@ -170,6 +178,7 @@ class Fence:
         if permit.used:
             self.refusals += 1
             raise FenceRefused(operation, "its lease check was already used (one write per check)")
+        self._check_hold(permit)
         left = self.remaining()
         if left - t.slack < t.min_window:
             self.refusals += 1
@@ -178,6 +187,14 @@ class Fence:
         permit.checked_at = now
         permit.deadline = now + min(t.call_timeout, left - t.slack)
         return permit.deadline
+
+    def _check_hold(self, permit: Permit) -> None:
+        """Refuse the armed write while its route table (or the group) is paused; nothing is sent."""
+        why = self.hold(permit.operation, permit.resource) if self.hold is not None else ""
+        if why:
+            self.refusals += 1
+            self.held += 1
+            raise FenceRefused(permit.operation, why)
 
     def sent(self) -> None:
         """The transport handed the request's last byte to the kernel (recorded for the overrun check)."""
