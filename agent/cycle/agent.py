@@ -21,6 +21,7 @@ from agent.cycle.ec2view import Ec2View
 from agent.cycle.export import Exporter
 from agent.cycle.memory import Memory
 from agent.cycle.observe import Observer
+from agent.cycle.pause import PauseGate
 from agent.cycle.ports import Ec2Like, FlowSyncLike, HealthLike, NoFlowSync, ProbesLike
 from agent.cycle.restarts import Restarter
 from agent.cycle.session import SessionKeeper
@@ -95,7 +96,14 @@ class Agent:
         self.standing = Ec2Standing(ctx)
         self.session = SessionKeeper(ctx, t.ec2_timeout + fence_timing.slack)
         self.tables = TableWriter(ctx, self.session, self.standing)
-        self.fence = Fence(coordinator.remaining, clock.monotonic, fence_timing, on_overrun=self.tables.on_overrun)
+        self.pause = PauseGate(ctx)
+        self.fence = Fence(
+            coordinator.remaining,
+            clock.monotonic,
+            fence_timing,
+            on_overrun=self.tables.on_overrun,
+            hold=self.pause.hold,  # a pause is enforced where every EC2 write passes
+        )
         ec2.attach_fence(self.fence)
         self.ec2_view = Ec2View(ctx, self.standing)
         self.observer = Observer(ctx)
@@ -147,6 +155,9 @@ class Agent:
             self._finish(decision, now, health, probes)
             return decision
         ctx.last_snapshot = snapshot
+        self.pause.update(snapshot)
+        if act and self.coordinator.session is not None and self.session.paused() != self.memory.last_paused:
+            self.session.renew(health)  # a pause that just began or ended is acknowledged at once
         for bad in snapshot.bad_items:
             ctx.error_once(f"bad:{bad.key}", f"ignoring bad item {bad.key!r} in the table: {bad.problem}")
         # The snapshot is first seen when the read returned, not when the cycle began: a

@@ -78,3 +78,8 @@ class Memory:
     stray_reports: list[tuple[str, int, str]] = field(default_factory=list)  # (table, term, target) to report
     pins_since: dict[str, tuple[str, float]] = field(default_factory=dict)  # table -> (pinned member, first seen)
     ec2_writes: Ec2Writes = field(default_factory=Ec2Writes)
+    # Pauses in force as of the last read of the group (agent.cycle.pause): route table -> who paused
+    # it (the group's pause covers every table), and who paused the whole group ("": not paused).
+    paused: dict[str, str] = field(default_factory=dict)
+    group_paused: str = ""
+    last_paused: bool = False  # what our last heartbeat said

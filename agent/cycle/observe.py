@@ -139,6 +139,8 @@ class Observer:
             reassert_address=self._address_reasserts(snapshot, now),
             handovers_in_doubt=self.handovers_in_doubt(now),
             last_resort=ctx.config.ec2.last_resort_nat_gateway,
+            paused=dict(mem.paused),
+            group_paused=mem.group_paused,
         )
         self._track_peers(obs, snapshot, now, probes)
         if health.healthy:

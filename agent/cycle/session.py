@@ -22,6 +22,11 @@ class SessionKeeper:
         s = self.ctx.last_snapshot
         return self.draining or bool(s and s.draining(self.ctx.me))
 
+    def paused(self) -> bool:
+        """We see a pause of the group or of one of its tables (said in every heartbeat)."""
+        mem = self.ctx.memory
+        return bool(mem.group_paused or mem.paused)
+
     def heartbeat_due(self, now: float, health: Health) -> bool:
         t = self.ctx.timings
         mem = self.ctx.memory
@@ -31,6 +36,8 @@ class SessionKeeper:
         # A drain is announced in the heartbeat before any route table is handed over, so
         # that no peer fails a table back to us in between.
         changed = changed or mem.last_draining != self.is_draining()
+        # A pause is acknowledged in the heartbeat at once: `nat-ha pause` waits for it.
+        changed = changed or mem.last_paused != self.paused()
         return changed or now - mem.last_heartbeat >= t.heartbeat_interval - t.cycle_interval / 2
 
     def renew(self, health: Health) -> None:
@@ -39,10 +46,12 @@ class SessionKeeper:
         t0 = ctx.clock.monotonic()
         try:
             draining = self.is_draining()
-            ctx.coordinator.heartbeat(health, draining=draining)
+            paused = self.paused()
+            ctx.coordinator.heartbeat(health, draining=draining, paused=paused)
             mem.last_heartbeat = t0
             mem.last_health = health
             mem.last_draining = draining
+            mem.last_paused = paused
             self._count("success")
             ctx.error_cleared("store:heartbeat")
         except SessionLost:

@@ -161,6 +161,8 @@ class TableWriter:
         previous = a.route.owner if a.route else ""
         ctx.on_event("claimed", {"route_table": a.route_table, "term": route.term, "from": previous})
         ctx.flows.taking(a.route_table, previous)
+        if not a.write_route:  # paused: the lease only; the route is written when the pause ends
+            return ""
         before = mem.ec2.get(a.route_table)
         done, note = self._move(a.route_table, route.term, ctx.me, health, "takeover", started)
         moved = before is None or before.target != ctx.me  # a claim of a table EC2 already routes here moves nothing
