@@ -70,6 +70,7 @@ def resolve(
         members=members,
         on_call=ec2_on_call,
         egress=config.egress(),
+        group=config.group,
     )
     if config.members_from_tags:
         try:

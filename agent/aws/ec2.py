@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 DEFAULT_ROUTE = "0.0.0.0/0"
 HOLDER_TAG = "nat-ha:holder"
+GROUP_TAG = "nat-ha:group"
+MISSING = "missing"  # the holder of an Elastic IP EC2 does not know (released)
 # Error codes that mean "the account's request bucket is empty": back off, nothing is wrong with us.
 THROTTLED = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
 
@@ -79,6 +81,7 @@ class AddressView:
     public_ip: str
     eni: str
     private_ip: str
+    group: str = ""  # its nat-ha:group tag
 
 
 class Ec2:
@@ -96,6 +99,7 @@ class Ec2:
         client: Any = None,
         fence: Fence | None = None,
         egress: dict[str, EgressTable] | None = None,
+        group: str = "",
     ) -> None:
         # Our own client sends through coordinator.awshttp: one keep-alive connection whose every
         # call ends by a hard deadline (botocore's timeouts are per socket operation, not per call).
@@ -111,6 +115,7 @@ class Ec2:
         instrument_client(self.client, on_call)
         self.members = members or {}
         self.egress = egress or {}
+        self.group = group  # an Elastic IP tagged into another group is not ours to associate
         self.fence: Fence | None = None
         if fence is not None:
             self.attach_fence(fence)
@@ -171,9 +176,12 @@ class Ec2:
 
     # ---------------------------------------------------------------- routes
     def describe(self, route_tables: list[str]) -> dict[str, RouteView]:
+        """The default route of each table that exists (a filter, not RouteTableIds: one deleted or
+        mistyped table is absent from the answer instead of failing the read of every table)."""
         if not route_tables:
             return {}
-        data = self._call("describe_route_tables", RouteTableIds=sorted(route_tables))
+        wanted = sorted(set(route_tables))
+        data = self._call("describe_route_tables", Filters=[{"Name": "route-table-id", "Values": wanted}])
         out: dict[str, RouteView] = {}
         for rt in data.get("RouteTables", []):
             rid = rt["RouteTableId"]
@@ -261,31 +269,46 @@ class Ec2:
 
     # ---------------------------------------------------------- Elastic IPs
     def addresses(self, allocation_ids: list[str]) -> dict[str, AddressView]:
-        """DescribeAddresses by allocation id: where each Elastic IP is associated (eventually consistent)."""
+        """DescribeAddresses by allocation id: where each Elastic IP is associated (eventually consistent).
+
+        A filter, not AllocationIds: with AllocationIds one released address failed the whole read
+        (InvalidAllocationID.NotFound) and froze every table's view; now it is only absent.
+        """
         if not allocation_ids:
             return {}
-        data = self._call("describe_addresses", AllocationIds=sorted(set(allocation_ids)))
+        wanted = sorted(set(allocation_ids))
+        data = self._call("describe_addresses", Filters=[{"Name": "allocation-id", "Values": wanted}])
         return {
             str(a["AllocationId"]): AddressView(
                 str(a["AllocationId"]),
                 str(a.get("PublicIp") or ""),
                 str(a.get("NetworkInterfaceId") or ""),
                 str(a.get("PrivateIpAddress") or ""),
+                next((str(t.get("Value", "")) for t in a.get("Tags", []) if t.get("Key") == GROUP_TAG), ""),
             )
             for a in data.get("Addresses", [])
         }
 
     def holder_of(self, route_table: str, view: AddressView | None) -> Ec2Address:
-        """Whose address for ``route_table`` holds its Elastic IP: a member, "" (nobody) or "other:<eni>/<ip>"."""
-        if view is None:
-            return Ec2Address("", "")
-        if not view.eni:
-            return Ec2Address("", view.public_ip)
+        """Whose address for ``route_table`` holds its Elastic IP: a member, "" (nobody) or "other:<eni>/<ip>".
+
+        An address DescribeAddresses does not return was released (or is another account's, or the
+        allocation id is wrong): ``missing``, with the problem said. One tagged into another group
+        cannot be ours: the IAM policy lets no member associate it.
+        """
         e = self.egress.get(route_table)
+        if view is None:
+            alloc = e.allocation_id if e is not None else "its allocation"
+            return Ec2Address(MISSING, "", f"{alloc} is not in this account and region (released?)")
+        problem = ""
+        if self.group and view.group and view.group != self.group:
+            problem = f"{view.allocation_id} is tagged {GROUP_TAG}={view.group}, not {self.group}"
+        if not view.eni:
+            return Ec2Address("", view.public_ip, problem)
         for m in self.members.values():
             if m.eni == view.eni and e is not None and e.address(m.instance_id) == view.private_ip:
-                return Ec2Address(m.instance_id, view.public_ip)
-        return Ec2Address(f"other:{view.eni}/{view.private_ip}", view.public_ip)
+                return Ec2Address(m.instance_id, view.public_ip, problem)
+        return Ec2Address(f"other:{view.eni}/{view.private_ip}", view.public_ip, problem)
 
     def egress_ips(self, route_tables: list[str]) -> dict[str, Ec2Address]:
         """Where each route table's Elastic IP sits, as one DescribeAddresses shows it (tables with egress only)."""

@@ -286,8 +286,11 @@ class SimEc2Client:
         def serve(call: Call) -> dict[str, Any]:
             stale = self.w.faulty("ec2_stale") is not None
             out = []
-            for table in params["RouteTableIds"]:
+            by_filter = _filtered(params, "route-table-id")  # a filter: unknown ids are absent, not an error
+            for table in params.get("RouteTableIds") or by_filter:
                 if table not in self.w.cloud.routes:
+                    if by_filter:
+                        continue
                     raise ClientError(
                         {"Error": {"Code": "InvalidRouteTableID.NotFound", "Message": table}}, "DescribeRouteTables"
                     )
@@ -346,8 +349,11 @@ class SimEc2Client:
         def serve(call: Call) -> dict[str, Any]:
             stale = self.w.faulty("ec2_stale") is not None
             out = []
-            for alloc in params["AllocationIds"]:
+            by_filter = _filtered(params, "allocation-id")
+            for alloc in params.get("AllocationIds") or by_filter:
                 if alloc not in self.w.cloud.addresses:
+                    if by_filter:
+                        continue
                     raise ClientError(
                         {"Error": {"Code": "InvalidAllocationID.NotFound", "Message": alloc}}, "DescribeAddresses"
                     )
@@ -400,3 +406,11 @@ class SimEc2Client:
 
         result: dict[str, Any] = self._request("StartInstances", params, True, serve)
         return result
+
+
+def _filtered(params: dict[str, Any], name: str) -> list[str]:
+    """The values of the ``Filters`` entry ``name`` of a Describe call ([] when there is none)."""
+    for f in params.get("Filters", []):
+        if f.get("Name") == name:
+            return [str(v) for v in f.get("Values", [])]
+    return []
