@@ -35,8 +35,10 @@ RENEWAL_RESULTS = ("success", "conflict", "error")
 SELF_CHECKS = ("ip_forward", "masquerade", "conntrack", "egress", "ec2_writes")
 DECISIONS = (
     "holding", "standby", "took_over", "failed_back", "handed_over", "waiting", "restarting_peer",
-    "draining", "no_session", "store_unavailable", "unhealthy",
+    "draining", "no_session", "store_unavailable", "unhealthy", "paused",
 )  # fmt: skip
+REQUEST_KINDS = ("drain", "pin", "pause")  # operator requests (nat-ha drain, switchover, pause)
+HISTORY_RESULTS = ("written", "failed", "dropped")
 
 # Every AWS call the agent makes (agent/aws/calls.py AGENT_CALLS; a test keeps the two equal: this
 # module sits below agent/aws and cannot import it) and the classes of error it can see from them.
@@ -286,6 +288,48 @@ class Metrics:
             f"{ns}_last_cycle_timestamp_seconds", "Unix time of the last finished cycle", registry=r
         )
         self.bad_items = Gauge(f"{ns}_bad_items", "Items in the group the agent cannot use", registry=r)
+        self.route_tables_configured = Gauge(
+            f"{ns}_route_tables_configured",
+            "Route tables the group protects (home route tables of its members, as this agent knows them)",
+            registry=r,
+        )
+        self.route_paused = Gauge(
+            f"{ns}_route_table_paused",
+            "1 while the route table (or the whole group) is paused: nothing is written to EC2 for it",
+            ["route_table"],
+            registry=r,
+        )
+        self.request_since = Gauge(
+            f"{ns}_operator_request_since_timestamp_seconds",
+            "Unix time an operator's drain, pin or pause in force began (one series per request in force)",
+            ["kind", "target"],
+            registry=r,
+        )
+        self.route_on_last_resort = Gauge(
+            f"{ns}_route_table_on_last_resort",
+            "1 while EC2 routes the route table to the last-resort NAT gateway (exported by the holder)",
+            ["route_table"],
+            registry=r,
+        )
+        self.route_foreign_changes = Counter(
+            f"{ns}_route_table_foreign_changes",
+            "Times the holder found the route table's route (or Elastic IP) changed by someone else and wrote it back",
+            ["route_table"],
+            registry=r,
+        )
+        self.egress_usable = Gauge(
+            f"{ns}_route_table_egress_ip_usable",
+            "0 when the route table's Elastic IP cannot be associated at all: released (not in the account) or "
+            "tagged into another group (egress_ip = follow)",
+            ["route_table"],
+            registry=r,
+        )
+        self.history_events = Counter(
+            f"{ns}_history_events",
+            "Entries of the group's history this agent wrote, could not write, or dropped (queue full)",
+            ["result"],
+            registry=r,
+        )
         # The children the hot paths set, by label value (see Children).
         self.self_check_of = Children(self.self_check)
         self.probes_sent_of = Children(self.probes_sent)
@@ -302,6 +346,9 @@ class Metrics:
         self.route_ec2_matches_of = Children(self.route_ec2_matches)
         self.route_ec2_target_of = Children2(self.route_ec2_target)
         self.egress_ok_of = Children(self.egress_ok)
+        self.egress_usable_of = Children(self.egress_usable)
+        self.route_paused_of = Children(self.route_paused)
+        self.route_on_last_resort_of = Children(self.route_on_last_resort)
         self.egress_ip_of = Children3(self.egress_ip)
         self.decision_of = Children(self.decision)
         self.aws_duration_of = Children2(self.aws_duration)
@@ -351,10 +398,18 @@ class Metrics:
                         "last_resort": "no_nat",
                     }[kind],
                 )
+        self.route_tables_configured.set(len(route_tables))
+        for rt in route_tables:
+            self.route_paused_of[rt]
+            self.route_on_last_resort_of[rt]
+            self.route_foreign_changes.labels(rt)
+        for result in HISTORY_RESULTS:
+            self.history_events.labels(result)
         for kind in FAILOVER_KINDS:
             self.failover_duration.labels(kind)
         for rt in egress_tables or ():
             self.egress_ok_of[rt]
+            self.egress_usable_of[rt]
             for kind in EGRESS_MOVE_KINDS:
                 self.egress_moves.labels(rt, kind)
         if egress_tables:

@@ -14,6 +14,7 @@ class Exporter:
     def __init__(self, ctx: Context, metrics: Metrics) -> None:
         self.ctx = ctx
         self.m = metrics
+        self._requests: dict[tuple[str, str], float] = {}  # request in force -> since (as exported)
 
     def export(
         self,
@@ -92,8 +93,37 @@ class Exporter:
                     if key[0] == rt:
                         put(child, 0)
         put(m.route_tables_owned, owned)
+        self._export_operations(snapshot)
         if ctx.egress_tables:
             self._export_egress(snapshot)
+
+    def _export_operations(self, snapshot: GroupSnapshot) -> None:
+        """What an on-call engineer needs to see: pauses, requests in force since when, the last resort."""
+        ctx = self.ctx
+        m = self.m
+        put = m.put
+        mem = ctx.memory
+        gateway = ctx.config.ec2.last_resort_nat_gateway
+        for rt in ctx.homes:
+            put(m.route_paused_of[rt], 1 if rt in mem.paused else 0)
+            ec2 = mem.ec2.get(rt)
+            on_gateway = (
+                bool(gateway) and ctx.mine(rt, snapshot) and ec2 is not None and ec2.target == f"other:{gateway}"
+            )
+            put(m.route_on_last_resort_of[rt], 1 if on_gateway else 0)
+        # One series per request in force, removed when it ends (a 0 would read as "since 1970").
+        # A request written before requests carried `since` counts from when this agent first saw it.
+        wall = ctx.clock.wall()
+        current = {}
+        for r in snapshot.active_requests():
+            key = (r.kind, r.target)
+            current[key] = r.since or self._requests.get(key, wall)
+        for key in set(self._requests) - set(current):
+            m.request_since.remove(*key)
+        for key, since in current.items():
+            if self._requests.get(key) != since:
+                m.request_since.labels(*key).set(since)
+        self._requests = current
 
     def _export_egress(self, snapshot: GroupSnapshot) -> None:
         """Where each table's Elastic IP sits (every agent), and whether it sits with us (the holder)."""
@@ -104,6 +134,7 @@ class Exporter:
             seen = ctx.memory.egress.get(rt)
             mine = ctx.mine(rt, snapshot)
             put(m.egress_ok_of[rt], (1 if seen is not None and seen.holder == ctx.me else 0) if mine else 1)
+            put(m.egress_usable_of[rt], 0 if seen is not None and seen.problem else 1)
             if seen is None or not seen.public_ip:
                 continue  # not read yet (our own write does not say which public address it is)
             holder = seen.holder or "none"
