@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from agent.aws.ec2 import Ec2Error
 from agent.cycle.context import Context
+from agent.cycle.foreign import ForeignChanges
 from agent.cycle.standing import Ec2Standing
 from agent.decide import PeerProbe
 from coordinator.items import GroupSnapshot
@@ -16,6 +17,7 @@ class Ec2View:
     def __init__(self, ctx: Context, standing: Ec2Standing) -> None:
         self.ctx = ctx
         self.standing = standing
+        self.foreign = ForeignChanges(ctx)
 
     def refresh(self, now: float, snapshot: GroupSnapshot, probes: dict[str, PeerProbe]) -> None:
         ctx = self.ctx
@@ -38,9 +40,10 @@ class Ec2View:
                     # write that still shows the old target says nothing about the table.
                     if h is not None and now - h.last_write < t.ec2_consistency_window and view.target != ctx.me:
                         continue
+                    self.foreign.route(rt, mem.ec2.get(rt), view, now, snapshot)
                     mem.ec2[rt] = view
             if ctx.egress_tables:
-                self._refresh_egress(now)
+                self._refresh_egress(now, snapshot)
         # Instance states only matter for restarts: read them when a peer has been silent a while.
         silent = [
             p
@@ -58,7 +61,7 @@ class Ec2View:
                 self.standing.failed(exc, now, write=False)
                 ctx.error_once("ec2:describe_instances", f"{exc}; no peer restart until EC2 answers")
 
-    def _refresh_egress(self, now: float) -> None:
+    def _refresh_egress(self, now: float, snapshot: GroupSnapshot) -> None:
         """Where each table's Elastic IP sits (one DescribeAddresses; it lags associations like routes)."""
         ctx = self.ctx
         t = ctx.timings
@@ -75,4 +78,5 @@ class Ec2View:
             h = mem.held.get(rt)
             if h is not None and now - h.last_address_write < t.ec2_consistency_window and seen.holder != ctx.me:
                 continue
+            self.foreign.address(rt, mem.egress.get(rt), seen, now, snapshot)
             mem.egress[rt] = seen
