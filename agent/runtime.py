@@ -127,3 +127,23 @@ def coordinator_for(rt: Runtime, clock: Clock | None = None, lease_s: float | No
         lease_s if lease_s is not None else config.timing.lease,
         info=info,
     )
+
+
+HISTORY_TIMEOUT_S = 1.0  # per call of the history writer (its own thread: never on the cycle's path)
+
+
+def history_store(rt: Runtime, on_call: CallObserver | None = None) -> DynamoStore:
+    """A store of its own for the group's history (its own connection, made in the writer's thread)."""
+    s = rt.store.settings
+    return DynamoStore(
+        DynamoSettings(
+            table=s.table,
+            region=s.region,
+            endpoint_url=s.endpoint_url,
+            connect_timeout_s=HISTORY_TIMEOUT_S,
+            read_timeout_s=HISTORY_TIMEOUT_S,
+            max_attempts=1,
+        ),
+        on_call=on_call,
+        session=botocore_session(),
+    )

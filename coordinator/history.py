@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.clock import Clock
-from coordinator.store import ConditionFailed, Expect, OutcomeUnknown, Store, Unavailable
+from coordinator.store import ConditionFailed, Expect, OutcomeUnknown, Store
 
 log = logging.getLogger("nat_ha.history")
 
@@ -38,14 +38,15 @@ EVENTS = (
     "failover",  # a peer took over a dead (or silent) NAT's route table
     "failback",  # a route table went back to its home NAT
     "switchover",  # a route table moved to the NAT an operator pinned it to
-    "handover",  # a NAT handed its tables to a peer: unhealthy, draining, stopping
+    "handover",  # a NAT handed a table to a peer: unhealthy, drained, stopping
     "last_resort",  # a route table moved to the last-resort NAT gateway
-    "route_repaired",  # a holder wrote its table's route back (someone else had changed it)
-    "peer_restart",  # a dead peer was stopped and started
+    "foreign_change",  # someone else changed a held table's route or Elastic IP; the holder wrote it back
+    "peer_restart",  # a dead peer was stopped, or started again
     "agent_start",  # an agent started a session
-    "agent_stop",  # an agent stopped (SIGTERM: drained first)
-    "drain",
-    "undrain",  # operator requests, and their ends
+    "session_lost",  # an agent found its session expired by a peer
+    "agent_stop",  # an agent stopped (SIGTERM: it handed its tables over first)
+    "drain",  # the operators' requests, and their ends
+    "undrain",
     "pin",
     "unpin",
     "pause",
@@ -186,6 +187,7 @@ class HistoryWriter:
     writer: str
     clock: Clock
     capacity: int = 64
+    on_result: Callable[[str], None] = lambda _result: None  # "written", "failed" or "dropped", per event
     dropped: int = 0
     written: int = 0
     failed: int = 0
@@ -204,6 +206,7 @@ class HistoryWriter:
             if len(self._queue) >= self.capacity:
                 self._queue.popleft()
                 self.dropped += 1
+                self.on_result("dropped")
             self._queue.append(e)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="nat-ha-history", daemon=True)
@@ -237,14 +240,13 @@ class HistoryWriter:
                     history = History(self.make_store(), self.group, self.writer)
                 history.append(event)
                 self.written += 1
-            except (Unavailable, OutcomeUnknown, ConditionFailed, OSError, ValueError) as exc:
+                self.on_result("written")
+            except Exception as exc:  # the store, its config or credentials: never a reason for the agent to stop
                 self.failed += 1
+                self.on_result("failed")
                 log.warning(
                     "could not write %s of %s to the group's history (%s); dropped", event.event, event.target, exc
                 )
-            except Exception as exc:  # a bad store (config, credentials) must never kill the agent
-                self.failed += 1
-                log.warning("could not write to the group's history (%s); dropped", exc)
             with self._cond:
                 if self._queue and self._queue[0] is event:
                     self._queue.popleft()

@@ -71,6 +71,7 @@ class Daemon:
         # session may then be expirable before the next regular cycle).
         self.wake = threading.Event()
         self.signals = 0
+        self.drain_s: float | None = None  # how long the planned hand-over on SIGTERM took
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.signals += 1
@@ -84,13 +85,15 @@ class Daemon:
     def main(self, once: bool = False) -> int:
         from agent import logsetup
         from agent.cycle import Agent, build_info
+        from agent.cycle.journal import Journal
         from agent.host.probes import EchoResponder, Prober, ProbeSetupError, Target
         from agent.host.sdnotify import Notifier
         from agent.host.selfcheck import SelfChecker
         from agent.metrics import Metrics
-        from agent.runtime import coordinator_for, resolve
+        from agent.runtime import coordinator_for, history_store, resolve
         from coordinator.clock import SystemClock
         from coordinator.errors import StoreConfigError, StoreUnavailable
+        from coordinator.history import HistoryWriter
 
         config = self.config
         logsetup.setup(config.log_format, config.log_level, {"group": config.group})
@@ -150,8 +153,25 @@ class Daemon:
         except OSError as exc:
             print(f"nat-ha agent: metrics.listen: cannot listen on {config.metrics_listen}: {exc}", file=sys.stderr)
             return 2
+        history = None
+        if not once:  # --once writes nothing, its history included
+            history = HistoryWriter(
+                lambda: history_store(rt, metrics.observe_aws_call),
+                config.group,
+                config.instance_id,
+                clock,
+                on_result=lambda result: metrics.history_events.labels(result).inc(),
+            )
         agent = Agent(
-            config, coordinator, rt.ec2, prober, SelfChecker(config.self_check), clock, metrics, holder=rt.holder
+            config,
+            coordinator,
+            rt.ec2,
+            prober,
+            SelfChecker(config.self_check),
+            clock,
+            metrics,
+            holder=rt.holder,
+            on_event=Journal(history) if history is not None else None,
         )
         notifier = Notifier()
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -166,11 +186,20 @@ class Daemon:
             p.method,
         )
         try:
-            return self._loop(agent, notifier, once)
+            code = self._loop(agent, notifier, once)
+            if history is not None:  # the stop (a signal's drain) is the history's last entry of this process
+                history.record("agent_stop", config.instance_id, why=self.stop_why(code), seconds=self.drain_s)
+                history.close(timeout=1.0)
+            return code
         finally:
             prober.stop()
             if responder is not None:
                 responder.stop()
+
+    def stop_why(self, code: int) -> str:
+        if self.drain_s is None:
+            return "stopped"
+        return "signal: handed every route table over" if code == 0 else "signal: the hand-over timed out"
 
     def _loop(self, agent: Any, notifier: Any, once: bool) -> int:
         from agent.service import ServiceLoop
@@ -178,23 +207,37 @@ class Daemon:
         if once:
             # One look, no action: no session, no write. A second process must never disturb
             # the agent that runs for this instance (it would supersede its session).
+            from agent.cycle.preview import preview
+
             time.sleep(self.config.probe.interval * self.config.probe.window)  # let the probe window fill
-            decision = agent.run_cycle(act=False)
-            print(decision.summary)
+            decision, running = preview(agent)
+            print(f"would: {decision.summary}")
+            if running:
+                print(
+                    f"(decided as the running agent's session {running[:8]}, from one look; this process wrote "
+                    "nothing, and timers such as the fail-back hold-down start at this look)"
+                )
+            elif decision.kind != "store_unavailable":
+                print(f"(no agent runs for {agent.me}: this is what one would do on starting; nothing was written)")
             return 1 if decision.kind == "store_unavailable" else 0
         loop = ServiceLoop(agent, self.drain_timeout, time.monotonic)
         ready = False
+        draining_since: float | None = None
         while True:
             self.wake.clear()
             if self.stop_requested.is_set() and not loop.stop_requested:
                 loop.request_stop()
                 notifier.stopping("draining: handing route tables over")
             step = loop.step()
+            if loop.stopping and draining_since is None:
+                draining_since = time.monotonic()
             if not ready:
                 notifier.ready(step.decision.summary)
                 ready = True
             notifier.watchdog(step.decision.summary)
             if step.exit_code is not None:
+                if draining_since is not None:
+                    self.drain_s = time.monotonic() - draining_since
                 return step.exit_code
             delay = step.wake_at - time.monotonic()
             if delay > 0:

@@ -172,7 +172,17 @@ class TableWriter:
                 ctx.metrics.failover_duration.labels("takeover").observe(clock.monotonic() - started)
         ctx.on_event(
             "route_moved",
-            {"route_table": a.route_table, "to": ctx.me, "done": done, "verified": True, "kind": "takeover"},
+            {
+                "route_table": a.route_table,
+                "to": ctx.me,
+                "done": done,
+                "verified": True,
+                "kind": "takeover",
+                "from": previous,
+                "why": a.why,
+                "seconds": clock.monotonic() - started if started is not None else None,
+                "moved": moved,
+            },
         )
         return note
 
@@ -208,7 +218,16 @@ class TableWriter:
             ctx.metrics.failover_duration.labels("last_resort").observe(ctx.clock.monotonic() - t0)
         ctx.on_event(
             "route_moved",
-            {"route_table": a.route_table, "to": a.gateway, "done": done, "verified": True, "kind": "last_resort"},
+            {
+                "route_table": a.route_table,
+                "to": a.gateway,
+                "done": done,
+                "verified": True,
+                "kind": "last_resort",
+                "from": ctx.me,
+                "why": a.why,
+                "seconds": ctx.clock.monotonic() - t0,
+            },
         )
         return ""
 
@@ -321,7 +340,17 @@ class TableWriter:
             ctx.metrics.failover_duration.labels(a.kind).observe(ctx.clock.monotonic() - t0)
         ctx.on_event(
             "route_moved",
-            {"route_table": a.route_table, "to": a.successor.instance, "done": done, "verified": True, "kind": a.kind},
+            {
+                "route_table": a.route_table,
+                "to": a.successor.instance,
+                "done": done,
+                "verified": True,
+                "kind": a.kind,
+                "from": ctx.me,
+                "why": a.why,
+                "seconds": ctx.clock.monotonic() - t0,
+                "moved": a.reason != "retry",
+            },
         )
         return note
 
