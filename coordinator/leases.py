@@ -132,6 +132,14 @@ class Coordinator:
             return 0.0
         return self._session.valid_until - self.clock.monotonic()
 
+    def preview_as(self, item: MemberItem) -> None:
+        """Take the running agent's session in memory only, to decide as it would (``nat-ha agent --once``).
+
+        The caller never writes with it: it only observes and decides. Nothing is sent to the store.
+        """
+        now = self.clock.monotonic()
+        self._session = SessionState(item.session, item.version, now, now + self.lease_s)
+
     def drop_session(self) -> None:
         """Stop acting at once (session lost, or shutting down)."""
         self._session = None
