@@ -84,6 +84,14 @@ def collect(target: targets.Target | Config, steps: Steps | None = None) -> dict
         config = targets.members_from_store(config, first)
         rt.ec2.members = {m.instance_id: m for m in config.members}
     reads = Reads(first, first, 0.0, where=where)
+    window = watch_window(config, first)
+    if window > 0:
+        steps.now = f"watching the heartbeats for {window:.1f} s (reading group {config.group} again from {where})"
+        time.sleep(max(0.0, seen + window - time.monotonic()))
+        reads.second = coordinator.read_group()
+        reads.observed_s = time.monotonic() - seen
+    # EC2 after the second read: a move between the two reads shows as the new owner on the new route,
+    # not as a mismatch that lasted only while status looked.
     ec2_where = f"EC2 in {config.region} at {rt.ec2.client.meta.endpoint_url}"
     steps.now = f"reading the route tables from {ec2_where}"
     try:
@@ -96,12 +104,6 @@ def collect(target: targets.Target | Config, steps: Steps | None = None) -> dict
             reads.eips = rt.ec2.egress_ips(config.route_tables())
         except Ec2Error as exc:
             reads.eips_error = str(exc)
-    window = watch_window(config, first)
-    if window > 0:
-        steps.now = f"watching the heartbeats for {window:.1f} s (reading group {config.group} again from {where})"
-        time.sleep(max(0.0, seen + window - time.monotonic()))
-        reads.second = coordinator.read_group()
-        reads.observed_s = time.monotonic() - seen
     return assess(config, reads, time.time())
 
 
