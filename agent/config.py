@@ -282,6 +282,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "host:port of the Prometheus endpoint; empty disables it. "
             "Use the private IP (e.g. 10.0.1.10:9510) to let Prometheus scrape it.",
         ),
+        "dataplane": Key(
+            bool,
+            True,
+            "Export the NAT's own counters at each scrape: packets forwarded, bytes per interface, conntrack "
+            "entries and drops, and the ENA allowance-exceeded counters that say the instance type is too small.",
+        ),
     },
     "log": {
         "format": Key(str, "plain", "plain (journald-friendly lines) or json.", choices=("plain", "json")),
@@ -433,6 +439,7 @@ class Config:
     self_check: SelfCheckConfig = field(default_factory=SelfCheckConfig)
     timing: Timing = field(default_factory=Timing)
     metrics_listen: str = "127.0.0.1:9510"
+    metrics_dataplane: bool = True
     log_format: str = "plain"
     log_level: str = "info"
     egress_ip: str = "off"
@@ -839,6 +846,7 @@ def parse(raw: dict[str, Any]) -> Config:
         self_check=SelfCheckConfig(**sc),
         timing=timing,
         metrics_listen=sections["metrics"]["listen"],
+        metrics_dataplane=sections["metrics"]["dataplane"],
         log_format=sections["log"]["format"],
         log_level=sections["log"]["level"],
         egress_ip=top["egress_ip"],
@@ -911,7 +919,11 @@ def effective_toml(config: Config) -> str:
         lines.append(f"\n[{name}]")
         for f in dataclasses.fields(obj):
             lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
-    lines += ["\n[metrics]", f"listen = {_toml_value(config.metrics_listen)}"]
+    lines += [
+        "\n[metrics]",
+        f"listen = {_toml_value(config.metrics_listen)}",
+        f"dataplane = {_toml_value(config.metrics_dataplane)}",
+    ]
     lines += ["\n[log]", f"format = {_toml_value(config.log_format)}", f"level = {_toml_value(config.log_level)}"]
     for m in config.members:
         lines.append("\n[[members]]")

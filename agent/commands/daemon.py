@@ -147,6 +147,10 @@ class Daemon:
                 return 2
             responder.start()
         build_info(metrics, config)
+        if config.metrics_dataplane and not once:
+            from agent.host.dataplane import DataPlaneCollector
+
+            metrics.registry.register(DataPlaneCollector(config.self_check.procfs))
         try:
             if not once:  # --once must not take the running agent's port
                 metrics.serve(config.metrics_listen)
