@@ -30,13 +30,23 @@ _NAT_HA = re.compile(r"\bnat_ha_[a-z0-9_]+\b")
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset"}
 
 
-def exported_names() -> set[str]:
-    """Every sample name a freshly prepared agent exports (with _total/_bucket/... suffixes), plus ``up``."""
+def agent_registry() -> CollectorRegistry:
+    """A freshly prepared agent's registry, its data-plane collector over a recorded NAT's /proc and ENA."""
+    from agent.host.dataplane import DataPlaneCollector
+    from tests.unit.host.test_dataplane import PROC, ena
+
     metrics = Metrics(CollectorRegistry())
     metrics.prepare("0.0.0", "g", "i-a", ["i-b", "i-c"], ["rtb-a", "rtb-b"])
+    metrics.registry.register(DataPlaneCollector(str(PROC), stats=ena))
+    return metrics.registry
+
+
+def exported_names() -> set[str]:
+    """Every sample name a freshly prepared agent exports (with _total/_bucket/... suffixes), plus ``up``."""
+    registry = agent_registry()
     names = {"up"}
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
-    for family in metrics.registry.collect():
+    for family in registry.collect():
         names.update(sample.name for sample in family.samples)
         # a labelled family without series yet (e.g. AWS calls not made) still has these names
         names.update(family.name + s for s in suffixes.get(family.type, ("",)))
