@@ -2,7 +2,9 @@
 
 The IAM policy (``deploy/iam/nat-ha-policy.json``, also embedded in the CloudFormation
 templates) grants exactly :data:`AGENT_CALLS`; the optional admin policy
-(``deploy/iam/nat-ha-admin-policy.json``) grants exactly :data:`ADMIN_CALLS`.
+(``deploy/iam/nat-ha-admin-policy.json``) grants exactly :data:`ADMIN_CALLS`; the operators'
+policies (``deploy/iam/nat-ha-operator-read-policy.json`` and ``nat-ha-operator-policy.json``)
+grant exactly :data:`OPERATOR_READ_CALLS` and :data:`OPERATOR_CALLS`.
 ``tests/unit/aws/test_iam_policy.py`` checks that the code calls nothing outside
 :data:`ALL_CALLS`, that every call recorded during the test suite is allowed, and
 that the policies grant nothing else. Add a call here first, then to the policy.
@@ -34,7 +36,23 @@ ADMIN_CALLS: dict[tuple[str, str], str] = {
     ("dynamodb", "UpdateTimeToLive"): "enable TTL on gc_at (garbage collection of old items only)",
 }
 
-ALL_CALLS: frozenset[tuple[str, str]] = frozenset(AGENT_CALLS) | frozenset(ADMIN_CALLS)
+# The operators' commands from a workstation (deploy/iam/nat-ha-operator-*-policy.json): reading the
+# group (status, history) needs these; drain, switchover, pause and resume also write request items
+# and history entries. No EC2 write: only the agents move routes.
+OPERATOR_READ_CALLS: dict[tuple[str, str], str] = {
+    ("ec2", "DescribeRouteTables"): "status: where EC2 routes each table (and members_from_tags discovery)",
+    ("ec2", "DescribeInstances"): "members_from_tags discovery",
+    ("ec2", "DescribeAddresses"): "status: where each table's Elastic IP sits (egress_ip = follow)",
+    ("dynamodb", "DescribeTable"): "pynamodb reads the table's key schema once per process",
+    ("dynamodb", "GetItem"): "read one request item before writing it",
+    ("dynamodb", "Query"): "status and history: the group's items and its history partition",
+}
+OPERATOR_CALLS: dict[tuple[str, str], str] = {
+    **OPERATOR_READ_CALLS,
+    ("dynamodb", "PutItem"): "drain, switchover, pause, resume: the request item and a history entry",
+}
+
+ALL_CALLS: frozenset[tuple[str, str]] = frozenset(AGENT_CALLS) | frozenset(ADMIN_CALLS) | frozenset(OPERATOR_CALLS)
 
 
 def iam_action(service: str, operation: str) -> str:
