@@ -21,6 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=90.0, help="give up after this many seconds (default 90)")
     p.add_argument("--plain", action="store_true", help="plain text output (no colours)")
     p.add_argument(
+        "--keep",
+        action="store_true",
+        help="after the story, keep the group running to try nat-ha status, history, pause... on it (Ctrl-C ends it)",
+    )
+    p.add_argument(
         "--netns",
         action="store_true",
         help="root only: real NATs in network namespaces, real packets; show the private host's ping",

@@ -31,6 +31,9 @@ SAMPLE_S = 0.025  # EC2 route sampling interval
 SHOW_DELAY_S = 0.3  # events are printed in time order this long after they happened
 IDS = re.compile(r"\b(?:i|rtb)-[0-9a-f]{8,17}\b")
 SILENCE = re.compile(r"heartbeat silent (\d+(?:\.\d+)?) s")
+# Lines about the loopback store's hiccups (moto server answers slowly on a busy machine): shown
+# dim, they are not part of the failover's story.
+HOUSEKEEPING = re.compile(r"^(cannot read the group|store unavailable|recovered: |heartbeat failed|session lapsed)")
 
 
 # -------------------------------------------------------------------- output
@@ -187,10 +190,39 @@ def main(workdir: Path, args: argparse.Namespace) -> int:
                 console.print("[red]the group did not settle: every route table at home[/red]")
                 return 1
             ok, _timeline = show(g, console, deadline)
+            if getattr(args, "keep", False):
+                keep_running(g, console)
             return 0 if ok else 1
     except RuntimeError as exc:
         print(f"nat-ha demo: {exc}", file=sys.stderr)
         return 1
+
+
+def keep_running(g: Any, console: Any) -> None:
+    """``--keep``: leave the group running and say how to try the operator commands on it, until Ctrl-C."""
+    from agent.lab.localgroup import DUMMY_ENV
+
+    a, b = g.nats[0], g.nats[1]
+    creds = " ".join(f"{k}={v}" for k, v in DUMMY_ENV.items())
+    console.rule("the group keeps running: try the operator commands in another shell (Ctrl-C ends the demo)")
+    for line in (
+        f"export NAT_HA_CONFIG={a.config_path} {creds}",
+        "nat-ha status                      # members, owners, EC2 routes; exit 1 when it lists a problem",
+        "nat-ha history                     # the failover and fail-back you just saw, with who and how long",
+        'nat-ha pause --reason "trying it"  # no EC2 write from now on; nat-ha resume ends it',
+        f"nat-ha switchover --route-table {a.route_table} --to {b.instance_id}",
+        f"nat-ha drain --instance {b.instance_id}    # and --undo",
+        f"kill -9 {b.proc.pid if b.proc else '<pid>'}                      # {b.name}'s agent dies; watch status",
+    ):
+        console.print(f"  {line}")
+    console.print(
+        f"  (agent logs: {g.workdir})",
+    )
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        console.print("stopping the group")
 
 
 def show(g: Any, console: Any, deadline: float) -> tuple[bool, Timeline]:
@@ -243,8 +275,11 @@ def _watch(
 
     def agent_lines() -> None:
         for name, at, line in tail.new_lines():
+            if at < tl.t0:
+                continue  # logged before the kill (written to the file a moment later): not part of the story
             if name != victim.name or g.alive(vid):  # the dead agent's last words are not news
-                tl.add(f"{name}: {names.text(line)}", "cyan", mark=_agent_mark(name, line), at=at, who=name)
+                style = "dim" if HOUSEKEEPING.match(line) else "cyan"
+                tl.add(f"{name}: {names.text(line)}", style, mark=_agent_mark(name, line), at=at, who=name)
 
     while time.monotonic() < deadline:
         agent_lines()
