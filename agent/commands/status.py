@@ -281,7 +281,7 @@ def _table_row(
     if follow:
         row.update(_egress_row(rtb, reads.eips.get(rtb), owner, problems, known=not reads.eips_error))
         if owner and not row["egress_ok"] and row["egress_holder"] != "unknown":
-            flags.append("EGRESS IP ELSEWHERE")
+            flags.append("EGRESS IP GONE" if row["egress_holder"] == "missing" else "EGRESS IP ELSEWHERE")
     if pause is not None:
         flags.append("PAUSED")
     row["flags"] = flags

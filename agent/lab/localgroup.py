@@ -34,6 +34,23 @@ DUMMY_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
 MOTO_ACCOUNT = "123456789012"  # moto's default account id
 
 
+# egress_ip = "follow" (the loopback group and the namespace lab alike): NAT i's ENI carries one
+# secondary address per route table, and route table t has an Elastic IP of its own.
+def egress_address(i: int, t: int) -> str:
+    """NAT i's address for route table t (a secondary address of its ENI, in NAT i's subnet)."""
+    return f"10.0.{100 + i}.{21 + t}"
+
+
+def egress_eip(t: int) -> str:
+    """Route table t's Elastic IP."""
+    return f"203.0.113.{101 + t}"
+
+
+def private_subnet(t: int) -> str:
+    """Route table t's private subnet."""
+    return f"10.0.{1 + t}.0/24"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -175,6 +192,13 @@ class LocalGroup:
     # DynamoDB elsewhere (dynalite); empty: the moto server serves DynamoDB too.
     dynamodb_url: str = ""
     log_format: str = "plain"  # the agents' [log] format; the demo reads "json" for each line's own time
+    # Each route table's Elastic IP follows the table: "off" or "follow" (moto with agent.lab.motofix,
+    # which binds an association to the private address asked for, as AWS does).
+    egress_ip: str = "off"
+    egress_order: str = ""  # the agents' egress_order ("" : their default)
+    enis: dict[str, str] = field(default_factory=dict)  # instance id -> its ENI (egress)
+    allocations: list[str] = field(default_factory=list)  # route table t's EIP allocation id (egress)
+    _defer_configs: bool = False
     nats: list[Nat] = field(default_factory=list)
     moto: MotoServer | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -196,11 +220,15 @@ class LocalGroup:
     def __enter__(self) -> LocalGroup:
         if not 2 <= self.n <= len(AZS):
             raise ValueError(f"a local group has 2 to {len(AZS)} NATs")
+        if self.egress_ip not in ("off", "follow"):
+            raise ValueError(f"egress_ip: {self.egress_ip!r} is not off or follow")
         self.workdir.mkdir(parents=True, exist_ok=True)
         for key, value in DUMMY_ENV.items():  # in-process clients (pynamodb) read credentials from the environment
             os.environ.setdefault(key, value)
         try:
-            self.moto = MotoServer(self.workdir / "moto.log")
+            self.moto = MotoServer(
+                self.workdir / "moto.log", module="agent.lab.motofix" if self.egress else "moto.server"
+            )
             self._create_world()
             for nat in self.nats:
                 self._spawn(nat)
@@ -227,7 +255,67 @@ class LocalGroup:
             aws_secret_access_key="testing",
         )
 
+    @property
+    def egress(self) -> bool:
+        return self.egress_ip == "follow"
+
     def _create_world(self) -> None:
+        """The VPC, instances and route tables; with egress also each NAT's table addresses and each table's EIP,
+        at home."""
+        if not self.egress:
+            self._create_instances()
+            return
+        self._defer_configs = True
+        self._create_instances()
+        self._defer_configs = False
+        ec2 = self.client("ec2")
+        data = ec2.describe_instances(InstanceIds=self.members)
+        for inst in (i for r in data["Reservations"] for i in r["Instances"]):
+            self.enis[inst["InstanceId"]] = inst["NetworkInterfaces"][0]["NetworkInterfaceId"]
+        group_tag = {"Key": "nat-ha:group", "Value": self.group}
+        for i, nat in enumerate(self.nats):
+            eni = self.enis[nat.instance_id]
+            ec2.assign_private_ip_addresses(
+                NetworkInterfaceId=eni, PrivateIpAddresses=[egress_address(i, t) for t in range(self.n)]
+            )
+            ec2.create_tags(Resources=[eni], Tags=[group_tag])
+        for t, nat in enumerate(self.nats):
+            alloc = ec2.allocate_address(
+                Domain="vpc",
+                Address=egress_eip(t),
+                TagSpecifications=[{"ResourceType": "elastic-ip", "Tags": [
+                    group_tag, {"Key": "nat-ha:route-table", "Value": nat.route_table}]}],
+            )["AllocationId"]  # fmt: skip
+            self.allocations.append(alloc)
+            ec2.associate_address(
+                AllocationId=alloc,
+                NetworkInterfaceId=self.enis[nat.instance_id],
+                PrivateIpAddress=egress_address(t, t),
+                AllowReassociation=True,
+            )
+        for nat in self.nats:
+            nat.config_path.write_text(self._config(nat))
+
+    def _egress_top_toml(self) -> list[str]:
+        """The top-level egress keys (the interface of issue 14)."""
+        return ['egress_ip = "follow"', *([f'egress_order = "{self.egress_order}"'] if self.egress_order else [])]
+
+    def _egress_tables_toml(self) -> list[str]:
+        """One [[egress.tables]] per route table: its EIP, its subnet, every NAT's address for it."""
+        lines = []
+        for t, nat in enumerate(self.nats):
+            addresses = ", ".join(f'"{o.instance_id}" = "{egress_address(j, t)}"' for j, o in enumerate(self.nats))
+            lines += [
+                "[[egress.tables]]",
+                f'route_table = "{nat.route_table}"',
+                f'allocation_id = "{self.allocations[t]}"',
+                f'subnets = ["{private_subnet(t)}"]',
+                f"addresses = {{ {addresses} }}",
+                "",
+            ]
+        return lines
+
+    def _create_instances(self) -> None:
         from coordinator.dynamo import DynamoSettings, init_table
 
         assert self.moto is not None
@@ -281,9 +369,14 @@ class LocalGroup:
 
     def _config(self, nat: Nat) -> str:
         assert self.moto is not None
+        if self._defer_configs:
+            return ""  # written once the egress resources exist (_create_world)
         timing = {**self.DEMO_TIMING, **self.timing}
+        header = self._header_toml(nat, self.store_url)
+        if self.egress:  # top-level keys, before the first table
+            header = header[:3] + self._egress_top_toml() + header[3:]
         lines = [
-            *self._header_toml(nat, self.store_url),
+            *header,
             "[probe]",
             f'method = "{self.probe_method}"',
             f"answer_port = {nat.probe_port if self.probe_method == 'tcp-echo' else 0}",
@@ -302,7 +395,9 @@ class LocalGroup:
             "",
         ]
         for other in self.nats:
-            lines += member_toml(other, "127.0.0.1", other.probe_port)
+            lines += member_toml(other, "127.0.0.1", other.probe_port, eni=self.enis.get(other.instance_id, ""))
+        if self.egress:
+            lines += self._egress_tables_toml()
         return "\n".join(lines)
 
     def _header_toml(self, nat: Nat, store_url: str) -> list[str]:
@@ -441,8 +536,11 @@ class LocalGroup:
 
     # ---------------------------------------------------------------- views
     def route_targets(self) -> dict[str, str]:
-        """Route table -> instance EC2 routes 0.0.0.0/0 to."""
-        return route_targets_of(self.client("ec2"), [n.route_table for n in self.nats])
+        """Route table -> instance EC2 routes 0.0.0.0/0 to (a route to a NAT's ENI counts as a route to its
+        instance, as in AWS)."""
+        by_eni = {eni: iid for iid, eni in self.enis.items()}
+        targets = route_targets_of(self.client("ec2"), [n.route_table for n in self.nats])
+        return {rtb: by_eni.get(t, t) for rtb, t in targets.items()}
 
     def snapshot(self) -> Any:
         from coordinator.dynamo import DynamoSettings, DynamoStore

@@ -67,7 +67,10 @@ from agent.lab.localgroup import (
     LocalGroup,
     MotoServer,
     Nat,
+    egress_address,
+    egress_eip,
     member_toml,
+    private_subnet,
     stop_process,
     timing_toml,
 )
@@ -285,19 +288,10 @@ class Topology:
     def pub_gw(i: int) -> str:
         return f"10.0.{100 + i}.1"
 
-    @staticmethod
-    def egress_address(i: int, t: int) -> str:
-        """NAT i's address for route table t (a secondary address of its ENI)."""
-        return f"10.0.{100 + i}.{21 + t}"
-
-    @staticmethod
-    def eip(t: int) -> str:
-        """Route table t's Elastic IP."""
-        return f"203.0.113.{101 + t}"
-
-    @staticmethod
-    def private_subnet(t: int) -> str:
-        return f"10.0.{1 + t}.0/24"
+    # The egress addresses are the loopback group's (agent.lab.localgroup): one world for both.
+    egress_address = staticmethod(egress_address)
+    eip = staticmethod(egress_eip)
+    private_subnet = staticmethod(private_subnet)
 
     def _veth(self, ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
         tmp_a, tmp_b = f"lv{secrets.token_hex(4)}", f"lv{secrets.token_hex(4)}"
@@ -575,15 +569,9 @@ class NetLab(LocalGroup):
     ec2_proxy: bool = False
     _proxy: subprocess.Popen[str] | None = None
     _proxy_events: list[tuple[float, str]] = field(default_factory=list)
-    # Each route table's Elastic IP follows the table (the module doc): "off" or "follow".
-    egress_ip: str = "off"
-    egress_order: str = ""  # the agents' egress_order ("" : their default)
-    enis: dict[str, str] = field(default_factory=dict)  # instance id -> its ENI (egress)
-    allocations: list[str] = field(default_factory=list)  # route table t's EIP allocation id (egress)
     _watch: subprocess.Popen[str] | None = None
     _arrivals: list[egresswatch.Arrival] = field(default_factory=list)
     _arrivals_offset: int = 0
-    _defer_configs: bool = False
 
     # --------------------------------------------------------------- set-up
     def __enter__(self) -> NetLab:
@@ -598,8 +586,6 @@ class NetLab(LocalGroup):
             if reason:
                 raise RuntimeError(reason)
             self.timing["restart_after"] = max(self.timing.get("restart_after", 0.0), SYSTEMD_RESTART_AFTER)
-        if self.egress_ip not in ("off", "follow"):
-            raise ValueError(f"egress_ip: {self.egress_ip!r} is not off or follow")
         if self.egress and self.systemd:
             raise ValueError("the systemd lab has no internet gateway: egress_ip = follow runs in the process lab")
         self.topo.n = self.n
@@ -706,66 +692,6 @@ class NetLab(LocalGroup):
 
     def index(self, instance_id: str) -> int:
         return next(i for i, n in enumerate(self.nats) if n.instance_id == instance_id)
-
-    @property
-    def egress(self) -> bool:
-        return self.egress_ip == "follow"
-
-    def _create_world(self) -> None:
-        """LocalGroup's world; with egress also each NAT's table addresses and each table's EIP, at home."""
-        if not self.egress:
-            super()._create_world()
-            return
-        self._defer_configs = True
-        super()._create_world()
-        self._defer_configs = False
-        ec2 = self.client("ec2")
-        data = ec2.describe_instances(InstanceIds=self.members)
-        for inst in (i for r in data["Reservations"] for i in r["Instances"]):
-            self.enis[inst["InstanceId"]] = inst["NetworkInterfaces"][0]["NetworkInterfaceId"]
-        group_tag = {"Key": "nat-ha:group", "Value": self.group}
-        for i, nat in enumerate(self.nats):
-            eni = self.enis[nat.instance_id]
-            ec2.assign_private_ip_addresses(
-                NetworkInterfaceId=eni, PrivateIpAddresses=[self.topo.egress_address(i, t) for t in range(self.n)]
-            )
-            ec2.create_tags(Resources=[eni], Tags=[group_tag])
-        for t, nat in enumerate(self.nats):
-            alloc = ec2.allocate_address(
-                Domain="vpc",
-                Address=self.topo.eip(t),
-                TagSpecifications=[{"ResourceType": "elastic-ip", "Tags": [
-                    group_tag, {"Key": "nat-ha:route-table", "Value": nat.route_table}]}],
-            )["AllocationId"]  # fmt: skip
-            self.allocations.append(alloc)
-            ec2.associate_address(
-                AllocationId=alloc,
-                NetworkInterfaceId=self.enis[nat.instance_id],
-                PrivateIpAddress=self.topo.egress_address(t, t),
-                AllowReassociation=True,
-            )
-        for nat in self.nats:
-            nat.config_path.write_text(self._config(nat))
-
-    def _egress_top_toml(self) -> list[str]:
-        """The top-level egress keys (the interface of issue 14)."""
-        return ['egress_ip = "follow"', *([f'egress_order = "{self.egress_order}"'] if self.egress_order else [])]
-
-    def _egress_tables_toml(self) -> list[str]:
-        """One [[egress.tables]] per route table: its EIP, its subnet, every NAT's address for it."""
-        lines = []
-        for t, nat in enumerate(self.nats):
-            addresses = ", ".join(f'"{o.instance_id}" = "{self.topo.egress_address(j, t)}"'
-                                  for j, o in enumerate(self.nats))  # fmt: skip
-            lines += [
-                "[[egress.tables]]",
-                f'route_table = "{nat.route_table}"',
-                f'allocation_id = "{self.allocations[t]}"',
-                f'subnets = ["{self.topo.private_subnet(t)}"]',
-                f"addresses = {{ {addresses} }}",
-                "",
-            ]
-        return lines
 
     def _config(self, nat: Nat) -> str:
         assert self.moto is not None
@@ -946,8 +872,7 @@ class NetLab(LocalGroup):
     # ------------------------------------------------------------- views
     def route_targets(self) -> dict[str, str]:
         """Route table -> instance (a route to a NAT's ENI counts as a route to its instance, as in AWS)."""
-        by_eni = {eni: iid for iid, eni in self.enis.items()}
-        return {rtb: by_eni.get(t, t) for rtb, t in self.inet(super().route_targets).items()}
+        return self.inet(super().route_targets)
 
     def snapshot(self) -> Any:
         return self.inet(super().snapshot)

@@ -1,8 +1,11 @@
 """Real Prometheus and Alertmanager scrape and alert on three real agents (moto server as AWS).
 
 One NAT instance dies (its agent is SIGKILLed): the expected alerts reach
-Alertmanager, its inhibition rules apply, the critical one is delivered to the
-pager webhook, and every query of the Grafana dashboard returns data.
+Alertmanager, its inhibition rules apply, the handled crash is a warning that
+reaches the chat receiver and pages nobody. Then one table's Elastic IP is
+released (the group runs with egress_ip = "follow"): NatHaEgressIpUnusable
+fires within its ``for:`` window and pages. Every query of the Grafana dashboard
+returns data (the ENA panels excepted: no ENA device here).
 
 For a test of seconds instead of minutes, Prometheus scrapes and evaluates
 every second and loads a copy of dashboards/prometheus/alerts.yml in which
@@ -14,6 +17,9 @@ The group's peer-restart is pushed past the test's end so the dead NAT stays dea
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,13 +31,8 @@ from tests import promql, promstack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(150)]
 
-# Series only an agent with egress_ip = "follow" exports (the dashboard's Egress IP row).
-EGRESS_ONLY = {
-    "nat_ha_route_table_egress_ok",
-    "nat_ha_route_table_egress_ip_info",
-    "nat_ha_egress_ip_moves_total",
-    "nat_ha_egress_ip_move_duration_seconds_bucket",
-}
+# Series only a host with an ENA interface exports (the dashboard's ENA panels): this machine has none.
+ENA_ONLY = {"nat_ha_ena_allowance_exceeded_total", "nat_ha_ena_conntrack_allowance_available"}
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +64,14 @@ def _wait(what: str, probe: Callable[[], Any], timeout_s: float) -> Any:
 def test_dead_nat_alerts_reach_alertmanager_and_no_dashboard_panel_is_dead(
     tmp_path: Path, stack_installed: None
 ) -> None:
-    from agent.lab.localgroup import LocalGroup
+    from agent.lab.localgroup import DUMMY_ENV, LocalGroup
 
     t0 = time.monotonic()
     rules = tmp_path / "alerts.yml"
     rules.write_text(promstack.shorten_for(promql.ALERTS.read_text(), "1s"))
     with (
         promstack.webhook_receiver() as hook,
-        LocalGroup(tmp_path / "group", n=3, metrics=True, timing={"restart_after": 600.0}) as group,
+        LocalGroup(tmp_path / "group", n=3, metrics=True, timing={"restart_after": 600.0}, egress_ip="follow") as group,
         promstack.alertmanager(
             tmp_path / "am", promstack.alertmanager_config_for_test(promql.ALERTMANAGER_EXAMPLE, hook.url)
         ) as am,
@@ -118,7 +119,8 @@ def test_dead_nat_alerts_reach_alertmanager_and_no_dashboard_panel_is_dead(
         )
         alerted_s = time.time() - killed_at
 
-        assert agent_down[0]["labels"]["severity"] == "critical"
+        # A crash nat-ha handled is a warning (it paged critical before issue 20).
+        assert agent_down[0]["labels"]["severity"] == "warning"
         assert agent_down[0]["labels"]["group"] == group.group
         assert agent_down[0]["status"]["state"] == "active"
         assert agent_down[0]["annotations"]["runbook_url"].endswith("#nathaagentdown")
@@ -141,17 +143,66 @@ def test_dead_nat_alerts_reach_alertmanager_and_no_dashboard_panel_is_dead(
         assert failover[0]["labels"]["reason"] == "peer_dead"
         # only the surviving route tables' owners: no split brain, and the takeover left an owner
         assert not prom.query('ALERTS{alertname="NatHaSplitBrain", alertstate="firing"}')
-        # the critical alert was delivered to the pager receiver
-        pages = _wait(
-            "a page for NatHaAgentDown",
+        # the handled crash reached the chat receiver, and paged nobody
+        chats = _wait(
+            "NatHaAgentDown in chat",
             lambda: [
                 p
                 for path, p in hook.received()
-                if path == "/pager" and any(a["labels"]["alertname"] == "NatHaAgentDown" for a in p["alerts"])
+                if path == "/chat" and any(a["labels"]["alertname"] == "NatHaAgentDown" for a in p["alerts"])
             ],
             10,
         )
-        assert pages[0]["status"] == "firing"
+        assert chats[0]["status"] == "firing"
+        assert not [
+            p
+            for path, p in hook.received()
+            if path == "/pager" and any(a["labels"]["alertname"] == "NatHaAgentDown" for a in p["alerts"])
+        ], "a handled crash paged"
+
+        # ---- a table's Elastic IP is released (by hand, or by a stack deleted too early): it pages
+        survivor = group.nats[2]
+        alloc = group.allocations[2]
+        ec2 = group.client("ec2")
+        association = ec2.describe_addresses(AllocationIds=[alloc])["Addresses"][0]["AssociationId"]
+        ec2.disassociate_address(AssociationId=association)
+        ec2.release_address(AllocationId=alloc)
+        released_at = time.time()
+        unusable = _wait(
+            "NatHaEgressIpUnusable in Alertmanager",
+            lambda: _alerts(am, "NatHaEgressIpUnusable", released_at, route_table=survivor.route_table),
+            30,
+        )
+        eip_alert_s = time.time() - released_at
+        assert unusable[0]["labels"]["severity"] == "critical"
+        _wait(
+            "a page for NatHaEgressIpUnusable",
+            lambda: [
+                p
+                for path, p in hook.received()
+                if path == "/pager" and any(a["labels"]["alertname"] == "NatHaEgressIpUnusable" for a in p["alerts"])
+            ],
+            10,
+        )
+        # someone changes a held table's route by hand: the holder writes it back and counts it
+        other = group.nats[1]
+        ec2.replace_route(
+            RouteTableId=other.route_table, DestinationCidrBlock="0.0.0.0/0", InstanceId=survivor.instance_id
+        )
+        _wait(
+            "the foreign change counted",
+            lambda: prom.query(f'nat_ha_route_table_foreign_changes_total{{route_table="{other.route_table}"}} > 0'),
+            20,
+        )
+        assert group.wait_for(lambda: group.route_targets()[other.route_table] == other.instance_id, 10)
+        # an operator request in force, so the dashboard's requests table has a row
+        drained = subprocess.run(
+            [sys.executable, "-m", "agent.commands.cli", "drain", "--instance", victim, "--wait", "0",
+             "--config", str(survivor.config_path)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, **DUMMY_ENV},
+        )  # fmt: skip
+        assert drained.returncode == 0, drained.stderr
+        _wait("the drain exported", lambda: prom.query("nat_ha_operator_request_since_timestamp_seconds"), 15)
 
         # ---- no dead panel: every dashboard query returns data from the live Prometheus
         dashboard = promql.load_dashboard()
@@ -166,10 +217,13 @@ def test_dead_nat_alerts_reach_alertmanager_and_no_dashboard_panel_is_dead(
         for where, expr in promql.dashboard_exprs(dashboard):
             live = promql.substitute(expr, variables, rate_interval="1m", rng="5m")
             if not prom.query(live):
-                if promql.metric_names(expr) <= EGRESS_ONLY:
-                    continue  # the Egress IP row: this group runs without egress_ip = follow (tests/lab has it)
+                if promql.metric_names(expr) <= ENA_ONLY:
+                    continue  # the ENA panels: this machine has no ENA interface (tests/unit/host/test_dataplane.py)
                 empty.append(f"{where}: {live}")
         assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
 
     total_s = time.monotonic() - t0
-    print(f"ready {ready_s:.1f} s, alerts {alerted_s:.1f} s after the kill, total {total_s:.1f} s")
+    print(
+        f"ready {ready_s:.1f} s, alerts {alerted_s:.1f} s after the kill, NatHaEgressIpUnusable {eip_alert_s:.1f} s "
+        f"after the release, total {total_s:.1f} s"
+    )
