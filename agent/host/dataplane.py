@@ -20,7 +20,7 @@ Sources (all of the agent's own network namespace):
 
 from __future__ import annotations
 
-import ctypes
+import array
 import fcntl
 import socket
 import struct
@@ -50,31 +50,36 @@ class DriverStats:
     stats: dict[str, int]
 
 
-def _ifreq(name: str, data: ctypes.Array[ctypes.c_char]) -> bytes:
+def _buffer(size: int) -> array.array[int]:
+    """A zeroed buffer the kernel writes into (an array: its address is known without ctypes)."""
+    return array.array("B", bytes(size))
+
+
+def _ifreq(name: str, data: array.array[int]) -> bytes:
     """struct ifreq with ifr_data pointing at ``data`` (name[16], then the pointer)."""
-    return struct.pack("16sP", name.encode()[:15], ctypes.addressof(data)) + b"\0" * 16
+    return struct.pack("16sP", name.encode()[:15], data.buffer_info()[0]) + b"\0" * 16
 
 
 def ethtool_stats(interface: str) -> DriverStats | None:
     """``ethtool -S interface``: the driver's name and its statistics; None when the ioctls are refused."""
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            info = ctypes.create_string_buffer(DRVINFO_SIZE)
+            info = _buffer(DRVINFO_SIZE)
             struct.pack_into("I", info, 0, ETHTOOL_GDRVINFO)
             fcntl.ioctl(s.fileno(), SIOCETHTOOL, _ifreq(interface, info))
-            driver = info.raw[4:36].split(b"\0", 1)[0].decode(errors="replace")
+            driver = info.tobytes()[4:36].split(b"\0", 1)[0].decode(errors="replace")
             (count,) = struct.unpack_from("I", info, DRVINFO_N_STATS)
             if not 0 < count <= MAX_STATS:
                 return DriverStats(driver, {})
-            names = ctypes.create_string_buffer(12 + count * ETH_GSTRING_LEN)
+            names = _buffer(12 + count * ETH_GSTRING_LEN)
             struct.pack_into("III", names, 0, ETHTOOL_GSTRINGS, ETH_SS_STATS, count)
             fcntl.ioctl(s.fileno(), SIOCETHTOOL, _ifreq(interface, names))
-            values = ctypes.create_string_buffer(8 + count * 8)
+            values = _buffer(8 + count * 8)
             struct.pack_into("II", values, 0, ETHTOOL_GSTATS, count)
             fcntl.ioctl(s.fileno(), SIOCETHTOOL, _ifreq(interface, values))
     except OSError:
         return None
-    raw = names.raw[12:]
+    raw = names.tobytes()[12:]
     labels = [raw[i * ETH_GSTRING_LEN : (i + 1) * ETH_GSTRING_LEN].split(b"\0", 1)[0].decode(errors="replace")
               for i in range(count)]  # fmt: skip
     numbers = struct.unpack_from(f"{count}Q", values, 8)
