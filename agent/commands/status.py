@@ -261,7 +261,12 @@ def _table_row(
         )
     if live and home and owner != home and owner != pinned:
         flags.append("AWAY FROM HOME")
-        why = f"{home} is {states.get(home, 'unknown')}"
+        drained = snapshot.draining(home) or bool((h := snapshot.members.get(home)) and h.draining)
+        why = (
+            f"{home} is drained"
+            if drained and states.get(home) == "alive"
+            else f"{home} is {states.get(home, 'unknown')}"
+        )
         problems.append(f"{rtb}: served by {owner}, away from its home {home} ({why})")
     if not known:
         flags.append("UNKNOWN")

@@ -142,3 +142,17 @@ def test_a_pin_is_no_problem_and_a_pause_is_one_with_its_age() -> None:
     assert status["route_tables"][0]["pinned_to"] == "i-b"
     assert "requests:\n  - pause of the group by alice@laptop, 12 min ago" in render(status)
     assert "  - pin of rtb-a to i-b by bob@laptop, " in render(status)
+
+
+def test_the_runbooks_samples_are_what_status_prints_today() -> None:
+    """dashboards/runbook.md shows a healthy and a degraded status (real runs): their columns are render's."""
+    from pathlib import Path
+
+    runbook = (Path(__file__).resolve().parents[3] / "dashboards" / "runbook.md").read_text()
+    samples = runbook.split("<!-- status-sample:")[1:]
+    assert len(samples) == 4  # healthy, end, degraded, end
+    text = render(assess(CONFIG, reads(Group()), NOW))
+    headers = [line.split() for line in text.splitlines() if line.startswith(("MEMBER", "ROUTE TABLE"))]
+    for sample in (samples[0], samples[2]):
+        shown = [line.split() for line in sample.splitlines() if line.startswith(("MEMBER", "ROUTE TABLE"))]
+        assert shown == headers, sample
