@@ -100,26 +100,24 @@ def make_model(settings: DynamoSettings) -> type[Model]:
     return type("GroupItem", (Model,), attrs)
 
 
-def _code(exc: PynamoDBException) -> str:
-    """AWS's error code, or the name of the transport error (timeouts have no response)."""
+def _error(exc: PynamoDBException) -> tuple[str, str]:
+    """AWS's error code and its own message (not pynamodb's wrapper around it), as one short line.
+
+    Without a response (a timeout, a refused connection) the code is the transport error's name.
+    """
     cause = getattr(exc, "cause", None)
     response = getattr(cause, "response", None)
-    if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code")
-        if code:
-            return str(code)
-    return type(cause or exc).__name__
+    error = response.get("Error", {}) if isinstance(response, dict) else {}
+    code = str(error.get("Code") or type(cause or exc).__name__)
+    return code, readable(str(error.get("Message") or exc.msg or cause or exc))
+
+
+def _code(exc: PynamoDBException) -> str:
+    return _error(exc)[0]
 
 
 def _message(exc: PynamoDBException) -> str:
-    """AWS's own message for ``exc`` (not pynamodb's wrapper around it), as one short line."""
-    cause = getattr(exc, "cause", None)
-    response = getattr(cause, "response", None)
-    if isinstance(response, dict):
-        message = response.get("Error", {}).get("Message")
-        if message:
-            return readable(str(message))
-    return readable(str(exc.msg or cause or exc))
+    return _error(exc)[1]
 
 
 def _plain(value: Any) -> Any:
