@@ -108,11 +108,13 @@ def collect(target: targets.Target | Config, steps: Steps | None = None) -> dict
 
 
 def watch_window(config: Config, snapshot: GroupSnapshot) -> float:
-    """How long to watch for heartbeats: the longest lease a live member declares, plus the margin (capped)."""
-    leases = [m.lease_ms / 1000 for m in snapshot.members.values() if m.state == MEMBER_ALIVE]
-    if not leases:
-        return 0.0
-    return min(WATCH_CAP_S, max(leases) + config.timing.margin)
+    """How long to watch for heartbeats: the longest lease a live member declares, plus the margin.
+
+    A member declaring a lease longer than WATCH_CAP_S is not judged (it is ``alive`` as long as its
+    item says so): watching less than its lease could not tell, and status would only wait longer.
+    """
+    windows = [m.lease_ms / 1000 + config.timing.margin for m in snapshot.members.values() if m.state == MEMBER_ALIVE]
+    return max((w for w in windows if w <= WATCH_CAP_S), default=0.0)
 
 
 def member_state(config: Config, reads: Reads, instance: str) -> str:
