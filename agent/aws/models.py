@@ -191,6 +191,23 @@ def trimmed_models_dir() -> Path | None:
     return None
 
 
+def models_ready() -> bool:
+    """True when :func:`botocore_session` starts no child process (models trimmed already, or trimming off)."""
+    if os.environ.get(FULL_ENV, "") in ("1", "true", "yes"):
+        return True
+    key = _key()
+    return any(_complete(root / key) for root in _cache_roots())
+
+
+def plain_session() -> Any:
+    """A botocore session on botocore's own models (no trimming): for a client needed before they are made."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    _fixed_user_agent(session)
+    return session
+
+
 @functools.lru_cache(maxsize=1)
 def botocore_session() -> Any:
     """The process's botocore session (EC2 client and pynamodb share it, so data loads once)."""
