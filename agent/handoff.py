@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from agent.aws.models import botocore_session, models_ready, plain_session
 from agent.config import Config
@@ -39,7 +40,7 @@ from agent.host.runstate import Recorded
 from agent.runtime import Runtime, member_info, store_for
 from coordinator.clock import Clock
 from coordinator.dynamo import DynamoStore
-from coordinator.errors import SessionLost, StoreConfigError, StoreUnavailable
+from coordinator.errors import CoordinatorError, SessionLost, StoreConfigError, StoreUnavailable
 from coordinator.instrument import CallObserver
 from coordinator.items import Health
 from coordinator.leases import Coordinator
@@ -64,7 +65,7 @@ def mismatch(recorded: Recorded | None, config: Config) -> str:
 def seconds_since_exec() -> float:
     """How long ago this process was started (from /proc; 0.0 where that cannot be read)."""
     try:
-        fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
         started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # starttime: field 22 of stat(5)
         return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
     except (OSError, ValueError, IndexError):
@@ -114,7 +115,7 @@ class Keeper:
             except SessionLost as exc:
                 log.warning("the resumed session was lost while starting (%s); the first cycle starts a new one", exc)
                 return
-            except StoreUnavailable as exc:
+            except CoordinatorError as exc:  # DynamoDB unreachable, or an odd item: try again
                 if not failing:
                     log.warning("renewal while starting failed (%s); retrying", exc)
                 failing = True

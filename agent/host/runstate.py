@@ -32,11 +32,12 @@ STATE_FILE = "agent.json"
 FORMAT = 1  # bump when the fields below change incompatibly (an older file is then ignored)
 ENV = "RUNTIME_DIRECTORY"  # set by systemd for RuntimeDirectory= (several: ':'-separated)
 
-# Crash-loop back-off: restarts closer together than LOOP_WINDOW count as a loop; the first two
-# starts of a loop go at once (a crash, a restart: the session is taken over), later ones wait
+# Crash-loop back-off: starts closer together than LOOP_WINDOW count as a loop; the first
+# FREE_STARTS of a loop go at once (a crash, a restart: the session is taken over), later ones wait
 # BACKOFF_FIRST, doubling up to BACKOFF_MAX. systemd 252 (Debian 12, Amazon Linux 2023) has no
 # RestartSteps=, and RestartSec= must stay short for a crash to be taken over in time.
-LOOP_WINDOW = 30.0
+LOOP_WINDOW = 10.0
+FREE_STARTS = 3
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 STARTS_KEPT = 8
@@ -76,9 +77,9 @@ def backoff(starts: list[float], now: float) -> float:
             break
         loop += 1
         last = t
-    if loop < 2:
+    if loop < FREE_STARTS:
         return 0.0
-    return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (loop - 2))
+    return float(min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (loop - FREE_STARTS)))
 
 
 class RunState:
