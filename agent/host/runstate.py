@@ -37,7 +37,7 @@ ENV = "RUNTIME_DIRECTORY"  # set by systemd for RuntimeDirectory= (several: ':'-
 # BACKOFF_FIRST, doubling up to BACKOFF_MAX. systemd 252 (Debian 12, Amazon Linux 2023) has no
 # RestartSteps=, and RestartSec= must stay short for a crash to be taken over in time.
 LOOP_WINDOW = 10.0
-FREE_STARTS = 3
+FREE_STARTS = 5
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 STARTS_KEPT = 8

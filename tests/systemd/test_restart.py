@@ -72,7 +72,7 @@ def test_systemctl_restart_moves_nothing(lab: NetLab) -> None:
     assert "it exited for a restart" in line
     messages = [e["MESSAGE"] for e in ct.journal_entries(UNIT) if int(e["__REALTIME_TIMESTAMP"]) / 1e6 >= t]
     assert any("received SIGUSR2: exiting for a restart" in m for m in messages), messages
-    assert not any("handing route tables over" in m or "draining" in m for m in messages), messages
+    assert not any("handing route tables over" in m or "draining: handing" in m for m in messages), messages
     assert ct.run("test", "-s", "/run/nat-ha/agent.json", check=False).returncode == 0, "no session record"
 
 

@@ -100,11 +100,12 @@ def test_files_are_private(tmp_path: Path) -> None:
         ([10.0], 100.0, 0.0),  # a crash after a long run
         ([95.0], 100.0, 0.0),  # a crash soon after a start: taken over at once
         ([90.0, 95.0], 100.0, 0.0),
-        ([85.0, 90.0, 95.0], 100.0, 1.0),  # the fourth quick start waits
-        ([80.0, 85.0, 90.0, 95.0], 100.0, 2.0),
-        ([60.0, 65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0], 100.0, 30.0),  # capped
-        ([50.0, 85.0, 90.0, 95.0], 100.0, 1.0),  # only the chain of quick starts counts
-        ([85.0, 90.0, 95.0], 120.0, 0.0),  # the loop ended: a quiet spell resets it
+        ([80.0, 85.0, 90.0, 95.0], 100.0, 0.0),
+        ([75.0, 80.0, 85.0, 90.0, 95.0], 100.0, 1.0),  # the sixth quick start waits
+        ([70.0, 75.0, 80.0, 85.0, 90.0, 95.0], 100.0, 2.0),
+        ([10.0 + 5 * k for k in range(18)], 100.0, 30.0),  # capped
+        ([50.0, 75.0, 80.0, 85.0, 90.0, 95.0], 100.0, 1.0),  # only the chain of quick starts counts
+        ([75.0, 80.0, 85.0, 90.0, 95.0], 120.0, 0.0),  # the loop ended: a quiet spell resets it
     ],
 )
 def test_backoff(starts: list[float], now: float, wait: float) -> None:
