@@ -335,6 +335,11 @@ def _frozen_write(runner: Runner, tr: Trial) -> Trial:
         lab.signal(taker.instance_id, signal.SIGCONT)
         lab.release_ec2(taker_i)
     time.sleep(1.0)
+    return _count(lab, tr, ping, t)
+
+
+def _count(lab: NetLab, tr: Trial, ping: Any, t: float) -> Trial:
+    """End a trial's ping; count its route changes, outage and lost packets since ``t``."""
     r = ping.finish()
     tr.ping = r
     tr.route_changes = len(lab.events_since(t, "route"))
@@ -361,12 +366,7 @@ def _agent_restart(runner: Runner, tr: Trial) -> Trial:
     if took is not None:
         tr.profile["away_s"] = took[0] - t
     time.sleep(AGENT_SETTLE_S)
-    r = ping.finish()
-    tr.ping = r
-    tr.route_changes = len(lab.events_since(t, "route"))
-    tr.outage_s, _, _ = r.outage(t)
-    tr.lost = _lost_between(r, t, time.time())
-    return tr
+    return _count(lab, tr, ping, t)
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -135,10 +136,16 @@ class Daemon:
             state = self._claim_runtime_dir(notifier)
         except LockHeld as exc:
             print(f"nat-ha agent: {exc}", file=sys.stderr)
+            if os.environ.get("INVOCATION_ID"):  # a systemd unit: Restart= would retry this every 100 ms
+                time.sleep(1.0)
             return 1
         except OSError as exc:
-            print(f"nat-ha agent: runtime directory {self.runtime_dir}: {exc}", file=sys.stderr)
-            return 1
+            log.warning(
+                "cannot use the runtime directory %s (%s): a restart of this agent will start a new session",
+                self.runtime_dir,
+                exc,
+            )
+            state = None
         code = self._main(once, state, notifier)
         if state is not None and code is not None:
             if self.restart_requested.is_set() and not self.stop_requested.is_set():
