@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +48,39 @@ from coordinator.items import Health
 from coordinator.leases import Coordinator
 
 log = logging.getLogger("nat_ha.agent")
+
+
+class NextProcess:
+    """Before exiting for a restart: make what the next process needs that may be slow to make.
+
+    After an upgrade, its trimmed AWS models (agent/aws/models.py) may not exist yet: a child
+    running the code installed now makes them while this process goes on serving, so the next
+    one starts fast and resumes the session in time. :meth:`ready` is polled every cycle; it is
+    True once the child is done, failed, or overran ``timeout`` (killed: the next process then
+    resumes through a temporary client and makes the models itself).
+    """
+
+    def __init__(self, timeout: float = 20.0) -> None:
+        from agent.aws.models import ENSURE
+
+        self.deadline = time.monotonic() + timeout
+        try:
+            self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                [sys.executable, "-m", "agent.aws.models", ENSURE], stdin=subprocess.DEVNULL
+            )
+        except OSError as exc:
+            log.warning("cannot prepare the next agent process's AWS models (%s); exiting at once", exc)
+            self.proc = None
+
+    def ready(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            return True
+        if time.monotonic() > self.deadline:
+            log.warning("the next agent process's AWS models are not made in time; exiting anyway")
+            self.proc.kill()
+            self.proc.wait()
+            return True
+        return False
 
 
 def mismatch(recorded: Recorded | None, config: Config) -> str:
@@ -174,7 +209,12 @@ def resume(
     try:
         item = coordinator.resume_session(recorded.session)
     except SessionLost as exc:
-        log.info("%s; starting a new session (the route tables come back by the usual rules)", exc)
+        log.info(
+            "%s, %.2f s after this process started; starting a new session (the route tables come back by "
+            "the usual rules)",
+            exc,
+            seconds_since_exec(),
+        )
         return out
     except (StoreUnavailable, StoreConfigError) as exc:
         log.warning("cannot resume session %s (%s); starting a new session", recorded.session[:8], exc)

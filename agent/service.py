@@ -38,6 +38,7 @@ class ServiceLoop:
         self.next_at = monotonic()
         self.stop_requested = False
         self.restart_requested = False
+        self._restart_ready: Callable[[], bool] = lambda: True
         self.drain_deadline: float | None = None
 
     @property
@@ -48,14 +49,19 @@ class ServiceLoop:
         """SIGTERM: hand every route table over, then leave and exit (checked at the next step)."""
         self.stop_requested = True
 
-    def request_restart(self) -> None:
-        """SIGUSR2 (the unit's RestartKillSignal): exit without draining; a drain under way goes on."""
+    def request_restart(self, ready: Callable[[], bool] | None = None) -> None:
+        """SIGUSR2 (the unit's RestartKillSignal): exit without draining; a drain under way goes on.
+
+        ``ready``: polled before each cycle; cycles go on as usual until it says the next process
+        is prepared (agent.handoff.NextProcess), then the service exits.
+        """
         self.restart_requested = True
+        self._restart_ready = ready or (lambda: True)
 
     def step(self) -> Step:
         """Run one cycle; say when the next is due, or that the service should exit now."""
         agent = self.agent
-        if self.restart_requested and not self.stop_requested:
+        if self.restart_requested and not self.stop_requested and self._restart_ready():
             # No cycle: nothing is started that the next process would have to finish.
             kept = agent.renew_before_exit()
             log.info(

@@ -10,7 +10,9 @@ benchmark reads DynamoDB every 50 ms:
 * ``kill``: SIGKILL (a crash; its last renewal was up to heartbeat_interval before);
 * ``restart``: SIGUSR2 (``systemctl restart``: a last renewal, then exit);
 * ``cold``: SIGUSR2 with the trimmed service models deleted first (an upgrade that changes
-  botocore: the session is resumed through a temporary client, the models are made after).
+  botocore): the exiting agent has a child make them before it exits (agent.handoff.NextProcess);
+* ``cold_kill``: SIGKILL with the models deleted: the new process resumes through a temporary
+  client on botocore's full models and makes the trimmed ones afterwards.
 
 Per trial: ``exec_to_resume_s`` (from the new process's start to its resumed renewal, as the
 agent logs it), ``silence_s`` (the longest time DynamoDB showed NAT a's heartbeat unchanged:
@@ -43,7 +45,7 @@ if str(REPO) not in sys.path:
 
 from agent.lab.localgroup import LocalGroup  # noqa: E402
 
-SCENARIOS = ("kill", "restart", "cold")
+SCENARIOS = ("kill", "restart", "cold", "cold_kill")
 RESTART_SEC = 0.1  # deploy/systemd/nat-ha.service
 POLL = 0.05
 WATCH_S = 5.0
@@ -77,10 +79,10 @@ def trial(g: LocalGroup, scenario: str, models: Path) -> dict[str, Any]:
     session0 = before.members[me].session
     log_offset = nat.log_path.stat().st_size
     seen: list[tuple[float, int]] = [(time.monotonic(), before.members[me].version)]
-    if scenario == "cold":
+    if scenario.startswith("cold"):
         shutil.rmtree(models, ignore_errors=True)
     assert nat.proc is not None
-    nat.proc.send_signal(signal.SIGKILL if scenario == "kill" else signal.SIGUSR2)
+    nat.proc.send_signal(signal.SIGKILL if scenario.endswith("kill") else signal.SIGUSR2)
     nat.proc.wait(10)
     time.sleep(RESTART_SEC)
     g.restart_agent(me)

@@ -265,10 +265,24 @@ def _use_trimmed_endpoints(session: Any, path: Path) -> None:
     register("endpoint_resolver", EndpointResolver(data, uses_builtin_data=True))
 
 
+ENSURE = "--ensure"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``DIR``: write the trimmed models under DIR. ``--ensure``: make them in the cache if missing.
+
+    ``--ensure`` is what an agent exiting for a restart runs (agent/handoff.py): the child runs
+    the code installed *now* (after an upgrade: the new botocore and call list), so the next
+    process finds its models made.
+    """
     args = sys.argv[1:] if argv is None else argv
+    if args == [ENSURE]:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+        directory = trimmed_models_dir()
+        print(f"AWS service models for the next agent process: {directory or 'botocore full models'}", flush=True)
+        return 0
     if len(args) != 1:
-        print("usage: python -m agent.aws.models DIR", file=sys.stderr)
+        print(f"usage: python -m agent.aws.models DIR | {ENSURE}", file=sys.stderr)
         return 2
     print(write_trimmed(Path(args[0])))
     return 0

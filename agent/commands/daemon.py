@@ -280,6 +280,7 @@ class Daemon:
                 responder.stop()
 
     def _loop(self, agent: Any, notifier: Any, once: bool) -> int:
+        from agent.handoff import NextProcess
         from agent.service import ServiceLoop
 
         if once:
@@ -297,7 +298,7 @@ class Daemon:
                 loop.request_stop()
                 notifier.stopping("draining: handing route tables over")
             if self.restart_requested.is_set() and not loop.restart_requested:
-                loop.request_restart()
+                loop.request_restart(NextProcess().ready)
                 notifier.stopping("exiting for a restart: the next process takes the session over")
             step = loop.step()
             if not ready:

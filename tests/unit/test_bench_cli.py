@@ -29,7 +29,7 @@ BAD = [
         "--faults: agent_restart: only with --systemd (a unit restarts the agent)",
     ),
     ("restart", ["--trials", "0"], "--trials must be between 1 and 200"),
-    ("restart", ["--scenarios", "reboot"], "--scenarios: unknown reboot; choose from kill, restart, cold"),
+    ("restart", ["--scenarios", "reboot"], "--scenarios: unknown reboot; choose from kill, restart, cold, cold_kill"),
     ("sim", ["--bogus"], "unrecognized arguments: --bogus"),
     ("soak", ["--minutes", "0"], "--minutes must be in (0, 600]"),
     ("footprint", ["--seconds", "1"], "--seconds must be at least 4"),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
+from agent.aws.models import models_ready
 from agent.config import Config, Member, StoreConfig
-from agent.handoff import Keeper, mismatch
+from agent.handoff import Keeper, NextProcess, mismatch
 from agent.host.runstate import Recorded
 from coordinator.clock import SystemClock
 from coordinator.errors import SessionLost
@@ -82,3 +84,22 @@ def test_the_keeper_stops_when_a_peer_expired_the_session() -> None:
     with pytest.raises(SessionLost):
         c.heartbeat(OK)
     keeper.stop()
+
+
+def test_the_next_process_models_are_made_by_a_child_running_the_installed_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NAT_HA_MODEL_CACHE", str(tmp_path))
+    monkeypatch.delenv("NAT_HA_FULL_AWS_MODELS", raising=False)
+    nxt = NextProcess(timeout=120)
+    deadline = time.monotonic() + 120
+    while not nxt.ready() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert nxt.proc is not None and nxt.proc.returncode == 0
+    assert models_ready()  # what the next process checks first
+
+
+def test_the_next_process_is_not_waited_for_beyond_its_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NAT_HA_MODEL_CACHE", str(tmp_path / "cold"))
+    nxt = NextProcess(timeout=0.0)
+    assert nxt.ready() and nxt.proc is not None and nxt.proc.returncode is not None

@@ -95,3 +95,14 @@ def test_a_stop_wins_over_a_restart() -> None:
     step = loop.step()
     assert (step.exit_code, step.restart) == (0, False)
     assert agent.draining and agent.renewed_before_exit == 0 and agent.coordinator.session is None  # drained, left
+
+
+def test_a_restart_waits_for_the_next_process_to_be_prepared_cycling_meanwhile() -> None:
+    """After an upgrade the next process's AWS models are made first (agent.handoff.NextProcess): the
+    agent goes on serving until they are."""
+    clock, agent = Clock(), StubAgent(0.35)
+    loop = ServiceLoop(agent, 10.0, clock)  # type: ignore[arg-type]
+    answers = iter([False, False, True])
+    loop.request_restart(lambda: next(answers))
+    assert [loop.step().exit_code for _ in range(3)] == [None, None, 0]
+    assert agent.cycles == 2 and agent.renewed_before_exit == 1
