@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -26,15 +25,22 @@ pytestmark = pytest.mark.integration
 TOOK_OVER = "took over session"
 
 
-@pytest.fixture
-def group(tmp_path: Path) -> Iterator[LocalGroup]:
+@pytest.fixture(scope="module")
+def the_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGroup]:
+    """One group for the module (its start-up is most of the cost); the stop test runs last."""
     g = LocalGroup(
-        tmp_path / "group", n=2, metrics=False, runtime_dirs=True, probe_method="icmp",
+        tmp_path_factory.mktemp("restarts") / "group", n=2, metrics=False, runtime_dirs=True, probe_method="icmp",
         timing={"silent_owner_after": 6.0},
     )  # fmt: skip
     with g:
-        assert g.wait_for(g.at_home, 60, 0.3), "the group never settled"
         yield g
+
+
+@pytest.fixture
+def group(the_group: LocalGroup) -> LocalGroup:
+    g = the_group
+    assert g.wait_for(lambda: g.at_home() and all(g.alive(n.instance_id) for n in g.nats), 60, 0.3), "not settled"
+    return g
 
 
 def record(g: LocalGroup, instance: str) -> dict[str, object]:
@@ -52,6 +58,24 @@ def end(g: LocalGroup, instance: str, sig: int) -> int:
 
 def log_since(g: LocalGroup, instance: str, offset: int) -> str:
     return g.nat(instance).log_path.read_bytes()[offset:].decode(errors="replace")
+
+
+def test_a_second_agent_on_the_same_runtime_directory_is_refused(group: LocalGroup) -> None:
+    g = group
+    me = g.nats[0].instance_id
+    before = g.snapshot().members[me]
+    nat = g.nat(me)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.commands.cli", "agent", "--config", str(nat.config_path),
+         "--runtime-dir", str(g.runtime_dir(me))],
+        capture_output=True, text=True, timeout=60, env={**DUMMY_ENV, "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"nat-ha agent: another nat-ha agent (pid {nat.proc.pid if nat.proc else '?'}) runs with the runtime "
+        f"directory {g.runtime_dir(me)}"
+    )
+    assert g.alive(me) and g.snapshot().members[me].session == before.session
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGUSR2], ids=["kill", "restart"])
@@ -97,21 +121,3 @@ def test_a_stop_drains_and_forgets_so_the_next_start_is_a_new_session(group: Loc
         lambda: (m := g.snapshot().members[me]).state == "alive" and m.session != before.members[me].session, 30
     )
     assert TOOK_OVER not in log_since(g, me, offset)
-
-
-def test_a_second_agent_on_the_same_runtime_directory_is_refused(group: LocalGroup) -> None:
-    g = group
-    me = g.nats[0].instance_id
-    before = g.snapshot().members[me]
-    nat = g.nat(me)
-    proc = subprocess.run(
-        [sys.executable, "-m", "agent.commands.cli", "agent", "--config", str(nat.config_path),
-         "--runtime-dir", str(g.runtime_dir(me))],
-        capture_output=True, text=True, timeout=60, env={**DUMMY_ENV, "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    assert proc.returncode == 1
-    assert proc.stderr.strip() == (
-        f"nat-ha agent: another nat-ha agent (pid {nat.proc.pid if nat.proc else '?'}) runs with the runtime "
-        f"directory {g.runtime_dir(me)}"
-    )
-    assert g.alive(me) and g.snapshot().members[me].session == before.session
