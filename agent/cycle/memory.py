@@ -83,3 +83,6 @@ class Memory:
     paused: dict[str, str] = field(default_factory=dict)
     group_paused: str = ""
     last_paused: bool = False  # what our last heartbeat said
+    # A session taken over from an earlier process of this agent (agent/handoff.py): an EC2 write
+    # that process sent may land until then, so its tables settle no earlier.
+    predecessor_writes_until: float = -1e18

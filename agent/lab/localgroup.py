@@ -199,6 +199,9 @@ class LocalGroup:
     enis: dict[str, str] = field(default_factory=dict)  # instance id -> its ENI (egress)
     allocations: list[str] = field(default_factory=list)  # route table t's EIP allocation id (egress)
     _defer_configs: bool = False
+    # Give each agent a runtime directory (what systemd's RuntimeDirectory= is to the unit): a
+    # restarted agent process takes its predecessor's session over (agent/handoff.py).
+    runtime_dirs: bool = False
     nats: list[Nat] = field(default_factory=list)
     moto: MotoServer | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -439,14 +442,19 @@ class LocalGroup:
 
         record = {RECORD_ENV: str(self.calls_path(nat.instance_id))}
         env = {**os.environ, **DUMMY_ENV, **self.extra_env, **record, **nat.env}
+        run_dir = ["--runtime-dir", str(self.runtime_dir(nat.instance_id))] if self.runtime_dirs else []
         with open(nat.log_path, "ab") as log:
             nat.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent.commands.cli", "agent", "--config", str(nat.config_path)],
+                [sys.executable, "-m", "agent.commands.cli", "agent", "--config", str(nat.config_path), *run_dir],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
             )
         nat.starts += 1
+
+    def runtime_dir(self, instance_id: str) -> Path:
+        """This NAT's agents' runtime directory (with ``runtime_dirs``)."""
+        return self.workdir / f"run-{instance_id}"
 
     def nat(self, instance_id: str) -> Nat:
         return next(n for n in self.nats if n.instance_id == instance_id)
