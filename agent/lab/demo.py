@@ -19,6 +19,7 @@ import argparse
 import json
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -198,8 +199,9 @@ def main(workdir: Path, args: argparse.Namespace) -> int:
         return 1
 
 
-def keep_running(g: Any, console: Any) -> None:
-    """``--keep``: leave the group running and say how to try the operator commands on it, until Ctrl-C."""
+def keep_running(g: Any, console: Any, stop: threading.Event | None = None) -> None:
+    """``--keep``: leave the group running and say how to try the operator commands on it, until Ctrl-C
+    (or ``stop``)."""
     from agent.lab.localgroup import DUMMY_ENV
 
     a, b = g.nats[0], g.nats[1]
@@ -218,11 +220,13 @@ def keep_running(g: Any, console: Any) -> None:
     console.print(
         f"  (agent logs: {g.workdir})",
     )
+    stop = stop or threading.Event()
     try:
-        while True:
-            time.sleep(1.0)
+        while not stop.wait(1.0):
+            pass
     except KeyboardInterrupt:
-        console.print("stopping the group")
+        pass
+    console.print("stopping the group")
 
 
 def show(g: Any, console: Any, deadline: float) -> tuple[bool, Timeline]:

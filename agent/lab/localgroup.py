@@ -202,6 +202,7 @@ class LocalGroup:
     # Give each agent a runtime directory (what systemd's RuntimeDirectory= is to the unit): a
     # restarted agent process takes its predecessor's session over (agent/handoff.py).
     runtime_dirs: bool = False
+    drain_timeout: float = 0.0  # the agents' --drain-timeout (0: their default, 15 s)
     nats: list[Nat] = field(default_factory=list)
     moto: MotoServer | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -443,6 +444,8 @@ class LocalGroup:
         record = {RECORD_ENV: str(self.calls_path(nat.instance_id))}
         env = {**os.environ, **DUMMY_ENV, **self.extra_env, **record, **nat.env}
         run_dir = ["--runtime-dir", str(self.runtime_dir(nat.instance_id))] if self.runtime_dirs else []
+        if self.drain_timeout:
+            run_dir += ["--drain-timeout", str(self.drain_timeout)]
         with open(nat.log_path, "ab") as log:
             nat.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent.commands.cli", "agent", "--config", str(nat.config_path), *run_dir],
