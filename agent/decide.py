@@ -2,7 +2,7 @@
 
 Like Patroni's ``run_cycle``, it returns the actions to take and one line that
 says why, and tests assert on that line. No I/O here: AWS, sockets and time are
-passed in. The rules (DESIGN.md):
+passed in. The rules:
 
 * Only the holder of a route table's lease (owner + *this* session, still valid)
   moves its route; ownership changes only through the coordinator's conditional

@@ -1,8 +1,8 @@
 """The network-namespace lab: real packets through real NATs, moto as EC2 and DynamoDB.
 
 Root only. Used by ``tests/lab``, ``bench/failover.py``, ``bench/soak.py`` and
-``nat-ha demo --netns``. The topology is the routed one of research/lab.md §1b,
-one AZ per NAT (i = 0, 1, 2 ...)::
+``nat-ha demo --netns``. The topology is routed (a VPC router namespace between the private
+hosts and the NATs, as a VPC's route tables are), one AZ per NAT (i = 0, 1, 2 ...)::
 
     priv<i> 10.0.<1+i>.10 --- vpc (router: ip rule from 10.0.<1+i>.0/24 -> table 10<1+i>)
                                  |  10.0.<11+i>.1
@@ -23,8 +23,8 @@ cleared, ip_forward on, links up, routes back). It prints one JSON line per
 change; the lab kills a stopped instance's agent and starts it again when the
 instance runs again.
 
-``egress_ip="follow"`` models AWS's internet gateway too (research/aws-realism.md, "Keeping
-the egress IP across AZs")::
+``egress_ip="follow"`` models AWS's internet gateway too: it translates a private address to the
+Elastic IP associated with it and drops traffic from an address with none::
 
     nat<i> pub0 10.0.<100+i>.10 (+ one address per route table, setup-nat) --- igw --- inet br0
 

@@ -1,6 +1,6 @@
 """Lab machines with a real systemd: Debian bookworm containers under ``systemd-nspawn``.
 
-Root only. The recipe is research/systemd-container.md: a ``debootstrap`` rootfs, booted with
+Root only. A ``debootstrap`` rootfs, booted with
 ``systemd-nspawn -b --register=no --keep-unit`` (this machine has no host systemd or machined)
 and driven with ``nsenter -t <container PID 1> -a``. Three layers, each an overlayfs lower of the
 next, so nothing below is ever written:

@@ -6,7 +6,7 @@ checked by tests/integration/history.py: one owner per (route table, term), no
 version written twice, no lost update, terms only go up, and no two workers
 believed they might act on a route table at the same instant.
 
-moto has no lock around check-then-write (research/lease-and-libs.md §4.1), so
+moto has no lock around check-then-write (its conditional writes are checked, then applied), so
 a violation seen only on moto would be moto's race, not ours; the same strict
 assertions are applied to both because none has been observed on moto: neither
 in this test (8 s × 3 workers) nor in 20 s runs of 8 workers. (Those longer runs

@@ -3,7 +3,7 @@
 The agent's real adapter (``agent.aws.ec2.Ec2``) runs unchanged on top of
 :class:`SimEc2Client`, which has the botocore client's methods and raises
 botocore's own exceptions. What real EC2 does that moto does not is modelled
-here (research/aws-realism.md):
+here (from AWS's documentation and published behaviour):
 
 * every call takes virtual time and other agents run meanwhile; the request
   leaves the client at one instant (right after the fence's lease check, unless

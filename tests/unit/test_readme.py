@@ -29,3 +29,23 @@ def test_every_subcommand_is_documented() -> None:
 
     for name in COMMANDS:
         assert f"`nat-ha {name}" in README, f"nat-ha {name} is not in the README's command table"
+
+
+def test_no_file_cites_what_is_not_in_the_repository() -> None:
+    """A user has the repository, not the notes it was written from: no DESIGN.md, research/ or ../shared."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=ROOT, check=True).stdout.split()
+    pattern = re.compile(r"DESIGN\.md|\bresearch/|\.\./shared")
+    me = Path(__file__).resolve()
+    found = []
+    for name in files:
+        path = ROOT / name
+        if path.resolve() == me or path.suffix not in {".md", ".py", ".yml", ".yaml", ".toml", ".sh", ".json", ""}:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        found += [f"{name}:{n}" for n, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
+    assert not found, f"references to files outside the repository: {found}"
