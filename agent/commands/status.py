@@ -380,6 +380,8 @@ def collect_within(target: targets.Target | Config, seconds: float) -> dict[str,
     connections and never answers held ``status`` for 3 x 5 s; the whole command gets one deadline.
     The worker thread is a daemon: a call still hanging at the deadline dies with the process.
     """
+    import agent.runtime  # noqa: F401  # botocore's load is not AWS's answer: before the clock starts
+
     steps = Steps()
     out: dict[str, Any] = {}
 
