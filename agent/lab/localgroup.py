@@ -398,8 +398,11 @@ class LocalGroup:
             f'format = "{self.log_format}"',
             "",
         ]
-        for other in self.nats:
-            lines += member_toml(other, "127.0.0.1", other.probe_port, eni=self.enis.get(other.instance_id, ""))
+        for i, other in enumerate(self.nats):
+            # tcp-echo: one address, a port per NAT (its agent answers there). ICMP: an address of its own
+            # per NAT - every 127.x address answers on loopback - as each peer has its own in a VPC.
+            address = "127.0.0.1" if self.probe_method == "tcp-echo" else f"127.0.0.{1 + i}"
+            lines += member_toml(other, address, other.probe_port, eni=self.enis.get(other.instance_id, ""))
         if self.egress:
             lines += self._egress_tables_toml()
         return "\n".join(lines)
