@@ -331,7 +331,13 @@ def assert_status_finds_the_group(
     assert all(m["state"] == "absent" for m in found["members"])
     got = {t["route_table"]: (t["home"], t["ec2_target"], t["ec2_state"]) for t in found["route_tables"]}
     assert got == {rtb: (nat, nat, "active") for rtb, nat in homes.items()}
-    assert sorted(found["problems"]) == sorted(f"{rtb}: no live owner" for rtb in homes)
+    assert sorted(found["problems"]) == sorted(
+        [
+            *(f"{rtb}: no live owner (nobody holds it): nothing keeps its route on a healthy NAT" for rtb in homes),
+            *(f"{nat}: no heartbeat item: its agent never ran (or its item was deleted)" for nat in azs),
+            f"no redundancy: no member can serve a route table (of {len(azs)} members)",
+        ]
+    )
 
 
 # -------------------------------------------------------------------------- tests
@@ -567,7 +573,7 @@ def test_existing_vpc_stack_in_moto_before_and_after_tagging(moto: ServerProcess
     assert code == 1, stderr
     assert sorted(m["instance_id"] for m in found["members"]) == sorted(nat_ids)
     assert found["route_tables"] == []
-    (problem,) = found["problems"]
+    problem = found["problems"][0]  # then: no agent runs in moto (each member, and no redundancy)
     assert problem.startswith(f"no route tables: none is tagged nat-ha:group={group}")
     assert "aws ec2 create-tags" in problem and "TagRouteTables" in problem
 
