@@ -42,7 +42,6 @@ EVENTS = (
     "last_resort",  # a route table moved to the last-resort NAT gateway
     "foreign_change",  # someone else changed a held table's route or Elastic IP; the holder wrote it back
     "peer_restart",  # a dead peer was stopped, or started again
-    "agent_start",  # an agent started a session
     "session_lost",  # an agent found its session expired by a peer
     "agent_stop",  # an agent stopped (SIGTERM: it handed its tables over first)
     "drain",  # the operators' requests, and their ends

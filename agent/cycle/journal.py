@@ -2,8 +2,10 @@
 
 The agent's ``on_event`` sink: each event that an on-call engineer asks about at 3 a.m. - a
 failover, a fail-back, a hand-over, the last resort, a foreign change, a peer restart, a session
-lost or started - becomes one entry, queued for the history writer's own thread
-(:class:`coordinator.history.HistoryWriter`): never a store call on the cycle's path.
+lost - becomes one entry, queued for the history writer's own thread
+(:class:`coordinator.history.HistoryWriter`): never a store call on the cycle's path. A start is
+not an entry: an idle agent never starts the writer's thread and connection (the footprint
+budget), and the stop before it is.
 """
 
 from __future__ import annotations
@@ -43,7 +45,5 @@ class Journal:
             record("peer_restart", str(data.get("peer", "")), detail=f"stopping (attempt {data.get('attempt', '?')})")
         elif kind == "peer_started":
             record("peer_restart", str(data.get("peer", "")), detail="running again")
-        elif kind == "session_started":
-            record("agent_start", self.writer.writer)
         elif kind == "session_lost":
             record("session_lost", self.writer.writer, why="a peer expired it")

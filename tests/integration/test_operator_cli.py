@@ -238,7 +238,7 @@ def test_history_says_what_happened_who_and_how_long(group: LocalGroup) -> None:
     assert done.returncode == 0, done.stderr
     events = json.loads(done.stdout)["events"]
     kinds = [e["event"] for e in events]
-    for kind in ("failover", "failback", "pause", "resume", "pin", "unpin", "drain", "undrain", "agent_start"):
+    for kind in ("failover", "failback", "pause", "resume", "pin", "unpin", "drain", "undrain"):
         assert kind in kinds, (kind, kinds)
     pause = next(e for e in events if e["event"] == "pause")
     assert (pause["by"], pause["why"], pause["target"]) == ("alice@laptop", "maintenance window", "group")
