@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("agent.commands.status", "show the group: members, health, owners, terms, EC2 routes"),
     "drain": ("agent.commands.control", "hand every route table of an instance to healthy peers"),
     "switchover": ("agent.commands.control", "move one route table to a named instance"),
+    "iam-policy": ("agent.commands.iam_policy", "print the IAM policy for a group and table, ready to attach"),
+    "files": ("agent.commands.iam_policy", "print where the deploy files (units, policies, templates) are installed"),
     "setup-nat": ("agent.commands.setup_nat", "configure this host as a NAT (ip_forward, masquerade), idempotently"),
     "demo": ("agent.commands.demo", "run a 3-AZ NAT group on this machine (moto) and kill one NAT"),
 }
