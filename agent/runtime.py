@@ -14,6 +14,7 @@ from agent.aws.ec2 import Ec2, Ec2Error
 from agent.aws.imds import ImdsError, account_id, identity, instance_arn
 from agent.aws.models import botocore_session
 from agent.config import Config, ConfigError, egress_problems, with_discovered
+from agent.members import Membership, derive_egress
 from coordinator.clock import Clock, SystemClock
 from coordinator.dynamo import DynamoSettings, DynamoStore
 from coordinator.instrument import CallObserver
@@ -69,24 +70,11 @@ def resolve(
         egress=config.egress(),
     )
     if config.members_from_tags:
-        try:
-            found = ec2.discover(config.group, with_eni=config.egress_follow)
-        except Ec2Error as exc:
-            raise ConfigError([f"members_from_tags: cannot discover members: {exc}"]) from None
-        if len(found) < 2:
-            raise ConfigError(
-                [
-                    f"members_from_tags: found {len(found)} instance(s) tagged nat-ha:group="
-                    f"{config.group}; a group needs at least two"
-                ]
-            )
-        config = with_discovered(config, members=tuple(found))
-        ec2.members = {m.instance_id: m for m in config.members}
-        problems = egress_problems(config)  # [[egress.tables]] against the discovered members
-        if problems:
-            raise ConfigError(problems)
+        config = discovered(config, ec2)
     if need_identity and config.member(config.instance_id) is None:
         raise ConfigError([f"instance_id: {config.instance_id} is not a member of group {config.group}"])
+    ec2.members = {m.instance_id: m for m in config.members}
+    ec2.egress = config.egress()
     store = DynamoStore(
         DynamoSettings(
             table=config.store.table,
@@ -109,6 +97,34 @@ def resolve(
                 raise ConfigError([f"ec2.account_id: not set and {exc} (needed for ec2.holder_tag)"]) from None
         holder = instance_arn(config.instance_id, region, account)
     return Runtime(config, store, ec2, holder)
+
+
+def discovered(config: Config, ec2: Ec2) -> Config:
+    """``config`` with its members, homes and egress addresses as EC2's tags show them now.
+
+    One instance is enough to start: in a stack the NATs start one after another, and the
+    agent learns of its peers while it runs (agent.memberwatch).
+    """
+    try:
+        found = ec2.discover(config.group, with_eni=config.egress_follow)
+    except Ec2Error as exc:
+        raise ConfigError([f"members_from_tags: cannot discover members: {exc}"]) from None
+    if not found.members:
+        raise ConfigError([f"members_from_tags: no instance is tagged nat-ha:group={config.group}"])
+    return apply_membership(config, found)
+
+
+def apply_membership(config: Config, found: Membership) -> Config:
+    """``config`` with the members of ``found``; the egress addresses derived for them (agent.members).
+
+    Raises :class:`ConfigError` when egress_ip = follow cannot work with these members.
+    """
+    tables = derive_egress(config.egress_tables, found.members) if config.egress_follow else config.egress_tables
+    out = with_discovered(config, members=found.members, homeless=found.homeless, egress_tables=tables)
+    problems = egress_problems(out)  # [[egress.tables]] against the discovered members
+    if problems:
+        raise ConfigError(problems)
+    return out
 
 
 def coordinator_for(rt: Runtime, clock: Clock | None = None, lease_s: float | None = None) -> Coordinator:

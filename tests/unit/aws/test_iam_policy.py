@@ -149,7 +149,7 @@ def _drive_representative_calls() -> None:
             from agent.aws.fence import Fence, FenceTiming
             from agent.config import EgressTable
 
-            members = {m.instance_id: m for m in Ec2(REGION, timeout=5).discover(GROUP, with_eni=True)}
+            members = {m.instance_id: m for m in Ec2(REGION, timeout=5).discover(GROUP, with_eni=True).members}
             eni = members[a].eni
             raw.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=["10.0.1.200"])
             eip = [{"ResourceType": "elastic-ip", "Tags": [{"Key": "nat-ha:group", "Value": GROUP}]}]
