@@ -369,6 +369,33 @@ class Metrics:
             self.decision_of[d].set(0)
         self._decided = None
 
+    def forget(self, peers: list[str], route_tables: list[str]) -> int:
+        """Drop every series of peers and route tables that left the group; returns how many.
+
+        A replaced NAT has a new instance id: the old one's series would otherwise stay at their
+        last values for ever (a peer "down" that no longer exists keeps an alert firing).
+        """
+        gone_peers, gone_tables = set(peers), set(route_tables)
+        dropped = 0
+        for collector in list(self.registry._collector_to_names):  # every metric of this agent's registry
+            names = getattr(collector, "_labelnames", ())
+            children = getattr(collector, "_metrics", None)
+            if not names or children is None or not isinstance(collector, (Gauge, Counter, Histogram)):
+                continue
+            for values in list(children):
+                labels = dict(zip(names, values, strict=True))
+                instances = {labels.get(k) for k in ("peer", "owner", "target")}
+                if labels.get("route_table") in gone_tables or gone_peers.intersection(instances):
+                    collector.remove(*values)
+                    dropped += 1
+        gone = gone_peers | gone_tables
+        for cache in vars(self).values():  # the hot paths' child caches (Children*): resolve again if needed
+            if isinstance(cache, (Children, Children2, Children3)):
+                stale: list[Any] = [k for k in cache if gone.intersection(k if isinstance(k, tuple) else (k,))]
+                for key in stale:
+                    cache.pop(key)
+        return dropped
+
     def put(self, gauge: Gauge, value: float) -> None:
         """Set ``gauge`` to ``value`` unless put() already did: a dict hit instead of a lock.
 

@@ -111,20 +111,18 @@ def discovered(config: Config, ec2: Ec2) -> Config:
         raise ConfigError([f"members_from_tags: cannot discover members: {exc}"]) from None
     if not found.members:
         raise ConfigError([f"members_from_tags: no instance is tagged nat-ha:group={config.group}"])
-    return apply_membership(config, found)
-
-
-def apply_membership(config: Config, found: Membership) -> Config:
-    """``config`` with the members of ``found``; the egress addresses derived for them (agent.members).
-
-    Raises :class:`ConfigError` when egress_ip = follow cannot work with these members.
-    """
-    tables = derive_egress(config.egress_tables, found.members) if config.egress_follow else config.egress_tables
-    out = with_discovered(config, members=found.members, homeless=found.homeless, egress_tables=tables)
-    problems = egress_problems(out)  # [[egress.tables]] against the discovered members
+    out, problems = with_membership(config, found)
     if problems:
         raise ConfigError(problems)
     return out
+
+
+def with_membership(config: Config, found: Membership) -> tuple[Config, list[str]]:
+    """``config`` with the members of ``found`` and the egress addresses derived for them (agent.members),
+    and what keeps egress_ip = follow from working with these members (one line each)."""
+    tables = derive_egress(config.egress_tables, found.members) if config.egress_follow else config.egress_tables
+    out = with_discovered(config, members=found.members, homeless=found.homeless, egress_tables=tables)
+    return out, egress_problems(out)
 
 
 def coordinator_for(rt: Runtime, clock: Clock | None = None, lease_s: float | None = None) -> Coordinator:
