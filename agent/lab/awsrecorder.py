@@ -5,7 +5,7 @@ runs in) and answers CloudFormation's ``SignalResource`` and Auto Scaling's
 ``CompleteLifecycleAction`` - both AWS query protocol: a form-encoded POST, an XML answer - as AWS
 does when they succeed, and appends one JSON line per call to FILE: the action and its parameters
 (``{"Action": "SignalResource", "StackName": ..., "Status": "SUCCESS", ...}``). moto implements
-neither. Point a client at it with ``AWS_ENDPOINT_URL_CLOUDFORMATION`` / ``AWS_ENDPOINT_URL_AUTOSCALING``.
+neither. Point a client at it with ``AWS_ENDPOINT_URL_CLOUDFORMATION`` / ``AWS_ENDPOINT_URL_AUTO_SCALING``.
 What it does not check: signatures (moto does not either) and whether the stack or the group exists.
 It exits when its parent is gone; :class:`Recorder` is the same in a thread, for tests.
 """

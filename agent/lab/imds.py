@@ -25,7 +25,11 @@ ADDRESS = "169.254.169.254"
 ROLE = "nat-ha-lab"
 
 
-def make_handler(instance_id: str, region: str, az: str) -> type[BaseHTTPRequestHandler]:
+def make_handler(
+    instance_id: str, region: str, az: str, lifecycle: str = ""
+) -> type[BaseHTTPRequestHandler]:
+    """``lifecycle``: a file whose text is served as autoscaling/target-lifecycle-state (absent: 404,
+    as for an instance in no Auto Scaling group); a test writes "Terminated" into it."""
     tokens: set[str] = set()
 
     class Handler(BaseHTTPRequestHandler):
@@ -68,6 +72,11 @@ def make_handler(instance_id: str, region: str, az: str) -> type[BaseHTTPRequest
                 ),
             }
             body = meta.get(self.path)
+            if self.path == "/latest/meta-data/autoscaling/target-lifecycle-state" and lifecycle:
+                try:
+                    body = open(lifecycle).read().strip()  # noqa: SIM115
+                except OSError:
+                    body = None
             if body is None:
                 self._send(404, "not found")
             else:
@@ -86,9 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--az", required=True)
     p.add_argument("--address", default=ADDRESS)
     p.add_argument("--port", type=int, default=80)
+    p.add_argument("--lifecycle-file", default="", help="serve its text as autoscaling/target-lifecycle-state")
     args = p.parse_args(argv)
+    handler = make_handler(args.instance_id, args.region, args.az, args.lifecycle_file)
     try:
-        server = ThreadingHTTPServer((args.address, args.port), make_handler(args.instance_id, args.region, args.az))
+        server = ThreadingHTTPServer((args.address, args.port), handler)
     except OSError as exc:
         print(f"imds: cannot listen on {args.address}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 1
