@@ -30,10 +30,32 @@ STACK_RE = re.compile(r"^(arn:aws[a-z-]*:cloudformation:[^ ]+|[A-Za-z][A-Za-z0-9
 LOGICAL_RE = re.compile(r"^[A-Za-z0-9]{1,255}$")
 
 
+# ------------------------------------------------------------------------ slots
+def slot(subnets: str) -> int:
+    """Which of the stack's NAT subnets (comma separated, in AZ order) this instance is in: 1, 2, ...
+
+    The stacks' NATs share one launch template, so the user data finds its Auto Scaling group (and
+    its Elastic IP) by its own subnet: the N-th subnet is NatGroupN's. Raises UsageError when the
+    instance is in none of them, ImdsError when IMDS does not answer.
+    """
+    from agent.aws.imds import fetch
+
+    (mac,) = fetch(["mac"]).values()
+    path = f"network/interfaces/macs/{mac}/subnet-id"
+    mine = fetch([path])[path]
+    listed = [x.strip() for x in subnets.split(",") if x.strip()]
+    if mine not in listed:
+        raise UsageError(f"--subnets: this instance's subnet {mine} is not one of {', '.join(listed) or 'none'}")
+    return listed.index(mine) + 1
+
+
 # ----------------------------------------------------------------------- signal
 def add_arguments_signal(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stack", required=True, help="the stack's name or id")
-    p.add_argument("--resource", required=True, help="the logical id of the resource to signal (the NAT's group)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--resource", help="the logical id of the resource to signal (the NAT's group)")
+    target.add_argument("--resource-prefix", help="signal PREFIX<N>: N is where this instance's subnet is in --subnets")
+    p.add_argument("--subnets", default="", help="the NAT subnets in AZ order, comma separated")
     p.add_argument("--region", required=True)
     p.add_argument("--status", required=True, choices=("SUCCESS", "FAILURE"))
     p.add_argument("--reason", default="", help="why (printed here; SignalResource carries no reason)")
@@ -46,8 +68,15 @@ def run_signal(args: argparse.Namespace) -> int:
 
     if not STACK_RE.match(args.stack):
         raise UsageError(f"--stack: {args.stack!r} is not a stack name or id")
-    if not LOGICAL_RE.match(args.resource):
-        raise UsageError(f"--resource: {args.resource!r} is not a logical resource id")
+    resource = args.resource
+    if resource is None:
+        try:
+            resource = f"{args.resource_prefix}{slot(args.subnets)}"
+        except ImdsError as exc:
+            print(f"nat-ha signal: cannot tell which group this instance is in: {exc}", file=sys.stderr)
+            return 1
+    if not LOGICAL_RE.match(resource):
+        raise UsageError(f"--resource: {resource!r} is not a logical resource id")
     unique = args.instance_id
     if not unique:
         try:
@@ -59,13 +88,13 @@ def run_signal(args: argparse.Namespace) -> int:
             unique = "unknown-instance"  # a failure still fails the resource, whoever sends it
     try:
         plain_client("cloudformation", args.region).signal_resource(
-            StackName=args.stack, LogicalResourceId=args.resource, UniqueId=unique, Status=args.status
+            StackName=args.stack, LogicalResourceId=resource, UniqueId=unique, Status=args.status
         )
     except Exception as exc:  # botocore's errors, one line
         print(f"nat-ha signal: SignalResource {args.status} failed: {exc}", file=sys.stderr)
         return 1
     why = f": {args.reason}" if args.reason else ""
-    print(f"signalled {args.status} to {args.resource} of {args.stack} for {unique}{why}")
+    print(f"signalled {args.status} to {resource} of {args.stack} for {unique}{why}")
     return 0
 
 
@@ -122,7 +151,10 @@ def run_wait_healthy(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- claim-address
 def add_arguments_claim_address(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allocation-id", required=True, help="the Elastic IP (eipalloc-...)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--allocation-id", help="the Elastic IP (eipalloc-...)")
+    which.add_argument("--allocation-ids", help="one per NAT subnet, comma separated: the one of this NAT's subnet")
+    p.add_argument("--subnets", default="", help="the NAT subnets in AZ order, comma separated (with --allocation-ids)")
     p.add_argument("--region", required=True)
     p.add_argument("--wait", type=float, default=600.0, metavar="SECONDS",
                    help="how long to wait for another instance to let it go (default 600)")  # fmt: skip
@@ -132,13 +164,21 @@ def run_claim_address(args: argparse.Namespace) -> int:
     from agent.aws.imds import ImdsError, identity
     from agent.aws.lifecycle import plain_client
 
-    if not EIPALLOC_RE.match(args.allocation_id):
-        raise UsageError(f"--allocation-id: {args.allocation_id!r} is not an allocation id (eipalloc-...)")
     try:
         me = identity()[0]
+        allocation = args.allocation_id
+        if allocation is None:
+            listed = [x.strip() for x in args.allocation_ids.split(",")]
+            n = slot(args.subnets)
+            if n > len(listed):
+                raise UsageError(f"--allocation-ids: no allocation id for subnet {n} of --subnets")
+            allocation = listed[n - 1]
     except ImdsError as exc:
         print(f"nat-ha claim-address: cannot tell which instance this is: {exc}", file=sys.stderr)
         return 1
+    if not EIPALLOC_RE.match(allocation):
+        raise UsageError(f"--allocation-id: {allocation!r} is not an allocation id (eipalloc-...)")
+    args.allocation_id = allocation
     ec2 = plain_client("ec2", args.region)
     deadline = time.monotonic() + args.wait
     while True:
