@@ -29,6 +29,7 @@ class Runtime:
     store: DynamoStore
     ec2: Ec2
     holder: str = ""  # this instance's ARN for the route tables' holder tag ("": no tagging)
+    problems: tuple[str, ...] = ()  # what the discovered members break (egress): listed by status, fatal to the agent
 
 
 def resolve(
@@ -69,8 +70,11 @@ def resolve(
         on_call=ec2_on_call,
         egress=config.egress(),
     )
+    problems: list[str] = []
     if config.members_from_tags:
-        config = discovered(config, ec2)
+        config, problems = discovered(config, ec2)
+        if problems and not operator:
+            raise ConfigError(problems)
     if need_identity and config.member(config.instance_id) is None:
         raise ConfigError([f"instance_id: {config.instance_id} is not a member of group {config.group}"])
     ec2.members = {m.instance_id: m for m in config.members}
@@ -96,11 +100,12 @@ def resolve(
             except ImdsError as exc:
                 raise ConfigError([f"ec2.account_id: not set and {exc} (needed for ec2.holder_tag)"]) from None
         holder = instance_arn(config.instance_id, region, account)
-    return Runtime(config, store, ec2, holder)
+    return Runtime(config, store, ec2, holder, tuple(problems))
 
 
-def discovered(config: Config, ec2: Ec2) -> Config:
-    """``config`` with its members, homes and egress addresses as EC2's tags show them now.
+def discovered(config: Config, ec2: Ec2) -> tuple[Config, list[str]]:
+    """``config`` with its members, homes and egress addresses as EC2's tags show them now, and what
+    those members break (egress_problems: the agent refuses to start, ``nat-ha status`` lists them).
 
     One instance is enough to start: in a stack the NATs start one after another, and the
     agent learns of its peers while it runs (agent.memberwatch).
@@ -111,10 +116,7 @@ def discovered(config: Config, ec2: Ec2) -> Config:
         raise ConfigError([f"members_from_tags: cannot discover members: {exc}"]) from None
     if not found.members:
         raise ConfigError([f"members_from_tags: no instance is tagged nat-ha:group={config.group}"])
-    out, problems = with_membership(config, found)
-    if problems:
-        raise ConfigError(problems)
-    return out
+    return with_membership(config, found)
 
 
 def with_membership(config: Config, found: Membership) -> tuple[Config, list[str]]:

@@ -309,6 +309,15 @@ def status(server: ServerProcess, config: Path) -> tuple[int, dict[str, Any], st
     return done.returncode, (json.loads(done.stdout) if done.stdout else {}), done.stderr
 
 
+def discover_check(server: ServerProcess, config: Path) -> subprocess.CompletedProcess[str]:
+    """``nat-ha check-config --discover``: the members found in moto, checked as status and the agent do."""
+    env = {**child_env(), "AWS_ENDPOINT_URL": server.url, "AWS_EC2_METADATA_DISABLED": "true"}
+    return subprocess.run(
+        [sys.executable, "-m", "agent.commands.cli", "check-config", "--quiet", "--discover", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+
+
 def check_config(config: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "agent.commands.cli", "check-config", "--quiet", "--config", str(config)],
@@ -498,6 +507,18 @@ def test_vpc_stack_egress_follow_in_moto(moto: ServerProcess, tmp_path: Path) ->
 
     cfg = load_config(config)
     assert [(e.route_table, e.allocation_id) for e in cfg.egress_tables] == list(allocs.items())
+    assert discover_check(moto, config).returncode == 0
+
+    # A NAT without its third secondary address: check-config --discover and status say the same thing.
+    last = stack["nat_ids"][2]
+    (nic,) = instances(moto, [last])[last]["NetworkInterfaces"]
+    ec2.unassign_private_ip_addresses(NetworkInterfaceId=nic["NetworkInterfaceId"],
+                                      PrivateIpAddresses=[secondaries[last][2]])  # fmt: skip
+    refused = discover_check(moto, config)
+    problem = f"egress.tables[2].addresses: no address for member {last}"
+    assert refused.returncode == 2 and f"{config}: {problem}" in refused.stderr, refused.stderr
+    code, found, stderr = status(moto, config)
+    assert code == 1 and problem in found["problems"], found.get("problems", stderr)
 
 
 def _existing_vpc(server: ServerProcess) -> dict[str, Any]:
