@@ -491,6 +491,9 @@ def bake_image(workdir: Path, netns: str, group: str = "lab", region: str = "us-
     base = ensure_rootfs(log)
     bundle = build_bundle(cache_root() / "release")
     ct = Container("bake", [base], workdir, netns=netns, binds_ro=[(bundle.path.parent, RELEASE_IN_CONTAINER)])
+    # The lab's containers have no DNS (their AWS endpoints are addresses): a name lookup fails at once
+    # on loopback instead of after the resolver's timeouts (the bake's agent looks up EC2's name).
+    ct.write("/etc/resolv.conf", "nameserver 127.0.0.1\noptions attempts:1 timeout:1\n")
     script = userdata.render(group=group, region=region, table=table, artifact=bundle.url, sha256=bundle.sha256)
     try:
         with lab_aws(netns, "i-0bake0000000000001", workdir) as signals:
