@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from agent.lab.stubserver import serve_until_orphaned
 
 NAMESPACES = {
     "SignalResource": "http://cloudformation.amazonaws.com/doc/2010-05-15/",
@@ -95,19 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    try:
-        server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args.out))
-    except OSError as exc:
-        print(f"awsrecorder: cannot listen on 127.0.0.1:{args.port}: {exc.strerror}", file=sys.stderr)
-        return 1
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="awsrecorder", daemon=True).start()
-    print("ready", flush=True)
-    parent = os.getppid()
-    while os.getppid() == parent:  # bounded by its parent's life
-        time.sleep(0.5)
-    server.shutdown()
-    return 0
+    return serve_until_orphaned("awsrecorder", "127.0.0.1", args.port, make_handler(args.out))
 
 
 if __name__ == "__main__":

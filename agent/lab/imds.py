@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import sys
-import threading
-import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from agent.lab.stubserver import serve_until_orphaned
 
 ADDRESS = "169.254.169.254"
 ROLE = "nat-ha-lab"
@@ -105,19 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subnet-id", default="subnet-lab1", help="the subnet of its network interface")
     args = p.parse_args(argv)
     handler = make_handler(args.instance_id, args.region, args.az, args.lifecycle_file, args.subnet_id)
-    try:
-        server = ThreadingHTTPServer((args.address, args.port), handler)
-    except OSError as exc:
-        print(f"imds: cannot listen on {args.address}:{args.port}: {exc.strerror}", file=sys.stderr)
-        return 1
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="imds", daemon=True).start()
-    print("ready", flush=True)
-    parent = os.getppid()
-    while os.getppid() == parent:  # bounded by its parent's life
-        time.sleep(0.5)
-    server.shutdown()
-    return 0
+    return serve_until_orphaned("imds", args.address, args.port, handler)
 
 
 if __name__ == "__main__":

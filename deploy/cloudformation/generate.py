@@ -148,23 +148,27 @@ def nat_group(i, subnet, three, needs=()):
 """
 
 
-def nat_eip(i, three):
-    """AZ i's own Elastic IP (EgressIp=off): its NAT claims it at first boot (nat-ha claim-address)."""
-    cond = "ThreeAzsEgressOff" if three else "EgressOff"
-    return f"""  NatEip{i}:
+def eip(name, cond, label, tag, value):
+    """An Elastic IP of the group, created unassociated, tagged with what it belongs to."""
+    return f"""  {name}:
     Type: AWS::EC2::EIP
     Condition: {cond}
     Properties:
       Domain: vpc
       Tags:
         - Key: Name
-          Value: !Sub '${{NatHaGroup}}-nat-{i}'
+          Value: !Sub '${{NatHaGroup}}-{label}'
         - Key: nat-ha:group
           Value: !Ref NatHaGroup
-        - Key: nat-ha:slot
-          Value: nat-{i}
+        - Key: {tag}
+          Value: {value}
 
 """
+
+
+def nat_eip(i, three):
+    """AZ i's own Elastic IP (EgressIp=off): its NAT claims it at first boot (nat-ha claim-address)."""
+    return eip(f"NatEip{i}", "ThreeAzsEgressOff" if three else "EgressOff", f"nat-{i}", "nat-ha:slot", f"nat-{i}")
 
 
 COMMON_PARAMS = """  NatHaGroup:
@@ -290,22 +294,9 @@ COMMON_CONDITIONS = """  ThreeAzs: !Equals [!Ref AzCount, 3]
 
 
 def egress_eip(i, route_table, three):
-    """Route table i's Elastic IP (EgressIp=follow): created unassociated; the agent holding the table associates it."""
+    """Route table i's Elastic IP (EgressIp=follow): the agent holding the table associates it."""
     cond = "ThreeAzsEgressFollow" if three else "EgressFollow"
-    return f"""  EgressEip{i}:
-    Type: AWS::EC2::EIP
-    Condition: {cond}
-    Properties:
-      Domain: vpc
-      Tags:
-        - Key: Name
-          Value: !Sub '${{NatHaGroup}}-egress-{i}'
-        - Key: nat-ha:group
-          Value: !Ref NatHaGroup
-        - Key: nat-ha:route-table
-          Value: {route_table}
-
-"""
+    return eip(f"EgressEip{i}", cond, f"egress-{i}", "nat-ha:route-table", route_table)
 
 
 def by_az(item):
