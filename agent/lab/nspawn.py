@@ -152,6 +152,41 @@ def build_bundle(dest: Path) -> Bundle:
     return Bundle(bundles[0], m.group(1))
 
 
+def build_wheels(dest: Path, version: str = "", deps: bool = True) -> Path:
+    """nat-ha (and with ``deps`` its dependencies) as wheels in ``dest``: an upgrade to install by hand.
+
+    ``version``: build this checkout's code as another version; ``deps``: False builds nat-ha's wheel only.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("nat_ha-*.whl"):  # always this checkout's code
+        old.unlink()
+    with tempfile.TemporaryDirectory(prefix="nat-ha-src-") as tmp:
+        # From a clean copy: setuptools' build/ in the checkout would keep files deleted since.
+        src = Path(tmp) / "src"
+        junk = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "node_modules", "tests", "bench")
+        shutil.copytree(REPO, src, ignore=junk)
+        if version:
+            _set_version(src, version)
+        no_deps = [] if deps else ["--no-deps"]
+        cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", *no_deps, "--wheel-dir", str(dest), str(src)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0 or not list(dest.glob("nat_ha-*.whl")):
+        raise RuntimeError(f"pip wheel failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+    return dest
+
+
+def _set_version(src: Path, version: str) -> None:
+    """Make the source tree at ``src`` another version of nat-ha (``__version__``, which pyproject reads)."""
+    from agent import __version__
+
+    path = src / "agent" / "__init__.py"
+    old, new = f'__version__ = "{__version__}"', f'__version__ = "{version}"'
+    text = path.read_text()
+    if old not in text:
+        raise RuntimeError(f"cannot set the version in agent/__init__.py: {old!r} not found")
+    path.write_text(text.replace(old, new, 1))
+
+
 # ------------------------------------------------------------- leftovers
 def pid_alive(pid: int) -> bool:
     """Is ``pid`` a live process (one we may not signal counts as live)?"""

@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "agent.service": 3,
     "agent.memberwatch": 3,
     "agent.watches": 3,
+    "agent.handoff": 3,
     "agent.commands": 4,
     "agent.lab": 4,
 }
