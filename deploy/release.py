@@ -147,12 +147,13 @@ def upload(path: Path, destination: str) -> str:
     key = (prefix.rstrip("/") + "/" if prefix else "") + path.name
     try:
         import boto3
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:
         raise ReleaseError("--upload needs boto3 (pip install boto3), or copy the file yourself") from None
     try:
         boto3.client("s3").upload_file(str(path), bucket, key, ExtraArgs={"ChecksumAlgorithm": "SHA256"})
-    except (BotoCoreError, ClientError) as exc:
+    except (Boto3Error, BotoCoreError, ClientError) as exc:
         raise ReleaseError(f"upload to s3://{bucket}/{key} failed: {exc}") from None
     return f"s3://{bucket}/{key}"
 

@@ -98,6 +98,13 @@ def test_user_data_installs_the_bundle_and_the_units_and_signals_a_failure(sdlab
     assert (layer / "etc/nat-ha/config.toml").stat().st_mode & 0o777 == 0o644
     assert "home = /usr/bin" in (layer / "opt/nat-ha/pyvenv.cfg").read_text(), "not the container's own python"
     assert (layer / "usr/local/bin/nat-ha").is_symlink()
+    # The wheel release.py built: its license, metadata and deploy files (the units came from there).
+    (dist,) = (layer / "opt/nat-ha/lib/python3.11/site-packages").glob("nat_ha-*.dist-info")
+    assert (dist / "licenses" / "LICENSE").read_text() == (REPO / "LICENSE").read_text()
+    metadata = (dist / "METADATA").read_text()
+    assert "License: Apache-2.0" in metadata and "Project-URL: Source, https://github.com/nat-ha/nat-ha" in metadata
+    deploy = dist.parent / "agent" / "deploy"
+    assert (deploy / "iam" / "nat-ha-policy.json").read_text() == (REPO / "deploy/iam/nat-ha-policy.json").read_text()
     # The agent cannot start here (no EC2, no DynamoDB): the step fails, and the stack hears it at once.
     assert image.bootstrap_rc != 0 and "nat-ha bootstrap: FAILED at step 'start'" in log
     assert "nat-ha bootstrap: done" not in log and "wait-healthy" not in log.split("FAILED at step")[0][-300:]

@@ -105,3 +105,22 @@ def test_a_bad_upload_destination_is_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert done.stderr == "release: --upload: 'ftp://x' is not s3://bucket/prefix/\n"  # checked before building
+
+
+def test_upload_copies_the_bundle_to_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--upload (moto's S3 in-process): the bundle at s3://bucket/prefix/<name>, byte for byte."""
+    moto = pytest.importorskip("moto")
+    import boto3
+
+    rel = release()
+    out = rel.bundle([wheel(tmp_path, "nat_ha", "9.9.9")], tmp_path / "dist", "9.9.9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with moto.mock_aws():
+        boto3.client("s3").create_bucket(Bucket="my-bucket")
+        assert rel.upload(out, "s3://my-bucket/nat-ha/") == f"s3://my-bucket/nat-ha/{out.name}"
+        got = boto3.client("s3").get_object(Bucket="my-bucket", Key=f"nat-ha/{out.name}")["Body"].read()
+        assert got == out.read_bytes()
+        with pytest.raises(rel.ReleaseError, match="upload to s3://no-such-bucket/"):
+            rel.upload(out, "s3://no-such-bucket")
