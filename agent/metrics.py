@@ -317,8 +317,14 @@ class Metrics:
         peers: list[str],
         route_tables: list[str],
         egress_tables: list[str] | None = None,
+        *,
+        again: bool = False,
     ) -> None:
-        """Create every labelled series up front (no missing metrics); the egress ones for ``egress_tables``."""
+        """Create every labelled series up front (no missing metrics); the egress ones for ``egress_tables``.
+
+        ``again``: the members changed while running: add the new peers' and tables' series, and
+        leave the decision gauges as the last cycle set them.
+        """
         self.build_info.labels(version, group, me).set(1)
         # Indexing a Children dict creates the series (and keeps the child for the hot paths).
         for check in SELF_CHECKS:
@@ -365,6 +371,8 @@ class Metrics:
         for service, operation in AWS_OPERATIONS:
             for error in AWS_ERROR_CLASSES:
                 self.aws_errors_of[service, operation, error]
+        if again:
+            return
         for d in DECISIONS:
             self.decision_of[d].set(0)
         self._decided = None

@@ -116,7 +116,7 @@ class Watches:
         prober.set_targets(probe_targets(config))
         if self.metrics is not None:
             self.metrics.forget(list(departed.peers), list(departed.route_tables))
-            build_info(self.metrics, config)
+            build_info(self.metrics, config, again=True)
         self.poked &= {m.instance for m in (snap.members.values() if snap is not None else [])}
 
     def _lifecycle(self, agent: Agent, now: float) -> None:
