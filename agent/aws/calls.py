@@ -1,8 +1,9 @@
 """Every AWS API call nat-ha can make, in one place, with why it is needed.
 
 The IAM policy (``deploy/iam/nat-ha-policy.json``, also embedded in the CloudFormation
-templates) grants exactly :data:`AGENT_CALLS`; the optional admin policy
-(``deploy/iam/nat-ha-admin-policy.json``) grants exactly :data:`ADMIN_CALLS`; the operators'
+templates) grants exactly :data:`AGENT_CALLS`; ``deploy/iam/nat-ha-asg-policy.json`` exactly
+:data:`ASG_CALLS`; the stacks add :data:`STACK_CALLS` for their own stack; the optional admin
+policy (``deploy/iam/nat-ha-admin-policy.json``) grants exactly :data:`ADMIN_CALLS`; the operators'
 policies (``deploy/iam/nat-ha-operator-read-policy.json`` and ``nat-ha-operator-policy.json``)
 grant exactly :data:`OPERATOR_READ_CALLS` and :data:`OPERATOR_CALLS`.
 ``tests/unit/aws/test_iam_policy.py`` checks that the code calls nothing outside
@@ -52,7 +53,24 @@ OPERATOR_CALLS: dict[tuple[str, str], str] = {
     ("dynamodb", "PutItem"): "drain, switchover, pause, resume: the request item and a history entry",
 }
 
-ALL_CALLS: frozenset[tuple[str, str]] = frozenset(AGENT_CALLS) | frozenset(ADMIN_CALLS) | frozenset(OPERATOR_CALLS)
+# NATs in Auto Scaling groups with the nat-ha-drain termination hook (deploy/iam/nat-ha-asg-policy.json;
+# the stacks include it): the agent completes the hook's action once it has drained.
+ASG_CALLS: dict[tuple[str, str], str] = {
+    ("autoscaling", "CompleteLifecycleAction"): "let Auto Scaling terminate this NAT once it has drained",
+}
+
+# The stacks only (their templates grant it to this stack alone): the first boot's `nat-ha signal`.
+STACK_CALLS: dict[tuple[str, str], str] = {
+    ("cloudformation", "SignalResource"): "tell the stack this NAT's bootstrap succeeded or failed",
+}
+
+ALL_CALLS: frozenset[tuple[str, str]] = (
+    frozenset(AGENT_CALLS)
+    | frozenset(ADMIN_CALLS)
+    | frozenset(ASG_CALLS)
+    | frozenset(STACK_CALLS)
+    | frozenset(OPERATOR_CALLS)
+)
 
 
 def iam_action(service: str, operation: str) -> str:

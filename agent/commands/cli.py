@@ -26,6 +26,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pause": ("agent.commands.control", "stop every EC2 write of the group (or a table); leases and probes go on"),
     "resume": ("agent.commands.control", "end a pause: the holders write their routes again"),
     "history": ("agent.commands.history", "the group's recent failovers, fail-backs, drains, pins, pauses and stops"),
+    "iam-policy": ("agent.commands.iam_policy", "print the IAM policy for a group and table, ready to attach"),
+    "files": ("agent.commands.iam_policy", "print where the deploy files (units, policies, templates) are installed"),
+    "wait-healthy": ("agent.commands.boot", "wait until this NAT's agent is healthy as its peers see it (first boot)"),
+    "signal": ("agent.commands.boot", "signal CloudFormation that this NAT's bootstrap succeeded or failed"),
+    "claim-address": ("agent.commands.boot", "associate this NAT's own Elastic IP once no other instance has it"),
     "setup-nat": ("agent.commands.setup_nat", "configure this host as a NAT (ip_forward, masquerade), idempotently"),
     "demo": ("agent.commands.demo", "run a 3-AZ NAT group on this machine (moto) and kill one NAT"),
 }

@@ -90,6 +90,8 @@ class Daemon:
         self.wake = threading.Event()
         self.signals = 0
         self.drain_s: float | None = None  # how long the planned hand-over on SIGTERM took
+        self.watches: Any = None  # agent.watches.Watches (members_from_tags)
+        self.prober: Any = None
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.signals += 1
@@ -230,18 +232,16 @@ class Daemon:
     ) -> int:
         from agent.cycle import Agent, build_info
         from agent.cycle.journal import Journal
-        from agent.host.probes import EchoResponder, Prober, ProbeSetupError, Target
+        from agent.host.probes import EchoResponder, Prober, ProbeSetupError
         from agent.host.selfcheck import SelfChecker
         from agent.runtime import history_store
+        from agent.watches import make as make_watches
+        from agent.watches import probe_targets
         from coordinator.history import HistoryWriter
 
         me = config.member(config.instance_id)
         assert me is not None
-        targets = [
-            Target(m.instance_id, m.address, m.probe_port or config.probe.tcp_port)
-            for m in config.members
-            if m.instance_id != config.instance_id
-        ]
+        targets = probe_targets(config)
 
         p = config.probe
         try:
@@ -304,6 +304,11 @@ class Daemon:
         if resumed is not None and resumed.session:
             resumed.adopt(rt)  # the keeper stops; the first cycle renews
             agent.resumed(resumed.writes_land_until)
+        # members_from_tags: new and gone members learned while running; Auto Scaling's termination hook.
+        self.watches = None if once else make_watches(config, self.config.egress_tables, rt.ec2, metrics)
+        if self.watches is not None:
+            self.watches.start()
+        self.prober = prober
         prober.start()
         log.info(
             "nat-ha agent %s starting: group %s, %d members, probing %d peers by %s",
@@ -320,6 +325,8 @@ class Daemon:
                 history.close(timeout=1.0)
             return code
         finally:
+            if self.watches is not None:
+                self.watches.stop()
             prober.stop()
             if responder is not None:
                 responder.stop()
@@ -373,6 +380,8 @@ class Daemon:
                 if draining_since is not None:
                     self.drain_s = time.monotonic() - draining_since
                 return step.exit_code
+            if self.watches is not None:
+                self.watches.between_cycles(agent, self.prober, time.monotonic())
             delay = step.wake_at - time.monotonic()
             if delay > 0:
                 self.wake.wait(delay) if not loop.stopping else time.sleep(delay)

@@ -61,6 +61,7 @@ class Reads:
     eips: dict[str, Any] = field(default_factory=dict)
     eips_error: str = ""
     where: str = ""  # table, region, endpoint
+    discovery: list[str] = field(default_factory=list)  # what the discovered members break (the agent refuses them)
 
 
 def collect(target: targets.Target | Config, steps: Steps | None = None) -> dict[str, Any]:
@@ -83,7 +84,7 @@ def collect(target: targets.Target | Config, steps: Steps | None = None) -> dict
     if target.from_store:
         config = targets.members_from_store(config, first)
         rt.ec2.members = {m.instance_id: m for m in config.members}
-    reads = Reads(first, first, 0.0, where=where)
+    reads = Reads(first, first, 0.0, where=where, discovery=list(rt.problems))
     window = watch_window(config, first)
     if window > 0:
         steps.now = f"watching the heartbeats for {window:.1f} s (reading group {config.group} again from {where})"
@@ -155,7 +156,7 @@ def describe_request(r: RequestItem, now: float) -> str:
 def assess(config: Config, reads: Reads, now: float) -> dict[str, Any]:
     """The status document: every member and route table with its verdict, and the problems (pure)."""
     snapshot = reads.second
-    problems: list[str] = []
+    problems: list[str] = list(reads.discovery)
     missing = _no_route_tables(config)
     if missing:
         problems.append(missing)
@@ -170,6 +171,7 @@ def assess(config: Config, reads: Reads, now: float) -> dict[str, Any]:
             {
                 "instance_id": m.instance_id,
                 "az": m.az or (item.az if item else ""),
+                "slot": m.slot,
                 "state": state,
                 "healthy": (item.health.healthy if item else False) if live else None,
                 "checks": dict(item.health.checks) if item and live else {},
@@ -332,7 +334,7 @@ def _no_route_tables(config: Config) -> str:
         f"no route tables: none is tagged nat-ha:group={config.group} with a nat-ha:home of a member, so nothing "
         f"is failed over; tag each private route table with the NAT of its AZ ({homes}): "
         f"aws ec2 create-tags --region {config.region or '<region>'} --resources <rtb-id> "
-        f"--tags Key=nat-ha:group,Value={config.group} Key=nat-ha:home,Value=<instance-id> "
+        f"--tags Key=nat-ha:group,Value={config.group} Key=nat-ha:home,Value=<its NAT's nat-ha:slot, or instance-id> "
         "(a nat-ha CloudFormation stack prints these commands as its TagRouteTables output)"
     )
 
