@@ -49,3 +49,53 @@ def test_no_file_cites_what_is_not_in_the_repository() -> None:
             continue
         found += [f"{name}:{n}" for n, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
     assert not found, f"references to files outside the repository: {found}"
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(f"\n{heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else len(text)]
+
+
+def test_one_set_of_headline_figures_taken_from_the_measured_table() -> None:
+    """The headline (the paragraph under the comparison table, and nat-ha's row in it) quotes only figures
+    that the Measured table has: it once said 1.10 / 1.47 s while the table said 1.00 / 1.56 s."""
+    start, end = "<!-- headline:start -->", "<!-- headline:end -->"
+    headline = README[README.index(start) + len(start) : README.index(end)]
+    headline += next(line for line in README.splitlines() if line.startswith("| **nat-ha** |"))
+    measured = _section(README, "## Measured")
+    figures = {f.rstrip(".,") for f in re.findall(r"\d[\d.,–]*", headline)}
+    table = {f.rstrip(".,") for f in re.findall(r"\d[\d.,–]*", measured)}
+    assert len(figures) >= 8, figures
+    missing = sorted(figures - table)
+    assert not missing, f"headline figures not in the Measured table: {missing}"
+
+
+def test_the_readme_leads_with_what_a_user_does() -> None:
+    """Demo, deploy, operate, then how it works: the order of the sections, not only their presence."""
+    headings = [line for line in README.splitlines() if line.startswith("## ")]
+    order = ["## The two commands", "## Deploy to your VPC", "## Operate", "## How it works", "## Measured"]
+    assert [h for h in headings if h in order] == order, headings
+    assert headings.index("## How it works") < headings.index("## What is guaranteed, and what is assumed")
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, each space a hyphen."""
+    out = set()
+    for line in markdown.splitlines():
+        if line.startswith("#") and not line.startswith("#!"):
+            title = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return out
+
+
+def test_anchors_of_links_exist() -> None:
+    """A link's #section names a heading of its page (README.md and the pages it links)."""
+    broken = []
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", README):
+        page = ROOT / target if target else ROOT / "README.md"
+        if "://" in target or page.suffix != ".md":
+            continue
+        if anchor not in _anchors(page.read_text()):
+            broken.append(f"{target}#{anchor}")
+    assert not broken, f"README links to missing sections: {broken}"

@@ -144,15 +144,18 @@ def test_a_pin_is_no_problem_and_a_pause_is_one_with_its_age() -> None:
     assert "  - pin of rtb-a to i-b by bob@laptop, " in render(status)
 
 
-def test_the_runbooks_samples_are_what_status_prints_today() -> None:
-    """dashboards/runbook.md shows a healthy and a degraded status (real runs): their columns are render's."""
+def test_the_docs_samples_are_what_status_prints_today() -> None:
+    """dashboards/runbook.md shows a healthy and a degraded status, README.md the healthy one (real runs):
+    their columns are render's."""
     from pathlib import Path
 
-    runbook = (Path(__file__).resolve().parents[3] / "dashboards" / "runbook.md").read_text()
-    samples = runbook.split("<!-- status-sample:")[1:]
-    assert len(samples) == 4  # healthy, end, degraded, end
+    root = Path(__file__).resolve().parents[3]
+    runbook = (root / "dashboards" / "runbook.md").read_text().split("<!-- status-sample:")[1:]
+    readme = (root / "README.md").read_text().split("<!-- status-sample:")[1:]
+    assert len(runbook) == 4 and len(readme) == 2  # healthy, end, degraded, end; healthy, end
     text = render(assess(CONFIG, reads(Group()), NOW))
     headers = [line.split() for line in text.splitlines() if line.startswith(("MEMBER", "ROUTE TABLE"))]
-    for sample in (samples[0], samples[2]):
+    for sample in (runbook[0], runbook[2], readme[0]):
         shown = [line.split() for line in sample.splitlines() if line.startswith(("MEMBER", "ROUTE TABLE"))]
         assert shown == headers, sample
+    assert readme[0].split("```")[1] == runbook[0].split("```")[1], "README's healthy sample is the runbook's"
