@@ -37,6 +37,8 @@ BAD = [
     ("store_calls", ["--calls", "5"], "--calls must be between 10 and 100000"),
     ("store_calls", ["--cadence", "-1"], "--cadence must be between 0 and 600 seconds"),
     ("wakeup", ["--wakes", "5"], "--wakes must be between 10 and 100000"),
+    ("pause", ["--seconds", "1"], "--seconds must be between 5 and 3600"),
+    ("status_death", ["--trials", "0"], "--trials must be between 1 and 100"),
 ]
 
 
