@@ -246,6 +246,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "so a late write of the previous holder cannot stay.",
             minimum=0.0,
         ),
+        "ec2_tag_propagation": Key(
+            float,
+            2.0,
+            "How long after our own holder-tag write IAM may still decide on the table's previous tag (an "
+            "assumption: AWS publishes no figure). A write refused within it is retried next cycle and not counted "
+            "as a failure of ours (at most for twice this long per term, so a role that may not write is still "
+            "found out).",
+            minimum=0.0,
+        ),
         "ec2_consistency_window": Key(
             float,
             2.0,
@@ -376,6 +385,7 @@ class Timing:
     store_attempts: int = 1
     ec2_timeout: float = 0.6
     ec2_apply_horizon: float = 1.0
+    ec2_tag_propagation: float = 2.0
     ec2_consistency_window: float = 2.0
     ec2_reconcile_interval: float = 5.0
     silent_owner_after: float = 2.0

@@ -97,7 +97,7 @@ class Agent:
         self.tables = TableWriter(ctx, self.session, self.standing)
         self.fence = Fence(coordinator.remaining, clock.monotonic, fence_timing, on_overrun=self.tables.on_overrun)
         ec2.attach_fence(self.fence)
-        self.ec2_view = Ec2View(ctx, self.standing)
+        self.ec2_view = Ec2View(ctx, self.standing, self.session)
         self.observer = Observer(ctx)
         self.restarts = Restarter(ctx, self.session)
         self.exporter = Exporter(ctx, metrics) if metrics is not None else None
@@ -156,7 +156,7 @@ class Agent:
         self.observer.track_holdings(snapshot, seen)
         if act:
             self.tables.send_stray_reports()
-            self.ec2_view.refresh(seen, snapshot, probes)
+            self.ec2_view.refresh(seen, snapshot, probes, health)
         obs = self.observer.observe(snapshot, seen, probes, health, self.session.is_draining())
         decision = decide(obs, self.timings)
         if act:
@@ -237,8 +237,11 @@ class Agent:
         return ""
 
     def next_deadline(self) -> float | None:
-        """The earliest time (monotonic) a failing peer's session can be expired, if any."""
-        return min(self.memory.stale_deadlines.values(), default=None)
+        """The earliest time (monotonic) a failing peer's session can be expired, or a write refused
+        during IAM tag propagation retried, if any: the daemon runs a cycle then."""
+        retry = self.standing.retry_due(self.clock.monotonic())
+        times = [*self.memory.stale_deadlines.values(), *([retry] if retry is not None else [])]
+        return min(times, default=None)
 
     # ------------------------------------------------------------------ drain
     def drained(self) -> bool:
