@@ -43,6 +43,7 @@ here (research/aws-realism.md):
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -155,6 +156,7 @@ class SimCloud:
         # Elastic IPs: allocation id -> [(applied at, (eni, private address))], ("", "") = unassociated
         self.addresses: dict[str, list[tuple[float, tuple[str, str]]]] = {}
         self.buckets: dict[str, Bucket] = {}
+        self.refused: Counter[str] = Counter()  # action -> RequestLimitExceeded answers to the group
 
     def bucket(self, op: str) -> Bucket:
         if op not in self.buckets:
@@ -319,7 +321,7 @@ class SimEc2Client:
         record.sent_at = clock.monotonic()  # sendall returned: the guest's kernel took the bytes
         call.sent_at = w.k.now
         call.info["proc"] = p
-        self._transmit(call, serve, 0)
+        w.k.at(w.k.now, lambda: self._transmit(call, serve, 0))  # the guest's kernel, not this process
         w.freeze_point(self.me, "ec2_sent", p)  # a VM frozen now holds the bytes until it resumes
         w.freeze_point(self.me, "ec2_call", p)
         self._wait_until(record.deadline, lambda: call.reply_local is not None)
@@ -415,6 +417,7 @@ class SimEc2Client:
         now = w.k.now
         back = w.rng.uniform(*LATENCY)
         if not w.cloud.bucket(call.op).take(now, w.rng2.random()):
+            w.cloud.refused[call.op] += 1
             call.error = ("RequestLimitExceeded", "Request limit exceeded.")
             self._reply(call, now + back)
             return
