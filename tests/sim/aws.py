@@ -43,13 +43,13 @@ here (research/aws-realism.md):
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 
-from agent.aws.ec2 import HOLDER_TAG
 from agent.aws.fence import Fence
 from coordinator.awshttp import SendRecord
 from tests.sim import iam
@@ -155,6 +155,7 @@ class SimCloud:
         # Elastic IPs: allocation id -> [(applied at, (eni, private address))], ("", "") = unassociated
         self.addresses: dict[str, list[tuple[float, tuple[str, str]]]] = {}
         self.buckets: dict[str, Bucket] = {}
+        self.refused: Counter[str] = Counter()  # action -> RequestLimitExceeded answers to the group
 
     def bucket(self, op: str) -> Bucket:
         if op not in self.buckets:
@@ -176,12 +177,11 @@ class SimCloud:
         return self.routes[table][-1][1]
 
     def writes_refused(self) -> bool:
-        """AWS refuses the account the writes a takeover needs (their buckets are dry) right now."""
+        """AWS refuses the account the writes a takeover needs (their buckets are dry) right now:
+        the route writes and AssociateAddress, and CreateTags where holder tags are used."""
         now = self.w.k.now
-        return any(self.bucket(op).dry(now) for op in TAKEOVER_ACTIONS)
-
-    def holder_tag(self, table: str) -> str:
-        return self.tags.ec2(table, self.w.k.now).get(HOLDER_TAG, "")
+        ops = TAKEOVER_ACTIONS + (("CreateTags",) if self.w.sc.holder_tag else ())
+        return any(self.bucket(op).dry(now) for op in ops)
 
     def eip_holder(self, table: str) -> str:
         """The member whose address for ``table`` holds its Elastic IP now ("" unassociated, "other:..." else)."""
@@ -319,7 +319,7 @@ class SimEc2Client:
         record.sent_at = clock.monotonic()  # sendall returned: the guest's kernel took the bytes
         call.sent_at = w.k.now
         call.info["proc"] = p
-        self._transmit(call, serve, 0)
+        w.k.at(w.k.now, lambda: self._transmit(call, serve, 0))  # the guest's kernel, not this process
         w.freeze_point(self.me, "ec2_sent", p)  # a VM frozen now holds the bytes until it resumes
         w.freeze_point(self.me, "ec2_call", p)
         self._wait_until(record.deadline, lambda: call.reply_local is not None)
@@ -415,6 +415,7 @@ class SimEc2Client:
         now = w.k.now
         back = w.rng.uniform(*LATENCY)
         if not w.cloud.bucket(call.op).take(now, w.rng2.random()):
+            w.cloud.refused[call.op] += 1
             call.error = ("RequestLimitExceeded", "Request limit exceeded.")
             self._reply(call, now + back)
             return

@@ -106,6 +106,7 @@ class Checker:
     outage_samples: list[float] = field(default_factory=list)
     route_changes: Counter[str] = field(default_factory=Counter)
     address_changes: Counter[str] = field(default_factory=Counter)
+    stray_changes: Counter[str] = field(default_factory=Counter)  # route/EIP changes by strays and their fixes
     newest_addr_term: dict[str, int] = field(default_factory=dict)  # table -> newest term whose association landed
     newest_addr_target: dict[str, str] = field(default_factory=dict)
     mismatches: dict[str, Mismatch] = field(default_factory=dict)
@@ -117,7 +118,6 @@ class Checker:
     gateway_since: dict[str, float] = field(default_factory=dict)
     stops: int = 0
     starts: int = 0
-    stop_races: int = 0  # kept for the JSON's shape: with no race excused, always 0
     healthy_nat_stops: int = 0
     healthy_home_moves: int = 0
     late_sends: int = 0
@@ -253,6 +253,7 @@ class Checker:
         noun = "write to" if kind == "route" else "association of"
         if term < last and target != newest_target.get(table, ""):
             self.strays.append(Stray(table, term, target, now, now, last, kind=kind))
+            self.stray_changes[table] += 2  # its landing and its correction: not flapping, (a) judges them
             w.log(f"STRAY {call.process}: {what} -> {target} (term {term}) landed under term {last}")
         elif term >= last:
             newest_term[table] = term
@@ -292,8 +293,8 @@ class Checker:
         """(c), and (e) for Elastic IPs: a healthy NAT's home table keeps its route (its EIP) - ``what`` moved."""
         w = self.w
         home = w.homes[table]
-        if before != home or any(s.table == table and s.landed == w.k.now for s in self.strays):
-            return
+        if before != home or any(s.table == table and w.k.now in (s.landed, s.corrected) for s in self.strays):
+            return  # a stray, or the newest term correcting one: (a)'s business
         if invariant == "e" and w.cloud.target(table) == after:
             return  # the Elastic IP follows a route already moved (judged by (c) when it moved)
         since = self.healthy_since.get(home)
