@@ -155,14 +155,20 @@ class Ec2:
                 self._record_send(permit)
 
     def _record_send(self, permit: Permit) -> None:
-        """When the request's bytes left (awshttp's record of this call): the fence's overrun check."""
+        """When the request's bytes reached AWS (awshttp's record of this call): the fence's overrun check.
+
+        Sent means acknowledged: the time the peer had every byte. Bytes that left but were not
+        all acknowledged leave the write in doubt (it may still land, until its deadline plus
+        ec2_apply_horizon: nothing of it leaves after the deadline, the connection is reset).
+        """
         record = self.sender.last if self.sender is not None else None
         if record is None or not permit.used or not record.started <= permit.checked_at:
             return  # not sent through awshttp (refused before, or a test's mock answered)
-        if record.sent_at is not None:
-            permit.sent_at = record.sent_at
+        if record.acked_at is not None:
+            permit.sent_at = max(record.acked_at, record.sent_at or record.acked_at)
         elif record.send_started is not None:
-            permit.sent_at = record.send_started  # cut short while writing: some bytes may have left
+            permit.in_doubt = True
+            permit.sent_at = record.sent_at if record.sent_at is not None else record.send_started
 
     # ---------------------------------------------------------------- routes
     def describe(self, route_tables: list[str]) -> dict[str, RouteView]:
