@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from coordinator.awshttp import Sender
 
 DEFAULT_ROUTE = "0.0.0.0/0"
-HOLDER_TAG = "nat-ha:holder"
+HOLDER_TAG = "nat-ha:holder"  # on a route table and its Elastic IP: the instance ARN that may write them
+STOP_TAG = "nat-ha:stop-by"  # on an instance: the ARN of the one member that may stop it
 # Error codes that mean "the account's request bucket is empty": back off, nothing is wrong with us.
 THROTTLED = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
 
@@ -259,6 +260,25 @@ class Ec2:
     def tag_holder(self, route_table: str, holder: str) -> None:
         """Tag the route table with its holder: the IAM policy lets only that instance write its routes."""
         self._write("create_tags", route_table, Resources=[route_table], Tags=[{"Key": HOLDER_TAG, "Value": holder}])
+
+    def tag_address_holder(self, route_table: str, holder: str) -> None:
+        """Tag the table's Elastic IP with its holder: the IAM policy lets only that instance associate it.
+
+        One fenced write whose lease is the table's (the resource the permit names).
+        """
+        e = self.egress.get(route_table)
+        if e is None:
+            raise Ec2Error("create_tags", "NotConfigured", f"no Elastic IP configured for {route_table}")
+        tags = [{"Key": HOLDER_TAG, "Value": holder}]
+        self._write("create_tags", route_table, Resources=[e.allocation_id], Tags=tags)
+
+    def tag_stop_by(self, instance: str, stopper: str) -> None:
+        """Tag ``instance`` nat-ha:stop-by=<stopper's ARN>: the IAM policy lets only that ARN stop it.
+
+        A stopper tags its target right before the stop; an agent whose session starts tags itself
+        (its own ARN), which takes the right to stop it from whoever tagged it before.
+        """
+        self._write("create_tags", instance, Resources=[instance], Tags=[{"Key": STOP_TAG, "Value": stopper}])
 
     # ---------------------------------------------------------- Elastic IPs
     def addresses(self, allocation_ids: list[str]) -> dict[str, AddressView]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agent.decide import Ec2Address, Ec2Route
-from coordinator.items import Health
+from coordinator.items import Health, MemberItem
 from coordinator.observe import ChangeObserver
 
 
@@ -15,6 +15,7 @@ class RestartProgress:
 
     phase_started: float
     last_poll: float = -1e18
+    stopped_as: MemberItem | None = None  # the peer's member item when we sent it a stop (expired by then)
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Held:
     acquired_at: float
     settle_at: float  # write the route again then: no write of an earlier term can land after it
     tagged: bool = False  # the holder tag names us (written in this term)
+    address_tagged: bool = False  # the Elastic IP's holder tag names us (egress_ip = follow)
     settled: bool = False
     last_write: float = -1e18  # our last confirmed route write
     address_settled: bool = False  # the Elastic IP was associated again after settle_at (egress_ip = follow)
@@ -78,3 +80,4 @@ class Memory:
     stray_reports: list[tuple[str, int, str]] = field(default_factory=list)  # (table, term, target) to report
     pins_since: dict[str, tuple[str, float]] = field(default_factory=dict)  # table -> (pinned member, first seen)
     ec2_writes: Ec2Writes = field(default_factory=Ec2Writes)
+    own_stop_tag: str = ""  # the session for which our instance is tagged nat-ha:stop-by=<our ARN>
