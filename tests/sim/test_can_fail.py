@@ -67,7 +67,7 @@ def test_restart_without_the_silence_check_is_caught(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(Ec2View, "refresh", _refresh_always(Ec2View.refresh))
     # Whether a schedule exposes it depends on timing: the checker must catch it in some of a few.
     results = [run(partition_scenario(seed)) for seed in range(4)]
-    assert any("stopped" in v and "heartbeated" in v for r in results for v in r.violations), results[0].report()
+    assert any("stop landed" in v and "heartbeated" in v for r in results for v in r.violations), results[0].report()
 
 
 def _refresh_always(real):  # type: ignore[no-untyped-def]

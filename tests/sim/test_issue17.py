@@ -1,0 +1,242 @@
+"""Issue 17: each of the ten findings as a crafted schedule (and seeds) that fails at the agent of this commit.
+
+Every test here is a strict xfail: it passes once the agent fix (branch issue-17-agent) lands, and
+strict xfail then fails the run until the mark is removed. A run that fails for another reason than
+the finding's invariant is an error, not an expected failure (``fixed`` raises RuntimeError). The
+last tests (not xfail) show the simulator models what the findings needed: they pass now.
+
+Each schedule is written down, with what it shows and the first invariant it breaks, in
+tests/sim/README.md ("Issue 17"). Replay one with ``pytest tests/sim/test_issue17.py -k NAME -s``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.sim.aws import DESCRIBE_ACTIONS, TAKEOVER_ACTIONS, Bucket
+from tests.sim.scenario import ALT_TIMINGS, Fault, Scenario, draw
+from tests.sim.world import Result, World, run
+
+TWO = ("i-a", "i-b")
+TABLES2 = {"i-a": ("rtb-0",), "i-b": ("rtb-1",)}
+THREE = ("i-a", "i-b", "i-c")
+TABLES3 = {"i-a": ("rtb-0",), "i-b": ("rtb-1",), "i-c": ("rtb-2",)}
+
+
+def two(*faults: Fault, **kw: object) -> Scenario:
+    return Scenario(1, TWO, TABLES2, dict.fromkeys(TWO, 1.0), tuple(faults), **kw)  # type: ignore[arg-type]
+
+
+def three(*faults: Fault, tables: dict[str, tuple[str, ...]] | None = None, **kw: object) -> Scenario:
+    return Scenario(1, THREE, tables or TABLES3, dict.fromkeys(THREE, 1.0), tuple(faults), **kw)  # type: ignore[arg-type]
+
+
+def finding(n: int, what: str) -> pytest.MarkDecorator:
+    reason = f"issue 17 finding {n}: {what}; fix in issue-17-agent"
+    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason)
+
+
+def fixed(r: Result, n: int, invariant: str) -> Result:
+    """The run is clean; while the agent is not fixed it must fail on the finding's own invariant."""
+    if not r.ok and not any(f"({invariant})" in v for v in r.violations):
+        raise RuntimeError(f"finding {n} should break ({invariant}), not:\n{r.report()}")
+    assert r.ok, f"finding {n}:\n{r.report()}"
+    return r
+
+
+# ------------------------------------------------------------------------ the findings
+@finding(1, "a stopper frozen between its checks and the send stops a NAT that came back")
+def test_finding_1_a_frozen_stopper_never_stops_a_nat_that_came_back() -> None:
+    # i-b hangs 31.6 s; i-c claims its restart at ~34.3 s, re-reads i-b's heartbeat, passes the fence
+    # and freezes 3 s before the StopInstances leaves. i-b recovers at 34.6 s, heartbeats, reclaims
+    # rtb-1; the stop lands at ~37.4 s on a NAT that answers probes and heartbeated 0.06 s before.
+    stopper_freezes = [
+        Fault("hang", 30.0, 3.0, m, point="ec2_gap", op="StopInstances") for m in ("i-a", "i-c")
+    ]  # whichever claims the restart
+    r = fixed(run(three(Fault("nat_down", 3.0, 31.6, "i-b"), *stopper_freezes)), 1, "d")
+    assert r.freezes_triggered >= 1 and r.healthy_nat_stops == 0
+
+
+@finding(2, "a VM pause that stops the guest clock blinds the fence")
+def test_finding_2_a_pause_that_stops_the_guest_clock_does_not_blind_the_fence() -> None:
+    # i-a's VM pauses 3 s (its clock stopped: KVM restores kvmclock) with its settle ReplaceRoute
+    # checked and not sent; i-b takes rtb-0 meanwhile. On resume the write leaves "in time" by
+    # i-a's clock, lands under i-b's term, is not reported and is corrected only by i-b's
+    # reconcile 6 s later.
+    pause = Fault("vm_freeze", 1.0, 3.0, "i-a", point="ec2_gap", clock_stops=True)
+    r = fixed(run(two(pause, holder_tag=False)), 2, "a")
+    assert r.clock_pauses == 1
+
+
+@finding(2, "a stale holder whose clock stopped authorizes writes after its table was taken")
+def test_finding_2_seed_11_a_stale_holder_whose_clock_stopped_writes_nothing() -> None:
+    r = run(draw(11))  # a 3.9-s clock-stopping pause at ec2_gap: a second writer in term 2
+    assert r.clock_pauses == 1
+    fixed(r, 2, "a")
+
+
+@finding(3, "sendall returning is not the peer getting the bytes")
+@pytest.mark.parametrize("kind", ["vm_freeze", "net_loss"])
+def test_finding_3_a_request_that_leaves_late_is_seen(kind: str) -> None:
+    # vm_freeze: i-a's VM freezes 3 s right after sendall returned (its clock runs): the bytes sit
+    # in the guest's kernel and reach AWS 2 s after the lease, unreported. net_loss: the segment is
+    # lost and retransmitted (RTO 0.2 s, doubling) past the deadline; the closed socket keeps sending.
+    if kind == "vm_freeze":
+        r = run(two(Fault("vm_freeze", 1.0, 3.0, "i-a", point="ec2_sent"), holder_tag=False))
+    else:
+        r = run(draw(43))  # net_loss (10 % lost) under ec2_late: a ReplaceRoute reaches AWS 0.49 s late
+    fixed(r, 3, "a")
+    assert r.late_arrivals >= 1
+
+
+@finding(4, "a home whose Elastic IP sits on its primary address loses its own AWS path and is stopped")
+def test_finding_4_a_home_whose_own_path_is_its_elastic_ip_is_not_stopped() -> None:
+    # i-a's data plane breaks 4 s: its tables go to i-b with their Elastic IPs, rtb-0's from i-a's
+    # primary address, i-a's only public address. i-a forwards again but cannot reach AWS: silent,
+    # it is stopped at 35 s and never gets its tables back.
+    tables = {"i-a": ("rtb-0", "rtb-1"), "i-b": ("rtb-2",), "i-c": ("rtb-3",)}
+    sc = three(Fault("dataplane_down", 3.0, 4.0, "i-a"), tables=tables, egress=True, own_path_eip=True)
+    r = fixed(run(sc), 4, "d")
+    assert r.healthy_nat_stops == 0
+
+
+@finding(5, "a NAT that forwards but cannot reach DynamoDB is stopped")
+def test_finding_5_a_nat_that_forwards_without_dynamodb_is_never_stopped() -> None:
+    # i-b cannot reach DynamoDB for 45 s (its forwarding is fine): rtb-1 moves at 4.7 s (allowed),
+    # and i-c stops i-b at 35.2 s although it answers probes.
+    r = fixed(run(three(Fault("store_isolated", 3.0, 45.0, "i-b"))), 5, "d")
+    assert r.route_changes.get("rtb-1", 0) >= 1 and r.healthy_nat_stops == 0
+
+
+@finding(6, "IAM tag propagation lag cascades: takers refused, tables handed around, a healthy home's moved")
+def test_finding_6_iam_tag_lag_is_not_a_members_own_failure() -> None:
+    # IAM sees each tag write up to 0.5 s late. i-b hangs 12 s: its taker's first writes are
+    # refused (the tag it just wrote is not seen yet), two refusals put it out and it hands the
+    # table on; after the fail-back the healthy home i-b hands its own table away at 29 s.
+    r = fixed(run(three(Fault("nat_down", 5.0, 12.0, "i-b"), tag_lag=0.5)), 6, "c")
+    assert r.iam_refusals >= 1  # the lag is there; it costs no member its health
+
+
+@finding(7, "throttled Describe calls hold back the takeover write")
+def test_finding_7_a_drained_describe_bucket_never_holds_a_takeover_back() -> None:
+    # Another tenant drains only the Describe* buckets (3x their refill) from 2 s; every throttled
+    # read doubles the back-off that also stops writes (up to 4 s). i-b dies at 36 s: rtb-1 waits
+    # 5.3 s for its taker's write although AWS would accept it (the write buckets are full).
+    sc = three(Fault("ec2_busy_describe", 2.0, 60.0, rate=30.0), Fault("nat_down", 36.0, 8.0, "i-b"))
+    r = fixed(run(sc), 7, "b")
+    assert r.throttled_s == 0.0  # AWS never refused a write: nothing excuses the outage
+
+
+@finding(8, "an EC2 outage that hits everyone keeps members out after it ends")
+@pytest.mark.parametrize("outage", [30.0, 60.0, 120.0])
+def test_finding_8_no_penalty_outlives_an_ec2_outage(outage: float) -> None:
+    # EC2 is unreachable for everyone for 30/60/120 s from 5 s; i-b dies at 10 s. Connection failures
+    # count as each member's own: when EC2 is back, rtb-1 stays on the dead NAT 8.4/19.2/35 s.
+    sc = three(Fault("ec2_outage", 5.0, outage), Fault("nat_down", 10.0, outage + 30.0, "i-b"))
+    fixed(run(sc), 8, "b")
+
+
+@finding(9, "one member's slow DynamoDB path moves its healthy home table")
+def test_finding_9_a_member_with_slow_dynamodb_keeps_its_tables() -> None:
+    # i-a's DynamoDB round trips take 140-200 ms (store_timeout 0.15 s, one attempt): its renewals
+    # and reads time out, its session lapses, and its healthy home table rtb-0 moves at 5.6 s (later
+    # it is stopped, though it forwards and answers probes).
+    r = fixed(run(three(Fault("store_slow_member", 3.0, 60.0, "i-a", rate=0.2))), 9, "c")
+    assert r.healthy_home_moves == 0
+
+
+# The random seeds of the first 300 whose first violation is a finding's (tests/sim/README.md).
+SEEDS = {
+    0: (4, "d"),  # own path through the Elastic IP on the primary address
+    9: (9, "c"),  # one member's slow DynamoDB only
+    61: (5, "d"),  # a NAT that cannot reach DynamoDB for 40 s is stopped
+    116: (6, "c"),  # IAM tag lag: all members unhealthy at once, a healthy home's table moved
+    19: (6, "b"),  # IAM tag lag at the first claims: the taker out 10 s while its peer's NAT is dead
+    23: (8, "c"),  # after an EC2 outage
+    110: (2, "a"),  # a clock-stopping pause right after sendall: a second writer in one term
+}
+
+
+@pytest.mark.parametrize("seed", sorted(SEEDS))
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 17: a finding's seed; fix in issue-17-agent")
+def test_finding_seed(seed: int) -> None:
+    n, invariant = SEEDS[seed]
+    fixed(run(draw(seed)), n, invariant)
+
+
+# ----------------------------------------------- the world the findings needed (pass now)
+def test_finding_10_ec2_busy_drains_the_buckets_per_action() -> None:
+    """Finding 10: ``ec2_busy`` did nothing. Now another tenant drains each action's own bucket:
+    RequestLimitExceeded comes back, Describe-only draining leaves the write buckets full, and (b)'s
+    clock stops only while the takeover's write buckets are dry."""
+    b = Bucket(100, 20)
+    b.drain = 60.0  # 3x the refill
+    assert all(b.take(t / 10, 0.99) for t in range(10))  # the burst first (the tenant takes 40 a second more)
+    assert not b.take(10.0, 0.99) and b.take(10.0, 0.1) and b.dry(10.0)  # then a third of the refill, by luck
+    world = World(three(Fault("ec2_busy_describe", 0.0, 5.0, rate=30.0)))
+    world.active.append(world.sc.faults[0])
+    world.cloud.tenants()
+    assert all(world.cloud.bucket(op).drain == 60.0 for op in DESCRIBE_ACTIONS)
+    assert all(world.cloud.bucket(op).drain == 0.0 for op in TAKEOVER_ACTIONS)
+    world.k.now = 20.0
+    assert not world.cloud.writes_refused() and world.cloud.bucket("DescribeRouteTables").dry(20.0)
+    # A whole run: the drained Describe buckets answer RequestLimitExceeded; AWS never refuses a write.
+    r = run(three(Fault("ec2_busy_describe", 2.0, 30.0, rate=30.0)))
+    assert r.throttled_s == 0.0 and r.throttled_calls.get("DescribeRouteTables", 0) > 0, r.throttled_calls
+    assert set(r.throttled_calls) <= set(DESCRIBE_ACTIONS)
+    r = run(three(Fault("ec2_busy", 2.0, 20.0, rate=30.0), Fault("nat_down", 12.0, 6.0, "i-b")))
+    assert r.throttled_s > 0  # the write buckets ran dry: reported apart, not counted in (b)
+    assert set(r.throttled_calls) & set(TAKEOVER_ACTIONS), r.throttled_calls
+
+
+def test_a_clock_stopping_pause_is_not_counted_by_the_guest_and_is_by_the_reference() -> None:
+    world = World(two(Fault("vm_freeze", 1.0, 3.0, "i-a", clock_stops=True)))
+    clock = world.clocks["i-a"]
+    m0, r0 = clock.monotonic(), clock.reference()
+    world.k.now = 1.0
+    clock.pause(1.0, 4.0)
+    world.k.now = 5.0
+    assert clock.monotonic() - m0 == pytest.approx(2.0) and clock.reference() - r0 == pytest.approx(5.0)
+    assert clock.wall() - clock.fake.monotonic() == pytest.approx(clock.fake.wall() - clock.fake.monotonic())
+
+
+def test_iam_sees_tags_late_and_enforces_the_shipped_policy() -> None:
+    from tests.sim import iam
+
+    tags = iam.Tags()
+    tags.write("rtb-0", "nat-ha:holder", "arn:a", applied=1.0, visible=1.0)
+    tags.write("rtb-0", "nat-ha:holder", "arn:b", applied=2.0, visible=2.8)
+    assert tags.ec2("rtb-0", 2.5) == {"nat-ha:holder": "arn:b"} and tags.iam("rtb-0", 2.5) == {"nat-ha:holder": "arn:a"}
+    assert tags.iam("rtb-0", 2.8) == {"nat-ha:holder": "arn:b"}
+    route = [("rtb-0", {"nat-ha:holder": "arn:aws:ec2:sim:000000000000:instance/i-a"})]
+    me = "arn:aws:ec2:sim:000000000000:instance/i-a"
+    other = "arn:aws:ec2:sim:000000000000:instance/i-b"
+    assert iam.decide(True, "ReplaceRoute", route, me) == (True, "")
+    assert iam.decide(True, "ReplaceRoute", route, other) == (False, "rtb-0")
+    assert iam.decide(False, "ReplaceRoute", route, other) == (True, "")  # holder tags off: the condition dropped
+    assert iam.decide(True, "StopInstances", [("i-b", {})], me) == (True, "")  # the shipped policy has no stop-by yet
+
+
+def test_a_request_reaches_aws_after_its_call_gave_up() -> None:
+    """The kernel send queue: a VM frozen right after sendall holds the bytes; they leave on resume,
+    after the call's deadline (a plain close does not stop them)."""
+    r = run(two(Fault("vm_freeze", 1.0, 3.0, "i-a", point="ec2_sent"), holder_tag=False))
+    assert r.late_arrivals >= 1
+    assert any("reached AWS" in line for line in r.trace)
+
+
+def test_per_member_timings_use_each_members_own_lease() -> None:
+    alt = ALT_TIMINGS[0]
+    r = run(three(Fault("nat_down", 3.0, 6.0, "i-a"), timings={"i-a": alt, "i-b": alt}))
+    assert r.ok, r.report()
+    assert any("lease 1.5" in line for line in r.scenario.describe())
+
+
+def test_own_path_through_the_elastic_ip_is_lost_with_it() -> None:
+    tables = {"i-a": ("rtb-0", "rtb-1"), "i-b": ("rtb-2",), "i-c": ("rtb-3",)}
+    world = World(three(tables=tables, egress=True, own_path_eip=True))
+    assert world.own_path("i-a") and world.ec2_path("i-a") == ""
+    alloc = world.egress["rtb-0"].allocation_id
+    world.cloud.addresses[alloc].append((0.0, (world.eni["i-b"], world.egress["rtb-0"].address("i-b"))))
+    assert not world.own_path("i-a") and world.ec2_path("i-a") == "timeout" and not world.store_path("i-a")
+    assert world.forwards("i-a")  # its forwarding of other tables is not its own AWS path
