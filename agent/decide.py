@@ -33,10 +33,14 @@ passed in. The rules (DESIGN.md):
   for the table like it keeps the route: written when taken, again after the horizon and
   after a stray report, and repaired when a read shows it elsewhere.
 * Restarting a peer (stop/start) needs much stronger evidence: heartbeat silent
-  for ``restart_after``, probes failing, EC2 saying it is running or stopped;
-  it happens under a restart lease, after a cooldown, at most
-  ``restart_max_attempts`` times without the peer becoming healthy, and never to
-  a peer that is heartbeating or that left on purpose.
+  for ``restart_after`` *and* no probe answered for ``restart_after`` (data-plane
+  evidence: a NAT that answers probes is never stopped, whatever its heartbeat
+  says - a wedged agent is systemd's watchdog's job, and a NAT that forwards but
+  cannot reach DynamoDB may lose its tables but keeps running), EC2 saying it is
+  running or stopped; it happens under a restart lease, after a cooldown, at
+  most ``restart_max_attempts`` times without the peer becoming healthy, and
+  never to a peer that is heartbeating or that left on purpose. The evidence is
+  checked again, fresh, right before the stop is sent (agent/cycle/restarts.py).
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class PeerProbe:
     lost: int = 0
     window: int = 0
     silent_for: float = 0.0  # seconds since the last answered probe
+    result_age: float = 0.0  # seconds since the newest probe result (answered or lost): how fresh this is
 
 
 @dataclass(frozen=True)
@@ -690,11 +695,28 @@ def _restart_evidence(v: _View, t: Timing, peer: str) -> str | None:
     silent = obs.heartbeat_age.get(peer, 0.0)
     if silent < t.restart_after:
         return None
+    why = probe_silence(obs.probes.get(peer), t.restart_after)
+    if why:
+        return None  # it answers probes (or we cannot tell): never stopped, whatever its heartbeat says
     state = obs.instance_states.get(peer, "")
     if state not in INSTANCE_RESTARTABLE:
         return None
-    probes = "no probe replies" if v.probe_down(peer) else "it answers probes but cannot reach AWS"
-    return f"heartbeat silent {_fmt(silent)}, {probes}, EC2 state {state}"
+    p = obs.probes[peer]
+    return f"heartbeat silent {_fmt(silent)}, no probe replies for {_fmt(p.silent_for)}, EC2 state {state}"
+
+
+def probe_silence(p: PeerProbe | None, needed: float, fresh_within: float | None = None) -> str:
+    """ "" when our probes show a peer that does not forward: down, unanswered for ``needed`` seconds (and,
+    with ``fresh_within``, the newest result no older than that); else why the evidence is not there."""
+    if p is None:
+        return "we do not probe it"
+    if p.up:
+        return "it answers probes"
+    if p.silent_for < needed:
+        return f"it answered a probe {_fmt(p.silent_for)} ago"
+    if fresh_within is not None and p.result_age > fresh_within:
+        return f"the newest probe result is {p.result_age:.2f} s old"
+    return ""
 
 
 def _kind_of(actions: list[Action]) -> str:

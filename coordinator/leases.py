@@ -168,6 +168,53 @@ class Coordinator:
         """Stop acting at once (session lost, or shutting down)."""
         self._session = None
 
+    def lapse(self) -> None:
+        """Our clock may have missed time (a pause it did not count): act on nothing until a renewal
+        sent from now on succeeds. The session itself is kept: if no peer expired it, it renews."""
+        s = self._session
+        if s is not None:
+            self._session = replace(s, valid_until=min(s.valid_until, self.clock.monotonic()))
+
+    def confirm(
+        self,
+        *,
+        route: tuple[str, int] | None = None,
+        restart: tuple[str, int] | None = None,
+        unchanged: MemberItem | None = None,
+    ) -> str:
+        """Right before an EC2 write: "" when DynamoDB still says we may, else why not.
+
+        One consistent read of the group (a Query of one partition). Our session must be alive
+        there (no peer expired it: the local clock alone does not say so after a pause it did not
+        count); ``route`` = (table, term): we still own the table in that term; ``restart`` =
+        (target, term): we still hold its restart lease; ``unchanged``: that member item is still
+        as we last saw (or wrote) it - a stop's target has not come back. Raises StoreUnavailable.
+        """
+        s = self._session
+        if s is None:
+            return "no session"
+        snapshot = self.read_group()
+        mine = snapshot.members.get(self.me)
+        if mine is None or mine.session != s.session or mine.state != MEMBER_ALIVE:
+            state = "gone" if mine is None else f"{mine.state}, session {mine.session[:8]}"
+            return f"our session {s.session[:8]} is no longer alive in DynamoDB ({state})"
+        if route is not None:
+            table, term = route
+            r = snapshot.routes.get(table)
+            if r is None or r.owner != self.me or r.owner_session != s.session or r.term != term:
+                held = "nobody" if r is None or not r.owner else f"{r.owner} in term {r.term}"
+                return f"{table} is held by {held}, not by this session in term {term}"
+        if restart is not None:
+            target, term = restart
+            x = snapshot.restarts.get(target)
+            if x is None or x.owner != self.me or x.owner_session != s.session or x.term != term:
+                return f"the restart lease on {target} is no longer ours in term {term}"
+        if unchanged is not None:
+            m = snapshot.members.get(unchanged.instance)
+            if m is None or (m.session, m.version, m.state) != (unchanged.session, unchanged.version, unchanged.state):
+                return f"{unchanged.instance} changed since (it is back, or someone wrote its item)"
+        return ""
+
     def _member(self, session: str, version: int, state: str, health: Health, draining: bool) -> MemberItem:
         return MemberItem(
             instance=self.me,

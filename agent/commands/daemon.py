@@ -73,6 +73,7 @@ class Daemon:
         from agent.host.selfcheck import SelfChecker
         from agent.metrics import Metrics
         from agent.runtime import coordinator_for, resolve
+        from coordinator import awshttp
         from coordinator.clock import SystemClock
         from coordinator.errors import StoreConfigError, StoreUnavailable
 
@@ -137,6 +138,8 @@ class Daemon:
         agent = Agent(
             config, coordinator, rt.ec2, prober, SelfChecker(config.self_check), clock, metrics, holder=rt.holder
         )
+        # Every AWS answer's server time (Date) against our monotonic clock: pauses it did not count.
+        awshttp.set_answer_listener(agent.pauses.server_date)
         notifier = Notifier()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agent.decide import Ec2Address, Ec2Route
-from coordinator.items import Health
+from coordinator.items import Health, MemberItem
 from coordinator.observe import ChangeObserver
 
 
@@ -15,6 +15,7 @@ class RestartProgress:
 
     phase_started: float
     last_poll: float = -1e18
+    stopped_as: MemberItem | None = None  # the peer's member item when we sent it a stop (expired by then)
 
 
 @dataclass
@@ -26,8 +27,11 @@ class Held:
     settle_at: float  # write the route again then: no write of an earlier term can land after it
     tagged: bool = False  # the holder tag names us (written in this term)
     tagged_at: float = -1e18  # our last confirmed holder-tag write (IAM may lag it: tag propagation)
-    first_tagged_at: float = -1e18  # the first one of this term (bounds the propagation excuse)
+    first_tagged_at: float = -1e18  # the first since our last route write (bounds the propagation excuse)
     propagation_refusals: int = 0  # writes IAM refused while it may still see the previous tag
+    address_tagged: bool = False  # the Elastic IP's holder tag names us (egress_ip = follow)
+    address_tagged_at: float = -1e18  # as tagged_at, for the Elastic IP's holder tag
+    address_first_tagged_at: float = -1e18
     settled: bool = False
     last_write: float = -1e18  # our last confirmed route write
     address_settled: bool = False  # the Elastic IP was associated again after settle_at (egress_ip = follow)
@@ -93,3 +97,4 @@ class Memory:
     stray_reports: list[tuple[str, int, str]] = field(default_factory=list)  # (table, term, target) to report
     pins_since: dict[str, tuple[str, float]] = field(default_factory=dict)  # table -> (pinned member, first seen)
     ec2_writes: Ec2Writes = field(default_factory=Ec2Writes)
+    own_stop_tag: str = ""  # the session for which our instance is tagged nat-ha:stop-by=<our ARN>

@@ -4,9 +4,10 @@ A failure makes us unhealthy for ``ec2_writes`` (so that a peer that can write s
 tables) only when it is ours - when a peer could do better:
 
 * a refusal of a write (IAM, our credentials) - except within ``ec2_tag_propagation`` of our
-  own holder-tag write on that table: IAM may still decide on the previous tag. That is
-  retried next cycle and not counted (for at most twice that long per term, so that a role
-  that really may not write is still found out);
+  own holder-tag write on that table (or its Elastic IP): IAM may still decide on the previous
+  tag. That is retried shortly and not counted (for at most twice that long from the first tag
+  write since the last write that went through, so that a role that really may not write is
+  still found out);
 * a failure to connect to EC2, only once a live peer's heartbeat says EC2 answered *it* after
   our calls began failing. An outage that hits every member is AWS's: nobody hands tables
   around for it, and a penalty for an unreachable EC2 ends at the next call EC2 answers us:
@@ -155,8 +156,14 @@ class Ec2Standing:
             if now >= w.out_until:
                 w.penalty = 0.0  # served: the next episode starts from the hold-down again
 
-    def failed(self, exc: Ec2Error, now: float, *, write: bool, held: Held | None = None) -> None:
-        """Book an EC2 failure by whose it is (module docstring). ``held``: the table a write was for."""
+    def failed(
+        self, exc: Ec2Error, now: float, *, write: bool, held: Held | None = None, address: bool = False
+    ) -> None:
+        """Book an EC2 failure by whose it is (module docstring).
+
+        ``held``: the table a write was for; ``address``: the write was its Elastic IP's (whose own
+        holder tag IAM decides on).
+        """
         action = action_of(exc.operation)
         code = exc.code
         if code in UNREACHABLE:
@@ -171,7 +178,7 @@ class Ec2Standing:
             return
         if not write:
             return  # a refused read makes our view stale, no table goes unserved
-        if held is not None and self._propagating(held, now):
+        if held is not None and self._propagating(held, now, address=address):
             self._count("aws", "tag_propagation")
             held.propagation_refusals += 1
             retry = now + PROPAGATION_RETRY * 2 ** min(held.propagation_refusals - 1, 3)
@@ -185,10 +192,15 @@ class Ec2Standing:
             return
         self._own(exc, now, "refused")
 
-    def _propagating(self, held: Held, now: float) -> bool:
-        """A refusal now may be IAM deciding on the table's previous holder tag (bounded per term)."""
+    def _propagating(self, held: Held, now: float, *, address: bool = False) -> bool:
+        """A refusal now may be IAM deciding on the previous holder tag: within ``ec2_tag_propagation``
+        of our last tag write, and within twice that of the first since our last successful write."""
         p = self.ctx.timings.ec2_tag_propagation
-        return now - held.tagged_at <= p and now - held.first_tagged_at <= 2 * p
+        if address:
+            last, first = held.address_tagged_at, held.address_first_tagged_at
+        else:
+            last, first = held.tagged_at, held.first_tagged_at
+        return now - last <= p and now - first <= 2 * p
 
     def _unreachable(self, exc: Ec2Error, now: float, *, write: bool) -> None:
         w = self.ctx.memory.ec2_writes
