@@ -204,6 +204,24 @@ def test_a_healthy_home_never_hands_its_own_table_away_after_a_fail_back_with_ta
     assert ever_out, "undone: the home stays healthy anyway"
 
 
+def test_a_repair_long_into_a_term_gets_its_own_propagation_window() -> None:
+    # A repair tags the table again (a stale holder's late tag write may have landed); IAM may lag
+    # that tag write too. The window is counted from the first tag write since the last write that
+    # went through, not from the start of the term, or a long-held table's repair would count.
+    g = paths(iam=True, metrics=True)
+    a = g.agents["i-a"]
+    g.cycle("i-a", 30)  # i-a has held rtb-a for a while
+    world(g).tag_lag = 0.8
+    # A former holder's late CreateTags and ReplaceRoute landed (IAM sees that tag already) and
+    # were reported; i-a's own new tag write reaches IAM 0.8 s late.
+    world(g).tags["rtb-a"].append((g.clock.monotonic() - 10.0, arn("i-b")))
+    g.world.targets["rtb-a"] = "i-b"
+    g.agents["i-b"].coordinator.report_stray("rtb-a", 0, "i-b")
+    g.cycle("i-a", 6)
+    assert g.world.targets["rtb-a"] == "i-a"
+    assert world(g).refusals >= 1 and failures(a, "ours", "refused") == 0 and not out(a, g)
+
+
 # ------------------------------------------------------------------ finding 7: per-action throttling
 def test_read_throttling_never_holds_back_a_takeover_write(monkeypatch: pytest.MonkeyPatch) -> None:
     # Finding 7: another tenant drains the Describe* buckets only. The taker's read is throttled
