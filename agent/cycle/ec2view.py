@@ -6,12 +6,17 @@ whose outcome is unknown. Each read waits only for its own action's throttling b
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from agent.aws.ec2 import Ec2Error
 from agent.cycle.context import Context
 from agent.cycle.session import SessionKeeper
 from agent.cycle.standing import Ec2Standing
 from agent.decide import PeerProbe
 from coordinator.items import GroupSnapshot, Health
+
+T = TypeVar("T")
 
 
 class Ec2View:
@@ -50,26 +55,34 @@ class Ec2View:
         ):
             mem.instances_read_at = now
             self.session.keep_through(t.ec2_timeout, health)
-            try:
-                mem.instance_states.update(ctx.ec2.instance_states(wanted))
-                self.standing.succeeded("DescribeInstances", ctx.clock.monotonic())
-                ctx.error_cleared("ec2:describe_instances")
-            except Ec2Error as exc:
-                self.standing.failed(exc, ctx.clock.monotonic(), write=False)
-                ctx.error_once("ec2:describe_instances", f"{exc}; no peer restart until EC2 answers")
+            states = self._read(
+                "DescribeInstances", lambda: ctx.ec2.instance_states(wanted), "no peer restart until EC2 answers"
+            )
+            if states is not None:
+                mem.instance_states.update(states)
+
+    def _read(self, action: str, call: Callable[[], T], meanwhile: str) -> T | None:
+        """One EC2 read, booked (agent.cycle.standing); a failure is logged once, saying what we do meanwhile."""
+        ctx = self.ctx
+        key = f"ec2read:{action}"
+        try:
+            result = call()
+        except Ec2Error as exc:
+            self.standing.failed(exc, ctx.clock.monotonic(), write=False)
+            ctx.error_once(key, f"{exc}; {meanwhile}")
+            return None
+        self.standing.succeeded(action, ctx.clock.monotonic())
+        ctx.error_cleared(key)
+        return result
 
     def _refresh_routes(self, now: float) -> None:
         """Where EC2 routes our tables (one DescribeRouteTables; it lags our own writes)."""
         ctx = self.ctx
         t = ctx.timings
         mem = ctx.memory
-        try:
-            read = ctx.ec2.routes(sorted(ctx.homes))
-            self.standing.succeeded("DescribeRouteTables", ctx.clock.monotonic())
-            ctx.error_cleared("ec2:describe_route_tables")
-        except Ec2Error as exc:
-            self.standing.failed(exc, ctx.clock.monotonic(), write=False)
-            ctx.error_once("ec2:describe_route_tables", f"{exc}; keeping the last known routes")
+        homes = sorted(ctx.homes)
+        read = self._read("DescribeRouteTables", lambda: ctx.ec2.routes(homes), "keeping the last known routes")
+        if read is None:
             return
         for rt, view in read.items():
             h = mem.held.get(rt)
@@ -86,13 +99,12 @@ class Ec2View:
         mem = ctx.memory
         if self.standing.quiet("DescribeAddresses", now):
             return
-        try:
-            read = ctx.ec2.egress_ips(sorted(ctx.egress_tables))
-            self.standing.succeeded("DescribeAddresses", ctx.clock.monotonic())
-            ctx.error_cleared("eipread:")
-        except Ec2Error as exc:
-            self.standing.failed(exc, ctx.clock.monotonic(), write=False)
-            ctx.error_once("eipread:", f"{exc}; keeping the last known Elastic IP associations")
+        read = self._read(
+            "DescribeAddresses",
+            lambda: ctx.ec2.egress_ips(sorted(ctx.egress_tables)),
+            "keeping the last known Elastic IP associations",
+        )
+        if read is None:
             return
         mem.egress_read, mem.egress_read_at = read, now
         for rt, seen in read.items():
