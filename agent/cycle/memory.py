@@ -98,3 +98,6 @@ class Memory:
     pins_since: dict[str, tuple[str, float]] = field(default_factory=dict)  # table -> (pinned member, first seen)
     ec2_writes: Ec2Writes = field(default_factory=Ec2Writes)
     own_stop_tag: str = ""  # the session for which our instance is tagged nat-ha:stop-by=<our ARN>
+    # A session taken over from an earlier process of this agent (agent/handoff.py): an EC2 write
+    # that process sent may land until then, so its tables settle no earlier.
+    predecessor_writes_until: float = -1e18
