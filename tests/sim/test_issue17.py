@@ -1,6 +1,6 @@
 """Issue 17: each of the ten findings as a crafted schedule (and seeds) that fails at the agent of this commit.
 
-Every test here is a strict xfail: it passes once the agent fix (branch issue-17-agent) lands, and
+Every test here is a strict xfail: it passes once the agent fix lands, and
 strict xfail then fails the run until the mark is removed. A run that fails for another reason than
 the finding's invariant is an error, not an expected failure (``fixed`` raises RuntimeError). The
 last tests (not xfail) show the simulator models what the findings needed: they pass now.
@@ -32,7 +32,7 @@ def three(*faults: Fault, tables: dict[str, tuple[str, ...]] | None = None, **kw
 
 
 def finding(n: int, what: str) -> pytest.MarkDecorator:
-    reason = f"issue 17 finding {n}: {what}; fix in issue-17-agent"
+    reason = f"issue 17 finding {n}: {what}; the agent fix makes it pass"
     return pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason)
 
 
@@ -158,7 +158,7 @@ SEEDS = {
 
 
 @pytest.mark.parametrize("seed", sorted(SEEDS))
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 17: a finding's seed; fix in issue-17-agent")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 17: a finding's seed; the agent fix makes it pass")
 def test_finding_seed(seed: int) -> None:
     n, invariant = SEEDS[seed]
     fixed(run(draw(seed)), n, invariant)
