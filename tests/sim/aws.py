@@ -321,7 +321,8 @@ class SimEc2Client:
         call.info["proc"] = p
         w.k.at(w.k.now, lambda: self._transmit(call, serve, 0))  # the guest's kernel, not this process
         w.freeze_point(self.me, "ec2_sent", p)  # a VM frozen now holds the bytes until it resumes
-        w.freeze_point(self.me, "ec2_call", p)
+        p.wait(0.0, "ec2")  # the kernel sends them (the event above runs first)
+        w.freeze_point(self.me, "ec2_call", p)  # frozen with the request on its way
         self._wait_until(record.deadline, lambda: call.reply_local is not None)
         if _ACKED and call.info.get("acked_local") is not None:  # awshttp counts a request sent when acknowledged
             record.acked_at = call.info["acked_local"]  # type: ignore[attr-defined]

@@ -481,7 +481,7 @@ def test_the_kernel_send_queue_as_the_simulator_models_it() -> None:
     assert (r.late_arrivals >= 1) == (not simaws.TRANSPORT_ABORTS_INCOMPLETE), r.report()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17 finding 3: awshttp closes plainly; fix in issue-17-agent")
+@pytest.mark.xfail(strict=True, reason="issue 17 finding 3: awshttp closes plainly; the agent fix makes it pass")
 def test_issue_17_finding_3_a_call_that_gave_up_sends_nothing_more() -> None:
     """Finding 3 on the real transport: once a call has given up, the rest of its request must not
     reach AWS (abort the connection: SO_LINGER 0). Fails today: the peer reads the whole request."""

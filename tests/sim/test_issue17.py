@@ -35,7 +35,7 @@ def three(*faults: Fault, tables: dict[str, tuple[str, ...]] | None = None, **kw
 
 
 def finding(n: int, what: str) -> pytest.MarkDecorator:
-    reason = f"issue 17 finding {n}: {what}; fix in issue-17-agent"
+    reason = f"issue 17 finding {n}: {what}; the agent fix makes it pass"
     return pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason)
 
 
@@ -154,7 +154,7 @@ SEEDS = {
 
 FIXED = {1, 2, 5, 6, 7, 8, 9}  # findings whose fix has landed
 UNFIXED = pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="issue 17: a finding's seed; fix in issue-17-agent"
+    strict=True, raises=AssertionError, reason="issue 17: a finding's seed; the agent fix makes it pass"
 )
 
 

@@ -25,7 +25,7 @@ from tests.sim.world import run_seed
 
 # seed -> (ok, report, what of issue 17's world it draws); shared by the two seed tests of one session.
 _RESULTS: dict[int, tuple[bool, str, tuple[str, ...]]] = {}
-ISSUE_17 = "issue 17: the ten findings; the agent fix (branch issue-17-agent) makes these seeds pass"
+ISSUE_17 = "issue 17: the ten findings; the agent fix makes these seeds pass"
 
 
 def _one(seed: int) -> tuple[int, bool, str, tuple[str, ...]]:
