@@ -342,8 +342,8 @@ class SimEc2Client:
         if attempt > 0:  # a retransmission (the first transmission left with sendall, or on resume)
             if call.aborted:
                 return  # reset: the kernel dropped what it still held
-            local_deadline = call.info.get("local_deadline")
-            if TRANSPORT_ABORTS_INCOMPLETE and local_deadline is not None and w.clocks[self.me].monotonic() > local_deadline:
+            local_deadline = call.info.get("local_deadline", float("inf"))
+            if TRANSPORT_ABORTS_INCOMPLETE and w.clocks[self.me].monotonic() > local_deadline:
                 # TCP_USER_TIMEOUT (the time left, set before the write): the kernel gives up retransmitting
                 # by the deadline on its own clock, the process frozen or not. (A first transmission held
                 # by a VM pause still leaves on resume: the writer, giving up late, reports it.)
