@@ -259,7 +259,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "restart_after": Key(
             float,
             30.0,
-            "Seconds of heartbeat silence (and failed probes) before a peer is stopped and started.",
+            "Seconds of heartbeat silence and of unanswered probes before a peer is stopped and started "
+            "(a NAT that answers probes is never stopped).",
             minimum=0.0,
         ),
         "restart_cooldown": Key(
