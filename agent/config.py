@@ -123,8 +123,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
             dict,
             None,
             'Per member, { "i-..." = "10.0.1.21", ... }: the private address on that member\'s ENI that carries this '
-            "table's traffic and, while that member serves the table, its Elastic IP (the home member may use its "
-            "primary address). Required.",
+            "table's traffic and, while that member serves the table, its Elastic IP. A secondary address, never the "
+            "member's primary one (its own AWS calls leave from that: they would lose their way out when the "
+            "Elastic IP moves). Required.",
         ),
     },
     "store": {
@@ -281,7 +282,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "restart_after": Key(
             float,
             30.0,
-            "Seconds of heartbeat silence (and failed probes) before a peer is stopped and started.",
+            "Seconds of heartbeat silence and of unanswered probes before a peer is stopped and started "
+            "(a NAT that answers probes is never stopped).",
             minimum=0.0,
         ),
         "restart_cooldown": Key(
@@ -703,6 +705,7 @@ def egress_problems(config: Config) -> list[str]:
                 )
     mine: dict[tuple[str, str], str] = {}  # (member, address) -> the route table it serves
     owner = {m.address: m.instance_id for m in members if m.address}  # address -> the member whose ENI has it
+    primary = {m.instance_id: m.address for m in members if m.address}  # what its peers probe, its own way out
     for i, e in enumerate(tables):
         path = f"egress.tables[{i}].addresses"
         given = dict(e.addresses)
@@ -712,6 +715,13 @@ def egress_problems(config: Config) -> list[str]:
         for iid, addr in e.addresses:
             if members and iid not in ids:
                 out.append(f"{path}: {iid} is not a member")
+            if members and addr == primary.get(iid):
+                out.append(
+                    f"{path}: {iid}'s address {addr} is its primary address (the one its own AWS calls leave from): "
+                    f"when {e.route_table}'s Elastic IP moves away, {iid} loses its way to AWS and goes silent; "
+                    "give it a secondary address for the table"
+                )
+                continue
             holder = owner.setdefault(addr, iid)
             if holder != iid:
                 out.append(f"{path}: {iid}'s address {addr} belongs to {holder}: a private address is on one ENI")

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 DEFAULT_ROUTE = "0.0.0.0/0"
 HOLDER_TAG = "nat-ha:holder"  # on a route table and its Elastic IP: the instance ARN that may write them
 STOP_TAG = "nat-ha:stop-by"  # on an instance: the ARN of the one member that may stop it
+# A call given up this long after its deadline was frozen after its bytes were handed to the kernel:
+# what it did not see acknowledged may have left late (a VM pause holds them; on resume they go).
+LATE_ABORT = 0.05
 # Error codes that mean "the account's request bucket is empty": back off, nothing is wrong with us.
 THROTTLED = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
 
@@ -170,6 +173,10 @@ class Ec2:
         elif record.send_started is not None:
             permit.in_doubt = True
             permit.sent_at = record.sent_at if record.sent_at is not None else record.send_started
+            if record.ended is not None and record.ended > record.deadline + LATE_ABORT:
+                # We gave up late (frozen after the bytes were handed over): the kernel may have let them
+                # go after the deadline, before our reset. Treat them as sent when we gave up: a stray.
+                permit.sent_at = record.ended
 
     # ---------------------------------------------------------------- routes
     def describe(self, route_tables: list[str]) -> dict[str, RouteView]:

@@ -64,11 +64,11 @@ PROCESSING = (0.005, 0.04)
 STALE_BASE = 0.05
 RTO = 0.2  # Linux's shortest TCP retransmission timeout; it doubles with each retransmission
 RETRANSMISSIONS = 8  # then the kernel would go on for minutes; the simulator delivers
-# What coordinator/awshttp does with a call that did not complete by its deadline. Today a plain
-# close(): the kernel keeps (re)sending what it holds, so the request may still reach AWS.
-# test_differential.py checks this against the real Sender on loopback; set it True when awshttp
-# aborts the connection (SO_LINGER 0: the kernel drops the queue and sends a reset).
-TRANSPORT_ABORTS_INCOMPLETE = False
+# What coordinator/awshttp does with a call that did not complete by its deadline: it aborts the
+# connection (SO_LINGER 0: the kernel drops the queue and sends a reset; issue 17, finding 3), so
+# what the kernel still held never reaches AWS. (Before: a plain close(), and the kernel kept
+# (re)sending it.) test_differential.py checks this against the real Sender on loopback.
+TRANSPORT_ABORTS_INCOMPLETE = True
 
 DESCRIBE_ACTIONS = ("DescribeRouteTables", "DescribeInstances", "DescribeAddresses")
 WRITE_ACTIONS = ("ReplaceRoute", "CreateRoute", "AssociateAddress", "CreateTags", "DeleteTags")
@@ -338,8 +338,15 @@ class SimEc2Client:
     def _transmit(self, call: Call, serve: Callable[[Call], Any], attempt: int) -> None:
         """The guest's kernel sends the request (again): now, when the VM resumes, or after a loss."""
         w = self.w
-        if call.aborted:
-            return  # reset: the kernel dropped what it still held
+        if attempt > 0:  # a retransmission (the first transmission left with sendall, or on resume)
+            if call.aborted:
+                return  # reset: the kernel dropped what it still held
+            local_deadline = call.info.get("local_deadline", float("inf"))
+            if TRANSPORT_ABORTS_INCOMPLETE and w.clocks[self.me].monotonic() > local_deadline:
+                # TCP_USER_TIMEOUT (the time left, set before the write): the kernel gives up retransmitting
+                # by the deadline on its own clock, the process frozen or not. (A first transmission held
+                # by a VM pause still leaves on resume: the writer, giving up late, reports it.)
+                return
         if w.vm_frozen[self.me]:
             w.on_thaw(self.me, lambda: self._transmit(call, serve, attempt))
             return

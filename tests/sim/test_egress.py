@@ -102,6 +102,10 @@ def test_an_agent_that_moves_a_healthy_homes_elastic_ip_is_caught(monkeypatch: p
         real(self, rt, term, target, *a)  # type: ignore[arg-type]
 
     monkeypatch.setattr(TableWriter, "_address_here", wrong)
-    r = run(three(Fault("nat_down", 3.0, 8.0, "i-b")))
+    # Without holder tags nothing on AWS's side stops it: the checker must.
+    r = run(three(Fault("nat_down", 3.0, 8.0, "i-b"), holder_tag=False))
     assert any("(a)" in v and "authorized AssociateAddress" in v and "the holder is i-a" in v for v in r.violations)
     assert any("(e)" in v and "moved rtb-0's Elastic IP away from its home i-a" in v for v in r.violations), r.report()
+    # With them (issue 17), the Elastic IP's holder tag names i-a: AWS refuses the association.
+    r = run(three(Fault("nat_down", 3.0, 8.0, "i-b")))
+    assert r.iam_refusals >= 1 and not any("(e)" in v for v in r.violations), r.report()

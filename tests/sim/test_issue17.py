@@ -1,12 +1,13 @@
-"""Issue 17: each of the ten findings as a crafted schedule (and seeds) that fails at the agent of this commit.
+"""Issue 17: each of the ten findings as a crafted schedule (and seeds) that failed at 786fe64.
 
-Every test of a finding not fixed yet is a strict xfail: it passes once the agent fix lands, and
-strict xfail then fails the run until the mark is removed. Fixed (marks gone): findings 1, 2, 5
-(stops need fresh data-plane evidence and AWS's stop-by tag, authority confirmed against DynamoDB,
-pauses seen) and 6-9 (IAM tag propagation, per-action throttling, outages for everyone:
-agent/cycle/standing.py; slow DynamoDB: coordinator.leases.StoreBudget). A run that fails for another reason than
-the finding's invariant is an error, not an expected failure (``fixed`` raises RuntimeError). The
-last tests (not xfail) show the simulator models what the findings needed: they pass now.
+Each passes since its fix (kept as regressions): findings 1-5 (issue-17-authority: stops need fresh
+data-plane evidence and AWS's stop-by tag, authority confirmed against DynamoDB, pauses seen, sent
+means acknowledged, no Elastic IP on a primary address) and 6-9 (issue-17-standing: IAM tag
+propagation, per-action throttling and outages for everyone in agent/cycle/standing.py, slow DynamoDB
+in coordinator.leases.StoreBudget). A new finding is marked with ``finding()`` (strict xfail) until
+its fix lands. A run that fails for another reason than the finding's invariant is an error, not an
+expected failure (``fixed`` raises RuntimeError). The last tests show the simulator models what the
+findings needed.
 
 Each schedule is written down, with what it shows and the first invariant it breaks, in
 tests/sim/README.md ("Issue 17"). Replay one with ``pytest tests/sim/test_issue17.py -k NAME -s``.
@@ -75,29 +76,49 @@ def test_finding_2_seed_11_a_stale_holder_whose_clock_stopped_writes_nothing() -
     fixed(r, 2, "a")
 
 
-@finding(3, "sendall returning is not the peer getting the bytes")
-@pytest.mark.parametrize("kind", ["vm_freeze", "net_loss"])
-def test_finding_3_a_request_that_leaves_late_is_seen(kind: str) -> None:
-    # vm_freeze: i-a's VM freezes 3 s right after sendall returned (its clock runs): the bytes sit
-    # in the guest's kernel and reach AWS 2 s after the lease, unreported. net_loss: the segment is
-    # lost and retransmitted (RTO 0.2 s, doubling) past the deadline; the closed socket keeps sending.
-    if kind == "vm_freeze":
-        r = run(two(Fault("vm_freeze", 1.0, 3.0, "i-a", point="ec2_sent"), holder_tag=False))
+@pytest.mark.parametrize("kind", ["vm_freeze", "vm_freeze_clock_stops", "net_loss"])
+def test_finding_3_a_request_never_reaches_aws_unseen_after_its_call_gave_up(kind: str) -> None:
+    """Finding 3: sendall returning is not the peer getting the bytes. vm_freeze: i-a's VM froze 3 s right
+    after sendall returned (its clock runs); the bytes sat in the guest's kernel and reached AWS 2 s after
+    the lease, unreported. net_loss (seed 43, 10 % lost, ec2_late): a ReplaceRoute retransmitted past its
+    deadline reached AWS 0.49 s after the lease; the closed socket kept sending. Now awshttp bounds the
+    kernel's (re)transmission by the deadline (TCP_USER_TIMEOUT) and resets a call that did not complete:
+    no retransmission leaves late. A first transmission a VM pause held still leaves on resume (a reset
+    cannot call it back): the writer, giving up late (or seeing the pause its clock missed), reports the
+    write and the holder writes the table again - the run is clean."""
+    if kind == "net_loss":
+        r = run(draw(43))
     else:
-        r = run(draw(43))  # net_loss (10 % lost) under ec2_late: a ReplaceRoute reaches AWS 0.49 s late
-    fixed(r, 3, "a")
-    assert r.late_arrivals >= 1
+        freeze = Fault("vm_freeze", 1.0, 3.0, "i-a", point="ec2_sent", clock_stops=kind.endswith("stops"))
+        r = run(two(freeze, holder_tag=False))
+    assert r.ok, r.report()
+    assert r.late_arrivals == (0 if kind == "net_loss" else 1), r.report()
 
 
-@finding(4, "a home whose Elastic IP sits on its primary address loses its own AWS path and is stopped")
-def test_finding_4_a_home_whose_own_path_is_its_elastic_ip_is_not_stopped() -> None:
-    # i-a's data plane breaks 4 s: its tables go to i-b with their Elastic IPs, rtb-0's from i-a's
-    # primary address, i-a's only public address. i-a forwards again but cannot reach AWS: silent,
-    # it is stopped at 35 s and never gets its tables back.
+def test_finding_4_a_home_whose_own_path_is_its_elastic_ip_is_refused_by_check_config() -> None:
+    """Finding 4: i-a's data plane broke 4 s; its tables went to i-b with their Elastic IPs, rtb-0's from
+    i-a's primary address, its only public address. i-a forwarded again but could not reach AWS: silent,
+    stopped at 35 s (now: never stopped, it answers probes), and its tables never came back (they cannot:
+    its own way out left with the Elastic IP). So the layout itself is refused: check-config rejects an
+    Elastic IP on a member's primary address, and the simulator no longer draws it (own_path_eip)."""
+    from agent.config import Config, egress_problems
+
     tables = {"i-a": ("rtb-0", "rtb-1"), "i-b": ("rtb-2",), "i-c": ("rtb-3",)}
-    sc = three(Fault("dataplane_down", 3.0, 4.0, "i-a"), tables=tables, egress=True, own_path_eip=True)
-    r = fixed(run(sc), 4, "d")
-    assert r.healthy_nat_stops == 0
+    world = World(three(tables=tables, egress=True, own_path_eip=True))
+    shape = Config(group="g", members=world.members, egress_ip="follow", egress_tables=tuple(world.egress.values()))
+    found = egress_problems(shape)
+    primaries = [p for p in found if "primary address" in p]
+    assert primaries[0] == (
+        "egress.tables[0].addresses: i-a's address 10.0.0.10 is its primary address (the one its own AWS calls "
+        "leave from): when rtb-0's Elastic IP moves away, i-a loses its way to AWS and goes silent; give it a "
+        "secondary address for the table"
+    ), found
+    assert len(primaries) == 3, found  # every home's first table (rtb-0, rtb-2, rtb-3)
+    layout = World(three(tables=tables, egress=True))  # what the simulator draws: secondary addresses only
+    good = Config(group="g", members=layout.members, egress_ip="follow", egress_tables=tuple(layout.egress.values()))
+    assert not egress_problems(good)
+    r = run(three(Fault("dataplane_down", 3.0, 4.0, "i-a"), tables=tables, egress=True))
+    assert r.ok, r.report()
 
 
 def test_finding_5_a_nat_that_forwards_without_dynamodb_is_never_stopped() -> None:
@@ -140,27 +161,32 @@ def test_finding_9_a_member_with_slow_dynamodb_keeps_its_tables() -> None:
     assert r.healthy_home_moves == 0
 
 
-# The random seeds of the first 300 whose first violation is a finding's (tests/sim/README.md).
+# The random seeds of the first 300 whose first violation was a finding's (tests/sim/README.md), each
+# clean since its finding's fix (kept as regressions): findings 6-9 (issue-17-standing) ...
 SEEDS = {
-    0: (4, "d"),  # own path through the Elastic IP on the primary address
-    153: (9, "c"),  # one member's slow DynamoDB: a healthy home's table moves at 14.2 s
-    61: (5, "d"),  # a NAT that cannot reach DynamoDB for 40 s is stopped
+    9: (9, "c"),  # one member's slow DynamoDB only
     116: (6, "c"),  # IAM tag lag: all members unhealthy at once, a healthy home's table moved
     19: (6, "b"),  # IAM tag lag at the first claims: the taker out 10 s while its peer's NAT is dead
     23: (8, "c"),  # after an EC2 outage
+    153: (9, "c"),  # one member's slow DynamoDB: a healthy home's table moved at 14.2 s
+}
+# ... and findings 1-5 (issue-17-authority).
+FIXED_SEEDS = {
+    0: (4, "d"),  # own path through the Elastic IP on the primary address (no longer drawn: check-config refuses it)
+    61: (5, "d"),  # a NAT that cannot reach DynamoDB for 40 s is stopped
     110: (2, "a"),  # a clock-stopping pause right after sendall: a second writer in one term
 }
 
 
-FIXED = {1, 2, 5, 6, 7, 8, 9}  # findings whose fix has landed
-UNFIXED = pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="issue 17: a finding's seed; the agent fix makes it pass"
-)
-
-
-@pytest.mark.parametrize("seed", [s if SEEDS[s][0] in FIXED else pytest.param(s, marks=UNFIXED) for s in sorted(SEEDS)])
+@pytest.mark.parametrize("seed", sorted(SEEDS))
 def test_finding_seed(seed: int) -> None:
     n, invariant = SEEDS[seed]
+    fixed(run(draw(seed)), n, invariant)
+
+
+@pytest.mark.parametrize("seed", sorted(FIXED_SEEDS))
+def test_fixed_finding_seed(seed: int) -> None:
+    n, invariant = FIXED_SEEDS[seed]
     fixed(run(draw(seed)), n, invariant)
 
 
@@ -214,17 +240,19 @@ def test_iam_sees_tags_late_and_enforces_the_shipped_policy() -> None:
     assert iam.decide(True, "ReplaceRoute", route, me) == (True, "")
     assert iam.decide(True, "ReplaceRoute", route, other) == (False, "rtb-0")
     assert iam.decide(False, "ReplaceRoute", route, other) == (True, "")  # holder tags off: the condition dropped
-    # The shipped policy fences stops too: only the instance the target's nat-ha:stop-by tag names.
+    # A stop needs the target tagged nat-ha:stop-by=<the caller> (issue 17, finding 1), as IAM sees it.
     assert iam.decide(True, "StopInstances", [("i-b", {})], me) == (False, "i-b")
     assert iam.decide(True, "StopInstances", [("i-b", {"nat-ha:stop-by": me})], me) == (True, "")
 
 
-def test_a_request_reaches_aws_after_its_call_gave_up() -> None:
+def test_a_request_a_vm_pause_held_reaches_aws_after_its_call_gave_up() -> None:
     """The kernel send queue: a VM frozen right after sendall holds the bytes; they leave on resume,
-    after the call's deadline (a plain close does not stop them)."""
-    r = run(two(Fault("vm_freeze", 1.0, 3.0, "i-a", point="ec2_sent"), holder_tag=False))
-    assert r.late_arrivals >= 1
-    assert any("reached AWS" in line for line in r.trace)
+    after the call's deadline (a reset cannot call them back), whether or not the pause stopped the
+    guest's clock; the writer reports them (the run is clean)."""
+    for stops in (False, True):
+        r = run(two(Fault("vm_freeze", 1.0, 3.0, "i-a", point="ec2_sent", clock_stops=stops), holder_tag=False))
+        assert r.late_arrivals >= 1 and r.ok, r.report()
+        assert any("reached AWS" in line for line in r.trace)
 
 
 def test_per_member_timings_use_each_members_own_lease() -> None:

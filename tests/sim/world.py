@@ -201,7 +201,8 @@ class World:
             Member(m, f"10.0.{i}.10", sc.route_tables[m], eni=eni[m]) for i, m in enumerate(sc.members)
         )
         # egress_ip = follow: one Elastic IP per table; every member has an address for every table
-        # on its ENI (assigned ahead of time, as the stacks do); a home's first table uses its primary.
+        # on its ENI (assigned ahead of time, as the stacks do). Only own_path_eip (a layout check-config
+        # refuses since issue 17, finding 4) puts a home's first table on its primary address.
         self.egress: dict[str, EgressTable] = {}
         self.public_ip: dict[str, str] = {}  # allocation id -> public address
         self.alloc_table: dict[str, str] = {}
@@ -214,7 +215,7 @@ class World:
                 home = self.homes[rt]
                 addresses = []
                 for i, m in enumerate(sc.members):
-                    primary = m == home and sc.route_tables[m][0] == rt
+                    primary = sc.own_path_eip and m == home and sc.route_tables[m][0] == rt
                     addr = f"10.0.{i}.10" if primary else f"10.0.{i}.{100 + k}"
                     addresses.append((m, addr))
                     self.eni_addresses[eni[m]].add(addr)

@@ -772,3 +772,46 @@ def test_fake_clock_and_coordinator_arguments() -> None:
         Coordinator(MemoryStore(), GROUP, "i-a", c, 0)
     with pytest.raises(ValueError):
         Expect.matches()
+
+
+# ------------------------------------------------------------------ confirm (issue 17): authority from DynamoDB
+def test_confirm_says_yes_only_while_dynamodb_agrees_whatever_the_local_clock_says(
+    backend: Backend, clock: FakeClock
+) -> None:
+    a = started(backend.store, clock, "i-a")
+    b = started(backend.store, clock, "i-b")
+    route = a.claim_route("rtb-1", None)
+    assert a.confirm(route=("rtb-1", route.term)) == ""
+    assert "term 9" in a.confirm(route=("rtb-1", 9))
+    assert "not by this session" in b.confirm(route=("rtb-1", route.term))
+    # i-a's VM pauses (its clock does not count it): its lease still looks valid, but i-b expired it
+    # and took the table. The local check passes; the confirmation does not.
+    b.expire_member(snap_member(b, "i-a"))
+    assert a.remaining() > 0
+    assert "no longer alive in DynamoDB" in a.confirm(route=("rtb-1", route.term))
+    b.claim_route("rtb-1", snap_route(b, "rtb-1"))
+    assert "no longer alive" in a.confirm()
+    assert member(backend.store, clock, "i-c").confirm() == "no session"
+
+
+def test_confirm_of_a_stop_needs_the_restart_lease_and_the_target_unchanged(backend: Backend, clock: FakeClock) -> None:
+    a = started(backend.store, clock, "i-a")
+    b = started(backend.store, clock, "i-b")
+    lease = a.claim_restart("i-b", None, 300.0)
+    expired = a.expire_member(snap_member(a, "i-b"))
+    assert a.confirm(restart=("i-b", lease.term), unchanged=expired) == ""
+    assert "restart lease" in a.confirm(restart=("i-b", lease.term + 1))
+    b.drop_session()
+    member(backend.store, clock, "i-b").start_session(OK, snap_member(a, "i-b"))  # it came back
+    assert "changed since" in a.confirm(restart=("i-b", lease.term), unchanged=expired)
+
+
+def test_lapse_drops_authority_until_a_renewal_sent_afterwards(backend: Backend, clock: FakeClock) -> None:
+    a = started(backend.store, clock, "i-a")
+    a.lapse()
+    assert a.remaining() <= 0 and a.session is not None
+    with pytest.raises(SessionLost):
+        a.claim_route("rtb-1", None)
+    clock.advance(0.1)
+    a.heartbeat(OK)  # nobody expired it: the session renews
+    assert a.remaining() == pytest.approx(LEASE)
