@@ -211,7 +211,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
             float, 1.0, "Session length this agent declares; peers take over after it plus margin.", minimum=0.05
         ),
         "margin": Key(float, 0.1, "Extra seconds an observer waits beyond a declared lease.", minimum=0.0),
-        "store_timeout": Key(float, 0.15, "Connect and read timeout of one DynamoDB call.", minimum=0.01),
+        "store_timeout": Key(
+            float,
+            0.15,
+            "The least time one DynamoDB call is given (whole: connect, send, answer). A call gets what is left of "
+            "the lease minus this (the next renewal's share), between store_timeout and store_timeout_max; a "
+            "renewal, or a call while the agent holds no valid lease, gets store_timeout_max.",
+            minimum=0.01,
+        ),
+        "store_timeout_max": Key(
+            float,
+            0.4,
+            "The most time one DynamoDB call is given: a NAT whose round trips to DynamoDB are slow but answer "
+            "(up to about this) keeps its lease and its route tables.",
+            minimum=0.01,
+        ),
         "store_attempts": Key(
             int,
             1,
@@ -231,6 +245,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "How long after a call's deadline AWS may still apply a write it received (an assumption: AWS publishes "
             "no figure). A new holder writes the route at once and writes it again this long after taking the table, "
             "so a late write of the previous holder cannot stay.",
+            minimum=0.0,
+        ),
+        "ec2_tag_propagation": Key(
+            float,
+            2.0,
+            "How long after our own holder-tag write IAM may still decide on the table's previous tag (an "
+            "assumption: AWS publishes no figure). A write refused within it is retried next cycle and not counted "
+            "as a failure of ours (at most for twice this long per term, so a role that may not write is still "
+            "found out).",
             minimum=0.0,
         ),
         "ec2_consistency_window": Key(
@@ -360,9 +383,11 @@ class Timing:
     lease: float = 1.0
     margin: float = 0.1
     store_timeout: float = 0.15
+    store_timeout_max: float = 0.4
     store_attempts: int = 1
     ec2_timeout: float = 0.6
     ec2_apply_horizon: float = 1.0
+    ec2_tag_propagation: float = 2.0
     ec2_consistency_window: float = 2.0
     ec2_reconcile_interval: float = 5.0
     silent_owner_after: float = 2.0
@@ -393,6 +418,17 @@ class Timing:
             out.append(
                 f"timing.store_attempts: {self.store_attempts} x store_timeout ({self.store_timeout} s) must fit "
                 f"lease - heartbeat_interval ({self.lease - self.heartbeat_interval:.3f} s)"
+            )
+        if self.store_timeout > self.store_timeout_max + 1e-9:
+            out.append(
+                f"timing.store_timeout_max: {self.store_timeout_max} s must be >= store_timeout "
+                f"({self.store_timeout} s)"
+            )
+        if self.heartbeat_interval + self.store_timeout_max > self.lease + self.margin + 1e-9:
+            out.append(
+                f"timing.store_timeout_max: {self.store_timeout_max} s must be <= lease + margin - heartbeat_interval "
+                f"({self.lease + self.margin - self.heartbeat_interval:.3f} s): a renewal sent on time and given all "
+                "of it must still land before peers may judge the session stale"
             )
         if self.cycle_interval > self.heartbeat_interval + 1e-9:
             out.append(

@@ -164,6 +164,7 @@ class EnsureRoute(_Explained):
     route_table: str
     route: RouteItem
     why: str
+    again: bool = False  # EC2 shows it here already: written again (after the horizon, a stray report)
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ class EnsureAddress(_Explained):
     route_table: str
     route: RouteItem
     why: str
+    again: bool = False  # EC2 shows it on our address already: associated again
 
 
 @dataclass(frozen=True)
@@ -408,7 +410,7 @@ def decide(obs: Observation, t: Timing) -> Decision:
                 seen = "unknown" if ec2 is None else (ec2.target or ec2.state)
                 actions.append(EnsureRoute(rt, r, f"routing {rt} to me (EC2 shows {seen})"))
             elif rt in obs.reassert:
-                actions.append(EnsureRoute(rt, r, f"writing {rt}'s route again: {obs.reassert[rt]}"))
+                actions.append(EnsureRoute(rt, r, f"writing {rt}'s route again: {obs.reassert[rt]}", again=True))
             address = _plan_address(obs, rt, r)
             if address is not None:
                 actions.append(address)
@@ -452,11 +454,27 @@ def decide(obs: Observation, t: Timing) -> Decision:
         actions.append(TakeOver(rt, r, expire, reason, f"{verb} {rt}{owner} (term {term}): {why}"))
 
     actions.extend(_plan_restarts(v, t))
+    actions.sort(key=_priority)
 
     if actions:
         kind = _kind_of(actions)
         return Decision(kind, "; ".join(a.describe() for a in actions), tuple(actions))
     return _steady(v, held, notes)
+
+
+def _priority(action: Action) -> int:
+    """The order of a cycle's writes: AWS's write buckets are shared (and a cycle's time is bounded),
+    so what ends an outage goes first - a table's route to a NAT that serves it, then its Elastic
+    IP - then planned moves, then writes that only re-assert what EC2 already shows, then restarts."""
+    if isinstance(action, (TakeOver, RouteToGateway)) or (isinstance(action, EnsureRoute) and not action.again):
+        return 0
+    if isinstance(action, EnsureAddress) and not action.again:
+        return 1
+    if isinstance(action, (HandOver, Release)):
+        return 2
+    if isinstance(action, (EnsureRoute, EnsureAddress)):
+        return 3
+    return 4
 
 
 def _successor(v: _View, rt: str) -> MemberItem | None:
@@ -476,7 +494,7 @@ def _plan_address(obs: Observation, rt: str, r: RouteItem) -> EnsureAddress | No
         ip = f" {seen.public_ip}" if seen is not None and seen.public_ip else ""
         return EnsureAddress(rt, r, f"moving {rt}'s Elastic IP{ip} to me (it is {where})")
     if rt in obs.reassert_address:
-        return EnsureAddress(rt, r, f"associating {rt}'s Elastic IP again: {obs.reassert_address[rt]}")
+        return EnsureAddress(rt, r, f"associating {rt}'s Elastic IP again: {obs.reassert_address[rt]}", again=True)
     return None
 
 

@@ -13,11 +13,11 @@ from agent import __version__
 from agent.aws.ec2 import Ec2, Ec2Error
 from agent.aws.imds import ImdsError, account_id, identity, instance_arn
 from agent.aws.models import botocore_session
-from agent.config import Config, ConfigError, egress_problems, with_discovered
+from agent.config import Config, ConfigError, Timing, egress_problems, with_discovered
 from coordinator.clock import Clock, SystemClock
 from coordinator.dynamo import DynamoSettings, DynamoStore
 from coordinator.instrument import CallObserver
-from coordinator.leases import Coordinator, MemberInfo
+from coordinator.leases import Coordinator, MemberInfo, StoreBudget
 
 OPERATOR_TIMEOUT_S = 5.0  # per call, for status/drain/switchover (not bound by a lease)
 
@@ -28,6 +28,7 @@ class Runtime:
     store: DynamoStore
     ec2: Ec2
     holder: str = ""  # this instance's ARN for the route tables' holder tag ("": no tagging)
+    operator: bool = False  # an operator's command: its calls wait for an answer, no lease to fit
 
 
 def resolve(
@@ -93,7 +94,9 @@ def resolve(
             region=region,
             endpoint_url=config.store.endpoint_url or None,
             connect_timeout_s=store_timeout,
-            read_timeout_s=store_timeout,
+            # Through a proxy (botocore's own timeouts, per socket operation) a slow answer gets as
+            # long as the agent's longest budget; otherwise each call's budget is the coordinator's.
+            read_timeout_s=store_timeout if operator else t.store_timeout_max,
             max_attempts=attempts,
         ),
         on_call=store_on_call,
@@ -108,18 +111,25 @@ def resolve(
             except ImdsError as exc:
                 raise ConfigError([f"ec2.account_id: not set and {exc} (needed for ec2.holder_tag)"]) from None
         holder = instance_arn(config.instance_id, region, account)
-    return Runtime(config, store, ec2, holder)
+    return Runtime(config, store, ec2, holder, operator)
 
 
 def coordinator_for(rt: Runtime, clock: Clock | None = None, lease_s: float | None = None) -> Coordinator:
     config = rt.config
     me = config.member(config.instance_id)
     info = MemberInfo(agent_version=__version__, az=me.az if me else "", address=me.address if me else "")
+    t = config.timing
     return Coordinator(
         rt.store,
         config.group,
         config.instance_id or "operator",
         clock or SystemClock(),
-        lease_s if lease_s is not None else config.timing.lease,
+        lease_s if lease_s is not None else t.lease,
         info=info,
+        budget=None if rt.operator else store_budget(t),
     )
+
+
+def store_budget(t: Timing) -> StoreBudget:
+    """Each DynamoDB call's time, fitted to the lease (coordinator.leases.StoreBudget)."""
+    return StoreBudget(t.store_timeout, t.store_timeout_max)

@@ -70,6 +70,29 @@ class SessionState:
 
 
 @dataclass(frozen=True)
+class StoreBudget:
+    """How long one store call may take: fitted to the lease, between ``least`` and ``most`` seconds.
+
+    A call gets what is left of the lease minus ``least`` (the share of the renewal that follows
+    it, so that it can still land in time), within those bounds. A renewal - the call that keeps
+    the lease - gets ``most``, as does every call while no lease is held (nothing to protect).
+    So a member whose round trips are slow but answer (up to about ``most``) keeps its session;
+    where the store does not answer at all, a cycle still ends in bounded time.
+    """
+
+    least: float
+    most: float
+
+    def renewal(self) -> float:
+        return self.most
+
+    def call(self, remaining: float) -> float:
+        if remaining <= 0:
+            return self.most
+        return min(self.most, max(self.least, remaining - self.least))
+
+
+@dataclass(frozen=True)
 class MemberInfo:
     """What a member writes about itself besides health."""
 
@@ -95,9 +118,11 @@ class Coordinator:
         *,
         info: MemberInfo | None = None,
         token_factory: Callable[[], str] = new_token,
+        budget: StoreBudget | None = None,
     ) -> None:
         if lease_s <= 0:
             raise ValueError("lease_s must be positive")
+        self.budget = budget  # None: every call gets the store's own timeout
         self.store = store
         self.group = group
         self.me = me
@@ -109,16 +134,22 @@ class Coordinator:
         self._recent_tokens: collections.deque[str] = collections.deque(maxlen=16)
 
     # ------------------------------------------------------------------ reads
+    def _timeout(self, *, renewal: bool = False) -> float | None:
+        """The time the next store call may take (:class:`StoreBudget`); None without a budget."""
+        if self.budget is None:
+            return None
+        return self.budget.renewal() if renewal else self.budget.call(self.remaining())
+
     def read_group(self) -> GroupSnapshot:
         try:
-            rows = self.store.query_group(self.group)
+            rows = self.store.query_group(self.group, timeout=self._timeout())
         except Unavailable as exc:
             raise StoreUnavailable(f"cannot read group {self.group!r}: {exc}") from exc
         return parse_group(self.group, rows)
 
     def _get(self, key: str) -> Attrs | None:
         try:
-            return self.store.get_item(self.group, key)
+            return self.store.get_item(self.group, key, timeout=self._timeout())
         except Unavailable as exc:
             raise StoreUnavailable(f"cannot read {key!r}: {exc}", outcome_unknown=True) from exc
 
@@ -220,7 +251,7 @@ class Coordinator:
                 expect, version = Expect.matches(version=old), old + 1
         session = uuid.uuid4().hex[:16]
         item = self._member(session, version, MEMBER_ALIVE, health, False)
-        self._write(encode_member(item), expect, gc_after_s=MEMBER_GC_SECONDS)
+        self._write(encode_member(item), expect, gc_after_s=MEMBER_GC_SECONDS, renewal=True)
         self._session = SessionState(session, version, t0, t0 + self.lease_s)
         return item
 
@@ -233,7 +264,7 @@ class Coordinator:
         item = self._member(s.session, s.version + 1, MEMBER_ALIVE, health, draining)
         expect = Expect.matches(session=s.session, state=MEMBER_ALIVE, version=s.version)
         try:
-            self._write(encode_member(item), expect, gc_after_s=MEMBER_GC_SECONDS)
+            self._write(encode_member(item), expect, gc_after_s=MEMBER_GC_SECONDS, renewal=True)
         except Conflict as exc:
             adopted = self._adopt_own_late_write(s)
             if adopted is None:
@@ -271,6 +302,7 @@ class Coordinator:
                 encode_member(item),
                 Expect.matches(session=s.session, version=s.version),
                 gc_after_s=MEMBER_GC_SECONDS,
+                renewal=True,
             )
         finally:
             self._session = None
@@ -422,13 +454,18 @@ class Coordinator:
         return item
 
     # ------------------------------------------------------------------ write
-    def _write(self, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None) -> None:
-        """Conditional put whose unknown outcome is resolved by re-reading its token."""
+    def _write(self, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None, renewal: bool = False) -> None:
+        """Conditional put whose unknown outcome is resolved by re-reading its token.
+
+        ``renewal``: the write keeps our lease (a heartbeat, a new session): it gets the longest budget.
+        """
         token = str(attrs["token"])
         key = str(attrs["item"])
         self._recent_tokens.append(token)
         try:
-            self.store.put_item(self.group, attrs, expect, gc_after_s=gc_after_s)
+            self.store.put_item(
+                self.group, attrs, expect, gc_after_s=gc_after_s, timeout=self._timeout(renewal=renewal)
+            )
             return
         except ConditionFailed as exc:
             current = self._get(key)
@@ -448,5 +485,6 @@ __all__ = [
     "Coordinator",
     "MemberInfo",
     "SessionState",
+    "StoreBudget",
     "new_token",
 ]

@@ -164,6 +164,22 @@ class ScriptedServer:
         self._thread.join(2)
 
 
+class PausingSocket:
+    """A client socket whose ``sendall`` sleeps ``pause`` seconds first: a process (or VM) frozen after
+    the transport's last check, while handing the bytes to the kernel."""
+
+    def __init__(self, sock: Any, pause: float = 0.7) -> None:
+        self.sock = sock
+        self.pause = pause
+
+    def sendall(self, data: bytes) -> None:
+        time.sleep(self.pause)
+        self.sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
 @contextmanager
 def scripted_servers() -> Iterator[Callable[..., ScriptedServer]]:
     """``with scripted_servers() as make: server = make([reply, ...])``; all closed at the end."""

@@ -110,7 +110,7 @@ class Agent:
         )
         ctx.fence = self.fence
         ec2.attach_fence(self.fence)
-        self.ec2_view = Ec2View(ctx, self.standing)
+        self.ec2_view = Ec2View(ctx, self.standing, self.session)
         self.observer = Observer(ctx)
         self.restarts = Restarter(ctx, self.session, probes)
         self.exporter = Exporter(ctx, metrics) if metrics is not None else None
@@ -171,7 +171,7 @@ class Agent:
         self.observer.track_holdings(snapshot, seen)
         if act:
             self.tables.send_stray_reports()
-            self.ec2_view.refresh(seen, snapshot, probes)
+            self.ec2_view.refresh(seen, snapshot, probes, health)
         obs = self.observer.observe(snapshot, seen, probes, health, self.session.is_draining())
         decision = decide(obs, self.timings)
         if act:
@@ -266,8 +266,11 @@ class Agent:
         self.ctx.on_event("pause_seen", {"seconds": pause.seconds, "source": pause.source})
 
     def next_deadline(self) -> float | None:
-        """The earliest time (monotonic) a failing peer's session can be expired, if any."""
-        return min(self.memory.stale_deadlines.values(), default=None)
+        """The earliest time (monotonic) a failing peer's session can be expired, or a write refused
+        during IAM tag propagation retried, if any: the daemon runs a cycle then."""
+        retry = self.standing.retry_due(self.clock.monotonic())
+        times = [*self.memory.stale_deadlines.values(), *([retry] if retry is not None else [])]
+        return min(times, default=None)
 
     # ------------------------------------------------------------------ drain
     def drained(self) -> bool:

@@ -104,18 +104,24 @@ class TableWriter:
 
     # ------------------------------------------------------------ the frame
     @contextmanager
-    def _table_write(self, operation: str, route_table: str, term: int, target: str, health: Health) -> Iterator[None]:
+    def _table_write(
+        self, operation: str, route_table: str, term: int, target: str, health: Health, *, actions: tuple[str, ...]
+    ) -> Iterator[None]:
         """The frame of every write of ours to a table (route or Elastic IP), around the fenced call.
 
-        Nothing is sent while we back off after throttling or while the lease is shorter than a
-        call's deadline (renewed first). A failure is booked (refusals of our own make us hand
-        tables over), and a failed write pointing the table at a peer may still land: EC2 is read
-        again (:meth:`_recheck_after_unknown_write`).
+        Nothing is sent while we back off after AWS throttled one of ``actions`` (the EC2 actions
+        the write will call; each has a bucket of its own) or while the lease is shorter than a
+        call's deadline (renewed first). A failure is booked by whose it is (agent.cycle.standing:
+        only failures of our own make us hand tables over), and a failed write pointing the table
+        at a peer may still land: EC2 is read again (:meth:`_recheck_after_unknown_write`).
         """
         ctx = self.ctx
         clock = ctx.clock
-        if self.standing.quiet(clock.monotonic()):
-            raise Ec2Error(operation, "RequestLimitExceeded", "backing off after throttling")
+        now = clock.monotonic()
+        for action in actions:
+            if self.standing.quiet(action, now):
+                left = self.standing.backoff_left(action, now)
+                raise Ec2Error(operation, "RequestLimitExceeded", f"backing off {action} {left:.2f} s after throttling")
         if not self.session.may_act(health):
             raise FenceRefused(api_name(operation), "the lease is too short; renewing first")
         coordinator = ctx.coordinator
@@ -130,32 +136,41 @@ class TableWriter:
         except Ec2Error as exc:
             if target != ctx.me:
                 self._recheck_after_unknown_write(route_table)
-            self.standing.failed(exc, clock.monotonic(), write=True)
+            address = operation == "associate_address"
+            held = ctx.memory.held.get(route_table)
+            self.standing.failed(exc, clock.monotonic(), write=True, held=held, address=address)
             raise
 
     def _route_here(self, route_table: str, term: int, target: str, health: Health) -> str:
         """Tag (once per term) and write the route, each a fenced write; returns what was done."""
         ctx = self.ctx
         mem = ctx.memory
-        with self._table_write("replace_route", route_table, term, target, health):
-            h = mem.held.get(route_table)
+        h = mem.held.get(route_table)
+        current = mem.ec2.get(route_table)
+        missing = current is not None and current.state == "missing"
+        tag = bool(ctx.holder) and h is not None and not h.tagged
+        actions = ("CreateRoute" if missing else "ReplaceRoute",) + (("CreateTags",) if tag else ())
+        with self._table_write("replace_route", route_table, term, target, health, actions=actions):
             try:
                 # IAM lets only the instance the table's tag names write its route, whatever the
                 # target: the holder tags it first, once per term (a hand-over's giver too).
-                if ctx.holder and h is not None and not h.tagged:
+                if tag and h is not None:
                     ctx.ec2.tag_holder(route_table, ctx.holder)
-                    h.tagged = True
-                current = mem.ec2.get(route_table)
-                missing = current is not None and current.state == "missing"
+                    now = ctx.clock.monotonic()
+                    self.standing.succeeded("CreateTags", now)
+                    h.tagged, h.tagged_at = True, now
+                    if h.first_tagged_at < -1e17:
+                        h.first_tagged_at = now
                 done = ctx.ec2.point_route(route_table, target, missing=missing)
             except Ec2Error as exc:
                 if h is not None and exc.code == "UnauthorizedOperation":
                     h.tagged = False  # the holder tag may name someone else (a late tag write): tag again first
                 raise
-        self.standing.succeeded()
+        self.standing.succeeded("ReplaceRoute", ctx.clock.monotonic())
         mem.ec2[route_table] = Ec2Route(target, "active")
         if h is not None:
             h.last_write = ctx.clock.monotonic()
+            h.first_tagged_at = -1e18  # written: a later tag write starts a new propagation excuse
         ctx.error_cleared("ec2:")
         return done
 
@@ -312,25 +327,32 @@ class TableWriter:
         ctx = self.ctx
         mem = ctx.memory
         before = mem.egress.get(rt)
-        with self._table_write("associate_address", rt, term, target, health):
-            h = mem.held.get(rt)
+        h = mem.held.get(rt)
+        tag = bool(ctx.holder) and h is not None and not h.address_tagged
+        actions = ("AssociateAddress",) + (("CreateTags",) if tag else ())
+        with self._table_write("associate_address", rt, term, target, health, actions=actions):
             try:
                 # IAM lets only the instance the Elastic IP's holder tag names associate it: the holder
                 # tags it first, once per term and on every repair (a hand-over's giver too).
-                if ctx.holder and h is not None and not h.address_tagged:
+                if tag and h is not None:
                     ctx.ec2.tag_address_holder(rt, ctx.holder)
-                    h.address_tagged = True
+                    now = ctx.clock.monotonic()
+                    self.standing.succeeded("CreateTags", now)
+                    h.address_tagged, h.address_tagged_at = True, now
+                    if h.address_first_tagged_at < -1e17:
+                        h.address_first_tagged_at = now
                 ctx.ec2.associate_address(rt, target)
             except Ec2Error as exc:
                 if h is not None and exc.code == "UnauthorizedOperation":
                     h.address_tagged = False  # the tag may name someone else (a late tag write): tag again
                 raise
         now = ctx.clock.monotonic()
-        self.standing.association_succeeded()
+        self.standing.succeeded("AssociateAddress", now)
         mem.egress[rt] = Ec2Address(target, before.public_ip if before is not None else "")
         h = mem.held.get(rt)
         if h is not None:
             h.last_address_write = now
+            h.address_first_tagged_at = -1e18  # associated: a later tag write starts a new propagation excuse
         ctx.error_cleared("eip:")
         if before is None or before.holder != target:
             if ctx.metrics is not None:

@@ -50,7 +50,6 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 
-from agent.aws.ec2 import HOLDER_TAG
 from agent.aws.fence import Fence
 from coordinator.awshttp import SendRecord
 from tests.sim import iam
@@ -178,12 +177,11 @@ class SimCloud:
         return self.routes[table][-1][1]
 
     def writes_refused(self) -> bool:
-        """AWS refuses the account the writes a takeover needs (their buckets are dry) right now."""
+        """AWS refuses the account the writes a takeover needs (their buckets are dry) right now:
+        the route writes and AssociateAddress, and CreateTags where holder tags are used."""
         now = self.w.k.now
-        return any(self.bucket(op).dry(now) for op in TAKEOVER_ACTIONS)
-
-    def holder_tag(self, table: str) -> str:
-        return self.tags.ec2(table, self.w.k.now).get(HOLDER_TAG, "")
+        ops = TAKEOVER_ACTIONS + (("CreateTags",) if self.w.sc.holder_tag else ())
+        return any(self.bucket(op).dry(now) for op in ops)
 
     def eip_holder(self, table: str) -> str:
         """The member whose address for ``table`` holds its Elastic IP now ("" unassociated, "other:..." else)."""

@@ -303,7 +303,8 @@ def realistic(sc: Scenario) -> Scenario:
             f = replace(f, duration=round(x.uniform(30.0, 60.0), 3))
         faults.append(f)
     weighted = ("ec2_busy_describe", "store_slow_member", "net_loss") * 2 + ("ec2_outage",)
-    for _ in range(x.choice((0, 0, 0, 0, 1, 1, 2))):
+    added = x.choice((0, 0, 0, 0, 1, 1, 2)) if sc.faults else 0  # a fault-free seed stays fault-free
+    for _ in range(added):
         kind = x.choice(weighted)
         start = round(x.uniform(2.0, 20.0), 3)
         target = x.choice(sc.members)

@@ -80,8 +80,8 @@ def test_restart_without_the_silence_check_is_caught(monkeypatch: pytest.MonkeyP
 def _refresh_always(real):  # type: ignore[no-untyped-def]
     """Read instance states every cycle (the real agent only does so for long-silent peers)."""
 
-    def refresh(self, now, snapshot, probes):  # type: ignore[no-untyped-def]
-        real(self, now, snapshot, probes)
+    def refresh(self, now, snapshot, probes, *rest):  # type: ignore[no-untyped-def]
+        real(self, now, snapshot, probes, *rest)
         peers = [p for p in self.ctx.members if p != self.ctx.me]
         self.ctx.memory.instance_states.update(self.ctx.ec2.instance_states(peers))
 

@@ -313,6 +313,7 @@ def _fence_case(case: str, ec2: Any, lease: list[float], freeze: Any) -> tuple[s
 
 def _production_fence(url: str) -> list[tuple[str, str, bool]]:
     from agent.aws.fence import Fence, FenceTiming
+    from tests.scripted_http import PausingSocket
 
     lease = [30.0]
     t0 = time.monotonic()
@@ -320,17 +321,6 @@ def _production_fence(url: str) -> list[tuple[str, str, bool]]:
     ec2 = Ec2("us-east-1", url, timeout=0.6, fence=fence, members={"i-b": Member("i-b")})
     assert ec2.sender is not None
     real_connection = ec2.sender._connection
-
-    class PausingSocket:  # frozen after the last check, while handing the bytes to the kernel
-        def __init__(self, sock: Any) -> None:
-            self.sock = sock
-
-        def sendall(self, data: bytes) -> None:
-            time.sleep(0.7)
-            self.sock.sendall(data)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.sock, name)
 
     def freeze(case: str) -> None:
         nonlocal t0
@@ -340,7 +330,7 @@ def _production_fence(url: str) -> list[tuple[str, str, bool]]:
             if case == "slow_connect":
                 time.sleep(0.5)  # the lease runs out while connecting: the final check refuses
             conn = real_connection(deadline)
-            if case == "frozen_before_the_send":
+            if case == "frozen_before_the_send":  # frozen after the last check, handing the bytes over
                 conn.sock = PausingSocket(conn.sock)
             return conn
 

@@ -26,6 +26,7 @@ from agent.aws.ec2 import Ec2
 from agent.config import Config, Ec2Config, EgressTable, Member, ProbeConfig, Timing
 from agent.cycle import Agent
 from agent.decide import PeerProbe
+from agent.runtime import store_budget
 from agent.service import ServiceLoop
 from coordinator.clock import FakeClock
 from coordinator.items import DRAIN_PREFIX, MEMBER_ALIVE, PIN_PREFIX, STRAY_PREFIX, Attrs, Health
@@ -482,13 +483,19 @@ class World:
             assert p is not None
             half = self._store_half(me)
             clock = self.clocks[me]
-            t = self.timing(me)
-            budget = t.store_timeout * t.store_attempts
+            budget = self.store_budget(me)
             self.store_plan[p.name] = half
             if half > budget / clock.rate:
                 self.store_late_at[p.name] = self.k.now + half
                 return "late"
         return None
+
+    def store_budget(self, iid: str) -> float:
+        """How long the client waits for the DynamoDB call in progress: the budget the agent's
+        coordinator gave it (production: coordinator.leases.StoreBudget), else its store timeout."""
+        t = self.timing(iid)
+        given = self.store.call_timeout()
+        return given if given is not None else t.store_timeout * t.store_attempts
 
     def _store_half(self, iid: str) -> float:
         """One way of a DynamoDB call: its latency, a slow path, TCP retransmissions."""
@@ -512,9 +519,8 @@ class World:
         iid = p.name.split("#")[0]
         clock = self.clocks[iid]
         if phase == "request":
-            t = self.timing(iid)
             start = clock.monotonic()
-            self.store_calls[p.name] = (start, start + t.store_timeout * t.store_attempts, p.frozen)
+            self.store_calls[p.name] = (start, start + self.store_budget(iid), p.frozen)
             self.freeze_point(iid, "store_send", p)
             deadline = self.store_calls[p.name][1]
             if not self.store_path(iid) and not self.faulty("store_down"):
@@ -722,7 +728,9 @@ class World:
         clock = self.clocks[iid]
         config = self.config_of(iid)
         t = self.timing(iid)
-        coordinator = Coordinator(self.store, GROUP, iid, clock, t.lease, token_factory=self.token)
+        coordinator = Coordinator(
+            self.store, GROUP, iid, clock, t.lease, token_factory=self.token, budget=store_budget(t)
+        )
         client = SimEc2Client(self, iid, name)
         ec2 = Ec2("sim", client=client, members={m.instance_id: m for m in config.members}, egress=config.egress())
         ec2.sender = client.sender  # type: ignore[assignment]  # the adapter reads its records as from awshttp

@@ -452,7 +452,7 @@ def test_reassert_is_a_blind_rewrite_of_a_route_ec2_already_shows() -> None:
     w = World(reassert={RA: "writes of earlier terms can no longer land"})
     d = w.decide()
     why = "writing rtb-a's route again: writes of earlier terms can no longer land"
-    assert d.actions == (EnsureRoute(RA, w.routes[RA], why),)
+    assert d.actions == (EnsureRoute(RA, w.routes[RA], why, again=True),)
 
 
 def test_a_hand_over_in_doubt_is_sent_again_without_a_route_write() -> None:
@@ -612,3 +612,15 @@ def test_no_failback_to_a_member_an_operator_is_draining() -> None:
     w.requests = {"drain#i-a": RequestItem("drain#i-a", A, "on", 1, "tok")}
     d = w.decide()
     assert not any(isinstance(a, HandOver) for a in d.actions), d.summary
+
+
+def test_takeover_writes_go_before_writes_that_only_reassert_what_ec2_shows() -> None:
+    # Issue 17, finding 7: EC2's write buckets are shared with the whole account and a cycle's time
+    # is bounded, so the write that ends an outage goes first (undo: drop the sort in decide(), and
+    # rtb-a's re-assertion comes first, by route table order).
+    w = dead(World(reassert={RA: "writes of earlier terms can no longer land"}), C)
+    w.routes[RB] = route(RB, A)  # we hold i-b's table; i-b is healthy again: a planned fail-back
+    d = w.decide()
+    order = [(type(a).__name__, getattr(a, "route_table", "")) for a in d.actions]
+    assert order == [("TakeOver", RC), ("HandOver", RB), ("EnsureRoute", RA)], order
+    assert isinstance(d.actions[-1], EnsureRoute) and d.actions[-1].again

@@ -20,7 +20,7 @@ import pytest
 
 from agent.aws.ec2 import Ec2, Ec2Error
 from agent.aws.fence import Fence, FenceRefused, FenceTiming, Permit
-from tests.scripted_http import Drip, ScriptedServer, SlowTaker, scripted_servers
+from tests.scripted_http import Drip, PausingSocket, ScriptedServer, SlowTaker, scripted_servers
 
 SLACK = 0.25
 BODY = b'<ReplaceRouteResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><return>true</return></ReplaceRouteResponse>'
@@ -121,17 +121,6 @@ def test_a_write_whose_bytes_left_after_its_deadline_is_reported(scripted: Calla
     ec2, _, overruns = adapter(server.url)
     assert ec2.sender is not None
     real_connection = ec2.sender._connection
-
-    class PausingSocket:
-        def __init__(self, sock: Any) -> None:
-            self.sock = sock
-
-        def sendall(self, data: bytes) -> None:
-            time.sleep(0.7)
-            self.sock.sendall(data)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.sock, name)
 
     def connection(deadline: float) -> Any:
         conn = real_connection(deadline)

@@ -99,17 +99,19 @@ class FaultyStore:
     def _next(self, op: str) -> str | None:
         return self.plan[op].pop(0) if self.plan[op] else None
 
-    def query_group(self, group: str) -> list[Attrs]:
+    def query_group(self, group: str, *, timeout: float | None = None) -> list[Attrs]:
         if self._next("query") == "unavailable":
             raise Unavailable("injected")
         return self.inner.query_group(group)
 
-    def get_item(self, group: str, item: str) -> Attrs | None:
+    def get_item(self, group: str, item: str, *, timeout: float | None = None) -> Attrs | None:
         if self._next("get") == "unavailable":
             raise Unavailable("injected")
         return self.inner.get_item(group, item)
 
-    def put_item(self, group: str, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None) -> None:
+    def put_item(
+        self, group: str, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None, timeout: float | None = None
+    ) -> None:
         fault = self._next("put")
         if fault == "unavailable":
             raise OutcomeUnknown("injected: not applied")
