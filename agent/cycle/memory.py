@@ -38,6 +38,24 @@ class Held:
     address_due: str = ""  # why the Elastic IP must be associated again (a stray report), until it is
     last_address_write: float = -1e18  # our last confirmed association
 
+    def mark_tagged(self, now: float, *, address: bool = False) -> None:
+        """Our holder-tag write on the table (``address``: its Elastic IP) went through at ``now``."""
+        if address:
+            self.address_tagged, self.address_tagged_at = True, now
+            if self.address_first_tagged_at < -1e17:
+                self.address_first_tagged_at = now
+        else:
+            self.tagged, self.tagged_at = True, now
+            if self.first_tagged_at < -1e17:
+                self.first_tagged_at = now
+
+    def untag(self, *, address: bool = False) -> None:
+        """The holder tag may name someone else now: tag again before the next write."""
+        if address:
+            self.address_tagged = False
+        else:
+            self.tagged = False
+
 
 @dataclass
 class Backoff:

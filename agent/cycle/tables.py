@@ -31,7 +31,7 @@ we hold at a peer may still land, so EC2 is read again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from agent.aws.ec2 import Ec2Error, api_name
@@ -141,6 +141,26 @@ class TableWriter:
             self.standing.failed(exc, clock.monotonic(), write=True, held=held, address=address)
             raise
 
+    @contextmanager
+    def _holder_tagged(
+        self, h: Held | None, tag: Callable[[], None] | None, *, address: bool = False
+    ) -> Iterator[None]:
+        """Around a write of the table's route (``address``: its Elastic IP): IAM lets only the instance the
+        holder tag names make it, so the holder tags it first - once per term, on every repair, a hand-over's
+        giver too (``tag``; None: tagged already). A refusal may mean a late tag write named someone else:
+        tag again before the next write."""
+        try:
+            if tag is not None and h is not None:
+                tag()
+                now = self.ctx.clock.monotonic()
+                self.standing.succeeded("CreateTags", now)
+                h.mark_tagged(now, address=address)
+            yield
+        except Ec2Error as exc:
+            if h is not None and exc.code == "UnauthorizedOperation":
+                h.untag(address=address)
+            raise
+
     def _route_here(self, route_table: str, term: int, target: str, health: Health) -> str:
         """Tag (once per term) and write the route, each a fenced write; returns what was done."""
         ctx = self.ctx
@@ -150,22 +170,11 @@ class TableWriter:
         missing = current is not None and current.state == "missing"
         tag = bool(ctx.holder) and h is not None and not h.tagged
         actions = ("CreateRoute" if missing else "ReplaceRoute",) + (("CreateTags",) if tag else ())
-        with self._table_write("replace_route", route_table, term, target, health, actions=actions):
-            try:
-                # IAM lets only the instance the table's tag names write its route, whatever the
-                # target: the holder tags it first, once per term (a hand-over's giver too).
-                if tag and h is not None:
-                    ctx.ec2.tag_holder(route_table, ctx.holder)
-                    now = ctx.clock.monotonic()
-                    self.standing.succeeded("CreateTags", now)
-                    h.tagged, h.tagged_at = True, now
-                    if h.first_tagged_at < -1e17:
-                        h.first_tagged_at = now
-                done = ctx.ec2.point_route(route_table, target, missing=missing)
-            except Ec2Error as exc:
-                if h is not None and exc.code == "UnauthorizedOperation":
-                    h.tagged = False  # the holder tag may name someone else (a late tag write): tag again first
-                raise
+        with (
+            self._table_write("replace_route", route_table, term, target, health, actions=actions),
+            self._holder_tagged(h, (lambda: ctx.ec2.tag_holder(route_table, ctx.holder)) if tag else None),
+        ):
+            done = ctx.ec2.point_route(route_table, target, missing=missing)
         self.standing.succeeded("ReplaceRoute", ctx.clock.monotonic())
         mem.ec2[route_table] = Ec2Route(target, "active")
         if h is not None:
@@ -330,22 +339,11 @@ class TableWriter:
         h = mem.held.get(rt)
         tag = bool(ctx.holder) and h is not None and not h.address_tagged
         actions = ("AssociateAddress",) + (("CreateTags",) if tag else ())
-        with self._table_write("associate_address", rt, term, target, health, actions=actions):
-            try:
-                # IAM lets only the instance the Elastic IP's holder tag names associate it: the holder
-                # tags it first, once per term and on every repair (a hand-over's giver too).
-                if tag and h is not None:
-                    ctx.ec2.tag_address_holder(rt, ctx.holder)
-                    now = ctx.clock.monotonic()
-                    self.standing.succeeded("CreateTags", now)
-                    h.address_tagged, h.address_tagged_at = True, now
-                    if h.address_first_tagged_at < -1e17:
-                        h.address_first_tagged_at = now
-                ctx.ec2.associate_address(rt, target)
-            except Ec2Error as exc:
-                if h is not None and exc.code == "UnauthorizedOperation":
-                    h.address_tagged = False  # the tag may name someone else (a late tag write): tag again
-                raise
+        with (
+            self._table_write("associate_address", rt, term, target, health, actions=actions),
+            self._holder_tagged(h, (lambda: ctx.ec2.tag_address_holder(rt, ctx.holder)) if tag else None, address=True),
+        ):
+            ctx.ec2.associate_address(rt, target)
         now = ctx.clock.monotonic()
         self.standing.succeeded("AssociateAddress", now)
         mem.egress[rt] = Ec2Address(target, before.public_ip if before is not None else "")

@@ -152,8 +152,8 @@ class Checker:
         else:
             if call.op == "AssociateAddress":  # the table whose Elastic IP it is: its lease authorizes it
                 table = w.alloc_table[call.params["AllocationId"]]
-            elif resource.startswith("eipalloc-"):  # the holder tag on a table's Elastic IP: the same
-                table = w.alloc_table[resource]
+            elif resource.startswith("eipalloc-"):  # the holder tag on a table's Elastic IP: the same lease
+                table = w.alloc_table.get(resource, resource)
             else:
                 table = call.params.get("RouteTableId") or resource
             item = w.store.raw_get(w.group, "route#" + table) or {}
