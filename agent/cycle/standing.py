@@ -5,9 +5,9 @@ tables) only when it is ours - when a peer could do better:
 
 * a refusal of a write (IAM, our credentials) - except within ``ec2_tag_propagation`` of our
   own holder-tag write on that table (or its Elastic IP): IAM may still decide on the previous
-  tag. That is retried shortly and not counted (for at most twice that long from the first tag
-  write since the last write that went through, so that a role that really may not write is
-  still found out);
+  tag. The write (not the tag) is retried shortly and not counted, for at most twice that long
+  from the first tag write since the last write that went through, so that a role that really
+  may not write is still found out;
 * a failure to connect to EC2, only once a live peer's heartbeat says EC2 answered *it* after
   our calls began failing. An outage that hits every member is AWS's: nobody hands tables
   around for it, and a penalty for an unreachable EC2 ends at the next call EC2 answers us:
@@ -61,8 +61,9 @@ BACKOFFS = {
 THROTTLE_BACKOFF = BACKOFFS["write"]  # the longest a throttled route write or association waits: 1 s
 ROUTE_WRITES = frozenset({"ReplaceRoute", "CreateRoute"})
 UNREACHABLE_READ_INTERVAL = 1.0  # while out because EC2 did not answer us: read it this often to see it back
-# A write IAM refused during tag propagation is retried this soon (doubling per refusal of the table's
-# term): IAM usually catches up within a fraction of a second; after that the cycle's cadence.
+# A write IAM refused during tag propagation is retried this soon (doubling every second refusal of
+# the table's term, up to 8 x): IAM usually catches up within a fraction of a second. The write alone is
+# retried: our tag write is on its way to IAM, writing it again would not make it arrive sooner.
 PROPAGATION_RETRY = 0.1
 
 
@@ -178,10 +179,10 @@ class Ec2Standing:
             return
         if not write:
             return  # a refused read makes our view stale, no table goes unserved
-        if held is not None and self._propagating(held, now, address=address):
+        if held is not None and self.propagating(held, now, address=address):
             self._count("aws", "tag_propagation")
             held.propagation_refusals += 1
-            retry = now + PROPAGATION_RETRY * 2 ** min(held.propagation_refusals - 1, 3)
+            retry = now + PROPAGATION_RETRY * 2 ** min((held.propagation_refusals - 1) // 2, 3)
             w = self.ctx.memory.ec2_writes
             w.retry_at = retry if w.retry_at <= now else min(w.retry_at, retry)
             self.ctx.error_once(
@@ -192,7 +193,7 @@ class Ec2Standing:
             return
         self._own(exc, now, "refused")
 
-    def _propagating(self, held: Held, now: float, *, address: bool = False) -> bool:
+    def propagating(self, held: Held, now: float, *, address: bool = False) -> bool:
         """A refusal now may be IAM deciding on the previous holder tag: within ``ec2_tag_propagation``
         of our last tag write, and within twice that of the first since our last successful write."""
         p = self.ctx.timings.ec2_tag_propagation

@@ -148,7 +148,8 @@ class TableWriter:
         """Around a write of the table's route (``address``: its Elastic IP): IAM lets only the instance the
         holder tag names make it, so the holder tags it first - once per term, on every repair, a hand-over's
         giver too (``tag``; None: tagged already). A refusal may mean a late tag write named someone else:
-        tag again before the next write."""
+        tag again before the next write - unless it came while IAM may still be catching up with our own
+        tag write (agent.cycle.standing: tag propagation), when the write alone is retried shortly."""
         try:
             if tag is not None and h is not None:
                 tag()
@@ -157,7 +158,9 @@ class TableWriter:
                 h.mark_tagged(now, address=address)
             yield
         except Ec2Error as exc:
-            if h is not None and exc.code == "UnauthorizedOperation":
+            now = self.ctx.clock.monotonic()
+            refused = h is not None and exc.code == "UnauthorizedOperation"
+            if refused and h is not None and not self.standing.propagating(h, now, address=address):
                 h.untag(address=address)
             raise
 
@@ -233,11 +236,15 @@ class TableWriter:
         rt = a.route_table
         stray = ctx.last_snapshot.strays.get(rt) if ctx.last_snapshot else None
         h = mem.held.get(rt)
-        if h is not None:
-            h.tagged = False  # a repair tags again: a stale holder's late CreateTags may have landed
+        fresh_stray = stray is not None and stray.token not in mem.strays_handled
+        if h is not None and (fresh_stray or not self.standing.propagating(h, ctx.clock.monotonic())):
+            # A repair tags again: a stale holder's late CreateTags may have landed. Not while our own
+            # tag write is still reaching IAM and nobody reported a late write: that retry is the
+            # write alone (a new tag write would not reach IAM sooner).
+            h.tagged = False
         done = self._route_here(rt, a.route.term, ctx.me, health)
         if h is not None:
-            if stray is not None and stray.token not in mem.strays_handled:
+            if fresh_stray and stray is not None:
                 # The late write may still be in flight: write once more after the horizon.
                 mem.strays_handled.add(stray.token)
                 h.settled = False
@@ -269,7 +276,7 @@ class TableWriter:
         ctx = self.ctx
         rt = a.route_table
         held = ctx.memory.held.get(rt)
-        if held is not None:
+        if held is not None and (a.again or not self.standing.propagating(held, ctx.clock.monotonic(), address=True)):
             held.address_tagged = False  # a repair tags the Elastic IP again, as a route repair tags the table
         try:
             self._address_here(rt, a.route.term, ctx.me, health, "repair", ctx.clock.monotonic())

@@ -162,7 +162,7 @@ def test_a_refusal_right_after_our_own_tag_write_is_retried_and_never_counted() 
 def test_tag_propagation_counted_as_our_own_failure_cascades(monkeypatch: pytest.MonkeyPatch) -> None:
     # The fix undone: the same refusals count as ours, two of them put the taker out, and it hands
     # the tables on (with no other member, it cannot even keep them routed).
-    with undone(monkeypatch, "_propagating", lambda self, held, now, address=False: False):
+    with undone(monkeypatch, "propagating", lambda self, held, now, address=False: False):
         g, _ = take_over_with_tag_lag(0.8)
     assert out(g.agents["i-a"], g)
 
@@ -199,7 +199,7 @@ def test_a_healthy_home_never_hands_its_own_table_away_after_a_fail_back_with_ta
     assert all(owner(g, rt) == "i-b" and g.world.targets[rt] == "i-b" for rt in B_TABLES)
     assert world(g).refusals >= 1  # i-b's re-assertion was refused at first
     assert not ever_out
-    with undone(monkeypatch, "_propagating", lambda self, held, now, address=False: False):
+    with undone(monkeypatch, "propagating", lambda self, held, now, address=False: False):
         g, ever_out = fail_back()
     assert ever_out, "undone: the home stays healthy anyway"
 
