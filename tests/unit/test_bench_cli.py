@@ -11,6 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BAD = [
     ("cycle", ["--cycles", "0"], "--cycles and --repeats must be at least 1"),
+    ("ec2_failures", ["--seeds", "0"], "--seeds must be between 1 and 1000"),
     ("coordinator", ["--bogus"], "unrecognized arguments: --bogus"),
     ("failover", ["--trials", "0"], "--trials must be between 1 and 1000"),
     (
