@@ -61,9 +61,10 @@ BACKOFFS = {
 THROTTLE_BACKOFF = BACKOFFS["write"]  # the longest a throttled route write or association waits: 1 s
 ROUTE_WRITES = frozenset({"ReplaceRoute", "CreateRoute"})
 UNREACHABLE_READ_INTERVAL = 1.0  # while out because EC2 did not answer us: read it this often to see it back
-# A write IAM refused during tag propagation is retried this soon (doubling every second refusal of
-# the table's term, up to 8 x): IAM usually catches up within a fraction of a second. The write alone is
-# retried: our tag write is on its way to IAM, writing it again would not make it arrive sooner.
+# A write IAM refused during tag propagation is retried this soon (doubling every second refusal since
+# the table's last write that went through, up to 8 x), so it goes through soon after IAM sees the tag.
+# The write alone is retried: our tag write is on its way to IAM, writing it again would not make it
+# arrive sooner.
 PROPAGATION_RETRY = 0.1
 
 

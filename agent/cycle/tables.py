@@ -183,6 +183,7 @@ class TableWriter:
         if h is not None:
             h.last_write = ctx.clock.monotonic()
             h.first_tagged_at = -1e18  # written: a later tag write starts a new propagation excuse
+            h.propagation_refusals = 0
         ctx.error_cleared("ec2:")
         return done
 
@@ -358,6 +359,7 @@ class TableWriter:
         if h is not None:
             h.last_address_write = now
             h.address_first_tagged_at = -1e18  # associated: a later tag write starts a new propagation excuse
+            h.propagation_refusals = 0
         ctx.error_cleared("eip:")
         if before is None or before.holder != target:
             if ctx.metrics is not None:
