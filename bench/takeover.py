@@ -184,8 +184,8 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=50, help="takeovers each way (default 50)")
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     args = p.parse_args()
-    if args.trials < 1:
-        p.error("--trials must be at least 1")
+    if not 1 <= args.trials <= 1000:
+        p.error("--trials must be between 1 and 1000")
     servers.set_test_aws_env()
     with servers.dynalite_server() as endpoint:
         settings = DynamoSettings(table=TABLE, region="us-east-1", endpoint_url=endpoint,

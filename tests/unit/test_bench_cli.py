@@ -33,6 +33,7 @@ BAD = [
     ("restart", ["--scenarios", "reboot"], "--scenarios: unknown reboot; choose from kill, restart, cold, cold_kill"),
     ("sim", ["--bogus"], "unrecognized arguments: --bogus"),
     ("soak", ["--minutes", "0"], "--minutes must be in (0, 600]"),
+    ("takeover", ["--trials", "0"], "--trials must be between 1 and 1000"),
     ("footprint", ["--seconds", "1"], "--seconds must be at least 4"),
     ("probes", ["--targets", "0"], "--targets must be between 1 and 254"),
     ("store_calls", ["--calls", "5"], "--calls must be between 10 and 100000"),
