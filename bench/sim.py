@@ -235,8 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'fault kind':<24}count")
     for k, v in summary["faults"].items():  # type: ignore[attr-defined]
         print(f"  {k:<22}{v}")
-    if args.json is not None:
-        args.json.write_text(json.dumps({**summary, "failing": failing}, indent=2) + "\n")
+    if args.json is not None:  # the first failing seeds in brief (all are in failing_seeds; replay one for its trace)
+        keep = ("seed", "faults", "new_world", "by_invariant")
+        brief = [{**{k: r[k] for k in keep}, "violations": r["violations"][:3]} for r in failing[:20]]  # type: ignore[index]
+        args.json.write_text(json.dumps({**summary, "failing": brief}, indent=2) + "\n")
     return 1 if failing else 0
 
 
