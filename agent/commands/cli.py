@@ -23,6 +23,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("agent.commands.status", "show the group: members, health, owners, terms, EC2 routes"),
     "drain": ("agent.commands.control", "hand every route table of an instance to healthy peers"),
     "switchover": ("agent.commands.control", "move one route table to a named instance"),
+    "iam-policy": ("agent.commands.iam_policy", "print the IAM policy for a group and table, ready to attach"),
+    "files": ("agent.commands.iam_policy", "print where the deploy files (units, policies, templates) are installed"),
+    "wait-healthy": ("agent.commands.boot", "wait until this NAT's agent is healthy as its peers see it (first boot)"),
+    "signal": ("agent.commands.boot", "signal CloudFormation that this NAT's bootstrap succeeded or failed"),
+    "claim-address": ("agent.commands.boot", "associate this NAT's own Elastic IP once no other instance has it"),
     "setup-nat": ("agent.commands.setup_nat", "configure this host as a NAT (ip_forward, masquerade), idempotently"),
     "demo": ("agent.commands.demo", "run a 3-AZ NAT group on this machine (moto) and kill one NAT"),
 }

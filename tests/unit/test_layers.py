@@ -22,6 +22,8 @@ LAYERS: dict[str, int] = {
     "agent.cycle": 3,
     "agent.runtime": 3,
     "agent.service": 3,
+    "agent.memberwatch": 3,
+    "agent.watches": 3,
     "agent.handoff": 3,
     "agent.commands": 4,
     "agent.lab": 4,
