@@ -237,6 +237,7 @@ class Daemon:
         from agent.runtime import history_store
         from agent.watches import make as make_watches
         from agent.watches import probe_targets
+        from coordinator import awshttp
         from coordinator.history import HistoryWriter
 
         me = config.member(config.instance_id)
@@ -301,6 +302,8 @@ class Daemon:
             holder=rt.holder,
             on_event=Journal(history) if history is not None else None,
         )
+        # Every AWS answer's server time (Date) against our monotonic clock: pauses it did not count.
+        awshttp.set_answer_listener(agent.pauses.server_date)
         if resumed is not None and resumed.session:
             resumed.adopt(rt)  # the keeper stops; the first cycle renews
             agent.resumed(resumed.writes_land_until)

@@ -32,5 +32,5 @@ def preview(agent: Agent) -> tuple[Decision, str]:
     ctx.last_snapshot = snapshot
     now = ctx.clock.monotonic()
     agent.observer.track_holdings(snapshot, now)
-    agent.ec2_view.refresh(now, snapshot, agent.probes.snapshot())  # reads only
+    agent.ec2_view.refresh(now, snapshot, agent.probes.snapshot(), None)  # reads only, never renews
     return agent.run_cycle(act=False), running

@@ -69,6 +69,10 @@ def test_one_set_of_headline_figures_taken_from_the_measured_table() -> None:
     assert len(figures) >= 8, figures
     missing = sorted(figures - table)
     assert not missing, f"headline figures not in the Measured table: {missing}"
+    claims = re.findall(r"\*\*(.+?)\*\*", README[README.index(start) : README.index(end)])
+    assert len(claims) >= 5, claims
+    unsaid = [c for c in claims if c not in measured]
+    assert not unsaid, f"headline claims the Measured table does not make in these words: {unsaid}"
 
 
 def test_the_readme_leads_with_what_a_user_does() -> None:
