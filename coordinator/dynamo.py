@@ -48,7 +48,8 @@ _STRING_ATTRS = (
     "expired_by", "owner", "owner_session", "home", "phase", "target", "by", "why", "event", "detail",
 )  # fmt: skip
 _NUMBER_ATTRS = (
-    "version", "lease_ms", "term", "attempts", "cooldown_ms", "updated_at", "since", "at", "seconds", "seq",
+    "version", "lease_ms", "term", "attempts", "cooldown_ms", "updated_at", "restart_grace_ms", "since", "at",
+    "seconds", "seq",
 )  # fmt: skip
 _BOOL_ATTRS = ("draining", "paused")
 

@@ -124,6 +124,9 @@ class MemberItem:
     expired_by: str = ""
     updated_at: float = 0.0  # wall clock of the writer: shown to humans, never used to judge expiry
     paused: bool = False  # the agent sees a pause of its group or of one of its tables (acknowledges it)
+    # Set by the last renewal of a process exiting for a restart: while the NAT answers probes, peers
+    # tolerate this much heartbeat silence (from when they saw this renewal) before judging it dead.
+    restart_grace_ms: int = 0
 
     @property
     def key(self) -> str:
@@ -282,6 +285,7 @@ def parse_member(attrs: Attrs) -> MemberItem:
         expired_by=_str(attrs, "expired_by", required=False),
         updated_at=_seconds(attrs, "updated_at"),
         paused=attrs.get("paused") is True,
+        restart_grace_ms=_int(attrs, "restart_grace_ms") if "restart_grace_ms" in attrs else 0,
     )
 
 
@@ -393,6 +397,7 @@ def encode_member(m: MemberItem) -> Attrs:
         "draining": m.draining,
         "expired_by": m.expired_by,
         "paused": m.paused,
+        **({"restart_grace_ms": m.restart_grace_ms} if m.restart_grace_ms else {}),
     }
 
 

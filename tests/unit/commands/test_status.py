@@ -268,7 +268,8 @@ def test_agent_in_a_region_without_the_table_asks_about_the_region_before_init_t
         tmp_path,
         f'group = "g"\ninstance_id = "i-0aaa"\nregion = "us-east-2"\n\n[store]\ntable = "t-nowhere"\n'
         f'endpoint_url = "{moto_url}"\n\n[ec2]\nendpoint_url = "{moto_url}"\naccount_id = "123456789012"\n\n'
-        '[metrics]\nlisten = ""\n\n[timing]\nstore_timeout = 0.5\nstore_timeout_max = 0.5\nlease = 2.0\nsilent_owner_after = 2.5\n\n'
+        '[metrics]\nlisten = ""\n\n[timing]\nstore_timeout = 0.5\nstore_timeout_max = 0.5\nlease = 2.0\n'
+        "silent_owner_after = 2.5\n\n"
         '[[members]]\ninstance_id = "i-0aaa"\naddress = "10.0.1.10"\nroute_tables = ["rtb-0aaa"]\n\n'
         '[[members]]\ninstance_id = "i-0bbb"\naddress = "10.0.2.10"\nroute_tables = ["rtb-0bbb"]\n',
     )
