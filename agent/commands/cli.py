@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "drain": ("agent.commands.control", "hand every route table of an instance to healthy peers"),
     "switchover": ("agent.commands.control", "move one route table to a named instance"),
     "setup-nat": ("agent.commands.setup_nat", "configure this host as a NAT (ip_forward, masquerade), idempotently"),
+    "ctsync": ("agent.commands.ctsync", "run the connection-sync service: established flows follow their table"),
     "demo": ("agent.commands.demo", "run a 3-AZ NAT group on this machine (moto) and kill one NAT"),
 }
 

@@ -1,0 +1,212 @@
+"""Connection-tracking entries of a route table's flows, as the ``conntrack`` tool saves and loads them.
+
+Pure: no command is run here (:mod:`agent.host.conntrack` runs them). A NAT holding a route table
+SNATs the table's subnets to its own address for that table (``egress_ip = "follow"``), so an
+entry of one of those flows reads, in ``conntrack -o save`` form::
+
+    -A -t 431999 -u SEEN_REPLY,ASSURED -s 10.0.1.10 -d 203.0.113.10 -r 203.0.113.10 -n 10.0.100.21
+       -p tcp --sport 51542 --dport 443 --reply-port-src 443 --reply-port-dst 51542 --state ESTABLISHED
+
+``-n`` is the NAT address (the reply's destination) and ``--reply-port-dst`` the public port the
+NAT gave the flow (the client's own port unless it had to remap it). Another NAT takes the flow
+over by loading the same entry with ``-n`` its own address for the table and the same public port:
+the Elastic IP follows the table, so the server sees the same public address and port.
+
+:func:`parse` accepts exactly that shape (TCP and UDP, source NAT only, zone 0) and nothing else:
+lines come from peers too, and only what this module renders is ever passed to ``conntrack -R``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+_IP = r"(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})"
+_LINE = re.compile(
+    rf"-([AUD]) -t (\d{{1,10}}) -u ([A-Z_,]+) -s {_IP} -d {_IP} -r {_IP} -n {_IP} -p (tcp|udp) "
+    r"--sport (\d{1,5}) --dport (\d{1,5}) --reply-port-src (\d{1,5}) --reply-port-dst (\d{1,5})"
+    r"(?: --state ([A-Z_]{2,12}))?( \[USERSPACE\].*)?"
+)
+TCP_STATES = frozenset(
+    {"SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE"}
+)
+#: The status bits a loaded entry may carry (the kernel sets the others itself, e.g. CONFIRMED, SRC_NAT).
+STATUS_KEPT = ("SEEN_REPLY", "ASSURED")
+MAX_TIMEOUT = 5 * 24 * 3600  # nf_conntrack_tcp_timeout_established's default: no loaded entry lives longer
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """One SNATed TCP or UDP flow: the client's tuple, the NAT's address and the public port it gave it."""
+
+    op: str  # "A" (an entry, or a new or updated one in an event stream) or "D" (it ended)
+    proto: str
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    nat: str
+    nat_port: int
+    timeout: int = 0
+    status: str = ""  # comma-separated, of STATUS_KEPT only
+    state: str = ""  # TCP only
+    userspace: bool = False  # an event caused by a program (ours loading entries), not by a packet
+
+    @property
+    def key(self) -> tuple[str, str, int, str, int]:
+        """What identifies the flow whichever NAT carries it (the client's tuple)."""
+        return (self.proto, self.src, self.sport, self.dst, self.dport)
+
+    @property
+    def established(self) -> bool:
+        """Worth keeping on another NAT: a TCP flow past its handshake, or a UDP flow with replies."""
+        if self.proto == "tcp":
+            return self.state in ("ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE")
+        return "SEEN_REPLY" in self.status
+
+    def render(self, nat: str, timeout: int | None = None) -> str:
+        """The ``-A`` line that creates this entry with ``nat`` as the NAT address (the public port kept)."""
+        t = min(self.timeout if timeout is None else timeout, MAX_TIMEOUT)
+        state = f" --state {self.state}" if self.state else ""
+        return (
+            f"-A -t {t} -u {self.status or 'UNSET'} -s {self.src} -d {self.dst} -r {self.dst} -n {nat} "
+            f"-p {self.proto} --sport {self.sport} --dport {self.dport} --reply-port-src {self.dport} "
+            f"--reply-port-dst {self.nat_port}{state}"
+        )
+
+    def render_update(self, timeout: int | None = None) -> str:
+        """The ``-U`` line that brings an existing entry of this flow to this one's state and timeout."""
+        t = min(self.timeout if timeout is None else timeout, MAX_TIMEOUT)
+        state = f" --state {self.state}" if self.state else ""
+        return (
+            f"-U -t {t} -u {self.status or 'UNSET'} -s {self.src} -d {self.dst} -p {self.proto} "
+            f"--sport {self.sport} --dport {self.dport}{state}"
+        )
+
+    def render_delete(self) -> str:
+        """The ``-D`` line that removes this flow's entry (whatever its NAT address)."""
+        return f"-D -s {self.src} -d {self.dst} -p {self.proto} --sport {self.sport} --dport {self.dport}"
+
+
+def _port(text: str) -> int | None:
+    n = int(text)
+    return n if 0 < n < 65536 else None
+
+
+def _ip(text: str) -> bool:
+    return all(int(part) < 256 for part in text.split("."))
+
+
+def parse(line: str) -> Flow | None:
+    """The flow a ``conntrack -o save`` line (listing or event) describes, or None if it is not one we sync.
+
+    Not ours: no source NAT (``-q`` instead of ``-n``), a destination NAT (``-r`` differs from
+    ``-d``), another protocol or zone, an unknown TCP state, anything malformed.
+    """
+    m = _LINE.fullmatch(line.rstrip("\n"))
+    if m is None:
+        return None
+    op, timeout, status, src, dst, rsrc, nat, proto, sport, dport, rsport, rdport, state, user = m.groups()
+    if rsrc != dst or sport is None:
+        return None
+    ports = [_port(p) for p in (sport, dport, rsport, rdport)]
+    if None in ports or ports[1] != ports[2] or not (_ip(src) and _ip(dst) and _ip(nat)):
+        return None
+    if proto == "tcp" and state not in TCP_STATES:
+        return None
+    if proto == "udp" and state:
+        return None
+    kept = ",".join(s for s in STATUS_KEPT if s in status.split(","))
+    a, b, _, d = ports
+    assert a is not None and b is not None and d is not None
+    return Flow(
+        "D" if op == "D" else "A", proto, src, dst, a, b, nat, d, int(timeout), kept, state or "", user is not None
+    )
+
+
+class Subnets:
+    """Which route table a private address belongs to, by the tables' subnets (first match; cached)."""
+
+    CACHE_MAX = 200_000
+
+    def __init__(self, tables: dict[str, tuple[str, ...]]) -> None:
+        self.nets = [
+            (int(n.network_address), int(n.netmask), rt)
+            for rt, subnets in tables.items()
+            for n in (ipaddress.IPv4Network(s) for s in subnets)
+        ]
+        self.subnets = {rt: tuple(subnets) for rt, subnets in tables.items()}
+        self._cache: dict[str, str] = {}
+
+    def table_of(self, address: str) -> str:
+        """The route table whose subnets hold ``address`` ("" if none)."""
+        hit = self._cache.get(address)
+        if hit is not None:
+            return hit
+        try:
+            n = int(ipaddress.IPv4Address(address))
+        except ValueError:
+            return ""
+        found = next((rt for net, mask, rt in self.nets if n & mask == net), "")
+        if len(self._cache) >= self.CACHE_MAX:
+            self._cache.clear()
+        self._cache[address] = found
+        return found
+
+
+def by_key(flows: Iterable[Flow]) -> dict[tuple[str, str, int, str, int], Flow]:
+    """The flows by key; the last one of a key wins (a later event supersedes an earlier one)."""
+    return {f.key: f for f in flows}
+
+
+def reconcile(
+    have: dict[tuple[str, str, int, str, int], Flow], want: Iterable[Flow], nat: str, min_timeout: int = 0
+) -> tuple[list[str], int]:
+    """The ``conntrack -R`` lines that make this host's entries of a table (``have``) equal ``want``.
+
+    ``want`` is the holder's full list of the table's flows; every line gives ``nat`` (our address
+    for the table). Entries we have that the holder no longer has are deleted first (a stale entry
+    would hold the public port a loaded flow needs: the kernel would remap the loaded one); an
+    entry with another public port or NAT address is replaced; one that matches gets its state and
+    timeout (at least ``min_timeout``: a copy must outlive the quiet stretch until the next resync,
+    whereas the holder's entry is refreshed by every packet). Returns the lines and how many
+    entries the table then has.
+    """
+    wanted = by_key(f for f in want if f.op == "A")
+    lines = [f.render_delete() for k, f in have.items() if k not in wanted]
+    adds = []
+    for k, f in wanted.items():
+        mine = have.get(k)
+        timeout = max(f.timeout, min_timeout)
+        if mine is None:
+            adds.append(f.render(nat, timeout))
+        elif mine.nat_port != f.nat_port or mine.nat != nat:
+            lines.append(f.render_delete())
+            adds.append(f.render(nat, timeout))
+        elif (mine.state, mine.status) != (f.state, f.status) or mine.timeout < timeout - 60:
+            lines.append(f.render_update(timeout))
+    return lines + adds, len(wanted)
+
+
+def apply_changes(changes: Iterable[Flow], nat: str, *, add_only: bool = False, min_timeout: int = 0) -> list[str]:
+    """The ``conntrack -R`` lines for a batch of streamed changes of one table.
+
+    An ended flow is deleted; a new or changed one is created and, if it existed, updated (``-A``
+    then ``-U``: ``conntrack -R`` skips a ``-A`` of an entry that exists and a ``-U`` of one that
+    does not). ``add_only`` (the table is ours now, the giver still streams after a hand-over):
+    only create what is missing, never change or end an entry that may be carrying traffic here.
+    ``min_timeout``: as for :func:`reconcile`.
+    """
+    out = []
+    for f in by_key(changes).values():
+        if f.op == "D":
+            if not add_only:
+                out.append(f.render_delete())
+        else:
+            timeout = max(f.timeout, min_timeout)
+            out.append(f.render(nat, timeout))
+            if not add_only:
+                out.append(f.render_update(timeout))
+    return out

@@ -1,0 +1,176 @@
+"""The sync's pure parts: conntrack save lines (agent.host.flows), the wire format and the plan."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.ctsync import plan, wire
+from agent.host import flows
+
+# Lines as conntrack 1.4.7 prints them (tests/lab reads the real tool's output too).
+TCP = (
+    "-A -t 431999 -u SEEN_REPLY,ASSURED -s 10.0.1.10 -d 203.0.113.10 -r 203.0.113.10 -n 10.0.100.21 -p tcp "
+    "--sport 51542 --dport 8000 --reply-port-src 8000 --reply-port-dst 51542 --state ESTABLISHED"
+)
+UDP_EVENT = (
+    "-U -t 30 -u SEEN_REPLY -s 10.0.1.10 -d 203.0.113.10 -r 203.0.113.10 -n 10.0.100.21 -p udp --sport 54818 "
+    "--dport 8001 --reply-port-src 8001 --reply-port-dst 1025"
+)
+USERSPACE_END = UDP_EVENT.replace("-U ", "-D ", 1) + " [USERSPACE] portid=2748447411 progname=conntrack"
+
+
+def test_parse_reads_the_tools_lines() -> None:
+    f = flows.parse(TCP)
+    assert f == flows.Flow("A", "tcp", "10.0.1.10", "203.0.113.10", 51542, 8000, "10.0.100.21", 51542, 431999,
+                           "SEEN_REPLY,ASSURED", "ESTABLISHED")  # fmt: skip
+    assert f.established
+    u = flows.parse(UDP_EVENT + "\n")
+    assert u is not None and u.op == "A" and u.nat_port == 1025 and u.established and not u.userspace
+    d = flows.parse(USERSPACE_END)
+    assert d is not None and d.op == "D" and d.userspace
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        TCP.replace("-n 10.0.100.21", "-q 10.0.1.10"),  # not source-NATed
+        TCP.replace("-r 203.0.113.10", "-r 198.51.100.1"),  # destination NAT
+        TCP.replace("-p tcp", "-p sctp"),
+        TCP.replace("ESTABLISHED", "BOGUS"),
+        TCP.replace("--sport 51542", "--sport 70000"),
+        TCP.replace("-s 10.0.1.10", "-s 10.0.1.300"),
+        TCP.replace("-u SEEN_REPLY,ASSURED", "-u SEEN_REPLY,ASSURED -w 3"),  # a zone
+        TCP + " ; rm -rf /",
+        TCP.replace(" -t 431999", ""),
+        UDP_EVENT + " --state ESTABLISHED",
+        "",
+    ],
+)
+def test_parse_refuses_what_it_does_not_sync(line: str) -> None:
+    assert flows.parse(line) is None
+
+
+def test_render_rewrites_the_nat_address_and_keeps_the_port() -> None:
+    f = flows.parse(TCP)
+    assert f is not None
+    line = f.render("10.0.101.21")
+    assert line == TCP.replace("-n 10.0.100.21", "-n 10.0.101.21")
+    again = flows.parse(line)
+    assert again is not None and again.nat == "10.0.101.21" and again.nat_port == f.nat_port
+    assert f.render("x", timeout=10**9).split()[2] == str(flows.MAX_TIMEOUT)
+    assert flows.parse(f.render_update()) is None  # an update line is not an entry
+    assert f.render_delete() == "-D -s 10.0.1.10 -d 203.0.113.10 -p tcp --sport 51542 --dport 8000"
+
+
+ips = st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(map(str, t)))
+
+
+@given(
+    st.sampled_from(["tcp", "udp"]), ips, ips, ips, st.integers(1, 65535), st.integers(1, 65535),
+    st.integers(1, 65535), st.integers(0, flows.MAX_TIMEOUT),
+)  # fmt: skip
+def test_render_and_parse_round_trip(
+    proto: str, src: str, dst: str, nat: str, sport: int, dport: int, port: int, timeout: int
+) -> None:
+    state = "ESTABLISHED" if proto == "tcp" else ""
+    f = flows.Flow("A", proto, src, dst, sport, dport, nat, port, timeout, "SEEN_REPLY", state)
+    assert flows.parse(f.render(nat)) == f
+
+
+def test_reconcile_deletes_stale_first_replaces_moved_ports_and_updates_the_rest() -> None:
+    f = flows.parse(TCP)
+    assert f is not None
+    mine = "10.0.101.21"
+    gone = flows.Flow("A", "tcp", "10.0.1.99", "203.0.113.10", 1, 8000, mine, 1, 100, "SEEN_REPLY", "ESTABLISHED")
+    moved = flows.Flow("A", "tcp", "10.0.1.10", "203.0.113.10", 51542, 8000, mine, 9999, 100, "", "ESTABLISHED")
+    lines, n = flows.reconcile({gone.key: gone, moved.key: moved}, [f], mine)
+    assert n == 1
+    assert lines == [gone.render_delete(), f.render_delete(), f.render(mine)]
+    kept = flows.parse(f.render(mine))
+    assert kept is not None
+    assert flows.reconcile({f.key: kept}, [f], mine) == ([], 1)
+    assert flows.reconcile({f.key: kept}, [f], mine, min_timeout=10**6)[0] == [f.render_update(10**6)]
+
+
+def test_apply_changes_add_only_never_changes_or_ends_an_entry() -> None:
+    f = flows.parse(TCP)
+    assert f is not None
+    end = flows.Flow("D", "udp", "10.0.1.10", "203.0.113.10", 1, 53, "10.0.100.21", 1)
+    assert flows.apply_changes([f, end], "n") == [f.render("n"), f.render_update(), end.render_delete()]
+    assert flows.apply_changes([f, end], "n", add_only=True) == [f.render("n")]
+
+
+def test_subnets_find_the_table() -> None:
+    s = flows.Subnets({"rtb-a": ("10.0.1.0/24", "10.0.3.0/24"), "rtb-b": ("10.0.2.0/24",)})
+    assert [s.table_of(a) for a in ("10.0.1.7", "10.0.3.1", "10.0.2.255", "10.0.4.1", "nope")] == [
+        "rtb-a", "rtb-a", "rtb-b", "", "",
+    ]  # fmt: skip
+
+
+# ----------------------------------------------------------------- wire
+KEY = b"s" * 32
+
+
+def _pair() -> tuple[wire.Sealer, wire.Opener, bytes]:
+    hello, cn = wire.hello(KEY, "i-a", "i-b")
+    client, server, nonce = wire.read_hello(KEY, hello)
+    assert (client, server, nonce) == ("i-a", "i-b", cn)
+    welcome, sn = wire.welcome(KEY, client, server, nonce)
+    assert wire.read_welcome(KEY, welcome, "i-a", "i-b", cn) == sn
+    k = wire.session_key(KEY, cn, sn, "i-a", "i-b")
+    return wire.Sealer(k), wire.Opener(k), hello
+
+
+def test_frames_open_in_order_and_refuse_tampering_replay_and_reordering() -> None:
+    sealer, opener, _ = _pair()
+    payload = wire.encode({"table": "rtb-a"}, [TCP, UDP_EVENT])
+    f1, f2, f3 = (sealer.seal(wire.DELTA, payload) for _ in range(3))
+    kind, seq, body = opener.open(f1[4:])
+    assert (kind, seq) == (wire.DELTA, 1) and wire.decode(body) == ({"table": "rtb-a"}, [TCP, UDP_EVENT])
+    with pytest.raises(wire.ProtocolError, match="sequence"):
+        opener.open(f1[4:])  # replayed
+    with pytest.raises(wire.ProtocolError, match="sequence"):
+        opener.open(f3[4:])  # f2 dropped
+    tampered = bytearray(f2[4:])
+    tampered[20] ^= 1
+    with pytest.raises(wire.ProtocolError, match="authentication"):
+        opener.open(bytes(tampered))
+    assert opener.open(f2[4:])[1] == 2
+
+
+def test_handshake_needs_the_group_key() -> None:
+    hello, _ = wire.hello(b"x" * 32, "i-a", "i-b")
+    with pytest.raises(wire.ProtocolError, match="authentication"):
+        wire.read_hello(KEY, hello)
+    with pytest.raises(wire.ProtocolError, match="magic"):
+        wire.read_hello(KEY, b"GET / HTTP/1.1\r\n")
+    _, cn = wire.hello(KEY, "i-a", "i-b")
+    forged, _ = wire.welcome(b"x" * 32, "i-a", "i-b", cn)
+    with pytest.raises(wire.ProtocolError, match="authentication"):
+        wire.read_welcome(KEY, forged, "i-a", "i-b", cn)
+    with pytest.raises(ValueError, match="at least 32"):
+        wire.load_key(b"short\n")
+    assert wire.load_key(b"  " + KEY + b"\n") == KEY
+    with pytest.raises(wire.ProtocolError, match="limit"):
+        wire.frame_length((wire.MAX_FRAME + 1).to_bytes(4, "big"))
+    with pytest.raises(wire.ProtocolError):
+        wire.decode(b"\x00\x05{bad}")
+
+
+# ----------------------------------------------------------------- plan
+def test_plan_streams_held_tables_to_every_peer_and_a_handed_over_one_to_its_taker() -> None:
+    v = plan.View("i-a", {"i-a": "1", "i-b": "2", "i-c": "3"}, {"rtb-a": "i-a", "rtb-b": "i-b"})
+    assert plan.streams(v, {}) == {"rtb-a": ["i-b", "i-c"]}
+    assert plan.streams(v, {"rtb-c": "i-c", "rtb-a": "i-b"}) == {"rtb-a": ["i-b", "i-c"], "rtb-c": ["i-c"]}
+
+
+def test_plan_accepts_a_tables_flows_from_its_holder_only() -> None:
+    v = plan.View("i-b", {"i-a": "1", "i-b": "2", "i-c": "3"}, {"rtb-a": "i-a", "rtb-b": "i-b"})
+    assert plan.accept(v, "rtb-a", "i-a", "") == plan.COPY
+    assert plan.accept(v, "rtb-a", "i-c", "") is None  # not its holder
+    assert plan.accept(v, "rtb-c", "i-c", "") == plan.COPY  # holder unknown: any member
+    assert plan.accept(v, "rtb-b", "i-a", "") is None  # ours
+    assert plan.accept(v, "rtb-b", "i-a", "i-a") == plan.ADD_ONLY  # ours, handed over by i-a lately
+    assert plan.accept(v, "rtb-a", "i-z", "") is None  # not a member
