@@ -15,7 +15,7 @@ StartInstances, ...) goes through a :class:`Fence`:
   nothing is retried - so a write is sent inside the lease or not at all;
 * when the call ends, a send that happened after its deadline (the process or VM was frozen
   between the check and the send) is reported to ``on_overrun``: the agent writes a stray
-  report so the current holder re-asserts the route at once (see ``agent.cycle``).
+  report so the current holder re-asserts the route at once (see ``agent.cycle.tables``).
 
 What the fence cannot bound is AWS applying a request it received after the client gave up:
 that is the ``ec2_apply_horizon`` assumption, covered by the taker's re-assertion at

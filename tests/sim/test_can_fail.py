@@ -15,7 +15,9 @@ import pytest
 import agent.config
 import agent.decide
 from agent.aws.fence import Fence
-from agent.cycle import Agent
+from agent.cycle.ec2view import Ec2View
+from agent.cycle.restarts import Restarter
+from agent.cycle.tables import TableWriter
 from tests.sim.scenario import Fault, Scenario
 from tests.sim.world import run
 
@@ -61,8 +63,8 @@ def test_restart_without_the_silence_check_is_caught(monkeypatch: pytest.MonkeyP
         return "probes fail" if v.probe_down(peer) and v.obs.instance_states.get(peer) == "running" else None
 
     monkeypatch.setattr(agent.decide, "_restart_evidence", evidence)
-    monkeypatch.setattr(Agent, "_still_silent", lambda self, target, snapshot: True)
-    monkeypatch.setattr("agent.cycle.Agent._refresh_ec2", _refresh_always(Agent._refresh_ec2))
+    monkeypatch.setattr(Restarter, "still_silent", lambda self, target, snapshot: True)
+    monkeypatch.setattr(Ec2View, "refresh", _refresh_always(Ec2View.refresh))
     # Whether a schedule exposes it depends on timing: the checker must catch it in some of a few.
     results = [run(partition_scenario(seed)) for seed in range(4)]
     assert any("stopped" in v and "heartbeated" in v for r in results for v in r.violations), results[0].report()
@@ -73,8 +75,8 @@ def _refresh_always(real):  # type: ignore[no-untyped-def]
 
     def refresh(self, now, snapshot, probes):  # type: ignore[no-untyped-def]
         real(self, now, snapshot, probes)
-        peers = [p for p in self.members if p != self.me]
-        self.memory.instance_states.update(self.ec2.instance_states(peers))
+        peers = [p for p in self.ctx.members if p != self.ctx.me]
+        self.ctx.memory.instance_states.update(self.ctx.ec2.instance_states(peers))
 
     return refresh
 
@@ -116,7 +118,7 @@ def test_with_holder_tags_the_frozen_write_is_refused_by_aws() -> None:
 def test_an_agent_that_does_not_report_its_late_write_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     # Bug: the late write is not reported: the holder learns of it only at its next EC2 check
     # (ec2_reconcile_interval, 5 s), far more than 1 s after the stray landed.
-    monkeypatch.setattr(Agent, "_on_overrun", lambda self, permit: None)
+    monkeypatch.setattr(TableWriter, "on_overrun", lambda self, permit: None)
     r = run(frozen_taker(1))
     assert any("(a) stray write to rtb-1" in v and "corrected" in v for v in r.violations), r.report()
 

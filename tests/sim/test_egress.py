@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 import agent.decide
-from agent.cycle import Agent
+from agent.cycle.observe import Observer
+from agent.cycle.tables import TableWriter
 from tests.sim.scenario import Fault, Scenario
 from tests.sim.world import Result, run
 
@@ -77,14 +78,14 @@ def test_an_association_frozen_between_the_lease_check_and_the_send_is_reported_
 def test_an_agent_that_ignores_stray_reports_for_the_elastic_ip_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     # Bug: the stray report re-asserts the route but not the association: the holder learns of the
     # moved Elastic IP at its next reconcile (5 s), far more than 1 s after the stray's bound.
-    monkeypatch.setattr(Agent, "_address_reasserts", lambda self, snapshot, now: {})
+    monkeypatch.setattr(Observer, "_address_reasserts", lambda self, snapshot, now: {})
     r = run(frozen_association())
     assert any("(e) stray association of rtb-1's Elastic IP" in v for v in r.violations), r.report()
 
 
 def test_an_agent_that_never_moves_the_elastic_ip_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     # Bug: routes move, Elastic IPs stay: the taken tables' traffic has no public address.
-    monkeypatch.setattr(Agent, "_try_address", lambda self, *a: "")
+    monkeypatch.setattr(TableWriter, "_try_address", lambda self, *a: "")
     monkeypatch.setattr(agent.decide, "_plan_address", lambda obs, rt, r: None)
     r = run(three(Fault("nat_down", 3.0, 8.0, "i-b")))
     assert any("(e) rtb-1 routes to" in v and "Elastic IP has been with i-b" in v for v in r.violations), r.report()
@@ -92,14 +93,15 @@ def test_an_agent_that_never_moves_the_elastic_ip_is_caught(monkeypatch: pytest.
 
 def test_an_agent_that_moves_a_healthy_homes_elastic_ip_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     # Bug: a taker associates the wrong table's Elastic IP (rtb-0's, home i-a, healthy) with itself.
-    real = Agent._address_here
+    real = TableWriter._address_here
 
-    def wrong(self: Agent, rt: str, term: int, target: str, *a: object) -> None:
-        if rt == "rtb-1" and target == self.me and self.me != "i-a":
-            self.ec2.associate_address("rtb-0", self.me)  # type: ignore[attr-defined]
+    def wrong(self: TableWriter, rt: str, term: int, target: str, *a: object) -> None:
+        me = self.ctx.me
+        if rt == "rtb-1" and target == me and me != "i-a":
+            self.ctx.ec2.associate_address("rtb-0", me)
         real(self, rt, term, target, *a)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Agent, "_address_here", wrong)
+    monkeypatch.setattr(TableWriter, "_address_here", wrong)
     r = run(three(Fault("nat_down", 3.0, 8.0, "i-b")))
     assert any("(a)" in v and "authorized AssociateAddress" in v and "the holder is i-a" in v for v in r.violations)
     assert any("(e)" in v and "moved rtb-0's Elastic IP away from its home i-a" in v for v in r.violations), r.report()

@@ -15,7 +15,7 @@ import dataclasses
 
 import pytest
 
-import agent.cycle
+import agent.cycle.standing
 import agent.decide
 from tests.sim.scenario import TIMING, Fault, Scenario
 from tests.sim.world import Result, run, run_seed
@@ -80,7 +80,7 @@ def test_hole_7_a_taker_whose_writes_are_refused_gives_the_table_to_a_peer(monke
     sc = three(Fault("ec2_denied", 2.0, 12.0, "i-c"), Fault("nat_down", 3.0, 10.0, "i-b"), holder_tag=False)
     r = ok(run(sc))
     assert max(r.outages) < 3.0
-    monkeypatch.setattr(agent.cycle, "EC2_FAILURES_TO_GIVE_UP", 10**6)  # undo: keep the table whatever happens
+    monkeypatch.setattr(agent.cycle.standing, "EC2_FAILURES_TO_GIVE_UP", 10**6)  # undo: keep the table whatever happens
     r = run(sc)
     assert any("(b) rtb-1 has pointed at i-b" in v for v in r.violations), r.report()
 

@@ -16,7 +16,7 @@ import pytest
 from agent.aws.ec2 import Ec2Error
 from agent.aws.fence import Fence
 from agent.config import Config, Member, Timing
-from agent.cycle import Agent, build_info
+from agent.cycle import Agent, FlowSyncLike, build_info
 from agent.decide import Ec2Route, PeerProbe
 from agent.metrics import Metrics
 from coordinator.clock import FakeClock
@@ -122,6 +122,7 @@ def group(
     ec2_adapter: Callable[[World], Ec2] | None = None,
     health: Callable[[str], Any] | None = None,
     metrics: Callable[[str], Metrics | None] | None = None,
+    flows: Callable[[str], FlowSyncLike] | None = None,
     **config: Any,
 ) -> Group:
     """A group of agents on one fake clock, store and EC2; the keywords vary what the tests of
@@ -138,7 +139,16 @@ def group(
         coordinator = Coordinator(store, GROUP, m.instance_id, clock, c.timing.lease)
         registry = metrics(m.instance_id) if metrics is not None else None
         checker = health(m.instance_id) if health is not None else SelfHealth()
-        agents[m.instance_id] = Agent(c, coordinator, (ec2_adapter or Ec2)(w), probes, checker, clock, registry)
+        agents[m.instance_id] = Agent(
+            c,
+            coordinator,
+            (ec2_adapter or Ec2)(w),
+            probes,
+            checker,
+            clock,
+            registry,
+            flows=flows(m.instance_id) if flows is not None else None,
+        )
         if registry is not None:
             build_info(registry, c)
     return Group(clock, store, w, agents, probes)
@@ -169,7 +179,8 @@ def dead(g: Group, who: str) -> Iterator[None]:
 
 def test_a_dead_nat_holding_three_tables_is_expired_once_and_all_three_move_in_one_cycle() -> None:
     # Hole 9: the second and later takeovers used to expire the member again and lose the race
-    # (undo: drop the `_expired_now` check in Agent._take_over and rtb-b2, rtb-b3 fail "lost the race").
+    # (undo: drop the `_expired_now` check in TableWriter.take_over, agent/cycle/tables.py, and
+    # rtb-b2, rtb-b3 fail "lost the race").
     g = settled()
     writes_before = g.store.writes
     with dead(g, "i-b"):
@@ -306,3 +317,57 @@ def test_failures_of_aws_itself_never_make_a_holder_give_its_tables_away(code: s
         g.cycle("i-a", 6)
     assert g.agents["i-a"].memory.ec2_writes.out_until < g.clock.monotonic()
     assert g.agents["i-a"].run_cycle().kind in ("holding", "took_over")
+
+
+class Flows:
+    """A connection-tracking sync whose push to the successor takes ``pending`` calls to be acknowledged."""
+
+    def __init__(self, pending: int = 0) -> None:
+        self.pending = pending
+        self.calls: list[tuple[str, ...]] = []
+
+    def handover_wait(self, route_table: str, successor: str, now: float) -> str:
+        self.calls.append(("wait", route_table, successor))
+        if self.pending > 0:
+            self.pending -= 1
+            return f"waiting for {successor} to hold {route_table}'s flows"
+        return ""
+
+    def taking(self, route_table: str, previous: str) -> None:
+        self.calls.append(("taking", route_table, previous))
+
+    def released(self, route_table: str, successor: str) -> None:
+        self.calls.append(("released", route_table, successor))
+
+
+def test_a_planned_hand_over_moves_no_route_before_the_successor_holds_the_tables_flows() -> None:
+    # Connection tracking follows the table: while the sync says the successor is not ready, the
+    # giver keeps the route (undo: call handover_wait after _move, and rtb-a moves at once).
+    flows = {"i-a": Flows(pending=2), "i-b": Flows()}
+    g = group(flows=flows.__getitem__)
+    for _ in range(40):
+        g.cycle("i-a")
+        g.cycle("i-b")
+    g.agents["i-a"].draining = True
+    n = len(g.world.writes)
+    lines = [g.cycle("i-a")[0] for _ in range(2)]
+    assert all("waiting for i-b to hold rtb-a's flows" in line for line in lines), lines
+    assert not [w for w in g.world.writes[n:] if w[0] == "ReplaceRoute"]
+    g.cycle("i-a")
+    assert g.world.targets["rtb-a"] == "i-b"
+    assert ("released", "rtb-a", "i-b") in flows["i-a"].calls
+
+
+def test_a_taker_tells_the_sync_which_table_it_takes_and_from_whom() -> None:
+    flows = {"i-a": Flows(), "i-b": Flows()}
+    g = group(flows=flows.__getitem__)
+    for _ in range(40):
+        g.cycle("i-a")
+        g.cycle("i-b")
+    assert [c for c in flows["i-a"].calls if c[0] == "taking"] == [("taking", "rtb-a", "")]  # its own, unowned
+    flows["i-a"].calls.clear()
+    with dead(g, "i-b"):
+        g.cycle("i-a")
+    assert [c for c in flows["i-a"].calls if c[0] == "taking"] == [
+        ("taking", rt, "i-b") for rt in ("rtb-b1", "rtb-b2", "rtb-b3")
+    ]

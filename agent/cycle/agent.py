@@ -1,0 +1,255 @@
+"""One NAT's agent: one HA cycle, observe -> decide -> act, returning the decision line.
+
+The decision itself is pure (agent.decide). The cycle's parts each do one job and read alone:
+the session (renewals, ``session.py``), what EC2 shows (``ec2view.py``), the decision's input
+(``observe.py``), our writes to route tables (``tables.py``, every one behind the fence),
+restarts of dead peers (``restarts.py``), how our EC2 calls have gone (``standing.py``) and the
+metrics (``export.py``). This module wires them together and runs the cycle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+
+from agent.aws.ec2 import Ec2Error
+from agent.aws.fence import Fence, FenceRefused, FenceTiming
+from agent.config import Config
+from agent.cycle.context import Context
+from agent.cycle.ec2view import Ec2View
+from agent.cycle.export import Exporter
+from agent.cycle.memory import Memory
+from agent.cycle.observe import Observer
+from agent.cycle.ports import Ec2Like, FlowSyncLike, HealthLike, NoFlowSync, ProbesLike
+from agent.cycle.restarts import Restarter
+from agent.cycle.session import SessionKeeper
+from agent.cycle.standing import Ec2Standing
+from agent.cycle.tables import TableWriter
+from agent.decide import (
+    ClaimRestart,
+    ContinueRestart,
+    Decision,
+    EnsureAddress,
+    EnsureRoute,
+    HandOver,
+    PeerProbe,
+    Release,
+    ResetOwnRestart,
+    RouteToGateway,
+    StartSession,
+    TakeOver,
+    decide,
+)
+from agent.metrics import Metrics
+from coordinator.clock import Clock
+from coordinator.errors import BadItem, Conflict, CoordinatorError, SessionLost, StoreConfigError, StoreUnavailable
+from coordinator.items import GroupSnapshot, Health
+from coordinator.leases import Coordinator
+
+log = logging.getLogger("nat_ha.agent")
+
+
+class Agent:
+    """One NAT's agent. ``run_cycle()`` is called every ``timing.cycle_interval``."""
+
+    def __init__(
+        self,
+        config: Config,
+        coordinator: Coordinator,
+        ec2: Ec2Like,
+        probes: ProbesLike,
+        health: HealthLike,
+        clock: Clock,
+        metrics: Metrics | None = None,
+        *,
+        holder: str = "",
+        on_event: Callable[[str, dict[str, object]], None] | None = None,
+        flows: FlowSyncLike | None = None,
+    ) -> None:
+        self.ctx = ctx = Context(
+            config,
+            coordinator,
+            ec2,
+            clock,
+            metrics,
+            on_event or (lambda kind, data: None),
+            flows or NoFlowSync(),
+            holder=holder,
+        )
+        self.config = config
+        self.me = ctx.me
+        self.coordinator = coordinator
+        self.ec2 = ec2
+        self.probes = probes
+        self.health_checker = health
+        self.clock = clock
+        self.metrics = metrics
+        self.timings = ctx.timings
+        self.members = ctx.members
+        self.homes = ctx.homes
+        self.egress_tables = ctx.egress_tables
+        self.decision = Decision("no_session", "starting")
+        t = ctx.timings
+        fence_timing = FenceTiming(t.ec2_timeout)
+        self.standing = Ec2Standing(ctx)
+        self.session = SessionKeeper(ctx, t.ec2_timeout + fence_timing.slack)
+        self.tables = TableWriter(ctx, self.session, self.standing)
+        self.fence = Fence(coordinator.remaining, clock.monotonic, fence_timing, on_overrun=self.tables.on_overrun)
+        ec2.attach_fence(self.fence)
+        self.ec2_view = Ec2View(ctx, self.standing)
+        self.observer = Observer(ctx)
+        self.restarts = Restarter(ctx, self.session)
+        self.exporter = Exporter(ctx, metrics) if metrics is not None else None
+        # A cycle stops acting after this long (the rest waits a cycle): heartbeats and the
+        # systemd watchdog (pinged once per cycle) never wait behind a long list of EC2 calls.
+        self.cycle_budget = max(1.5, 3 * t.ec2_timeout)
+
+    # ------------------------------------------------------------ shared state
+    @property
+    def memory(self) -> Memory:
+        return self.ctx.memory
+
+    @property
+    def last_snapshot(self) -> GroupSnapshot | None:
+        return self.ctx.last_snapshot
+
+    @property
+    def draining(self) -> bool:
+        """Set by SIGTERM / shutdown: hand every table over and take none."""
+        return self.session.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.session.draining = value
+
+    # ------------------------------------------------------------------ cycle
+    def run_cycle(self, *, act: bool = True) -> Decision:
+        """Observe, decide, act; returns the decision (its summary is the log line).
+
+        ``act=False`` observes and decides only: no session, no write of any kind
+        (``nat-ha agent --once``, which must never disturb the agent that runs).
+        """
+        ctx = self.ctx
+        clock = self.clock
+        now = clock.monotonic()
+        probes = self.probes.snapshot()
+        reaches = tuple(sorted(p for p, pr in probes.items() if pr.up))
+        health = self.standing.with_check(self.health_checker.check(now, reaches), now)
+        if act and self.coordinator.session is not None and self.session.heartbeat_due(now, health):
+            self.session.renew(health)
+        try:
+            snapshot = self.coordinator.read_group()
+            ctx.error_cleared("store:read")
+        except (StoreUnavailable, StoreConfigError) as exc:
+            ctx.error_once("store:read", f"cannot read the group ({exc}); routes stay where they are")
+            decision = Decision("store_unavailable", f"store unavailable: keeping routes as they are ({exc})")
+            self._finish(decision, now, health, probes)
+            return decision
+        ctx.last_snapshot = snapshot
+        for bad in snapshot.bad_items:
+            ctx.error_once(f"bad:{bad.key}", f"ignoring bad item {bad.key!r} in the table: {bad.problem}")
+        # The snapshot is first seen when the read returned, not when the cycle began: a
+        # renewal (up to the store budget) or a process pause lies between the two, and
+        # an earlier first-seen time would make a peer's fresh heartbeat look stale.
+        seen = clock.monotonic()
+        self.observer.track_holdings(snapshot, seen)
+        if act:
+            self.tables.send_stray_reports()
+            self.ec2_view.refresh(seen, snapshot, probes)
+        obs = self.observer.observe(snapshot, seen, probes, health, self.session.is_draining())
+        decision = decide(obs, self.timings)
+        if act:
+            self.tables.begin_cycle()
+            notes = []
+            for action in decision.actions:
+                if clock.monotonic() - now > self.cycle_budget:
+                    notes.append("the rest waits for the next cycle (cycle budget spent)")
+                    break
+                self.session.renew_if_due(health)
+                note = self._act(action, snapshot, health)
+                if note:
+                    notes.append(note)
+            if notes:
+                decision = dataclasses.replace(decision, summary=decision.summary + " [" + "; ".join(notes) + "]")
+        self._finish(decision, now, health, probes, snapshot)
+        return decision
+
+    def _finish(
+        self,
+        decision: Decision,
+        now: float,
+        health: Health,
+        probes: dict[str, PeerProbe],
+        snapshot: GroupSnapshot | None = None,
+    ) -> None:
+        if decision.summary != self.decision.summary:
+            log.info(decision.summary)
+            if self.metrics is not None:
+                self.metrics.decision_changes.inc()
+        self.decision = decision
+        if self.exporter is not None:
+            self.exporter.export(decision, now, health, probes, snapshot)
+
+    def _act(self, action: object, snapshot: GroupSnapshot, health: Health) -> str:
+        """Carry out one action; returns a note when it did not go as decided."""
+        tables = self.tables
+        try:
+            if isinstance(action, StartSession):
+                self.coordinator.start_session(health, snapshot.members.get(self.me))
+                self.session.started(health)
+                return ""
+            if isinstance(action, TakeOver):
+                return tables.take_over(action, health)
+            if isinstance(action, EnsureRoute):
+                return tables.ensure_route(action, health)
+            if isinstance(action, EnsureAddress):
+                return tables.ensure_address(action, health)
+            if isinstance(action, RouteToGateway):
+                return tables.route_to_gateway(action, health)
+            if isinstance(action, HandOver):
+                return tables.hand_over(action, health)
+            if isinstance(action, Release):
+                return tables.release(action)
+            if isinstance(action, ClaimRestart):
+                return self.restarts.claim(action, snapshot, health)
+            if isinstance(action, ContinueRestart):
+                return self.restarts.advance(action.item, snapshot, health)
+            if isinstance(action, ResetOwnRestart):
+                return self.restarts.reset_own(action.item)
+        except Conflict as exc:
+            return f"lost the race: {exc}"
+        except SessionLost as exc:
+            return f"not acting: {exc}"
+        except FenceRefused as exc:
+            return f"not sent: {exc.reason}"
+        except BadItem as exc:
+            self.ctx.error_once(f"bad:{exc.key}", str(exc))
+            return str(exc)
+        except (StoreUnavailable, StoreConfigError) as exc:
+            self.ctx.error_once("store:write", f"store write failed ({exc}); will retry next cycle")
+            return f"store write failed: {exc}"
+        except CoordinatorError as exc:
+            return str(exc)
+        except Ec2Error as exc:
+            self.ctx.error_once(f"ec2:{exc.operation}:{exc.code}", f"{exc}; will retry next cycle")
+            return str(exc)
+        return ""
+
+    def next_deadline(self) -> float | None:
+        """The earliest time (monotonic) a failing peer's session can be expired, if any."""
+        return min(self.memory.stale_deadlines.values(), default=None)
+
+    # ------------------------------------------------------------------ drain
+    def drained(self) -> bool:
+        """True once this agent holds no route table (as of the last read)."""
+        s = self.last_snapshot
+        return s is None or not any(self.ctx.mine(rt, s) for rt in s.routes)
+
+    def leave(self) -> None:
+        """Mark our member item as left (after draining), so nobody restarts us."""
+        health = self.memory.last_health or Health(False, detail="shutting down")
+        try:
+            self.coordinator.leave(health)
+        except CoordinatorError as exc:
+            log.warning("could not mark this member as left: %s", exc)

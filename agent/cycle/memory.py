@@ -1,0 +1,80 @@
+"""What the agent remembers between cycles (all times on its monotonic clock)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.decide import Ec2Address, Ec2Route
+from coordinator.items import Health
+from coordinator.observe import ChangeObserver
+
+
+@dataclass
+class RestartProgress:
+    """The holder's local clock for one restart (phases are in the table)."""
+
+    phase_started: float
+    last_poll: float = -1e18
+
+
+@dataclass
+class Held:
+    """A route table this session holds, in one term (our clock)."""
+
+    term: int
+    acquired_at: float
+    settle_at: float  # write the route again then: no write of an earlier term can land after it
+    tagged: bool = False  # the holder tag names us (written in this term)
+    settled: bool = False
+    last_write: float = -1e18  # our last confirmed route write
+    address_settled: bool = False  # the Elastic IP was associated again after settle_at (egress_ip = follow)
+    address_due: str = ""  # why the Elastic IP must be associated again (a stray report), until it is
+    last_address_write: float = -1e18  # our last confirmed association
+
+
+@dataclass
+class Ec2Writes:
+    """How our EC2 route writes have gone lately (a holder that cannot write must give its tables up)."""
+
+    failures: int = 0
+    first_failure: float = 0.0
+    out_until: float = -1e18  # the ec2_writes self check fails until then
+    penalty: float = 0.0
+    throttled_until: float = -1e18  # RequestLimitExceeded: no EC2 calls until then
+    backoff: float = 0.0
+
+
+@dataclass
+class Memory:
+    """What the agent remembers between cycles (all times on its monotonic clock)."""
+
+    observer: ChangeObserver = field(default_factory=ChangeObserver)
+    healthy_since: dict[str, float] = field(default_factory=dict)
+    claimable_since: dict[str, float] = field(default_factory=dict)
+    suspect_since: dict[str, float] = field(default_factory=dict)
+    dead_since: dict[str, float] = field(default_factory=dict)
+    self_healthy_since: float | None = None
+    self_unhealthy_since: float | None = None
+    ec2: dict[str, Ec2Route] = field(default_factory=dict)
+    egress: dict[str, Ec2Address] = field(default_factory=dict)  # route table -> where its Elastic IP sits
+    egress_read: dict[str, Ec2Address] = field(default_factory=dict)  # what the last DescribeAddresses showed
+    egress_read_at: float = -1e18
+    ec2_read_at: float = -1e18
+    # Extra EC2 reads due (monotonic times): after a write to a peer whose outcome is unknown, at
+    # once and once it can no longer land (ec2_apply_horizon), so the holder acts on where it is.
+    ec2_rechecks: list[float] = field(default_factory=list)
+    handover_doubt: dict[str, float] = field(default_factory=dict)  # route table -> when that write failed
+    instance_states: dict[str, str] = field(default_factory=dict)
+    instances_read_at: float = -1e18
+    last_heartbeat: float = -1e18
+    last_health: Health | None = None
+    last_draining: bool = False
+    stale_deadlines: dict[str, float] = field(default_factory=dict)  # peer -> when its session can be expired
+    restarts: dict[str, RestartProgress] = field(default_factory=dict)
+    reported_errors: set[str] = field(default_factory=set)
+    held: dict[str, Held] = field(default_factory=dict)
+    relinquished: dict[str, int] = field(default_factory=dict)  # route table -> term of a hand-over in doubt
+    strays_handled: set[str] = field(default_factory=set)  # stray report tokens acted on
+    stray_reports: list[tuple[str, int, str]] = field(default_factory=list)  # (table, term, target) to report
+    pins_since: dict[str, tuple[str, float]] = field(default_factory=dict)  # table -> (pinned member, first seen)
+    ec2_writes: Ec2Writes = field(default_factory=Ec2Writes)

@@ -1,0 +1,206 @@
+"""From a consistent read of the group, the probes and our health to the decision's input.
+
+Keeps the agent's first-seen times (expiry by observation, never by stored timestamps), which
+tables this session holds since when (a new holder writes again after the horizon), and when a
+failing peer's session can next be expired (the daemon wakes for it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from agent.cycle.context import Context
+from agent.cycle.memory import Held
+from agent.decide import Ec2Address, Observation, PeerProbe, claimable_routes, judged_dead, judged_healthy
+from coordinator.items import GroupSnapshot, Health, RouteItem
+
+
+class Observer:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def track_holdings(self, snapshot: GroupSnapshot, now: float) -> None:
+        """Which tables this session holds, since when: a new term is written again after the horizon."""
+        ctx = self.ctx
+        mem = ctx.memory
+        session = ctx.coordinator.session
+        t = ctx.timings
+        mine: dict[str, RouteItem] = {}
+        if session is not None:
+            mine = {
+                rt: r
+                for rt, r in snapshot.routes.items()
+                if rt in ctx.homes and r.owner == ctx.me and r.owner_session == session.session
+            }
+        for rt in list(mem.held):
+            if rt not in mine or mine[rt].term != mem.held[rt].term:
+                del mem.held[rt]
+        for rt, r in mine.items():
+            if rt not in mem.held:
+                mem.held[rt] = Held(r.term, now, now + t.ec2_apply_horizon)
+                if rt in ctx.egress_tables:
+                    # Handed to us: the giver moved the Elastic IP here before the lease (make before
+                    # break). Trusted until the settle write after the horizon, which is blind anyway:
+                    # an association costs a remap, a route write nothing.
+                    seen = mem.egress.get(rt)
+                    mem.egress[rt] = Ec2Address(ctx.me, seen.public_ip if seen is not None else "")
+                    mem.held[rt].last_address_write = now
+                stray = snapshot.strays.get(rt)
+                if stray is not None:
+                    mem.strays_handled.add(stray.token)  # our first write and the settle cover it
+        for rt, term in list(mem.relinquished.items()):
+            route = snapshot.routes.get(rt)
+            if route is None or route.term != term:
+                del mem.relinquished[rt]  # the hand-over landed, or we took the table back
+
+    def _reasserts(self, snapshot: GroupSnapshot, now: float) -> dict[str, str]:
+        """Held tables whose route must be written again now, and why."""
+        out: dict[str, str] = {}
+        mem = self.ctx.memory
+        for rt, h in mem.held.items():
+            stray = snapshot.strays.get(rt)
+            if stray is not None and stray.token not in mem.strays_handled:
+                out[rt] = (
+                    f"{stray.writer} reported a late write (term {stray.term}) that may point it at {stray.target}"
+                )
+            elif not h.settled and now >= h.settle_at:
+                horizon = self.ctx.timings.ec2_apply_horizon
+                out[rt] = f"writes of earlier terms can no longer land ({horizon:.1f} s after taking it)"
+        return out
+
+    def _address_reasserts(self, snapshot: GroupSnapshot, now: float) -> dict[str, str]:
+        """Held tables whose Elastic IP must be associated again now, and why (egress_ip = follow)."""
+        out: dict[str, str] = {}
+        mem = self.ctx.memory
+        for rt, h in mem.held.items():
+            if rt not in self.ctx.egress_tables:
+                continue
+            stray = snapshot.strays.get(rt)
+            if stray is not None and stray.token not in mem.strays_handled:
+                out[rt] = f"{stray.writer} reported a late write (term {stray.term})"
+            elif h.address_due:
+                out[rt] = h.address_due
+            elif not h.address_settled and now >= h.settle_at:
+                horizon = self.ctx.timings.ec2_apply_horizon
+                out[rt] = f"associations of earlier terms can no longer land ({horizon:.1f} s after taking it)"
+        return out
+
+    def handovers_in_doubt(self, now: float) -> frozenset[str]:
+        """Held tables whose write to a successor failed lately (until the second EC2 read after it)."""
+        t = self.ctx.timings
+        mem = self.ctx.memory
+        keep = t.ec2_apply_horizon + 3 * t.cycle_interval
+        doubt = mem.handover_doubt
+        for rt in [rt for rt, at in doubt.items() if now - at > keep or rt not in mem.held]:
+            del doubt[rt]
+        return frozenset(doubt)
+
+    def observe(
+        self, snapshot: GroupSnapshot, now: float, probes: dict[str, PeerProbe], health: Health, draining: bool
+    ) -> Observation:
+        ctx = self.ctx
+        mem = ctx.memory
+        present = set()
+        for m in snapshot.members.values():
+            mem.observer.observe(m.key, (m.session, m.version), now)
+            present.add(m.key)
+        for x in snapshot.restarts.values():
+            mem.observer.observe(x.key, (x.owner_session, x.version), now)
+            present.add(x.key)
+        mem.observer.forget_missing(present)
+        session = ctx.coordinator.session
+        pins = {rt: to for rt, to in snapshot.pins().items() if rt in ctx.homes and to in ctx.members}
+        for rt in list(mem.pins_since):
+            if mem.pins_since[rt][0] != pins.get(rt):
+                del mem.pins_since[rt]
+        for rt, to in pins.items():
+            mem.pins_since.setdefault(rt, (to, now))
+        obs = Observation(
+            now=now,
+            me=ctx.me,
+            members=ctx.members,
+            homes=ctx.homes,
+            snapshot=snapshot,
+            heartbeat_age={m.instance: mem.observer.unchanged_for(m.key, now) for m in snapshot.members.values()},
+            restart_age={x.target: mem.observer.unchanged_for(x.key, now) for x in snapshot.restarts.values()},
+            probes=probes,
+            health=health,
+            session=session.session if session is not None else "",
+            session_remaining=ctx.coordinator.remaining(),
+            ec2=dict(mem.ec2),
+            instance_states=dict(mem.instance_states),
+            draining=draining,
+            pins=pins,
+            pins_since={rt: since for rt, (_, since) in mem.pins_since.items()},
+            reassert=self._reasserts(snapshot, now),
+            relinquished=dict(mem.relinquished),
+            egress_tables=ctx.egress_tables,
+            egress=dict(mem.egress),
+            reassert_address=self._address_reasserts(snapshot, now),
+            handovers_in_doubt=self.handovers_in_doubt(now),
+            last_resort=ctx.config.ec2.last_resort_nat_gateway,
+        )
+        self._track_peers(obs, snapshot, now, probes)
+        if health.healthy:
+            if mem.self_healthy_since is None:
+                mem.self_healthy_since = now
+            mem.self_unhealthy_since = None
+        else:
+            mem.self_healthy_since = None
+            if mem.self_unhealthy_since is None:
+                mem.self_unhealthy_since = now
+        claimable = claimable_routes(obs, ctx.timings)
+        for rt in list(mem.claimable_since):
+            if rt not in claimable:
+                del mem.claimable_since[rt]
+        for rt in claimable:
+            mem.claimable_since.setdefault(rt, now)
+        return dataclasses.replace(
+            obs,
+            healthy_since=dict(mem.healthy_since),
+            claimable_since=dict(mem.claimable_since),
+            self_healthy_since=mem.self_healthy_since,
+            self_unhealthy_since=mem.self_unhealthy_since,
+        )
+
+    def _track_peers(self, obs: Observation, snapshot: GroupSnapshot, now: float, probes: dict[str, PeerProbe]) -> None:
+        """Since when each peer is suspect, dead or healthy, and when a failing one can be expired."""
+        ctx = self.ctx
+        mem = ctx.memory
+        t = ctx.timings
+        mem.stale_deadlines.clear()
+        for peer in ctx.members:
+            if peer == ctx.me:
+                continue
+            p = probes.get(peer)
+            peer_item = snapshot.members.get(peer)
+            if peer_item is not None and peer_item.state == "alive":
+                # The moment its session may be expired is known (probes failing: lease + margin;
+                # answering: silent_owner_after); the daemon wakes for it instead of waiting for
+                # the next regular cycle.
+                silent = mem.observer.unchanged_for(peer_item.key, now)
+                lease = peer_item.lease_ms / 1000
+                probes_down = p is not None and not p.up
+                left = (lease + t.margin if probes_down else t.silent_owner_after) - silent
+                if left > 0 and (probes_down or silent >= lease):
+                    mem.stale_deadlines[peer] = now + left
+            suspect = (
+                (p is not None and not p.up)
+                or peer_item is None
+                or mem.observer.unchanged_for(peer_item.key, now) >= peer_item.lease_ms / 1000 + t.margin
+            )
+            if suspect:
+                mem.suspect_since.setdefault(peer, now)
+            else:
+                mem.suspect_since.pop(peer, None)
+            if judged_dead(obs, t, peer):
+                mem.dead_since.setdefault(peer, now)
+            if judged_healthy(obs, t, peer):
+                mem.healthy_since.setdefault(peer, now)
+                since = mem.dead_since.pop(peer, None)
+                if since is not None:
+                    ctx.on_event("peer_recovered", {"peer": peer, "seconds": now - since})
+                    if ctx.metrics is not None:
+                        ctx.metrics.recovery_duration.observe(now - since)
+            else:
+                mem.healthy_since.pop(peer, None)

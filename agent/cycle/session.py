@@ -1,0 +1,81 @@
+"""This agent's session (its lease): renewed on time, and before a write that needs a full window."""
+
+from __future__ import annotations
+
+import logging
+
+from agent.cycle.context import Context
+from coordinator.errors import SessionLost, StoreUnavailable
+from coordinator.items import Health
+
+log = logging.getLogger("nat_ha.agent")
+
+
+class SessionKeeper:
+    def __init__(self, ctx: Context, write_budget: float) -> None:
+        self.ctx = ctx
+        # Renew before a write when less than one call's deadline is left: writes get a full window.
+        self.write_budget = write_budget
+        self.draining = False  # set by SIGTERM / shutdown
+
+    def is_draining(self) -> bool:
+        s = self.ctx.last_snapshot
+        return self.draining or bool(s and s.draining(self.ctx.me))
+
+    def heartbeat_due(self, now: float, health: Health) -> bool:
+        t = self.ctx.timings
+        mem = self.ctx.memory
+        changed = mem.last_health is not None and (
+            mem.last_health.healthy != health.healthy or mem.last_health.reaches != health.reaches
+        )
+        # A drain is announced in the heartbeat before any route table is handed over, so
+        # that no peer fails a table back to us in between.
+        changed = changed or mem.last_draining != self.is_draining()
+        return changed or now - mem.last_heartbeat >= t.heartbeat_interval - t.cycle_interval / 2
+
+    def renew(self, health: Health) -> None:
+        ctx = self.ctx
+        mem = ctx.memory
+        t0 = ctx.clock.monotonic()
+        try:
+            draining = self.is_draining()
+            ctx.coordinator.heartbeat(health, draining=draining)
+            mem.last_heartbeat = t0
+            mem.last_health = health
+            mem.last_draining = draining
+            self._count("success")
+            ctx.error_cleared("store:heartbeat")
+        except SessionLost:
+            self._count("conflict")
+            log.warning("session lost: a peer expired it; stopped acting at once, starting a new session")
+            mem.held.clear()
+            ctx.on_event("session_lost", {})
+        except StoreUnavailable as exc:
+            self._count("error")
+            ctx.error_once("store:heartbeat", f"heartbeat failed ({exc}); will stop acting when the lease runs out")
+
+    def renew_if_due(self, health: Health) -> None:
+        if self.ctx.coordinator.session is not None and self.heartbeat_due(self.ctx.clock.monotonic(), health):
+            self.renew(health)
+
+    def started(self, health: Health) -> None:
+        """A new session was written (it counts as a heartbeat)."""
+        self.ctx.memory.last_heartbeat = self.ctx.clock.monotonic()
+        self.ctx.memory.last_health = health
+        self.ctx.on_event("session_started", {})
+
+    def may_act(self, health: Health) -> bool:
+        """True if the session has more time left than an EC2 call's deadline (renews first if short).
+
+        The fence checks the lease again right before each send; this only gives writes a
+        full window instead of a clipped deadline.
+        """
+        coordinator = self.ctx.coordinator
+        if coordinator.remaining() > self.write_budget:
+            return True
+        self.renew(health)
+        return coordinator.remaining() > self.write_budget
+
+    def _count(self, result: str) -> None:
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.renewals.labels(result).inc()
