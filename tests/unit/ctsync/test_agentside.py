@@ -1,0 +1,105 @@
+"""The agent's port to the sync service: a planned hand-over waits a bounded time, never blocks the cycle."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from agent.config import ConntrackSyncConfig
+from agent.ctsync import control
+from agent.ctsync.agentside import FlowSync
+from agent.metrics import SyncMetrics
+from coordinator.items import GroupSnapshot, RouteItem
+
+CFG = ConntrackSyncConfig(enabled=True, push_timeout=2.0)
+
+
+class Service:
+    """Answers like the sync service; a push answers when ``release`` is set."""
+
+    def __init__(self, push_answer: dict[str, Any] | None = None, down: bool = False) -> None:
+        self.release = threading.Event()
+        self.push_answer = push_answer or {"ok": True, "entries": 7, "seconds": 0.01}
+        self.down = down
+        self.states: list[dict[str, Any]] = []
+
+    def __call__(self, path: str, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+        if self.down:
+            raise control.ControlError("the sync service is not running (no /run/x)")
+        if message["op"] == "push":
+            if not self.release.wait(timeout):
+                raise control.ControlError(f"the sync service did not answer within {timeout:g} s")
+            return self.push_answer
+        if message["op"] == "state":
+            self.states.append(message)
+            return {"ok": True}
+        return {"ok": True, "peers": {"i-b": {"connected": True}}, "lag": {"i-b": 0.12}, "entries_sent": 5,
+                "errors": {"load": 1}, "takeover_entries": {"rtb-a": 3}, "events": True}  # fmt: skip
+
+
+def snap(**owners: str) -> GroupSnapshot:
+    routes = {rt.replace("_", "-"): RouteItem(rt.replace("_", "-"), o, "s", 1, 1, "t") for rt, o in owners.items()}
+    return GroupSnapshot("g", {}, routes, {})
+
+
+def make(service: Service, snapshot: GroupSnapshot | None = None) -> tuple[FlowSync, SyncMetrics]:
+    metrics = SyncMetrics(CollectorRegistry(), ["i-b"], ["rtb-a"])
+    return FlowSync(CFG, "i-a", {"i-a": "10.0.0.1"}, lambda: snapshot, metrics, request=service), metrics
+
+
+def test_a_handover_waits_for_the_push_and_goes_once_it_is_acknowledged() -> None:
+    svc = Service()
+    flows, metrics = make(svc)
+    t0 = time.monotonic()
+    assert "pushing" in flows.handover_wait("rtb-a", "i-b", 100.0)
+    assert time.monotonic() - t0 < 0.1  # the cycle is not blocked
+    assert "waiting" in flows.handover_wait("rtb-a", "i-b", 100.4)
+    svc.release.set()
+    deadline = time.monotonic() + 2
+    while flows.handover_wait("rtb-a", "i-b", 100.8) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert flows.handover_wait("rtb-a", "i-b", 100.8) == ""
+    assert metrics.pushes.labels("acked")._value.get() == 1
+
+
+def test_a_handover_goes_ahead_after_the_bound_or_at_once_on_failure() -> None:
+    flows, metrics = make(Service())  # never answers
+    flows.handover_wait("rtb-a", "i-b", 10.0)
+    assert flows.handover_wait("rtb-a", "i-b", 11.9) != ""
+    assert flows.handover_wait("rtb-a", "i-b", 12.0) == ""  # push_timeout (2 s) on the cycle's clock
+    assert metrics.pushes.labels("timeout")._value.get() == 1
+    down, m2 = make(Service(down=True))
+    down.handover_wait("rtb-a", "i-b", 10.0)
+    deadline = time.monotonic() + 2
+    while down.handover_wait("rtb-a", "i-b", 10.1) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert down.handover_wait("rtb-a", "i-b", 10.1) == ""  # the failure is known: no need to wait the bound
+    assert m2.pushes.labels("failed")._value.get() == 1
+
+
+def test_holders_come_from_the_snapshot_with_our_own_moves_first() -> None:
+    svc = Service()
+    flows, metrics = make(svc, snap(rtb_a="i-a", rtb_b="i-b"))
+    flows.taking("rtb-b", "i-b")
+    flows.released("rtb-a", "i-c")
+    assert flows.holders() == {"rtb-a": "i-c", "rtb-b": "i-a"}
+    flows.poll()
+    assert svc.states[-1]["holders"] == {"rtb-a": "i-c", "rtb-b": "i-a"}
+    text = generate_latest(_registry(metrics)).decode()
+    assert "nat_ha_conntrack_sync_up 1.0" in text
+    assert 'nat_ha_conntrack_sync_lag_seconds{peer="i-b"} 0.12' in text
+    assert 'nat_ha_conntrack_sync_errors_total{kind="load"} 1.0' in text
+    assert 'nat_ha_conntrack_sync_takeover_entries{route_table="rtb-a"} 3.0' in text
+    svc.down = True
+    flows.poll()
+    text = generate_latest(_registry(metrics)).decode()
+    assert "nat_ha_conntrack_sync_up 0.0" in text and "lag_seconds{" not in text
+
+
+def _registry(metrics: SyncMetrics) -> CollectorRegistry:
+    reg = CollectorRegistry()
+    reg.register(metrics)
+    return reg
