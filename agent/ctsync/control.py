@@ -85,3 +85,25 @@ def read_request(conn: socket.socket, timeout: float = 5.0) -> dict[str, Any] | 
 def answer(conn: socket.socket, message: dict[str, Any]) -> None:
     with contextlib.suppress(OSError):
         conn.sendall(json.dumps(message).encode() + b"\n")
+
+
+def health(stats: dict[str, Any]) -> tuple[str, list[str]]:
+    """One line about a ``stats`` answer (for ``nat-ha status``) and the problems in it."""
+    peers = stats.get("peers", {})
+    lag = stats.get("lag", {})
+    links = ", ".join(
+        f"{p} {'up' if v.get('connected') else 'DOWN'}" + (f" (lag {lag[p]:.2f} s)" if p in lag else "")
+        for p, v in sorted(peers.items())
+    )
+    errors = {k: n for k, n in stats.get("errors", {}).items() if n}
+    held = ", ".join(stats.get("held", [])) or "none"
+    line = f"streams {held} to {links or 'no peer'}; {stats.get('entries_sent', 0)} entries sent, " + (
+        f"{stats.get('entries_loaded', 0)} loaded; errors: "
+        + (", ".join(f"{k} {n}" for k, n in errors.items()) or "none")
+    )
+    problems = [f"conntrack sync: no link to {p}" for p, v in sorted(peers.items()) if not v.get("connected")]
+    if not stats.get("events", True):
+        problems.append("conntrack sync: not reading the kernel's connection events")
+    if stats.get("last_error") and (stats.get("last_error_age") or 1e9) < 60:
+        problems.append(f"conntrack sync: {stats['last_error']} ({stats['last_error_age']:.0f} s ago)")
+    return line, problems

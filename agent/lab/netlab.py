@@ -584,6 +584,11 @@ class NetLab(LocalGroup):
     _arrivals: list[egresswatch.Arrival] = field(default_factory=list)
     _arrivals_offset: int = 0
     _defer_configs: bool = False
+    # conntrack_sync (egress_ip = "follow" only): every NAT also runs `nat-ha ctsync`; setup-nat adds the
+    # guard, the firewall and the sysctls. ``sync`` overrides [conntrack_sync] keys.
+    conntrack_sync: bool = False
+    sync: dict[str, Any] = field(default_factory=dict)
+    ctsync: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     # --------------------------------------------------------------- set-up
     def __enter__(self) -> NetLab:
@@ -598,6 +603,12 @@ class NetLab(LocalGroup):
             if reason:
                 raise RuntimeError(reason)
             self.timing["restart_after"] = max(self.timing.get("restart_after", 0.0), SYSTEMD_RESTART_AFTER)
+        if self.conntrack_sync and self.egress_ip != "follow":
+            raise ValueError('conntrack_sync needs egress_ip = "follow"')
+        if self.conntrack_sync:
+            key_file = self.workdir / "ctsync.key"
+            key_file.write_text(secrets.token_hex(32) + "\n")
+            key_file.chmod(0o600)
         if self.egress_ip not in ("off", "follow"):
             raise ValueError(f"egress_ip: {self.egress_ip!r} is not off or follow")
         if self.egress and self.systemd:
@@ -751,6 +762,21 @@ class NetLab(LocalGroup):
         """The top-level egress keys (the interface of issue 14)."""
         return ['egress_ip = "follow"', *([f'egress_order = "{self.egress_order}"'] if self.egress_order else [])]
 
+    def _sync_toml(self, i: int) -> list[str]:
+        """[conntrack_sync] of NAT i (its key file and control socket in the work directory)."""
+        if not self.conntrack_sync:
+            return []
+        keys = {
+            "enabled": True,
+            "key_file": str(self.workdir / "ctsync.key"),
+            "control_socket": str(self.ctsync_socket(i)),
+            **self.sync,
+        }
+        return ["[conntrack_sync]", *(f"{k} = {json.dumps(v)}" for k, v in keys.items()), ""]
+
+    def ctsync_socket(self, i: int) -> Path:
+        return self.workdir / f"ctsync-{i}.sock"
+
     def _egress_tables_toml(self) -> list[str]:
         """One [[egress.tables]] per route table: its EIP, its subnet, every NAT's address for it."""
         lines = []
@@ -789,6 +815,7 @@ class NetLab(LocalGroup):
             "forwarding = true",
             "",
             *timing_toml(timing),
+            *self._sync_toml(i),
             "[metrics]",
             f'listen = "{self.topo.nat_ip(i)}:9510"' if self.metrics else 'listen = ""',
             "",
@@ -813,6 +840,8 @@ class NetLab(LocalGroup):
 
     def _spawn(self, nat: Nat) -> None:
         i = self.index(nat.instance_id)
+        if self.conntrack_sync:
+            self.start_ctsync(i)
         if self.systemd:
             ct = self.containers[i]
             if not ct.running:
@@ -831,6 +860,30 @@ class NetLab(LocalGroup):
                 ["ip", "netns", "exec", self.topo.nat_ns(i), *argv], stdout=log, stderr=subprocess.STDOUT, env=env
             )
         nat.starts += 1
+
+    def start_ctsync(self, i: int) -> None:
+        """NAT i's `nat-ha ctsync` (unless it runs), as nat-ha-ctsync.service runs it."""
+        proc = self.ctsync.get(i)
+        if proc is not None and proc.poll() is None:
+            return
+        nat = self.nats[i]
+        argv = [sys.executable, "-m", "agent.commands.cli", "ctsync", "--config", str(nat.config_path)]
+        with open(self.workdir / f"ctsync-{i}.log", "ab") as log:
+            self.ctsync[i] = subprocess.Popen(["ip", "netns", "exec", self.topo.nat_ns(i), *argv], stdout=log,
+                                              stderr=subprocess.STDOUT, env={**os.environ, **DUMMY_ENV})  # fmt: skip
+
+    def stop_ctsync(self, i: int, sig: int = signal.SIGKILL) -> None:
+        proc = self.ctsync.get(i)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+
+    def ctsync_request(self, i: int, message: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        """Ask NAT i's sync service (its control socket is in the work directory, reachable from here)."""
+        from agent.ctsync import control
+
+        return control.request(str(self.ctsync_socket(i)), message, timeout)
 
     def _play_ec2(self) -> None:  # the reconciler plays EC2 here (see _on_event)
         return
@@ -917,6 +970,8 @@ class NetLab(LocalGroup):
         elif ev.kind == "stopped":
             nat = self.nat(ev.data["instance"])
             nat.expect_running = False
+            if self.conntrack_sync:
+                self.stop_ctsync(self.index(nat.instance_id))
             self.signal(nat.instance_id, signal.SIGCONT)
             self.signal(nat.instance_id, signal.SIGKILL)
             self._log(f"EC2: {nat.instance_id} stopped: links down, agent killed")
@@ -1062,6 +1117,8 @@ class NetLab(LocalGroup):
             self.containers[i].kill()
         else:
             self.signal(self.nats[i].instance_id, signal.SIGKILL)
+        if self.conntrack_sync:
+            self.stop_ctsync(i)
 
     # Under systemd the agent is the unit nat-ha.service of the NAT's container.
     def signal(self, instance_id: str, sig: int) -> None:
@@ -1178,6 +1235,8 @@ class NetLab(LocalGroup):
         if self._reconciler is not None:
             stop_process(self._reconciler)
         self._stop_agents()
+        for i in list(self.ctsync):
+            self.stop_ctsync(i)
         if self.moto is not None:
             with suppress(Exception):
                 self.moto.stop()

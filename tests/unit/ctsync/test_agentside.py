@@ -103,3 +103,18 @@ def _registry(metrics: SyncMetrics) -> CollectorRegistry:
     reg = CollectorRegistry()
     reg.register(metrics)
     return reg
+
+
+def test_status_line_and_problems_of_the_sync() -> None:
+    stats = {"held": ["rtb-a"], "peers": {"i-b": {"connected": True}, "i-c": {"connected": False}},
+             "lag": {"i-b": 0.1}, "entries_sent": 9, "entries_loaded": 4, "errors": {"auth": 2, "load": 0},
+             "events": False, "last_error": "i-c: refused", "last_error_age": 3.0}  # fmt: skip
+    line, problems = control.health(stats)
+    assert line == "streams rtb-a to i-b up (lag 0.10 s), i-c DOWN; 9 entries sent, 4 loaded; errors: auth 2"
+    assert problems == [
+        "conntrack sync: no link to i-c",
+        "conntrack sync: not reading the kernel's connection events",
+        "conntrack sync: i-c: refused (3 s ago)",
+    ]
+    healthy = {**stats, "peers": {"i-b": {"connected": True}}, "events": True, "last_error_age": 600.0}
+    assert control.health(healthy)[1] == []
