@@ -85,7 +85,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "off",
             "follow: each route table's Elastic IP follows the table - its holder keeps it associated with its own "
             "address for that table ([[egress.tables]]), so the table's traffic leaves with the same public IP "
-            "after a failover, a drain or a fail-back; off: the agent never touches Elastic IPs.",
+            "after a failover, a drain or a fail-back; off: the agent never touches Elastic IPs, a table's public "
+            "address changes when it moves, and no established connection can survive a move (conntrack_sync "
+            "needs follow).",
             choices=("off", "follow"),
         ),
         "egress_order": Key(
