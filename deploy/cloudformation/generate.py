@@ -171,6 +171,16 @@ COMMON_PARAMS = """  NatHaGroup:
       follow - each private route table keeps its own Elastic IP through failover, drain and fail-back (the EIP
       moves with the table, to a secondary address of the NAT serving it; needs 1 + AzCount IPv4 addresses per
       network interface, so t4g.small or larger); off - one Elastic IP per NAT, which stays with the NAT.
+  ConntrackSync:
+    Type: String
+    Default: 'off'
+    AllowedValues: ['off', 'on']
+    Description: >-
+      on - the security group rules of conntrack_sync (needs EgressIp=follow): TCP 9511 between the group's NATs
+      (nat-ha-ctsync), and TCP/UDP 1024-9509 and 9512-65535 plus ICMP destination-unreachable from anywhere, so
+      that a server's packets of a flow moved to another NAT get in (that NAT's group never saw the flow start);
+      the NATs' host firewall (nat-ha setup-nat) keeps every packet that belongs to no connection away from the
+      NAT and the private subnets. The key and the nat-ha-ctsync unit are set up on the NATs (deploy/README.md).
 """
 
 METRICS_RULES = """Rules:
@@ -184,6 +194,11 @@ METRICS_RULES = """Rules:
     Assertions:
       - Assert: !Not [!Contains [[t4g.nano, t4g.micro], !Ref InstanceType]]
         AssertDescription: EgressIp=follow puts 1 + AzCount IPv4 addresses on each NAT's network interface; t4g.nano and t4g.micro allow 2. Use t4g.small or larger.
+  ConntrackSyncNeedsEgressFollow:
+    RuleCondition: !Equals [!Ref ConntrackSync, 'on']
+    Assertions:
+      - Assert: !Equals [!Ref EgressIp, follow]
+        AssertDescription: ConntrackSync=on needs EgressIp=follow (without it a table's public address changes when it moves, so no connection can survive).
 
 """
 
@@ -195,6 +210,7 @@ COMMON_CONDITIONS = """  ThreeAzs: !Equals [!Ref AzCount, 3]
   EgressOff: !Not [!Condition EgressFollow]
   ThreeAzsEgressFollow: !And [!Condition ThreeAzs, !Condition EgressFollow]
   ThreeAzsEgressOff: !And [!Condition ThreeAzs, !Condition EgressOff]
+  ConntrackSyncOn: !Equals [!Ref ConntrackSync, 'on']
 """
 
 
@@ -226,6 +242,43 @@ def egress_tables(entry):
 
 def public_ips(name):
     return f"!If [ThreeAzs, !Join [',', [!Ref {name}1, !Ref {name}2, !Ref {name}3]], !Join [',', [!Ref {name}1, !Ref {name}2]]]"
+
+
+def conntrack_sync_rules():
+    """ConntrackSync=on: the sync port between the group's NATs only; the world to the NATs' high ports.
+
+    Security groups only allow, so the world's range leaves out 9510-9511 (metrics, sync) and
+    every port below 1024; the NATs' host firewall (setup-nat) drops whatever reaches them with
+    no connection behind it.
+    """
+    out = """
+  NatConntrackSyncPeers:
+    Type: AWS::EC2::SecurityGroupIngress
+    Condition: ConntrackSyncOn
+    Properties:
+      GroupId: !Ref NatSecurityGroup
+      SourceSecurityGroupId: !Ref NatSecurityGroup
+      IpProtocol: tcp
+      FromPort: 9511
+      ToPort: 9511
+      Description: nat-ha-ctsync between the group's NATs (connection-tracking state)
+"""
+    ranges = [("Tcp", "tcp", 1024, 9509), ("Tcp2", "tcp", 9512, 65535), ("Udp", "udp", 1024, 9509),
+              ("Udp2", "udp", 9512, 65535), ("Icmp", "icmp", 3, -1)]  # fmt: skip
+    for name, proto, low, high in ranges:
+        out += f"""
+  NatMovedFlows{name}:
+    Type: AWS::EC2::SecurityGroupIngress
+    Condition: ConntrackSyncOn
+    Properties:
+      GroupId: !Ref NatSecurityGroup
+      CidrIp: 0.0.0.0/0
+      IpProtocol: {proto}
+      FromPort: {low}
+      ToPort: {high}
+      Description: a moved flow's packets from its server (host firewall drops the rest; ConntrackSync)
+"""
+    return out
 
 
 def common_resources(ingress_cidrs, egress_tables_value):
@@ -326,7 +379,7 @@ def common_resources(ingress_cidrs, egress_tables_value):
       FromPort: 9510
       ToPort: 9510
       Description: Prometheus scrapes the nat-ha agents (MetricsScrapeSecurityGroupId)
-
+{conntrack_sync_rules()}
   NatLaunchTemplate:
     Type: AWS::EC2::LaunchTemplate
     Properties:

@@ -153,6 +153,30 @@ def test_egress_follow_resources(name: str) -> None:
     )
 
 
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_conntrack_sync_security_group_rules(name: str) -> None:
+    """ConntrackSync=on: the sync port only from the group's own NATs; the world reaches the high ports a moved
+    flow's server packets use, never 1-1023 nor 9510-9511 (metrics, sync); off by default, needs EgressIp=follow."""
+    template = load(name)
+    assert template["Parameters"]["ConntrackSync"]["Default"] == "off"
+    assert template["Rules"]["ConntrackSyncNeedsEgressFollow"]["Assertions"][0]["Assert"] == {
+        "Fn::Equals": [{"Ref": "EgressIp"}, "follow"]
+    }
+    rules = {k: r for k, r in template["Resources"].items() if r.get("Condition") == "ConntrackSyncOn"}
+    sync = [r["Properties"] for r in rules.values() if r["Properties"].get("FromPort") == 9511]
+    assert sync == [{**sync[0], "SourceSecurityGroupId": {"Ref": "NatSecurityGroup"}}]
+    assert "CidrIp" not in sync[0]
+    world = [r["Properties"] for r in rules.values() if r["Properties"].get("CidrIp") == "0.0.0.0/0"]
+    ports = {p: set() for p in ("tcp", "udp")}
+    for r in world:
+        if r["IpProtocol"] in ports:
+            ports[r["IpProtocol"]] |= set(range(r["FromPort"], r["ToPort"] + 1))
+    for proto, opened in ports.items():
+        assert opened == set(range(1024, 65536)) - {9510, 9511}, proto
+    assert [(r["FromPort"], r["ToPort"]) for r in world if r["IpProtocol"] == "icmp"] == [(3, -1)]
+    assert len(rules) == 1 + len(world)
+
+
 def test_vpc_stack_shape() -> None:
     res = load("nat-ha-vpc.yaml")["Resources"]
     for i in (1, 2, 3):
