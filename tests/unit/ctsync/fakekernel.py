@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from agent.host import flows
 
@@ -103,8 +103,8 @@ class FakeKernel:
         elif words[0] == "-U":
             old = self.entries.get(key)
             if old is not None:
-                self.entries[key] = replace(old, timeout=int(opts["-t"]), status=opts["-u"].replace("UNSET", ""),
-                                            state=opts.get("--state", ""))  # fmt: skip
+                self.entries[key] = old._replace(timeout=int(opts["-t"]), status=opts["-u"].replace("UNSET", ""),
+                                                 state=opts.get("--state", ""))  # fmt: skip
         elif words[0] == "-A":
             f = flows.parse(line)
             assert f is not None, line
@@ -114,4 +114,4 @@ class FakeKernel:
             port = f.nat_port
             while (f.dst, f.dport, f.nat, port) in taken:  # the kernel's NAT remaps a clashing reply tuple
                 port = 1024 + (port + 1) % 64000
-            self.entries[key] = replace(f, nat_port=port)
+            self.entries[key] = f._replace(nat_port=port)
