@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.lab import flowtool
+from agent.lab.localgroup import stop_process
 from agent.lab.netlab import INET_IP, NetLab, sh
 
 
@@ -78,13 +79,8 @@ class FlowRun:
 
     def stop(self) -> None:
         for proc in (self.client, self.server):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            if proc is not None:
+                stop_process(proc, timeout=10)
 
 
 def entries(lab: NetLab, nat: int, table: int) -> list[str]:

@@ -994,6 +994,23 @@ class NetLab(LocalGroup):
             time.sleep(0.05)
         return None
 
+    def moved(self, t: int, since: float, timeout: float, home: bool) -> float | None:
+        """When route table t and its Elastic IP had both moved (away from home, or back home) after ``since``.
+
+        The later of the reconciler's two events (route and ``eip``), or None after ``timeout`` s.
+        """
+        nat, home_addr = self.nats[t], self.topo.egress_address(t, t)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            routes = [e for e in self.events_since(since, "route") if e.data["rtb"] == nat.route_table]
+            eips = [e for e in self.events_since(since, "eip") if e.data["allocation"] == self.allocations[t]]
+            r = next((e.t for e in routes if (e.data["target"] == nat.instance_id) == home), None)
+            x = next((e.t for e in eips if (e.data["private"] == home_addr) == home and e.data["private"]), None)
+            if r is not None and x is not None:
+                return max(r, x)
+            time.sleep(0.05)
+        return None
+
     def events_since(self, t: float, kind: str = "") -> list[Event]:
         with self._events_lock:
             return [e for e in self.events if e.t >= t and (not kind or e.kind == kind)]

@@ -34,18 +34,7 @@ KINDS = {"tcp_client": 2, "tcp_push": 2, "udp_client": 2, "udp_push": 2, "tcp_re
 
 
 def _moved(lab: NetLab, since: float, timeout: float, home: bool) -> float | None:
-    """When the victim's route table and its Elastic IP both moved (away, or home) after ``since``."""
-    victim, home_addr = lab.nats[VICTIM], lab.topo.egress_address(VICTIM, VICTIM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        routes = [e for e in lab.events_since(since, "route") if e.data["rtb"] == victim.route_table]
-        eips = [e for e in lab.events_since(since, "eip") if e.data["allocation"] == lab.allocations[VICTIM]]
-        r = next((e.t for e in routes if (e.data["target"] == victim.instance_id) == home), None)
-        x = next((e.t for e in eips if (e.data["private"] == home_addr) == home and e.data["private"]), None)
-        if r is not None and x is not None:
-            return max(r, x)
-        time.sleep(0.05)
-    return None
+    return lab.moved(VICTIM, since, timeout, home)
 
 
 def _check(verdict: dict[str, Any], what: str) -> None:
