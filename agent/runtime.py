@@ -7,7 +7,9 @@ they all resolve the config the same way.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from agent import __version__
 from agent.aws.ec2 import Ec2, Ec2Error
@@ -30,17 +32,10 @@ class Runtime:
     holder: str = ""  # this instance's ARN for the route tables' holder tag ("": no tagging)
 
 
-def resolve(
-    config: Config,
-    *,
-    need_identity: bool = True,
-    ec2_on_call: CallObserver | None = None,
-    store_on_call: CallObserver | None = None,
-    operator: bool = False,
-) -> Runtime:
-    """Fill in IMDS and tag-discovered values; build the store and EC2 clients.
+def with_identity(config: Config, *, need_identity: bool = True) -> Config:
+    """The config with this instance's id and region filled in (from the environment or IMDSv2).
 
-    Raises :class:`ConfigError` with one line per problem.
+    Raises :class:`ConfigError` when they are not set and IMDS cannot tell.
     """
     instance_id, region = config.instance_id, config.region
     if (need_identity and not instance_id) or not region:
@@ -53,13 +48,52 @@ def resolve(
                 raise ConfigError([f"{k}: not set and {exc}" for k in missing]) from None
             instance_id = instance_id or iid
             region = region or reg
-    config = with_discovered(config, instance_id=instance_id, region=region)
+    return with_discovered(config, instance_id=instance_id, region=region)
+
+
+def store_for(
+    config: Config, *, on_call: CallObserver | None = None, operator: bool = False, session: Any = None
+) -> DynamoStore:
+    """The DynamoDB store of a config whose region is known (:func:`with_identity`).
+
+    ``session``: a botocore session (default: the process's, on trimmed models; EC2 and
+    DynamoDB share it, so data loads once).
+    """
     t = config.timing
-    members = {m.instance_id: m for m in config.members}
     # The agent's calls must fit inside its lease; an operator's command can wait for an answer.
-    call_timeout, store_timeout, attempts = (
-        (OPERATOR_TIMEOUT_S, OPERATOR_TIMEOUT_S, 3) if operator else (t.ec2_timeout, t.store_timeout, t.store_attempts)
+    timeout, attempts = (OPERATOR_TIMEOUT_S, 3) if operator else (t.store_timeout, t.store_attempts)
+    return DynamoStore(
+        DynamoSettings(
+            table=config.store.table,
+            region=config.region,
+            endpoint_url=config.store.endpoint_url or None,
+            connect_timeout_s=timeout,
+            read_timeout_s=timeout,
+            max_attempts=attempts,
+        ),
+        on_call=on_call,
+        session=session if session is not None else botocore_session(),
     )
+
+
+def resolve(
+    config: Config,
+    *,
+    need_identity: bool = True,
+    ec2_on_call: CallObserver | None = None,
+    store_on_call: CallObserver | None = None,
+    operator: bool = False,
+    store: DynamoStore | None = None,
+) -> Runtime:
+    """Fill in IMDS and tag-discovered values; build the store and EC2 clients.
+
+    ``store``: the DynamoDB store made earlier for this config (:func:`store_for`), if any.
+    Raises :class:`ConfigError` with one line per problem.
+    """
+    config = with_identity(config, need_identity=need_identity)
+    members = {m.instance_id: m for m in config.members}
+    region = config.region
+    call_timeout = OPERATOR_TIMEOUT_S if operator else config.timing.ec2_timeout
     ec2 = Ec2(
         region,
         config.ec2.endpoint_url,
@@ -87,18 +121,8 @@ def resolve(
             raise ConfigError(problems)
     if need_identity and config.member(config.instance_id) is None:
         raise ConfigError([f"instance_id: {config.instance_id} is not a member of group {config.group}"])
-    store = DynamoStore(
-        DynamoSettings(
-            table=config.store.table,
-            region=region,
-            endpoint_url=config.store.endpoint_url or None,
-            connect_timeout_s=store_timeout,
-            read_timeout_s=store_timeout,
-            max_attempts=attempts,
-        ),
-        on_call=store_on_call,
-        session=botocore_session(),  # one session for EC2 and DynamoDB: data loaded once
-    )
+    if store is None:
+        store = store_for(config, on_call=store_on_call, operator=operator)
     holder = ""
     if need_identity and not operator and config.ec2.holder_tag:
         account = config.ec2.account_id
@@ -111,15 +135,25 @@ def resolve(
     return Runtime(config, store, ec2, holder)
 
 
-def coordinator_for(rt: Runtime, clock: Clock | None = None, lease_s: float | None = None) -> Coordinator:
-    config = rt.config
+def member_info(config: Config) -> MemberInfo:
+    """What this member writes about itself in its heartbeat besides health."""
     me = config.member(config.instance_id)
-    info = MemberInfo(agent_version=__version__, az=me.az if me else "", address=me.address if me else "")
+    return MemberInfo(agent_version=__version__, az=me.az if me else "", address=me.address if me else "")
+
+
+def coordinator_for(
+    rt: Runtime,
+    clock: Clock | None = None,
+    lease_s: float | None = None,
+    on_session: Callable[[str], None] | None = None,
+) -> Coordinator:
+    config = rt.config
     return Coordinator(
         rt.store,
         config.group,
         config.instance_id or "operator",
         clock or SystemClock(),
         lease_s if lease_s is not None else config.timing.lease,
-        info=info,
+        info=member_info(config),
+        on_session=on_session,
     )

@@ -1,5 +1,6 @@
 """The service's schedule: a cycle every ``cycle_interval``, an early cycle when a failing peer
-can be taken over, and the planned shutdown (drain, then leave, then exit). The daemon may also
+can be taken over, the planned shutdown (drain, then leave, then exit) and the exit for a
+restart (no drain: one last renewal, then exit; the next process takes the session over). The daemon may also
 call :meth:`ServiceLoop.step` before ``wake_at`` (a peer's probes just turned it down): the next
 cycle is then due ``cycle_interval`` after that early one.
 
@@ -25,6 +26,7 @@ class Step:
     decision: Decision
     wake_at: float  # monotonic time of the next cycle
     exit_code: int | None = None  # set once the service should exit
+    restart: bool = False  # it exits for a restart: the session stays for the next process
 
 
 class ServiceLoop:
@@ -35,6 +37,8 @@ class ServiceLoop:
         self.monotonic = monotonic
         self.next_at = monotonic()
         self.stop_requested = False
+        self.restart_requested = False
+        self._restart_ready: Callable[[], bool] = lambda: True
         self.drain_deadline: float | None = None
 
     @property
@@ -45,9 +49,28 @@ class ServiceLoop:
         """SIGTERM: hand every route table over, then leave and exit (checked at the next step)."""
         self.stop_requested = True
 
+    def request_restart(self, ready: Callable[[], bool] | None = None) -> None:
+        """SIGUSR2 (the unit's RestartKillSignal): exit without draining; a drain under way goes on.
+
+        ``ready``: polled before each cycle; cycles go on as usual until it says the next process
+        is prepared (agent.handoff.NextProcess), then the service exits.
+        """
+        self.restart_requested = True
+        self._restart_ready = ready or (lambda: True)
+
     def step(self) -> Step:
         """Run one cycle; say when the next is due, or that the service should exit now."""
         agent = self.agent
+        if self.restart_requested and not self.stop_requested and self._restart_ready():
+            # No cycle: nothing is started that the next process would have to finish.
+            kept = agent.renew_before_exit()
+            log.info(
+                "exiting for a restart without draining: %s",
+                "session renewed, the next agent process takes it over"
+                if kept
+                else "no session to hand on (the next process starts one)",
+            )
+            return Step(agent.decision, self.monotonic(), 0, restart=True)
         # Early (woken before next_at): the grid restarts here, so cycles - and the renewals they
         # carry - are never further apart than cycle_interval because of an extra cycle.
         self.next_at = min(self.next_at, self.monotonic())

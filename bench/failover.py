@@ -26,6 +26,12 @@ nat-ha installed by the stack's user data, the shipped units unmodified, a crash
 container killed, an EC2 stop/start a container off and booted again, a drain ``nat-ha drain``
 run inside the container. It runs crash, hang and drain (with their fail-backs) by default and
 no baseline (nat_monitor.sh is not a systemd service; its figures are the default run's).
+Three more faults restart the victim's agent alone, its NAT forwarding all along, and expect 0
+route changes and 0 lost: ``agent_kill`` (SIGKILL; ``Restart=always``), ``agent_restart``
+(``systemctl restart``) and ``agent_upgrade`` (``pip install`` of another version of this
+checkout, its trimmed AWS models deleted as a botocore upgrade would, then ``systemctl
+restart``); ``away_s`` is how long the agent was away: from the kill or the restart command to
+the new process's renewal of the taken-over session (its journal line).
 """
 
 from __future__ import annotations
@@ -48,13 +54,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from agent import __version__  # noqa: E402
+from agent.host.runstate import LOOP_WINDOW  # noqa: E402
 from agent.lab import nspawn  # noqa: E402
 from agent.lab.localgroup import Nat  # noqa: E402
 from agent.lab.netlab import PING_INTERVAL, NetLab, PingResult, sh, skip_reason  # noqa: E402
 
 VICTIM = 0
-FAULTS = ("crash", "hang", "forwarding", "drain", "partition", "frozen_write")
-SYSTEMD_FAULTS = ("crash", "hang", "drain")
+AGENT_FAULTS = ("agent_kill", "agent_restart", "agent_upgrade")  # systemd only: the agent alone restarts
+PROCESS_FAULTS = ("crash", "hang", "forwarding", "drain", "partition", "frozen_write")
+FAULTS = (*PROCESS_FAULTS, *AGENT_FAULTS)
+SYSTEMD_FAULTS = ("crash", "hang", "drain", *AGENT_FAULTS)
+AGENT_SETTLE_S = 3.5  # after the take-over: past its settle write and any peer's silent_owner_after
 EGRESS_FAULTS = ("crash", "hang", "drain")
 EGRESS_ORDERS = ("route-first", "address-first")
 PARTITION_S = 10.0
@@ -132,6 +143,17 @@ class Runner:
         self.systemd = lab.systemd
         self.policy = policy
         self.victim = lab.nats[VICTIM]
+        self.upgrades = 0
+        self._wheels: dict[int, Path] = {}
+
+    def upgrade_wheel(self, n: int) -> Path:
+        """A wheel of this checkout as another version (two alternate, so every upgrade changes the version)."""
+        k = n % 2
+        if k not in self._wheels:
+            version = f"{__version__}+bench.upgrade{k}"
+            dest = nspawn.build_wheels(self.lab.workdir / f"upgrade-wheels-{k}", version=version, deps=False)
+            self._wheels[k] = next(dest.glob("nat_ha-*.whl"))
+        return self._wheels[k]
 
     def home(self) -> bool:
         lab = self.lab
@@ -201,6 +223,8 @@ class Runner:
             return tr  # nat_monitor.sh has no planned handover, and no lease for a late write to outlive
         if fault == "frozen_write":
             return _frozen_write(self, tr)
+        if fault in AGENT_FAULTS:
+            return _agent_restart(self, tr)
         t_start = time.time()
         ping = lab.ping(VICTIM, 60)
         others = [lab.ping(i, 60) for i in range(1, lab.n)] if lab.egress else []  # every subnet's address
@@ -311,12 +335,38 @@ def _frozen_write(runner: Runner, tr: Trial) -> Trial:
         lab.signal(taker.instance_id, signal.SIGCONT)
         lab.release_ec2(taker_i)
     time.sleep(1.0)
+    return _count(lab, tr, ping, t)
+
+
+def _count(lab: NetLab, tr: Trial, ping: Any, t: float) -> Trial:
+    """End a trial's ping; count its route changes, outage and lost packets since ``t``."""
     r = ping.finish()
     tr.ping = r
     tr.route_changes = len(lab.events_since(t, "route"))
     tr.outage_s, _, _ = r.outage(t)
     tr.lost = _lost_between(r, t, time.time())
     return tr
+
+
+def _agent_restart(runner: Runner, tr: Trial) -> Trial:
+    """The victim's agent alone is ended and started again (systemd); its NAT forwards all along."""
+    lab = runner.lab
+    if not lab.systemd:
+        raise RuntimeError(f"{tr.fault} needs --systemd (a unit that restarts the agent)")
+    time.sleep(LOOP_WINDOW)  # trials of a run are not a crash loop (agent/host/runstate.py backs those off)
+    if tr.fault == "agent_upgrade":
+        runner.upgrades += 1
+        lab.install_wheel(VICTIM, runner.upgrade_wheel(runner.upgrades))
+        lab.container(VICTIM).run("sh", "-c", "rm -rf /var/cache/private/nat-ha/botocore-*")
+    ping = lab.ping(VICTIM, 30)
+    time.sleep(1.0)
+    tr.t_fault = t = lab.restart_unit(VICTIM, "kill" if tr.fault == "agent_kill" else "restart")
+    _wait(lambda: lab.takeover_line(VICTIM, t) is not None, 15, 0.2)
+    took = lab.takeover_line(VICTIM, t)
+    if took is not None:
+        tr.profile["away_s"] = took[0] - t
+    time.sleep(AGENT_SETTLE_S)
+    return _count(lab, tr, ping, t)
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:
@@ -346,7 +396,9 @@ def summarize(trials: list[Trial]) -> dict[str, dict[str, Any]]:
             "trials": len(ts),
             "undetected": sum(1 for t in ts if t.switch_s is None and fault != "partition"),
         }
-        for key in ("detected_s", "takeover_s", "first_reply_s", "stray_landed_s", "stray_corrected_after_s"):
+        if fault in AGENT_FAULTS:
+            row["taken_over"] = sum(1 for t in ts if "away_s" in t.profile)
+        for key in ("detected_s", "takeover_s", "first_reply_s", "stray_landed_s", "stray_corrected_after_s", "away_s"):
             vals = [t.profile[key] for t in ts if key in t.profile]
             if vals:
                 row[f"{key.removesuffix('_s')}_median_s"] = round(statistics.median(vals), 3)
@@ -450,6 +502,22 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def agent_table(results: dict[str, Any]) -> str:
+    """Restarts of the agent alone (--systemd): nothing may move, nothing may be lost."""
+    head = f"{'scenario':<14} {'routes':>6} {'lost max':>8} {'away med':>9} {'away max':>9} {'taken over':>10}"
+    lines = [head, "-" * len(head)]
+    for name in AGENT_FAULTS:
+        row = results["scenarios"].get(name)
+        if row is None:
+            continue
+        lines.append(
+            f"{name:<14} {row.get('route_changes', 0):>6} {_fmt(row.get('lost_max')):>8} "
+            f"{_fmt(row.get('away_median_s'), ' s'):>9} {_fmt(row.get('away_max_s'), ' s'):>9} "
+            f"{row.get('taken_over', 0):>4}/{row['trials']:<5}"
+        )
+    return "\n".join(lines)
+
+
 def egress_table(results: dict[str, Any]) -> str:
     """Same public IP restored (egress_ip = follow), per order and fault."""
     head = (
@@ -519,8 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=20, help="trials of crash and hang (others: min(N, 5)); default 20")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="PNG", default="failover-timeline.png", help="timeline of one crash trial")
-    p.add_argument("--faults", default="", help=f"comma-separated subset of {','.join(FAULTS)} (default: all; "
-                   f"with --systemd: {','.join(SYSTEMD_FAULTS)})")  # fmt: skip
+    p.add_argument("--faults", default="", help=f"comma-separated subset of {','.join(FAULTS)} (default: "
+                   f"{','.join(PROCESS_FAULTS)}; with --systemd: {','.join(SYSTEMD_FAULTS)})")  # fmt: skip
     p.add_argument("--systemd", action="store_true",
                    help="every NAT a container with a real systemd, the shipped units (no baseline)")  # fmt: skip
     p.add_argument("--no-baseline", action="store_true", help="skip the nat_monitor.sh reference runs")
@@ -534,11 +602,14 @@ def main(argv: list[str] | None = None) -> int:
     follow = args.egress_ip == "follow"
     if follow and args.systemd:
         p.error("--egress-ip follow runs in the process lab (the systemd lab has no internet gateway)")
-    default = SYSTEMD_FAULTS if args.systemd else EGRESS_FAULTS if follow else FAULTS
+    default = SYSTEMD_FAULTS if args.systemd else EGRESS_FAULTS if follow else PROCESS_FAULTS
     faults = [f.strip() for f in (args.faults or ",".join(default)).split(",") if f.strip()]
     bad = [f for f in faults if f not in FAULTS]
     if bad or not faults:
         p.error(f"--faults: unknown fault(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(FAULTS)}")
+    if not args.systemd and any(f in AGENT_FAULTS for f in faults):
+        p.error(f"--faults: {', '.join(f for f in faults if f in AGENT_FAULTS)}: only with --systemd (a unit restarts "
+                "the agent)")  # fmt: skip
     if not 1 <= args.trials <= 1000:
         p.error("--trials must be between 1 and 1000")
     # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C: the lab's namespaces and processes go.
@@ -575,6 +646,9 @@ def main(argv: list[str] | None = None) -> int:
         results["egress"] = {order: summarize(trs) for order, trs in egress.items()}
     print()
     print(table(results))
+    if any(f in results["scenarios"] for f in AGENT_FAULTS):
+        print("\nthe agent alone restarted (its NAT forwards all along)\n")
+        print(agent_table(results))
     if follow:
         print(f"\nsame public IP ({', '.join(egress)}; the table above: {next(iter(egress))})\n")
         print(egress_table(results))

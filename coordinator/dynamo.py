@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.attributes import BooleanAttribute, NumberAttribute, TTLAttribute, UnicodeAttribute
 from pynamodb.exceptions import PynamoDBException
@@ -134,7 +133,7 @@ class DynamoStore:
     def __init__(self, settings: DynamoSettings, on_call: CallObserver | None = None, *, session: Any = None) -> None:
         self.settings = settings
         self.model = make_model(settings)
-        self._deserializer = TypeDeserializer()
+        self._deserializer: Any = None  # boto3's, made on first use (importing boto3 costs ~0.2 s at start)
         self._on_call = on_call
         self._prepared: Any = None  # the botocore client instrumented and bound to a sender
         # The hot operations go over coordinator.dynamo_http where it behaves like botocore.
@@ -187,6 +186,10 @@ class DynamoStore:
                 return value if kind == "S" else int(value)
             if kind == "BOOL" and type(value) is bool:
                 return value
+        if self._deserializer is None:
+            from boto3.dynamodb.types import TypeDeserializer
+
+            self._deserializer = TypeDeserializer()
         try:
             return _plain(self._deserializer.deserialize(typed))
         except (TypeError, ValueError, ArithmeticError):

@@ -47,6 +47,7 @@ from coordinator.items import (
     encode_route,
     encode_stray,
     parse_group,
+    parse_member,
 )
 from coordinator.store import ConditionFailed, Expect, OutcomeUnknown, Store, Unavailable
 
@@ -95,6 +96,7 @@ class Coordinator:
         *,
         info: MemberInfo | None = None,
         token_factory: Callable[[], str] = new_token,
+        on_session: Callable[[str], None] | None = None,
     ) -> None:
         if lease_s <= 0:
             raise ValueError("lease_s must be positive")
@@ -105,6 +107,9 @@ class Coordinator:
         self.lease_s = lease_s
         self.info = info or MemberInfo()
         self._token = token_factory
+        # Told the session id whenever this member starts or resumes one (the agent records it for
+        # the next process of this instance: agent/host/runstate.py).
+        self._on_session = on_session or (lambda _session: None)
         self._session: SessionState | None = None
         self._recent_tokens: collections.deque[str] = collections.deque(maxlen=16)
 
@@ -175,7 +180,50 @@ class Coordinator:
         item = self._member(session, version, MEMBER_ALIVE, health, False)
         self._write(encode_member(item), expect, gc_after_s=MEMBER_GC_SECONDS)
         self._session = SessionState(session, version, t0, t0 + self.lease_s)
+        self._on_session(session)
         return item
+
+    def resume_session(self, session: str, *, attempts: int = 3) -> MemberItem:
+        """Continue ``session`` of this member, run by an earlier process that is provably gone.
+
+        The caller proved that process has exited (the agent's lifetime lock). A renewal it sent
+        may still land, so this is a conditional renewal like any heartbeat: on the version read
+        here (consistently), the session and ``alive``. A conflict is read again: a newer version
+        of the same live session can only be that late renewal (no other process knows the
+        session), and the write is retried on it. Anything else - expired by a peer, superseded,
+        gone, unreadable - raises :class:`SessionLost`: the caller starts a new session as usual.
+        The lease clock starts before the successful write is sent, never at the earlier
+        process's renewal. Health and draining are carried over as that process last reported
+        them (the next regular renewal reports our own).
+        """
+        key = MEMBER_PREFIX + self.me
+        for _ in range(attempts):
+            current = self._get(key)
+            try:
+                old = parse_member(current) if current is not None else None
+            except ValueError as exc:
+                raise SessionLost(f"cannot resume session {session}: {key} is unreadable ({exc})") from None
+            if old is None or old.session != session or old.state != MEMBER_ALIVE:
+                why = "has no item" if old is None else f"runs session {old.session} ({old.state})"
+                raise SessionLost(f"cannot resume session {session}: {self.me} {why}")
+            item = replace(
+                self._member(session, old.version + 1, MEMBER_ALIVE, old.health, old.draining),
+                az=self.info.az or old.az,
+                address=self.info.address or old.address,
+            )
+            t0 = self.clock.monotonic()
+            try:
+                self._write(
+                    encode_member(item),
+                    Expect.matches(session=session, state=MEMBER_ALIVE, version=old.version),
+                    gc_after_s=MEMBER_GC_SECONDS,
+                )
+            except Conflict:
+                continue  # a late renewal of the earlier process (read again), or a peer expired it
+            self._session = SessionState(session, item.version, t0, t0 + self.lease_s)
+            self._on_session(session)
+            return item
+        raise SessionLost(f"cannot resume session {session}: {key} kept changing")
 
     def heartbeat(self, health: Health, *, draining: bool = False) -> MemberItem:
         """Renew the session; raises :class:`SessionLost` if a peer expired it."""

@@ -191,6 +191,23 @@ def trimmed_models_dir() -> Path | None:
     return None
 
 
+def models_ready() -> bool:
+    """True when :func:`botocore_session` starts no child process (models trimmed already, or trimming off)."""
+    if os.environ.get(FULL_ENV, "") in ("1", "true", "yes"):
+        return True
+    key = _key()
+    return any(_complete(root / key) for root in _cache_roots())
+
+
+def plain_session() -> Any:
+    """A botocore session on botocore's own models (no trimming): for a client needed before they are made."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    _fixed_user_agent(session)
+    return session
+
+
 @functools.lru_cache(maxsize=1)
 def botocore_session() -> Any:
     """The process's botocore session (EC2 client and pynamodb share it, so data loads once)."""
@@ -248,10 +265,24 @@ def _use_trimmed_endpoints(session: Any, path: Path) -> None:
     register("endpoint_resolver", EndpointResolver(data, uses_builtin_data=True))
 
 
+ENSURE = "--ensure"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``DIR``: write the trimmed models under DIR. ``--ensure``: make them in the cache if missing.
+
+    ``--ensure`` is what an agent exiting for a restart runs (agent/handoff.py): the child runs
+    the code installed *now* (after an upgrade: the new botocore and call list), so the next
+    process finds its models made.
+    """
     args = sys.argv[1:] if argv is None else argv
+    if args == [ENSURE]:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+        directory = trimmed_models_dir()
+        print(f"AWS service models for the next agent process: {directory or 'botocore full models'}", flush=True)
+        return 0
     if len(args) != 1:
-        print("usage: python -m agent.aws.models DIR", file=sys.stderr)
+        print(f"usage: python -m agent.aws.models DIR | {ENSURE}", file=sys.stderr)
         return 2
     print(write_trimmed(Path(args[0])))
     return 0

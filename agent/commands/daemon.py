@@ -2,13 +2,20 @@
 
 SIGTERM (or SIGINT) starts a planned handover: the agent hands every route table
 to a healthy peer (route first, then the lease), marks itself as left and exits;
-a second signal exits at once.
+a second signal exits at once. That is a *stop* (``systemctl stop``, shutdown, scale-in).
+
+SIGUSR2 is a *restart* (the unit's ``RestartKillSignal=``: ``systemctl restart``, an
+upgrade's restart): the agent renews its session once more and exits without draining; the
+next process takes the session over (agent/handoff.py) and no route moves. A crash is taken
+over the same way. Both need the runtime directory (``--runtime-dir``, systemd's
+``$RUNTIME_DIRECTORY``), which holds the lifetime lock and the session record.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -36,21 +43,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="on SIGTERM, how long to try handing route tables over before exiting (default 15)",
     )
+    p.add_argument(
+        "--runtime-dir",
+        metavar="DIR",
+        default=None,
+        help="where this process records its session for the next one (a restart or a crash takes it over "
+        "instead of starting anew); default $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=), '' to disable",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from agent import config as cfg
+    from agent.host.runstate import default_dir
 
     if args.drain_timeout <= 0:
         raise UsageError("--drain-timeout must be positive")
-    return Daemon(cfg.load(args.config), args.drain_timeout).main(once=args.once)
+    runtime_dir = default_dir() if args.runtime_dir is None else args.runtime_dir
+    return Daemon(cfg.load(args.config), args.drain_timeout, runtime_dir).main(once=args.once)
 
 
 class Daemon:
-    def __init__(self, config: Any, drain_timeout: float) -> None:
+    def __init__(self, config: Any, drain_timeout: float, runtime_dir: str = "") -> None:
         self.config = config
         self.drain_timeout = drain_timeout
+        self.runtime_dir = runtime_dir
         self.stop_requested = threading.Event()
+        self.restart_requested = threading.Event()
         # Ends the wait between cycles early: a signal, or a peer's probes turning it down (its
         # session may then be expirable before the next regular cycle).
         self.wake = threading.Event()
@@ -65,33 +83,138 @@ class Daemon:
         self.stop_requested.set()
         self.wake.set()
 
+    def _on_restart_signal(self, signum: int, _frame: object) -> None:
+        if self.stop_requested.is_set():
+            log.info("received %s while draining: the drain goes on", signal.Signals(signum).name)
+            return
+        log.info("received %s: exiting for a restart, without draining", signal.Signals(signum).name)
+        self.restart_requested.set()
+        self.wake.set()
+
+    def _claim_runtime_dir(self, notifier: Any) -> Any:
+        """The runtime directory's lock and record (None: none configured); waits out a crash loop's back-off.
+
+        Raises :class:`LockHeld` when another agent process uses the directory.
+        """
+        from agent.host.runstate import LOOP_WINDOW, RunState, backoff
+
+        if not self.runtime_dir:
+            return None
+        now = time.monotonic()
+        state = RunState.claim(self.runtime_dir, now)
+        if state.note:
+            log.warning("ignoring the previous agent process's record: %s", state.note)
+        delay = backoff(state.starts[:-1], now)
+        if delay > 0:
+            log.warning(
+                "started %d times within %.0f s: waiting %.0f s before starting (crash-loop back-off)",
+                len([t for t in state.starts if now - t < LOOP_WINDOW]),
+                LOOP_WINDOW,
+                delay,
+            )
+            end = now + delay
+            while not self.wake.is_set() and time.monotonic() < end:
+                notifier.send("WATCHDOG=1\nSTATUS=crash-loop back-off")
+                self.wake.wait(min(1.0, max(0.0, end - time.monotonic())))
+        return state
+
     def main(self, once: bool = False) -> int:
         from agent import logsetup
-        from agent.cycle import Agent, build_info
-        from agent.host.probes import EchoResponder, Prober, ProbeSetupError, Target
+        from agent.host.runstate import LockHeld
         from agent.host.sdnotify import Notifier
-        from agent.host.selfcheck import SelfChecker
-        from agent.metrics import Metrics
-        from agent.runtime import coordinator_for, resolve
-        from coordinator.clock import SystemClock
-        from coordinator.errors import StoreConfigError, StoreUnavailable
 
         config = self.config
         logsetup.setup(config.log_format, config.log_level, {"group": config.group})
-        metrics = Metrics()
-
-        rt = resolve(config, ec2_on_call=metrics.observe_aws_call, store_on_call=metrics.observe_aws_call)
-        config = rt.config
-        logsetup.setup(config.log_format, config.log_level, {"group": config.group, "instance": config.instance_id})
-        clock = SystemClock()
-        coordinator = coordinator_for(rt, clock)
+        notifier = Notifier()
+        if once:
+            return self._main(once, None, notifier)
+        # Early, so that a restart or stop during start-up is not the default action (death).
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGUSR2, self._on_restart_signal)
         try:
-            coordinator.read_group()
-        except StoreConfigError as exc:
-            print(f"nat-ha agent: {exc} (create it with `nat-ha init-table`)", file=sys.stderr)
+            state = self._claim_runtime_dir(notifier)
+        except LockHeld as exc:
+            print(f"nat-ha agent: {exc}", file=sys.stderr)
+            if os.environ.get("INVOCATION_ID"):  # a systemd unit: Restart= would retry this every 100 ms
+                time.sleep(1.0)
             return 1
-        except StoreUnavailable as exc:
-            log.warning("DynamoDB not reachable at start (%s); will keep trying, no route is touched meanwhile", exc)
+        except OSError as exc:
+            log.warning(
+                "cannot use the runtime directory %s (%s): a restart of this agent will start a new session",
+                self.runtime_dir,
+                exc,
+            )
+            state = None
+        code = self._main(once, state, notifier)
+        if state is not None and code is not None:
+            if self.restart_requested.is_set() and not self.stop_requested.is_set():
+                state.ended_for_restart(time.monotonic())
+            elif self.stop_requested.is_set():
+                state.forget()  # left the group (or gave up draining): nothing for a restart to take over
+        return code
+
+    def _main(self, once: bool, state: Any, notifier: Any) -> int:
+        from agent import handoff, logsetup
+        from agent.metrics import Metrics
+        from agent.runtime import coordinator_for, resolve, with_identity
+        from coordinator.clock import SystemClock
+        from coordinator.errors import StoreConfigError, StoreUnavailable
+
+        if self.stop_requested.is_set() or self.restart_requested.is_set():
+            return 0  # told to go during a crash-loop back-off
+        metrics = Metrics()
+        clock = SystemClock()
+        config = with_identity(self.config)
+        logsetup.setup(config.log_format, config.log_level, {"group": config.group, "instance": config.instance_id})
+
+        def remember(session: str) -> None:
+            if state is not None:
+                state.remember(config.group, config.instance_id, config.store.table, session)
+
+        # Before anything slow: take the previous process's session over (a restart or a crash).
+        resumed = handoff.resume(
+            config, state.recorded if state is not None else None, clock,
+            on_session=remember, on_call=metrics.observe_aws_call,
+        )  # fmt: skip
+        try:
+            rt = resolve(
+                config,
+                ec2_on_call=metrics.observe_aws_call,
+                store_on_call=metrics.observe_aws_call,
+                store=resumed.store if resumed is not None and resumed.final else None,
+            )
+        except BaseException:
+            if resumed is not None and resumed.keeper is not None:
+                resumed.keeper.stop()
+            raise
+        config = rt.config
+        if resumed is not None and resumed.session:
+            coordinator = resumed.coordinator  # renewed by its keeper until the loop starts (adopt)
+        else:
+            coordinator = coordinator_for(rt, clock, on_session=remember)
+            try:
+                coordinator.read_group()
+            except StoreConfigError as exc:
+                print(f"nat-ha agent: {exc} (create it with `nat-ha init-table`)", file=sys.stderr)
+                return 1
+            except StoreUnavailable as exc:
+                log.warning(
+                    "DynamoDB not reachable at start (%s); will keep trying, no route is touched meanwhile", exc
+                )
+        try:
+            return self._serve(config, rt, coordinator, resumed, clock, metrics, notifier, once)
+        finally:
+            if resumed is not None and resumed.keeper is not None:
+                resumed.keeper.stop()
+
+    def _serve(
+        self, config: Any, rt: Any, coordinator: Any, resumed: Any, clock: Any, metrics: Any, notifier: Any, once: bool
+    ) -> int:
+        from agent.cycle import Agent, build_info
+        from agent.host.probes import EchoResponder, Prober, ProbeSetupError, Target
+        from agent.host.selfcheck import SelfChecker
+
         me = config.member(config.instance_id)
         assert me is not None
         targets = [
@@ -150,9 +273,9 @@ class Daemon:
             flows=flows,
         )
         made.append(agent)
-        notifier = Notifier()
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        if resumed is not None and resumed.session:
+            resumed.adopt(rt)  # the keeper stops; the first cycle renews
+            agent.resumed(resumed.writes_land_until)
         prober.start()
         log.info(
             "nat-ha agent %s starting: group %s, %d members, probing %d peers by %s",
@@ -189,6 +312,7 @@ class Daemon:
         return flows, guard
 
     def _loop(self, agent: Any, notifier: Any, once: bool) -> int:
+        from agent.handoff import NextProcess
         from agent.service import ServiceLoop
 
         if once:
@@ -205,6 +329,9 @@ class Daemon:
             if self.stop_requested.is_set() and not loop.stop_requested:
                 loop.request_stop()
                 notifier.stopping("draining: handing route tables over")
+            if self.restart_requested.is_set() and not loop.restart_requested:
+                loop.request_restart(NextProcess().ready)
+                notifier.stopping("exiting for a restart: the next process takes the session over")
             step = loop.step()
             if not ready:
                 notifier.ready(step.decision.summary)

@@ -240,6 +240,19 @@ class Agent:
         """The earliest time (monotonic) a failing peer's session can be expired, if any."""
         return min(self.memory.stale_deadlines.values(), default=None)
 
+    # --------------------------------------------------------------- restarts
+    def resumed(self, predecessor_writes_until: float) -> None:
+        """Our session was taken over from this agent's previous process (agent/handoff.py).
+
+        Its EC2 writes may land until ``predecessor_writes_until``: the tables it held are
+        written again no earlier, as a new holder's are after ``ec2_apply_horizon``.
+        """
+        self.memory.predecessor_writes_until = predecessor_writes_until
+
+    def renew_before_exit(self) -> bool:
+        """A last renewal before exiting for a restart (see SessionKeeper.renew_before_exit)."""
+        return self.session.renew_before_exit()
+
     # ------------------------------------------------------------------ drain
     def drained(self) -> bool:
         """True once this agent holds no route table (as of the last read)."""

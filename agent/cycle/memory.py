@@ -78,3 +78,6 @@ class Memory:
     stray_reports: list[tuple[str, int, str]] = field(default_factory=list)  # (table, term, target) to report
     pins_since: dict[str, tuple[str, float]] = field(default_factory=dict)  # table -> (pinned member, first seen)
     ec2_writes: Ec2Writes = field(default_factory=Ec2Writes)
+    # A session taken over from an earlier process of this agent (agent/handoff.py): an EC2 write
+    # that process sent may land until then, so its tables settle no earlier.
+    predecessor_writes_until: float = -1e18

@@ -37,7 +37,10 @@ class Observer:
                 del mem.held[rt]
         for rt, r in mine.items():
             if rt not in mem.held:
-                mem.held[rt] = Held(r.term, now, now + t.ec2_apply_horizon)
+                # Written again once no write of an earlier term (or of this session's earlier
+                # process) can land any more.
+                settle_at = max(now + t.ec2_apply_horizon, mem.predecessor_writes_until)
+                mem.held[rt] = Held(r.term, now, settle_at)
                 if rt in ctx.egress_tables:
                     # Handed to us: the giver moved the Elastic IP here before the lease (make before
                     # break). Trusted until the settle write after the horizon, which is blind anyway:

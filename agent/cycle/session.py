@@ -54,6 +54,18 @@ class SessionKeeper:
             self._count("error")
             ctx.error_once("store:heartbeat", f"heartbeat failed ({exc}); will stop acting when the lease runs out")
 
+    def renew_before_exit(self) -> bool:
+        """One last renewal as this process exits for a restart (its successor takes the session over).
+
+        The silence peers tolerate then starts now, not at the last regular renewal: the next
+        process gets all of it. True if the session is still ours.
+        """
+        health = self.ctx.memory.last_health
+        if health is None or self.ctx.coordinator.session is None:
+            return False
+        self.renew(health)
+        return self.ctx.coordinator.session is not None
+
     def renew_if_due(self, health: Health) -> None:
         if self.ctx.coordinator.session is not None and self.heartbeat_due(self.ctx.clock.monotonic(), health):
             self.renew(health)

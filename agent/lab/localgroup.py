@@ -175,6 +175,9 @@ class LocalGroup:
     # DynamoDB elsewhere (dynalite); empty: the moto server serves DynamoDB too.
     dynamodb_url: str = ""
     log_format: str = "plain"  # the agents' [log] format; the demo reads "json" for each line's own time
+    # Give each agent a runtime directory (what systemd's RuntimeDirectory= is to the unit): a
+    # restarted agent process takes its predecessor's session over (agent/handoff.py).
+    runtime_dirs: bool = False
     nats: list[Nat] = field(default_factory=list)
     moto: MotoServer | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -344,14 +347,19 @@ class LocalGroup:
 
         record = {RECORD_ENV: str(self.calls_path(nat.instance_id))}
         env = {**os.environ, **DUMMY_ENV, **self.extra_env, **record, **nat.env}
+        run_dir = ["--runtime-dir", str(self.runtime_dir(nat.instance_id))] if self.runtime_dirs else []
         with open(nat.log_path, "ab") as log:
             nat.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent.commands.cli", "agent", "--config", str(nat.config_path)],
+                [sys.executable, "-m", "agent.commands.cli", "agent", "--config", str(nat.config_path), *run_dir],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
             )
         nat.starts += 1
+
+    def runtime_dir(self, instance_id: str) -> Path:
+        """This NAT's agents' runtime directory (with ``runtime_dirs``)."""
+        return self.workdir / f"run-{instance_id}"
 
     def nat(self, instance_id: str) -> Nat:
         return next(n for n in self.nats if n.instance_id == instance_id)

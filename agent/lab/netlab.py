@@ -48,6 +48,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,9 +90,11 @@ LAB_TIMING: dict[str, Any] = {
     "restart_cooldown": 30.0,  # default 300
     "restart_poll_interval": 0.3,  # default 2.0
 }
-# Under systemd a frozen agent is systemd's to restart (WatchdogSec=10 + RestartSec=2), as with the
+# Under systemd a frozen agent is systemd's to restart (WatchdogSec=10 + RestartSec=100ms), as with the
 # default restart_after (30 s): a peer stops a NAT for a silent heartbeat alone only after that.
 SYSTEMD_RESTART_AFTER = 15.0
+
+UNIT = "nat-ha.service"  # the agent's unit in the systemd lab's containers
 
 T = TypeVar("T")
 
@@ -1157,6 +1160,51 @@ class NetLab(LocalGroup):
             super().restart_agent(instance_id)
         elif not self.alive(instance_id):
             self._spawn(self.nat(instance_id))
+
+    # Restarts of the agent alone (systemd): the NAT forwards all along, so nothing should move.
+    def restart_unit(self, i: int, how: str, timeout: float = 60.0) -> float:
+        """End NAT i's agent and wait until a new process runs; returns the wall time it was ended.
+
+        ``how``: ``kill`` (SIGKILL to the main process; ``Restart=always`` starts it again) or
+        ``restart`` (``systemctl restart``: the unit's RestartKillSignal, then a start).
+        """
+        ct = self.containers[i]
+        old = ct.main_pid(UNIT)
+        t = time.time()
+        if how == "kill":
+            ct.run("systemctl", "kill", "--kill-who=main", "--signal=SIGKILL", UNIT)
+        elif how == "restart":
+            ct.systemctl("restart", UNIT, timeout=timeout)
+        else:
+            raise ValueError(how)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = ct.main_pid(UNIT)
+            if pid and pid != old and ct.is_active(UNIT) == "active":
+                return t
+            time.sleep(0.1)
+        raise RuntimeError(f"{ct.name}: {UNIT} did not run again within {timeout:.0f} s after {how}")
+
+    def takeover_line(self, i: int, since: float) -> tuple[float, str] | None:
+        """The agent's journal line saying it took its previous process's session over (wall time, text)."""
+        for e in self.containers[i].journal_entries(UNIT):
+            t = int(e["__REALTIME_TIMESTAMP"]) / 1e6
+            if t >= since and "took over session" in e["MESSAGE"]:
+                return t, e["MESSAGE"]
+        return None
+
+    def install_wheel(self, i: int, wheel: Path) -> str:
+        """``pip install`` a wheel into NAT i's /opt/nat-ha (dependencies as they are); returns pip's output."""
+        ct = self.containers[i]
+        ct.mount()
+        dest = ct.root / "var" / "tmp" / wheel.name
+        shutil.copyfile(wheel, dest)
+        try:
+            proc = ct.run("/opt/nat-ha/bin/pip", "install", "--no-index", "--no-deps", "--quiet",
+                          f"/var/tmp/{wheel.name}", timeout=180)  # fmt: skip
+        finally:
+            dest.unlink(missing_ok=True)
+        return proc.stdout + proc.stderr
 
     def hang(self, i: int) -> None:
         """The instance hangs: every packet in, out and through it is dropped; its agent runs on."""

@@ -123,8 +123,12 @@ def ensure_rootfs(log: Callable[[str], None] = print) -> Path:
     return path
 
 
-def build_wheels(dest: Path) -> Path:
-    """nat-ha and its dependencies as wheels in ``dest`` (the lab's stand-in for PyPI)."""
+def build_wheels(dest: Path, version: str = "", deps: bool = True) -> Path:
+    """nat-ha and its dependencies as wheels in ``dest`` (the lab's stand-in for PyPI).
+
+    ``version``: build this checkout's code as another version (an upgrade to install); ``deps``:
+    False builds nat-ha's wheel only.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.glob("nat_ha-*.whl"):  # always this checkout's code
         old.unlink()
@@ -133,11 +137,29 @@ def build_wheels(dest: Path) -> Path:
         src = Path(tmp) / "src"
         junk = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "node_modules", "tests", "bench")
         shutil.copytree(REPO, src, ignore=junk)
-        cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(dest), str(src)]
+        if version:
+            _set_version(src, version)
+        no_deps = [] if deps else ["--no-deps"]
+        cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", *no_deps, "--wheel-dir", str(dest), str(src)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0 or not list(dest.glob("nat_ha-*.whl")):
         raise RuntimeError(f"pip wheel failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
     return dest
+
+
+def _set_version(src: Path, version: str) -> None:
+    """Make the source tree at ``src`` another version of nat-ha (the package metadata and ``__version__``)."""
+    from agent import __version__
+
+    for rel, old, new in (
+        ("pyproject.toml", f'version = "{__version__}"', f'version = "{version}"'),
+        ("agent/__init__.py", f'__version__ = "{__version__}"', f'__version__ = "{version}"'),
+    ):
+        path = src / rel
+        text = path.read_text()
+        if old not in text:
+            raise RuntimeError(f"cannot set the version in {rel}: {old!r} not found")
+        path.write_text(text.replace(old, new, 1))
 
 
 # ------------------------------------------------------------- leftovers

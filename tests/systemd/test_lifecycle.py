@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.systemd, pytest.mark.timeout(180)]
 
 UNIT = "nat-ha.service"
 WATCHDOG_S = 10.0  # WatchdogSec of deploy/systemd/nat-ha.service
-RESTART_S = 2.0  # RestartSec
+RESTART_S = 0.1  # RestartSec (100ms)
 STOP_TIMEOUT_S = 30.0  # TimeoutStopSec
 
 
@@ -36,7 +36,9 @@ def _unit_value(key: str) -> str:
 
 def test_the_timings_here_are_the_shipped_units() -> None:
     assert float(_unit_value("WatchdogSec")) == WATCHDOG_S
-    assert float(_unit_value("RestartSec")) == RESTART_S
+    assert _unit_value("RestartSec") == f"{round(RESTART_S * 1000)}ms"
+    assert _unit_value("RestartKillSignal") == "SIGUSR2" and _unit_value("KillSignal") == "SIGTERM"
+    assert _unit_value("RuntimeDirectoryPreserve") == "restart"
     assert float(_unit_value("TimeoutStopSec")) == STOP_TIMEOUT_S
 
 

@@ -1,7 +1,7 @@
 """The shipped units' sandboxes, enforced by a real systemd: what the agent can and cannot do.
 
 nat-ha.service: a transient user with CAP_NET_RAW only, whose raw ICMP probes work; nothing on
-disk writable but its cache directory (and its private /tmp). nat-ha-setup.service: root with
+disk writable but its cache and runtime directories (and its private /tmp). nat-ha-setup.service: root with
 CAP_NET_ADMIN only, and it still sets the NAT up (tests/systemd/test_lifecycle.py reboots a NAT
 and checks it restores forwarding and masquerade); without CAP_NET_ADMIN it cannot.
 """
@@ -53,10 +53,10 @@ def test_raw_icmp_needs_the_ambient_capability(lab: NetLab) -> None:
 
 WRITES_DENIED = ["/etc/nat-ha/x", "/opt/nat-ha/x", "/opt/nat-ha/bin/x", "/usr/local/bin/x", "/var/lib/x",
                  "/var/log/x", "/root/x", "/home/x", "/x", "/run/x"]  # fmt: skip
-WRITES_ALLOWED = ["/var/cache/nat-ha/x", "/tmp/x", "/var/tmp/x"]
+WRITES_ALLOWED = ["/var/cache/nat-ha/x", "/run/nat-ha/x", "/tmp/x", "/var/tmp/x"]
 
 
-def test_agent_cannot_write_outside_its_cache_directory(lab: NetLab) -> None:
+def test_agent_cannot_write_outside_its_cache_and_runtime_directories(lab: NetLab) -> None:
     """A process in the agent's mount namespace, with its uid and gid, tries to create files."""
     ct = lab.container(VICTIM)
     pid, st = ct.main_pid(UNIT), _status(lab)

@@ -23,6 +23,13 @@ BAD = [
         ["--egress-order", "later"],
         "argument --egress-order: invalid choice: 'later' (choose from 'route-first', 'address-first', 'both')",
     ),
+    (
+        "failover",
+        ["--faults", "crash,agent_restart"],
+        "--faults: agent_restart: only with --systemd (a unit restarts the agent)",
+    ),
+    ("restart", ["--trials", "0"], "--trials must be between 1 and 200"),
+    ("restart", ["--scenarios", "reboot"], "--scenarios: unknown reboot; choose from kill, restart, cold, cold_kill"),
     ("sim", ["--bogus"], "unrecognized arguments: --bogus"),
     ("soak", ["--minutes", "0"], "--minutes must be in (0, 600]"),
     ("footprint", ["--seconds", "1"], "--seconds must be at least 4"),

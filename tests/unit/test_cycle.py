@@ -371,3 +371,38 @@ def test_a_taker_tells_the_sync_which_table_it_takes_and_from_whom() -> None:
     assert [c for c in flows["i-a"].calls if c[0] == "taking"] == [
         ("taking", rt, "i-b") for rt in ("rtb-b1", "rtb-b2", "rtb-b3")
     ]
+
+
+def test_a_resumed_session_settles_its_tables_once_the_dead_processs_writes_cannot_land() -> None:
+    """i-a's agent process dies and a new one takes its session over (agent/handoff.py).
+
+    Its tables stay where they are (no write while EC2 shows them here), and are written again
+    once no EC2 write of the dead process can land: its lease ran at most to the resume plus a
+    lease, AWS may apply a write ec2_apply_horizon after that. A late write pointing rtb-a away
+    (a fail-back it had sent) landing 1.75 s after the resume is overwritten then (undo:
+    ignore ``predecessor_writes_until`` in Observer.track_holdings, and the settle write at
+    1.0 s comes before it: rtb-a stays on i-b).
+    """
+    g = settled()
+    session = g.agents["i-a"].coordinator.session
+    assert session is not None
+    c = Config(group=GROUP, instance_id="i-a", members=MEMBERS, timing=Timing())
+    coordinator = Coordinator(g.store, GROUP, "i-a", g.clock, c.timing.lease)
+    t0 = g.clock.monotonic()
+    coordinator.resume_session(session.session)
+    new = Agent(c, coordinator, Ec2(g.world), g.probes, SelfHealth(), g.clock)
+    new.resumed(t0 + c.timing.lease + c.timing.ec2_apply_horizon)
+    g.agents["i-a"] = new
+    n = len(g.world.writes)
+    lines = []
+    for k in range(5):  # 3.5 s: i-a cycles at t0 + 0.7 k, i-b 0.35 s later
+        lines += g.cycle("i-a")
+        if k == 2:
+            assert g.clock.monotonic() == pytest.approx(t0 + 1.75)
+            g.world.targets["rtb-a"] = "i-b"  # the late write lands, inside the horizon it may land in
+        lines += g.cycle("i-b")
+    writes = g.world.writes[n:]
+    assert writes == [("ReplaceRoute", "rtb-a", "i-a")], writes
+    assert g.world.targets["rtb-a"] == "i-a"
+    assert new.coordinator.session is not None and new.coordinator.session.session == session.session
+    assert not [line for line in lines if "took over" in line or "claimed" in line], lines

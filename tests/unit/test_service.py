@@ -28,6 +28,8 @@ class StubAgent:
         self.draining = False
         self.deadline: float | None = None
         self.cycles = 0
+        self.renewed_before_exit = 0
+        self.decision = Decision("holding", "holding rtb-a (term 1)")
 
     def run_cycle(self) -> Decision:
         self.cycles += 1
@@ -41,6 +43,10 @@ class StubAgent:
 
     def leave(self) -> None:
         self.coordinator.session = None
+
+    def renew_before_exit(self) -> bool:
+        self.renewed_before_exit += 1
+        return True
 
 
 def test_cycles_keep_their_grid_when_on_time_or_late() -> None:
@@ -67,3 +73,36 @@ def test_a_takeover_deadline_before_the_next_cycle_brings_it_forward() -> None:
     loop = ServiceLoop(agent, 10.0, clock)  # type: ignore[arg-type]
     agent.deadline = 100.20
     assert loop.step().wake_at == pytest.approx(100.205)
+
+
+def test_a_restart_exits_at_once_after_one_renewal_without_a_cycle_or_a_drain() -> None:
+    """SIGUSR2 (systemctl restart): nothing is started that the next process would have to finish."""
+    clock, agent = Clock(), StubAgent(0.35)
+    loop = ServiceLoop(agent, 10.0, clock)  # type: ignore[arg-type]
+    loop.step()
+    loop.request_restart()
+    step = loop.step()
+    assert (step.exit_code, step.restart) == (0, True)
+    assert agent.cycles == 1 and agent.renewed_before_exit == 1
+    assert not agent.draining and agent.coordinator.session == "s-1"  # not left: the session stays
+
+
+def test_a_stop_wins_over_a_restart() -> None:
+    clock, agent = Clock(), StubAgent(0.35)
+    loop = ServiceLoop(agent, 10.0, clock)  # type: ignore[arg-type]
+    loop.request_stop()
+    loop.request_restart()
+    step = loop.step()
+    assert (step.exit_code, step.restart) == (0, False)
+    assert agent.draining and agent.renewed_before_exit == 0 and agent.coordinator.session is None  # drained, left
+
+
+def test_a_restart_waits_for_the_next_process_to_be_prepared_cycling_meanwhile() -> None:
+    """After an upgrade the next process's AWS models are made first (agent.handoff.NextProcess): the
+    agent goes on serving until they are."""
+    clock, agent = Clock(), StubAgent(0.35)
+    loop = ServiceLoop(agent, 10.0, clock)  # type: ignore[arg-type]
+    answers = iter([False, False, True])
+    loop.request_restart(lambda: next(answers))
+    assert [loop.step().exit_code for _ in range(3)] == [None, None, 0]
+    assert agent.cycles == 2 and agent.renewed_before_exit == 1

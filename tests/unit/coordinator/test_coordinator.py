@@ -250,6 +250,92 @@ def test_heartbeat_does_not_adopt_a_foreign_write(backend: Backend, clock: FakeC
         a.heartbeat(OK)
 
 
+# --------------------------------------------------------- resume (a restart)
+class LandsFirst:
+    """Wraps a store: ``before_put`` runs once, just before the next write (a late write landing first)."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.before_put: Callable[[], None] | None = None
+
+    def query_group(self, group: str) -> list[Attrs]:
+        return self.inner.query_group(group)
+
+    def get_item(self, group: str, item: str) -> Attrs | None:
+        return self.inner.get_item(group, item)
+
+    def put_item(self, group: str, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None) -> None:
+        hook, self.before_put = self.before_put, None
+        if hook is not None:
+            hook()
+        self.inner.put_item(group, attrs, expect, gc_after_s=gc_after_s)
+
+
+def test_resume_continues_the_session_on_our_own_clock(backend: Backend, clock: FakeClock) -> None:
+    """A new process takes the dead one's session over: same session, next version, its own lease clock."""
+    unwell = Health(False, {"ip_forward": False}, ())
+    dead = member(backend.store, clock, "i-a")
+    dead.start_session(unwell)
+    dead.heartbeat(unwell, draining=True)
+    clock.advance(0.9)  # it died 0.9 s after its last renewal: that lease is nearly spent
+    told: list[str] = []
+    new = Coordinator(backend.store, GROUP, "i-a", clock, LEASE, on_session=told.append)
+    item = new.resume_session(dead.session.session)  # type: ignore[union-attr]
+    assert item.session == dead.session.session and item.version == 3  # type: ignore[union-attr]
+    assert new.remaining() == pytest.approx(LEASE)  # from this renewal, not the dead process's
+    assert told == [item.session]
+    seen = snap_member(new, "i-a")
+    assert (seen.version, seen.session, seen.state) == (3, item.session, MEMBER_ALIVE)
+    assert seen.health == unwell and seen.draining  # carried over until the next renewal reports ours
+    assert new.heartbeat(OK).version == 4
+
+
+def test_resume_refuses_a_session_a_peer_expired_meanwhile(backend: Backend, clock: FakeClock) -> None:
+    dead = started(backend.store, clock, "i-a")
+    b = started(backend.store, clock, "i-b")
+    b.expire_member(snap_member(b, "i-a"))
+    new = member(backend.store, clock, "i-a")
+    with pytest.raises(SessionLost, match="expired"):
+        new.resume_session(dead.session.session)  # type: ignore[union-attr]
+    assert new.session is None
+    assert snap_member(b, "i-a").state == MEMBER_EXPIRED  # untouched: the caller starts a new session
+    assert new.start_session(OK).version == 3
+
+
+def test_resume_refuses_a_stale_record(backend: Backend, clock: FakeClock) -> None:
+    """The record names a session that is no longer this member's (superseded), or no item at all."""
+    started(backend.store, clock, "i-a")
+    new = member(backend.store, clock, "i-a")
+    with pytest.raises(SessionLost, match="runs session"):
+        new.resume_session("0123456789abcdef")
+    with pytest.raises(SessionLost, match="has no item"):
+        member(backend.store, clock, "i-z").resume_session("0123456789abcdef")
+    assert new.session is None
+
+
+def test_resume_after_a_late_renewal_of_the_dead_process(backend: Backend, clock: FakeClock) -> None:
+    """The dead process's last renewal lands between our read and our write: ours is retried on it."""
+    wrapped = LandsFirst(backend.store)
+    dead = started(wrapped, clock, "i-a")
+    new = member(wrapped, clock, "i-a")
+    wrapped.before_put = lambda: dead.heartbeat(OK)  # in flight when it died; lands now (version 2)
+    item = new.resume_session(dead.session.session)  # type: ignore[union-attr]
+    assert item.version == 3 and snap_member(new, "i-a").version == 3
+    with pytest.raises(SessionLost):  # anything else the dead process had in flight now fails its condition
+        dead.heartbeat(OK)
+    assert snap_member(new, "i-a").version == 3
+
+
+def test_resume_loses_a_race_with_a_peer_expiring_it(backend: Backend, clock: FakeClock) -> None:
+    wrapped = LandsFirst(backend.store)
+    dead = started(wrapped, clock, "i-a")
+    b = started(backend.store, clock, "i-b")
+    seen = snap_member(b, "i-a")
+    wrapped.before_put = lambda: b.expire_member(seen)
+    with pytest.raises(SessionLost, match="expired"):
+        member(wrapped, clock, "i-a").resume_session(dead.session.session)  # type: ignore[union-attr]
+
+
 def test_leave_marks_member_left_and_drops_session(backend: Backend, clock: FakeClock) -> None:
     a = started(backend.store, clock, "i-a")
     a.leave(OK)
