@@ -196,10 +196,12 @@ def reconcile(
 def apply_changes(changes: Iterable[Flow], nat: str, *, add_only: bool = False, min_timeout: int = 0) -> list[str]:
     """The ``conntrack -R`` lines for a batch of streamed changes of one table.
 
-    An ended flow is deleted; a new or changed one is created and, if it existed, updated (``-A``
-    then ``-U``: ``conntrack -R`` skips a ``-A`` of an entry that exists and a ``-U`` of one that
-    does not). ``add_only`` (the table is ours now, the giver still streams after a hand-over):
-    only create what is missing, never change or end an entry that may be carrying traffic here.
+    An ended flow is deleted; a new one replaces whatever entry of its tuple was here (delete, then
+    create): a client that reuses a tuple soon after its last flow ended gets a new flow, perhaps
+    with another public port, and ``conntrack -R`` would skip a ``-A`` of an entry that exists,
+    leaving the old port (which, after a takeover, would send the flow out with the wrong one).
+    ``add_only`` (the table is ours now, the giver still streams after a hand-over): only create
+    what is missing, never change or end an entry that may be carrying traffic here.
     ``min_timeout``: as for :func:`reconcile`.
     """
     out = []
@@ -207,9 +209,8 @@ def apply_changes(changes: Iterable[Flow], nat: str, *, add_only: bool = False, 
         if f.op == "D":
             if not add_only:
                 out.append(f.render_delete())
-        else:
-            timeout = max(f.timeout, min_timeout)
-            out.append(f.render(nat, timeout))
-            if not add_only:
-                out.append(f.render_update(timeout))
+            continue
+        if not add_only:
+            out.append(f.render_delete())
+        out.append(f.render(nat, max(f.timeout, min_timeout)))
     return out

@@ -107,6 +107,19 @@ def test_an_established_flow_is_loaded_on_the_peer_with_its_address_and_port(gro
     assert group.services[B].snapshot_stats()["entries_loaded"] >= 2
 
 
+def test_a_new_flow_on_a_reused_tuple_replaces_the_old_copy_and_its_port(group: Group) -> None:
+    """A client reuses a tuple right after its flow ended (the kernel made a new entry, maybe with another
+    public port): the peer's copy must take the new port, or a takeover sends the flow out with the old one."""
+    group.start({"rtb-a": A, "rtb-b": B})
+    old = tcp("10.0.1.11", 46000, "10.0.100.21", 30000)
+    group.kernels[A].flow(old)
+    assert wait(lambda: (c := group.entry(B, old.key)) is not None and c.nat_port == 30000)
+    new = tcp("10.0.1.11", 46000, "10.0.100.21", 31000)
+    group.kernels[A].end(old.key)  # both in one batch: the end and the new flow coalesce
+    group.kernels[A].flow(new)
+    assert wait(lambda: (c := group.entry(B, new.key)) is not None and c.nat_port == 31000)
+
+
 def test_only_the_holders_flows_of_a_table_are_loaded(group: Group) -> None:
     group.start({"rtb-a": A, "rtb-b": B})
     # rtb-b's flows on A: not A's table to stream (B holds it), and A's own address would be wrong anyway

@@ -98,7 +98,7 @@ def test_apply_changes_add_only_never_changes_or_ends_an_entry() -> None:
     f = flows.parse(TCP)
     assert f is not None
     end = flows.Flow("D", "udp", "10.0.1.10", "203.0.113.10", 1, 53, "10.0.100.21", 1)
-    assert flows.apply_changes([f, end], "n") == [f.render("n"), f.render_update(), end.render_delete()]
+    assert flows.apply_changes([f, end], "n") == [f.render_delete(), f.render("n"), end.render_delete()]
     assert flows.apply_changes([f, end], "n", add_only=True) == [f.render("n")]
 
 
