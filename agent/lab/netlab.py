@@ -870,7 +870,12 @@ class NetLab(LocalGroup):
         if proc is not None and proc.poll() is None:
             return
         nat = self.nats[i]
-        argv = [sys.executable, "-m", "agent.commands.cli", "ctsync", "--config", str(nat.config_path)]
+        # With CAP_NET_ADMIN alone (inheritable, ambient and bounding: the conntrack and nft tools it runs keep
+        # it; "noroot": uid 0 gains nothing at exec), as the unit's AmbientCapabilities= and SecureBits= give it.
+        # (The unit's transient user is not modelled: the lab's files live in root's private temporary directory.)
+        argv = ["setpriv", "--securebits=+noroot,+noroot_locked", "--inh-caps=-all,+net_admin",
+                "--ambient-caps=-all,+net_admin", "--bounding-set=-all,+net_admin",
+                sys.executable, "-m", "agent.commands.cli", "ctsync", "--config", str(nat.config_path)]  # fmt: skip
         with open(self.workdir / f"ctsync-{i}.log", "ab") as log:
             self.ctsync[i] = subprocess.Popen(["ip", "netns", "exec", self.topo.nat_ns(i), *argv], stdout=log,
                                               stderr=subprocess.STDOUT, env={**os.environ, **DUMMY_ENV})  # fmt: skip

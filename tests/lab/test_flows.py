@@ -20,6 +20,7 @@ from __future__ import annotations
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,8 +47,15 @@ def _check(verdict: dict[str, Any], what: str) -> None:
 
 
 def test_flows_survive_a_drain_and_its_undo(settled_sync_lab: NetLab) -> None:
-    """A planned hand-over and its fail-back: every flow of every kind survives both, no reset."""
+    """A planned hand-over and its fail-back: every flow of every kind survives both, no reset.
+
+    The sync services run with CAP_NET_ADMIN and no other capability, as their unit runs them."""
     lab = settled_sync_lab
+    for proc in lab.ctsync.values():
+        caps = dict(
+            ln.split(":\t") for ln in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if ln.startswith("Cap")
+        )
+        assert int(caps["CapEff"], 16) == int(caps["CapBnd"], 16) == 1 << 12, caps  # CAP_NET_ADMIN = 12
     run = FlowRun(lab, VICTIM, KINDS, seconds=90, name="drain").start()
     try:
         time.sleep(1.5)  # every flow established and synced
