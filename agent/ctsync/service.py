@@ -293,6 +293,8 @@ class SyncService:
         return plan.streams(self.view, {rt: lv.taker for rt, lv in self.leaving.items()})
 
     def _on_line(self, line: str) -> None:
+        if line.startswith("-U") and "--state " in line and "--state ESTABLISHED" not in line:
+            return  # a TCP flow's other states: before it is established (not synced yet) or after (synced)
         f = flows.parse(line)
         if f is None or f.userspace:
             return
