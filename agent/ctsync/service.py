@@ -64,13 +64,35 @@ class Kernel(Protocol):
 
     def load(self, lines: list[str]) -> None: ...
 
+    def delete(self, flows: list[flows.Flow]) -> None: ...
+
+    def set_timeouts(self, changes: list[tuple[flows.Flow, int]]) -> None: ...
+
     def inbound_counters(self) -> dict[str, int]: ...
 
     def events(self, on_line: Callable[[str], None], on_lost: Callable[[str], None]) -> Events: ...
 
 
 class HostKernel:
-    """The real kernel, through the conntrack and nft tools."""
+    """The real kernel: the conntrack and nft tools, and ctnetlink for deletes and timeouts by tuple."""
+
+    def __init__(self) -> None:
+        self._writer: Any = None  # agent.host.ctnetlink.Writer, made by the loader thread, used by it alone
+
+    def _netlink(self) -> Any:
+        if self._writer is None:
+            from agent.host import ctnetlink
+
+            self._writer = ctnetlink.Writer()
+        return self._writer
+
+    def delete(self, flows: list[flows.Flow]) -> None:
+        if flows:
+            self._netlink().delete(flows)
+
+    def set_timeouts(self, changes: list[tuple[flows.Flow, int]]) -> None:
+        if changes:
+            self._netlink().set_timeouts(changes)
 
     def dump_lines(self, subnets: Iterable[str]) -> list[str]:
         from agent.host import conntrack
@@ -112,7 +134,7 @@ class Job:
 
     kind: str  # "delta" | "snapshot" | "push" (one part of a push)
     table: str
-    lines: list[str] = field(default_factory=list)
+    plan: flows.Plan = field(default_factory=lambda: flows.Plan([], [], []))
     want: list[flows.Flow] = field(default_factory=list)
     done: Callable[[int, str], None] = lambda _n, _err: None
 
@@ -540,8 +562,8 @@ class SyncService:
 
         if kind == wire.DELTA:
             add_only = mode == plan.ADD_ONLY
-            out = flows.apply_changes(got, mine, add_only=add_only, min_timeout=0 if add_only else floor)
-            self.jobs.put(Job("delta", table, out, done=done_reply))
+            todo = flows.apply_changes(got, mine, add_only=add_only, min_timeout=0 if add_only else floor)
+            self.jobs.put(Job("delta", table, todo, done=done_reply))
             return
         part_key = (sender, table, str(header.get("id", "")))
         last = bool(header.get("last"))
@@ -553,7 +575,7 @@ class SyncService:
                 if last:
                     del self._pushes_in[part_key]
             out = [f"-D -s {net}" for net in self.tables[table].subnets] if header.get("part") == 0 else []
-            out += [f.render(mine) for f in flows.by_key(got).values()]
+            out += [f.render(mine) for f in flows.by_key(got).values()]  # the flush: one dump of the table
 
             def part_done(n: int, err: str, state: PushIn = state) -> None:
                 state.entries += n
@@ -561,7 +583,7 @@ class SyncService:
                 if last:
                     done_reply(state.entries, state.error, {"push": part_key[2]})
 
-            self.jobs.put(Job("push", table, out, done=part_done))
+            self.jobs.put(Job("push", table, flows.Plan([], [], out), done=part_done))
             if not last:
                 reply(ack)
             return
@@ -609,20 +631,24 @@ class SyncService:
 
     def _run(self, batch: list[Job]) -> None:
         err = ""
-        counts = [len(j.lines) for j in batch]
+        counts = [sum(1 for ln in j.plan.creates if ln.startswith("-A ")) for j in batch]
         try:
             if batch[0].kind == "snapshot":
                 j = batch[0]
-                mine = self.mine(j.table)
                 have = flows.by_key(f for f in map(flows.parse, self.kernel.dump_lines(self.tables[j.table].subnets))
                                     if f is not None)  # fmt: skip
                 floor = int(2 * self.config.resync_interval + 30)
-                lines, n = flows.reconcile(have, j.want, mine, min_timeout=floor)
-                self.kernel.load(lines)
+                todo, n = flows.reconcile(have, j.want, self.mine(j.table), min_timeout=floor)
                 counts = [n]
             else:
-                self.kernel.load([line for j in batch for line in j.lines])
-                counts = [sum(1 for ln in j.lines if ln.startswith("-A ")) for j in batch]
+                todo = flows.Plan(
+                    [f for j in batch for f in j.plan.deletes],
+                    [c for j in batch for c in j.plan.timeouts],
+                    [line for j in batch for line in j.plan.creates],
+                )
+            self.kernel.delete(todo.deletes)  # first: an entry being replaced must not hold the public port
+            self.kernel.set_timeouts(todo.timeouts)
+            self.kernel.load(todo.creates)
         except Exception as exc:
             err = f"{type(exc).__name__}: {exc}"
             self._error("load", err)

@@ -79,19 +79,6 @@ class Flow(NamedTuple):
             f"--reply-port-dst {self.nat_port}{state}"
         )
 
-    def render_update(self, timeout: int | None = None) -> str:
-        """The ``-U`` line that brings an existing entry of this flow to this one's state and timeout."""
-        t = min(self.timeout if timeout is None else timeout, MAX_TIMEOUT)
-        state = f" --state {self.state}" if self.state else ""
-        return (
-            f"-U -t {t} -u {self.status or 'UNSET'} -s {self.src} -d {self.dst} -p {self.proto} "
-            f"--sport {self.sport} --dport {self.dport}{state}"
-        )
-
-    def render_delete(self) -> str:
-        """The ``-D`` line that removes this flow's entry (whatever its NAT address)."""
-        return f"-D -s {self.src} -d {self.dst} -p {self.proto} --sport {self.sport} --dport {self.dport}"
-
 
 def _port(text: str) -> int | None:
     n = int(text)
@@ -164,37 +151,50 @@ def by_key(flows: Iterable[Flow]) -> dict[tuple[str, str, int, str, int], Flow]:
     return {f.key: f for f in flows}
 
 
+class Plan(NamedTuple):
+    """What to do to this host's table: delete these entries, set these timeouts, then create these.
+
+    Deletes and timeouts go by exact tuple (:mod:`agent.host.ctnetlink`: the ``conntrack`` tool's
+    ``-D``/``-U`` filter a dump of the whole table for every line); creates are ``-A`` lines for
+    ``conntrack -R``, after the deletes (an entry being replaced must not hold the public port).
+    """
+
+    deletes: list[Flow]
+    timeouts: list[tuple[Flow, int]]
+    creates: list[str]
+
+
 def reconcile(
     have: dict[tuple[str, str, int, str, int], Flow], want: Iterable[Flow], nat: str, min_timeout: int = 0
-) -> tuple[list[str], int]:
-    """The ``conntrack -R`` lines that make this host's entries of a table (``have``) equal ``want``.
+) -> tuple[Plan, int]:
+    """What makes this host's entries of a table (``have``) equal ``want``, and how many entries it then has.
 
-    ``want`` is the holder's full list of the table's flows; every line gives ``nat`` (our address
-    for the table). Entries we have that the holder no longer has are deleted first (a stale entry
-    would hold the public port a loaded flow needs: the kernel would remap the loaded one); an
-    entry with another public port or NAT address is replaced; one that matches gets its state and
-    timeout (at least ``min_timeout``: a copy must outlive the quiet stretch until the next resync,
-    whereas the holder's entry is refreshed by every packet). Returns the lines and how many
-    entries the table then has.
+    ``want`` is the holder's full list of the table's flows; every entry is created with ``nat``
+    (our address for the table). Entries we have that the holder no longer has are deleted (a stale
+    entry would hold the public port a loaded flow needs: the kernel would remap the loaded one);
+    an entry with another public port or NAT address is replaced; one that matches is left alone
+    unless its timeout is below what the holder's says (at least ``min_timeout``: a copy must
+    outlive the quiet stretch until the next resync, whereas the holder's entry is refreshed by
+    every packet).
     """
     wanted = by_key(f for f in want if f.op == "A")
-    lines = [f.render_delete() for k, f in have.items() if k not in wanted]
-    adds = []
+    deletes = [f for k, f in have.items() if k not in wanted]
+    timeouts, creates = [], []
     for k, f in wanted.items():
         mine = have.get(k)
-        timeout = max(f.timeout, min_timeout)
+        timeout = min(max(f.timeout, min_timeout), MAX_TIMEOUT)
         if mine is None:
-            adds.append(f.render(nat, timeout))
+            creates.append(f.render(nat, timeout))
         elif mine.nat_port != f.nat_port or mine.nat != nat:
-            lines.append(f.render_delete())
-            adds.append(f.render(nat, timeout))
-        elif (mine.state, mine.status) != (f.state, f.status) or mine.timeout < timeout - 60:
-            lines.append(f.render_update(timeout))
-    return lines + adds, len(wanted)
+            deletes.append(f)
+            creates.append(f.render(nat, timeout))
+        elif mine.timeout < timeout - 60:
+            timeouts.append((f, timeout))
+    return Plan(deletes, timeouts, creates), len(wanted)
 
 
-def apply_changes(changes: Iterable[Flow], nat: str, *, add_only: bool = False, min_timeout: int = 0) -> list[str]:
-    """The ``conntrack -R`` lines for a batch of streamed changes of one table.
+def apply_changes(changes: Iterable[Flow], nat: str, *, add_only: bool = False, min_timeout: int = 0) -> Plan:
+    """What to do for a batch of streamed changes of one table.
 
     An ended flow is deleted; a new one replaces whatever entry of its tuple was here (delete, then
     create): a client that reuses a tuple soon after its last flow ended gets a new flow, perhaps
@@ -204,13 +204,10 @@ def apply_changes(changes: Iterable[Flow], nat: str, *, add_only: bool = False, 
     what is missing, never change or end an entry that may be carrying traffic here.
     ``min_timeout``: as for :func:`reconcile`.
     """
-    out = []
+    deletes, creates = [], []
     for f in by_key(changes).values():
-        if f.op == "D":
-            if not add_only:
-                out.append(f.render_delete())
-            continue
         if not add_only:
-            out.append(f.render_delete())
-        out.append(f.render(nat, max(f.timeout, min_timeout)))
-    return out
+            deletes.append(f)
+        if f.op == "A":
+            creates.append(f.render(nat, max(f.timeout, min_timeout)))
+    return Plan(deletes, [], creates)

@@ -60,6 +60,19 @@ class FakeKernel:
             for line in lines:
                 self._apply(line)
 
+    def delete(self, flows_: list[flows.Flow]) -> None:
+        if self.fail_loads:
+            raise RuntimeError("ctnetlink: Operation not permitted")
+        with self.lock:
+            for f in flows_:
+                self.entries.pop(f.key, None)
+
+    def set_timeouts(self, changes: list[tuple[flows.Flow, int]]) -> None:
+        with self.lock:
+            for f, t in changes:
+                if f.key in self.entries:
+                    self.entries[f.key] = self.entries[f.key]._replace(timeout=t)
+
     def inbound_counters(self) -> dict[str, int]:
         return dict(self.counters)
 

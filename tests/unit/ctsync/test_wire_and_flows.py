@@ -60,8 +60,6 @@ def test_render_rewrites_the_nat_address_and_keeps_the_port() -> None:
     again = flows.parse(line)
     assert again is not None and again.nat == "10.0.101.21" and again.nat_port == f.nat_port
     assert f.render("x", timeout=10**9).split()[2] == str(flows.MAX_TIMEOUT)
-    assert flows.parse(f.render_update()) is None  # an update line is not an entry
-    assert f.render_delete() == "-D -s 10.0.1.10 -d 203.0.113.10 -p tcp --sport 51542 --dport 8000"
 
 
 ips = st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(map(str, t)))
@@ -79,27 +77,29 @@ def test_render_and_parse_round_trip(
     assert flows.parse(f.render(nat)) == f
 
 
-def test_reconcile_deletes_stale_first_replaces_moved_ports_and_updates_the_rest() -> None:
+def test_reconcile_deletes_stale_first_replaces_moved_ports_and_refreshes_timeouts() -> None:
     f = flows.parse(TCP)
     assert f is not None
     mine = "10.0.101.21"
     gone = flows.Flow("A", "tcp", "10.0.1.99", "203.0.113.10", 1, 8000, mine, 1, 100, "SEEN_REPLY", "ESTABLISHED")
     moved = flows.Flow("A", "tcp", "10.0.1.10", "203.0.113.10", 51542, 8000, mine, 9999, 100, "", "ESTABLISHED")
-    lines, n = flows.reconcile({gone.key: gone, moved.key: moved}, [f], mine)
+    plan, n = flows.reconcile({gone.key: gone, moved.key: moved}, [f], mine)
     assert n == 1
-    assert lines == [gone.render_delete(), f.render_delete(), f.render(mine)]
+    assert plan == flows.Plan([gone, f], [], [f.render(mine)])
     kept = flows.parse(f.render(mine))
     assert kept is not None
-    assert flows.reconcile({f.key: kept}, [f], mine) == ([], 1)
-    assert flows.reconcile({f.key: kept}, [f], mine, min_timeout=10**6)[0] == [f.render_update(10**6)]
+    assert flows.reconcile({f.key: kept}, [f], mine) == (flows.Plan([], [], []), 1)
+    old = kept._replace(timeout=100)
+    assert flows.reconcile({f.key: old}, [f], mine)[0].timeouts == [(f, f.timeout)]
+    assert flows.reconcile({f.key: old}, [f], mine, min_timeout=10**9)[0].timeouts == [(f, flows.MAX_TIMEOUT)]
 
 
 def test_apply_changes_add_only_never_changes_or_ends_an_entry() -> None:
     f = flows.parse(TCP)
     assert f is not None
     end = flows.Flow("D", "udp", "10.0.1.10", "203.0.113.10", 1, 53, "10.0.100.21", 1)
-    assert flows.apply_changes([f, end], "n") == [f.render_delete(), f.render("n"), end.render_delete()]
-    assert flows.apply_changes([f, end], "n", add_only=True) == [f.render("n")]
+    assert flows.apply_changes([f, end], "n") == flows.Plan([f, end], [], [f.render("n")])
+    assert flows.apply_changes([f, end], "n", add_only=True) == flows.Plan([], [], [f.render("n")])
 
 
 def test_subnets_find_the_table() -> None:
@@ -174,3 +174,25 @@ def test_plan_accepts_a_tables_flows_from_its_holder_only() -> None:
     assert plan.accept(v, "rtb-b", "i-a", "") is None  # ours
     assert plan.accept(v, "rtb-b", "i-a", "i-a") == plan.ADD_ONLY  # ours, handed over by i-a lately
     assert plan.accept(v, "rtb-a", "i-z", "") is None  # not a member
+
+
+# ----------------------------------------------------------------- ctnetlink (the real kernel: tests/lab)
+def test_ctnetlink_messages_and_answers() -> None:
+    import struct
+
+    from agent.host import ctnetlink
+
+    f = flows.Flow("A", "tcp", "10.0.1.10", "203.0.113.10", 51542, 8000, "n", 1)
+    m = ctnetlink.delete_message(f, 7)
+    length, kind, flags, seq, pid = struct.unpack_from("=IHHII", m)
+    assert (length, kind, flags, seq, pid) == (len(m), 0x0102, 1, 7, 0)  # CTNETLINK << 8 | DELETE, a request
+    assert m[16:20] == bytes([2, 0, 0, 0])  # nfgenmsg: AF_INET, version 0
+    tuple_len, tuple_type = struct.unpack_from("=HH", m, 20)
+    assert tuple_type == 1 | 0x8000 and 20 + tuple_len == len(m)  # CTA_TUPLE_ORIG, nested, is the rest
+    body = m[24:]
+    assert bytes([10, 0, 1, 10]) in body and bytes([203, 0, 113, 10]) in body
+    assert struct.pack("!H", 51542) in body and struct.pack("!H", 8000) in body and bytes([6]) in body
+    t = ctnetlink.timeout_message(f, 300, 8)
+    assert struct.unpack_from("=H", t, 4)[0] == 0x0100 and t.endswith(struct.pack("=HH", 8, 7) + struct.pack("!I", 300))
+    answer = struct.pack("=IHHII", 36, 2, 0, 7, 0) + struct.pack("=i", -2) + m[:16]
+    assert ctnetlink.errors(answer + struct.pack("=IHHII", 36, 2, 0, 8, 0) + struct.pack("=i", 0) + m[:16]) == [2, 0]
