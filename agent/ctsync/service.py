@@ -315,10 +315,14 @@ class SyncService:
         return plan.streams(self.view, {rt: lv.taker for rt, lv in self.leaving.items()})
 
     def _on_line(self, line: str) -> None:
+        """One connection event. A TCP flow is sent when it becomes established (each connection once: a
+        client may reuse a tuple, and the new flow may have another public port), a UDP flow at its first
+        reply, and either when it ends if it was sent. Our own loads (``[USERSPACE]``) are not sent, but
+        an entry deleted by a program (a flush, an operator) is no longer counted as sent."""
         if line.startswith("-U") and "--state " in line and "--state ESTABLISHED" not in line:
             return  # a TCP flow's other states: before it is established (not synced yet) or after (synced)
         f = flows.parse(line)
-        if f is None or f.userspace:
+        if f is None:
             return
         table = self.subnets.table_of(f.src)
         if not table or f.nat != self.mine(table):
@@ -330,10 +334,11 @@ class SyncService:
             if f.op == "D":
                 if key in synced:
                     synced.discard(key)
-                    pending[key] = line
+                    if not f.userspace:
+                        pending[key] = line
                 else:
                     pending.pop(key, None)
-            elif f.established and key not in synced:
+            elif not f.userspace and f.established and (f.proto == "tcp" or key not in synced):
                 synced.add(key)
                 pending[key] = line
 

@@ -120,6 +120,22 @@ def test_a_new_flow_on_a_reused_tuple_replaces_the_old_copy_and_its_port(group: 
     assert wait(lambda: (c := group.entry(B, new.key)) is not None and c.nat_port == 31000)
 
 
+def test_a_reused_tuple_is_sent_again_even_when_its_old_flow_ended_unseen(group: Group) -> None:
+    """The old flow's entry went without an end event we send (a flush, a program's delete): the tuple still
+    counts as sent, yet the new connection on it (another public port) must reach the peer."""
+    old = tcp("10.0.1.11", 47000, "10.0.100.21", 32000)
+    group.kernels[A].entries[old.key] = old  # in the snapshot at connect: counted as sent
+    group.start({"rtb-a": A, "rtb-b": B})
+    assert wait(lambda: (c := group.entry(B, old.key)) is not None and c.nat_port == 32000)
+    group.kernels[A].emit(old.render(old.nat).replace("-A ", "-D ", 1) + " [USERSPACE] portid=1 progname=conntrack")
+    new = tcp("10.0.1.11", 47000, "10.0.100.21", 33000)
+    group.kernels[A].flow(new)
+    assert wait(lambda: (c := group.entry(B, new.key)) is not None and c.nat_port == 33000)
+    again = tcp("10.0.1.11", 47000, "10.0.100.21", 34000)  # and without any end event at all
+    group.kernels[A].flow(again)
+    assert wait(lambda: (c := group.entry(B, again.key)) is not None and c.nat_port == 34000)
+
+
 def test_only_the_holders_flows_of_a_table_are_loaded(group: Group) -> None:
     group.start({"rtb-a": A, "rtb-b": B})
     # rtb-b's flows on A: not A's table to stream (B holds it), and A's own address would be wrong anyway
