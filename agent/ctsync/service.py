@@ -137,6 +137,7 @@ class Job:
     plan: flows.Plan = field(default_factory=lambda: flows.Plan([], [], []))
     want: list[flows.Flow] = field(default_factory=list)
     done: Callable[[int, str], None] = lambda _n, _err: None
+    flush: bool = False  # first delete every entry of the table here (a push's first part)
 
 
 @dataclass
@@ -515,6 +516,10 @@ class SyncService:
         if isinstance(t0, (int, float)):
             with self.lock:
                 self.stats.lag[peer] = max(0.0, self.clock() - t0)
+        if header.get("error") and isinstance(header.get("table"), str):
+            # The peer could not load a batch (some of it may have landed): make its copy whole again soon.
+            with self.lock:
+                self.resync_at[(header["table"], peer)] = self.clock() + 1.0
         push_id = header.get("push")
         if isinstance(push_id, str) and push_id in self._acks:
             event, ack = self._acks[push_id]
@@ -531,7 +536,7 @@ class SyncService:
         lines: list[str],
         reply: Callable[[dict[str, Any]], None],
     ) -> None:
-        ack: dict[str, Any] = {"seq": seq, "t0": header.get("t0")}
+        ack: dict[str, Any] = {"seq": seq, "t0": header.get("t0"), "table": header.get("table")}
         table = header.get("table")
         if kind == wire.PING:
             reply(ack)
@@ -579,8 +584,7 @@ class SyncService:
                 state = self._pushes_in.setdefault(part_key, PushIn())
                 if last:
                     del self._pushes_in[part_key]
-            out = [f"-D -s {net}" for net in self.tables[table].subnets] if header.get("part") == 0 else []
-            out += [f.render(mine) for f in flows.by_key(got).values()]  # the flush: one dump of the table
+            out = [f.render(mine) for f in flows.by_key(got).values()]
 
             def part_done(n: int, err: str, state: PushIn = state) -> None:
                 state.entries += n
@@ -588,7 +592,7 @@ class SyncService:
                 if last:
                     done_reply(state.entries, state.error, {"push": part_key[2]})
 
-            self.jobs.put(Job("push", table, flows.Plan([], [], out), done=part_done))
+            self.jobs.put(Job("push", table, flows.Plan([], [], out), done=part_done, flush=header.get("part") == 0))
             if not last:
                 reply(ack)
             return
@@ -604,6 +608,10 @@ class SyncService:
             reply({**ack, "ignored": "this table is ours"})
             return
         self.jobs.put(Job("snapshot", table, want=want, done=done_reply))
+
+    def _entries(self, table: str) -> list[flows.Flow]:
+        """This host's entries of ``table`` (by its subnets), whatever their NAT address."""
+        return [f for f in map(flows.parse, self.kernel.dump_lines(self.tables[table].subnets)) if f is not None]
 
     def _load_loop(self) -> None:
         """Runs the loads in the order their frames came. Deltas queued meanwhile (from every peer) go
@@ -640,14 +648,14 @@ class SyncService:
         try:
             if batch[0].kind == "snapshot":
                 j = batch[0]
-                have = flows.by_key(f for f in map(flows.parse, self.kernel.dump_lines(self.tables[j.table].subnets))
-                                    if f is not None)  # fmt: skip
+                have = flows.by_key(self._entries(j.table))
                 floor = int(2 * self.config.resync_interval + 30)
                 todo, n = flows.reconcile(have, j.want, self.mine(j.table), min_timeout=floor)
                 counts = [n]
             else:
+                flush = [f for j in batch if j.flush for f in self._entries(j.table)]
                 todo = flows.Plan(
-                    [f for j in batch for f in j.plan.deletes],
+                    flush + [f for j in batch for f in j.plan.deletes],
                     [c for j in batch for c in j.plan.timeouts],
                     [line for j in batch for line in j.plan.creates],
                 )

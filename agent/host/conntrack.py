@@ -65,11 +65,6 @@ def load(lines: list[str]) -> None:
         _run(["conntrack", "-R", "-"], stdin="\n".join(lines) + "\n")
 
 
-def flush(subnets: Iterable[str]) -> None:
-    """Delete every entry whose original source is in ``subnets``."""
-    load([f"-D -s {net}" for net in subnets])
-
-
 def inbound_counters() -> dict[str, int]:
     """Route table -> packets that reached this host's address for it (the guard chain's counters)."""
     return nft_inbound_counters(_run(["nft", "-j", "list", "chain", NFT_FAMILY, NFT_TABLE, "guard"], timeout=5.0))
