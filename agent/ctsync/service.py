@@ -33,7 +33,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,7 +44,8 @@ from agent.host import flows
 
 log = logging.getLogger("nat_ha.ctsync")
 
-CHUNK_LINES = 20_000  # lines per snapshot or push frame
+CHUNK_LINES = 20_000  # lines per snapshot frame
+PUSH_CHUNK_LINES = 5_000  # lines per push frame: the taker loads each as it comes
 HANDOVER_SLACK_S = 5.0  # the taker accepts a giver's stream this much longer than the giver streams
 ERROR_KINDS = ("connect", "auth", "load", "events", "dump", "queue")
 
@@ -61,6 +62,8 @@ class Kernel(Protocol):
     """What the service needs from the kernel (real: :class:`HostKernel`)."""
 
     def dump_lines(self, subnets: Iterable[str]) -> list[str]: ...
+
+    def iter_lines(self, subnets: Iterable[str]) -> Iterator[str]: ...
 
     def load(self, lines: list[str]) -> None: ...
 
@@ -99,6 +102,11 @@ class HostKernel:
 
         return conntrack.dump_lines(subnets)
 
+    def iter_lines(self, subnets: Iterable[str]) -> Iterator[str]:
+        from agent.host import conntrack
+
+        return conntrack.iter_lines(subnets)
+
     def load(self, lines: list[str]) -> None:
         from agent.host import conntrack
 
@@ -126,26 +134,30 @@ class Leaving:
 
 
 @dataclass
+class Incoming:
+    """A snapshot or push arriving in parts (:class:`agent.host.flows.Incoming`, made at the first part that
+    runs, in the loader thread); every part is loaded as it comes, so the taker's load overlaps the giver's
+    dump and the transfer."""
+
+    min_timeout: int
+    table: flows.Incoming | None = None
+    error: str = ""
+
+
+@dataclass
 class Job:
-    """One load for the loader thread: ``lines``, or for a snapshot the holder's whole list (``want``).
+    """One load for the loader thread: streamed changes (``plan``), or a part of a list (``want``).
 
     ``done`` gets (entries, error) once it ran.
     """
 
-    kind: str  # "delta" | "snapshot" | "push" (one part of a push)
+    kind: str  # "delta" | "part"
     table: str
     plan: flows.Plan = field(default_factory=lambda: flows.Plan([], [], []))
     want: list[flows.Flow] = field(default_factory=list)
+    incoming: Incoming | None = None
+    last: bool = False
     done: Callable[[int, str], None] = lambda _n, _err: None
-    flush: bool = False  # first delete every entry of the table here (a push's first part)
-
-
-@dataclass
-class PushIn:
-    """A push arriving in parts: each part is loaded as it comes (the first one flushes the table)."""
-
-    entries: int = 0
-    error: str = ""
 
 
 @dataclass
@@ -194,8 +206,7 @@ class SyncService:
         self.links: dict[str, Link] = {}
         self.stats = Stats()
         self.jobs: queue.Queue[Job | None] = queue.Queue()
-        self._parts: dict[tuple[str, str, str], list[flows.Flow]] = {}  # snapshot (sender, table, id) -> parts so far
-        self._pushes_in: dict[tuple[str, str, str], PushIn] = {}
+        self._incoming: dict[tuple[str, str, str], Incoming] = {}  # (sender, table, list id) -> its state
         self._acks: dict[str, tuple[threading.Event, dict[str, Any]]] = {}  # push id -> (event, ack)
         self._events: Events | None = None
         self._listener: Listener | None = None
@@ -491,25 +502,46 @@ class SyncService:
         push_id = secrets.token_hex(6)
         done = threading.Event()
         self._acks[push_id] = (done, {})
+        sent = 0
         try:
             with self.send_lock:
-                lines, keys = self._own_lines(table)
                 now = self.clock()
                 with self.lock:
                     self.leaving[table] = Leaving(to, now + self.config.stream_max, changed_at=now)
-                    self.synced[table] = keys | {k for k, ln in self.pending[table].items() if not ln.startswith("-D")}
-                for payload in self._chunks(table, lines, now, push_id):
-                    self._send(to, wire.PUSH, payload, 0)
-                with self.lock:
-                    self.stats.entries_sent += len(lines)
+                sent = self._stream_list(table, to, push_id, now)
             if not done.wait(max(0.0, deadline - self.clock())):
-                return {"ok": False, "error": f"{to} did not confirm within {timeout:g} s", "entries": len(lines)}
+                return {"ok": False, "error": f"{to} did not confirm within {timeout:g} s", "entries": sent}
             ack = self._acks[push_id][1]
         finally:
             self._acks.pop(push_id, None)
         if ack.get("error"):
-            return {"ok": False, "error": f"{to}: {ack['error']}", "entries": len(lines)}
-        return {"ok": True, "entries": int(ack.get("entries", len(lines))), "seconds": self.clock() - t0}
+            return {"ok": False, "error": f"{to}: {ack['error']}", "entries": sent}
+        return {"ok": True, "entries": int(ack.get("entries", sent)), "seconds": self.clock() - t0}
+
+    def _stream_list(self, table: str, to: str, push_id: str, now: float) -> int:
+        """The table's entries to ``to`` as PUSH parts while the dump is still being read (under ``send_lock``).
+
+        Not parsed here: every entry NATed with our address for the table goes, and the taker checks
+        each line (it parses them anyway). Returns how many were sent.
+        """
+        needle = f" -n {self.mine(table)} "
+        part: list[str] = []
+        sent = n = 0
+
+        def flush(last: bool) -> None:
+            nonlocal part, n
+            header = {"table": table, "t0": now, "id": push_id, "part": n, "last": last}
+            self._send(to, wire.PUSH, wire.encode(header, part), len(part))
+            part, n = [], n + 1
+
+        for line in self.kernel.iter_lines(self.tables[table].subnets):
+            if needle in line:
+                part.append(line)
+                sent += 1
+                if len(part) >= PUSH_CHUNK_LINES:
+                    flush(False)
+        flush(True)
+        return sent
 
     def _on_ack(self, peer: str, header: dict[str, Any]) -> None:
         t0 = header.get("t0")
@@ -577,37 +609,26 @@ class SyncService:
             return
         part_key = (sender, table, str(header.get("id", "")))
         last = bool(header.get("last"))
-        if kind == wire.PUSH:
-            # Each part is loaded as it comes, the first after flushing whatever we had of the table (a
-            # fail-back must not meet entries it left behind): the taker's load overlaps the giver's dump.
-            with self.lock:
-                state = self._pushes_in.setdefault(part_key, PushIn())
-                if last:
-                    del self._pushes_in[part_key]
-            out = [f.render(mine) for f in flows.by_key(got).values()]
-
-            def part_done(n: int, err: str, state: PushIn = state) -> None:
-                state.entries += n
-                state.error = state.error or err
-                if last:
-                    done_reply(state.entries, state.error, {"push": part_key[2]})
-
-            self.jobs.put(Job("push", table, flows.Plan([], [], out), done=part_done, flush=header.get("part") == 0))
-            if not last:
-                reply(ack)
-            return
-        with self.lock:
-            parts = self._parts.setdefault(part_key, [])
-            parts.extend(got)
-        if not last:
-            reply(ack)
-            return
-        with self.lock:
-            want = self._parts.pop(part_key)
-        if mode != plan.COPY:
+        if kind == wire.SNAPSHOT and mode != plan.COPY:
             reply({**ack, "ignored": "this table is ours"})
             return
-        self.jobs.put(Job("snapshot", table, want=want, done=done_reply))
+        # A snapshot or a push, loaded part by part as it comes (flows.Incoming): the entries we have of
+        # the table and the list does not name go at the end, any that hold a public port the list
+        # needs go before it is loaded (a fail-back must not meet entries it left behind).
+        with self.lock:
+            state = self._incoming.setdefault(part_key, Incoming(floor if kind == wire.SNAPSHOT else 0))
+            if last:
+                del self._incoming[part_key]
+        extra = {"push": part_key[2]} if kind == wire.PUSH else {}
+
+        def part_done(n: int, err: str) -> None:
+            state.error = state.error or err
+            if last:
+                done_reply(n, state.error, extra)
+
+        self.jobs.put(Job("part", table, want=got, incoming=state, last=last, done=part_done))
+        if not last:
+            reply(ack)
 
     def _entries(self, table: str) -> list[flows.Flow]:
         """This host's entries of ``table`` (by its subnets), whatever their NAT address."""
@@ -646,27 +667,31 @@ class SyncService:
         err = ""
         counts = [sum(1 for ln in j.plan.creates if ln.startswith("-A ")) for j in batch]
         try:
-            if batch[0].kind == "snapshot":
+            if batch[0].kind == "part":
                 j = batch[0]
-                have = flows.by_key(self._entries(j.table))
-                floor = int(2 * self.config.resync_interval + 30)
-                todo, n = flows.reconcile(have, j.want, self.mine(j.table), min_timeout=floor)
-                counts = [n]
+                assert j.incoming is not None
+                if j.incoming.table is None:
+                    have = flows.by_key(self._entries(j.table))
+                    j.incoming.table = flows.Incoming(self.mine(j.table), have, j.incoming.min_timeout)
+                todo = j.incoming.table.part(j.want)
+                if j.last:
+                    end = j.incoming.table.end()
+                    todo = flows.Plan(end.deletes + todo.deletes, todo.timeouts, todo.creates)
+                counts = [j.incoming.table.count if j.last else len(todo.creates)]
             else:
-                flush = [f for j in batch if j.flush for f in self._entries(j.table)]
                 todo = flows.Plan(
-                    flush + [f for j in batch for f in j.plan.deletes],
+                    [f for j in batch for f in j.plan.deletes],
                     [c for j in batch for c in j.plan.timeouts],
                     [line for j in batch for line in j.plan.creates],
                 )
             self.kernel.delete(todo.deletes)  # first: an entry being replaced must not hold the public port
             self.kernel.set_timeouts(todo.timeouts)
             self.kernel.load(todo.creates)
-        except Exception as exc:
+            with self.lock:
+                self.stats.entries_loaded += len(todo.creates)
+        except Exception as exc:  # reported to the sender and counted; the next resync retries
             err = f"{type(exc).__name__}: {exc}"
             self._error("load", err)
-        with self.lock:
-            self.stats.entries_loaded += sum(counts) if not err else 0
         for j, n in zip(batch, counts, strict=True):
             j.done(n, err)
 

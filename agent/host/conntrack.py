@@ -11,7 +11,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from agent.host import flows
@@ -54,15 +55,42 @@ def dump_lines(subnets: Iterable[str]) -> list[str]:
     return out
 
 
+def iter_lines(subnets: Iterable[str]) -> Iterator[str]:
+    """:func:`dump_lines` as the tool prints them (a push sends the first while the tool is still listing)."""
+    for net in subnets:
+        proc = subprocess.Popen(["conntrack", "-L", "-f", "ipv4", "-o", "save", "-s", net], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+        assert proc.stdout is not None
+        try:
+            yield from proc.stdout
+        finally:
+            proc.stdout.close()
+            if proc.wait(COMMAND_TIMEOUT_S) != 0:
+                raise ConntrackError(f"conntrack -L -s {net}: exit {proc.returncode}")
+
+
 def dump(subnets: Iterable[str]) -> list[flows.Flow]:
     """The flows among :func:`dump_lines` that :func:`agent.host.flows.parse` accepts."""
     return [f for f in map(flows.parse, dump_lines(subnets)) if f is not None]
 
 
+PARALLEL_FROM = 4_000  # a load this large runs in two conntrack -R processes at once (the kernel takes both)
+
+
 def load(lines: list[str]) -> None:
-    """Apply ``-A``/``-U``/``-D`` lines in one ``conntrack -R`` run (an existing ``-A``, a missing ``-U``: skipped)."""
-    if lines:
-        _run(["conntrack", "-R", "-"], stdin="\n".join(lines) + "\n")
+    """Create the entries of ``-A`` lines (``conntrack -R``; one that exists already is skipped).
+
+    A large load is split over two processes running at once: the tool does its work line by line
+    and most of a load's time is its own.
+    """
+    if len(lines) < PARALLEL_FROM:
+        if lines:
+            _run(["conntrack", "-R", "-"], stdin="\n".join(lines) + "\n")
+        return
+    half = len(lines) // 2
+    with ThreadPoolExecutor(2) as pool:
+        for result in [pool.submit(load, lines[:half]), pool.submit(load, lines[half:])]:
+            result.result()
 
 
 def inbound_counters() -> dict[str, int]:

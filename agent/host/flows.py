@@ -27,7 +27,7 @@ _IP = r"(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})"
 _LINE = re.compile(
     rf"-([AUD]) -t (\d{{1,10}}) -u ([A-Z_,]+) -s {_IP} -d {_IP} -r {_IP} -n {_IP} -p (tcp|udp) "
     r"--sport (\d{1,5}) --dport (\d{1,5}) --reply-port-src (\d{1,5}) --reply-port-dst (\d{1,5})"
-    r"(?: --state ([A-Z_]{2,12}))?( \[USERSPACE\].*)?"
+    r"(?: --state ([A-Z_]{2,12}))?( \[USERSPACE\][^\n]*)?\n?\Z"
 )
 TCP_STATES = frozenset(
     {"SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE"}
@@ -80,40 +80,53 @@ class Flow(NamedTuple):
         )
 
 
-def _port(text: str) -> int | None:
-    n = int(text)
-    return n if 0 < n < 65536 else None
+_KEPT: dict[str, str] = {}  # a status as the tool prints it -> the bits we keep (a handful of values)
+_VALID_IP: dict[str, bool] = {}  # dotted quads seen -> each part < 256 (clients, servers, NAT addresses)
+
+
+def _kept(status: str) -> str:
+    kept = _KEPT.get(status)
+    if kept is None:
+        parts = status.split(",")
+        kept = _KEPT[status] = ",".join(s for s in STATUS_KEPT if s in parts)
+    return kept
 
 
 def _ip(text: str) -> bool:
-    return all(int(part) < 256 for part in text.split("."))
+    ok = _VALID_IP.get(text)
+    if ok is None:
+        if len(_VALID_IP) > 100_000:
+            _VALID_IP.clear()
+        ok = _VALID_IP[text] = all(int(part) < 256 for part in text.split("."))
+    return ok
 
 
 def parse(line: str) -> Flow | None:
     """The flow a ``conntrack -o save`` line (listing or event) describes, or None if it is not one we sync.
 
     Not ours: no source NAT (``-q`` instead of ``-n``), a destination NAT (``-r`` differs from
-    ``-d``), another protocol or zone, an unknown TCP state, anything malformed.
+    ``-d``), another protocol or zone, an unknown TCP state, anything malformed. (About 3 us a
+    line: a dump or push of 100,000 entries is parsed on both sides.)
     """
-    m = _LINE.fullmatch(line.rstrip("\n"))
+    m = _LINE.match(line)
     if m is None:
         return None
     op, timeout, status, src, dst, rsrc, nat, proto, sport, dport, rsport, rdport, state, user = m.groups()
-    if rsrc != dst or sport is None:
+    sp, dp, rdp = int(sport), int(dport), int(rdport)
+    if (
+        rsrc != dst
+        or rsport != dport
+        or not (0 < sp < 65536 and 0 < dp < 65536 and 0 < rdp < 65536)
+        or not (_ip(src) and _ip(dst) and _ip(nat))
+    ):
         return None
-    ports = [_port(p) for p in (sport, dport, rsport, rdport)]
-    if None in ports or ports[1] != ports[2] or not (_ip(src) and _ip(dst) and _ip(nat)):
+    if proto == "tcp":
+        if state not in TCP_STATES:
+            return None
+    elif state:
         return None
-    if proto == "tcp" and state not in TCP_STATES:
-        return None
-    if proto == "udp" and state:
-        return None
-    kept = ",".join(s for s in STATUS_KEPT if s in status.split(","))
-    a, b, _, d = ports
-    assert a is not None and b is not None and d is not None
-    return Flow(
-        "D" if op == "D" else "A", proto, src, dst, a, b, nat, d, int(timeout), kept, state or "", user is not None
-    )
+    return Flow("D" if op == "D" else "A", proto, src, dst, sp, dp, nat, rdp, int(timeout), _kept(status),
+                state or "", user is not None)  # fmt: skip
 
 
 class Subnets:
@@ -164,33 +177,65 @@ class Plan(NamedTuple):
     creates: list[str]
 
 
+PublicTuple = tuple[str, int, str, int]  # server, server port, NAT address, public port: the reply tuple
+
+
+class Incoming:
+    """A holder's full list of a table's flows, arriving in parts, made this host's entries of the table.
+
+    ``have``: our entries of the table when the list started (whatever their NAT address). Each
+    part (:meth:`part`) keeps an entry we have with the same public port, replaces one with another
+    port or NAT address, creates what is missing and first deletes any entry of ours that holds the
+    public port a created flow needs (loaded beside it, the kernel would give the loaded one
+    another port); the end (:meth:`end`) deletes whatever we had that the list did not name. So a
+    taker never meets entries it left behind, and a table whose copies are up to date costs no load
+    at all. ``min_timeout``: a copy must outlive the quiet stretch until the next resync, whereas the
+    holder's entry is refreshed by every packet: a kept entry whose timeout is more than a minute
+    below that is refreshed too.
+    """
+
+    def __init__(self, nat: str, have: dict[tuple[str, str, int, str, int], Flow], min_timeout: int = 0) -> None:
+        self.nat = nat
+        self.have = dict(have)
+        self.by_public: dict[PublicTuple, tuple[str, str, int, str, int]] = {
+            (f.dst, f.dport, f.nat, f.nat_port): k for k, f in have.items()
+        }
+        self.min_timeout = min_timeout
+        self.count = 0
+
+    def part(self, want: Iterable[Flow]) -> Plan:
+        deletes: list[Flow] = []
+        timeouts: list[tuple[Flow, int]] = []
+        creates: list[str] = []
+        for k, f in by_key(f for f in want if f.op == "A").items():
+            self.count += 1
+            timeout = min(max(f.timeout, self.min_timeout), MAX_TIMEOUT)
+            mine = self.have.pop(k, None)
+            if mine is not None and mine.nat_port == f.nat_port and mine.nat == self.nat:
+                if mine.timeout < timeout - 60:
+                    timeouts.append((f, timeout))
+                continue
+            if mine is not None:
+                deletes.append(mine)
+            holder = self.by_public.pop((f.dst, f.dport, self.nat, f.nat_port), None)
+            if holder is not None and holder != k and holder in self.have:
+                deletes.append(self.have.pop(holder))
+            creates.append(f.render(self.nat, timeout))
+        return Plan(deletes, timeouts, creates)
+
+    def end(self) -> Plan:
+        """Delete what we have that the list did not name."""
+        stale, self.have = list(self.have.values()), {}
+        return Plan(stale, [], [])
+
+
 def reconcile(
     have: dict[tuple[str, str, int, str, int], Flow], want: Iterable[Flow], nat: str, min_timeout: int = 0
 ) -> tuple[Plan, int]:
-    """What makes this host's entries of a table (``have``) equal ``want``, and how many entries it then has.
-
-    ``want`` is the holder's full list of the table's flows; every entry is created with ``nat``
-    (our address for the table). Entries we have that the holder no longer has are deleted (a stale
-    entry would hold the public port a loaded flow needs: the kernel would remap the loaded one);
-    an entry with another public port or NAT address is replaced; one that matches is left alone
-    unless its timeout is below what the holder's says (at least ``min_timeout``: a copy must
-    outlive the quiet stretch until the next resync, whereas the holder's entry is refreshed by
-    every packet).
-    """
-    wanted = by_key(f for f in want if f.op == "A")
-    deletes = [f for k, f in have.items() if k not in wanted]
-    timeouts, creates = [], []
-    for k, f in wanted.items():
-        mine = have.get(k)
-        timeout = min(max(f.timeout, min_timeout), MAX_TIMEOUT)
-        if mine is None:
-            creates.append(f.render(nat, timeout))
-        elif mine.nat_port != f.nat_port or mine.nat != nat:
-            deletes.append(f)
-            creates.append(f.render(nat, timeout))
-        elif mine.timeout < timeout - 60:
-            timeouts.append((f, timeout))
-    return Plan(deletes, timeouts, creates), len(wanted)
+    """:class:`Incoming` for a whole list at once: what makes ``have`` equal ``want``, and its size."""
+    incoming = Incoming(nat, have, min_timeout)
+    part, end = incoming.part(want), incoming.end()
+    return Plan(end.deletes + part.deletes, part.timeouts, part.creates), incoming.count
 
 
 def apply_changes(changes: Iterable[Flow], nat: str, *, add_only: bool = False, min_timeout: int = 0) -> Plan:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from agent.host import flows
@@ -51,6 +51,9 @@ class FakeKernel:
         with self.lock:
             return [f.render(f.nat) for f in self.entries.values()
                     if any(ipaddress.IPv4Address(f.src) in n for n in nets)]  # fmt: skip
+
+    def iter_lines(self, subnets: Iterable[str]) -> Iterator[str]:
+        yield from self.dump_lines(subnets)
 
     def load(self, lines: list[str]) -> None:
         if self.fail_loads:

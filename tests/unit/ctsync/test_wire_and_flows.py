@@ -85,7 +85,7 @@ def test_reconcile_deletes_stale_first_replaces_moved_ports_and_refreshes_timeou
     moved = flows.Flow("A", "tcp", "10.0.1.10", "203.0.113.10", 51542, 8000, mine, 9999, 100, "", "ESTABLISHED")
     plan, n = flows.reconcile({gone.key: gone, moved.key: moved}, [f], mine)
     assert n == 1
-    assert plan == flows.Plan([gone, f], [], [f.render(mine)])
+    assert plan == flows.Plan([gone, moved], [], [f.render(mine)])
     kept = flows.parse(f.render(mine))
     assert kept is not None
     assert flows.reconcile({f.key: kept}, [f], mine) == (flows.Plan([], [], []), 1)
@@ -196,3 +196,19 @@ def test_ctnetlink_messages_and_answers() -> None:
     assert struct.unpack_from("=H", t, 4)[0] == 0x0100 and t.endswith(struct.pack("=HH", 8, 7) + struct.pack("!I", 300))
     answer = struct.pack("=IHHII", 36, 2, 0, 7, 0) + struct.pack("=i", -2) + m[:16]
     assert ctnetlink.errors(answer + struct.pack("=IHHII", 36, 2, 0, 8, 0) + struct.pack("=i", 0) + m[:16]) == [2, 0]
+
+
+def test_incoming_parts_free_a_public_port_before_loading_and_end_with_the_stale_ones() -> None:
+    mine = "10.0.101.21"
+
+    def flow(src: str, sport: int, port: int, nat: str = mine) -> flows.Flow:
+        return flows.Flow("A", "tcp", src, "203.0.113.10", sport, 443, nat, port, 300, "SEEN_REPLY", "ESTABLISHED")
+
+    same = flow("10.0.1.1", 1000, 1000)
+    squatter = flow("10.0.1.9", 9, 2000)  # ours, not in the list, holding the public port the list's b needs
+    left = flow("10.0.1.8", 8, 3000)  # ours, not in the list, harmless until the end
+    incoming = flows.Incoming(mine, {f.key: f for f in (same, squatter, left)})
+    b = flow("10.0.1.2", 1001, 2000, nat="10.0.100.21")  # as the holder has it: its own address
+    part = incoming.part([same._replace(nat="10.0.100.21"), b])
+    assert part == flows.Plan([squatter], [], [b.render(mine)])  # the squatter goes before b is loaded
+    assert incoming.end() == flows.Plan([left], [], []) and incoming.count == 2
