@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 _IP = r"(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})"
 _LINE = re.compile(
-    rf"-([AUD]) -t (\d{{1,10}}) -u ([A-Z_,]+) -s {_IP} -d {_IP} -r {_IP} -n {_IP} -p (tcp|udp) "
+    rf"-([AUD])(?: -t (\d{{1,10}}))? -u ([A-Z_,]+) -s {_IP} -d {_IP} -r {_IP} -n {_IP} -p (tcp|udp) "
     r"--sport (\d{1,5}) --dport (\d{1,5}) --reply-port-src (\d{1,5}) --reply-port-dst (\d{1,5})"
     r"(?: --state ([A-Z_]{2,12}))?( \[USERSPACE\][^\n]*)?\n?\Z"
 )
@@ -125,7 +125,7 @@ def parse(line: str) -> Flow | None:
             return None
     elif state:
         return None
-    return Flow("D" if op == "D" else "A", proto, src, dst, sp, dp, nat, rdp, int(timeout), _kept(status),
+    return Flow("D" if op == "D" else "A", proto, src, dst, sp, dp, nat, rdp, int(timeout or 0), _kept(status),
                 state or "", user is not None)  # fmt: skip
 
 

@@ -19,6 +19,11 @@ UDP_EVENT = (
     "--dport 8001 --reply-port-src 8001 --reply-port-dst 1025"
 )
 USERSPACE_END = UDP_EVENT.replace("-U ", "-D ", 1) + " [USERSPACE] portid=2748447411 progname=conntrack"
+# An end event of a UDP flow: the tool prints no timeout then.
+UDP_END = (
+    "-D -u SEEN_REPLY -s 10.0.1.10 -d 203.0.113.10 -r 203.0.113.10 -n 10.0.100.21 -p udp --sport 37748 "
+    "--dport 8001 --reply-port-src 8001 --reply-port-dst 37748"
+)
 
 
 def test_parse_reads_the_tools_lines() -> None:
@@ -30,6 +35,8 @@ def test_parse_reads_the_tools_lines() -> None:
     assert u is not None and u.op == "A" and u.nat_port == 1025 and u.established and not u.userspace
     d = flows.parse(USERSPACE_END)
     assert d is not None and d.op == "D" and d.userspace
+    e = flows.parse(UDP_END)
+    assert e is not None and e.op == "D" and e.timeout == 0 and e.nat_port == 37748
 
 
 @pytest.mark.parametrize(
@@ -43,7 +50,7 @@ def test_parse_reads_the_tools_lines() -> None:
         TCP.replace("-s 10.0.1.10", "-s 10.0.1.300"),
         TCP.replace("-u SEEN_REPLY,ASSURED", "-u SEEN_REPLY,ASSURED -w 3"),  # a zone
         TCP + " ; rm -rf /",
-        TCP.replace(" -t 431999", ""),
+        TCP.replace(" -t 431999", " -t x"),
         UDP_EVENT + " --state ESTABLISHED",
         "",
     ],
