@@ -76,9 +76,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "members_from_tags": Key(
             bool,
             False,
-            "Discover members and their home route tables from EC2 tags instead of [[members]]: "
-            "instances tagged nat-ha:group=<group>, route tables tagged nat-ha:group=<group> and "
-            "nat-ha:home=<instance id>.",
+            "Discover members and their home route tables from EC2 tags instead of [[members]], at start and "
+            "again while running (new and gone instances are learned without a restart): instances tagged "
+            "nat-ha:group=<group>, route tables tagged nat-ha:group=<group> and nat-ha:home=<instance id, or "
+            "the nat-ha:slot tag of the instances of one Auto Scaling group>.",
         ),
         "egress_ip": Key(
             str,
@@ -123,10 +124,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
         "addresses": Key(
             dict,
-            None,
+            {},
             'Per member, { "i-..." = "10.0.1.21", ... }: the private address on that member\'s ENI that carries this '
             "table's traffic and, while that member serves the table, its Elastic IP (the home member may use its "
-            "primary address). Required.",
+            "primary address). Every member needs one: with [[members]] give them all; with members_from_tags a "
+            "member without one here gets its k-th secondary private address (ascending) for the k-th table, as "
+            "the stacks assign them.",
         ),
     },
     "store": {
@@ -273,6 +276,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "restart_poll_interval": Key(
             float, 2.0, "Seconds between instance-state polls during a restart.", minimum=0.05
         ),
+        "discover_interval": Key(
+            float,
+            30.0,
+            "With members_from_tags: seconds between discoveries of the group's instances and route tables while "
+            "running (sooner when an unknown instance heartbeats in the table).",
+            minimum=1.0,
+        ),
     },
     "conntrack_sync": {
         "enabled": Key(
@@ -362,6 +372,13 @@ class Member:
     eni: str = ""
     az: str = ""
     probe_port: int = 0
+    # Discovered from EC2 only (members_from_tags), never read from [[members]]:
+    slot: str = ""  # its nat-ha:slot tag (one per Auto Scaling group in the stacks)
+    asg: str = ""  # its Auto Scaling group, when it has one
+    secondaries: tuple[str, ...] = ()  # secondary private addresses of its primary interface, ascending
+
+
+DISCOVERED_ONLY = ("slot", "asg", "secondaries")
 
 
 @dataclass(frozen=True)
@@ -457,6 +474,7 @@ class Timing:
     restart_max_attempts: int = 3
     restart_timeout: float = 600.0
     restart_poll_interval: float = 2.0
+    discover_interval: float = 30.0
 
     def problems(self, probe: ProbeConfig) -> list[str]:
         """The timing rules (rule 7); each broken rule is one line naming its keys."""
@@ -510,6 +528,7 @@ class Config:
     region: str = ""
     members_from_tags: bool = False
     members: tuple[Member, ...] = ()
+    homeless: tuple[str, ...] = ()  # discovered route tables whose home is no current member
     store: StoreConfig = field(default_factory=StoreConfig)
     ec2: Ec2Config = field(default_factory=Ec2Config)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -538,7 +557,8 @@ class Config:
         return next((m.instance_id for m in self.members if route_table in m.route_tables), "")
 
     def route_tables(self) -> list[str]:
-        return [rt for m in self.members for rt in m.route_tables]
+        """Every route table of the group: the members' homes, then the homeless ones."""
+        return [rt for m in self.members for rt in m.route_tables] + list(self.homeless)
 
     def members_at(self, local: set[str]) -> set[str]:
         """The members one of whose addresses (``[[members]].address`` or an egress address) is in ``local``."""
@@ -719,6 +739,7 @@ def egress_problems(config: Config) -> list[str]:
     tables = config.egress_tables
     members = config.members
     homes = {rt: m.instance_id for m in members for rt in m.route_tables}
+    homes.update({rt: "" for rt in config.homeless})  # discovered, their home gone for now
     ids = [m.instance_id for m in members]
     seen: dict[str, int] = {}
     allocs: dict[str, int] = {}
@@ -741,9 +762,8 @@ def egress_problems(config: Config) -> list[str]:
             out.append(f'{path}.subnets: required with egress_ip = "follow" (the private subnets that use the table)')
     for rt, home in homes.items():
         if rt not in seen:
-            out.append(
-                f'egress.tables: no entry for {rt} (home of {home}); egress_ip = "follow" needs one per route table'
-            )
+            whose = f"home of {home}" if home else "its home is no member now"
+            out.append(f'egress.tables: no entry for {rt} ({whose}); egress_ip = "follow" needs one per route table')
     for j, m in enumerate(members):
         if not m.eni:
             where = f"members[{j}]" if not config.members_from_tags else f"members ({m.instance_id})"
@@ -924,7 +944,13 @@ def load(path: str | Path) -> Config:
 
 
 def with_discovered(
-    config: Config, *, instance_id: str = "", region: str = "", members: tuple[Member, ...] | None = None
+    config: Config,
+    *,
+    instance_id: str = "",
+    region: str = "",
+    members: tuple[Member, ...] | None = None,
+    homeless: tuple[str, ...] | None = None,
+    egress_tables: tuple[EgressTable, ...] | None = None,
 ) -> Config:
     """A copy with values filled in from IMDS or EC2 tags."""
     return dataclasses.replace(
@@ -932,6 +958,8 @@ def with_discovered(
         instance_id=config.instance_id or instance_id,
         region=config.region or region,
         members=members if members is not None else config.members,
+        homeless=homeless if homeless is not None else config.homeless,
+        egress_tables=egress_tables if egress_tables is not None else config.egress_tables,
     )
 
 
@@ -973,7 +1001,8 @@ def effective_toml(config: Config) -> str:
     for m in config.members:
         lines.append("\n[[members]]")
         for f in dataclasses.fields(m):
-            lines.append(f"{f.name} = {_toml_value(getattr(m, f.name))}")
+            if f.name not in DISCOVERED_ONLY:
+                lines.append(f"{f.name} = {_toml_value(getattr(m, f.name))}")
     for e in config.egress_tables:
         lines.append("\n[[egress.tables]]")
         lines.append(f"route_table = {_toml_value(e.route_table)}")

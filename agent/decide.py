@@ -435,7 +435,8 @@ def decide(obs: Observation, t: Timing) -> Decision:
         rank = candidates.index(obs.me)
         waited = obs.now - obs.claimable_since.get(rt, obs.now)
         if r is None and home != obs.me and waited < t.failback_hold_down:
-            notes.append(f"{rt} has never been claimed; waiting for its home {home}")
+            # A homeless table (its home's slot has no NAT now, members_from_tags) waits the same, for any NAT.
+            notes.append(f"{rt} has never been claimed; waiting for its home {home or 'to have a NAT'}")
             continue  # start-up: give the home NAT time to start before anyone else takes its table
         if rank > 0 and waited < rank * t.claim_stagger:
             notes.append(f"{rt} claimable ({why}); {candidates[0]} is preferred")

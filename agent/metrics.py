@@ -318,8 +318,14 @@ class Metrics:
         peers: list[str],
         route_tables: list[str],
         egress_tables: list[str] | None = None,
+        *,
+        again: bool = False,
     ) -> None:
-        """Create every labelled series up front (no missing metrics); the egress ones for ``egress_tables``."""
+        """Create every labelled series up front (no missing metrics); the egress ones for ``egress_tables``.
+
+        ``again``: the members changed while running: add the new peers' and tables' series, and
+        leave the decision gauges as the last cycle set them.
+        """
         self.build_info.labels(version, group, me).set(1)
         # Indexing a Children dict creates the series (and keeps the child for the hot paths).
         for check in SELF_CHECKS:
@@ -366,9 +372,38 @@ class Metrics:
         for service, operation in AWS_OPERATIONS:
             for error in AWS_ERROR_CLASSES:
                 self.aws_errors_of[service, operation, error]
+        if again:
+            return
         for d in DECISIONS:
             self.decision_of[d].set(0)
         self._decided = None
+
+    def forget(self, peers: list[str], route_tables: list[str]) -> int:
+        """Drop every series of peers and route tables that left the group; returns how many.
+
+        A replaced NAT has a new instance id: the old one's series would otherwise stay at their
+        last values for ever (a peer "down" that no longer exists keeps an alert firing).
+        """
+        gone_peers, gone_tables = set(peers), set(route_tables)
+        dropped = 0
+        for collector in list(self.registry._collector_to_names):  # every metric of this agent's registry
+            names = getattr(collector, "_labelnames", ())
+            children = getattr(collector, "_metrics", None)
+            if not names or children is None or not isinstance(collector, (Gauge, Counter, Histogram)):
+                continue
+            for values in list(children):
+                labels = dict(zip(names, values, strict=True))
+                instances = {labels.get(k) for k in ("peer", "owner", "target")}
+                if labels.get("route_table") in gone_tables or gone_peers.intersection(instances):
+                    collector.remove(*values)
+                    dropped += 1
+        gone = gone_peers | gone_tables
+        for cache in vars(self).values():  # the hot paths' child caches (Children*): resolve again if needed
+            if isinstance(cache, (Children, Children2, Children3)):
+                stale: list[Any] = [k for k in cache if gone.intersection(k if isinstance(k, tuple) else (k,))]
+                for key in stale:
+                    cache.pop(key)
+        return dropped
 
     def put(self, gauge: Gauge, value: float) -> None:
         """Set ``gauge`` to ``value`` unless put() already did: a dict hit instead of a lock.

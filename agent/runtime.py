@@ -16,6 +16,7 @@ from agent.aws.ec2 import Ec2, Ec2Error
 from agent.aws.imds import ImdsError, account_id, identity, instance_arn
 from agent.aws.models import botocore_session
 from agent.config import Config, ConfigError, egress_problems, with_discovered
+from agent.members import Membership, derive_egress
 from coordinator.clock import Clock, SystemClock
 from coordinator.dynamo import DynamoSettings, DynamoStore
 from coordinator.instrument import CallObserver
@@ -30,6 +31,7 @@ class Runtime:
     store: DynamoStore
     ec2: Ec2
     holder: str = ""  # this instance's ARN for the route tables' holder tag ("": no tagging)
+    problems: tuple[str, ...] = ()  # what the discovered members break (egress): listed by status, fatal to the agent
 
 
 def with_identity(config: Config, *, need_identity: bool = True) -> Config:
@@ -102,25 +104,15 @@ def resolve(
         on_call=ec2_on_call,
         egress=config.egress(),
     )
+    problems: list[str] = []
     if config.members_from_tags:
-        try:
-            found = ec2.discover(config.group, with_eni=config.egress_follow)
-        except Ec2Error as exc:
-            raise ConfigError([f"members_from_tags: cannot discover members: {exc}"]) from None
-        if len(found) < 2:
-            raise ConfigError(
-                [
-                    f"members_from_tags: found {len(found)} instance(s) tagged nat-ha:group="
-                    f"{config.group}; a group needs at least two"
-                ]
-            )
-        config = with_discovered(config, members=tuple(found))
-        ec2.members = {m.instance_id: m for m in config.members}
-        problems = egress_problems(config)  # [[egress.tables]] against the discovered members
-        if problems:
+        config, problems = discovered(config, ec2)
+        if problems and not operator:
             raise ConfigError(problems)
     if need_identity and config.member(config.instance_id) is None:
         raise ConfigError([f"instance_id: {config.instance_id} is not a member of group {config.group}"])
+    ec2.members = {m.instance_id: m for m in config.members}
+    ec2.egress = config.egress()
     if store is None:
         store = store_for(config, on_call=store_on_call, operator=operator)
     holder = ""
@@ -132,7 +124,31 @@ def resolve(
             except ImdsError as exc:
                 raise ConfigError([f"ec2.account_id: not set and {exc} (needed for ec2.holder_tag)"]) from None
         holder = instance_arn(config.instance_id, region, account)
-    return Runtime(config, store, ec2, holder)
+    return Runtime(config, store, ec2, holder, tuple(problems))
+
+
+def discovered(config: Config, ec2: Ec2) -> tuple[Config, list[str]]:
+    """``config`` with its members, homes and egress addresses as EC2's tags show them now, and what
+    those members break (egress_problems: the agent refuses to start, ``nat-ha status`` lists them).
+
+    One instance is enough to start: in a stack the NATs start one after another, and the
+    agent learns of its peers while it runs (agent.memberwatch).
+    """
+    try:
+        found = ec2.discover(config.group, with_eni=config.egress_follow)
+    except Ec2Error as exc:
+        raise ConfigError([f"members_from_tags: cannot discover members: {exc}"]) from None
+    if not found.members:
+        raise ConfigError([f"members_from_tags: no instance is tagged nat-ha:group={config.group}"])
+    return with_membership(config, found)
+
+
+def with_membership(config: Config, found: Membership) -> tuple[Config, list[str]]:
+    """``config`` with the members of ``found`` and the egress addresses derived for them (agent.members),
+    and what keeps egress_ip = follow from working with these members (one line each)."""
+    tables = derive_egress(config.egress_tables, found.members) if config.egress_follow else config.egress_tables
+    out = with_discovered(config, members=found.members, homeless=found.homeless, egress_tables=tables)
+    return out, egress_problems(out)
 
 
 def member_info(config: Config) -> MemberInfo:

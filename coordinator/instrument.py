@@ -19,7 +19,7 @@ RECORD_ENV = "NAT_HA_RECORD_AWS_CALLS"
 # Parameters that name the resource a call acts on (what IAM scopes by).
 _RESOURCE_PARAMS = (
     "TableName", "RouteTableId", "RouteTableIds", "InstanceIds", "InstanceId", "NetworkInterfaceId", "Resources",
-    "AllocationId", "AllocationIds",
+    "AllocationId", "AllocationIds", "AutoScalingGroupName", "StackName",
 )  # fmt: skip
 
 # on_call(service, operation, seconds, error_code_or_None)

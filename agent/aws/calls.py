@@ -1,8 +1,9 @@
 """Every AWS API call nat-ha can make, in one place, with why it is needed.
 
 The IAM policy (``deploy/iam/nat-ha-policy.json``, also embedded in the CloudFormation
-templates) grants exactly :data:`AGENT_CALLS`; the optional admin policy
-(``deploy/iam/nat-ha-admin-policy.json``) grants exactly :data:`ADMIN_CALLS`.
+templates) grants exactly :data:`AGENT_CALLS`; ``deploy/iam/nat-ha-asg-policy.json`` exactly
+:data:`ASG_CALLS`; the stacks add :data:`STACK_CALLS` for their own stack; the optional admin
+policy (``deploy/iam/nat-ha-admin-policy.json``) grants exactly :data:`ADMIN_CALLS`.
 ``tests/unit/aws/test_iam_policy.py`` checks that the code calls nothing outside
 :data:`ALL_CALLS`, that every call recorded during the test suite is allowed, and
 that the policies grant nothing else. Add a call here first, then to the policy.
@@ -34,7 +35,20 @@ ADMIN_CALLS: dict[tuple[str, str], str] = {
     ("dynamodb", "UpdateTimeToLive"): "enable TTL on gc_at (garbage collection of old items only)",
 }
 
-ALL_CALLS: frozenset[tuple[str, str]] = frozenset(AGENT_CALLS) | frozenset(ADMIN_CALLS)
+# NATs in Auto Scaling groups with the nat-ha-drain termination hook (deploy/iam/nat-ha-asg-policy.json;
+# the stacks include it): the agent completes the hook's action once it has drained.
+ASG_CALLS: dict[tuple[str, str], str] = {
+    ("autoscaling", "CompleteLifecycleAction"): "let Auto Scaling terminate this NAT once it has drained",
+}
+
+# The stacks only (their templates grant it to this stack alone): the first boot's `nat-ha signal`.
+STACK_CALLS: dict[tuple[str, str], str] = {
+    ("cloudformation", "SignalResource"): "tell the stack this NAT's bootstrap succeeded or failed",
+}
+
+ALL_CALLS: frozenset[tuple[str, str]] = (
+    frozenset(AGENT_CALLS) | frozenset(ADMIN_CALLS) | frozenset(ASG_CALLS) | frozenset(STACK_CALLS)
+)
 
 
 def iam_action(service: str, operation: str) -> str:

@@ -13,6 +13,7 @@ DescribeAddresses is read the same way as DescribeRouteTables: it may lag.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from agent.aws.fence import Fence, FenceRefused, Permit
 from agent.config import EgressTable, Member
 from agent.decide import Ec2Address, Ec2Route
+from agent.members import ASG_TAG, HOME_TAG, SLOT_TAG, Instance, Membership, assemble, sorted_addresses
 from coordinator.instrument import CallObserver, instrument_client
 
 if TYPE_CHECKING:
@@ -328,11 +330,11 @@ class Ec2:
         self._write("start_instances", instance, InstanceIds=[instance])
 
     # ------------------------------------------------------------- discovery
-    def discover(self, group: str, *, with_eni: bool = False) -> list[Member]:
-        """Members and their home route tables from tags (members_from_tags = true).
+    def discover(self, group: str, *, with_eni: bool = False) -> Membership:
+        """Members and their home route tables from tags (members_from_tags = true): agent.members.
 
-        ``with_eni`` (egress_ip = follow): each member's primary network interface too, where
-        its Elastic IPs are associated (its routes then name the interface, as with a configured eni).
+        ``with_eni`` (egress_ip = follow): each member's primary network interface too, where its
+        Elastic IPs are associated (its routes then name the interface, as with a configured eni).
         """
         data = self._call(
             "describe_instances",
@@ -341,34 +343,36 @@ class Ec2:
                 {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
             ],
         )
-        instances = [i for r in data.get("Reservations", []) for i in r.get("Instances", [])]
-        tables = self._call("describe_route_tables", Filters=[{"Name": "tag:nat-ha:group", "Values": [group]}])
-        homes: dict[str, list[str]] = {}
-        for rt in tables.get("RouteTables", []):
-            tags = {t["Key"]: t["Value"] for t in rt.get("Tags", [])}
-            if tags.get("nat-ha:home"):
-                homes.setdefault(tags["nat-ha:home"], []).append(rt["RouteTableId"])
-        members = [
-            Member(
-                instance_id=i["InstanceId"],
-                address=str(i.get("PrivateIpAddress", "")),
-                route_tables=tuple(sorted(homes.get(i["InstanceId"], []))),
-                eni=primary_eni(i) if with_eni else "",
-                az=str(i.get("Placement", {}).get("AvailabilityZone", "")),
-            )
-            for i in sorted(
-                instances, key=lambda i: (i.get("Placement", {}).get("AvailabilityZone", ""), i["InstanceId"])
-            )
-        ]
-        return members
+        instances = [instance_view(i) for r in data.get("Reservations", []) for i in r.get("Instances", [])]
+        if not with_eni:
+            instances = [dataclasses.replace(i, eni="") for i in instances]
+        found = self._call("describe_route_tables", Filters=[{"Name": "tag:nat-ha:group", "Values": [group]}])
+        tables = {
+            str(rt["RouteTableId"]): {t["Key"]: t["Value"] for t in rt.get("Tags", [])}.get(HOME_TAG, "")
+            for rt in found.get("RouteTables", [])
+        }
+        return assemble(instances, {rt: home for rt, home in tables.items() if home})
 
 
-def primary_eni(instance: dict[str, Any]) -> str:
-    """The instance's primary network interface (device index 0), "" if EC2 does not say."""
-    for ni in instance.get("NetworkInterfaces", []):
-        if ni.get("Attachment", {}).get("DeviceIndex") == 0:
-            return str(ni.get("NetworkInterfaceId") or "")
-    return ""
+def instance_view(i: dict[str, Any]) -> Instance:
+    """One DescribeInstances entry as agent.members reads it."""
+    tags = {t["Key"]: t["Value"] for t in i.get("Tags", [])}
+    nics: list[dict[str, Any]] = i.get("NetworkInterfaces", [])
+    nic = next((n for n in nics if n.get("Attachment", {}).get("DeviceIndex") == 0), {})
+    launched = i.get("LaunchTime", "")
+    return Instance(
+        instance_id=str(i["InstanceId"]),
+        az=str(i.get("Placement", {}).get("AvailabilityZone", "")),
+        address=str(i.get("PrivateIpAddress", "")),
+        eni=str(nic.get("NetworkInterfaceId") or ""),
+        secondaries=sorted_addresses(
+            [str(a["PrivateIpAddress"]) for a in nic.get("PrivateIpAddresses", []) if not a.get("Primary")]
+        ),
+        slot=tags.get(SLOT_TAG, ""),
+        asg=tags.get(ASG_TAG, ""),
+        state=str(i.get("State", {}).get("Name", "")),
+        launched=launched.isoformat() if hasattr(launched, "isoformat") else str(launched),
+    )
 
 
 def route_missing(exc: Ec2Error) -> bool:

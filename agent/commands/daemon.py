@@ -73,6 +73,8 @@ class Daemon:
         # session may then be expirable before the next regular cycle).
         self.wake = threading.Event()
         self.signals = 0
+        self.watches: Any = None  # agent.watches.Watches (members_from_tags)
+        self.prober: Any = None
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.signals += 1
@@ -212,16 +214,14 @@ class Daemon:
         self, config: Any, rt: Any, coordinator: Any, resumed: Any, clock: Any, metrics: Any, notifier: Any, once: bool
     ) -> int:
         from agent.cycle import Agent, build_info
-        from agent.host.probes import EchoResponder, Prober, ProbeSetupError, Target
+        from agent.host.probes import EchoResponder, Prober, ProbeSetupError
         from agent.host.selfcheck import SelfChecker
+        from agent.watches import make as make_watches
+        from agent.watches import probe_targets
 
         me = config.member(config.instance_id)
         assert me is not None
-        targets = [
-            Target(m.instance_id, m.address, m.probe_port or config.probe.tcp_port)
-            for m in config.members
-            if m.instance_id != config.instance_id
-        ]
+        targets = probe_targets(config)
 
         p = config.probe
         try:
@@ -276,6 +276,11 @@ class Daemon:
         if resumed is not None and resumed.session:
             resumed.adopt(rt)  # the keeper stops; the first cycle renews
             agent.resumed(resumed.writes_land_until)
+        # members_from_tags: new and gone members learned while running; Auto Scaling's termination hook.
+        self.watches = None if once else make_watches(config, self.config.egress_tables, rt.ec2, metrics)
+        if self.watches is not None:
+            self.watches.start()
+        self.prober = prober
         prober.start()
         log.info(
             "nat-ha agent %s starting: group %s, %d members, probing %d peers by %s",
@@ -288,6 +293,8 @@ class Daemon:
         try:
             return self._loop(agent, notifier, once)
         finally:
+            if self.watches is not None:
+                self.watches.stop()
             prober.stop()
             if responder is not None:
                 responder.stop()
@@ -339,6 +346,8 @@ class Daemon:
             notifier.watchdog(step.decision.summary)
             if step.exit_code is not None:
                 return step.exit_code
+            if self.watches is not None:
+                self.watches.between_cycles(agent, self.prober, time.monotonic())
             delay = step.wake_at - time.monotonic()
             if delay > 0:
                 self.wake.wait(delay) if not loop.stopping else time.sleep(delay)

@@ -49,7 +49,7 @@ def collect(config: Config, steps: Steps | None = None) -> dict[str, Any]:
     steps.now = f"reading group {config.group} from DynamoDB table {config.store.table}"
     snapshot = coordinator_for(rt).read_group()
     now = time.time()
-    problems: list[str] = []
+    problems: list[str] = list(rt.problems)  # what the discovered members break (the agent would refuse them)
     missing = _no_route_tables(config)
     if missing:
         problems.append(missing)
@@ -74,6 +74,7 @@ def collect(config: Config, steps: Steps | None = None) -> dict[str, Any]:
             {
                 "instance_id": m.instance_id,
                 "az": m.az or (item.az if item else ""),
+                "slot": m.slot,
                 "state": item.state if item else "absent",
                 "healthy": bool(item and item.health.healthy),
                 "checks": dict(item.health.checks) if item else {},
@@ -171,7 +172,7 @@ def _no_route_tables(config: Config) -> str:
         f"no route tables: none is tagged nat-ha:group={config.group} with a nat-ha:home of a member, so nothing "
         f"is failed over; tag each private route table with the NAT of its AZ ({homes}): "
         f"aws ec2 create-tags --region {config.region or '<region>'} --resources <rtb-id> "
-        f"--tags Key=nat-ha:group,Value={config.group} Key=nat-ha:home,Value=<instance-id> "
+        f"--tags Key=nat-ha:group,Value={config.group} Key=nat-ha:home,Value=<its NAT's nat-ha:slot, or instance-id> "
         "(a nat-ha CloudFormation stack prints these commands as its TagRouteTables output)"
     )
 

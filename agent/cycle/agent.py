@@ -19,6 +19,7 @@ from agent.config import Config
 from agent.cycle.context import Context
 from agent.cycle.ec2view import Ec2View
 from agent.cycle.export import Exporter
+from agent.cycle.membership import Departed, take_view
 from agent.cycle.memory import Memory
 from agent.cycle.observe import Observer
 from agent.cycle.ports import Ec2Like, FlowSyncLike, HealthLike, NoFlowSync, ProbesLike
@@ -104,6 +105,13 @@ class Agent:
         # A cycle stops acting after this long (the rest waits a cycle): heartbeats and the
         # systemd watchdog (pinged once per cycle) never wait behind a long list of EC2 calls.
         self.cycle_budget = max(1.5, 3 * t.ec2_timeout)
+
+    def set_membership(self, config: Config) -> Departed:
+        """The group as discovered again (agent.cycle.membership): used from the next cycle on."""
+        departed = take_view(self.ctx, config)
+        self.config = config
+        self.members, self.homes, self.egress_tables = self.ctx.members, self.ctx.homes, self.ctx.egress_tables
+        return departed
 
     # ------------------------------------------------------------ shared state
     @property

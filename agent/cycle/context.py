@@ -37,9 +37,14 @@ class Context:
     def __post_init__(self) -> None:
         self.me = self.config.instance_id
         self.timings: Timing = self.config.timing
-        self.members = tuple(m.instance_id for m in self.config.members)
-        self.homes = {rt: m.instance_id for m in self.config.members for rt in m.route_tables}
-        self.egress_tables = frozenset(rt for rt in self.config.egress() if rt in self.homes)
+        self.use(self.config)
+
+    def use(self, config: Config) -> None:
+        """The members and route tables of ``config`` from now on (discovered again: agent.cycle.membership)."""
+        self.config = config
+        self.members = tuple(m.instance_id for m in config.members)
+        self.homes = {rt: config.home_of(rt) for rt in config.route_tables()}  # a homeless table: ""
+        self.egress_tables = frozenset(rt for rt in config.egress() if rt in self.homes)
 
     def error_once(self, key: str, message: str) -> None:
         """Log an AWS/store error once (until it clears), saying what the agent does about it."""

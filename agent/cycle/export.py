@@ -114,8 +114,9 @@ class Exporter:
                     put(child, 0)
 
 
-def build_info(metrics: Metrics, config: Config) -> None:
+def build_info(metrics: Metrics, config: Config, *, again: bool = False) -> None:
+    """Every series of this config's peers and tables (``again``: the members changed while running)."""
     peers = [p for p in (m.instance_id for m in config.members) if p != config.instance_id]
     homes = config.route_tables()
     egress = [rt for rt in homes if rt in config.egress()]
-    metrics.prepare(__version__, config.group, config.instance_id, peers, homes, egress)
+    metrics.prepare(__version__, config.group, config.instance_id, peers, homes, egress, again=again)

@@ -252,9 +252,11 @@ class Prober:
         # Called (on the probe thread) with a peer's id when its probes turn it down: the daemon
         # runs its next HA cycle then instead of up to a cycle later.
         self.on_down = on_down
-        self.privileged = icmp_privilege(privileged) if method == "icmp" and targets else False
+        self.privileged = icmp_privilege(privileged) if method == "icmp" else False
         now = clock()
+        self._window, self._down_after = window, down_after
         self._windows = {t.instance: Window(window, down_after, now) for t in targets}
+        self._pending: list[Target] | None = None  # set_targets(): applied at the next round
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -264,13 +266,7 @@ class Prober:
         # address (IPv6) is pinged on its own with icmplib.async_ping each round, as before.
         self._icmp_targets: dict[str, list[Target]] = {}
         self._other_targets: list[Target] = []
-        if method == "icmp":
-            for t in targets:
-                address = _ipv4(t.address)
-                if address is None:
-                    self._other_targets.append(t)
-                else:
-                    self._icmp_targets.setdefault(address, []).append(t)
+        self._sort_targets()
         # Everything below belongs to the probe thread once started.
         # Our requests' identifier; a Linux datagram socket's kernel replaces it by the socket's port.
         self._identifier = 0
@@ -294,11 +290,48 @@ class Prober:
         self._others_running = 0
         self._next_round = 0.0
 
+    def _sort_targets(self) -> None:
+        self._icmp_targets, self._other_targets = {}, []
+        if self.method != "icmp":
+            return
+        for t in self.targets:
+            address = _ipv4(t.address)
+            if address is None:
+                self._other_targets.append(t)
+            else:
+                self._icmp_targets.setdefault(address, []).append(t)
+
+    def set_targets(self, targets: list[Target]) -> None:
+        """Probe these peers from the next round on (the group's members changed); any thread.
+
+        A new peer starts with an empty window (as every peer does when the agent starts); a
+        gone peer's window goes at once, so snapshot() no longer reports it.
+        """
+        now = self.clock()
+        with self._lock:
+            self._pending = list(targets)
+            wanted = {t.instance for t in targets}
+            for gone in set(self._windows) - wanted:
+                del self._windows[gone]
+            for t in targets:
+                self._windows.setdefault(t.instance, Window(self._window, self._down_after, now))
+
+    def _apply_pending(self) -> None:
+        """At a round's start (the probe thread): the targets set_targets() gave, if any."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            self.targets = pending
+            self._sort_targets()
+
     # ---------------------------------------------------------------- record
     def _record(self, t: Target, ok: bool, rtt: float) -> None:
         now = self.clock()
         with self._lock:
-            went_down = self._windows[t.instance].add(ok, now)
+            window = self._windows.get(t.instance)
+            if window is None:
+                return  # no longer a peer (set_targets): its last probe counts for nobody
+            went_down = window.add(ok, now)
         if went_down and self.on_down is not None:
             self.on_down(t.instance)
         if self.observer is not None:
@@ -330,6 +363,7 @@ class Prober:
             if self._finished is not None:
                 _settle(self._finished)
             return
+        self._apply_pending()
         self._round_open = True
         loop = self._loop
         assert loop is not None
@@ -525,6 +559,7 @@ class Prober:
             return
         next_round = time.monotonic()
         while not self._stop.is_set():
+            self._apply_pending()
             await asyncio.gather(*(self._probe(t) for t in self.targets))
             self.rounds += 1
             next_round += self.interval
@@ -536,8 +571,6 @@ class Prober:
 
     # ------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        if not self.targets:
-            return
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="nat-ha-probes", daemon=True)
         self._thread.start()
 

@@ -3,7 +3,8 @@
 ``python -m agent.lab.imds --instance-id I --region R --az Z`` serves, on 169.254.169.254:80
 inside the namespace it runs in, what an EC2 instance with an instance profile sees: a session
 token (PUT /latest/api/token), the identity (instance-id, placement/region,
-placement/availability-zone) and role credentials (iam/security-credentials/<role>). The
+placement/availability-zone), its interface's subnet (mac, network/interfaces/macs/<mac>/subnet-id)
+and role credentials (iam/security-credentials/<role>). The
 agents under systemd read their identity and credentials from it, as on EC2: the shipped unit
 passes no environment, and moto does not check the dummy keys. Requests without a token get
 401, as IMDSv2 with ``HttpTokens: required`` answers. It exits when its parent is gone.
@@ -13,19 +14,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import sys
-import threading
-import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from agent.lab.stubserver import serve_until_orphaned
 
 ADDRESS = "169.254.169.254"
 ROLE = "nat-ha-lab"
 
 
-def make_handler(instance_id: str, region: str, az: str) -> type[BaseHTTPRequestHandler]:
+MAC = "02:00:00:00:00:01"
+
+
+def make_handler(
+    instance_id: str, region: str, az: str, lifecycle: str = "", subnet: str = "subnet-lab1"
+) -> type[BaseHTTPRequestHandler]:
+    """``lifecycle``: a file whose text is served as autoscaling/target-lifecycle-state (absent: 404,
+    as for an instance in no Auto Scaling group); a test writes "Terminated" into it."""
     tokens: set[str] = set()
 
     class Handler(BaseHTTPRequestHandler):
@@ -54,6 +61,8 @@ def make_handler(instance_id: str, region: str, az: str) -> type[BaseHTTPRequest
                 "/latest/meta-data/instance-id": instance_id,
                 "/latest/meta-data/placement/region": region,
                 "/latest/meta-data/placement/availability-zone": az,
+                "/latest/meta-data/mac": MAC,
+                f"/latest/meta-data/network/interfaces/macs/{MAC}/subnet-id": subnet,
                 "/latest/meta-data/iam/security-credentials/": ROLE,
                 f"/latest/meta-data/iam/security-credentials/{ROLE}": json.dumps(
                     {
@@ -68,6 +77,11 @@ def make_handler(instance_id: str, region: str, az: str) -> type[BaseHTTPRequest
                 ),
             }
             body = meta.get(self.path)
+            if self.path == "/latest/meta-data/autoscaling/target-lifecycle-state" and lifecycle:
+                try:
+                    body = open(lifecycle).read().strip()  # noqa: SIM115
+                except OSError:
+                    body = None
             if body is None:
                 self._send(404, "not found")
             else:
@@ -86,20 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--az", required=True)
     p.add_argument("--address", default=ADDRESS)
     p.add_argument("--port", type=int, default=80)
+    p.add_argument("--lifecycle-file", default="", help="serve its text as autoscaling/target-lifecycle-state")
+    p.add_argument("--subnet-id", default="subnet-lab1", help="the subnet of its network interface")
     args = p.parse_args(argv)
-    try:
-        server = ThreadingHTTPServer((args.address, args.port), make_handler(args.instance_id, args.region, args.az))
-    except OSError as exc:
-        print(f"imds: cannot listen on {args.address}:{args.port}: {exc.strerror}", file=sys.stderr)
-        return 1
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="imds", daemon=True).start()
-    print("ready", flush=True)
-    parent = os.getppid()
-    while os.getppid() == parent:  # bounded by its parent's life
-        time.sleep(0.5)
-    server.shutdown()
-    return 0
+    handler = make_handler(args.instance_id, args.region, args.az, args.lifecycle_file, args.subnet_id)
+    return serve_until_orphaned("imds", args.address, args.port, handler)
 
 
 if __name__ == "__main__":

@@ -678,7 +678,9 @@ class NetLab(LocalGroup):
             assert imds.stdout is not None
             if imds.stdout.readline().strip() != b"ready":
                 raise RuntimeError(f"the lab IMDS of {ns} did not start (see {self.workdir}/imds{i}.log)")
-            ct = nspawn.Container(f"nat{chr(97 + i)}", self.image.lowers, self.workdir / "containers", netns=ns)
+            release = [(self.image.bundle.path.parent, nspawn.RELEASE_IN_CONTAINER)]  # the bundle, as in the bake
+            ct = nspawn.Container(f"nat{chr(97 + i)}", self.image.lowers, self.workdir / "containers", netns=ns,
+                                  binds_ro=release)  # fmt: skip
             ct.write("/etc/nat-ha/config.toml", self._config(nat))
             self.containers.append(ct)
 

@@ -9,7 +9,8 @@ next, so nothing below is ever written:
   ``.cache/systemd/rootfs-<key>`` (the key hashes the package list), built once per cache;
 * the **image** (:func:`bake_image`): the base after the stack's own user data ran in it
   (``deploy/bootstrap/nat-ha-bootstrap.sh`` as the templates embed it), installing nat-ha into the
-  venv ``/opt/nat-ha`` from a local wheel directory and the shipped units - an AMI after first boot;
+  venv ``/opt/nat-ha`` from the bundle ``deploy/release.py`` built (by file URL and sha256, pip's
+  hash-checking mode) and the shipped units from it - an AMI after first boot;
 * one **instance** per container (:class:`Container`): its own upper layer, so its config,
   journal and state survive a poweroff and boot, as an instance's disk does.
 
@@ -37,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.lab import userdata
+from agent.lab import awsrecorder, userdata
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE = "bookworm"
@@ -47,7 +48,8 @@ ROOTFS_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv",
 CGROUP_ROOTS = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
 MARK = "nat-ha-ct-"
 CONTAINER_ENV = ["env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
-WHEELS_IN_CONTAINER = "/run/nat-ha-wheels"
+RELEASE_IN_CONTAINER = "/run/nat-ha-release"  # the release bundle's directory, read-only in every container
+SIGNAL_PORT = 8793  # the lab's CloudFormation (agent.lab.awsrecorder) on 127.0.0.1 of a NAT's namespace
 
 
 def skip_reason() -> str | None:
@@ -123,11 +125,37 @@ def ensure_rootfs(log: Callable[[str], None] = print) -> Path:
     return path
 
 
-def build_wheels(dest: Path, version: str = "", deps: bool = True) -> Path:
-    """nat-ha and its dependencies as wheels in ``dest`` (the lab's stand-in for PyPI).
+@dataclass(frozen=True)
+class Bundle:
+    """The install bundle deploy/release.py built from this checkout, as a stack's user data takes it."""
 
-    ``version``: build this checkout's code as another version (an upgrade to install); ``deps``:
-    False builds nat-ha's wheel only.
+    path: Path
+    sha256: str
+
+    @property
+    def url(self) -> str:
+        """Its URL inside a container (a file URL of the read-only bind: the containers have no network)."""
+        return f"file://{RELEASE_IN_CONTAINER}/{self.path.name}"
+
+
+def build_bundle(dest: Path) -> Bundle:
+    """Run the release command as a user would (``deploy/release.py``, a test build of this checkout)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("nat-ha-*-bundle.tar.gz*"):  # always this checkout's code
+        old.unlink()
+    cmd = [sys.executable, str(REPO / "deploy" / "release.py"), "--allow-dirty", "--out", str(dest)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    m = re.search(r"^sha256 ([0-9a-f]{64})$", proc.stdout, re.M)
+    bundles = list(dest.glob("nat-ha-*-bundle.tar.gz"))
+    if proc.returncode != 0 or m is None or len(bundles) != 1:
+        raise RuntimeError(f"deploy/release.py failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
+    return Bundle(bundles[0], m.group(1))
+
+
+def build_wheels(dest: Path, version: str = "", deps: bool = True) -> Path:
+    """nat-ha (and with ``deps`` its dependencies) as wheels in ``dest``: an upgrade to install by hand.
+
+    ``version``: build this checkout's code as another version; ``deps``: False builds nat-ha's wheel only.
     """
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.glob("nat_ha-*.whl"):  # always this checkout's code
@@ -148,18 +176,15 @@ def build_wheels(dest: Path, version: str = "", deps: bool = True) -> Path:
 
 
 def _set_version(src: Path, version: str) -> None:
-    """Make the source tree at ``src`` another version of nat-ha (the package metadata and ``__version__``)."""
+    """Make the source tree at ``src`` another version of nat-ha (``__version__``, which pyproject reads)."""
     from agent import __version__
 
-    for rel, old, new in (
-        ("pyproject.toml", f'version = "{__version__}"', f'version = "{version}"'),
-        ("agent/__init__.py", f'__version__ = "{__version__}"', f'__version__ = "{version}"'),
-    ):
-        path = src / rel
-        text = path.read_text()
-        if old not in text:
-            raise RuntimeError(f"cannot set the version in {rel}: {old!r} not found")
-        path.write_text(text.replace(old, new, 1))
+    path = src / "agent" / "__init__.py"
+    old, new = f'__version__ = "{__version__}"', f'__version__ = "{version}"'
+    text = path.read_text()
+    if old not in text:
+        raise RuntimeError(f"cannot set the version in agent/__init__.py: {old!r} not found")
+    path.write_text(text.replace(old, new, 1))
 
 
 # ------------------------------------------------------------- leftovers
@@ -433,13 +458,58 @@ class Image:
 
     base: Path
     layer: Path
-    wheels: Path
+    bundle: Bundle
     bootstrap_log: str
     bootstrap_rc: int
+    signals: list[dict[str, str]] = field(default_factory=list)  # what the bootstrap told CloudFormation
 
     @property
     def lowers(self) -> list[Path]:
         return [self.layer, self.base]
+
+
+def run_user_data(ct: Container, script: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """The stack's user data, run as root in a transient unit of ``ct`` as cloud-init runs it.
+
+    Two differences from EC2 (each said where it matters): the package step is skipped
+    (NAT_HA_SKIP_PACKAGES=1: the image has Debian's python3.11 and nftables, and no dnf), and
+    CloudFormation is the lab recorder on 127.0.0.1:SIGNAL_PORT of the container's namespace
+    (AWS_ENDPOINT_URL_CLOUDFORMATION; credentials and identity come from the lab IMDS, as on EC2).
+    """
+    ct.write("/var/lib/cloud/instance/user-data.txt", script, 0o700)
+    return ct.run(
+        "systemd-run", "--quiet", "--wait", "--pipe", "--collect", "--unit=cloud-final-user-data",
+        "--setenv=NAT_HA_SKIP_PACKAGES=1", f"--setenv=AWS_ENDPOINT_URL_CLOUDFORMATION=http://127.0.0.1:{SIGNAL_PORT}",
+        "/bin/bash", "/var/lib/cloud/instance/user-data.txt",
+        check=False, timeout=timeout,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def lab_aws(netns: str, instance_id: str, workdir: Path) -> Iterator[Path]:
+    """The lab IMDSv2 (an instance in the stack's first NAT subnet) and the CloudFormation recorder in
+    ``netns``, for one bootstrap run; yields the recorder's file."""
+    out = workdir / f"signals-{netns}.jsonl"
+    out.unlink(missing_ok=True)
+    subprocess.run(["ip", "-n", netns, "addr", "replace", "169.254.169.254/32", "dev", "lo"], check=True, timeout=10)
+    commands = [["agent.lab.awsrecorder", "--port", str(SIGNAL_PORT), "--out", str(out)]]
+    if instance_id:
+        commands.append(["agent.lab.imds", "--instance-id", instance_id, "--region", "us-east-1", "--az", "us-east-1a",
+                         "--subnet-id", "subnet-lab1"])  # fmt: skip
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for argv in commands:
+            exe = ["ip", "netns", "exec", netns, sys.executable, "-m", *argv]
+            procs.append(subprocess.Popen(exe, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO))
+        for p in procs:
+            assert p.stdout is not None
+            if p.stdout.readline().strip() != b"ready":
+                raise RuntimeError(f"a lab AWS stand-in did not start in {netns}")
+        yield out
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)
 
 
 def bake_image(workdir: Path, netns: str, group: str = "lab", region: str = "us-east-1", table: str = "nat-ha",
@@ -448,26 +518,27 @@ def bake_image(workdir: Path, netns: str, group: str = "lab", region: str = "us-
 
     The caller powers the container off (or inspects it first: tests/systemd/test_bootstrap.py).
     ``netns`` needs an IPv4 default route (setup-nat masquerades on its interface), as an EC2
-    instance has. The user data runs as root in a transient unit, as cloud-init runs it, with
-    ``NAT_HA_FIND_LINKS`` (the wheel directory, bound read-only) and ``NAT_HA_SKIP_PACKAGES=1``.
+    instance has. The bundle is this checkout's, built by deploy/release.py and installed by URL and
+    sha256 as on EC2. The last steps cannot succeed here - the bake namespace has a lab IMDS but no
+    EC2 or DynamoDB - so the agent does not start and the bootstrap signals FAILURE, which the
+    lab's CloudFormation records (:attr:`Image.signals`): the failure path, run for real.
     """
     base = ensure_rootfs(log)
-    wheels = build_wheels(cache_root() / "wheels")
-    ct = Container("bake", [base], workdir, netns=netns, binds_ro=[(wheels, WHEELS_IN_CONTAINER)])
-    script = userdata.render(group=group, region=region, table=table, pip_spec="nat-ha")
-    ct.write("/var/lib/cloud/instance/user-data.txt", script, 0o700)
+    bundle = build_bundle(cache_root() / "release")
+    ct = Container("bake", [base], workdir, netns=netns, binds_ro=[(bundle.path.parent, RELEASE_IN_CONTAINER)])
+    # The lab's containers have no DNS (their AWS endpoints are addresses): a name lookup fails at once
+    # on loopback instead of after the resolver's timeouts (the bake's agent looks up EC2's name).
+    ct.write("/etc/resolv.conf", "nameserver 127.0.0.1\noptions attempts:1 timeout:1\n")
+    script = userdata.render(group=group, region=region, table=table, artifact=bundle.url, sha256=bundle.sha256)
     try:
-        ct.boot()
-        proc = ct.run(
-            "systemd-run", "--quiet", "--wait", "--pipe", "--unit=cloud-final-user-data",
-            f"--setenv=NAT_HA_FIND_LINKS={WHEELS_IN_CONTAINER}", "--setenv=NAT_HA_SKIP_PACKAGES=1",
-            "/bin/bash", "/var/lib/cloud/instance/user-data.txt",
-            check=False, timeout=600,
-        )  # fmt: skip
+        with lab_aws(netns, "i-0bake0000000000001", workdir) as signals:
+            ct.boot()
+            proc = run_user_data(ct, script)
+            image = Image(base, ct.upper, bundle, proc.stdout + proc.stderr, proc.returncode, awsrecorder.read(signals))
     except BaseException:
         ct.close()
         raise
-    return Image(base, ct.upper, wheels, proc.stdout + proc.stderr, proc.returncode), ct
+    return image, ct
 
 
 def temp_workdir(prefix: str = "nat-ha-nspawn-") -> Path:

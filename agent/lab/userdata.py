@@ -1,11 +1,10 @@
 """The stack's user data, rendered here as CloudFormation renders it (so the lab runs what ships).
 
-``deploy/cloudformation/generate.py`` embeds ``deploy/bootstrap/nat-ha-bootstrap.sh``, with the
-two units of ``deploy/systemd`` and ``deploy/bootstrap/egress_config.py`` in place of its markers,
-as an ``Fn::Sub`` string (with one variable of its own, ``EgressTables``). This module
-builds the same text (:func:`template_text`, compared with the templates by a test) and resolves
-``Fn::Sub`` the way CloudFormation does (:func:`fn_sub`): ``${Name}`` becomes a value, ``${!Name}``
-the literal ``${Name}``.
+``deploy/cloudformation/generate.py`` embeds ``deploy/bootstrap/nat-ha-bootstrap.sh`` as an
+``Fn::Sub`` string (with three variables of its own: ``EgressTables``, ``NatSubnets``, ``NatEips``).
+This module reads the same text (:func:`template_text`, compared with the templates by a test) and
+resolves ``Fn::Sub`` the way CloudFormation does (:func:`fn_sub`): ``${Name}`` becomes a value,
+``${!Name}`` the literal ``${Name}``.
 """
 
 from __future__ import annotations
@@ -14,20 +13,13 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-BOOTSTRAP = REPO / "deploy" / "bootstrap" / "nat-ha-bootstrap.sh"
-UNITS = REPO / "deploy" / "systemd"
 
 _SUB = re.compile(r"\$\{(!?)([^}]*)\}")
 
 
 def template_text(repo: Path = REPO) -> str:
-    """The user data as the templates embed it (before Fn::Sub)."""
-    script = (repo / "deploy" / "bootstrap" / "nat-ha-bootstrap.sh").read_text()
-    units = repo / "deploy" / "systemd"
-    setup_unit = (units / "nat-ha-setup.service").read_text()
-    unit = (units / "nat-ha.service").read_text()
-    helper = (repo / "deploy" / "bootstrap" / "egress_config.py").read_text()
-    return script.replace("__SETUP_UNIT__", setup_unit).replace("__UNIT__", unit).replace("__EGRESS_CONFIG__", helper)
+    """The user data as the templates embed it (before Fn::Sub): the bootstrap script itself."""
+    return (repo / "deploy" / "bootstrap" / "nat-ha-bootstrap.sh").read_text()
 
 
 def fn_sub(text: str, values: dict[str, str]) -> str:
@@ -50,19 +42,25 @@ def render(
     group: str,
     region: str,
     table: str,
-    version: str = "0.1.0",
-    pip_spec: str = "",
+    artifact: str,
+    sha256: str,
+    *,
+    stack: str = "nat-ha-lab",
     metrics_listen: str = "127.0.0.1:9510",
+    nat_subnets: str = "subnet-lab1,subnet-lab2",
 ) -> str:
-    """The user data one NAT instance of a stack would run (the stacks' defaults: EgressIp off)."""
+    """The user data one NAT instance of a stack would run (the stacks' defaults: EgressIp off, no EIPs here)."""
     values = {
         "NatHaGroup": group,
         "AWS::Region": region,
+        "AWS::StackName": stack,
         "Table": table,
-        "NatHaVersion": version,
-        "PipSpec": pip_spec,
+        "NatHaArtifact": artifact,
+        "NatHaArtifactSha256": sha256,
         "MetricsListen": metrics_listen,
         "EgressIp": "off",
         "EgressTables": "",
+        "NatSubnets": nat_subnets,
+        "NatEips": "",
     }
     return fn_sub(template_text(), values)

@@ -1,10 +1,17 @@
 # ruff: noqa: E501  (template text is kept on one line per YAML line)
-"""Generate the CloudFormation templates from the IAM policy and the systemd units (no drift).
+"""Generate the CloudFormation templates from the IAM policies and the systemd units (no drift).
 
 Usage: python deploy/cloudformation/generate.py [--check]
-The templates embed deploy/iam/nat-ha-policy.json (as Fn::Sub strings) and, as the user data,
-deploy/bootstrap/nat-ha-bootstrap.sh with both units from deploy/systemd/ in it. Edit those or
-this file, then re-run; tests run --check.
+The templates embed deploy/iam/nat-ha-policy.json and nat-ha-asg-policy.json (as Fn::Sub strings)
+and, as the user data, deploy/bootstrap/nat-ha-bootstrap.sh (which installs the units from the
+bundle it installs). Edit those or this file, then re-run; tests run --check.
+
+Each NAT is an Auto Scaling group of one instance (the fck-nat / alterNAT shape), so a dead instance
+is replaced by Auto Scaling and an update replaces one NAT at a time: each group has a creation
+policy and a rolling update that wait for the new instance's signal (the bootstrap sends it after
+the agent's first healthy cycle), the groups depend on each other in AZ order (CloudFormation
+updates one only after the one before it), and a termination lifecycle hook lets the leaving NAT
+drain before it goes.
 """
 
 import json
@@ -16,18 +23,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 OUT: dict[str, str] = {}
 policy = json.loads((REPO / "deploy/iam/nat-ha-policy.json").read_text())
-unit = (REPO / "deploy/systemd/nat-ha.service").read_text()
-setup_unit = (REPO / "deploy/systemd/nat-ha-setup.service").read_text()
+asg_policy = json.loads((REPO / "deploy/iam/nat-ha-asg-policy.json").read_text())
 
 
 def ind(text, n):
     return textwrap.indent(text, " " * n)
 
 
-def policy_yaml(n):
+# What only the stacks need: signal this stack (the bootstrap's `nat-ha signal`); SSM is a managed policy.
+STACK_STATEMENTS = [
+    {
+        "Sid": "SignalThisStack",
+        "Effect": "Allow",
+        "Action": ["cloudformation:SignalResource"],
+        "Resource": "arn:${AWS::Partition}:cloudformation:${AWS::Region}:${AWS::AccountId}:stack/${AWS::StackName}/*",
+    }
+]
+
+
+def policy_yaml(n, statements=None):
     # every string with ${...} becomes !Sub; the table ARN gets the NatHaTable variable
     out = ["Version: '2012-10-17'", "Statement:"]
-    for st in policy["Statement"]:
+    for st in statements or policy["Statement"] + asg_policy["Statement"] + STACK_STATEMENTS:
         out.append(f"  - Sid: {st['Sid']}")
         out.append(f"    Effect: {st['Effect']}")
         out.append("    Action:")
@@ -56,49 +73,102 @@ def policy_yaml(n):
     return ind("\n".join(out) + "\n", n)
 
 
-USER_DATA = (REPO / "deploy/bootstrap/nat-ha-bootstrap.sh").read_text()
-egress_helper = (REPO / "deploy/bootstrap/egress_config.py").read_text()
-assert "${" not in unit and "${" not in setup_unit and "${" not in egress_helper
-user_data = (
-    USER_DATA.replace("__SETUP_UNIT__", setup_unit)
-    .replace("__UNIT__", unit)
-    .replace("__EGRESS_CONFIG__", egress_helper)
-)
+user_data = (REPO / "deploy/bootstrap/nat-ha-bootstrap.sh").read_text()
+assert "${" not in user_data.split("NAT_EIPS='${NatEips}'")[1], "bash's own ${...} would be Fn::Sub's: avoid it"
 
 
-def nat_instance(i, subnet_ref, cond):
-    c = "    Condition: ThreeAzs\n" if cond else ""
-    subnet = "!Ref " + subnet_ref if not subnet_ref.startswith("!") else subnet_ref
-    # EgressIp=follow: the interface is described here, with a secondary address per route table
-    # (the tables' Elastic IPs sit on them) and a public IP of its own for the primary (the NAT's calls).
-    return f"""  NatInstance{i}:
-    Type: AWS::EC2::Instance
-{c}    DependsOn: {"PublicDefaultRoute" if subnet_ref.startswith("PublicSubnet") else "Table"}
+# Instance types the stacks offer, and their architecture: the launch template takes the AMI of it.
+ARCH = {
+    "arm64": ["t4g.nano", "t4g.micro", "t4g.small", "t4g.medium", "c7gn.medium", "c7gn.large", "c6gn.medium",
+              "c6gn.large"],
+    "x86_64": ["t3.nano", "t3.micro", "t3.small", "t3.medium", "t3a.nano", "t3a.micro", "t3a.small", "c6in.large",
+               "c5n.large"],
+}
+TWO_ADDRESSES = ["t4g.nano", "t4g.micro", "t3.nano", "t3.micro", "t3a.nano", "t3a.micro"]  # IPv4 per interface
+HOOK = "nat-ha-drain"  # agent/aws/lifecycle.py HOOK
+# DynamoDB capacity when the table is provisioned and the capacity parameters are 0 (the default):
+# bench/cost.py's figure for the stack's agents at the default cadence (1.43 WCU and 2.86 RCU each)
+# with half again as headroom, rounded up: 3 agents 7 WCU / 13 RCU, 2 agents 5 / 9.
+AUTO_CAPACITY = {"read": (13, 9), "write": (7, 5)}
+
+
+def nat_group(i, subnet, three, needs=()):
+    """AZ i's NAT: an Auto Scaling group of one, created and updated only on its instance's signal.
+
+    ``needs``: what its NAT uses at boot and the template does not reference (its subnet's route).
+    Each group depends on the one before: CloudFormation creates and updates them one at a time.
+    """
+    cond = "    Condition: ThreeAzs\n" if three else ""
+    after = [f"NatGroup{i - 1}"] if i > 1 else []
+    depends = after + list(needs)
+    why = (f"    # One NAT at a time: updated only once NatGroup{i - 1}'s new instance has signalled.\n" if i > 1 else
+           "    # The first NAT replaced by an update; the others follow one by one (each depends on the one before).\n")  # fmt: skip
+    line = f"    DependsOn: [{', '.join(depends)}]\n" if depends else ""
+    return f"""  NatGroup{i}:
+    Type: AWS::AutoScaling::AutoScalingGroup
+{cond}{why}{line}
+    CreationPolicy:
+      ResourceSignal:
+        Count: 1
+        Timeout: PT15M
+    UpdatePolicy:
+      AutoScalingRollingUpdate:
+        MinInstancesInService: 0
+        MaxBatchSize: 1
+        WaitOnResourceSignals: true
+        PauseTime: PT15M
+        SuspendProcesses: [HealthCheck, ReplaceUnhealthy, AZRebalance, AlarmNotification, ScheduledActions]
     Properties:
+      MinSize: '1'
+      MaxSize: '1'
+      DesiredCapacity: '1'
+      VPCZoneIdentifier:
+        - {subnet}
       LaunchTemplate:
         LaunchTemplateId: !Ref NatLaunchTemplate
         Version: !GetAtt NatLaunchTemplate.LatestVersionNumber
-      SubnetId: !If [EgressFollow, !Ref AWS::NoValue, {subnet}]
-      SecurityGroupIds: !If
-        - EgressFollow
-        - !Ref AWS::NoValue
-        - - !Ref NatSecurityGroup
-      NetworkInterfaces: !If
-        - EgressFollow
-        - - DeviceIndex: '0'
-            SubnetId: {subnet}
-            GroupSet:
-              - !Ref NatSecurityGroup
-            AssociatePublicIpAddress: true
-            SecondaryPrivateIpAddressCount: !Ref AzCount
-        - !Ref AWS::NoValue
-      SourceDestCheck: false
+      HealthCheckType: EC2
+      HealthCheckGracePeriod: 300
+      LifecycleHookSpecificationList:
+        - LifecycleHookName: {HOOK}
+          LifecycleTransition: autoscaling:EC2_INSTANCE_TERMINATING
+          HeartbeatTimeout: 300
+          DefaultResult: CONTINUE
       Tags:
         - Key: Name
           Value: !Sub '${{NatHaGroup}}-nat-{i}'
+          PropagateAtLaunch: true
         - Key: nat-ha:group
           Value: !Ref NatHaGroup
+          PropagateAtLaunch: true
+        - Key: nat-ha:slot
+          Value: nat-{i}
+          PropagateAtLaunch: true
+
 """
+
+
+def eip(name, cond, label, tag, value):
+    """An Elastic IP of the group, created unassociated, tagged with what it belongs to."""
+    return f"""  {name}:
+    Type: AWS::EC2::EIP
+    Condition: {cond}
+    Properties:
+      Domain: vpc
+      Tags:
+        - Key: Name
+          Value: !Sub '${{NatHaGroup}}-{label}'
+        - Key: nat-ha:group
+          Value: !Ref NatHaGroup
+        - Key: {tag}
+          Value: {value}
+
+"""
+
+
+def nat_eip(i, three):
+    """AZ i's own Elastic IP (EgressIp=off): its NAT claims it at first boot (nat-ha claim-address)."""
+    return eip(f"NatEip{i}", "ThreeAzsEgressOff" if three else "EgressOff", f"nat-{i}", "nat-ha:slot", f"nat-{i}")
 
 
 COMMON_PARAMS = """  NatHaGroup:
@@ -110,41 +180,56 @@ COMMON_PARAMS = """  NatHaGroup:
     Type: Number
     Default: 3
     AllowedValues: [2, 3]
-    Description: Number of availability zones (one NAT instance each).
+    Description: Number of availability zones (one NAT each, in an Auto Scaling group of one).
+  NatHaArtifact:
+    Type: String
+    AllowedPattern: "^(s3|https)://[^' ]+$"
+    ConstraintDescription: an s3:// or https:// URL of the bundle deploy/release.py built
+    Description: >-
+      Where the NATs get nat-ha: the bundle `python deploy/release.py` builds (the wheel, its dependencies'
+      wheels and their hashes), published where you control it - s3://bucket/key (the role may read that object
+      only) or an https:// URL. No default: you name your own copy.
+  NatHaArtifactSha256:
+    Type: String
+    AllowedPattern: '^[0-9a-f]{64}$'
+    ConstraintDescription: 64 lowercase hex digits (release.py prints it)
+    Description: The bundle's sha256; a NAT installs it only if it matches (and each wheel only if its hash does).
   InstanceType:
     Type: String
     Default: t4g.nano
-    AllowedValues: [t4g.nano, t4g.micro, t4g.small, t4g.medium, c7gn.medium, c7gn.large, c6gn.medium, c6gn.large]
-    Description: NAT instance type (arm64).
-  ImageId:
+    AllowedValues: [""" + ", ".join(ARCH["arm64"] + ARCH["x86_64"]) + """]
+    Description: >-
+      NAT instance type. Graviton (t4g, c6gn, c7gn) boot the arm64 AMI, the others the x86_64 AMI.
+  ImageIdArm64:
     Type: AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>
     Default: /aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64
-    Description: Amazon Linux 2023 arm64 AMI (SSM public parameter).
-  NatHaVersion:
+    Description: Amazon Linux 2023 arm64 AMI (SSM public parameter), for Graviton instance types.
+  ImageIdX86:
+    Type: AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>
+    Default: /aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64
+    Description: Amazon Linux 2023 x86_64 AMI (SSM public parameter), for the other instance types.
+  EnableSsm:
     Type: String
-    Default: 0.1.0
-    AllowedPattern: '^[0-9]+\\.[0-9]+\\.[0-9]+([a-z0-9.+-]*)$'
-    Description: nat-ha version installed from PyPI (pip install nat-ha==VERSION).
-  PipSpec:
-    Type: String
-    Default: ''
-    Description: Optional pip requirement overriding NatHaVersion (e.g. a wheel URL or git+https://...@tag). No single quotes.
-    AllowedPattern: "^[^']*$"
+    Default: 'true'
+    AllowedValues: ['true', 'false']
+    Description: true - the NATs' role gets AmazonSSMManagedInstanceCore, so Session Manager reaches them without SSH.
   TableBillingMode:
     Type: String
-    Default: PAY_PER_REQUEST
+    Default: PROVISIONED
     AllowedValues: [PAY_PER_REQUEST, PROVISIONED]
-    Description: Capacity mode of the coordination table.
+    Description: >-
+      Capacity mode of the coordination table. PROVISIONED (default) - about 4.6 USD a month for 3 NATs at the
+      default cadence (free within the 25 WCU / 25 RCU free tier); PAY_PER_REQUEST - about 9.9 USD (bench/cost.py).
   TableReadCapacity:
     Type: Number
-    Default: 5
-    MinValue: 1
-    Description: Read capacity units (PROVISIONED only). About 3 x group size x 3 reads per second at default timing.
+    Default: 0
+    MinValue: 0
+    Description: Read capacity units (PROVISIONED only); 0 - sized for the NATs, 2.86 RCU each plus half again (13 for 3 AZs, 9 for 2).
   TableWriteCapacity:
     Type: Number
-    Default: 5
-    MinValue: 1
-    Description: Write capacity units (PROVISIONED only). About 1.5 x group size writes per second at default timing.
+    Default: 0
+    MinValue: 0
+    Description: Write capacity units (PROVISIONED only); 0 - sized for the NATs, 1.43 WCU each plus half again (7 for 3 AZs, 5 for 2).
   MetricsListen:
     Type: String
     Default: '127.0.0.1:9510'
@@ -170,18 +255,13 @@ COMMON_PARAMS = """  NatHaGroup:
     Description: >-
       follow - each private route table keeps its own Elastic IP through failover, drain and fail-back (the EIP
       moves with the table, to a secondary address of the NAT serving it; needs 1 + AzCount IPv4 addresses per
-      network interface, so t4g.small or larger); off - one Elastic IP per NAT, which stays with the NAT.
-  ConntrackSync:
-    Type: String
-    Default: 'off'
-    AllowedValues: ['off', 'on']
-    Description: >-
-      on - the security group rules of conntrack_sync (needs EgressIp=follow): TCP 9511 between the group's NATs
-      (nat-ha-ctsync), and TCP/UDP 1024-9509 and 9512-65535 plus ICMP destination-unreachable from anywhere, so
-      that a server's packets of a flow moved to another NAT get in (that NAT's group never saw the flow start);
-      the NATs' host firewall (nat-ha setup-nat) keeps every packet that belongs to no connection away from the
-      NAT and the private subnets. The key and the nat-ha-ctsync unit are set up on the NATs (deploy/README.md).
+      network interface, so t4g.small or larger); off - one Elastic IP per NAT, which stays with the NAT (and
+      with its replacement).
 """
+
+MAPPINGS = "Mappings:\n  InstanceArch:\n" + "".join(
+    f"    {t}:\n      Arch: {arch}\n" for arch, types in ARCH.items() for t in types
+) + "\n"
 
 METRICS_RULES = """Rules:
   ScrapersNeedAnOpenEndpoint:
@@ -192,154 +272,53 @@ METRICS_RULES = """Rules:
   EgressNeedsAddresses:
     RuleCondition: !Equals [!Ref EgressIp, follow]
     Assertions:
-      - Assert: !Not [!Contains [[t4g.nano, t4g.micro], !Ref InstanceType]]
-        AssertDescription: EgressIp=follow puts 1 + AzCount IPv4 addresses on each NAT's network interface; t4g.nano and t4g.micro allow 2. Use t4g.small or larger.
-  ConntrackSyncNeedsEgressFollow:
-    RuleCondition: !Equals [!Ref ConntrackSync, 'on']
-    Assertions:
-      - Assert: !Equals [!Ref EgressIp, follow]
-        AssertDescription: ConntrackSync=on needs EgressIp=follow (without it a table's public address changes when it moves, so no connection can survive).
+      - Assert: !Not [!Contains [[""" + ", ".join(TWO_ADDRESSES) + """], !Ref InstanceType]]
+        AssertDescription: EgressIp=follow puts 1 + AzCount IPv4 addresses on each NAT's network interface; nano and micro types allow 2. Use a small or larger.
 
 """
 
 COMMON_CONDITIONS = """  ThreeAzs: !Equals [!Ref AzCount, 3]
   Provisioned: !Equals [!Ref TableBillingMode, PROVISIONED]
+  AutoReadCapacity: !Equals [!Ref TableReadCapacity, 0]
+  AutoWriteCapacity: !Equals [!Ref TableWriteCapacity, 0]
+  Arm64: !Equals [!FindInMap [InstanceArch, !Ref InstanceType, Arch], arm64]
+  Ssm: !Equals [!Ref EnableSsm, 'true']
+  ArtifactFromS3: !Equals [!Select [0, !Split ['://', !Ref NatHaArtifact]], s3]
   ScrapeFromCidr: !Not [!Equals [!Ref MetricsScrapeCidr, '']]
   ScrapeFromSecurityGroup: !Not [!Equals [!Ref MetricsScrapeSecurityGroupId, '']]
   EgressFollow: !Equals [!Ref EgressIp, follow]
   EgressOff: !Not [!Condition EgressFollow]
   ThreeAzsEgressFollow: !And [!Condition ThreeAzs, !Condition EgressFollow]
   ThreeAzsEgressOff: !And [!Condition ThreeAzs, !Condition EgressOff]
-  ConntrackSyncOn: !Equals [!Ref ConntrackSync, 'on']
 """
 
 
 def egress_eip(i, route_table, three):
-    """Route table i's Elastic IP (EgressIp=follow): created unassociated; the agent holding the table associates it."""
+    """Route table i's Elastic IP (EgressIp=follow): the agent holding the table associates it."""
     cond = "ThreeAzsEgressFollow" if three else "EgressFollow"
-    return f"""  EgressEip{i}:
-    Type: AWS::EC2::EIP
-    Condition: {cond}
-    Properties:
-      Domain: vpc
-      Tags:
-        - Key: Name
-          Value: !Sub '${{NatHaGroup}}-egress-{i}'
-        - Key: nat-ha:group
-          Value: !Ref NatHaGroup
-        - Key: nat-ha:route-table
-          Value: {route_table}
+    return eip(f"EgressEip{i}", cond, f"egress-{i}", "nat-ha:route-table", route_table)
 
-"""
+
+def by_az(item):
+    """A comma-joined list of item(1), item(2)[, item(3)] as the stack's AzCount says."""
+    return f"!If [ThreeAzs, !Join [',', [{item(1)}, {item(2)}, {item(3)}]], !Join [',', [{item(1)}, {item(2)}]]]"
 
 
 def egress_tables(entry):
-    """The UserData's EgressTables: 'nat subnet|rtb or private subnet|cidrs' per table, ';' between ('' when off)."""
+    """The UserData's EgressTables: 'rtb|eipalloc|cidrs' per route table, ';' between ('' when off)."""
     two = f"!Join [';', [{entry(1)}, {entry(2)}]]"
     three = f"!Join [';', [{entry(1)}, {entry(2)}, {entry(3)}]]"
     return f"!If [EgressFollow, !If [ThreeAzs, {three}, {two}], '']"
 
 
-def public_ips(name):
-    return f"!If [ThreeAzs, !Join [',', [!Ref {name}1, !Ref {name}2, !Ref {name}3]], !Join [',', [!Ref {name}1, !Ref {name}2]]]"
-
-
-def conntrack_sync_rules():
-    """ConntrackSync=on: the sync port between the group's NATs only; the world to the NATs' high ports.
-
-    Security groups only allow, so the world's range leaves out 9510-9511 (metrics, sync) and
-    every port below 1024; the NATs' host firewall (setup-nat) drops whatever reaches them with
-    no connection behind it.
-    """
-    out = """
-  NatConntrackSyncPeers:
-    Type: AWS::EC2::SecurityGroupIngress
-    Condition: ConntrackSyncOn
-    Properties:
-      GroupId: !Ref NatSecurityGroup
-      SourceSecurityGroupId: !Ref NatSecurityGroup
-      IpProtocol: tcp
-      FromPort: 9511
-      ToPort: 9511
-      Description: nat-ha-ctsync between the group's NATs (connection-tracking state)
-"""
-    ranges = [("Tcp", "tcp", 1024, 9509), ("Tcp2", "tcp", 9512, 65535), ("Udp", "udp", 1024, 9509),
-              ("Udp2", "udp", 9512, 65535), ("Icmp", "icmp", 3, -1)]  # fmt: skip
-    for name, proto, low, high in ranges:
-        out += f"""
-  NatMovedFlows{name}:
-    Type: AWS::EC2::SecurityGroupIngress
-    Condition: ConntrackSyncOn
-    Properties:
-      GroupId: !Ref NatSecurityGroup
-      CidrIp: 0.0.0.0/0
-      IpProtocol: {proto}
-      FromPort: {low}
-      ToPort: {high}
-      Description: a moved flow's packets from its server (host firewall drops the rest; ConntrackSync)
-"""
-    return out
-
-
-def common_resources(ingress_cidrs, egress_tables_value):
-    return f"""  Table:
-    Type: AWS::DynamoDB::Table
-    DeletionPolicy: Delete
-    UpdateReplacePolicy: Delete
-    Properties:
-      BillingMode: !Ref TableBillingMode
-      ProvisionedThroughput: !If
-        - Provisioned
-        - ReadCapacityUnits: !Ref TableReadCapacity
-          WriteCapacityUnits: !Ref TableWriteCapacity
-        - !Ref AWS::NoValue
-      AttributeDefinitions:
-        - AttributeName: group
-          AttributeType: S
-        - AttributeName: item
-          AttributeType: S
-      KeySchema:
-        - AttributeName: group
-          KeyType: HASH
-        - AttributeName: item
-          KeyType: RANGE
-      TimeToLiveSpecification:
-        AttributeName: gc_at
-        Enabled: true
-      Tags:
-        - Key: nat-ha:group
-          Value: !Ref NatHaGroup
-
-  NatRole:
-    Type: AWS::IAM::Role
-    Properties:
-      Description: nat-ha agent on the NAT instances (least privilege, see deploy/README.md)
-      AssumeRolePolicyDocument:
-        Version: '2012-10-17'
-        Statement:
-          - Effect: Allow
-            Principal:
-              Service: ec2.amazonaws.com
-            Action: sts:AssumeRole
-      Policies:
-        - PolicyName: nat-ha
-          PolicyDocument:
-{policy_yaml(12)}
-  NatInstanceProfile:
-    Type: AWS::IAM::InstanceProfile
-    Properties:
-      Roles:
-        - !Ref NatRole
-
-  NatSecurityGroup:
+def security_group(vpc):
+    """The NATs' security group and its rules: probes between NATs, metrics scrapers (the NAT-ed
+    traffic's ingress rules come with each template's private subnets)."""
+    return f"""  NatSecurityGroup:
     Type: AWS::EC2::SecurityGroup
     Properties:
       GroupDescription: nat-ha NAT instances - all traffic from the private subnets, ICMP between NATs
-      VpcId: {"!Ref VPC" if ingress_cidrs == "vpc" else "!Ref VpcId"}
-      SecurityGroupIngress:
-        - IpProtocol: '-1'
-          CidrIp: REMOVED
-          Description: traffic to be NATed from the private subnets
+      VpcId: {vpc}
       SecurityGroupEgress:
         - IpProtocol: '-1'
           CidrIp: 0.0.0.0/0
@@ -379,15 +358,99 @@ def common_resources(ingress_cidrs, egress_tables_value):
       FromPort: 9510
       ToPort: 9510
       Description: Prometheus scrapes the nat-ha agents (MetricsScrapeSecurityGroupId)
-{conntrack_sync_rules()}
-  NatLaunchTemplate:
+
+"""
+
+
+def common_resources(vpc, user_data_values):
+    capacity = {
+        kind: f"!If [Auto{kind.capitalize()}Capacity, !If [ThreeAzs, {three}, {two}], !Ref Table{kind.capitalize()}Capacity]"
+        for kind, (three, two) in AUTO_CAPACITY.items()
+    }
+    values = "".join(f"              {k}: {v}\n" for k, v in user_data_values.items())
+    return f"""  Table:
+    Type: AWS::DynamoDB::Table
+    DeletionPolicy: Delete
+    UpdateReplacePolicy: Delete
+    Properties:
+      BillingMode: !Ref TableBillingMode
+      ProvisionedThroughput: !If
+        - Provisioned
+        - ReadCapacityUnits: {capacity["read"]}
+          WriteCapacityUnits: {capacity["write"]}
+        - !Ref AWS::NoValue
+      AttributeDefinitions:
+        - AttributeName: group
+          AttributeType: S
+        - AttributeName: item
+          AttributeType: S
+      KeySchema:
+        - AttributeName: group
+          KeyType: HASH
+        - AttributeName: item
+          KeyType: RANGE
+      TimeToLiveSpecification:
+        AttributeName: gc_at
+        Enabled: true
+      Tags:
+        - Key: nat-ha:group
+          Value: !Ref NatHaGroup
+
+  NatRole:
+    Type: AWS::IAM::Role
+    Properties:
+      Description: nat-ha agent on the NAT instances (least privilege, see deploy/README.md)
+      AssumeRolePolicyDocument:
+        Version: '2012-10-17'
+        Statement:
+          - Effect: Allow
+            Principal:
+              Service: ec2.amazonaws.com
+            Action: sts:AssumeRole
+      ManagedPolicyArns: !If
+        - Ssm
+        - - !Sub 'arn:${{AWS::Partition}}:iam::aws:policy/AmazonSSMManagedInstanceCore'
+        - !Ref AWS::NoValue
+      Policies:
+        - PolicyName: nat-ha
+          PolicyDocument:
+{policy_yaml(12)}        - !If
+          - ArtifactFromS3
+          - PolicyName: nat-ha-artifact
+            PolicyDocument:
+              Version: '2012-10-17'
+              Statement:
+                - Sid: ReadTheInstallBundle
+                  Effect: Allow
+                  Action: s3:GetObject
+                  Resource: !Sub
+                    - 'arn:${{AWS::Partition}}:s3:::${{Object}}'
+                    - Object: !Select [1, !Split ['s3://', !Ref NatHaArtifact]]
+          - !Ref AWS::NoValue
+
+  NatInstanceProfile:
+    Type: AWS::IAM::InstanceProfile
+    Properties:
+      Roles:
+        - !Ref NatRole
+
+{security_group(vpc)}  NatLaunchTemplate:
     Type: AWS::EC2::LaunchTemplate
     Properties:
       LaunchTemplateData:
-        ImageId: !Ref ImageId
+        ImageId: !If [Arm64, !Ref ImageIdArm64, !Ref ImageIdX86]
         InstanceType: !Ref InstanceType
         IamInstanceProfile:
           Arn: !GetAtt NatInstanceProfile.Arn
+        # A public IP of its own for the NAT's own traffic (the install, its calls to AWS); with
+        # EgressIp=follow also a secondary private address per route table, where the tables' EIPs go.
+        NetworkInterfaces:
+          - DeviceIndex: 0
+            AssociatePublicIpAddress: true
+            DeleteOnTermination: true
+            Groups:
+              - !Ref NatSecurityGroup
+            SecondaryPrivateIpAddressCount: !If [EgressFollow, !Ref AzCount, !Ref AWS::NoValue]
         MetadataOptions:
           HttpTokens: required
           HttpEndpoint: enabled
@@ -405,25 +468,52 @@ def common_resources(ingress_cidrs, egress_tables_value):
           Fn::Base64: !Sub
             - |
 {ind(user_data, 14)}
-            - EgressTables: {egress_tables_value}
+            - {values.strip()}
+
 """
 
 
-def fix(common):
-    # no inline ingress: each template adds its own rules
-    start = common.index("      SecurityGroupIngress:")
-    end = common.index("      SecurityGroupEgress:")
-    return common[:start] + common[end:]
+def common_outputs():
+    return f"""  NatAutoScalingGroups:
+    Description: One Auto Scaling group of one NAT per AZ (their instances change; nat-ha status lists them).
+    Value: {by_az(lambda i: f"!Ref NatGroup{i}")}
+  NatPublicIps:
+    Description: >-
+      Egress addresses (Elastic IPs, in AZ order). EgressIp=follow - route table N's traffic always leaves
+      with the N-th; off - the NAT of AZ N's, kept by its replacements.
+    Value: !If [EgressFollow, {by_az(lambda i: f"!Ref EgressEip{i}")}, {by_az(lambda i: f"!Ref NatEip{i}")}]
+  TableName:
+    Value: !Ref Table
+  NatRoleArn:
+    Value: !GetAtt NatRole.Arn
+  NatHaGroup:
+    Value: !Ref NatHaGroup
+"""
+
+
+def nat_subnets(subnet):
+    return by_az(subnet)
+
+
+def nat_eips():
+    return f"!If [EgressOff, {by_az(lambda i: f'!GetAtt NatEip{i}.AllocationId')}, '']"
 
 
 # ------------------------------------------------------------------ complete VPC
 vpc = [
     """AWSTemplateFormatVersion: '2010-09-09'
 Description: >-
-  nat-ha - a VPC over 2 or 3 AZs with one highly available NAT instance per AZ (Amazon Linux 2023 arm64),
-  the DynamoDB coordination table and a least-privilege instance role. See deploy/README.md.
+  nat-ha - a VPC over 2 or 3 AZs with one highly available NAT instance per AZ (each an Auto Scaling group of
+  one, Amazon Linux 2023, arm64 or x86_64), the DynamoDB coordination table and a least-privilege instance role.
+  See deploy/README.md.
 
 Parameters:
+  SubnetBits:
+    Type: Number
+    Default: 12
+    MinValue: 4
+    MaxValue: 12
+    Description: Host bits per subnet (12 = /20 in a /16). Six subnets must fit in VpcCidr.
 """
     + COMMON_PARAMS
     + """  VpcCidr:
@@ -433,6 +523,7 @@ Parameters:
     Description: VPC CIDR (/16 to /24); split into /20-ish subnets with Fn::Cidr (6 subnets).
 
 """
+    + MAPPINGS
     + METRICS_RULES
     + """Conditions:
 """
@@ -476,6 +567,13 @@ Resources:
 
 """
 ]
+# The NAT of AZ i boots into a public subnet routed to the internet, and finds the private route
+# tables by their tags (those of later AZs it learns at run time if they come later).
+VPC_NEEDS = {
+    1: ["PublicDefaultRoute", "PublicSubnet1Routes", "PrivateRouteTable1", "PrivateRouteTable2"],
+    2: ["PublicSubnet2Routes"],
+    3: ["PublicSubnet3Routes", "PrivateRouteTable3"],
+}
 for i in (1, 2, 3):
     c = "    Condition: ThreeAzs\n" if i == 3 else ""
     az = f"!Select [{i - 1}, !GetAZs '']"
@@ -507,6 +605,8 @@ for i in (1, 2, 3):
         - Key: Name
           Value: !Sub '${{NatHaGroup}}-private-{i}'
 
+  # Its home is the NAT of slot nat-{i} (whichever instance that is now); its agent routes
+  # 0.0.0.0/0 to itself when it first claims the table (no default route before).
   PrivateRouteTable{i}:
     Type: AWS::EC2::RouteTable
 {c}    Properties:
@@ -517,20 +617,13 @@ for i in (1, 2, 3):
         - Key: nat-ha:group
           Value: !Ref NatHaGroup
         - Key: nat-ha:home
-          Value: !Ref NatInstance{i}
+          Value: nat-{i}
 
   PrivateSubnet{i}Routes:
     Type: AWS::EC2::SubnetRouteTableAssociation
 {c}    Properties:
       SubnetId: !Ref PrivateSubnet{i}
       RouteTableId: !Ref PrivateRouteTable{i}
-
-  PrivateDefaultRoute{i}:
-    Type: AWS::EC2::Route
-{c}    Properties:
-      RouteTableId: !Ref PrivateRouteTable{i}
-      DestinationCidrBlock: 0.0.0.0/0
-      InstanceId: !Ref NatInstance{i}
 
   NatIngressFromPrivate{i}:
     Type: AWS::EC2::SecurityGroupIngress
@@ -541,20 +634,8 @@ for i in (1, 2, 3):
       Description: traffic to be NATed from private subnet {i}
 
 """
-        + nat_instance(i, f"PublicSubnet{i}", i == 3)
-        + f"""
-  NatEip{i}:
-    Type: AWS::EC2::EIP
-    Condition: {"ThreeAzsEgressOff" if i == 3 else "EgressOff"}
-    DependsOn: GatewayAttachment
-    Properties:
-      Domain: vpc
-      InstanceId: !Ref NatInstance{i}
-      Tags:
-        - Key: nat-ha:group
-          Value: !Ref NatHaGroup
-
-"""
+        + nat_group(i, f"!Ref PublicSubnet{i}", i == 3, VPC_NEEDS[i])
+        + nat_eip(i, i == 3).replace("    Properties:", "    DependsOn: GatewayAttachment\n    Properties:", 1)
         + egress_eip(i, f"!Ref PrivateRouteTable{i}", i == 3).replace(
             "    Properties:", "    DependsOn: GatewayAttachment\n    Properties:", 1
         )
@@ -562,56 +643,38 @@ for i in (1, 2, 3):
 
 
 def vpc_egress_entry(i):
-    # The route table and its EIP depend on NAT i (its nat-ha:home tag): named by the private subnet instead.
-    return f"!Join ['|', [!Ref PublicSubnet{i}, !Ref PrivateSubnet{i}, !GetAtt PrivateSubnet{i}.CidrBlock]]"
+    return f"!Join ['|', [!Ref PrivateRouteTable{i}, !GetAtt EgressEip{i}.AllocationId, !GetAtt PrivateSubnet{i}.CidrBlock]]"
 
 
-vpc.append(fix(common_resources("vpc", egress_tables(vpc_egress_entry))).replace("{ingress_cidrs_first}", ""))
+vpc_values = {
+    "EgressTables": egress_tables(vpc_egress_entry),
+    "NatSubnets": nat_subnets(lambda i: f"!Ref PublicSubnet{i}"),
+    "NatEips": nat_eips(),
+}
+vpc.append(common_resources("!Ref VPC", vpc_values))
 vpc.append(
-    """
-Outputs:
+    f"""Outputs:
   VpcId:
     Value: !Ref VPC
   PublicSubnetIds:
-    Value: !If [ThreeAzs, !Join [',', [!Ref PublicSubnet1, !Ref PublicSubnet2, !Ref PublicSubnet3]], !Join [',', [!Ref PublicSubnet1, !Ref PublicSubnet2]]]
+    Value: {by_az(lambda i: f"!Ref PublicSubnet{i}")}
   PrivateSubnetIds:
-    Value: !If [ThreeAzs, !Join [',', [!Ref PrivateSubnet1, !Ref PrivateSubnet2, !Ref PrivateSubnet3]], !Join [',', [!Ref PrivateSubnet1, !Ref PrivateSubnet2]]]
+    Value: {by_az(lambda i: f"!Ref PrivateSubnet{i}")}
   PrivateRouteTableIds:
-    Value: !If [ThreeAzs, !Join [',', [!Ref PrivateRouteTable1, !Ref PrivateRouteTable2, !Ref PrivateRouteTable3]], !Join [',', [!Ref PrivateRouteTable1, !Ref PrivateRouteTable2]]]
-  NatInstanceIds:
-    Value: !If [ThreeAzs, !Join [',', [!Ref NatInstance1, !Ref NatInstance2, !Ref NatInstance3]], !Join [',', [!Ref NatInstance1, !Ref NatInstance2]]]
-  NatPublicIps:
-    Description: >-
-      Egress addresses of the VPC (Elastic IPs, in AZ order; they survive a NAT stop/start). EgressIp=follow -
-      private subnet N's traffic always leaves with the N-th, whichever NAT serves it.
-    Value: !If [EgressFollow, """
-    + public_ips("EgressEip")
-    + ", "
-    + public_ips("NatEip")
-    + """]
-  TableName:
-    Value: !Ref Table
-  NatRoleArn:
-    Value: !GetAtt NatRole.Arn
-  NatHaGroup:
-    Value: !Ref NatHaGroup
+    Value: {by_az(lambda i: f"!Ref PrivateRouteTable{i}")}
 """
+    + common_outputs()
 )
-text = "".join(vpc)
-text = text.replace(
-    "Parameters:\n",
-    "Parameters:\n  SubnetBits:\n    Type: Number\n    Default: 12\n    MinValue: 4\n    MaxValue: 12\n    Description: Host bits per subnet (12 = /20 in a /16). Six subnets must fit in VpcCidr.\n",
-    1,
-)
-OUT["nat-ha-vpc.yaml"] = text
+OUT["nat-ha-vpc.yaml"] = "".join(vpc)
 
 # ------------------------------------------------------------------ existing VPC
 ex = [
     """AWSTemplateFormatVersion: '2010-09-09'
 Description: >-
-  nat-ha for an existing VPC - one highly available NAT instance per AZ in the given public subnets,
-  the DynamoDB coordination table and a least-privilege instance role. Existing private route tables
-  must be tagged (nat-ha:group, nat-ha:home) by the operator; see the TagRouteTables output and deploy/README.md.
+  nat-ha for an existing VPC - one highly available NAT instance per AZ in the given public subnets (each an
+  Auto Scaling group of one), the DynamoDB coordination table and a least-privilege instance role. Existing
+  private route tables must be tagged (nat-ha:group, nat-ha:home) by the operator; see the TagRouteTables
+  output and deploy/README.md.
 
 Parameters:
 """
@@ -628,14 +691,9 @@ Parameters:
     Description: One public subnet per AZ (AzCount of them, in AZ order), each with a route to an internet gateway.
   PrivateRouteTableIds:
     Type: CommaDelimitedList
-    Description: The private route tables, in the same AZ order (AzCount of them); the NAT of subnet N is their home.
-  CreateDefaultRoutes:
-    Type: String
-    Default: 'false'
-    AllowedValues: ['true', 'false']
     Description: >-
-      true - also create 0.0.0.0/0 -> NAT in each private route table (fails if one already has a default
-      route); false - point them yourself (aws ec2 replace-route, see deploy/README.md).
+      The private route tables, in the same AZ order: commas between AZs, spaces between the tables of one AZ
+      (e.g. 'rtb-0a rtb-0c,rtb-0b'); the NAT of public subnet N is their home. EgressIp=follow - one table per AZ.
   PrivateSubnetCidrs:
     Type: String
     Default: ''
@@ -645,6 +703,7 @@ Parameters:
       between route tables, spaces between the subnets of one (e.g. '10.0.10.0/24 10.0.12.0/24,10.0.11.0/24').
 
 """
+    + MAPPINGS
     + METRICS_RULES
     + """  EgressNeedsPrivateSubnetCidrs:
     RuleCondition: !Equals [!Ref EgressIp, follow]
@@ -655,9 +714,7 @@ Parameters:
 Conditions:
 """
     + COMMON_CONDITIONS
-    + """  CreateRoutes: !Equals [!Ref CreateDefaultRoutes, 'true']
-  CreateRoutes3: !And [!Condition CreateRoutes, !Condition ThreeAzs]
-
+    + """
 Resources:
   NatIngressFromPrivate:
     Type: AWS::EC2::SecurityGroupIngress
@@ -670,66 +727,41 @@ Resources:
 """
 ]
 for i in (1, 2, 3):
-    c = "    Condition: ThreeAzs\n" if i == 3 else ""
-    rc = "CreateRoutes3" if i == 3 else "CreateRoutes"
     ex.append(
-        nat_instance(i, f"!Select [{i - 1}, !Ref PublicSubnetIds]", i == 3)
-        + f"""
-  NatEip{i}:
-    Type: AWS::EC2::EIP
-    Condition: {"ThreeAzsEgressOff" if i == 3 else "EgressOff"}
-    Properties:
-      Domain: vpc
-      InstanceId: !Ref NatInstance{i}
-      Tags:
-        - Key: nat-ha:group
-          Value: !Ref NatHaGroup
-
-"""
+        nat_group(i, f"!Select [{i - 1}, !Ref PublicSubnetIds]", i == 3)
+        + nat_eip(i, i == 3)
         + egress_eip(i, f"!Select [{i - 1}, !Ref PrivateRouteTableIds]", i == 3)
-        + f"""  PrivateDefaultRoute{i}:
-    Type: AWS::EC2::Route
-    Condition: {rc}
-    Properties:
-      RouteTableId: !Select [{i - 1}, !Ref PrivateRouteTableIds]
-      DestinationCidrBlock: 0.0.0.0/0
-      InstanceId: !Ref NatInstance{i}
-
-"""
     )
 
 
 def existing_egress_entry(i):
-    return (f"!Join ['|', [!Select [{i - 1}, !Ref PublicSubnetIds], !Select [{i - 1}, !Ref PrivateRouteTableIds], "
+    return (f"!Join ['|', [!Select [{i - 1}, !Ref PrivateRouteTableIds], !GetAtt EgressEip{i}.AllocationId, "
             f"!Select [{i - 1}, !Split [',', !Ref PrivateSubnetCidrs]]]]")  # fmt: skip
 
 
-ex.append(fix(common_resources("existing", egress_tables(existing_egress_entry))))
-tag = "aws ec2 create-tags --region ${AWS::Region} --resources ${RT} --tags Key=nat-ha:group,Value=${NatHaGroup} Key=nat-ha:home,Value=${NAT}"
+ex_values = {
+    "EgressTables": egress_tables(existing_egress_entry),
+    "NatSubnets": nat_subnets(lambda i: f"!Select [{i - 1}, !Ref PublicSubnetIds]"),
+    "NatEips": nat_eips(),
+}
+ex.append(common_resources("!Ref VpcId", ex_values))
+tag = "aws ec2 create-tags --region ${AWS::Region} --resources ${RT} --tags Key=nat-ha:group,Value=${NatHaGroup} Key=nat-ha:home,Value=${SLOT}"
 
 
 def tagcmd(i):
-    return f"!Sub ['{tag}', {{RT: !Select [{i - 1}, !Ref PrivateRouteTableIds], NAT: !Ref NatInstance{i}}}]"
+    return f"!Sub ['{tag}', {{RT: !Select [{i - 1}, !Ref PrivateRouteTableIds], SLOT: nat-{i}}}]"
 
 
-ex.append(f"""
-Outputs:
-  NatInstanceIds:
-    Value: !If [ThreeAzs, !Join [',', [!Ref NatInstance1, !Ref NatInstance2, !Ref NatInstance3]], !Join [',', [!Ref NatInstance1, !Ref NatInstance2]]]
-  NatPublicIps:
-    Description: Egress addresses (Elastic IPs, in AZ order); EgressIp=follow - route table N's traffic always leaves with the N-th.
-    Value: !If [EgressFollow, {public_ips("EgressEip")}, {public_ips("NatEip")}]
-  TableName:
-    Value: !Ref Table
-  NatRoleArn:
-    Value: !GetAtt NatRole.Arn
+ex.append(f"""Outputs:
   TagRouteTables:
-    Description: Run these (the agent may only move routes of tables tagged with its group)
+    Description: >-
+      Run these when nat-ha should take the private route tables over (the agent may only move routes of tables
+      tagged with its group): each table's home NAT then points its 0.0.0.0/0 at itself within seconds.
     Value: !If
       - ThreeAzs
       - !Join [' ; ', [{tagcmd(1)}, {tagcmd(2)}, {tagcmd(3)}]]
       - !Join [' ; ', [{tagcmd(1)}, {tagcmd(2)}]]
-""")
+""" + common_outputs())
 OUT["nat-ha-existing-vpc.yaml"] = "".join(ex)
 
 

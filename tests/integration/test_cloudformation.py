@@ -1,9 +1,13 @@
-"""CloudFormation templates: cfn-lint clean, generated (no drift), embedding the IAM policy and the units."""
+"""CloudFormation templates: cfn-lint clean, generated (no drift), their shape read from the YAML.
+
+What moto cannot show is asserted here on the template: the embedded IAM policy, the install source
+(no default), the Auto Scaling groups' creation and update policies and their order, the drain
+hook, the instance architecture, SSM, the table's capacity.
+"""
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -82,75 +86,141 @@ def test_templates_are_generated_from_policy_and_units() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+def agent_policy(name: str) -> Any:
+    return json.loads((REPO / "deploy" / "iam" / name).read_text())
+
+
 @pytest.mark.parametrize("name", TEMPLATES)
-def test_embedded_policy_equals_the_standalone_json(name: str) -> None:
+def test_embedded_policy_is_the_agent_and_asg_policies_and_the_stack_signal(name: str) -> None:
     template = load(name)
     role = template["Resources"]["NatRole"]["Properties"]
-    (entry,) = role["Policies"]
-    embedded = resolve(entry["PolicyDocument"], {**SUBST, "Table": "TBL"})
-    standalone = render(json.loads((REPO / "deploy" / "iam" / "nat-ha-policy.json").read_text()),
-                        {**SUBST, "NatHaTable": "TBL"})  # fmt: skip
-    assert embedded == standalone
+    main, artifact = role["Policies"]
+    refs = {**SUBST, "Table": "TBL", "AWS::StackName": "STK"}
+    embedded = resolve(main["PolicyDocument"], refs)
+    files = agent_policy("nat-ha-policy.json")["Statement"] + agent_policy("nat-ha-asg-policy.json")["Statement"]
+    standalone = render({"Version": "2012-10-17", "Statement": files}, {**SUBST, "NatHaTable": "TBL"})
+    signal = {
+        "Sid": "SignalThisStack",
+        "Effect": "Allow",
+        "Action": ["cloudformation:SignalResource"],
+        "Resource": "arn:aws:cloudformation:eu-west-1:111122223333:stack/STK/*",
+    }
+    assert embedded == {**standalone, "Statement": [*standalone["Statement"], signal]}
+    from agent.aws.calls import STACK_CALLS, iam_action
+
+    assert signal["Action"] == [iam_action(*c) for c in STACK_CALLS]
+    # The bundle's S3 object (that object only), when the artifact is on S3.
+    cond, read, no_value = artifact["Fn::If"]
+    assert cond == "ArtifactFromS3" and no_value == {"Ref": "AWS::NoValue"}
+    (st,) = read["PolicyDocument"]["Statement"]
+    assert st["Action"] == "s3:GetObject"
+    split = {"Fn::Split": ["s3://", {"Ref": "NatHaArtifact"}]}
+    assert st["Resource"]["Fn::Sub"][1]["Object"] == {"Fn::Select": [1, split]}
+    # SSM Session Manager: the managed policy, on by default.
+    assert template["Parameters"]["EnableSsm"]["Default"] == "true"
+    assert role["ManagedPolicyArns"]["Fn::If"][:2] == [
+        "Ssm", [{"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"}]]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", TEMPLATES)
-def test_user_data_installs_the_shipped_units_and_config(name: str) -> None:
+def test_the_install_source_is_yours_and_verified(name: str) -> None:
+    """No default that resolves to a package index: the bundle's URL and sha256 have no default; the
+    user data checks the sha256 before anything is installed and installs with pip's hash-checking mode."""
     template = load(name)
+    params = template["Parameters"]
+    assert "Default" not in params["NatHaArtifact"] and "Default" not in params["NatHaArtifactSha256"]
+    assert params["NatHaArtifactSha256"]["AllowedPattern"] == "^[0-9a-f]{64}$"
+    assert "NatHaVersion" not in params and "PipSpec" not in params
     data = template["Resources"]["NatLaunchTemplate"]["Properties"]["LaunchTemplateData"]
     script, variables = data["UserData"]["Fn::Base64"]["Fn::Sub"]
-    assert isinstance(script, str) and set(variables) == {"EgressTables"}
-    for unit in ("nat-ha.service", "nat-ha-setup.service"):
-        body = re.search(rf"cat > /etc/systemd/system/{unit} <<'UNIT'\n(.*?)UNIT\n", script, re.DOTALL)
-        assert body and body.group(1) == (REPO / "deploy" / "systemd" / unit).read_text(), unit
-    assert "members_from_tags = true" in script and "TABLE='${Table}'" in script and 'table = "$TABLE"' in script
-    assert "VERSION='${NatHaVersion}'" in script and 'PIP_SPEC="nat-ha==$VERSION"' in script
-    assert "nat-ha setup-nat" in script
-    assert "systemctl enable --now nat-ha-setup.service nat-ha.service" in script
+    assert set(variables) == {"EgressTables", "NatSubnets", "NatEips"}
+    assert script == (REPO / "deploy" / "bootstrap" / "nat-ha-bootstrap.sh").read_text()
+    assert "pip install nat-ha" not in script and "--index-url" not in script and "pypi" not in script.lower()
+    install = "pip install --no-index --find-links \"$BUNDLE/wheels\" --require-hashes --only-binary=:all:"
+    order = ['sha256sum --check --strict', install, "nat-ha setup-nat", "systemctl enable --now nat-ha-setup.service",
+             "nat-ha wait-healthy", 'signal SUCCESS']  # fmt: skip
+    at = [script.index(step) for step in order]
+    assert at == sorted(at), "verify, install, setup-nat, units, healthy, then SUCCESS"
+    assert script.index("trap failed ERR") < at[0] and "signal FAILURE" in script
+    assert '"$FILES/systemd/nat-ha.service" /etc/systemd/system/' in script  # the units from the verified bundle
     assert data["MetadataOptions"]["HttpTokens"] == "required"
-    # EgressIp=follow: the helper, byte for byte, runs after the config is written and before setup-nat.
-    helper = re.search(r"cat > /opt/nat-ha/egress_config.py <<'EGRESS'\n(.*?)EGRESS\n", script, re.DOTALL)
-    assert helper and helper.group(1) == (REPO / "deploy" / "bootstrap" / "egress_config.py").read_text()
-    assert 'egress_ip = "$EGRESS_IP"' in script and "EGRESS_TABLES='${EgressTables}'" in script
-    assert script.index("chmod 0644 /etc/nat-ha/config.toml") < script.index("egress_config.py /etc/nat-ha")
-    assert script.index("egress_config.py /etc/nat-ha") < script.index("/opt/nat-ha/bin/nat-ha setup-nat")
     tagged = {t["ResourceType"]: t["Tags"] for t in data["TagSpecifications"]}
     assert tagged["network-interface"] == [{"Key": "nat-ha:group", "Value": {"Ref": "NatHaGroup"}}]  # IAM scope
 
 
 @pytest.mark.parametrize("name", TEMPLATES)
+def test_one_auto_scaling_group_per_az_replaced_one_at_a_time(name: str) -> None:
+    """Each NAT an Auto Scaling group of one: created and updated only on its instance's signal, a rolling
+    update of one instance, a drain hook on termination, and each group after the one before."""
+    from agent.aws.lifecycle import HOOK
+
+    res = load(name)["Resources"]
+    for i in (1, 2, 3):
+        group = res[f"NatGroup{i}"]
+        props = group["Properties"]
+        assert (props["MinSize"], props["MaxSize"], props["DesiredCapacity"]) == ("1", "1", "1")
+        assert group["CreationPolicy"] == {"ResourceSignal": {"Count": 1, "Timeout": "PT15M"}}
+        rolling = group["UpdatePolicy"]["AutoScalingRollingUpdate"]
+        assert rolling["MaxBatchSize"] == 1 and rolling["MinInstancesInService"] == 0
+        assert rolling["WaitOnResourceSignals"] is True and rolling["PauseTime"] == "PT15M"
+        assert {"HealthCheck", "ReplaceUnhealthy"} <= set(rolling["SuspendProcesses"])
+        (hook,) = props["LifecycleHookSpecificationList"]
+        assert hook == {"LifecycleHookName": HOOK, "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+                        "HeartbeatTimeout": 300, "DefaultResult": "CONTINUE"}  # fmt: skip
+        assert props["LaunchTemplate"]["Version"] == {"Fn::GetAtt": ["NatLaunchTemplate", "LatestVersionNumber"]}
+        tags = {t["Key"]: (t["Value"], t["PropagateAtLaunch"]) for t in props["Tags"]}
+        assert tags["nat-ha:slot"] == (f"nat-{i}", True) and tags["nat-ha:group"] == ({"Ref": "NatHaGroup"}, True)
+        depends = group.get("DependsOn", [])
+        assert (f"NatGroup{i - 1}" in depends) == (i > 1)
+        assert group.get("Condition") == ("ThreeAzs" if i == 3 else None)
+    assert "NatInstance1" not in res and not [k for k in res if k.startswith("PrivateDefaultRoute")]
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
 def test_egress_follow_resources(name: str) -> None:
-    """EgressIp=follow: an EIP per route table, tagged with it; each NAT's interface with a secondary address
-    per route table and a public IP of its own; t4g.nano and micro refused (2 addresses per interface)."""
+    """EgressIp=follow: an EIP per route table, tagged with it; the NATs' interface with a secondary address
+    per route table; nano and micro types refused (2 addresses per interface). Off: an EIP per slot."""
     template = load(name)
     res, conditions = template["Resources"], template["Conditions"]
-    assert template["Parameters"]["EgressIp"]["AllowedValues"] == ["off", "follow"]
     assert template["Parameters"]["EgressIp"]["Default"] == "off"
     assert conditions["EgressFollow"] == {"Fn::Equals": [{"Ref": "EgressIp"}, "follow"]}
     rule = template["Rules"]["EgressNeedsAddresses"]
-    assert rule["Assertions"][0]["Assert"] == {
-        "Fn::Not": [{"Fn::Contains": [["t4g.nano", "t4g.micro"], {"Ref": "InstanceType"}]}]
-    }
+    refused = rule["Assertions"][0]["Assert"]["Fn::Not"][0]["Fn::Contains"][0]
+    assert {"t4g.nano", "t4g.micro", "t3.nano", "t3.micro"} <= set(refused)
+    assert not [t for t in refused if t.endswith(("small", "medium", "large"))]
     for i in (1, 2, 3):
         eip = res[f"EgressEip{i}"]
         assert eip["Condition"] == ("ThreeAzsEgressFollow" if i == 3 else "EgressFollow")
-        assert "InstanceId" not in eip["Properties"]  # the holder's agent associates it
         tags = {t["Key"]: t["Value"] for t in eip["Properties"]["Tags"]}
-        assert tags["nat-ha:group"] == {"Ref": "NatHaGroup"}
         table = {"Ref": f"PrivateRouteTable{i}"} if "PrivateRouteTable1" in res else {
             "Fn::Select": [i - 1, {"Ref": "PrivateRouteTableIds"}]}  # fmt: skip
-        assert tags["nat-ha:route-table"] == table
-        assert res[f"NatEip{i}"]["Condition"] == ("ThreeAzsEgressOff" if i == 3 else "EgressOff")
-        props = res[f"NatInstance{i}"]["Properties"]
-        cond, (nic,), no_value = props["NetworkInterfaces"]["Fn::If"]
-        assert cond == "EgressFollow" and no_value == {"Ref": "AWS::NoValue"}
-        assert nic["SecondaryPrivateIpAddressCount"] == {"Ref": "AzCount"} and nic["AssociatePublicIpAddress"] is True
-        assert nic["DeviceIndex"] == "0" and nic["GroupSet"] == [{"Ref": "NatSecurityGroup"}]
-        assert props["SubnetId"]["Fn::If"][:2] == ["EgressFollow", {"Ref": "AWS::NoValue"}]
-        assert props["SubnetId"]["Fn::If"][2] == nic["SubnetId"]
-    outputs = template["Outputs"]["NatPublicIps"]["Value"]["Fn::If"]
-    assert (
-        outputs[0] == "EgressFollow" and "EgressEip3" in json.dumps(outputs[1]) and "NatEip3" in json.dumps(outputs[2])
-    )
+        assert tags["nat-ha:route-table"] == table and "InstanceId" not in eip["Properties"]
+        own = res[f"NatEip{i}"]
+        assert own["Condition"] == ("ThreeAzsEgressOff" if i == 3 else "EgressOff")
+        assert {t["Key"]: t["Value"] for t in own["Properties"]["Tags"]}["nat-ha:slot"] == f"nat-{i}"
+    (nic,) = res["NatLaunchTemplate"]["Properties"]["LaunchTemplateData"]["NetworkInterfaces"]
+    assert nic["SecondaryPrivateIpAddressCount"] == {"Fn::If": ["EgressFollow", {"Ref": "AzCount"},
+                                                                {"Ref": "AWS::NoValue"}]}  # fmt: skip
+    assert nic["AssociatePublicIpAddress"] is True and nic["Groups"] == [{"Ref": "NatSecurityGroup"}]
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_the_ami_follows_the_instance_type_and_the_table_is_provisioned(name: str) -> None:
+    template = load(name)
+    allowed = template["Parameters"]["InstanceType"]["AllowedValues"]
+    arch = template["Mappings"]["InstanceArch"]
+    assert set(arch) == set(allowed)
+    assert {t for t in allowed if arch[t]["Arch"] == "arm64"} == {t for t in allowed if t[:2] in ("t4", "c6", "c7")
+                                                                   and "g" in t.split(".")[0]}  # fmt: skip
+    assert {arch[t]["Arch"] for t in allowed} == {"arm64", "x86_64"}
+    data = template["Resources"]["NatLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    assert data["ImageId"] == {"Fn::If": ["Arm64", {"Ref": "ImageIdArm64"}, {"Ref": "ImageIdX86"}]}
+    params = template["Parameters"]
+    assert params["ImageIdX86"]["Default"].endswith("al2023-ami-kernel-default-x86_64")
+    assert params["TableBillingMode"]["Default"] == "PROVISIONED"
+    throughput = template["Resources"]["Table"]["Properties"]["ProvisionedThroughput"]["Fn::If"][1]
+    assert throughput["ReadCapacityUnits"]["Fn::If"][1] == {"Fn::If": ["ThreeAzs", 13, 9]}
+    assert throughput["WriteCapacityUnits"]["Fn::If"][1] == {"Fn::If": ["ThreeAzs", 7, 5]}
 
 
 @pytest.mark.parametrize("name", TEMPLATES)
@@ -180,38 +250,42 @@ def test_conntrack_sync_security_group_rules(name: str) -> None:
 def test_vpc_stack_shape() -> None:
     res = load("nat-ha-vpc.yaml")["Resources"]
     for i in (1, 2, 3):
-        nat = res[f"NatInstance{i}"]["Properties"]
-        assert nat["SourceDestCheck"] is False
-        tags = {t["Key"]: t["Value"] for t in nat["Tags"]}
-        assert tags["nat-ha:group"] == {"Ref": "NatHaGroup"}
         rt_tags = {t["Key"]: t["Value"] for t in res[f"PrivateRouteTable{i}"]["Properties"]["Tags"]}
-        assert rt_tags["nat-ha:home"] == {"Ref": f"NatInstance{i}"}
-        assert res[f"PrivateDefaultRoute{i}"]["Properties"]["InstanceId"] == {"Ref": f"NatInstance{i}"}
+        assert rt_tags["nat-ha:home"] == f"nat-{i}"  # the slot: whichever instance holds it
+        assert rt_tags["nat-ha:group"] == {"Ref": "NatHaGroup"}
     third = [k for k in res if k.endswith("3") or k.startswith(("PublicSubnet3", "PrivateSubnet3"))]
-    assert len(third) == 10 and all("ThreeAzs" in res[k].get("Condition", "") for k in third), third
+    assert len(third) == 9 and all("ThreeAzs" in res[k].get("Condition", "") for k in third), third
     table = res["Table"]["Properties"]
     assert [k["AttributeName"] for k in table["KeySchema"]] == ["group", "item"]
     assert table["TimeToLiveSpecification"] == {"AttributeName": "gc_at", "Enabled": True}
+
+
+def test_templates_fit_a_template_body() -> None:
+    """create-stack --template-body takes at most 51,200 bytes (more needs an S3 URL)."""
+    for name in TEMPLATES:
+        assert (CFN / name).stat().st_size < 51_200, name
 
 
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
         ("", "ValueError: no egress tables"),
-        ("subnet-1|rtb-1", "is not subnet|rtb-or-subnet|cidrs"),
-        ("subnet-1|igw-1|10.0.0.0/24", "is not subnet|rtb-or-subnet|cidrs"),
-        ("subnet-1|rtb-1|10.0.0.1/24", "has host bits set"),
-        ("subnet-1|rtb-1| ", "no private subnet CIDR"),
+        ("rtb-1|eipalloc-1", "is not rtb|eipalloc|cidrs"),
+        ("igw-1|eipalloc-1|10.0.0.0/24", "is not rtb|eipalloc|cidrs"),
+        ("rtb-1|eipalloc-1|10.0.0.1/24", "has host bits set"),
+        ("rtb-1|eipalloc-1| ", "no private subnet CIDR"),
+        ("rtb-1 rtb-2|eipalloc-1|10.0.0.0/24", "one route table per AZ"),
+        ("rtb-1|eipalloc-1|10.0.0.0/24;rtb-2|eipalloc-2|10.0.1.0/24", "has 1 secondary addresses, 2 route tables"),
     ],
 )
-def test_egress_helper_refuses_a_bad_spec_in_one_line(spec: str, message: str, tmp_path: Path) -> None:
-    """The first-boot helper (deploy/bootstrap/egress_config.py) with a spec it cannot use: one line, exit 1."""
+def test_egress_helper_refuses_what_it_cannot_use_in_one_line(spec: str, message: str, tmp_path: Path) -> None:
+    """The first-boot helper (deploy/bootstrap/egress_config.py) with a spec or an instance it cannot use."""
     config = tmp_path / "config.toml"
     config.write_text('group = "g"\n')
     done = subprocess.run(
-        [sys.executable, str(REPO / "deploy" / "bootstrap" / "egress_config.py"), str(config), spec, "g", "us-east-1",
-         "--wait", "0"],
-        capture_output=True, text=True, timeout=60, check=False, env={"NAT_HA_INSTANCE_ID": "i-1", "PATH": ""},
+        [sys.executable, str(REPO / "deploy" / "bootstrap" / "egress_config.py"), str(config), spec],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={"NAT_HA_INSTANCE_ID": "i-1", "NAT_HA_SECONDARIES": "10.0.0.21", "PATH": ""},
     )  # fmt: skip
     assert done.returncode == 1 and done.stderr.startswith("nat-ha egress config: ") and message in done.stderr
     assert len(done.stderr.splitlines()) == 1 and config.read_text() == 'group = "g"\n'

@@ -204,7 +204,7 @@ def test_reference_documents_the_egress_keys() -> None:
     ref = reference_markdown()
     for key in ("`egress_ip`", "`egress_order`", "`[[egress.tables]].allocation_id`", "`[[egress.tables]].addresses`"):
         assert key in ref
-    assert "| `[[egress.tables]].addresses` | a table | required |" in ref
+    assert "| `[[egress.tables]].addresses` | a table | `{}` |" in ref  # with members_from_tags: derived
 
 
 values = st.one_of(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
@@ -307,6 +308,23 @@ def test_never_claimed_route_waits_for_its_home_at_startup() -> None:
     assert d.actions == () and "rtb-a has never been claimed; waiting for its home i-a" in d.summary
     w.now = 106.0  # longer than the hold-down: the home is not coming
     assert isinstance(w.decide().actions[0], TakeOver)
+
+
+def test_a_homeless_never_claimed_route_waits_the_hold_down_then_any_nat_claims_it() -> None:
+    """members_from_tags: a table whose home slot has no NAT yet (home "") is claimed by the first
+    candidate in member order after the hold-down, like a table whose home never came."""
+    w = World(me=A, session="s-i-a")
+    del w.routes[RA]
+    w.claimable_since = {RA: 95.0}
+
+    def homeless() -> Decision:
+        return decide(dataclasses.replace(w.obs(), homes={**HOMES, RA: ""}), T)
+
+    d = homeless()
+    assert d.actions == () and "rtb-a has never been claimed; waiting for its home to have a NAT" in d.summary
+    w.now = 106.0
+    (take,) = [a for a in homeless().actions if isinstance(a, TakeOver)]
+    assert take.route_table == RA  # i-a: the first member, nobody else is preferred
 
 
 def test_home_claims_its_never_claimed_route_at_once() -> None:

@@ -186,7 +186,7 @@ def test_discover_members_from_tags(world: dict[str, Any]) -> None:
     c.create_tags(
         Resources=[world["rtb"]], Tags=[{"Key": "nat-ha:group", "Value": "g1"}, {"Key": "nat-ha:home", "Value": a}]
     )
-    found = {m.instance_id: m for m in world["ec2"].discover("g1")}
+    found = {m.instance_id: m for m in world["ec2"].discover("g1").members}
     assert set(found) == {a, b}
     assert found[a].route_tables == (world["rtb"],) and found[b].route_tables == ()
     assert found[a].address.startswith("10.0.1.")
@@ -198,3 +198,25 @@ def test_unreachable_endpoint_is_a_bounded_typed_error() -> None:
     with pytest.raises(Ec2Error):
         ec2.describe(["rtb-1"])
     assert time.monotonic() - t0 < 5
+
+
+def test_discover_resolves_slots_and_keeps_homeless_tables(world: dict[str, Any]) -> None:
+    """A table's nat-ha:home may name a slot (the nat-ha:slot tag of an Auto Scaling group's instances):
+    it resolves to the slot's instance; a table whose home names nobody stays in the group, homeless."""
+    c = world["client"]
+    a, b = world["ids"]
+    c.create_tags(Resources=[a, b], Tags=[{"Key": "nat-ha:group", "Value": "g2"}])
+    c.create_tags(Resources=[a], Tags=[{"Key": "nat-ha:slot", "Value": "nat-1"},
+                                       {"Key": "aws:autoscaling:groupName", "Value": "asg-1"}])  # fmt: skip
+    rtb2 = c.create_route_table(VpcId=world["vpc"])["RouteTable"]["RouteTableId"]
+    c.create_tags(Resources=[world["rtb"]], Tags=[{"Key": "nat-ha:group", "Value": "g2"},
+                                                  {"Key": "nat-ha:home", "Value": "nat-1"}])  # fmt: skip
+    c.create_tags(Resources=[rtb2], Tags=[{"Key": "nat-ha:group", "Value": "g2"},
+                                          {"Key": "nat-ha:home", "Value": "nat-2"}])  # fmt: skip
+    found = world["ec2"].discover("g2")
+    by_id = {m.instance_id: m for m in found.members}
+    assert by_id[a].route_tables == (world["rtb"],) and (by_id[a].slot, by_id[a].asg) == ("nat-1", "asg-1")
+    assert by_id[b].route_tables == () and by_id[b].slot == ""
+    assert found.homeless == (rtb2,)  # slot nat-2 has no instance (yet)
+    assert found.homes() == {world["rtb"]: a, rtb2: ""}
+    assert [m.instance_id for m in found.members] == sorted([a, b])  # one AZ here: by instance id

@@ -154,7 +154,7 @@ def test_discovery_fills_in_the_primary_interface_only_when_asked(world: dict[st
     raw = world["raw"]
     raw.create_tags(Resources=[world["a"], world["b"]], Tags=[{"Key": "nat-ha:group", "Value": "g"}])
     ec2: Ec2 = world["ec2"]
-    plain = {m.instance_id: m.eni for m in ec2.discover("g")}
+    plain = {m.instance_id: m.eni for m in ec2.discover("g").members}
     assert plain == {world["a"]: "", world["b"]: ""}, "routes keep naming instances unless egress follows"
-    found = {m.instance_id: m.eni for m in ec2.discover("g", with_eni=True)}
+    found = {m.instance_id: m.eni for m in ec2.discover("g", with_eni=True).members}
     assert found == {i: ec2.members[i].eni for i in (world["a"], world["b"])}

@@ -25,7 +25,14 @@ pytestmark = pytest.mark.iam_last
 
 REPO = Path(__file__).resolve().parents[3]
 POLICY = REPO / "deploy" / "iam" / "nat-ha-policy.json"
+ASG_POLICY = REPO / "deploy" / "iam" / "nat-ha-asg-policy.json"
 ADMIN_POLICY = REPO / "deploy" / "iam" / "nat-ha-admin-policy.json"
+STACK = "nat-ha-prod"
+# The stacks' own statement (deploy/cloudformation/generate.py STACK_STATEMENTS; test_cloudformation.py
+# shows the templates embed it), rendered for one stack.
+STACK_POLICY = {"Version": "2012-10-17", "Statement": [{
+    "Effect": "Allow", "Action": ["cloudformation:SignalResource"],
+    "Resource": f"arn:aws:cloudformation:us-east-1:123456789012:stack/{STACK}/*"}]}  # fmt: skip
 REGION, ACCOUNT, GROUP, TABLE = "us-east-1", "123456789012", "prod-nat", "nat-ha-iam-test"
 TAG = "ec2:ResourceTag/nat-ha:group"
 
@@ -149,7 +156,7 @@ def _drive_representative_calls() -> None:
             from agent.aws.fence import Fence, FenceTiming
             from agent.config import EgressTable
 
-            members = {m.instance_id: m for m in Ec2(REGION, timeout=5).discover(GROUP, with_eni=True)}
+            members = {m.instance_id: m for m in Ec2(REGION, timeout=5).discover(GROUP, with_eni=True).members}
             eni = members[a].eni
             raw.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=["10.0.1.200"])
             eip = [{"ResourceType": "elastic-ip", "Tags": [{"Key": "nat-ha:group", "Value": GROUP}]}]
@@ -198,6 +205,12 @@ def _requests(record: dict[str, Any], group: str) -> list[Request]:
         return [Request(action, arn("route-table", r), context) for r in res["Resources"]]
     if record["action"] in ("StopInstances", "StartInstances"):
         return [Request(action, arn("instance", i), {TAG: group}) for i in res["InstanceIds"]]
+    if record["service"] == "autoscaling":
+        name = res["AutoScalingGroupName"]
+        asg = f"arn:aws:autoscaling:{REGION}:{ACCOUNT}:autoScalingGroup:uuid-1:autoScalingGroupName/{name}"
+        return [Request(action, asg, {"aws:ResourceTag/nat-ha:group": group})]
+    if record["service"] == "cloudformation":  # the stack the NAT belongs to (the recorded name is a test's)
+        return [Request(action, f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{STACK}/uuid-1")]
     if record["action"] == "AssociateAddress":
         # IAM authorizes the request against every resource it names: the Elastic IP and the ENI.
         onto = (
@@ -229,12 +242,17 @@ def test_every_recorded_call_is_allowed_and_other_groups_are_denied(aws_call_rec
     for record in records:
         key = (record["service"], record["action"])
         table = record.get("resources", {}).get("TableName", TABLE)
-        pols = [policy(table=table)] if key in awscalls.AGENT_CALLS else [policy(ADMIN_POLICY, table=table)]
+        pols = (
+            [policy(table=table)] if key in awscalls.AGENT_CALLS
+            else [policy(ASG_POLICY)] if key in awscalls.ASG_CALLS
+            else [STACK_POLICY] if key in awscalls.STACK_CALLS
+            else [policy(ADMIN_POLICY, table=table)]
+        )  # fmt: skip
         for req in _requests(record, GROUP):
             assert any(allowed(p, req) for p in pols), f"denied: {req} (recorded {record})"
-        if key in awscalls.AGENT_CALLS:
+        if key in awscalls.AGENT_CALLS or key in awscalls.ASG_CALLS:
             for req in _requests(record, "another-group"):
-                if req.resource != "*" and record["service"] == "ec2":
+                if req.resource != "*" and record["service"] in ("ec2", "autoscaling"):
                     assert not allowed(pols[0], req), f"another group's resource allowed: {req}"
             if record["service"] == "dynamodb":
                 other = Request(_requests(record, GROUP)[0].action, arn("table", "someone-elses-table"))
@@ -314,20 +332,38 @@ def test_elastic_ips_move_only_within_the_group() -> None:
 
 
 # ------------------------------------------------------------------ (c) exactly the calls
+def test_only_this_stack_may_be_signalled_and_only_the_group_s_hooks_completed() -> None:
+    sig = "cloudformation:SignalResource"
+    assert allowed(STACK_POLICY, Request(sig, f"arn:aws:cloudformation:us-east-1:123456789012:stack/{STACK}/u-1"))
+    assert not allowed(STACK_POLICY, Request(sig, "arn:aws:cloudformation:us-east-1:123456789012:stack/other/u-2"))
+    asg = policy(ASG_POLICY)
+    group_arn = f"arn:aws:autoscaling:{REGION}:{ACCOUNT}:autoScalingGroup:u-1:autoScalingGroupName/nat-ha-NatGroup1-X"
+    act = "autoscaling:CompleteLifecycleAction"
+    assert allowed(asg, Request(act, group_arn, {"aws:ResourceTag/nat-ha:group": GROUP}))
+    assert not allowed(asg, Request(act, group_arn, {"aws:ResourceTag/nat-ha:group": "another"}))
+    assert not allowed(asg, Request(act, group_arn)), "an untagged group (someone else's)"
+    for other in ("autoscaling:TerminateInstanceInAutoScalingGroup", "autoscaling:SetDesiredCapacity",
+                  "autoscaling:UpdateAutoScalingGroup"):  # fmt: skip
+        assert not allowed(asg, Request(other, group_arn, {"aws:ResourceTag/nat-ha:group": GROUP})), other
+
+
 def test_policies_grant_exactly_the_listed_calls() -> None:
-    for path, calls in ((POLICY, awscalls.AGENT_CALLS), (ADMIN_POLICY, awscalls.ADMIN_CALLS)):
+    files = ((POLICY, awscalls.AGENT_CALLS), (ASG_POLICY, awscalls.ASG_CALLS), (ADMIN_POLICY, awscalls.ADMIN_CALLS))
+    assert granted_actions(STACK_POLICY) == {awscalls.iam_action(*c) for c in awscalls.STACK_CALLS}
+    for path, calls in files:
         granted = granted_actions(policy(path))
         assert not [a for a in granted if "*" in a or "?" in a], f"{path.name}: no wildcard actions"
         assert granted == {awscalls.iam_action(*c) for c in calls}, path.name
 
 
 def test_code_calls_nothing_outside_the_list() -> None:
-    """Static scan: any botocore operation of EC2/DynamoDB named in the source must be listed."""
+    """Static scan: any botocore operation of EC2, DynamoDB, Auto Scaling or CloudFormation named in the
+    source must be listed."""
     botocore_session = pytest.importorskip("botocore.session").get_session()
     from botocore import xform_name
 
     ops: dict[str, tuple[str, str]] = {}
-    for service in ("ec2", "dynamodb"):
+    for service in ("ec2", "dynamodb", "autoscaling", "cloudformation"):
         for op in botocore_session.get_service_model(service).operation_names:
             ops[xform_name(op)] = (service, op)
     pattern = re.compile(r"""[."'](""" + "|".join(sorted(ops, key=len, reverse=True)) + r")\b")

@@ -81,7 +81,7 @@ def test_a_group_without_route_tables_says_what_to_tag_and_fails(
     assert problem.startswith("no route tables: none is tagged nat-ha:group=untagged")
     assert (
         f"aws ec2 create-tags --region {REGION} --resources <rtb-id> "
-        "--tags Key=nat-ha:group,Value=untagged Key=nat-ha:home,Value=<instance-id>"
+        "--tags Key=nat-ha:group,Value=untagged Key=nat-ha:home,Value=<its NAT's nat-ha:slot, or instance-id>"
     ) in problem
     assert all(f"{i} (us-east-1" in problem for i in ids), problem  # which NAT is which AZ's home
     code, out, _ = _run(["status", "--config", str(path)], capsys)

@@ -125,6 +125,31 @@ def test_tcp_connect_probe_to_a_closed_port_is_lost() -> None:
         prober.stop()
 
 
+def test_peers_can_join_and_leave_while_probing() -> None:
+    """The members changed (a NAT replaced): a lone prober starts probing a new peer, stops a gone one."""
+    port = free_port()
+    responder = EchoResponder("127.0.0.1", port)
+    responder.start()
+    seen: list[str] = []
+    prober = Prober([], method="tcp-echo", interval=0.05, timeout=0.04, window=5, down_after=3,
+                    observer=lambda peer, ok, rtt: seen.append(peer))  # fmt: skip
+    prober.start()  # no peer yet (the first NAT of a stack): it starts anyway
+    try:
+        assert wait(lambda: prober.rounds >= 2) and prober.snapshot() == {}
+        prober.set_targets([Target("i-new", "127.0.0.1", port)])
+        assert "i-new" in prober.snapshot(), "a new peer is reported at once (empty window)"
+        assert wait(lambda: prober.snapshot()["i-new"].window >= 3) and prober.snapshot()["i-new"].up
+        prober.set_targets([Target("i-other", "127.0.0.1", port)])
+        assert set(prober.snapshot()) == {"i-other"}, "a gone peer is not reported any more"
+        rounds = prober.rounds
+        assert wait(lambda: prober.rounds >= rounds + 2)
+        count = seen.count("i-new")
+        assert wait(lambda: prober.rounds >= rounds + 4) and seen.count("i-new") == count, "still probing i-new"
+    finally:
+        prober.stop()
+        responder.stop()
+
+
 @needs_root
 def test_icmp_probe_of_loopback() -> None:
     prober = icmp_prober([Target("i-b", "127.0.0.1")], interval=0.05, timeout=0.04, window=3, down_after=2)
