@@ -58,7 +58,8 @@ def read_key(config: Config) -> bytes:
 
 
 def identify(config: Config, instance_id: str) -> str:
-    """This host's member id: --instance-id, the config's, or the member with an address on this host."""
+    """This host's member id: --instance-id, the config's, or the member with an address on this host ("" with
+    members_from_tags: the agent tells the service)."""
     me = instance_id or config.instance_id
     if me:
         if config.members and config.member(me) is None:
@@ -67,6 +68,8 @@ def identify(config: Config, instance_id: str) -> str:
     from agent.commands.setup_nat import local_addresses
 
     mine = config.members_at(local_addresses())
+    if len(mine) != 1 and config.members_from_tags:
+        return ""  # the agent names this NAT (and the group, the tables' addresses) once it has discovered them
     if len(mine) != 1:
         found = f" (addresses of {', '.join(sorted(mine))} are all here)" if mine else ""
         raise UsageError(f"cannot tell which member this host is{found}: set instance_id or pass --instance-id")

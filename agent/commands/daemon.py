@@ -260,7 +260,8 @@ class Daemon:
         flows, guard = None, None
         made: list[Any] = []  # the agent, once made: the sync's thread reads its last group snapshot
         if config.conntrack_sync.enabled and not once:
-            flows, guard = self._flow_sync(config, metrics, lambda: made[0].last_snapshot if made else None)
+            flows, guard = self._flow_sync(config, metrics, lambda: made[0].last_snapshot if made else None,
+                                           lambda: made[0].config if made else config)  # fmt: skip
         agent = Agent(
             config,
             coordinator,
@@ -302,8 +303,9 @@ class Daemon:
                 flows.close()
 
     @staticmethod
-    def _flow_sync(config: Any, metrics: Any, snapshot: Any) -> tuple[Any, Any]:
-        """conntrack_sync: the cycle's port to the sync service (started) and what the self check requires."""
+    def _flow_sync(config: Any, metrics: Any, snapshot: Any, group: Any) -> tuple[Any, Any]:
+        """conntrack_sync: the cycle's port to the sync service (started) and what the self check requires.
+        ``group``: the agent's current config, whose members and tables' addresses the service is told."""
         from agent.ctsync.agentside import FlowSync
         from agent.host.selfcheck import FlowGuardCheck
         from agent.metrics import SyncMetrics
@@ -312,7 +314,7 @@ class Daemon:
         peers = [m.instance_id for m in config.members if m.instance_id != me]
         sync_metrics = SyncMetrics(metrics.registry, peers, config.route_tables())
         members = {m.instance_id: m.address for m in config.members}
-        flows = FlowSync(config.conntrack_sync, me, members, snapshot, sync_metrics)
+        flows = FlowSync(config.conntrack_sync, me, members, snapshot, sync_metrics, group=group)
         flows.start()
         addresses = tuple(a for t in config.egress_tables if (a := t.address(me)))
         guard = FlowGuardCheck(addresses, config.self_check.public_interface, config.conntrack_sync.firewall)

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.config import ConntrackSyncConfig
-from agent.ctsync import control
+from agent.config import Config, ConntrackSyncConfig
+from agent.ctsync import control, plan
 from agent.metrics import SyncMetrics
 from coordinator.items import GroupSnapshot
 
@@ -52,11 +52,13 @@ class FlowSync:
         snapshot: Callable[[], GroupSnapshot | None],
         metrics: SyncMetrics | None = None,
         request: Request = control.request,
+        group: Callable[[], Config] | None = None,
     ) -> None:
         self.path = config.control_socket
         self.bound = config.push_timeout
         self.me = me
         self.members = members
+        self.group = group  # the agent's current config (members_from_tags: rediscovered), when given
         self.snapshot = snapshot
         self.metrics = metrics
         self.request = request
@@ -156,6 +158,19 @@ class FlowSync:
                     out[rt] = holder
         return out
 
+    def state(self) -> dict[str, Any]:
+        """The ``state`` request: the holders and the group; with ``group``, also this NAT and the tables'
+        addresses as the agent knows them now (a replaced NAT's successor is a new member)."""
+        message: dict[str, Any] = {"op": "state", "holders": self.holders(), "members": self.members}
+        if self.group is not None:
+            config = self.group()
+            message["members"] = {m.instance_id: m.address for m in config.members}
+            message["me"] = self.me
+            message["tables"] = plan.tables_wire(plan.tables_of(config))
+            if self.metrics is not None:
+                self.metrics.peers = [m for m in message["members"] if m != self.me]
+        return message
+
     def _loop(self) -> None:
         while not self.stop.is_set():
             self.wake.wait(POLL_S)
@@ -167,8 +182,7 @@ class FlowSync:
     def poll(self) -> None:
         """Tell the service the holders, read its figures (one round; the thread's loop)."""
         try:
-            self.request(self.path, {"op": "state", "holders": self.holders(), "members": self.members},
-                         ANSWER_TIMEOUT_S)  # fmt: skip
+            self.request(self.path, self.state(), ANSWER_TIMEOUT_S)
             stats = self.request(self.path, {"op": "stats"}, ANSWER_TIMEOUT_S)
         except control.ControlError as exc:
             if self.answering is not False:

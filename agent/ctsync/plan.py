@@ -36,6 +36,24 @@ def tables_of(config: Config) -> dict[str, Table]:
     }
 
 
+def tables_wire(tables: dict[str, Table]) -> dict[str, dict[str, object]]:
+    """The tables as the agent sends them to the service (JSON)."""
+    return {rt: {"subnets": list(t.subnets), "addresses": dict(t.addresses)} for rt, t in tables.items()}
+
+
+def tables_from(raw: object) -> dict[str, Table]:
+    """:func:`tables_wire`'s output read back; ValueError/TypeError on anything else."""
+    if not isinstance(raw, dict):
+        raise TypeError("must be an object")
+    out: dict[str, Table] = {}
+    for rt, t in raw.items():
+        subnets, addresses = t["subnets"], t["addresses"]
+        if not isinstance(subnets, list) or not isinstance(addresses, dict):
+            raise TypeError(f"{rt}: subnets must be a list and addresses an object")
+        out[str(rt)] = Table(str(rt), tuple(str(s) for s in subnets), {str(k): str(v) for k, v in addresses.items()})
+    return out
+
+
 @dataclass
 class View:
     """The group as the agent last described it (or as the config says, before it has)."""

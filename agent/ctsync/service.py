@@ -213,6 +213,8 @@ class SyncService:
         self._control: socket.socket | None = None
         self._threads: list[threading.Thread] = []
         self.started_at = self.last_tick = clock()
+        self._listen = True
+        self._started = False
 
     # ------------------------------------------------------------------ life
     @property
@@ -224,12 +226,14 @@ class SyncService:
         return self.tables[table].addresses.get(self.me, "")
 
     def start(self, listen: bool = True) -> None:
-        if listen:
-            self._listener = Listener(self.me, self.view.members.get(self.me, "0.0.0.0"), self.config.port,
-                                      self.key, self._members, self._handle, self._peer_error)  # fmt: skip
-            self._listener.start()
+        """Start streaming. With no ``me`` yet (members_from_tags: the agent learns the group from EC2), the
+        listener and the links wait for the agent's first ``state`` naming this NAT."""
+        self._listen = listen
         with self.lock:
+            if self.me:
+                self._listen_now()
             self._sync_links()
+        self._started = True
         self._events = self.kernel.events(self._on_line, self._on_lost)
         self._events.start()
         for name, target in (("ctsync-tick", self._tick_loop), ("ctsync-load", self._load_loop)):
@@ -268,16 +272,38 @@ class SyncService:
         for t in self._threads:
             t.join(5)
 
+    def _listen_now(self) -> None:
+        """Accept the peers' links (once this NAT's identity is known; under ``lock``)."""
+        if self._listen and self._listener is None and not self.stop.is_set():
+            self._listener = Listener(self.me, self.view.members.get(self.me, "0.0.0.0"), self.config.port,
+                                      self.key, self._members, self._handle, self._peer_error)  # fmt: skip
+            self._listener.start()
+
     # ------------------------------------------------------------------ view
     def _members(self) -> dict[str, str]:
         with self.lock:
             return dict(self.view.members)
 
-    def update_view(self, members: dict[str, str] | None, holders: dict[str, str]) -> None:
-        """The agent's view of the group. A table that became ours is resynced to every peer at once."""
+    def update_view(
+        self, members: dict[str, str] | None, holders: dict[str, str], me: str = "",
+        tables: dict[str, plan.Table] | None = None,
+    ) -> str:
+        """The agent's view of the group. A table that became ours is resynced to every peer at once.
+
+        ``me`` and ``tables``: this NAT and the route tables with every member's address for each, as the
+        agent discovered them (members_from_tags: they change when a NAT is replaced). Returns a problem
+        ("" if none): an agent naming another NAT than the one this service is.
+        """
         now = self.clock()
         taken: list[str] = []
         with self.lock:
+            if me and self.me and me != self.me:
+                return f"the agent is {me}, this sync service is {self.me}"
+            if tables is not None:
+                self._use_tables(tables)
+            if me and not self.me:
+                self.view.me = me
+                log.info("this NAT is %s (from the agent)", me)
             before = set(self.view.held())
             if members:
                 self.view.members = {**members, self.me: members.get(self.me) or self.view.members.get(self.me, "")}
@@ -288,8 +314,22 @@ class SyncService:
                 self.leaving.pop(rt, None)
                 for peer in self.view.peers():
                     self.resync_at[(rt, peer)] = now
+            if self.me and self._started:
+                self._listen_now()
         for rt in taken:
             threading.Thread(target=self._count_taken, args=(rt,), daemon=True).start()
+        return ""
+
+    def _use_tables(self, tables: dict[str, plan.Table]) -> None:
+        """The route tables from now on (under ``lock``): a new one starts empty, a gone one is forgotten."""
+        for rt in tables:
+            self.pending.setdefault(rt, {})
+            self.synced.setdefault(rt, set())
+        for rt in [rt for rt in self.tables if rt not in tables]:
+            self.pending.pop(rt, None)
+            self.synced.pop(rt, None)
+        self.tables = dict(tables)
+        self.subnets = flows.Subnets({rt: t.subnets for rt, t in tables.items()})
 
     def _count_taken(self, table: str) -> None:
         """How many entries of ``table`` a takeover found here (the copies loaded before it)."""
@@ -307,7 +347,7 @@ class SyncService:
     def _sync_links(self) -> None:
         """One outgoing link per peer with an address (under ``lock``)."""
         for peer, address in self.view.members.items():
-            if peer == self.me or not address:
+            if not self.me or peer == self.me or not address:
                 continue
             link = self.links.get(peer)
             if link is not None and link.address == address:
@@ -720,11 +760,20 @@ class SyncService:
         op = message.get("op")
         if op == "state":
             holders, members = message.get("holders"), message.get("members")
+            me, tables = message.get("me", ""), message.get("tables")
             if not isinstance(holders, dict) or not (members is None or isinstance(members, dict)):
                 return {"ok": False, "error": "state: holders (and members) must be objects"}
-            self.update_view({str(k): str(v) for k, v in (members or {}).items()},
-                             {str(k): str(v) for k, v in holders.items()})  # fmt: skip
-            return {"ok": True}
+            try:
+                parsed = None if tables is None else plan.tables_from(tables)
+                if parsed is not None:
+                    flows.Subnets({rt: t.subnets for rt, t in parsed.items()})  # each one a network
+            except (TypeError, ValueError, AttributeError) as exc:
+                return {"ok": False, "error": f"state: tables: {exc}"}
+            if not isinstance(me, str):
+                return {"ok": False, "error": "state: me must be a string"}
+            problem = self.update_view({str(k): str(v) for k, v in (members or {}).items()},
+                                       {str(k): str(v) for k, v in holders.items()}, me, parsed)  # fmt: skip
+            return {"ok": not problem, **({"error": problem} if problem else {})}
         if op == "push":
             table, to, timeout = message.get("table"), message.get("to"), message.get("timeout")
             if not isinstance(table, str) or not isinstance(to, str) or not isinstance(timeout, (int, float)):
