@@ -115,13 +115,11 @@ def run(args: argparse.Namespace) -> int:
         service.close()
         print(f"nat-ha ctsync: cannot listen: {exc}", file=sys.stderr)
         return 1
-    log.info(
-        "nat-ha ctsync %s: %d route tables, peers %s, port %d",
-        me,
-        len(service.tables),
-        ", ".join(p for p in members if p != me) or "(from the agent)",
-        sync.port,
-    )
+    if me:
+        log.info("nat-ha ctsync %s: %d route tables, peers %s, port %d", me, len(service.tables),
+                 ", ".join(p for p in members if p != me) or "(from the agent)", sync.port)  # fmt: skip
+    else:
+        log.info("nat-ha ctsync: waits for the agent to name this NAT, its peers and tables (members_from_tags)")
     from agent.host.sdnotify import Notifier
 
     notifier = Notifier()
