@@ -126,8 +126,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
             dict,
             {},
             'Per member, { "i-..." = "10.0.1.21", ... }: the private address on that member\'s ENI that carries this '
-            "table's traffic and, while that member serves the table, its Elastic IP (the home member may use its "
-            "primary address). Every member needs one: with [[members]] give them all; with members_from_tags a "
+            "table's traffic and, while that member serves the table, its Elastic IP. A secondary address, never the "
+            "member's primary one (its own AWS calls leave from that: they would lose their way out when the "
+            "Elastic IP moves). Every member needs one: with [[members]] give them all; with members_from_tags a "
             "member without one here gets its k-th secondary private address (ascending) for the k-th table, as "
             "the stacks assign them.",
         ),
@@ -215,7 +216,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
             float, 1.0, "Session length this agent declares; peers take over after it plus margin.", minimum=0.05
         ),
         "margin": Key(float, 0.1, "Extra seconds an observer waits beyond a declared lease.", minimum=0.0),
-        "store_timeout": Key(float, 0.15, "Connect and read timeout of one DynamoDB call.", minimum=0.01),
+        "store_timeout": Key(
+            float,
+            0.15,
+            "The least time one DynamoDB call is given (whole: connect, send, answer). A call gets what is left of "
+            "the lease minus this (the next renewal's share), between store_timeout and store_timeout_max; a "
+            "renewal, or a call while the agent holds no valid lease, gets store_timeout_max.",
+            minimum=0.01,
+        ),
+        "store_timeout_max": Key(
+            float,
+            0.4,
+            "The most time one DynamoDB call is given: a NAT whose round trips to DynamoDB are slow but answer "
+            "(up to about this) keeps its lease and its route tables.",
+            minimum=0.01,
+        ),
         "store_attempts": Key(
             int,
             1,
@@ -235,6 +250,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "How long after a call's deadline AWS may still apply a write it received (an assumption: AWS publishes "
             "no figure). A new holder writes the route at once and writes it again this long after taking the table, "
             "so a late write of the previous holder cannot stay.",
+            minimum=0.0,
+        ),
+        "ec2_tag_propagation": Key(
+            float,
+            2.0,
+            "How long after our own holder-tag write IAM may still decide on the table's previous tag (an "
+            "assumption: AWS publishes no figure). A write refused within it is retried next cycle and not counted "
+            "as a failure of ours (at most for twice this long per term, so a role that may not write is still "
+            "found out).",
             minimum=0.0,
         ),
         "ec2_consistency_window": Key(
@@ -263,7 +287,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "restart_after": Key(
             float,
             30.0,
-            "Seconds of heartbeat silence (and failed probes) before a peer is stopped and started.",
+            "Seconds of heartbeat silence and of unanswered probes before a peer is stopped and started "
+            "(a NAT that answers probes is never stopped).",
             minimum=0.0,
         ),
         "restart_cooldown": Key(
@@ -461,9 +486,11 @@ class Timing:
     lease: float = 1.0
     margin: float = 0.1
     store_timeout: float = 0.15
+    store_timeout_max: float = 0.4
     store_attempts: int = 1
     ec2_timeout: float = 0.6
     ec2_apply_horizon: float = 1.0
+    ec2_tag_propagation: float = 2.0
     ec2_consistency_window: float = 2.0
     ec2_reconcile_interval: float = 5.0
     silent_owner_after: float = 2.0
@@ -495,6 +522,17 @@ class Timing:
             out.append(
                 f"timing.store_attempts: {self.store_attempts} x store_timeout ({self.store_timeout} s) must fit "
                 f"lease - heartbeat_interval ({self.lease - self.heartbeat_interval:.3f} s)"
+            )
+        if self.store_timeout > self.store_timeout_max + 1e-9:
+            out.append(
+                f"timing.store_timeout_max: {self.store_timeout_max} s must be >= store_timeout "
+                f"({self.store_timeout} s)"
+            )
+        if self.heartbeat_interval + self.store_timeout_max > self.lease + self.margin + 1e-9:
+            out.append(
+                f"timing.store_timeout_max: {self.store_timeout_max} s must be <= lease + margin - heartbeat_interval "
+                f"({self.lease + self.margin - self.heartbeat_interval:.3f} s): a renewal sent on time and given all "
+                "of it must still land before peers may judge the session stale"
             )
         if self.cycle_interval > self.heartbeat_interval + 1e-9:
             out.append(
@@ -779,6 +817,7 @@ def egress_problems(config: Config) -> list[str]:
                 )
     mine: dict[tuple[str, str], str] = {}  # (member, address) -> the route table it serves
     owner = {m.address: m.instance_id for m in members if m.address}  # address -> the member whose ENI has it
+    primary = {m.instance_id: m.address for m in members if m.address}  # what its peers probe, its own way out
     for i, e in enumerate(tables):
         path = f"egress.tables[{i}].addresses"
         given = dict(e.addresses)
@@ -788,6 +827,13 @@ def egress_problems(config: Config) -> list[str]:
         for iid, addr in e.addresses:
             if members and iid not in ids:
                 out.append(f"{path}: {iid} is not a member")
+            if members and addr == primary.get(iid):
+                out.append(
+                    f"{path}: {iid}'s address {addr} is its primary address (the one its own AWS calls leave from): "
+                    f"when {e.route_table}'s Elastic IP moves away, {iid} loses its way to AWS and goes silent; "
+                    "give it a secondary address for the table"
+                )
+                continue
             holder = owner.setdefault(addr, iid)
             if holder != iid:
                 out.append(f"{path}: {iid}'s address {addr} belongs to {holder}: a private address is on one ENI")

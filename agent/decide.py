@@ -33,10 +33,14 @@ passed in. The rules (DESIGN.md):
   for the table like it keeps the route: written when taken, again after the horizon and
   after a stray report, and repaired when a read shows it elsewhere.
 * Restarting a peer (stop/start) needs much stronger evidence: heartbeat silent
-  for ``restart_after``, probes failing, EC2 saying it is running or stopped;
-  it happens under a restart lease, after a cooldown, at most
-  ``restart_max_attempts`` times without the peer becoming healthy, and never to
-  a peer that is heartbeating or that left on purpose.
+  for ``restart_after`` *and* no probe answered for ``restart_after`` (data-plane
+  evidence: a NAT that answers probes is never stopped, whatever its heartbeat
+  says - a wedged agent is systemd's watchdog's job, and a NAT that forwards but
+  cannot reach DynamoDB may lose its tables but keeps running), EC2 saying it is
+  running or stopped; it happens under a restart lease, after a cooldown, at
+  most ``restart_max_attempts`` times without the peer becoming healthy, and
+  never to a peer that is heartbeating or that left on purpose. The evidence is
+  checked again, fresh, right before the stop is sent (agent/cycle/restarts.py).
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class PeerProbe:
     lost: int = 0
     window: int = 0
     silent_for: float = 0.0  # seconds since the last answered probe
+    result_age: float = 0.0  # seconds since the newest probe result (answered or lost): how fresh this is
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,7 @@ class EnsureRoute(_Explained):
     route_table: str
     route: RouteItem
     why: str
+    again: bool = False  # EC2 shows it here already: written again (after the horizon, a stray report)
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,7 @@ class EnsureAddress(_Explained):
     route_table: str
     route: RouteItem
     why: str
+    again: bool = False  # EC2 shows it on our address already: associated again
 
 
 @dataclass(frozen=True)
@@ -403,7 +410,7 @@ def decide(obs: Observation, t: Timing) -> Decision:
                 seen = "unknown" if ec2 is None else (ec2.target or ec2.state)
                 actions.append(EnsureRoute(rt, r, f"routing {rt} to me (EC2 shows {seen})"))
             elif rt in obs.reassert:
-                actions.append(EnsureRoute(rt, r, f"writing {rt}'s route again: {obs.reassert[rt]}"))
+                actions.append(EnsureRoute(rt, r, f"writing {rt}'s route again: {obs.reassert[rt]}", again=True))
             address = _plan_address(obs, rt, r)
             if address is not None:
                 actions.append(address)
@@ -448,11 +455,27 @@ def decide(obs: Observation, t: Timing) -> Decision:
         actions.append(TakeOver(rt, r, expire, reason, f"{verb} {rt}{owner} (term {term}): {why}"))
 
     actions.extend(_plan_restarts(v, t))
+    actions.sort(key=_priority)
 
     if actions:
         kind = _kind_of(actions)
         return Decision(kind, "; ".join(a.describe() for a in actions), tuple(actions))
     return _steady(v, held, notes)
+
+
+def _priority(action: Action) -> int:
+    """The order of a cycle's writes: AWS's write buckets are shared (and a cycle's time is bounded),
+    so what ends an outage goes first - a table's route to a NAT that serves it, then its Elastic
+    IP - then planned moves, then writes that only re-assert what EC2 already shows, then restarts."""
+    if isinstance(action, (TakeOver, RouteToGateway)) or (isinstance(action, EnsureRoute) and not action.again):
+        return 0
+    if isinstance(action, EnsureAddress) and not action.again:
+        return 1
+    if isinstance(action, (HandOver, Release)):
+        return 2
+    if isinstance(action, (EnsureRoute, EnsureAddress)):
+        return 3
+    return 4
 
 
 def _successor(v: _View, rt: str) -> MemberItem | None:
@@ -472,7 +495,7 @@ def _plan_address(obs: Observation, rt: str, r: RouteItem) -> EnsureAddress | No
         ip = f" {seen.public_ip}" if seen is not None and seen.public_ip else ""
         return EnsureAddress(rt, r, f"moving {rt}'s Elastic IP{ip} to me (it is {where})")
     if rt in obs.reassert_address:
-        return EnsureAddress(rt, r, f"associating {rt}'s Elastic IP again: {obs.reassert_address[rt]}")
+        return EnsureAddress(rt, r, f"associating {rt}'s Elastic IP again: {obs.reassert_address[rt]}", again=True)
     return None
 
 
@@ -673,11 +696,28 @@ def _restart_evidence(v: _View, t: Timing, peer: str) -> str | None:
     silent = obs.heartbeat_age.get(peer, 0.0)
     if silent < t.restart_after:
         return None
+    why = probe_silence(obs.probes.get(peer), t.restart_after)
+    if why:
+        return None  # it answers probes (or we cannot tell): never stopped, whatever its heartbeat says
     state = obs.instance_states.get(peer, "")
     if state not in INSTANCE_RESTARTABLE:
         return None
-    probes = "no probe replies" if v.probe_down(peer) else "it answers probes but cannot reach AWS"
-    return f"heartbeat silent {_fmt(silent)}, {probes}, EC2 state {state}"
+    p = obs.probes[peer]
+    return f"heartbeat silent {_fmt(silent)}, no probe replies for {_fmt(p.silent_for)}, EC2 state {state}"
+
+
+def probe_silence(p: PeerProbe | None, needed: float, fresh_within: float | None = None) -> str:
+    """ "" when our probes show a peer that does not forward: down, unanswered for ``needed`` seconds (and,
+    with ``fresh_within``, the newest result no older than that); else why the evidence is not there."""
+    if p is None:
+        return "we do not probe it"
+    if p.up:
+        return "it answers probes"
+    if p.silent_for < needed:
+        return f"it answered a probe {_fmt(p.silent_for)} ago"
+    if fresh_within is not None and p.result_age > fresh_within:
+        return f"the newest probe result is {p.result_age:.2f} s old"
+    return ""
 
 
 def _kind_of(actions: list[Action]) -> str:

@@ -39,7 +39,7 @@ from pathlib import Path
 from agent.aws.models import botocore_session, models_ready, plain_session
 from agent.config import Config
 from agent.host.runstate import Recorded
-from agent.runtime import Runtime, member_info, store_for
+from agent.runtime import Runtime, member_info, store_budget, store_for
 from coordinator.clock import Clock
 from coordinator.dynamo import DynamoStore
 from coordinator.errors import CoordinatorError, SessionLost, StoreConfigError, StoreUnavailable
@@ -199,7 +199,14 @@ def resume(
     store = store_for(config, on_call=on_call, session=botocore_session() if final else plain_session())
     t = config.timing
     coordinator = Coordinator(
-        store, config.group, config.instance_id, clock, t.lease, info=member_info(config), on_session=on_session
+        store,
+        config.group,
+        config.instance_id,
+        clock,
+        t.lease,
+        info=member_info(config),
+        on_session=on_session,
+        budget=store_budget(t),
     )
     out = Resumed(coordinator, store, final)
     if why:

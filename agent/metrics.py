@@ -34,6 +34,12 @@ FAILOVER_REASONS = ("peer_dead", "self_unhealthy", "home_healthy", "operator", "
 RESTART_RESULTS = ("stopped", "started", "failed", "gave_up")
 RENEWAL_RESULTS = ("success", "conflict", "error")
 SELF_CHECKS = ("ip_forward", "masquerade", "conntrack", "egress", "ec2_writes")
+# Whose an EC2 failure was (agent.cycle.standing): ours make a holder hand its tables over, AWS's never do.
+EC2_FAILURE_CAUSES = (
+    ("ours", "refused"), ("ours", "unreachable"),
+    ("aws", "throttled"), ("aws", "unreachable"), ("aws", "tag_propagation"), ("aws", "error"),
+)  # fmt: skip
+EC2_PENALTY_CAUSES = ("refused", "unreachable")
 DECISIONS = (
     "holding", "standby", "took_over", "failed_back", "handed_over", "waiting", "restarting_peer",
     "draining", "no_session", "store_unavailable", "unhealthy",
@@ -280,6 +286,25 @@ class Metrics:
             "EC2 writes whose bytes left after their deadline (the process was paused): reported as strays",
             registry=r,
         )
+        self.ec2_failures = Counter(
+            f"{ns}_ec2_failures",
+            "Failed EC2 calls by whose failure it was: ours (refused: our role or credentials; unreachable: our "
+            "path, while peers reach EC2) or AWS's (throttled, unreachable for everyone, tag propagation, error)",
+            ["whose", "cause"],
+            registry=r,
+        )
+        self.ec2_penalties = Counter(
+            f"{ns}_ec2_penalties",
+            "Times this agent put itself out (ec2_writes failing: its tables go to a peer) for EC2 failures of its own",
+            ["cause"],
+            registry=r,
+        )
+        self.ec2_backoff = Gauge(
+            f"{ns}_ec2_backoff_seconds",
+            "Seconds this agent still waits before calling the EC2 action again after AWS throttled it",
+            ["operation"],
+            registry=r,
+        )
         self.cycle_duration = Histogram(
             f"{ns}_cycle_duration_seconds", "Duration of one HA cycle", buckets=CYCLE_BUCKETS, registry=r
         )
@@ -307,6 +332,9 @@ class Metrics:
         self.decision_of = Children(self.decision)
         self.aws_duration_of = Children2(self.aws_duration)
         self.aws_errors_of = Children3(self.aws_errors)
+        self.ec2_failures_of = Children2(self.ec2_failures)
+        self.ec2_penalties_of = Children(self.ec2_penalties)
+        self.ec2_backoff_of = Children(self.ec2_backoff)
         self._decided: str | None = None  # the decision kind whose gauge is 1, if any
         self._last: dict[Gauge, float] = {}  # what put() last set each gauge to
 
@@ -374,6 +402,13 @@ class Metrics:
                 self.aws_errors_of[service, operation, error]
         if again:
             return
+        for pair in EC2_FAILURE_CAUSES:
+            self.ec2_failures_of[pair]
+        for cause in EC2_PENALTY_CAUSES:
+            self.ec2_penalties_of[cause]
+        for service, operation in AWS_OPERATIONS:
+            if service == "ec2":
+                self.ec2_backoff_of[operation].set(0)
         for d in DECISIONS:
             self.decision_of[d].set(0)
         self._decided = None

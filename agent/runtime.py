@@ -15,12 +15,12 @@ from agent import __version__
 from agent.aws.ec2 import Ec2, Ec2Error
 from agent.aws.imds import ImdsError, account_id, identity, instance_arn
 from agent.aws.models import botocore_session
-from agent.config import Config, ConfigError, egress_problems, with_discovered
+from agent.config import Config, ConfigError, Timing, egress_problems, with_discovered
 from agent.members import Membership, derive_egress
 from coordinator.clock import Clock, SystemClock
 from coordinator.dynamo import DynamoSettings, DynamoStore
 from coordinator.instrument import CallObserver
-from coordinator.leases import Coordinator, MemberInfo
+from coordinator.leases import Coordinator, MemberInfo, StoreBudget
 
 OPERATOR_TIMEOUT_S = 5.0  # per call, for status/drain/switchover (not bound by a lease)
 
@@ -31,6 +31,7 @@ class Runtime:
     store: DynamoStore
     ec2: Ec2
     holder: str = ""  # this instance's ARN for the route tables' holder tag ("": no tagging)
+    operator: bool = False  # an operator's command: its calls wait for an answer, no lease to fit
     problems: tuple[str, ...] = ()  # what the discovered members break (egress): listed by status, fatal to the agent
 
 
@@ -70,7 +71,10 @@ def store_for(
             region=config.region,
             endpoint_url=config.store.endpoint_url or None,
             connect_timeout_s=timeout,
-            read_timeout_s=timeout,
+            # The most one call may take; the agent's coordinator fits each call's budget below it
+            # (StoreBudget). Through a proxy (botocore's own timeouts, per socket operation) a slow
+            # answer gets as long as the agent's longest budget.
+            read_timeout_s=timeout if operator else t.store_timeout_max,
             max_attempts=attempts,
         ),
         on_call=on_call,
@@ -124,7 +128,8 @@ def resolve(
             except ImdsError as exc:
                 raise ConfigError([f"ec2.account_id: not set and {exc} (needed for ec2.holder_tag)"]) from None
         holder = instance_arn(config.instance_id, region, account)
-    return Runtime(config, store, ec2, holder, tuple(problems))
+    return Runtime(config, store, ec2, holder, operator=operator, problems=tuple(problems))
+
 
 
 def discovered(config: Config, ec2: Ec2) -> tuple[Config, list[str]]:
@@ -164,12 +169,19 @@ def coordinator_for(
     on_session: Callable[[str], None] | None = None,
 ) -> Coordinator:
     config = rt.config
+    t = config.timing
     return Coordinator(
         rt.store,
         config.group,
         config.instance_id or "operator",
         clock or SystemClock(),
-        lease_s if lease_s is not None else config.timing.lease,
+        lease_s if lease_s is not None else t.lease,
         info=member_info(config),
         on_session=on_session,
+        budget=None if rt.operator else store_budget(t),
     )
+
+
+def store_budget(t: Timing) -> StoreBudget:
+    """Each DynamoDB call's time, fitted to the lease (coordinator.leases.StoreBudget)."""
+    return StoreBudget(t.store_timeout, t.store_timeout_max)

@@ -26,10 +26,25 @@ holder needs the opposite: "this call is over, one way or the other, at time T".
   after; so callers classify failures as before. No timer thread: one would
   wake once per call, ~0.1 ms of CPU each on this machine, which the agent's
   four DynamoDB calls a second cannot afford (bench/README.md);
-* after every call :attr:`Sender.last` (a :class:`SendRecord`) says when the
-  request bytes were handed to the kernel: ``sent_late`` is true when that
-  finished after the deadline (the process was frozen between the last check
-  and the write), ``maybe_sent`` when the write started but did not finish.
+* "sent" means acknowledged: after every call :attr:`Sender.last` (a
+  :class:`SendRecord`) says when the request bytes were handed to the kernel
+  (``sent_at``) and when the peer had acknowledged all of them (``acked_at``,
+  from the socket's send queue, ``SIOCOUTQ``, and ``TCP_INFO``'s time of the last
+  ACK). ``sent_late`` is true when either happened after the deadline (the
+  process was frozen between the last check and the write); ``in_doubt`` when
+  bytes left but were not all acknowledged when the call ended: the request may
+  still be applied, and must be treated so until the deadline plus the time AWS
+  may take to apply it;
+* nothing leaves after the deadline: the kernel's retransmission of the request
+  is bounded by ``TCP_USER_TIMEOUT`` (the time left, set before the write, so it
+  holds while the process is frozen), and a call that did not complete is
+  aborted (``SO_LINGER`` 0: a reset, the unsent bytes dropped) instead of closed
+  (a plain ``close()`` lets the kernel deliver the request seconds after the
+  caller gave up, to a server that was slow to read it);
+* every answer's ``Date`` header (the server's clock, to the second) is passed to
+  the listener set with :func:`set_answer_listener` with the call's send and
+  receive times: coordinator.pauses compares them with the monotonic clock to see
+  pauses it did not count.
 
 :func:`install` puts a sender behind a botocore client: it answers where
 botocore's Endpoint would call its urllib3 session, right after the
@@ -42,11 +57,17 @@ before the bytes go out, whether this request may be sent and until when.
 
 from __future__ import annotations
 
+import calendar
+import contextlib
+import email.utils
+import fcntl
 import io
 import ipaddress
 import os
 import socket
 import ssl
+import struct
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -74,6 +95,19 @@ from urllib3.util.ssl_ import create_urllib3_context
 
 # authorize(request) -> absolute monotonic deadline, or raise to refuse the send.
 Authorize = Callable[[AWSPreparedRequest], float]
+# Told of every answer: (when the request started to leave, when the answer's head arrived, its Date
+# header in epoch seconds), all but the Date on the time.monotonic() clock.
+AnswerListener = Callable[[float, float, float], None]
+_answer_listener: AnswerListener | None = None
+
+
+def set_answer_listener(listener: AnswerListener | None) -> None:
+    """Pass every answer's server time (its ``Date``) to ``listener``, from every sender of this process.
+
+    One per process: the clock whose pauses it helps to see is the process's (coordinator.pauses).
+    """
+    global _answer_listener
+    _answer_listener = listener
 
 
 # ------------------------------------------------------------- name lookup
@@ -111,16 +145,20 @@ def _resolve(host: str, port: int, deadline: float, url: str) -> str:
 class SendRecord:
     """What happened to one request, on the ``time.monotonic()`` clock.
 
-    ``send_started`` is taken just before the first byte is written and
-    ``sent_at`` right after the kernel accepted the last one. ``sent_late``
-    means the bytes went out after the deadline: the process was frozen between
-    the deadline check and the write (or just after it: conservative).
+    ``send_started`` is taken just before the first byte is written, ``sent_at``
+    right after the kernel accepted the last one, and ``acked_at`` is when the
+    peer had acknowledged every byte (None: not all were, when the call ended).
+    ``sent_late`` means the bytes went out, or reached the peer, after the
+    deadline: the process was frozen between the deadline check and the write
+    (or just after it: conservative).
     """
 
     started: float
     deadline: float
     send_started: float | None = None
     sent_at: float | None = None
+    acked_at: float | None = None
+    answered_at: float | None = None
     ended: float | None = None
     error: str = ""
 
@@ -130,8 +168,15 @@ class SendRecord:
         return self.send_started is not None
 
     @property
+    def in_doubt(self) -> bool:
+        """Bytes left but were not all acknowledged: the server may have the request, or may not."""
+        return self.send_started is not None and self.acked_at is None
+
+    @property
     def sent_late(self) -> bool:
-        return self.sent_at is not None and self.sent_at > self.deadline
+        return (self.sent_at is not None and self.sent_at > self.deadline) or (
+            self.acked_at is not None and self.acked_at > self.deadline
+        )
 
 
 class _Body:
@@ -207,6 +252,19 @@ class Sender:
         if conn is not None:
             conn.close()
 
+    def abort(self) -> None:
+        """Close with a reset (SO_LINGER 0): what the kernel still holds of a request is dropped, not sent.
+
+        A plain close keeps (re)transmitting queued bytes after the caller gave up: a request the
+        server was slow to take would reach it complete seconds later (issue 17, finding 3).
+        """
+        conn = self._conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed: nothing is queued
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        self.close()
+
     def _connection(self, deadline: float) -> HTTPConnection:
         """The kept connection if the server has not closed it, else a new one (connected by ``deadline``)."""
         conn = self._conn
@@ -271,7 +329,10 @@ class Sender:
         try:
             return self._exchange(conn, request, record)
         except BaseException:
-            self.close()  # never reuse a connection a request failed on
+            # Never reuse a connection a request failed on; and send nothing more of it.
+            if record.send_started is not None and conn.sock is not None:
+                _note_acked(conn.sock, record)
+            self.abort()
             raise
 
     def _exchange(self, conn: HTTPConnection, request: AWSPreparedRequest, record: SendRecord) -> AWSResponse:
@@ -284,19 +345,33 @@ class Sender:
         except ValueError as exc:
             raise HTTPClientError(error=exc) from exc  # as botocore's session reports a request it cannot send
         try:
-            sock.settimeout(_left(deadline))
+            left = _left(deadline)
+            sock.settimeout(left)
+            # The kernel stops (re)transmitting by the deadline even while this process is frozen.
+            _bound_retransmission(sock, left)
         except TimeoutError as exc:
             raise ConnectTimeoutError(endpoint_url=url, error="deadline passed before the request was sent") from exc
         try:
             record.send_started = time.monotonic()
             sock.sendall(message)  # one write (no second segment); bounded in total by the time left
             record.sent_at = time.monotonic()
+            _note_acked(sock, record)
             raw.deadline = deadline  # every recv gets the time left
-            status, headers, data, closes = read_response(reader, request.method)
+            status, headers, data, closes = read_response(reader, request.method, record)
         except TimeoutError as exc:
             raise ReadTimeoutError(endpoint_url=url, error=exc) from exc
         except (OSError, ValueError) as exc:
             raise ConnectionClosedError(endpoint_url=url, error=exc) from exc
+        if record.acked_at is None:
+            # An answer means the server read the whole request: acknowledged by the time it came.
+            _note_acked(sock, record)
+            if record.acked_at is None and record.answered_at is not None:
+                record.acked_at = record.answered_at
+        listener = _answer_listener
+        if listener is not None and record.answered_at is not None:
+            date = _server_time(headers.get("date", ""))
+            if date is not None:
+                listener(record.send_started, record.answered_at, date)
         if closes:
             self.close()
         return AWSResponse(url, status, cast(Any, headers), _Body(data))
@@ -358,7 +433,9 @@ MAX_LINE = 65536
 MAX_HEADER_LINES = 100
 
 
-def read_response(reader: io.BufferedReader, method: str = "POST") -> tuple[int, dict[str, str], bytes, bool]:
+def read_response(
+    reader: io.BufferedReader, method: str = "POST", record: SendRecord | None = None
+) -> tuple[int, dict[str, str], bytes, bool]:
     """One HTTP/1.1 response: (status, lower-case headers, body, the server closes the connection).
 
     Hand-written on purpose, with the request line above (the measured reason is
@@ -368,11 +445,14 @@ def read_response(reader: io.BufferedReader, method: str = "POST") -> tuple[int,
     not have. Enough of HTTP/1.1 for an AWS API endpoint: Content-Length, chunked,
     or up to the close; interim 1xx answers skipped. Raises ``ValueError`` on
     anything malformed and ``ConnectionError`` when the server closed first.
+    ``record`` (optional) gets the time the status line arrived.
     """
     for _ in range(10):  # interim 1xx answers (100 Continue) come before the real one
         line = reader.readline(MAX_LINE)
         if not line:
             raise ConnectionResetError("the server closed the connection")
+        if record is not None and record.answered_at is None:
+            record.answered_at = time.monotonic()
         version, _, rest = line.decode("latin-1").partition(" ")
         if not version.startswith("HTTP/") or not rest[:3].isdigit():
             raise ValueError(f"not an HTTP status line: {line[:80]!r}")
@@ -420,6 +500,49 @@ def _read_exactly(reader: io.BufferedReader, size: int) -> bytes:
     if len(data) != size:
         raise ConnectionResetError(f"the server closed the connection after {len(data)} of {size} body bytes")
     return data
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets and drops what is queued
+_TCP_INFO_LEN = 104  # struct tcp_info up to tcpi_rcv_space; tcpi_last_ack_recv (u32, ms ago) is at offset 56
+_LAST_ACK_RECV = struct.Struct("=I")
+
+
+def _bound_retransmission(sock: socket.socket, left: float) -> None:
+    """TCP_USER_TIMEOUT = the time left: unacknowledged bytes are given up by then, frozen or not (Linux)."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None:
+        return
+    with contextlib.suppress(OSError):  # not TCP (a test's socket pair): nothing to bound
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(left * 1000)))
+
+
+def _note_acked(sock: socket.socket, record: SendRecord) -> None:
+    """Set ``record.acked_at`` when the peer has acknowledged every byte of the request (Linux).
+
+    The send queue (SIOCOUTQ: bytes not yet sent or not yet acknowledged) is empty once it
+    has; the time is that of the last ACK (TCP_INFO), never before the write started.
+    """
+    if record.acked_at is not None or record.send_started is None:
+        return
+    try:
+        fd = sock.fileno()
+        queued = struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        if queued:
+            return
+        now = time.monotonic()
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+        ago = _LAST_ACK_RECV.unpack_from(info, 56)[0] / 1000 if len(info) >= 60 else 0.0
+        record.acked_at = max(record.send_started, now - ago)
+    except (OSError, ValueError, AttributeError):
+        return  # cannot tell: the request stays in doubt
+
+
+def _server_time(date: str) -> float | None:
+    """An HTTP ``Date`` header in epoch seconds (None when absent or unreadable)."""
+    if not date:
+        return None
+    parsed = email.utils.parsedate(date)
+    return float(calendar.timegm(parsed)) if parsed is not None else None
 
 
 def _left(deadline: float) -> float:

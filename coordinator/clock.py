@@ -7,6 +7,7 @@ written for humans reading the table.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -24,6 +25,12 @@ class SystemClock:
 
     def wall(self) -> float:
         return time.time()
+
+    def reference_clocks(self) -> dict[str, Callable[[], float]]:
+        """Clocks that may count a pause the monotonic one does not (coordinator.pauses)."""
+        from coordinator.pauses import system_references
+
+        return system_references()
 
 
 class FakeClock:

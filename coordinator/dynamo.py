@@ -19,7 +19,14 @@ from pynamodb.exceptions import PynamoDBException
 from pynamodb.expressions.condition import Condition
 from pynamodb.models import Model
 
-from coordinator.dynamo_http import FastClient, bound_botocore_client, fast_client_for, fast_path_off, sender_for
+from coordinator.dynamo_http import (
+    CallBudget,
+    FastClient,
+    bound_botocore_client,
+    fast_client_for,
+    fast_path_off,
+    sender_for,
+)
 from coordinator.errors import StoreConfigError
 from coordinator.instrument import CallObserver, instrument_client
 from coordinator.items import Attrs
@@ -136,6 +143,9 @@ class DynamoStore:
         self._deserializer: Any = None  # boto3's, made on first use (importing boto3 costs ~0.2 s at start)
         self._on_call = on_call
         self._prepared: Any = None  # the botocore client instrumented and bound to a sender
+        # Each call's own budget, when its caller gives one (``timeout=``), up to the sender's timeout:
+        # max(connect_timeout_s, read_timeout_s) is the most any call may take.
+        self._budget = CallBudget()
         # The hot operations go over coordinator.dynamo_http where it behaves like botocore.
         self._fast_wanted = settings.max_attempts == 1 and not fast_path_off()
         connection = self.model._get_connection().connection
@@ -165,9 +175,9 @@ class DynamoStore:
         if sender is None:
             self._fast_wanted = False  # a proxy is configured: botocore handles it (per-operation timeouts only)
             return
-        bound_botocore_client(client, sender, s.max_attempts)
+        bound_botocore_client(client, sender, s.max_attempts, self._budget)
         if self._fast_wanted:
-            fast = fast_client_for(client, connection.session, sender, on_call=self._on_call)
+            fast = fast_client_for(client, connection.session, sender, on_call=self._on_call, budget=self._budget)
             connection._client = fast  # type: ignore[assignment]  # duck-typed stand-in
 
     # ------------------------------------------------------------------ reads
@@ -195,27 +205,29 @@ class DynamoStore:
         except (TypeError, ValueError, ArithmeticError):
             return typed
 
-    def query_group(self, group: str) -> list[Attrs]:
+    def query_group(self, group: str, *, timeout: float | None = None) -> list[Attrs]:
         self._prepare_client()
         conn = self.model._get_connection()
         items: list[dict[str, Any]] = []
         start_key = None
         try:
-            for _ in range(100):  # bounded pagination: a group is a handful of items
-                data = conn.query(group, consistent_read=True, exclusive_start_key=start_key)
-                items.extend(data.get("Items", []))
-                start_key = data.get("LastEvaluatedKey")
-                if not start_key:
-                    break
+            with self._budget.using(timeout):
+                for _ in range(100):  # bounded pagination: a group is a handful of items
+                    data = conn.query(group, consistent_read=True, exclusive_start_key=start_key)
+                    items.extend(data.get("Items", []))
+                    start_key = data.get("LastEvaluatedKey")
+                    if not start_key:
+                        break
         except PynamoDBException as exc:
             self._raise_read(exc)
         return self._rows(items)
 
-    def get_item(self, group: str, item: str) -> Attrs | None:
+    def get_item(self, group: str, item: str, *, timeout: float | None = None) -> Attrs | None:
         self._prepare_client()
         conn = self.model._get_connection()
         try:
-            data = conn.get_item(group, item, consistent_read=True)
+            with self._budget.using(timeout):
+                data = conn.get_item(group, item, consistent_read=True)
         except PynamoDBException as exc:
             self._raise_read(exc)
         raw = data.get("Item")
@@ -241,7 +253,9 @@ class DynamoStore:
         assert cond is not None
         return cond
 
-    def put_item(self, group: str, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None) -> None:
+    def put_item(
+        self, group: str, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None, timeout: float | None = None
+    ) -> None:
         values = {k: v for k, v in attrs.items() if v is not None and v != ""}
         values["updated_at"] = int(time.time())  # for humans reading the table; never for expiry
         unknown = set(values) - set(_STRING_ATTRS) - set(_NUMBER_ATTRS) - set(_BOOL_ATTRS) - {"item"}
@@ -254,7 +268,8 @@ class DynamoStore:
 
             row.gc_at = timedelta(seconds=gc_after_s)  # type: ignore[attr-defined]
         try:
-            row.save(condition=self._condition(expect), add_version_condition=False)
+            with self._budget.using(timeout):
+                row.save(condition=self._condition(expect), add_version_condition=False)
         except PynamoDBException as exc:
             code = _code(exc)
             if code == "ConditionalCheckFailedException":

@@ -46,7 +46,8 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from botocore.awsrequest import AWSPreparedRequest, HeadersDict
@@ -142,10 +143,36 @@ class SigV4:
         )
 
 
+class CallBudget:
+    """How long the store call in progress on this thread may take, when its caller says so.
+
+    The coordinator gives each call a budget fitted to its lease (coordinator.leases.StoreBudget);
+    the store sets it around the call and the transport (:class:`DynamoHttp`, :class:`CallDeadline`)
+    reads it here, since pynamodb passes nothing of the kind through. None: the sender's timeout.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self) -> float | None:
+        seconds: float | None = getattr(self._local, "seconds", None)
+        return seconds
+
+    @contextmanager
+    def using(self, seconds: float | None) -> Iterator[None]:
+        before = self.get()
+        self._local.seconds = seconds
+        try:
+            yield
+        finally:
+            self._local.seconds = before
+
+
 class DynamoHttp:
     """Signed DynamoDB JSON calls through a :class:`~coordinator.awshttp.Sender` (one thread at a time).
 
-    The sender's ``timeout`` is each call's whole budget: connect, send and the full answer.
+    Each call's whole budget (connect, send and the full answer) is ``budget``'s for this call
+    when set, never more than the sender's ``timeout`` (the budget when none is set).
     """
 
     def __init__(
@@ -157,8 +184,10 @@ class DynamoHttp:
         user_agent: str = "",
         on_call: CallObserver | None = None,
         events: Any = None,
+        budget: CallBudget | None = None,
     ) -> None:
         self.sender = sender
+        self.budget = budget
         self.endpoint_url = sender.endpoint_url
         self.url = self.endpoint_url + "/"
         self.region = region
@@ -177,8 +206,10 @@ class DynamoHttp:
         record_call(SERVICE, operation, params)
         t0 = time.monotonic()
         code: str | None = None
+        given = self.budget.get() if self.budget is not None else None
+        seconds = min(given, self.sender.timeout) if given else self.sender.timeout
         try:
-            return self._call(operation, params, t0 + self.sender.timeout)
+            return self._call(operation, params, t0 + seconds)
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", "ClientError"))
             raise
@@ -269,7 +300,9 @@ def sender_for(client: Any, session: Any, timeout: float) -> Sender | None:
     return Sender(endpoint, timeout=timeout, verify=verify_for(session))
 
 
-def fast_client_for(client: Any, session: Any, sender: Sender, *, on_call: CallObserver | None) -> FastClient:
+def fast_client_for(
+    client: Any, session: Any, sender: Sender, *, on_call: CallObserver | None, budget: CallBudget | None = None
+) -> FastClient:
     """A :class:`FastClient` around a botocore DynamoDB ``client``, sending through ``sender``."""
     http = DynamoHttp(
         sender,
@@ -278,12 +311,14 @@ def fast_client_for(client: Any, session: Any, sender: Sender, *, on_call: CallO
         user_agent=client.meta.config.user_agent or "",
         on_call=on_call,
         events=client.meta.events,
+        budget=budget,
     )
     return FastClient(client, http)
 
 
 class CallDeadline:
-    """The deadline of the botocore call in progress on this thread: its start + ``budget``.
+    """The deadline of the botocore call in progress on this thread: its start + ``budget``
+    (or the caller's budget for this call, from ``call_budget``).
 
     Registered on ``before-call``; as the sender's ``authorize`` it bounds every
     attempt of a call with retries by the call's budget and refuses an attempt
@@ -291,12 +326,14 @@ class CallDeadline:
     1 s in standard mode, only with more than one attempt) is not bounded here.
     """
 
-    def __init__(self, budget: float) -> None:
+    def __init__(self, budget: float, call_budget: CallBudget | None = None) -> None:
         self.budget = budget
+        self.call_budget = call_budget
         self._local = threading.local()
 
     def start(self, **_: Any) -> None:
-        self._local.deadline = time.monotonic() + self.budget
+        given = self.call_budget.get() if self.call_budget is not None else None
+        self._local.deadline = time.monotonic() + (min(given, self.budget) if given else self.budget)
 
     def authorize(self, request: AWSPreparedRequest) -> float:
         deadline: float = getattr(self._local, "deadline", 0.0) or time.monotonic() + self.budget
@@ -305,11 +342,12 @@ class CallDeadline:
         return deadline
 
 
-def bound_botocore_client(client: Any, sender: Sender, attempts: int) -> Any:
+def bound_botocore_client(client: Any, sender: Sender, attempts: int, budget: CallBudget | None = None) -> Any:
     """Send ``client``'s own calls through ``sender``.
 
-    Each attempt ends by ``sender.timeout``, each call by ``attempts`` times that.
+    Each attempt ends by ``sender.timeout``, each call by ``attempts`` times that (or by the
+    caller's budget for the call, from ``budget``).
     """
-    deadline = CallDeadline(sender.timeout * attempts)
+    deadline = CallDeadline(sender.timeout * attempts, budget)
     client.meta.events.register(f"before-call.{SERVICE}", deadline.start, unique_id=f"nat-ha-deadline-{id(client)}")
     return install(client, sender, deadline.authorize)

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 RECORD_ENV = "NAT_HA_RECORD_AWS_CALLS"
-# Parameters that name the resource a call acts on (what IAM scopes by).
+# Parameters that name the resource a call acts on, and the tags it writes (what IAM scopes by).
 _RESOURCE_PARAMS = (
     "TableName", "RouteTableId", "RouteTableIds", "InstanceIds", "InstanceId", "NetworkInterfaceId", "Resources",
-    "AllocationId", "AllocationIds", "AutoScalingGroupName", "StackName",
+    "AllocationId", "AllocationIds", "Tags", "AutoScalingGroupName", "StackName",
 )  # fmt: skip
 
 # on_call(service, operation, seconds, error_code_or_None)

@@ -49,19 +49,29 @@ Attrs = dict[str, Any]
 
 @dataclass(frozen=True)
 class Health:
-    """What a member says about itself in its heartbeat."""
+    """What a member says about itself in its heartbeat.
+
+    ``ec2_answered``: seconds since EC2 last answered a call of this member, as of the
+    heartbeat (None: not known). Peers read it to tell their own broken path to EC2 from an
+    outage that hits everyone (agent.cycle.standing).
+    """
 
     healthy: bool
     checks: dict[str, bool] = field(default_factory=dict)
     reaches: tuple[str, ...] = ()
     detail: str = ""
+    ec2_answered: float | None = None
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"healthy": self.healthy, "checks": self.checks, "reaches": list(self.reaches), "detail": self.detail},
-            sort_keys=True,
-            separators=(",", ":"),
-        )
+        raw: dict[str, object] = {
+            "healthy": self.healthy,
+            "checks": self.checks,
+            "reaches": list(self.reaches),
+            "detail": self.detail,
+        }
+        if self.ec2_answered is not None:
+            raw["ec2_answered_s"] = round(self.ec2_answered, 2)
+        return json.dumps(raw, sort_keys=True, separators=(",", ":"))
 
     @staticmethod
     def from_json(text: str) -> Health:
@@ -74,8 +84,14 @@ class Health:
             raise ValueError("health.checks must map names to booleans")
         if not isinstance(reaches, list) or not all(isinstance(v, str) for v in reaches):
             raise ValueError("health.reaches must be a list of instance ids")
+        # Only a hint for peers: a value that is not a number of seconds is ignored, never an error
+        # that would make the whole heartbeat unreadable.
+        answered = raw.get("ec2_answered_s")
+        seconds = None
+        if isinstance(answered, (int, float)) and not isinstance(answered, bool) and 0 <= answered < 1e9:
+            seconds = float(answered)
         return Health(
-            raw["healthy"], {str(k): v for k, v in checks.items()}, tuple(reaches), str(raw.get("detail", ""))
+            raw["healthy"], {str(k): v for k, v in checks.items()}, tuple(reaches), str(raw.get("detail", "")), seconds
         )
 
 

@@ -71,6 +71,29 @@ class SessionState:
 
 
 @dataclass(frozen=True)
+class StoreBudget:
+    """How long one store call may take: fitted to the lease, between ``least`` and ``most`` seconds.
+
+    A call gets what is left of the lease minus ``least`` (the share of the renewal that follows
+    it, so that it can still land in time), within those bounds. A renewal - the call that keeps
+    the lease - gets ``most``, as does every call while no lease is held (nothing to protect).
+    So a member whose round trips are slow but answer (up to about ``most``) keeps its session;
+    where the store does not answer at all, a cycle still ends in bounded time.
+    """
+
+    least: float
+    most: float
+
+    def renewal(self) -> float:
+        return self.most
+
+    def call(self, remaining: float) -> float:
+        if remaining <= 0:
+            return self.most
+        return min(self.most, max(self.least, remaining - self.least))
+
+
+@dataclass(frozen=True)
 class MemberInfo:
     """What a member writes about itself besides health."""
 
@@ -97,9 +120,11 @@ class Coordinator:
         info: MemberInfo | None = None,
         token_factory: Callable[[], str] = new_token,
         on_session: Callable[[str], None] | None = None,
+        budget: StoreBudget | None = None,
     ) -> None:
         if lease_s <= 0:
             raise ValueError("lease_s must be positive")
+        self.budget = budget  # None: every call gets the store's own timeout
         self.store = store
         self.group = group
         self.me = me
@@ -114,16 +139,22 @@ class Coordinator:
         self._recent_tokens: collections.deque[str] = collections.deque(maxlen=16)
 
     # ------------------------------------------------------------------ reads
+    def _timeout(self, *, renewal: bool = False) -> float | None:
+        """The time the next store call may take (:class:`StoreBudget`); None without a budget."""
+        if self.budget is None:
+            return None
+        return self.budget.renewal() if renewal else self.budget.call(self.remaining())
+
     def read_group(self) -> GroupSnapshot:
         try:
-            rows = self.store.query_group(self.group)
+            rows = self.store.query_group(self.group, timeout=self._timeout())
         except Unavailable as exc:
             raise StoreUnavailable(f"cannot read group {self.group!r}: {exc}") from exc
         return parse_group(self.group, rows)
 
     def _get(self, key: str) -> Attrs | None:
         try:
-            return self.store.get_item(self.group, key)
+            return self.store.get_item(self.group, key, timeout=self._timeout())
         except Unavailable as exc:
             raise StoreUnavailable(f"cannot read {key!r}: {exc}", outcome_unknown=True) from exc
 
@@ -141,6 +172,53 @@ class Coordinator:
     def drop_session(self) -> None:
         """Stop acting at once (session lost, or shutting down)."""
         self._session = None
+
+    def lapse(self) -> None:
+        """Our clock may have missed time (a pause it did not count): act on nothing until a renewal
+        sent from now on succeeds. The session itself is kept: if no peer expired it, it renews."""
+        s = self._session
+        if s is not None:
+            self._session = replace(s, valid_until=min(s.valid_until, self.clock.monotonic()))
+
+    def confirm(
+        self,
+        *,
+        route: tuple[str, int] | None = None,
+        restart: tuple[str, int] | None = None,
+        unchanged: MemberItem | None = None,
+    ) -> str:
+        """Right before an EC2 write: "" when DynamoDB still says we may, else why not.
+
+        One consistent read of the group (a Query of one partition). Our session must be alive
+        there (no peer expired it: the local clock alone does not say so after a pause it did not
+        count); ``route`` = (table, term): we still own the table in that term; ``restart`` =
+        (target, term): we still hold its restart lease; ``unchanged``: that member item is still
+        as we last saw (or wrote) it - a stop's target has not come back. Raises StoreUnavailable.
+        """
+        s = self._session
+        if s is None:
+            return "no session"
+        snapshot = self.read_group()
+        mine = snapshot.members.get(self.me)
+        if mine is None or mine.session != s.session or mine.state != MEMBER_ALIVE:
+            state = "gone" if mine is None else f"{mine.state}, session {mine.session[:8]}"
+            return f"our session {s.session[:8]} is no longer alive in DynamoDB ({state})"
+        if route is not None:
+            table, term = route
+            r = snapshot.routes.get(table)
+            if r is None or r.owner != self.me or r.owner_session != s.session or r.term != term:
+                held = "nobody" if r is None or not r.owner else f"{r.owner} in term {r.term}"
+                return f"{table} is held by {held}, not by this session in term {term}"
+        if restart is not None:
+            target, term = restart
+            x = snapshot.restarts.get(target)
+            if x is None or x.owner != self.me or x.owner_session != s.session or x.term != term:
+                return f"the restart lease on {target} is no longer ours in term {term}"
+        if unchanged is not None:
+            m = snapshot.members.get(unchanged.instance)
+            if m is None or (m.session, m.version, m.state) != (unchanged.session, unchanged.version, unchanged.state):
+                return f"{unchanged.instance} changed since (it is back, or someone wrote its item)"
+        return ""
 
     def _member(self, session: str, version: int, state: str, health: Health, draining: bool) -> MemberItem:
         return MemberItem(
@@ -178,7 +256,7 @@ class Coordinator:
                 expect, version = Expect.matches(version=old), old + 1
         session = uuid.uuid4().hex[:16]
         item = self._member(session, version, MEMBER_ALIVE, health, False)
-        self._write(encode_member(item), expect, gc_after_s=MEMBER_GC_SECONDS)
+        self._write(encode_member(item), expect, gc_after_s=MEMBER_GC_SECONDS, renewal=True)
         self._session = SessionState(session, version, t0, t0 + self.lease_s)
         self._on_session(session)
         return item
@@ -217,6 +295,7 @@ class Coordinator:
                     encode_member(item),
                     Expect.matches(session=session, state=MEMBER_ALIVE, version=old.version),
                     gc_after_s=MEMBER_GC_SECONDS,
+                    renewal=True,
                 )
             except Conflict:
                 continue  # a late renewal of the earlier process (read again), or a peer expired it
@@ -234,7 +313,7 @@ class Coordinator:
         item = self._member(s.session, s.version + 1, MEMBER_ALIVE, health, draining)
         expect = Expect.matches(session=s.session, state=MEMBER_ALIVE, version=s.version)
         try:
-            self._write(encode_member(item), expect, gc_after_s=MEMBER_GC_SECONDS)
+            self._write(encode_member(item), expect, gc_after_s=MEMBER_GC_SECONDS, renewal=True)
         except Conflict as exc:
             adopted = self._adopt_own_late_write(s)
             if adopted is None:
@@ -272,6 +351,7 @@ class Coordinator:
                 encode_member(item),
                 Expect.matches(session=s.session, version=s.version),
                 gc_after_s=MEMBER_GC_SECONDS,
+                renewal=True,
             )
         finally:
             self._session = None
@@ -423,13 +503,18 @@ class Coordinator:
         return item
 
     # ------------------------------------------------------------------ write
-    def _write(self, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None) -> None:
-        """Conditional put whose unknown outcome is resolved by re-reading its token."""
+    def _write(self, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None, renewal: bool = False) -> None:
+        """Conditional put whose unknown outcome is resolved by re-reading its token.
+
+        ``renewal``: the write keeps our lease (a heartbeat, a new session): it gets the longest budget.
+        """
         token = str(attrs["token"])
         key = str(attrs["item"])
         self._recent_tokens.append(token)
         try:
-            self.store.put_item(self.group, attrs, expect, gc_after_s=gc_after_s)
+            self.store.put_item(
+                self.group, attrs, expect, gc_after_s=gc_after_s, timeout=self._timeout(renewal=renewal)
+            )
             return
         except ConditionFailed as exc:
             current = self._get(key)
@@ -449,5 +534,6 @@ __all__ = [
     "Coordinator",
     "MemberInfo",
     "SessionState",
+    "StoreBudget",
     "new_token",
 ]

@@ -65,6 +65,12 @@ class MemoryStore:
         self.defer_hook = defer_hook
         self.writes = 0
         self.reads = 0
+        self._call = threading.local()  # the call in progress on this thread (its timeout, for the hooks)
+
+    def call_timeout(self) -> float | None:
+        """The ``timeout`` its caller gave the call in progress on this thread (hooks: the simulator's client)."""
+        seconds: float | None = getattr(self._call, "timeout", None)
+        return seconds
 
     def _fault(self, op: str, group: str, item: str) -> str | None:
         return self.fault_hook(op, group, item) if self.fault_hook else None
@@ -73,7 +79,8 @@ class MemoryStore:
         if self.delay_hook is not None:
             self.delay_hook(op, group, item, phase)
 
-    def query_group(self, group: str) -> list[Attrs]:
+    def query_group(self, group: str, *, timeout: float | None = None) -> list[Attrs]:
+        self._call.timeout = timeout
         self._delay("query", group, "", "request")
         if self._fault("query", group, "") is not None:
             raise Unavailable("injected: query failed")
@@ -83,7 +90,8 @@ class MemoryStore:
         self._delay("query", group, "", "reply")
         return rows
 
-    def get_item(self, group: str, item: str) -> Attrs | None:
+    def get_item(self, group: str, item: str, *, timeout: float | None = None) -> Attrs | None:
+        self._call.timeout = timeout
         self._delay("get", group, item, "request")
         if self._fault("get", group, item) is not None:
             raise Unavailable("injected: get failed")
@@ -94,7 +102,10 @@ class MemoryStore:
         self._delay("get", group, item, "reply")
         return found
 
-    def put_item(self, group: str, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None) -> None:
+    def put_item(
+        self, group: str, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None, timeout: float | None = None
+    ) -> None:
+        self._call.timeout = timeout
         item = str(attrs["item"])
         fault = self._fault("put", group, item)
         if self.send_hook is not None:

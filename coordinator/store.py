@@ -61,17 +61,23 @@ class Unavailable(Exception):
 
 
 class Store(Protocol):
-    """A backend holding the items of every group."""
+    """A backend holding the items of every group.
 
-    def query_group(self, group: str) -> list[Attrs]:
+    ``timeout``: how long this call may take in all (seconds; None: the store's own default).
+    The coordinator fits it to the lease (coordinator.leases.StoreBudget).
+    """
+
+    def query_group(self, group: str, *, timeout: float | None = None) -> list[Attrs]:
         """All items of ``group``, read consistently. Raises :class:`Unavailable`."""
         ...
 
-    def get_item(self, group: str, item: str) -> Attrs | None:
+    def get_item(self, group: str, item: str, *, timeout: float | None = None) -> Attrs | None:
         """One item, read consistently. Raises :class:`Unavailable`."""
         ...
 
-    def put_item(self, group: str, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None) -> None:
+    def put_item(
+        self, group: str, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None, timeout: float | None = None
+    ) -> None:
         """Replace one item if ``expect`` holds.
 
         Raises :class:`ConditionFailed` or :class:`OutcomeUnknown`. ``gc_after_s``

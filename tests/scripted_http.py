@@ -16,6 +16,7 @@ seconds, and :meth:`ScriptedServer.close` stops everything.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import struct
@@ -163,6 +164,22 @@ class ScriptedServer:
         self._thread.join(2)
 
 
+class PausingSocket:
+    """A client socket whose ``sendall`` sleeps ``pause`` seconds first: a process (or VM) frozen after
+    the transport's last check, while handing the bytes to the kernel."""
+
+    def __init__(self, sock: Any, pause: float = 0.7) -> None:
+        self.sock = sock
+        self.pause = pause
+
+    def sendall(self, data: bytes) -> None:
+        time.sleep(self.pause)
+        self.sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
 @contextmanager
 def scripted_servers() -> Iterator[Callable[..., ScriptedServer]]:
     """``with scripted_servers() as make: server = make([reply, ...])``; all closed at the end."""
@@ -220,3 +237,77 @@ def self_signed_tls(directory: Any) -> tuple[ssl.SSLContext, str]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_path, key_path)
     return context, str(cert_path)
+
+
+class SlowTaker:
+    """A server on 127.0.0.1 that takes a request late: it accepts, reads nothing for ``hold`` seconds, then
+    reads what has arrived (bounded by ``read_for``) and answers 200 if the request arrived complete.
+
+    Its receive buffer is the smallest Linux allows (its window closes after ~1.1 KB), so a longer
+    request waits in the *client's* kernel: what the client does with it after giving up (a plain
+    close keeps sending it; an abort drops it) decides whether the server ever gets it whole.
+    At ``hold`` it also records the socket's pending error: ECONNRESET when the client has reset.
+    """
+
+    def __init__(self, hold: float, read_for: float = 1.5, answer: bytes = b"") -> None:
+        self.hold = hold
+        self.read_for = read_for
+        self.answer = answer
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # inherited by accepted sockets
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted_at = -1.0
+        self.error_at_hold = 0  # SO_ERROR when the hold ended (before any read)
+        self.received = b""
+        self.read_at = -1.0  # when the last byte arrived
+        self.complete = False
+        self.done = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        end = time.monotonic() + 30
+        conn = None
+        while conn is None and not self._stop.is_set() and time.monotonic() < end:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+        if conn is None:
+            return
+        with conn:
+            self.accepted_at = time.monotonic()
+            self._stop.wait(self.hold)
+            self.error_at_hold = conn.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            conn.settimeout(0.1)
+            stop = time.monotonic() + self.read_for
+            while time.monotonic() < stop and not self.complete:
+                try:
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break  # reset
+                if not chunk:
+                    break
+                self.received += chunk
+                self.read_at = time.monotonic()
+                head, sep, body = self.received.partition(b"\r\n\r\n")
+                length = next(
+                    (int(x.split(b":")[1]) for x in head.split(b"\r\n") if x.lower().startswith(b"content-length")),
+                    -1,
+                )
+                self.complete = bool(sep) and length >= 0 and len(body) >= length
+            if self.complete and self.answer:
+                with contextlib.suppress(OSError):
+                    conn.sendall(self.answer)
+        self.done.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(3)

@@ -160,14 +160,18 @@ def child_env() -> dict[str, str]:
 
 # ------------------------------------------------------------------------- moto
 @contextlib.contextmanager
-def moto_server_process(ready_s: float = 20.0, *, unauthenticated_calls: int | None = None) -> Iterator[ServerProcess]:
+def moto_server_process(
+    ready_s: float = 20.0, *, unauthenticated_calls: int | None = None, module: str = "moto.server"
+) -> Iterator[ServerProcess]:
     """``python -m moto.server`` on 127.0.0.1 in its own OS process.
 
     ``unauthenticated_calls``: after that many calls moto checks every request's
     access key and SigV4 signature against the IAM users it holds (moto's
     INITIAL_NO_AUTH_ACTION_COUNT); the first calls create such a user.
+    ``module="agent.lab.motofix"``: moto with AWS's Elastic IP association (bound to the
+    private address asked for; moto alone reports the interface's primary address).
     """
-    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"]
+    argv = [sys.executable, "-m", module, "-H", "127.0.0.1", "-p", "{port}"]
     env = child_env()
     if unauthenticated_calls is not None:
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(unauthenticated_calls)

@@ -17,10 +17,11 @@ AGENT_CALLS: dict[tuple[str, str], str] = {
     ("ec2", "DescribeInstances"): "discover members by tag, read a peer's state before and during a restart",
     ("ec2", "CreateRoute"): "point 0.0.0.0/0 of a group route table at a NAT when the route is missing",
     ("ec2", "ReplaceRoute"): "move 0.0.0.0/0 of a group route table to the NAT holding its lease",
-    ("ec2", "CreateTags"): "tag a group route table nat-ha:holder=<own ARN> on taking it (the IAM fence)",
+    ("ec2", "CreateTags"): "tag a group route table or its Elastic IP nat-ha:holder=<own ARN> before writing it, and "
+    "a group instance nat-ha:stop-by=<own ARN> before stopping it or when our session starts (the IAM fences)",
     ("ec2", "AssociateAddress"): "egress_ip = follow: move a group route table's Elastic IP to its holder's address",
     ("ec2", "DescribeAddresses"): "egress_ip = follow: read where the group's Elastic IPs are associated (reconcile)",
-    ("ec2", "StopInstances"): "stop a dead peer of the group (restart lease, cooldown and cap apply)",
+    ("ec2", "StopInstances"): "stop a dead peer of the group tagged stop-by us (restart lease, cooldown, cap apply)",
     ("ec2", "StartInstances"): "start that peer again",
     ("dynamodb", "DescribeTable"): "pynamodb reads the table's key schema once per process",
     ("dynamodb", "GetItem"): "consistent read of one lease or heartbeat",

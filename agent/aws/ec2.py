@@ -28,7 +28,11 @@ if TYPE_CHECKING:
     from coordinator.awshttp import Sender
 
 DEFAULT_ROUTE = "0.0.0.0/0"
-HOLDER_TAG = "nat-ha:holder"
+HOLDER_TAG = "nat-ha:holder"  # on a route table and its Elastic IP: the instance ARN that may write them
+STOP_TAG = "nat-ha:stop-by"  # on an instance: the ARN of the one member that may stop it
+# A call given up this long after its deadline was frozen after its bytes were handed to the kernel:
+# what it did not see acknowledged may have left late (a VM pause holds them; on resume they go).
+LATE_ABORT = 0.05
 # Error codes that mean "the account's request bucket is empty": back off, nothing is wrong with us.
 THROTTLED = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
 
@@ -157,14 +161,24 @@ class Ec2:
                 self._record_send(permit)
 
     def _record_send(self, permit: Permit) -> None:
-        """When the request's bytes left (awshttp's record of this call): the fence's overrun check."""
+        """When the request's bytes reached AWS (awshttp's record of this call): the fence's overrun check.
+
+        Sent means acknowledged: the time the peer had every byte. Bytes that left but were not
+        all acknowledged leave the write in doubt (it may still land, until its deadline plus
+        ec2_apply_horizon: nothing of it leaves after the deadline, the connection is reset).
+        """
         record = self.sender.last if self.sender is not None else None
         if record is None or not permit.used or not record.started <= permit.checked_at:
             return  # not sent through awshttp (refused before, or a test's mock answered)
-        if record.sent_at is not None:
-            permit.sent_at = record.sent_at
+        if record.acked_at is not None:
+            permit.sent_at = max(record.acked_at, record.sent_at or record.acked_at)
         elif record.send_started is not None:
-            permit.sent_at = record.send_started  # cut short while writing: some bytes may have left
+            permit.in_doubt = True
+            permit.sent_at = record.sent_at if record.sent_at is not None else record.send_started
+            if record.ended is not None and record.ended > record.deadline + LATE_ABORT:
+                # We gave up late (frozen after the bytes were handed over): the kernel may have let them
+                # go after the deadline, before our reset. Treat them as sent when we gave up: a stray.
+                permit.sent_at = record.ended
 
     # ---------------------------------------------------------------- routes
     def describe(self, route_tables: list[str]) -> dict[str, RouteView]:
@@ -255,6 +269,25 @@ class Ec2:
     def tag_holder(self, route_table: str, holder: str) -> None:
         """Tag the route table with its holder: the IAM policy lets only that instance write its routes."""
         self._write("create_tags", route_table, Resources=[route_table], Tags=[{"Key": HOLDER_TAG, "Value": holder}])
+
+    def tag_address_holder(self, route_table: str, holder: str) -> None:
+        """Tag the table's Elastic IP with its holder: the IAM policy lets only that instance associate it.
+
+        One fenced write whose lease is the table's (the resource the permit names).
+        """
+        e = self.egress.get(route_table)
+        if e is None:
+            raise Ec2Error("create_tags", "NotConfigured", f"no Elastic IP configured for {route_table}")
+        tags = [{"Key": HOLDER_TAG, "Value": holder}]
+        self._write("create_tags", route_table, Resources=[e.allocation_id], Tags=tags)
+
+    def tag_stop_by(self, instance: str, stopper: str) -> None:
+        """Tag ``instance`` nat-ha:stop-by=<stopper's ARN>: the IAM policy lets only that ARN stop it.
+
+        A stopper tags its target right before the stop; an agent whose session starts tags itself
+        (its own ARN), which takes the right to stop it from whoever tagged it before.
+        """
+        self._write("create_tags", instance, Resources=[instance], Tags=[{"Key": STOP_TAG, "Value": stopper}])
 
     # ---------------------------------------------------------- Elastic IPs
     def addresses(self, allocation_ids: list[str]) -> dict[str, AddressView]:

@@ -218,6 +218,7 @@ class Daemon:
         from agent.host.selfcheck import SelfChecker
         from agent.watches import make as make_watches
         from agent.watches import probe_targets
+        from coordinator import awshttp
 
         me = config.member(config.instance_id)
         assert me is not None
@@ -274,6 +275,8 @@ class Daemon:
             flows=flows,
         )
         made.append(agent)
+        # Every AWS answer's server time (Date) against our monotonic clock: pauses it did not count.
+        awshttp.set_answer_listener(agent.pauses.server_date)
         if resumed is not None and resumed.session:
             resumed.adopt(rt)  # the keeper stops; the first cycle renews
             agent.resumed(resumed.writes_land_until)

@@ -47,6 +47,7 @@ from coordinator.clock import Clock
 from coordinator.errors import BadItem, Conflict, CoordinatorError, SessionLost, StoreConfigError, StoreUnavailable
 from coordinator.items import GroupSnapshot, Health
 from coordinator.leases import Coordinator
+from coordinator.pauses import Pause, PauseWatch, references_of
 
 log = logging.getLogger("nat_ha.agent")
 
@@ -96,11 +97,23 @@ class Agent:
         self.standing = Ec2Standing(ctx)
         self.session = SessionKeeper(ctx, t.ec2_timeout + fence_timing.slack)
         self.tables = TableWriter(ctx, self.session, self.standing)
-        self.fence = Fence(coordinator.remaining, clock.monotonic, fence_timing, on_overrun=self.tables.on_overrun)
+        # Pauses our monotonic clock did not count (a paused VM), against clocks that did: the
+        # daemon feeds it every AWS answer's server time (coordinator.awshttp.set_answer_listener).
+        self.pauses = PauseWatch(clock.monotonic, references_of(clock))
+        self.fence = Fence(
+            coordinator.remaining,
+            clock.monotonic,
+            fence_timing,
+            on_overrun=self.tables.on_overrun,
+            on_doubt=self.tables.on_doubt,
+            pauses=self.pauses,
+            on_pause=self._on_pause,
+        )
+        ctx.fence = self.fence
         ec2.attach_fence(self.fence)
-        self.ec2_view = Ec2View(ctx, self.standing)
+        self.ec2_view = Ec2View(ctx, self.standing, self.session)
         self.observer = Observer(ctx)
-        self.restarts = Restarter(ctx, self.session)
+        self.restarts = Restarter(ctx, self.session, probes)
         self.exporter = Exporter(ctx, metrics) if metrics is not None else None
         # A cycle stops acting after this long (the rest waits a cycle): heartbeats and the
         # systemd watchdog (pinged once per cycle) never wait behind a long list of EC2 calls.
@@ -140,6 +153,8 @@ class Agent:
         """
         ctx = self.ctx
         clock = self.clock
+        if act:
+            self.fence.check_pauses()  # a pause our clock missed drops our authority before anything else
         now = clock.monotonic()
         probes = self.probes.snapshot()
         reaches = tuple(sorted(p for p, pr in probes.items() if pr.up))
@@ -164,11 +179,12 @@ class Agent:
         self.observer.track_holdings(snapshot, seen)
         if act:
             self.tables.send_stray_reports()
-            self.ec2_view.refresh(seen, snapshot, probes)
+            self.ec2_view.refresh(seen, snapshot, probes, health)
         obs = self.observer.observe(snapshot, seen, probes, health, self.session.is_draining())
         decision = decide(obs, self.timings)
         if act:
             self.tables.begin_cycle()
+            self.restarts.claim_own_instance()  # once per session, before anything else it writes to EC2
             notes = []
             for action in decision.actions:
                 if clock.monotonic() - now > self.cycle_budget:
@@ -206,6 +222,7 @@ class Agent:
             if isinstance(action, StartSession):
                 self.coordinator.start_session(health, snapshot.members.get(self.me))
                 self.session.started(health)
+                self.restarts.claim_own_instance()  # the first thing the session does
                 return ""
             if isinstance(action, TakeOver):
                 return tables.take_over(action, health)
@@ -244,9 +261,24 @@ class Agent:
             return str(exc)
         return ""
 
+    def _on_pause(self, pause: Pause) -> None:
+        """Our clock missed time: act on nothing until a renewal sent from now on succeeds (at once)."""
+        log.warning(
+            "this host was paused for at least %.2f s that its monotonic clock did not count (seen by %s): "
+            "acting on nothing until a renewal sent after it succeeds",
+            pause.seconds,
+            pause.source,
+        )
+        self.coordinator.lapse()
+        self.memory.last_heartbeat = -1e18  # renew at once
+        self.ctx.on_event("pause_seen", {"seconds": pause.seconds, "source": pause.source})
+
     def next_deadline(self) -> float | None:
-        """The earliest time (monotonic) a failing peer's session can be expired, if any."""
-        return min(self.memory.stale_deadlines.values(), default=None)
+        """The earliest time (monotonic) a failing peer's session can be expired, or a write refused
+        during IAM tag propagation retried, if any: the daemon runs a cycle then."""
+        retry = self.standing.retry_due(self.clock.monotonic())
+        times = [*self.memory.stale_deadlines.values(), *([retry] if retry is not None else [])]
+        return min(times, default=None)
 
     # --------------------------------------------------------------- restarts
     def resumed(self, predecessor_writes_until: float) -> None:

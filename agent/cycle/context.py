@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agent.aws.fence import Fence
 from agent.config import Config, Timing
 from agent.cycle.memory import Memory
 from agent.cycle.ports import Ec2Like, FlowSyncLike
@@ -33,6 +34,7 @@ class Context:
     holder: str = ""  # our ARN for the route tables' holder tag ("": do not tag)
     memory: Memory = field(default_factory=Memory)
     last_snapshot: GroupSnapshot | None = None
+    fence: Fence | None = None  # set by the Agent once built: frames our writes (confirm, stray note)
 
     def __post_init__(self) -> None:
         self.me = self.config.instance_id

@@ -1,45 +1,44 @@
 """Where EC2 actually routes our tables, where their Elastic IPs sit, and the state of silent
-peers' instances: read every ``ec2_reconcile_interval``, and at once (and again after the
-horizon) after a write of ours to a peer whose outcome is unknown.
+peers' instances: read every ``ec2_reconcile_interval`` (every second while EC2 does not answer
+us, to see it back), and at once (and again after the horizon) after a write of ours to a peer
+whose outcome is unknown. Each read waits only for its own action's throttling back-off.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from agent.aws.ec2 import Ec2Error
 from agent.cycle.context import Context
+from agent.cycle.session import SessionKeeper
 from agent.cycle.standing import Ec2Standing
 from agent.decide import PeerProbe
-from coordinator.items import GroupSnapshot
+from coordinator.items import GroupSnapshot, Health
+
+T = TypeVar("T")
 
 
 class Ec2View:
-    def __init__(self, ctx: Context, standing: Ec2Standing) -> None:
+    def __init__(self, ctx: Context, standing: Ec2Standing, session: SessionKeeper) -> None:
         self.ctx = ctx
         self.standing = standing
+        self.session = session
 
-    def refresh(self, now: float, snapshot: GroupSnapshot, probes: dict[str, PeerProbe]) -> None:
+    def refresh(self, now: float, snapshot: GroupSnapshot, probes: dict[str, PeerProbe], health: Health) -> None:
+        """Read what is due; the lease is renewed first when a read running to its deadline would outlast it."""
         ctx = self.ctx
         t = ctx.timings
         mem = ctx.memory
         due = [x for x in mem.ec2_rechecks if x <= now]
-        if (due or now - mem.ec2_read_at >= t.ec2_reconcile_interval) and not self.standing.quiet(now):
+        quiet = self.standing.quiet("DescribeRouteTables", now)
+        if (due or now - mem.ec2_read_at >= self.standing.read_interval(now)) and not quiet:
             mem.ec2_read_at = now
             mem.ec2_rechecks = [x for x in mem.ec2_rechecks if x > now]
-            try:
-                read = ctx.ec2.routes(sorted(ctx.homes))
-                ctx.error_cleared("ec2:describe_route_tables")
-            except Ec2Error as exc:
-                self.standing.failed(exc, now, write=False)
-                ctx.error_once("ec2:describe_route_tables", f"{exc}; keeping the last known routes")
-            else:
-                for rt, view in read.items():
-                    h = mem.held.get(rt)
-                    # DescribeRouteTables lags writes: a read started soon after our own confirmed
-                    # write that still shows the old target says nothing about the table.
-                    if h is not None and now - h.last_write < t.ec2_consistency_window and view.target != ctx.me:
-                        continue
-                    mem.ec2[rt] = view
+            self.session.keep_through(t.ec2_timeout, health)
+            self._refresh_routes(now)
             if ctx.egress_tables:
+                self.session.keep_through(t.ec2_timeout, health)
                 self._refresh_egress(now)
         # Instance states only matter for restarts: read them when a peer has been silent a while.
         silent = [
@@ -49,26 +48,63 @@ class Ec2View:
         ]
         held = [x.target for x in snapshot.restarts.values() if x.owner == ctx.me]
         wanted = sorted(set(silent) | set(held))
-        if wanted and now - mem.instances_read_at >= t.restart_poll_interval and not self.standing.quiet(now):
+        if (
+            wanted
+            and now - mem.instances_read_at >= t.restart_poll_interval
+            and not self.standing.quiet("DescribeInstances", now)
+        ):
             mem.instances_read_at = now
-            try:
-                mem.instance_states.update(ctx.ec2.instance_states(wanted))
-                ctx.error_cleared("ec2:describe_instances")
-            except Ec2Error as exc:
-                self.standing.failed(exc, now, write=False)
-                ctx.error_once("ec2:describe_instances", f"{exc}; no peer restart until EC2 answers")
+            self.session.keep_through(t.ec2_timeout, health)
+            states = self._read(
+                "DescribeInstances", lambda: ctx.ec2.instance_states(wanted), "no peer restart until EC2 answers"
+            )
+            if states is not None:
+                mem.instance_states.update(states)
+
+    def _read(self, action: str, call: Callable[[], T], meanwhile: str) -> T | None:
+        """One EC2 read, booked (agent.cycle.standing); a failure is logged once, saying what we do meanwhile."""
+        ctx = self.ctx
+        key = f"ec2read:{action}"
+        try:
+            result = call()
+        except Ec2Error as exc:
+            self.standing.failed(exc, ctx.clock.monotonic(), write=False)
+            ctx.error_once(key, f"{exc}; {meanwhile}")
+            return None
+        self.standing.succeeded(action, ctx.clock.monotonic())
+        ctx.error_cleared(key)
+        return result
+
+    def _refresh_routes(self, now: float) -> None:
+        """Where EC2 routes our tables (one DescribeRouteTables; it lags our own writes)."""
+        ctx = self.ctx
+        t = ctx.timings
+        mem = ctx.memory
+        homes = sorted(ctx.homes)
+        read = self._read("DescribeRouteTables", lambda: ctx.ec2.routes(homes), "keeping the last known routes")
+        if read is None:
+            return
+        for rt, view in read.items():
+            h = mem.held.get(rt)
+            # DescribeRouteTables lags writes: a read started soon after our own confirmed
+            # write that still shows the old target says nothing about the table.
+            if h is not None and now - h.last_write < t.ec2_consistency_window and view.target != ctx.me:
+                continue
+            mem.ec2[rt] = view
 
     def _refresh_egress(self, now: float) -> None:
         """Where each table's Elastic IP sits (one DescribeAddresses; it lags associations like routes)."""
         ctx = self.ctx
         t = ctx.timings
         mem = ctx.memory
-        try:
-            read = ctx.ec2.egress_ips(sorted(ctx.egress_tables))
-            ctx.error_cleared("eipread:")
-        except Ec2Error as exc:
-            self.standing.failed(exc, now, write=False)
-            ctx.error_once("eipread:", f"{exc}; keeping the last known Elastic IP associations")
+        if self.standing.quiet("DescribeAddresses", now):
+            return
+        read = self._read(
+            "DescribeAddresses",
+            lambda: ctx.ec2.egress_ips(sorted(ctx.egress_tables)),
+            "keeping the last known Elastic IP associations",
+        )
+        if read is None:
             return
         mem.egress_read, mem.egress_read_at = read, now
         for rt, seen in read.items():

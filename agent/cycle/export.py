@@ -42,6 +42,9 @@ class Exporter:
         m.set_decision(decision.kind)
         m.cycle_duration.observe(max(0.0, ctx.clock.monotonic() - now))
         m.last_cycle.set(ctx.clock.wall())
+        standing = ctx.memory.ec2_writes.backoffs
+        for action, b in standing.items():
+            put(m.ec2_backoff_of[action], max(0.0, b.until - now))
         peer_up = m.peer_up_of
         for peer, p in probes.items():
             put(peer_up[peer], 1 if p.up else 0)

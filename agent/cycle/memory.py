@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agent.decide import Ec2Address, Ec2Route
-from coordinator.items import Health
+from coordinator.items import Health, MemberItem
 from coordinator.observe import ChangeObserver
 
 
@@ -15,6 +15,7 @@ class RestartProgress:
 
     phase_started: float
     last_poll: float = -1e18
+    stopped_as: MemberItem | None = None  # the peer's member item when we sent it a stop (expired by then)
 
 
 @dataclass
@@ -25,23 +26,59 @@ class Held:
     acquired_at: float
     settle_at: float  # write the route again then: no write of an earlier term can land after it
     tagged: bool = False  # the holder tag names us (written in this term)
+    tagged_at: float = -1e18  # our last confirmed holder-tag write (IAM may lag it: tag propagation)
+    first_tagged_at: float = -1e18  # the first since our last route write (bounds the propagation excuse)
+    propagation_refusals: int = 0  # writes IAM refused while it may still see the previous tag
+    address_tagged: bool = False  # the Elastic IP's holder tag names us (egress_ip = follow)
+    address_tagged_at: float = -1e18  # as tagged_at, for the Elastic IP's holder tag
+    address_first_tagged_at: float = -1e18
     settled: bool = False
     last_write: float = -1e18  # our last confirmed route write
     address_settled: bool = False  # the Elastic IP was associated again after settle_at (egress_ip = follow)
     address_due: str = ""  # why the Elastic IP must be associated again (a stray report), until it is
     last_address_write: float = -1e18  # our last confirmed association
 
+    def mark_tagged(self, now: float, *, address: bool = False) -> None:
+        """Our holder-tag write on the table (``address``: its Elastic IP) went through at ``now``."""
+        if address:
+            self.address_tagged, self.address_tagged_at = True, now
+            if self.address_first_tagged_at < -1e17:
+                self.address_first_tagged_at = now
+        else:
+            self.tagged, self.tagged_at = True, now
+            if self.first_tagged_at < -1e17:
+                self.first_tagged_at = now
+
+    def untag(self, *, address: bool = False) -> None:
+        """The holder tag may name someone else now: tag again before the next write."""
+        if address:
+            self.address_tagged = False
+        else:
+            self.tagged = False
+
+
+@dataclass
+class Backoff:
+    """Throttling of one EC2 action (AWS meters each action in its own token bucket)."""
+
+    until: float = -1e18  # no call of this action until then
+    seconds: float = 0.0  # the last back-off (doubles while the action stays throttled)
+
 
 @dataclass
 class Ec2Writes:
-    """How our EC2 route writes have gone lately (a holder that cannot write must give its tables up)."""
+    """How our EC2 calls have gone lately (a holder that cannot write must give its tables up)."""
 
-    failures: int = 0
+    failures: int = 0  # consecutive write failures of our own (a route write or association)
+    failure_cause: str = ""  # refused | unreachable: what the counted failures were
     first_failure: float = 0.0
     out_until: float = -1e18  # the ec2_writes self check fails until then
-    penalty: float = 0.0
-    throttled_until: float = -1e18  # RequestLimitExceeded: no EC2 calls until then
-    backoff: float = 0.0
+    penalty: float = 0.0  # the last penalty for refusals (doubles per episode)
+    cause: str = ""  # refused | unreachable: why we are (or were last) out
+    backoffs: dict[str, Backoff] = field(default_factory=dict)  # EC2 action -> its throttling back-off
+    answered_at: float = -1e18  # EC2 last answered a call of ours (any answer: our path to it works)
+    unreachable_since: float | None = None  # our calls fail to connect since then (until an answer)
+    retry_at: float = -1e18  # a write refused during tag propagation is retried then (an early cycle)
 
 
 @dataclass
@@ -78,6 +115,7 @@ class Memory:
     stray_reports: list[tuple[str, int, str]] = field(default_factory=list)  # (table, term, target) to report
     pins_since: dict[str, tuple[str, float]] = field(default_factory=dict)  # table -> (pinned member, first seen)
     ec2_writes: Ec2Writes = field(default_factory=Ec2Writes)
+    own_stop_tag: str = ""  # the session for which our instance is tagged nat-ha:stop-by=<our ARN>
     # A session taken over from an earlier process of this agent (agent/handoff.py): an EC2 write
     # that process sent may land until then, so its tables settle no earlier.
     predecessor_writes_until: float = -1e18

@@ -1,18 +1,36 @@
 """Restarting a dead peer (what nat_monitor.sh does, made safe): under a restart lease of our
 own, stop, wait for ``stopped``, start, wait for ``running``; a cooldown and a cap. The decision
-to restart is agent.decide's; this carries it out, re-reading the peer's heartbeat right before
-every destructive step.
+to restart is agent.decide's; this carries it out.
+
+Nothing can undo a stop, so a stop is fenced three ways:
+
+* data-plane evidence, fresh at the send: the fence runs our check right before the bytes go -
+  the peer's probes are down, unanswered for ``restart_after``, and the newest result is at most
+  one probe interval and timeout old (a NAT that answers probes is never stopped, whatever its
+  heartbeat says);
+* DynamoDB, at the send too: we still hold the restart lease in its term, our session is alive,
+  and the peer's member item is unchanged since we expired its session (a peer that came back
+  starts a new session, which changes it);
+* AWS itself: the stopper tags the peer ``nat-ha:stop-by=<its ARN>`` first, and IAM allows
+  StopInstances only while that tag names the caller. An agent whose session starts tags its own
+  instance with its own ARN before anything else: a stop that was prepared against it, and is
+  sent late (a stopper frozen between its checks and the send), is refused by AWS.
 """
 
 from __future__ import annotations
 
 import logging
 
+from agent.aws.ec2 import Ec2Error
+from agent.aws.fence import FenceRefused
 from agent.cycle.context import Context
 from agent.cycle.memory import RestartProgress
+from agent.cycle.ports import ProbesLike
 from agent.cycle.session import SessionKeeper
-from agent.decide import ClaimRestart
+from agent.decide import ClaimRestart, probe_silence
+from coordinator.errors import Conflict
 from coordinator.items import (
+    MEMBER_ALIVE,
     RESTART_COOLDOWN,
     RESTART_IDLE,
     RESTART_STARTING,
@@ -26,9 +44,12 @@ log = logging.getLogger("nat_ha.agent")
 
 
 class Restarter:
-    def __init__(self, ctx: Context, session: SessionKeeper) -> None:
+    def __init__(self, ctx: Context, session: SessionKeeper, probes: ProbesLike) -> None:
         self.ctx = ctx
         self.session = session
+        self.probes = probes
+        # A stop's evidence must be this fresh at the send: one probe round and its timeout.
+        self.fresh_within = ctx.config.probe.interval + ctx.config.probe.timeout
 
     def still_silent(self, target: str, snapshot: GroupSnapshot) -> bool:
         """Re-read the peer's heartbeat right before a destructive step: never stop a heartbeating peer."""
@@ -48,11 +69,77 @@ class Restarter:
         ctx.memory.restarts[a.target] = RestartProgress(ctx.clock.monotonic())
         return self.advance(item, snapshot, health)
 
-    def _stop_peer(self, item: RestartItem, snapshot: GroupSnapshot, health: Health) -> str:
-        if not self.session.may_act(health) or not self.still_silent(item.target, snapshot):
-            return f"not stopping {item.target}: it heartbeated or our lease is short"
-        self.ctx.ec2.stop(item.target)
+    def _stop_peer(self, item: RestartItem, snapshot: GroupSnapshot, health: Health, progress: RestartProgress) -> str:
+        """Expire the peer's session, tag it stop-by us, stop it: each write fenced and confirmed at its send.
+
+        A stop sent again (the first did not take) goes only to the peer as we first stopped it: if its
+        member item changed since (a new session, however short), it came back and the restart ends.
+        """
+        ctx = self.ctx
+        target = item.target
+        if not self.session.may_act(health):
+            return f"not stopping {target}: our lease is short"
+        seen = snapshot.members.get(target)
+        current = ctx.coordinator.read_group().members.get(target)
+        if seen is None or current is None or (current.session, current.version) != (seen.session, seen.version):
+            return f"not stopping {target}: it heartbeated"
+        before = progress.stopped_as
+        if before is not None and (current.session, current.version) != (before.session, before.version):
+            ctx.coordinator.set_restart_phase(item, RESTART_COOLDOWN)
+            ctx.memory.restarts.pop(target, None)
+            self._result(target, "failed")
+            return f"not stopping {target} again: it came back since the first stop (a new session)"
+        if current.state == MEMBER_ALIVE:
+            # Expired first, conditional on the heartbeat we watched stay silent: a peer that comes back
+            # must start a new session, which changes its item (the stop's confirmation sees it) and
+            # tags its instance with its own ARN (AWS refuses our stop).
+            try:
+                current = ctx.coordinator.expire_member(current)
+            except Conflict:
+                return f"not stopping {target}: it heartbeated"
+        coordinator = ctx.coordinator
+        timing = ctx.timings
+        expired = current
+
+        def confirm(_operation: str) -> str:
+            why = coordinator.confirm(restart=(target, item.term), unchanged=expired)
+            return why or probe_silence(self.probes.snapshot().get(target), timing.restart_after, self.fresh_within)
+
+        why = probe_silence(self.probes.snapshot().get(target), timing.restart_after, self.fresh_within)
+        if why:
+            return f"not stopping {target}: {why}"
+        progress.stopped_as = expired
+        assert ctx.fence is not None
+        with ctx.fence.frame(confirm=confirm):
+            if ctx.holder:
+                ctx.ec2.tag_stop_by(target, ctx.holder)
+            ctx.ec2.stop(target)
         return ""
+
+    def claim_own_instance(self) -> None:
+        """The first thing a session does: tag our own instance ``nat-ha:stop-by=<our ARN>``.
+
+        Whoever tagged it to stop us no longer may (IAM): a stop prepared while we were silent and
+        sent late is refused by AWS. Retried every cycle until it is done for this session.
+        """
+        ctx = self.ctx
+        mem = ctx.memory
+        session = ctx.coordinator.session
+        if session is None or not ctx.holder or mem.own_stop_tag == session.session:
+            return
+        coordinator = ctx.coordinator
+        assert ctx.fence is not None
+        try:
+            with ctx.fence.frame(confirm=lambda _op: coordinator.confirm()):
+                ctx.ec2.tag_stop_by(ctx.me, ctx.holder)
+        except Ec2Error as exc:
+            ctx.error_once(f"ec2:stop-tag:{exc.code}", f"cannot tag this instance: {exc}; will retry next cycle")
+            return
+        except FenceRefused as exc:
+            ctx.error_once("ec2:stop-tag:fence", f"cannot tag this instance yet: {exc.reason}; will retry next cycle")
+            return
+        mem.own_stop_tag = session.session
+        ctx.error_cleared("ec2:stop-tag")
 
     def advance(self, item: RestartItem, snapshot: GroupSnapshot, health: Health) -> str:
         """One step of a restart we hold, as the peer's instance state allows."""
@@ -83,7 +170,7 @@ class Restarter:
             # let the cap be exceeded; a count whose stop failed only reaches the cap sooner.
             item = ctx.coordinator.set_restart_phase(item, RESTART_STOPPING, attempts=item.attempts + 1)
             progress.phase_started = now
-            note = self._stop_peer(item, snapshot, health)
+            note = self._stop_peer(item, snapshot, health, progress)
             if not note:
                 self._result(item.target, "stopped")
                 ctx.on_event("peer_stopping", {"peer": item.target, "attempt": item.attempts})
@@ -92,7 +179,7 @@ class Restarter:
             if state == "stopped":
                 return self._start_peer(item, health, progress)
             if state == "running" and now - progress.phase_started >= 2 * t.restart_poll_interval:
-                return self._stop_peer(item, snapshot, health)  # the stop did not take: send it again
+                return self._stop_peer(item, snapshot, health, progress)  # the stop did not take: send it again
             return ""
         if item.phase == RESTART_STARTING and state == "running":
             ctx.coordinator.set_restart_phase(item, RESTART_COOLDOWN)

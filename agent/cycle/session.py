@@ -70,6 +70,16 @@ class SessionKeeper:
         if self.ctx.coordinator.session is not None and self.heartbeat_due(self.ctx.clock.monotonic(), health):
             self.renew(health)
 
+    def keep_through(self, seconds: float, health: Health) -> None:
+        """Renew first if the lease would run out within ``seconds`` (a call that may take that long).
+
+        An EC2 read that hangs until its deadline (EC2 unreachable) must not let the session
+        lapse, nor leave a gap in our heartbeats that peers read as a stale (unhealthy) member.
+        """
+        coordinator = self.ctx.coordinator
+        if coordinator.session is not None and coordinator.remaining() <= seconds:
+            self.renew(health)
+
     def started(self, health: Health) -> None:
         """A new session was written (it counts as a heartbeat)."""
         self.ctx.memory.last_heartbeat = self.ctx.clock.monotonic()

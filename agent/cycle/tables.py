@@ -16,14 +16,22 @@ we hold at a peer may still land, so EC2 is read again.
   hand-over, associated again after the horizon and after a stray report. A failed association
   never holds a route back (the route is what keeps traffic flowing); only refusals of our own
   (access denied) count as failing writes, as for routes;
-* a write of ours that left after its deadline (the process was frozen in between) is reported
-  as a stray, so the holder writes the table again.
+* every write is confirmed against DynamoDB right before its send (we still own the table in
+  the term, our session was not expired: ``Coordinator.confirm``), in addition to the lease;
+* a write of ours that left after its deadline (the process was frozen in between), or across a
+  pause our clock did not count, is reported as a stray, so the holder writes the table again; a
+  write not acknowledged is in doubt until its deadline plus ``ec2_apply_horizon``: EC2 is read
+  then, and what it shows repaired;
+* the holder tags the table (and, egress_ip = follow, its Elastic IP) with its ARN before writing
+  it, and again on every repair (EnsureRoute, EnsureAddress: the settle write after the horizon, a
+  stray report, a read that shows it elsewhere), so a stale holder's late CreateTags cannot keep
+  the table's AWS-side fence pointing at it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from agent.aws.ec2 import Ec2Error, api_name
@@ -44,7 +52,6 @@ class TableWriter:
         self.ctx = ctx
         self.session = session
         self.standing = standing
-        self._writing: tuple[str, int, str] | None = None  # the write in flight: (table, term, target)
         self._expired_now: set[str] = set()  # members whose session this cycle expired
 
     def begin_cycle(self) -> None:
@@ -52,19 +59,36 @@ class TableWriter:
 
     # ------------------------------------------------------------ stray writes
     def on_overrun(self, permit: Permit) -> None:
-        """A write of ours left after its deadline: the holder must write the table again."""
+        """A write of ours left after its deadline (or maybe did, across a pause): the holder must write
+        the table again."""
         ctx = self.ctx
-        log.warning(
-            "%s on %s left %.3f s after its deadline (this process was paused): it may land outside the lease",
-            permit.operation,
-            permit.resource,
-            permit.sent_at - permit.deadline,
-        )
-        if self._writing is not None and permit.resource == self._writing[0]:
-            ctx.memory.stray_reports.append(self._writing)
+        if permit.paused:
+            log.warning(
+                "%s on %s may have left across a pause of this host: it may land outside the lease",
+                permit.operation,
+                permit.resource,
+            )
+        else:
+            log.warning(
+                "%s on %s left %.3f s after its deadline (this process was paused): it may land outside the lease",
+                permit.operation,
+                permit.resource,
+                permit.sent_at - permit.deadline,
+            )
+        note = permit.note
+        if isinstance(note, tuple) and len(note) == 3:
+            rt, term, target = note
+            ctx.memory.stray_reports.append((str(rt), int(term), str(target)))
         ctx.on_event("late_write", {"operation": permit.operation, "resource": permit.resource})
         if ctx.metrics is not None:
             ctx.metrics.ec2_late_writes.inc()
+
+    def on_doubt(self, permit: Permit) -> None:
+        """A write of ours left but was not acknowledged: it may land until its deadline plus the horizon.
+
+        Read EC2 then (the holder acts on what it shows, as after any write in doubt)."""
+        mem = self.ctx.memory
+        mem.ec2_rechecks.append(permit.deadline + self.ctx.timings.ec2_apply_horizon)
 
     def send_stray_reports(self) -> None:
         """Write pending stray reports (they need no session; retried until the store takes them)."""
@@ -80,53 +104,86 @@ class TableWriter:
 
     # ------------------------------------------------------------ the frame
     @contextmanager
-    def _table_write(self, operation: str, route_table: str, term: int, target: str, health: Health) -> Iterator[None]:
+    def _table_write(
+        self, operation: str, route_table: str, term: int, target: str, health: Health, *, actions: tuple[str, ...]
+    ) -> Iterator[None]:
         """The frame of every write of ours to a table (route or Elastic IP), around the fenced call.
 
-        Nothing is sent while we back off after throttling or while the lease is shorter than a
-        call's deadline (renewed first). A failure is booked (refusals of our own make us hand
-        tables over), and a failed write pointing the table at a peer may still land: EC2 is read
-        again (:meth:`_recheck_after_unknown_write`).
+        Nothing is sent while we back off after AWS throttled one of ``actions`` (the EC2 actions
+        the write will call; each has a bucket of its own) or while the lease is shorter than a
+        call's deadline (renewed first). A failure is booked by whose it is (agent.cycle.standing:
+        only failures of our own make us hand tables over), and a failed write pointing the table
+        at a peer may still land: EC2 is read again (:meth:`_recheck_after_unknown_write`).
         """
-        clock = self.ctx.clock
-        if self.standing.quiet(clock.monotonic()):
-            raise Ec2Error(operation, "RequestLimitExceeded", "backing off after throttling")
+        ctx = self.ctx
+        clock = ctx.clock
+        now = clock.monotonic()
+        for action in actions:
+            if self.standing.quiet(action, now):
+                left = self.standing.backoff_left(action, now)
+                raise Ec2Error(operation, "RequestLimitExceeded", f"backing off {action} {left:.2f} s after throttling")
         if not self.session.may_act(health):
             raise FenceRefused(api_name(operation), "the lease is too short; renewing first")
-        self._writing = (route_table, term, target)
+        coordinator = ctx.coordinator
+
+        def confirm(_operation: str) -> str:
+            return coordinator.confirm(route=(route_table, term))
+
+        assert ctx.fence is not None
         try:
+            with ctx.fence.frame(confirm=confirm, note=(route_table, term, target)):
+                yield
+        except Ec2Error as exc:
+            if target != ctx.me:
+                self._recheck_after_unknown_write(route_table)
+            address = operation == "associate_address"
+            held = ctx.memory.held.get(route_table)
+            self.standing.failed(exc, clock.monotonic(), write=True, held=held, address=address)
+            raise
+
+    @contextmanager
+    def _holder_tagged(
+        self, h: Held | None, tag: Callable[[], None] | None, *, address: bool = False
+    ) -> Iterator[None]:
+        """Around a write of the table's route (``address``: its Elastic IP): IAM lets only the instance the
+        holder tag names make it, so the holder tags it first - once per term, on every repair, a hand-over's
+        giver too (``tag``; None: tagged already). A refusal may mean a late tag write named someone else:
+        tag again before the next write - unless it came while IAM may still be catching up with our own
+        tag write (agent.cycle.standing: tag propagation), when the write alone is retried shortly."""
+        try:
+            if tag is not None and h is not None:
+                tag()
+                now = self.ctx.clock.monotonic()
+                self.standing.succeeded("CreateTags", now)
+                h.mark_tagged(now, address=address)
             yield
         except Ec2Error as exc:
-            if target != self.ctx.me:
-                self._recheck_after_unknown_write(route_table)
-            self.standing.failed(exc, clock.monotonic(), write=True)
+            now = self.ctx.clock.monotonic()
+            refused = h is not None and exc.code == "UnauthorizedOperation"
+            if refused and h is not None and not self.standing.propagating(h, now, address=address):
+                h.untag(address=address)
             raise
-        finally:
-            self._writing = None
 
     def _route_here(self, route_table: str, term: int, target: str, health: Health) -> str:
         """Tag (once per term) and write the route, each a fenced write; returns what was done."""
         ctx = self.ctx
         mem = ctx.memory
-        with self._table_write("replace_route", route_table, term, target, health):
-            h = mem.held.get(route_table)
-            try:
-                # IAM lets only the instance the table's tag names write its route, whatever the
-                # target: the holder tags it first, once per term (a hand-over's giver too).
-                if ctx.holder and h is not None and not h.tagged:
-                    ctx.ec2.tag_holder(route_table, ctx.holder)
-                    h.tagged = True
-                current = mem.ec2.get(route_table)
-                missing = current is not None and current.state == "missing"
-                done = ctx.ec2.point_route(route_table, target, missing=missing)
-            except Ec2Error as exc:
-                if h is not None and exc.code == "UnauthorizedOperation":
-                    h.tagged = False  # the holder tag may name someone else (a late tag write): tag again first
-                raise
-        self.standing.succeeded()
+        h = mem.held.get(route_table)
+        current = mem.ec2.get(route_table)
+        missing = current is not None and current.state == "missing"
+        tag = bool(ctx.holder) and h is not None and not h.tagged
+        actions = ("CreateRoute" if missing else "ReplaceRoute",) + (("CreateTags",) if tag else ())
+        with (
+            self._table_write("replace_route", route_table, term, target, health, actions=actions),
+            self._holder_tagged(h, (lambda: ctx.ec2.tag_holder(route_table, ctx.holder)) if tag else None),
+        ):
+            done = ctx.ec2.point_route(route_table, target, missing=missing)
+        self.standing.succeeded("ReplaceRoute", ctx.clock.monotonic())
         mem.ec2[route_table] = Ec2Route(target, "active")
         if h is not None:
             h.last_write = ctx.clock.monotonic()
+            h.first_tagged_at = -1e18  # written: a later tag write starts a new propagation excuse
+            h.propagation_refusals = 0
         ctx.error_cleared("ec2:")
         return done
 
@@ -179,10 +236,16 @@ class TableWriter:
         mem = ctx.memory
         rt = a.route_table
         stray = ctx.last_snapshot.strays.get(rt) if ctx.last_snapshot else None
-        done = self._route_here(rt, a.route.term, ctx.me, health)
         h = mem.held.get(rt)
+        fresh_stray = stray is not None and stray.token not in mem.strays_handled
+        if h is not None and (fresh_stray or not self.standing.propagating(h, ctx.clock.monotonic())):
+            # A repair tags again: a stale holder's late CreateTags may have landed. Not while our own
+            # tag write is still reaching IAM and nobody reported a late write: that retry is the
+            # write alone (a new tag write would not reach IAM sooner).
+            h.tagged = False
+        done = self._route_here(rt, a.route.term, ctx.me, health)
         if h is not None:
-            if stray is not None and stray.token not in mem.strays_handled:
+            if fresh_stray and stray is not None:
                 # The late write may still be in flight: write once more after the horizon.
                 mem.strays_handled.add(stray.token)
                 h.settled = False
@@ -213,6 +276,9 @@ class TableWriter:
     def ensure_address(self, a: EnsureAddress, health: Health) -> str:
         ctx = self.ctx
         rt = a.route_table
+        held = ctx.memory.held.get(rt)
+        if held is not None and (a.again or not self.standing.propagating(held, ctx.clock.monotonic(), address=True)):
+            held.address_tagged = False  # a repair tags the Elastic IP again, as a route repair tags the table
         try:
             self._address_here(rt, a.route.term, ctx.me, health, "repair", ctx.clock.monotonic())
         except Ec2Error as exc:
@@ -278,14 +344,22 @@ class TableWriter:
         ctx = self.ctx
         mem = ctx.memory
         before = mem.egress.get(rt)
-        with self._table_write("associate_address", rt, term, target, health):
+        h = mem.held.get(rt)
+        tag = bool(ctx.holder) and h is not None and not h.address_tagged
+        actions = ("AssociateAddress",) + (("CreateTags",) if tag else ())
+        with (
+            self._table_write("associate_address", rt, term, target, health, actions=actions),
+            self._holder_tagged(h, (lambda: ctx.ec2.tag_address_holder(rt, ctx.holder)) if tag else None, address=True),
+        ):
             ctx.ec2.associate_address(rt, target)
         now = ctx.clock.monotonic()
-        self.standing.association_succeeded()
+        self.standing.succeeded("AssociateAddress", now)
         mem.egress[rt] = Ec2Address(target, before.public_ip if before is not None else "")
         h = mem.held.get(rt)
         if h is not None:
             h.last_address_write = now
+            h.address_first_tagged_at = -1e18  # associated: a later tag write starts a new propagation excuse
+            h.propagation_refusals = 0
         ctx.error_cleared("eip:")
         if before is None or before.holder != target:
             if ctx.metrics is not None:

@@ -81,11 +81,13 @@ class Window:
         self.results: collections.deque[bool] = collections.deque(maxlen=size)  # True = answered
         self.down_after = down_after
         self.last_reply = now
+        self.last_result = now
 
     def add(self, answered: bool, now: float) -> bool:
         """Record one result; True when it turned the peer from up to down."""
         was_up = self.up
         self.results.append(answered)
+        self.last_result = now
         if answered:
             self.last_reply = now
         return was_up and not self.up
@@ -101,7 +103,11 @@ class Window:
     def view(self, now: float) -> PeerProbe:
         lost = self.lost
         return PeerProbe(
-            up=lost < self.down_after, lost=lost, window=len(self.results), silent_for=max(0.0, now - self.last_reply)
+            up=lost < self.down_after,
+            lost=lost,
+            window=len(self.results),
+            silent_for=max(0.0, now - self.last_reply),
+            result_age=max(0.0, now - self.last_result),
         )
 
 

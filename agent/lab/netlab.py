@@ -91,7 +91,7 @@ LAB_TIMING: dict[str, Any] = {
     "restart_poll_interval": 0.3,  # default 2.0
 }
 # Under systemd a frozen agent is systemd's to restart (WatchdogSec=10 + RestartSec=100ms), as with the
-# default restart_after (30 s): a peer stops a NAT for a silent heartbeat alone only after that.
+# default restart_after (30 s). (A peer never stops a NAT that answers probes, however silent its agent.)
 SYSTEMD_RESTART_AFTER = 15.0
 
 UNIT = "nat-ha.service"  # the agent's unit in the systemd lab's containers

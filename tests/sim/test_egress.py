@@ -6,9 +6,12 @@ a plausible bug - an agent that never moves the Elastic IP, or ignores a stray r
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 import agent.decide
+from agent.aws.ec2 import Ec2Error
 from agent.cycle.observe import Observer
 from agent.cycle.tables import TableWriter
 from tests.sim.scenario import Fault, Scenario
@@ -97,11 +100,16 @@ def test_an_agent_that_moves_a_healthy_homes_elastic_ip_is_caught(monkeypatch: p
 
     def wrong(self: TableWriter, rt: str, term: int, target: str, *a: object) -> None:
         me = self.ctx.me
-        if rt == "rtb-1" and target == me and me != "i-a":
-            self.ctx.ec2.associate_address("rtb-0", me)
+        if rt == "rtb-1" and target == me and me not in ("i-a", "i-b"):  # the taker of rtb-1, not its home
+            with contextlib.suppress(Ec2Error):  # refused by AWS (holder tags): the bug goes on with its own
+                self.ctx.ec2.associate_address("rtb-0", me)
         real(self, rt, term, target, *a)  # type: ignore[arg-type]
 
     monkeypatch.setattr(TableWriter, "_address_here", wrong)
-    r = run(three(Fault("nat_down", 3.0, 8.0, "i-b")))
+    # Without holder tags nothing on AWS's side stops it: the checker must.
+    r = run(three(Fault("nat_down", 3.0, 8.0, "i-b"), holder_tag=False))
+    # (The move itself is a stray now, corrected by i-a within a second: (a) is what catches the bug.)
     assert any("(a)" in v and "authorized AssociateAddress" in v and "the holder is i-a" in v for v in r.violations)
-    assert any("(e)" in v and "moved rtb-0's Elastic IP away from its home i-a" in v for v in r.violations), r.report()
+    # With them (issue 17), the Elastic IP's holder tag names i-a: AWS refuses the association.
+    r = run(three(Fault("nat_down", 3.0, 8.0, "i-b")))
+    assert r.iam_refusals >= 1 and not any("(e)" in v for v in r.violations), r.report()

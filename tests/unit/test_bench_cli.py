@@ -11,6 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BAD = [
     ("cycle", ["--cycles", "0"], "--cycles and --repeats must be at least 1"),
+    ("ec2_failures", ["--seeds", "0"], "--seeds must be between 1 and 1000"),
     ("coordinator", ["--bogus"], "unrecognized arguments: --bogus"),
     ("failover", ["--trials", "0"], "--trials must be between 1 and 1000"),
     (
@@ -32,6 +33,7 @@ BAD = [
     ("restart", ["--scenarios", "reboot"], "--scenarios: unknown reboot; choose from kill, restart, cold, cold_kill"),
     ("sim", ["--bogus"], "unrecognized arguments: --bogus"),
     ("soak", ["--minutes", "0"], "--minutes must be in (0, 600]"),
+    ("takeover", ["--trials", "0"], "--trials must be between 1 and 1000"),
     ("footprint", ["--seconds", "1"], "--seconds must be at least 4"),
     ("probes", ["--targets", "0"], "--targets must be between 1 and 254"),
     ("store_calls", ["--calls", "5"], "--calls must be between 10 and 100000"),

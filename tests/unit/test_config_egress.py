@@ -41,7 +41,7 @@ route_tables = ["rtb-b"]
 route_table = "rtb-a"
 allocation_id = "eipalloc-a"
 subnets = ["10.0.11.0/24"]
-addresses = { "i-a" = "10.0.1.10", "i-b" = "10.0.2.21" }
+addresses = { "i-a" = "10.0.1.21", "i-b" = "10.0.2.21" }
 
 [[egress.tables]]
 route_table = "rtb-b"
@@ -65,7 +65,7 @@ def test_good_config_loads() -> None:
     c = parse(raw())
     assert c.egress_follow and c.egress_order == "route-first"
     assert c.egress()["rtb-a"] == EgressTable(
-        "rtb-a", "eipalloc-a", ("10.0.11.0/24",), (("i-a", "10.0.1.10"), ("i-b", "10.0.2.21"))
+        "rtb-a", "eipalloc-a", ("10.0.11.0/24",), (("i-a", "10.0.1.21"), ("i-b", "10.0.2.21"))
     )
     assert c.egress()["rtb-b"].address("i-b") == "10.0.2.22"
     assert c.egress()["rtb-b"].address("i-z") == ""
@@ -131,8 +131,14 @@ def test_effective_config_round_trips() -> None:
             "egress.tables[1].addresses: i-c is not a member",
         ),
         (
-            lambda d: d["egress"]["tables"][1]["addresses"].update({"i-a": "10.0.1.10"}),
-            "egress.tables[1].addresses: i-a's address 10.0.1.10 is also its address for rtb-a",
+            lambda d: d["egress"]["tables"][1]["addresses"].update({"i-a": "10.0.1.21"}),
+            "egress.tables[1].addresses: i-a's address 10.0.1.21 is also its address for rtb-a",
+        ),
+        (
+            # Issue 17, finding 4: the home's Elastic IP on its primary address took the NAT's own way to
+            # AWS with it when it moved: silent, its tables moved, and (before the fix) stopped.
+            lambda d: d["egress"]["tables"][0]["addresses"].update({"i-a": "10.0.1.10"}),
+            "egress.tables[0].addresses: i-a's address 10.0.1.10 is its primary address",
         ),
         (
             lambda d: d["egress"]["tables"][1]["addresses"].update({"i-a": "10.0.2.21"}),

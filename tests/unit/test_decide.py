@@ -459,6 +459,7 @@ def test_pin_to_unhealthy_member_is_not_followed() -> None:
 # ------------------------------------------------------------------ restarts
 def restart_world(me: str = B, silent: float = 31.0, state: str = "running") -> World:
     w = dead(World(me=me), A, silent=silent)
+    w.probes[A] = PeerProbe(False, 5, 5, silent)  # no probe answered all that time either
     w.members[A] = member(A, state="expired")
     w.routes[RA] = route(RA, B, term=2)
     w.states = {A: state}
@@ -469,7 +470,7 @@ def test_reassert_is_a_blind_rewrite_of_a_route_ec2_already_shows() -> None:
     w = World(reassert={RA: "writes of earlier terms can no longer land"})
     d = w.decide()
     why = "writing rtb-a's route again: writes of earlier terms can no longer land"
-    assert d.actions == (EnsureRoute(RA, w.routes[RA], why),)
+    assert d.actions == (EnsureRoute(RA, w.routes[RA], why, again=True),)
 
 
 def test_a_hand_over_in_doubt_is_sent_again_without_a_route_write() -> None:
@@ -524,7 +525,32 @@ def test_unhealthy_holder_without_a_known_healthy_peer_releases_after_a_while() 
 def test_restart_dead_peer_after_long_silence() -> None:
     d = restart_world().decide()
     assert isinstance(d.actions[0], ClaimRestart)
-    assert d.summary == ("restarting i-a (attempt 1/3): heartbeat silent 31.0 s, no probe replies, EC2 state running")
+    assert d.summary == (
+        "restarting i-a (attempt 1/3): heartbeat silent 31.0 s, no probe replies for 31.0 s, EC2 state running"
+    )
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [PeerProbe(True, 0, 5, 0.1), PeerProbe(False, 3, 5, 0.1), PeerProbe(False, 5, 5, 29.0)],
+    ids=["answers", "down-but-answered-just-now", "answered-29-s-ago"],
+)
+def test_a_nat_that_answers_probes_is_never_stopped_whatever_its_heartbeat_says(probe: PeerProbe) -> None:
+    # Issue 17, findings 4 and 5: a NAT that forwards but cannot reach AWS (its DynamoDB path, its
+    # credentials, its way out) lost its tables and was stopped after restart_after. Now a stop needs
+    # data-plane evidence: no probe answered for restart_after. (Undo: accept "it answers probes but
+    # cannot reach AWS" in decide._restart_evidence again, and the first case restarts it.)
+    w = restart_world(silent=300.0)
+    w.probes[A] = probe
+    d = w.decide()
+    assert not any(isinstance(a, (ClaimRestart, ContinueRestart)) for a in d.actions), d.summary
+
+
+def test_a_restart_in_its_idle_phase_is_not_continued_once_the_peer_answers_probes() -> None:
+    w = restart_world()
+    w.restarts[A] = RestartItem(A, B, "s-i-b", 1, 2, "tok", "idle", 0, 300_000)
+    w.probes[A] = PeerProbe(False, 4, 5, 0.2)  # one answer: the window still says down
+    assert not any(isinstance(a, ContinueRestart) for a in w.decide().actions)
 
 
 def test_no_restart_before_restart_after() -> None:
@@ -604,3 +630,15 @@ def test_no_failback_to_a_member_an_operator_is_draining() -> None:
     w.requests = {"drain#i-a": RequestItem("drain#i-a", A, "on", 1, "tok")}
     d = w.decide()
     assert not any(isinstance(a, HandOver) for a in d.actions), d.summary
+
+
+def test_takeover_writes_go_before_writes_that_only_reassert_what_ec2_shows() -> None:
+    # Issue 17, finding 7: EC2's write buckets are shared with the whole account and a cycle's time
+    # is bounded, so the write that ends an outage goes first (undo: drop the sort in decide(), and
+    # rtb-a's re-assertion comes first, by route table order).
+    w = dead(World(reassert={RA: "writes of earlier terms can no longer land"}), C)
+    w.routes[RB] = route(RB, A)  # we hold i-b's table; i-b is healthy again: a planned fail-back
+    d = w.decide()
+    order = [(type(a).__name__, getattr(a, "route_table", "")) for a in d.actions]
+    assert order == [("TakeOver", RC), ("HandOver", RB), ("EnsureRoute", RA)], order
+    assert isinstance(d.actions[-1], EnsureRoute) and d.actions[-1].again

@@ -46,11 +46,11 @@ class FlakyStore(MemoryStore):
         super().__init__()
         self.fail_puts = 0
 
-    def put_item(self, group, attrs, expect, *, gc_after_s=None):  # type: ignore[no-untyped-def]
+    def put_item(self, group, attrs, expect, *, gc_after_s=None, timeout=None):  # type: ignore[no-untyped-def]
         if self.fail_puts:
             self.fail_puts -= 1
             raise OutcomeUnknown("injected: not applied")
-        super().put_item(group, attrs, expect, gc_after_s=gc_after_s)
+        super().put_item(group, attrs, expect, gc_after_s=gc_after_s, timeout=timeout)
 
 
 def test_the_keeper_renews_until_stopped_and_rides_out_a_failed_renewal() -> None:

@@ -86,3 +86,112 @@ def test_only_writes_can_be_armed_and_one_at_a_time() -> None:
         pass
     with pytest.raises(RuntimeError), fence.write("ReplaceRoute", "rtb-1"), fence.write("ReplaceRoute", "rtb-2"):
         pass
+
+
+# ------------------------------------------------------------------ issue 17: confirmed, paused, in doubt
+def test_a_framed_write_is_confirmed_right_before_the_lease_check_and_refused_when_not() -> None:
+    fence, clock, _, _ = make()
+    calls: list[str] = []
+
+    def confirm(op: str) -> str:
+        calls.append(op)
+        clock.advance(0.002)  # the consistent read's round trip
+        return "" if len(calls) == 1 else "rtb-1 is held by i-b in term 5"
+
+    with fence.frame(confirm=confirm, note=("rtb-1", 4, "i-a")):
+        with fence.write("ReplaceRoute", "rtb-1") as permit:
+            deadline = fence.authorize("ReplaceRoute")
+        assert permit.note == ("rtb-1", 4, "i-a") and permit.confirm_started == 100.0
+        assert permit.checked_at == pytest.approx(100.002), "the lease is checked after the read, not before"
+        assert deadline == pytest.approx(100.602)
+        with pytest.raises(FenceRefused) as err, fence.write("CreateTags", "rtb-1"):
+            fence.authorize("CreateTags")
+    assert "not confirmed: rtb-1 is held by i-b" in str(err.value) and fence.unconfirmed == 1
+    assert calls == ["ReplaceRoute", "CreateTags"]
+    with fence.write("ReplaceRoute", "rtb-1") as outside:  # outside the frame: nothing to confirm
+        fence.authorize("ReplaceRoute")
+    assert outside.confirm is None
+
+
+def test_a_write_whose_authority_cannot_be_read_is_not_sent() -> None:
+    fence, _, _, _ = make()
+
+    def confirm(_op: str) -> str:
+        raise OSError("DynamoDB unreachable")
+
+    with pytest.raises(FenceRefused) as err, fence.frame(confirm=confirm), fence.write("ReplaceRoute", "rtb-1"):
+        fence.authorize("ReplaceRoute")
+    assert "cannot confirm it in DynamoDB" in str(err.value)
+
+
+class Watch:
+    """A PauseWatch stand-in: the pauses it will report at the next poll."""
+
+    def __init__(self) -> None:
+        from coordinator.pauses import Pause
+
+        self.Pause = Pause
+        self.pending: list[object] = []
+
+    def poll(self) -> list[object]:
+        out, self.pending = self.pending, []
+        return out
+
+
+def paused_fence() -> tuple[Fence, FakeClock, list[Permit], Watch, list[object]]:
+    fence, clock, overruns, _ = make()
+    watch = Watch()
+    seen: list[object] = []
+    fence.pauses = watch  # type: ignore[assignment]
+    fence.on_pause = seen.append
+    return fence, clock, overruns, watch, seen
+
+
+def test_a_pause_seen_before_the_send_refuses_the_write_and_drops_authority() -> None:
+    fence, _, _, watch, seen = paused_fence()
+    watch.pending = [watch.Pause(2.0, 90.0, 99.0, "server time")]
+    with pytest.raises(FenceRefused) as err, fence.frame(confirm=lambda _op: ""), fence.write("ReplaceRoute", "rtb-1"):
+        fence.authorize("ReplaceRoute")
+    assert "paused for at least 2.00 s" in str(err.value) and len(seen) == 1
+
+
+def test_a_pause_between_the_confirmation_and_the_bytes_makes_the_write_an_overrun() -> None:
+    # Seen by the write's own answer (its server time): reported when the call ends.
+    fence, clock, overruns, watch, _ = paused_fence()
+    with fence.frame(confirm=lambda _op: "", note="n"), fence.write("ReplaceRoute", "rtb-1") as permit:
+        fence.authorize("ReplaceRoute")
+        clock.advance(0.01)
+        fence.sent()
+        watch.pending = [watch.Pause(1.5, 100.0, 100.01, "server time")]
+    assert permit.paused and permit.overran and overruns == [permit]
+
+
+def test_a_pause_seen_later_reports_the_writes_it_may_have_delayed_once() -> None:
+    fence, clock, overruns, watch, _ = paused_fence()
+    with fence.write("ReplaceRoute", "rtb-1") as early:
+        fence.authorize("ReplaceRoute")
+        fence.sent()
+    clock.advance(5.0)
+    with fence.write("ReplaceRoute", "rtb-2") as late:
+        fence.authorize("ReplaceRoute")
+        clock.advance(0.02)
+        fence.sent()
+    clock.advance(0.3)
+    assert overruns == []
+    watch.pending = [watch.Pause(0.8, 104.9, 105.3, "server time")]  # the next heartbeat's answer shows it
+    fence.check_pauses()
+    assert overruns == [late] and not early.overran
+    watch.pending = [watch.Pause(0.8, 104.9, 105.3, "reference")]
+    fence.check_pauses()
+    assert overruns == [late], "reported once"
+
+
+def test_a_write_not_acknowledged_is_in_doubt() -> None:
+    fence, _, overruns, _ = make()
+    doubts: list[Permit] = []
+    fence.on_doubt = doubts.append
+    with fence.write("ReplaceRoute", "rtb-1") as permit:
+        fence.authorize("ReplaceRoute")
+        permit.in_doubt = True  # what the adapter records when awshttp saw no acknowledgement
+        permit.sent_at = 100.0
+    assert doubts == [permit] and overruns == []

@@ -167,9 +167,12 @@ def _drive_representative_calls() -> None:
             adapter.tag_holder(rtb, holder_arn(a))  # CreateTags (the IAM fence)
             adapter.point_route(rtb, a, missing=True)  # CreateRoute (no default route yet)
             adapter.point_route(rtb, b)  # ReplaceRoute
+            adapter.tag_address_holder(rtb, holder_arn(a))  # CreateTags on the Elastic IP
             adapter.associate_address(rtb, a)  # AssociateAddress (egress_ip = follow)
             adapter.egress_ips([rtb])  # DescribeAddresses
             adapter.instance_states([a, b])
+            adapter.tag_stop_by(a, holder_arn(a))  # a session's first write: its own instance
+            adapter.tag_stop_by(b, holder_arn(a))  # a stopper tags its target
             adapter.stop(b)
             adapter.start(b)
 
@@ -179,31 +182,39 @@ def holder_arn(instance: str) -> str:
 
 
 CALLER = holder_arn("i-0caller")
+HOLDER_KEY = "nat-ha:holder"
 HOLDER = "ec2:ResourceTag/nat-ha:holder"
+STOP_BY = "ec2:ResourceTag/nat-ha:stop-by"
+
+
+def _kind(resource: str) -> str:
+    return {"rtb": "route-table", "i": "instance", "eipalloc": "elastic-ip"}[resource.split("-")[0]]
 
 
 def _requests(record: dict[str, Any], group: str) -> list[Request]:
     """The IAM requests one recorded call makes, for resources tagged nat-ha:group=<group>.
 
-    Route writes are made by the table's holder (the agent tags the table before writing it),
-    so the request carries the caller's ARN both as ``ec2:SourceInstanceARN`` and in the tag.
+    Route writes and associations are made by the holder (the agent tags the table and its Elastic
+    IP before writing them), and a stop by the member that tagged its target stop-by itself, so
+    those requests carry the caller's ARN both as ``ec2:SourceInstanceARN`` and in the tag.
     """
     action = awscalls.iam_action(record["service"], record["action"])
     res = record.get("resources", {})
+    me = {"ec2:SourceInstanceARN": CALLER}
     if record["service"] == "dynamodb":
         return [Request(action, arn("table", res["TableName"]))]
     if record["action"] in ("ReplaceRoute", "CreateRoute"):
-        context = {TAG: group, HOLDER: CALLER, "ec2:SourceInstanceARN": CALLER}
+        context = {TAG: group, HOLDER: CALLER, **me}
         return [Request(action, arn("route-table", res["RouteTableId"]), context)]
     if record["action"] == "CreateTags":
-        context = {
-            TAG: group,
-            "aws:RequestTag/nat-ha:holder": CALLER,
-            "aws:TagKeys": ["nat-ha:holder"],
-            "ec2:SourceInstanceARN": CALLER,
-        }
-        return [Request(action, arn("route-table", r), context) for r in res["Resources"]]
-    if record["action"] in ("StopInstances", "StartInstances"):
+        out = []
+        for r, key in ((r, t["Key"]) for r in res["Resources"] for t in res.get("Tags", [{"Key": HOLDER_KEY}])):
+            context = {TAG: group, f"aws:RequestTag/{key}": CALLER, "aws:TagKeys": [key], **me}
+            out.append(Request(action, arn(_kind(r), r), context))
+        return out
+    if record["action"] == "StopInstances":
+        return [Request(action, arn("instance", i), {TAG: group, STOP_BY: CALLER, **me}) for i in res["InstanceIds"]]
+    if record["action"] == "StartInstances":
         return [Request(action, arn("instance", i), {TAG: group}) for i in res["InstanceIds"]]
     if record["service"] == "autoscaling":
         name = res["AutoScalingGroupName"]
@@ -219,7 +230,7 @@ def _requests(record: dict[str, Any], group: str) -> list[Request]:
             else arn("instance", res["InstanceId"])
         )
         return [
-            Request(action, arn("elastic-ip", res["AllocationId"]), {TAG: group}),
+            Request(action, arn("elastic-ip", res["AllocationId"]), {TAG: group, HOLDER: CALLER, **me}),
             Request(action, onto, {TAG: group}),
         ]
     return [Request(action, "*")]
@@ -264,6 +275,7 @@ def test_untagged_resources_and_other_actions_are_denied() -> None:
     rt, inst = arn("route-table", "rtb-9"), arn("instance", "i-9")
     assert not allowed(pol, Request("ec2:ReplaceRoute", rt))
     assert not allowed(pol, Request("ec2:StopInstances", inst))
+    assert not allowed(pol, Request("ec2:StopInstances", inst, {TAG: GROUP})), "a stop needs the stop-by tag"
     assert not allowed(pol, Request("ec2:TerminateInstances", inst, {TAG: GROUP}))
     assert not allowed(pol, Request("ec2:DeleteRoute", rt, {TAG: GROUP}))
     assert not allowed(pol, Request("dynamodb:DeleteTable", arn("table", TABLE)))
@@ -318,11 +330,12 @@ def test_elastic_ips_move_only_within_the_group() -> None:
     pol = policy()
     eip, eni, inst = arn("elastic-ip", "eipalloc-1"), arn("network-interface", "eni-1"), arn("instance", "i-1")
     act = "ec2:AssociateAddress"
-    assert allowed(pol, Request(act, eip, {TAG: GROUP}))
+    me = {HOLDER: CALLER, "ec2:SourceInstanceARN": CALLER}
+    assert allowed(pol, Request(act, eip, {TAG: GROUP, **me}))
     assert allowed(pol, Request(act, eni, {TAG: GROUP}))
     assert allowed(pol, Request(act, inst, {TAG: GROUP})), "AWS may also authorize the ENI's instance"
-    assert not allowed(pol, Request(act, eip, {TAG: "another"})), "another group's Elastic IP"
-    assert not allowed(pol, Request(act, eip)), "an untagged Elastic IP (the account's others)"
+    assert not allowed(pol, Request(act, eip, {TAG: "another", **me})), "another group's Elastic IP"
+    assert not allowed(pol, Request(act, eip, me)), "an untagged Elastic IP (the account's others)"
     assert not allowed(pol, Request(act, eni, {TAG: "another"})), "onto another group's interface"
     assert not allowed(pol, Request(act, eni)), "onto an untagged interface"
     assert not allowed(pol, Request(act, arn("route-table", "rtb-1"), {TAG: GROUP})), "not an EIP, ENI or instance"
@@ -374,3 +387,66 @@ def test_code_calls_nothing_outside_the_list() -> None:
         found |= {ops[m.group(1)] for m in pattern.finditer(source.read_text())}
     assert found, "the scan found no call at all: it is broken"
     assert found <= awscalls.ALL_CALLS, f"called but not listed: {found - awscalls.ALL_CALLS}"
+
+
+# ------------------------------------------------------------------ issue 17: stops and associations fenced by AWS
+def _stop(target_tag: str | None, caller: str, group: str = GROUP) -> Request:
+    ctx: dict[str, str | list[str]] = {TAG: group, "ec2:SourceInstanceARN": caller}
+    if target_tag is not None:
+        ctx[STOP_BY] = target_tag
+    return Request("ec2:StopInstances", arn("instance", "i-0target"), ctx)
+
+
+def test_which_late_stops_iam_refuses() -> None:
+    """A stop is allowed only while the target's nat-ha:stop-by tag names the caller. AWS evaluates the
+    tag when it processes the request, so a stop sent late (a stopper frozen between its checks and the
+    send, issue 17 finding 1) is refused once the target's agent, back with a new session, has tagged
+    its own instance - whatever the stopper's own checks said."""
+    pol = policy()
+    stopper, target, third = holder_arn("i-0stopper"), holder_arn("i-0target"), holder_arn("i-0third")
+    assert allowed(pol, _stop(stopper, stopper)), "the stopper, right after tagging its target"
+    assert not allowed(pol, _stop(target, stopper)), "late: the target came back and tagged itself"
+    assert not allowed(pol, _stop(third, stopper)), "late: another member has since prepared a stop"
+    assert not allowed(pol, _stop(None, stopper)), "never tagged (a stop without the tag step)"
+    assert not allowed(pol, _stop(stopper, stopper, group="another")), "another group's instance"
+    assert not allowed(pol, Request("ec2:StopInstances", arn("instance", "i-0target"), {TAG: GROUP, STOP_BY: stopper}))
+    start = Request("ec2:StartInstances", arn("instance", "i-0target"), {TAG: GROUP})
+    assert allowed(pol, start), "starting a stopped group member needs no tag (it never harms forwarding)"
+
+
+def test_an_instance_may_name_only_itself_as_stopper() -> None:
+    pol = policy()
+    me, other = holder_arn("i-0me"), holder_arn("i-0other")
+
+    def tag(value: str, keys: list[str], resource: str = "i-0target", group: str = GROUP) -> Request:
+        ctx: dict[str, str | list[str]] = {TAG: group, "ec2:SourceInstanceARN": me, "aws:TagKeys": keys}
+        ctx["aws:RequestTag/nat-ha:stop-by"] = value
+        return Request("ec2:CreateTags", arn("instance", resource), ctx)
+
+    assert allowed(pol, tag(me, ["nat-ha:stop-by"])), "a stopper tags its target"
+    assert allowed(pol, tag(me, ["nat-ha:stop-by"], resource="i-0me")), "a new session tags its own instance"
+    assert not allowed(pol, tag(other, ["nat-ha:stop-by"])), "naming another member as stopper"
+    assert not allowed(pol, tag(me, ["nat-ha:stop-by", "nat-ha:group"])), "changing the group tag too"
+    assert not allowed(pol, tag(me, ["nat-ha:stop-by"], group="another")), "another group's instance"
+
+
+def test_elastic_ips_are_associated_only_by_the_instance_their_holder_tag_names() -> None:
+    """Issue 17: AssociateAddress fenced like route writes. The holder tags the table's Elastic IP with its
+    ARN before it associates it; a stale holder's late association, processed after the new holder
+    re-tagged the Elastic IP, is refused by AWS."""
+    pol = policy()
+    eip = arn("elastic-ip", "eipalloc-1")
+    old, new = holder_arn("i-0old"), holder_arn("i-0new")
+    act = "ec2:AssociateAddress"
+    assert allowed(pol, Request(act, eip, {TAG: GROUP, HOLDER: old, "ec2:SourceInstanceARN": old}))
+    assert not allowed(pol, Request(act, eip, {TAG: GROUP, HOLDER: new, "ec2:SourceInstanceARN": old})), "late"
+    assert not allowed(pol, Request(act, eip, {TAG: GROUP, "ec2:SourceInstanceARN": old})), "never tagged"
+    ctx: dict[str, str | list[str]] = {
+        TAG: GROUP,
+        "ec2:SourceInstanceARN": new,
+        "aws:RequestTag/nat-ha:holder": new,
+        "aws:TagKeys": ["nat-ha:holder"],
+    }
+    assert allowed(pol, Request("ec2:CreateTags", eip, ctx)), "the holder tags the group's Elastic IP"
+    assert not allowed(pol, Request("ec2:CreateTags", eip, {**ctx, "aws:RequestTag/nat-ha:holder": old}))
+    assert not allowed(pol, Request("ec2:CreateTags", eip, {**ctx, TAG: "another"}))

@@ -24,7 +24,8 @@ def test_the_policy_is_ready_to_paste(capsys: pytest.CaptureFixture[str]) -> Non
     doc = rendered(capsys)
     text = json.dumps(doc)
     assert "${!" not in text and "${NatHa" not in text and "${AWS::" not in text
-    assert text.count("${ec2:SourceInstanceARN}") == 2  # the route writes and the holder tag
+    # the route writes, the Elastic IP moves and the stops, each with the tag that names the caller
+    assert text.count("${ec2:SourceInstanceARN}") == 6
     assert "arn:aws:dynamodb:eu-west-1:111122223333:table/nat-ha" in text
     me = "arn:aws:ec2:eu-west-1:111122223333:instance/i-0me"
     rt = "arn:aws:ec2:eu-west-1:111122223333:route-table/rtb-1"

@@ -19,7 +19,7 @@ import pytest
 
 from agent.commands import cli
 from coordinator.dynamo import DynamoSettings, init_table
-from tests.servers import threaded_moto_server
+from tests.servers import moto_server_process, threaded_moto_server
 
 REGION = "us-east-1"
 
@@ -143,19 +143,27 @@ def test_timeout_must_be_positive_seconds(value: str, capsys: pytest.CaptureFixt
     assert code == 2 and err == "nat-ha status: --timeout must be a number of seconds > 0\n"
 
 
+@pytest.fixture(scope="module")
+def moto_eip_url() -> Iterator[str]:
+    """A moto server process that binds an Elastic IP to the private address asked for, as AWS does
+    (agent/lab/motofix.py; moto alone reports the interface's primary address)."""
+    with moto_server_process(module="agent.lab.motofix") as server:
+        yield server.url
+
+
 def test_each_tables_elastic_ip_and_whether_it_sits_with_its_holder(
-    moto_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    moto_eip_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """egress_ip = follow: the EGRESS IP column and JSON fields; an EIP off its holder's address is a problem.
 
-    moto ignores AssociateAddress's PrivateIpAddress (it reports the interface's primary address), so
-    the addresses that hold an EIP here are primary ones.
+    Each member's address for a table is a secondary one (check-config refuses a primary address).
     """
     from coordinator.clock import FakeClock
     from coordinator.dynamo import DynamoStore
     from coordinator.items import Health
     from coordinator.leases import Coordinator
 
+    moto_url = moto_eip_url
     ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=moto_url)
     vpc = ec2.create_vpc(CidrBlock="10.8.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.8.1.0/24")["Subnet"]["SubnetId"]
@@ -166,9 +174,11 @@ def test_each_tables_elastic_ip_and_whether_it_sits_with_its_holder(
     rtb_a, rtb_b = (ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"] for _ in range(2))
     ec2.create_route(RouteTableId=rtb_a, DestinationCidrBlock="0.0.0.0/0", NetworkInterfaceId=eni_a)
     ec2.create_route(RouteTableId=rtb_b, DestinationCidrBlock="0.0.0.0/0", NetworkInterfaceId=eni_b)
+    ec2.assign_private_ip_addresses(NetworkInterfaceId=eni_a, PrivateIpAddresses=["10.8.1.200", "10.8.1.201"])
+    ec2.assign_private_ip_addresses(NetworkInterfaceId=eni_b, PrivateIpAddresses=["10.8.1.202", "10.8.1.203"])
     eip_a, eip_b = (ec2.allocate_address(Domain="vpc") for _ in range(2))
-    ec2.associate_address(AllocationId=eip_a["AllocationId"], NetworkInterfaceId=eni_a, PrivateIpAddress=ip_a)
-    ec2.associate_address(AllocationId=eip_b["AllocationId"], NetworkInterfaceId=eni_a, PrivateIpAddress=ip_a)
+    ec2.associate_address(AllocationId=eip_a["AllocationId"], NetworkInterfaceId=eni_a, PrivateIpAddress="10.8.1.200")
+    ec2.associate_address(AllocationId=eip_b["AllocationId"], NetworkInterfaceId=eni_a, PrivateIpAddress="10.8.1.200")
     settings = DynamoSettings(table="t-egress", region=REGION, endpoint_url=moto_url)
     list(init_table(settings))
     store = DynamoStore(settings)
@@ -183,9 +193,9 @@ def test_each_tables_elastic_ip_and_whether_it_sits_with_its_holder(
         f'[[members]]\ninstance_id = "{a}"\naddress = "{ip_a}"\neni = "{eni_a}"\nroute_tables = ["{rtb_a}"]\n\n'
         f'[[members]]\ninstance_id = "{b}"\naddress = "{ip_b}"\neni = "{eni_b}"\nroute_tables = ["{rtb_b}"]\n\n'
         f'[[egress.tables]]\nroute_table = "{rtb_a}"\nallocation_id = "{eip_a["AllocationId"]}"\n'
-        f'subnets = ["10.8.11.0/24"]\naddresses = {{ "{a}" = "{ip_a}", "{b}" = "10.8.1.202" }}\n\n'
+        f'subnets = ["10.8.11.0/24"]\naddresses = {{ "{a}" = "10.8.1.200", "{b}" = "10.8.1.202" }}\n\n'
         f'[[egress.tables]]\nroute_table = "{rtb_b}"\nallocation_id = "{eip_b["AllocationId"]}"\n'
-        f'subnets = ["10.8.12.0/24"]\naddresses = {{ "{a}" = "10.8.1.201", "{b}" = "{ip_b}" }}\n',
+        f'subnets = ["10.8.12.0/24"]\naddresses = {{ "{a}" = "10.8.1.201", "{b}" = "10.8.1.203" }}\n',
     )
     code, out, err = _run(["status", "--json", "--config", str(path)], capsys)
     assert code == 1, err
@@ -196,10 +206,10 @@ def test_each_tables_elastic_ip_and_whether_it_sits_with_its_holder(
         a,
         True,
     )
-    # rtb-b's EIP sits on a's primary address, which is not a's address for rtb-b (10.8.1.201).
-    assert rows[rtb_b]["egress_holder"] == f"other:{eni_a}/{ip_a}" and rows[rtb_b]["egress_ok"] is False
+    # rtb-b's EIP sits on a's address for rtb-a, which is not a's address for rtb-b (10.8.1.201).
+    assert rows[rtb_b]["egress_holder"] == f"other:{eni_a}/10.8.1.200" and rows[rtb_b]["egress_ok"] is False
     assert status["problems"] == [
-        f"{rtb_b}: its Elastic IP {eip_b['PublicIp']} is with other:{eni_a}/{ip_a}, not on its holder {b}'s "
+        f"{rtb_b}: its Elastic IP {eip_b['PublicIp']} is with other:{eni_a}/10.8.1.200, not on its holder {b}'s "
         "address for it: its traffic leaves without its own public address"
     ]
     code, out, _ = _run(["status", "--config", str(path)], capsys)

@@ -262,6 +262,30 @@ def test_send_record_flags() -> None:
     assert SendRecord(started=0, deadline=1, send_started=0.5).maybe_sent
     assert not SendRecord(started=0, deadline=1, send_started=0.5, sent_at=0.9).sent_late
     assert SendRecord(started=0, deadline=1, send_started=0.5, sent_at=1.1).sent_late
+    # Sent means acknowledged: bytes handed over in time but acknowledged after the deadline are late,
+    # and bytes never acknowledged are in doubt.
+    assert SendRecord(started=0, deadline=1, send_started=0.5, sent_at=0.6, acked_at=1.2).sent_late
+    assert SendRecord(started=0, deadline=1, send_started=0.5, sent_at=0.6).in_doubt
+    assert not SendRecord(started=0, deadline=1, send_started=0.5, sent_at=0.6, acked_at=0.7).in_doubt
+    assert not SendRecord(started=0, deadline=1).in_doubt
+
+
+def test_every_answer_passes_its_server_time_to_the_listener(scripted: Callable[..., ScriptedServer]) -> None:
+    dated = b"HTTP/1.1 200 OK\r\nDate: Tue, 01 Dec 2026 10:00:05 GMT\r\nContent-Length: 2\r\n\r\n{}"
+    server = scripted([lambda _r: dated, ok])
+    sender = Sender(server.url, timeout=2)
+    seen: list[tuple[float, float, float]] = []
+    awshttp.set_answer_listener(lambda sent, received, date: seen.append((sent, received, date)))
+    try:
+        t0 = time.monotonic()
+        sender.send(request(server.url), time.monotonic() + 2)
+        sender.send(request(server.url), time.monotonic() + 2)  # no Date header: nothing to pass on
+    finally:
+        awshttp.set_answer_listener(None)
+    assert len(seen) == 1
+    sent, received, date = seen[0]
+    assert t0 <= sent <= received <= time.monotonic()
+    assert date == 1796119205.0  # 2026-12-01T10:00:05Z
 
 
 # ----------------------------------------------------------------------- TLS

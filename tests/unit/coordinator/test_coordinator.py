@@ -99,17 +99,19 @@ class FaultyStore:
     def _next(self, op: str) -> str | None:
         return self.plan[op].pop(0) if self.plan[op] else None
 
-    def query_group(self, group: str) -> list[Attrs]:
+    def query_group(self, group: str, *, timeout: float | None = None) -> list[Attrs]:
         if self._next("query") == "unavailable":
             raise Unavailable("injected")
         return self.inner.query_group(group)
 
-    def get_item(self, group: str, item: str) -> Attrs | None:
+    def get_item(self, group: str, item: str, *, timeout: float | None = None) -> Attrs | None:
         if self._next("get") == "unavailable":
             raise Unavailable("injected")
         return self.inner.get_item(group, item)
 
-    def put_item(self, group: str, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None) -> None:
+    def put_item(
+        self, group: str, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None, timeout: float | None = None
+    ) -> None:
         fault = self._next("put")
         if fault == "unavailable":
             raise OutcomeUnknown("injected: not applied")
@@ -258,13 +260,15 @@ class LandsFirst:
         self.inner = inner
         self.before_put: Callable[[], None] | None = None
 
-    def query_group(self, group: str) -> list[Attrs]:
+    def query_group(self, group: str, *, timeout: float | None = None) -> list[Attrs]:
         return self.inner.query_group(group)
 
-    def get_item(self, group: str, item: str) -> Attrs | None:
+    def get_item(self, group: str, item: str, *, timeout: float | None = None) -> Attrs | None:
         return self.inner.get_item(group, item)
 
-    def put_item(self, group: str, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None) -> None:
+    def put_item(
+        self, group: str, attrs: Attrs, expect: Expect, *, gc_after_s: float | None = None, timeout: float | None = None
+    ) -> None:
         hook, self.before_put = self.before_put, None
         if hook is not None:
             hook()
@@ -768,3 +772,46 @@ def test_fake_clock_and_coordinator_arguments() -> None:
         Coordinator(MemoryStore(), GROUP, "i-a", c, 0)
     with pytest.raises(ValueError):
         Expect.matches()
+
+
+# ------------------------------------------------------------------ confirm (issue 17): authority from DynamoDB
+def test_confirm_says_yes_only_while_dynamodb_agrees_whatever_the_local_clock_says(
+    backend: Backend, clock: FakeClock
+) -> None:
+    a = started(backend.store, clock, "i-a")
+    b = started(backend.store, clock, "i-b")
+    route = a.claim_route("rtb-1", None)
+    assert a.confirm(route=("rtb-1", route.term)) == ""
+    assert "term 9" in a.confirm(route=("rtb-1", 9))
+    assert "not by this session" in b.confirm(route=("rtb-1", route.term))
+    # i-a's VM pauses (its clock does not count it): its lease still looks valid, but i-b expired it
+    # and took the table. The local check passes; the confirmation does not.
+    b.expire_member(snap_member(b, "i-a"))
+    assert a.remaining() > 0
+    assert "no longer alive in DynamoDB" in a.confirm(route=("rtb-1", route.term))
+    b.claim_route("rtb-1", snap_route(b, "rtb-1"))
+    assert "no longer alive" in a.confirm()
+    assert member(backend.store, clock, "i-c").confirm() == "no session"
+
+
+def test_confirm_of_a_stop_needs_the_restart_lease_and_the_target_unchanged(backend: Backend, clock: FakeClock) -> None:
+    a = started(backend.store, clock, "i-a")
+    b = started(backend.store, clock, "i-b")
+    lease = a.claim_restart("i-b", None, 300.0)
+    expired = a.expire_member(snap_member(a, "i-b"))
+    assert a.confirm(restart=("i-b", lease.term), unchanged=expired) == ""
+    assert "restart lease" in a.confirm(restart=("i-b", lease.term + 1))
+    b.drop_session()
+    member(backend.store, clock, "i-b").start_session(OK, snap_member(a, "i-b"))  # it came back
+    assert "changed since" in a.confirm(restart=("i-b", lease.term), unchanged=expired)
+
+
+def test_lapse_drops_authority_until_a_renewal_sent_afterwards(backend: Backend, clock: FakeClock) -> None:
+    a = started(backend.store, clock, "i-a")
+    a.lapse()
+    assert a.remaining() <= 0 and a.session is not None
+    with pytest.raises(SessionLost):
+        a.claim_route("rtb-1", None)
+    clock.advance(0.1)
+    a.heartbeat(OK)  # nobody expired it: the session renews
+    assert a.remaining() == pytest.approx(LEASE)

@@ -310,6 +310,33 @@ def test_every_store_call_ends_by_its_deadline(
     assert operations(server) == ["GetItem", "PutItem"]
 
 
+@pytest.mark.parametrize("path", ["fast", "botocore"])
+def test_a_calls_own_budget_replaces_the_stores_timeout(
+    scripted: Callable[..., ScriptedServer], monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """Issue 17, finding 9: the coordinator gives each call a budget fitted to its lease, up to the
+    store's own timeout (the agent's store_timeout_max). A 0.25-s answer fails a budget of 0.15 s
+    and arrives within one of 0.5 s; a budget cuts a dripping answer short; on both paths."""
+    if path == "botocore":
+        monkeypatch.setenv(OFF_ENV, "1")
+
+    def slow(_request: bytes) -> bytes:
+        time.sleep(0.25)
+        return http_response(200, b'{"Items": []}')
+
+    drip = Drip(http_response(200, b'{"Items": []}'), every=0.05, limit=5)
+    server = scripted([slow, slow, lambda _r: drip])
+    store = store_on(server.url, connect_timeout_s=0.15, read_timeout_s=0.5)
+    assert uses_fast_path(store) == (path == "fast")
+    with pytest.raises(Unavailable, match="ReadTimeoutError"):
+        store.query_group(GROUP, timeout=0.15)
+    assert store.query_group(GROUP, timeout=0.5) == []
+    t0 = time.monotonic()
+    with pytest.raises(Unavailable, match="ReadTimeoutError"):
+        store.get_item(GROUP, "member#i-a", timeout=0.3)
+    assert 0.3 - 0.01 <= time.monotonic() - t0 <= 0.3 + SLACK
+
+
 def test_with_retries_every_attempt_ends_by_the_calls_deadline() -> None:
     deadline = CallDeadline(0.2)
     request = Sender("http://127.0.0.1:9", timeout=0.1)
