@@ -223,7 +223,8 @@ class SyncService:
 
     def mine(self, table: str) -> str:
         """This NAT's address for ``table`` (the SNAT source of its flows here)."""
-        return self.tables[table].addresses.get(self.me, "")
+        t = self.tables.get(table)  # the agent may have just dropped it (_use_tables)
+        return t.addresses.get(self.me, "") if t is not None else ""
 
     def start(self, listen: bool = True) -> None:
         """Start streaming. With no ``me`` yet (members_from_tags: the agent learns the group from EC2), the
