@@ -278,6 +278,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "probes: a NAT that cannot reach AWS most likely cannot forward either (>= lease + margin).",
             minimum=0.0,
         ),
+        "agent_restart_grace": Key(
+            float,
+            10.0,
+            "Seconds of heartbeat silence peers tolerate from a NAT whose agent announced a restart (SIGUSR2: "
+            "systemctl restart, an upgrade) while the NAT answers their probes, instead of silent_owner_after: the "
+            "new process takes the session over without moving a route even when its start is slow (a loaded "
+            "host, cold caches after an upgrade). A NAT that stops answering probes is failed over after lease + "
+            "margin as ever (>= silent_owner_after).",
+            minimum=0.0,
+        ),
         "claim_stagger": Key(
             float, 0.35, "Extra wait per preference rank before a less preferred NAT claims.", minimum=0.0
         ),
@@ -494,6 +504,7 @@ class Timing:
     ec2_consistency_window: float = 2.0
     ec2_reconcile_interval: float = 5.0
     silent_owner_after: float = 2.0
+    agent_restart_grace: float = 10.0
     claim_stagger: float = 0.35
     failback_hold_down: float = 10.0
     restart_after: float = 30.0
@@ -548,6 +559,11 @@ class Timing:
             out.append(
                 f"timing.silent_owner_after: {self.silent_owner_after} s must be >= lease + margin "
                 f"({self.lease + self.margin:.2f} s): a silent owner's lease must have run out"
+            )
+        if self.agent_restart_grace < self.silent_owner_after:
+            out.append(
+                f"timing.agent_restart_grace: {self.agent_restart_grace} s must be >= silent_owner_after "
+                f"({self.silent_owner_after} s): an announced restart must not shorten the silence peers tolerate"
             )
         if self.failback_hold_down < self.lease:
             out.append(f"timing.failback_hold_down: {self.failback_hold_down} s must be >= lease ({self.lease} s)")
