@@ -37,6 +37,7 @@ REQUIRED_ALERTS = {
     "NatHaInstanceTooSmall",
     "NatHaConntrackNearlyFull",
     "NatHaPacketsDropped",
+    "NatHaConntrackSyncBroken",  # issue 18
 }
 # A handled failure warns; a table without a healthy NAT (or a wrong route, two owners, no view at all) pages.
 PAGES = {
