@@ -16,6 +16,7 @@ class RestartProgress:
     phase_started: float
     last_poll: float = -1e18
     stopped_as: MemberItem | None = None  # the peer's member item when we sent it a stop (expired by then)
+    watched: MemberItem | None = None  # the peer's member item the decision to stop it judged silent
 
 
 @dataclass

@@ -119,9 +119,7 @@ class TableWriter:
         clock = ctx.clock
         now = clock.monotonic()
         for action in actions:
-            if self.standing.quiet(action, now):
-                left = self.standing.backoff_left(action, now)
-                raise Ec2Error(operation, "RequestLimitExceeded", f"backing off {action} {left:.2f} s after throttling")
+            self.standing.hold_back(action, operation, now)
         if not self.session.may_act(health):
             raise FenceRefused(api_name(operation), "the lease is too short; renewing first")
         coordinator = ctx.coordinator

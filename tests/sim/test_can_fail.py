@@ -63,7 +63,7 @@ def test_restart_without_the_silence_check_is_caught(monkeypatch: pytest.MonkeyP
     def evidence(v: agent.decide._View, t: agent.config.Timing, peer: str) -> str | None:
         return "probes fail" if v.probe_down(peer) and v.obs.instance_states.get(peer) == "running" else None
 
-    def stop_unchecked(self: Restarter, item: RestartItem, snapshot: object, health: object, progress: object) -> str:
+    def stop_unchecked(self: Restarter, item: RestartItem, health: object, progress: object) -> str:
         self.ctx.ec2.tag_stop_by(item.target, self.ctx.holder)  # (issue 17) no expiry, no checks at the send
         self.ctx.ec2.stop(item.target)
         return ""
