@@ -98,6 +98,14 @@ class Observer:
             del doubt[rt]
         return frozenset(doubt)
 
+    def unrouted(self, now: float) -> frozenset[str]:
+        """Held tables we claimed whose every route write since was never sent, throttled or refused,
+        once no write of an earlier process of this session can land either."""
+        mem = self.ctx.memory
+        if now < mem.predecessor_writes_until:
+            return frozenset()
+        return frozenset(rt for rt, h in mem.held.items() if not h.route_reached)
+
     def observe(
         self, snapshot: GroupSnapshot, now: float, probes: dict[str, PeerProbe], health: Health, draining: bool
     ) -> Observation:
@@ -141,6 +149,7 @@ class Observer:
             egress=dict(mem.egress),
             reassert_address=self._address_reasserts(snapshot, now),
             handovers_in_doubt=self.handovers_in_doubt(now),
+            unrouted=self.unrouted(now),
             last_resort=ctx.config.ec2.last_resort_nat_gateway,
         )
         self._track_peers(obs, snapshot, now, probes)

@@ -52,6 +52,9 @@ REFUSED = frozenset(
 # No connection to the EC2 endpoint: ours when peers reach it, AWS's outage when nobody does.
 UNREACHABLE = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"})
 OWN_EC2_FAILURES = REFUSED | UNREACHABLE  # what can be ours (5xx, throttling and slow answers never are)
+# A write that failed with one of these was certainly not applied: no connection came up (nothing was
+# sent), or AWS answered with a refusal or throttling (it decides those before applying anything).
+NOT_APPLIED = REFUSED | THROTTLED | frozenset({"EndpointConnectionError", "ConnectTimeoutError"})
 EC2_PENALTY_MAX = 600.0  # longest stretch an agent whose writes are refused stays out (doubles from the hold-down)
 # Throttling back-off (first, longest; doubling) by kind of action. Writes retry soon: the mutating
 # bucket refills a token every 0.2 s, and a takeover write waiting on a long back-off is an outage.
