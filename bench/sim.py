@@ -76,6 +76,8 @@ def one(seed: int) -> dict[str, object]:
         "new_world": new_world(r.scenario),
         "late_arrivals": r.late_arrivals,
         "account_throttled": r.throttled_s,
+        "outage_tag_propagation": r.outage_tag_propagation,
+        "mismatch_tag_propagation": r.mismatch_tag_propagation,
         "report": "" if r.ok else r.report(),
     }
 
@@ -162,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         "egress_mismatch_throttled_seeds": sum(1 for r in results if float(r["mismatch_throttled"]) > 0),  # type: ignore[arg-type]
         "outage_throttled_s": round(sum(float(r["outage_throttled"]) for r in results), 2),  # type: ignore[arg-type]
         "outage_throttled_seeds": sum(1 for r in results if float(r["outage_throttled"]) > 0),  # type: ignore[arg-type]
+        "outage_tag_propagation_s": round(sum(float(r["outage_tag_propagation"]) for r in results), 2),  # type: ignore[arg-type]
+        "outage_tag_propagation_seeds": sum(1 for r in results if float(r["outage_tag_propagation"]) > 0),  # type: ignore[arg-type]
+        "egress_mismatch_tag_propagation_s": round(sum(float(r["mismatch_tag_propagation"]) for r in results), 2),  # type: ignore[arg-type]
+        "egress_mismatch_tag_propagation_seeds": sum(1 for r in results if float(r["mismatch_tag_propagation"]) > 0),  # type: ignore[arg-type]
         "last_resort_seeds": sum(1 for r in results if r["last_resort"]),
         "last_resort_stays": sum(len(r["gateway_stays"]) for r in results),  # type: ignore[arg-type]
         "last_resort_seeds_used": sum(1 for r in results if r["gateway_stays"]),
@@ -206,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         f"p99 {summary['outage_during_faults_p99_s']} s, max {summary['outage_during_faults_max_s']} s "
         f"({summary['outages_measured']} outages); not counted while AWS refused the account the "
         f"takeover's writes: {summary['outage_throttled_s']} s in {summary['outage_throttled_seeds']} seeds "
-        f"(AWS refused them {summary['account_throttled_s']} s in all, in {summary['account_throttled_seeds']} seeds)"
+        f"(AWS refused them {summary['account_throttled_s']} s in all, in {summary['account_throttled_seeds']} seeds); "
+        f"nor while IAM did not see the holder's own tag yet: {summary['outage_tag_propagation_s']} s in "
+        f"{summary['outage_tag_propagation_seeds']} seeds"
     )
     print(
         f"{'egress ip follows':<24}{summary['egress_seeds']} seeds ({summary['egress_address_first_seeds']} "
@@ -214,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['egress_mismatch_p50_s']} s, p99 {summary['egress_mismatch_p99_s']} s, max "
         f"{summary['egress_mismatch_max_s']} s ({summary['egress_mismatches_measured']} mismatches); not counted "
         f"while AWS refused the account the takeover's writes: "
-        f"{summary['egress_mismatch_throttled_s']} s in {summary['egress_mismatch_throttled_seeds']} seeds"
+        f"{summary['egress_mismatch_throttled_s']} s in {summary['egress_mismatch_throttled_seeds']} seeds; "
+        f"tag propagation: {summary['egress_mismatch_tag_propagation_s']} s in "
+        f"{summary['egress_mismatch_tag_propagation_seeds']} seeds"
     )
     print(
         f"{'last-resort gateway':<24}{summary['last_resort_seeds']} seeds with one; used in "

@@ -159,6 +159,8 @@ class Result:
     late_arrivals: int = 0  # writes that reached AWS after their writer's lease
     throttled_s: float = 0.0  # time AWS refused the takeover's writes for the account (buckets dry)
     throttled_calls: dict[str, int] = field(default_factory=dict)  # action -> RequestLimitExceeded answers
+    outage_tag_propagation: float = 0.0  # (b) seconds not counted: IAM did not see the holder's own tag yet
+    mismatch_tag_propagation: float = 0.0  # (e) the same
 
     @property
     def ok(self) -> bool:
@@ -1140,6 +1142,8 @@ def run(sc: Scenario, end: float | None = None, *, first_violation: bool = False
         len(c.late_arrivals),
         world.cloud.throttled_s,
         dict(world.cloud.refused),
+        c.outage_tag_propagation,
+        c.mismatch_tag_propagation,
     )
 
 
