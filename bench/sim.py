@@ -69,6 +69,7 @@ def one(seed: int) -> dict[str, object]:
         "gateway_stays": r.gateway_stays,
         "stray_after_landing": r.stray_after_landing,
         "healthy_nat_stops": r.healthy_nat_stops,
+        "stops_after_send_recovery": r.stops_after_send_recovery,
         "healthy_home_moves": r.healthy_home_moves,
         "latency_only": bool(r.scenario.faults) and all(f.kind in LATENCY_KINDS for f in r.scenario.faults),
         "clock_pauses": r.clock_pauses,
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "stray_write_max_correction_s": round(max(corrections, default=0.0), 3),
         "stray_write_max_after_landing_s": round(max(after_landing, default=0.0), 3),
         "healthy_nat_stops": sum(int(r["healthy_nat_stops"]) for r in results),  # type: ignore[call-overload]
+        "stops_after_send_recovery": sum(int(r["stops_after_send_recovery"]) for r in results),  # type: ignore[call-overload]
         "healthy_home_moves": sum(int(r["healthy_home_moves"]) for r in results),  # type: ignore[call-overload]
         "healthy_home_moves_latency_only": sum(
             int(r["healthy_home_moves"])  # type: ignore[call-overload]
@@ -198,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     worst = summary["stray_write_max_after_landing_s"]
     print(f"{'stray writes':<24}{summary['stray_writes']}  (corrected at most {worst} s after landing)")
     print(
-        f"{'healthy NAT stops':<24}{summary['healthy_nat_stops']}   healthy home moves: "
+        f"{'healthy NAT stops':<24}{summary['healthy_nat_stops']} (and "
+        f"{summary['stops_after_send_recovery']} of a NAT that came back after the stop was sent)   "
+        f"healthy home moves: "
         f"{summary['healthy_home_moves']} ({summary['healthy_home_moves_latency_only']} in "
         f"{summary['latency_only_seeds']} latency-only seeds)"
     )

@@ -23,8 +23,10 @@
 (c) Per fault, a table moves at most once plus one fail-back; a healthy NAT's home
     table never moves away from it unless an operator asked - healthy for 5 s: it forwards,
     its agent runs, its own AWS path answers (DynamoDB within 300 ms), whatever its session.
-(d) No NAT that answered probes, or heartbeated, within its lease before a stop landed is
-    stopped (EC2 has no conditional stop: no race is excused); restarts never exceed the cap.
+(d) No NAT that answered probes, or heartbeated, within its lease before a stop was sent is
+    stopped (EC2 has no conditional stop: no race before the send is excused); one that came
+    back only after the send (no agent can see it in time) is counted apart. Restarts never
+    exceed the cap.
     The last-resort NAT gateway forwards; a table routed to it while a healthy member could
     serve the table must come back within 3 s of counted time.
 (e) Egress follows the table (egress_ip = follow): while a table's route points at a NAT that
@@ -128,6 +130,7 @@ class Checker:
     stops: int = 0
     starts: int = 0
     healthy_nat_stops: int = 0
+    stops_after_send_recovery: int = 0  # stops sent to a silent NAT that came back before they landed
     healthy_home_moves: int = 0
     late_sends: int = 0
     late_arrivals: list[LateArrival] = field(default_factory=list)
@@ -322,20 +325,32 @@ class Checker:
 
     # ------------------------------------------------------------ (d) stops
     def stopped(self, call: Call, target: str) -> None:
-        """A stop landed on ``target``: it may not have answered probes or heartbeated within its lease."""
+        """A stop landed on ``target``: it may not have answered probes or heartbeated within its lease
+        before the stop was **sent** (the stopper's bytes left; after that nothing of the stopper's can
+        call it back, and the stop-by tag is AWS's last word). A NAT that came back only after the send
+        is counted apart (``stops_after_send_recovery``): no agent can observe it in time."""
         w = self.w
         now = w.k.now
         lease = w.timing(target).lease
+        sent = call.sent_at if call.sent_at >= 0 else now
         heartbeat = now - w.self_write_at.get(target, -1e9)
         silent = now - w.probe_silent_since.get(target, now)  # 0 while it answers
-        if w.forwards(target):
-            self.healthy_nat_stops += 1
-        if silent < lease or heartbeat < lease:
+        before = w.answered_between(target, sent - lease, sent) or w.heartbeated_between(target, sent - lease, sent)
+        if before:
+            if w.forwards(target):
+                self.healthy_nat_stops += 1
             why = "answers probes" if silent == 0 else f"answered probes {silent:.3f} s ago"
             self.violation(
                 f"{call.caller}'s stop landed on {target}, which {why} and heartbeated {heartbeat:.3f} s ago "
-                f"(its lease {lease} s){' and forwards' if w.forwards(target) else ''}",
+                f"(its lease {lease} s; it answered or heartbeated within it before the stop was sent "
+                f"{now - sent:.3f} s ago){' and forwards' if w.forwards(target) else ''}",
                 "d",
+            )
+        elif w.answered_between(target, sent, now) or w.heartbeated_between(target, sent, now):
+            self.stops_after_send_recovery += 1
+            w.log(
+                f"{call.caller}'s stop landed on {target}, which came back after the stop was sent "
+                f"{now - sent:.3f} s ago (silent for its lease before the send: unobservable, counted apart)"
             )
         self.stops += 1
         self.stops_since_healthy[target] += 1
