@@ -416,7 +416,7 @@ class Checker:
                 self.outage_samples.append(o.counted)
                 del self.outages[table]
         for table in w.homes:
-            self._sample_gateway(table, dt, can_act and not throttled and not self._propagating(table, table))
+            self._sample_gateway(table, dt, can_act and not throttled)
         for table in w.egress:
             self._sample_egress(table, dt, can_act, throttled)
 
@@ -462,8 +462,8 @@ class Checker:
                 self.on_gateway.pop(table, None)
             return
         self.gateway_since.setdefault(table, now)
-        if not can_act:
-            return
+        if not can_act or self._propagating(table, table):
+            return  # counted as (b)'s clock is: not while AWS throttles or IAM lags the holder's tag
         counted = self.on_gateway.get(table, 0.0) + dt
         self.on_gateway[table] = counted
         limit = LAST_RESORT_LIMIT
