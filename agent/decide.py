@@ -123,7 +123,7 @@ class Observation:
     egress: dict[str, Ec2Address] = field(default_factory=dict)  # route table -> where its Elastic IP sits
     reassert_address: dict[str, str] = field(default_factory=dict)  # held table -> why to associate its EIP again
     handovers_in_doubt: frozenset[str] = frozenset()  # held tables whose write to a successor failed lately
-    unrouted: frozenset[str] = frozenset()  # held tables we claimed and no route write of ours can have reached
+    unrouted: frozenset[str] = frozenset()  # held tables we claimed, moved nothing of, EC2 shows at home
     last_resort: str = ""  # the NAT gateway to route a table nobody in the group can serve to ("": none)
 
     def preferred_homes(self) -> dict[str, str]:
@@ -510,9 +510,10 @@ def _plan_failback_done(v: _View, rt: str, r: RouteItem, home: str) -> HandOver 
     Or we claimed the table and no route write of ours has reached EC2 since (EC2 was out, or
     throttled or refused every one): we never moved it, and its home can serve it again. Moving
     it to us now would move a healthy NAT's table (sim seed 379: an EC2 outage held a takeover
-    back 10 s while the home came back); the home gets the lease (after its Elastic IP, if ours
-    moved it: make before break) and routes it where it is not there already. No hold-down:
-    our route never moved, nothing flaps.
+    back 10 s while the home came back). Only where EC2 shows it at its home, or we have not read
+    EC2 since we claimed it (agent.cycle.observe), and its Elastic IP (egress_ip = follow) is with
+    the home: the lease alone goes back, and the home routes it where it is not there already.
+    No hold-down: we moved nothing, nothing flaps.
     """
     obs = v.obs
     if home == obs.me or not v.eligible(home):
@@ -520,11 +521,9 @@ def _plan_failback_done(v: _View, rt: str, r: RouteItem, home: str) -> HandOver 
     m = v.member(home)
     assert m is not None
     lease_only = _address_with(obs, rt, home)
-    if rt in obs.unrouted:
-        why = f"{rt}'s home {home} can serve it again and no route write of mine reached EC2: handing it back" + (
-            "" if lease_only else " with its Elastic IP"
-        )
-        return HandOver(rt, r, m, "failback", "home_healthy", why, write_route=not lease_only)
+    if rt in obs.unrouted and lease_only:
+        why = f"{rt}'s home {home} can serve it again and no write of mine reached EC2: handing it back"
+        return HandOver(rt, r, m, "failback", "home_healthy", why, write_route=False)
     ec2 = obs.ec2.get(rt)
     if rt not in obs.handovers_in_doubt or ec2 is None or ec2.state != "active" or ec2.target != home:
         return None  # only after a write of ours that may have landed: an older view says nothing

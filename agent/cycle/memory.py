@@ -38,10 +38,11 @@ class Held:
     address_settled: bool = False  # the Elastic IP was associated again after settle_at (egress_ip = follow)
     address_due: str = ""  # why the Elastic IP must be associated again (a stray report), until it is
     last_address_write: float = -1e18  # our last confirmed association
-    # A route write of ours in this term may have reached EC2 (it went through, or was sent and not refused).
-    # False only for a table we claimed whose every route write since was never sent, throttled or refused:
-    # we have not moved it, wherever it is (agent.decide hands it to its home when that can serve it).
-    route_reached: bool = True
+    # A write of ours to the table in this term (its route or its Elastic IP) may have reached EC2: it went
+    # through, or was sent and not refused. False only for a table we claimed whose every such write since
+    # was never sent, throttled or refused: we have moved nothing of it (agent.decide hands it to its home
+    # when that can serve it).
+    reached: bool = True
 
     def mark_tagged(self, now: float, *, address: bool = False) -> None:
         """Our holder-tag write on the table (``address``: its Elastic IP) went through at ``now``."""

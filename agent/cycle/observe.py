@@ -99,12 +99,21 @@ class Observer:
         return frozenset(doubt)
 
     def unrouted(self, now: float) -> frozenset[str]:
-        """Held tables we claimed whose every route write since was never sent, throttled or refused,
-        once no write of an earlier process of this session can land either."""
+        """Held tables we claimed whose every write since (route, Elastic IP) was never sent, throttled or
+        refused (once no write of an earlier process of this session can land either), and that EC2 routes to
+        their home as far as we know: our last read shows it there, or we have not read EC2 since we
+        claimed it (an outage: our view is older than the claim, it may well still be there)."""
         mem = self.ctx.memory
         if now < mem.predecessor_writes_until:
             return frozenset()
-        return frozenset(rt for rt, h in mem.held.items() if not h.route_reached)
+        homes = self.ctx.homes
+        out = set()
+        for rt, h in mem.held.items():
+            seen = mem.ec2.get(rt)
+            at_home = seen is not None and seen.state == "active" and seen.target == homes.get(rt)
+            if not h.reached and (at_home or mem.ec2_read_at < h.acquired_at):
+                out.add(rt)
+        return frozenset(out)
 
     def observe(
         self, snapshot: GroupSnapshot, now: float, probes: dict[str, PeerProbe], health: Health, draining: bool

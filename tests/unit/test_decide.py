@@ -392,7 +392,7 @@ def test_a_claim_whose_route_never_reached_ec2_goes_back_to_its_home_once_it_can
     w = holding_b_routed_at_its_home()
     assert isinstance(w.decide().actions[0], EnsureRoute), "a write of ours may have reached EC2: routed here"
     w.unrouted = frozenset({RB})
-    why = "rtb-b's home i-b can serve it again and no route write of mine reached EC2: handing it back"
+    why = "rtb-b's home i-b can serve it again and no write of mine reached EC2: handing it back"
     expected = HandOver(RB, w.routes[RB], w.members[B], "failback", "home_healthy", why, write_route=False)
     assert w.decide().actions == (expected,)
     w.ec2[RB] = Ec2Route("", "missing")  # wherever it is, we did not put it there: the home routes it itself
