@@ -507,7 +507,7 @@ def _plan_failback_done(v: _View, rt: str, r: RouteItem, home: str) -> HandOver 
     table is where a fail-back would put it, and moving it back to us would be one move too
     many. Its Elastic IP goes with the lease unless it is with the home already.
 
-    Or we claimed the table and no route write of ours has reached EC2 since (EC2 was out, or
+    Or we claimed the table and no write of ours to it (route, Elastic IP) has reached EC2 since (EC2 was out, or
     throttled or refused every one): we never moved it, and its home can serve it again. Moving
     it to us now would move a healthy NAT's table (sim seed 379: an EC2 outage held a takeover
     back 10 s while the home came back). Only where EC2 shows it at its home, or we have not read
