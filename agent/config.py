@@ -86,7 +86,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "off",
             "follow: each route table's Elastic IP follows the table - its holder keeps it associated with its own "
             "address for that table ([[egress.tables]]), so the table's traffic leaves with the same public IP "
-            "after a failover, a drain or a fail-back; off: the agent never touches Elastic IPs.",
+            "after a failover, a drain or a fail-back; off: the agent never touches Elastic IPs, a table's public "
+            "address changes when it moves, and no established connection can survive a move (conntrack_sync "
+            "needs follow).",
             choices=("off", "follow"),
         ),
         "egress_order": Key(
@@ -276,6 +278,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "probes: a NAT that cannot reach AWS most likely cannot forward either (>= lease + margin).",
             minimum=0.0,
         ),
+        "agent_restart_grace": Key(
+            float,
+            10.0,
+            "Seconds of heartbeat silence peers tolerate from a NAT whose agent announced a restart (SIGUSR2: "
+            "systemctl restart, an upgrade) while the NAT answers their probes, instead of silent_owner_after: the "
+            "new process takes the session over without moving a route even when its start is slow (a loaded "
+            "host, cold caches after an upgrade). A NAT that stops answering probes is failed over after lease + "
+            "margin as ever (>= silent_owner_after).",
+            minimum=0.0,
+        ),
         "claim_stagger": Key(
             float, 0.35, "Extra wait per preference rank before a less preferred NAT claims.", minimum=0.0
         ),
@@ -305,6 +317,71 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "With members_from_tags: seconds between discoveries of the group's instances and route tables while "
             "running (sooner when an unknown instance heartbeats in the table).",
             minimum=1.0,
+        ),
+    },
+    "conntrack_sync": {
+        "enabled": Key(
+            bool,
+            False,
+            "Keep established connections through failovers and planned hand-overs: nat-ha-ctsync.service streams "
+            "the connection-tracking entries of each route table this NAT holds to its peers, and a NAT taking a "
+            "table loads them (its own address for the table put in), so a flow keeps its public address and port. "
+            'Needs egress_ip = "follow" (otherwise the public address changes at a failover and no flow can '
+            "survive), a group key in key_file, and `nat-ha setup-nat` run with it (guard rule, sysctls, firewall).",
+        ),
+        "port": Key(
+            int, 9511, "TCP port the sync service listens on (peers only: security group and firewall).", minimum=1
+        ),
+        "key_file": Key(
+            str,
+            "/etc/nat-ha/ctsync.key",
+            "File holding the group's sync key (at least 32 characters, the same on every NAT; mode 0600): every "
+            "message between NATs is authenticated with it (HMAC-SHA256).",
+        ),
+        "control_socket": Key(
+            str,
+            "/run/nat-ha-ctsync/control.sock",
+            "Unix socket where the agent tells the sync service which tables it holds and asks for hand-over pushes.",
+        ),
+        "batch_interval": Key(
+            float, 0.1, "Seconds between batches of flow changes sent to the peers (the sync lag).", minimum=0.01
+        ),
+        "resync_interval": Key(
+            float,
+            60.0,
+            "Seconds between full resyncs of each held table to every peer (and at once after lost events or a "
+            "reconnect): a peer's copy is made exactly equal to the holder's table.",
+            minimum=1.0,
+        ),
+        "push_timeout": Key(
+            float,
+            2.0,
+            "How long a planned hand-over (drain, fail-back, switchover, SIGTERM) waits for the taker to confirm it "
+            "loaded the table's flows before the route moves anyway; a crash takeover never waits.",
+            minimum=0.0,
+        ),
+        "quiet_after": Key(
+            float,
+            1.0,
+            "After a planned hand-over the giver keeps streaming the table's changes to the taker until no packet "
+            "of the table has reached it for this many seconds (the Elastic IP has moved), then sends the last ones.",
+            minimum=0.05,
+        ),
+        "stream_max": Key(
+            float, 30.0, "Longest the giver streams a handed-over table's changes to the taker.", minimum=0.1
+        ),
+        "firewall": Key(
+            bool,
+            True,
+            "setup-nat installs a host firewall on the public interface: packets from outside trusted_networks "
+            "reach the NAT itself or the private subnets only as part of a known connection (the security group "
+            "lets the world reach the NATs' high ports so that a moved flow's server packets get in).",
+        ),
+        "trusted_networks": Key(
+            list,
+            ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16"],
+            "Sources the host firewall lets open connections to this NAT (the VPC, its peers, IMDS); everything "
+            "else on the public interface must belong to a connection this NAT knows.",
         ),
     },
     "metrics": {
@@ -394,6 +471,25 @@ class SelfCheckConfig:
 
 
 @dataclass(frozen=True)
+class ConntrackSyncConfig:
+    """[conntrack_sync]: connection-tracking state follows the route table (nat-ha-ctsync.service)."""
+
+    enabled: bool = False
+    port: int = 9511
+    key_file: str = "/etc/nat-ha/ctsync.key"
+    control_socket: str = "/run/nat-ha-ctsync/control.sock"
+    batch_interval: float = 0.1
+    resync_interval: float = 60.0
+    push_timeout: float = 2.0
+    quiet_after: float = 1.0
+    stream_max: float = 30.0
+    firewall: bool = True
+    trusted_networks: tuple[str, ...] = (
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Timing:
     cycle_interval: float = 0.35
     heartbeat_interval: float = 0.7
@@ -408,6 +504,7 @@ class Timing:
     ec2_consistency_window: float = 2.0
     ec2_reconcile_interval: float = 5.0
     silent_owner_after: float = 2.0
+    agent_restart_grace: float = 10.0
     claim_stagger: float = 0.35
     failback_hold_down: float = 10.0
     restart_after: float = 30.0
@@ -463,6 +560,11 @@ class Timing:
                 f"timing.silent_owner_after: {self.silent_owner_after} s must be >= lease + margin "
                 f"({self.lease + self.margin:.2f} s): a silent owner's lease must have run out"
             )
+        if self.agent_restart_grace < self.silent_owner_after:
+            out.append(
+                f"timing.agent_restart_grace: {self.agent_restart_grace} s must be >= silent_owner_after "
+                f"({self.silent_owner_after} s): an announced restart must not shorten the silence peers tolerate"
+            )
         if self.failback_hold_down < self.lease:
             out.append(f"timing.failback_hold_down: {self.failback_hold_down} s must be >= lease ({self.lease} s)")
         if self.restart_max_attempts > 0 and self.restart_after < 3 * (self.lease + self.margin):
@@ -492,6 +594,7 @@ class Config:
     egress_ip: str = "off"
     egress_order: str = "route-first"
     egress_tables: tuple[EgressTable, ...] = ()
+    conntrack_sync: ConntrackSyncConfig = field(default_factory=ConntrackSyncConfig)
 
     @property
     def egress_follow(self) -> bool:
@@ -510,6 +613,11 @@ class Config:
     def route_tables(self) -> list[str]:
         """Every route table of the group: the members' homes, then the homeless ones."""
         return [rt for m in self.members for rt in m.route_tables] + list(self.homeless)
+
+    def members_at(self, local: set[str]) -> set[str]:
+        """The members one of whose addresses (``[[members]].address`` or an egress address) is in ``local``."""
+        found = {m.instance_id for m in self.members if m.address in local}
+        return found | {iid for t in self.egress_tables for iid, addr in t.addresses if addr in local}
 
 
 # ------------------------------------------------------------------ parsing
@@ -821,6 +929,9 @@ def parse(raw: dict[str, Any]) -> Config:
     if listen_problem:
         problems.append(listen_problem)
     egress_tables = _egress_tables(raw.get("egress", {}), problems)
+    ct = dict(sections["conntrack_sync"])
+    ct["trusted_networks"] = tuple(ct["trusted_networks"])
+    problems.extend(_conntrack_sync_problems(ct, top["egress_ip"], sections["metrics"]["listen"]))
     if not problems and top["egress_ip"] == "follow":
         # With members_from_tags the member checks wait for discovery (agent.runtime.resolve).
         shape = Config(group="", members=members, members_from_tags=top["members_from_tags"], egress_ip="follow")
@@ -844,7 +955,34 @@ def parse(raw: dict[str, Any]) -> Config:
         egress_ip=top["egress_ip"],
         egress_order=top["egress_order"],
         egress_tables=egress_tables,
+        conntrack_sync=ConntrackSyncConfig(**ct),
     )
+
+
+def _conntrack_sync_problems(ct: dict[str, Any], egress_ip: str, metrics_listen: str) -> list[str]:
+    """[conntrack_sync]'s own rules (one line each)."""
+    out = []
+    for net in ct["trusted_networks"]:
+        try:
+            if ipaddress.ip_network(net, strict=True).version != 4:
+                out.append(f"conntrack_sync.trusted_networks: {shown(net)} is not an IPv4 subnet")
+        except ValueError as exc:
+            out.append(f"conntrack_sync.trusted_networks: {shown(net)} is not a subnet (CIDR): {exc}")
+    for key in ("key_file", "control_socket"):
+        if not ct[key].startswith("/"):
+            out.append(f"conntrack_sync.{key}: {shown(ct[key])} must be an absolute path")
+    if ct["port"] > 65535:
+        out.append(f"conntrack_sync.port: {ct['port']} is not a port (1-65535)")
+    if metrics_listen.rpartition(":")[2] == str(ct["port"]):
+        out.append(f"conntrack_sync.port: {ct['port']} is also metrics.listen's port")
+    if ct["enabled"] and egress_ip != "follow":
+        out.append(
+            'conntrack_sync.enabled: needs egress_ip = "follow": without it a table\'s public address changes '
+            "when it moves, so no connection can survive"
+        )
+    if ct["quiet_after"] > ct["stream_max"]:
+        out.append(f"conntrack_sync.quiet_after: {ct['quiet_after']} s must be <= stream_max ({ct['stream_max']} s)")
+    return out
 
 
 def load(path: str | Path) -> Config:
@@ -914,6 +1052,7 @@ def effective_toml(config: Config) -> str:
         ("probe", config.probe),
         ("self_check", config.self_check),
         ("timing", config.timing),
+        ("conntrack_sync", config.conntrack_sync),
     ]
     for name, obj in sections:
         lines.append(f"\n[{name}]")

@@ -332,9 +332,14 @@ class _View:
             p = self.obs.probes[m.instance]
             why = f"no probe replies for {_fmt(p.silent_for)}, heartbeat silent {_fmt(silent)}"
             return "dead", why, m
-        if silent >= self.t.silent_owner_after:
+        if silent >= silence_tolerated(m, self.t):
             why = f"heartbeat silent {_fmt(silent)} (it answers probes, but a NAT that cannot reach AWS cannot forward)"
+            if m.restart_grace_ms:
+                why = f"heartbeat silent {_fmt(silent)} since it announced an agent restart (it answers probes)"
             return "dead", why, m
+        if m.restart_grace_ms:
+            why = f"agent of {m.instance} restarting: heartbeat silent {_fmt(silent)}, it answers probes"
+            return "silent", why, None
         return "silent", f"heartbeat of {m.instance} silent {_fmt(silent)} but it answers probes", None
 
     def other_process(self) -> str:
@@ -789,6 +794,14 @@ def claimable_routes(obs: Observation, t: Timing) -> set[str]:
 def judged_healthy(obs: Observation, t: Timing, instance: str) -> bool:
     """Live, healthy by its own report, not draining, answering our probes."""
     return _View(obs, t).eligible(instance)
+
+
+def silence_tolerated(m: MemberItem, t: Timing) -> float:
+    """Heartbeat silence after which a member that answers probes is judged dead: longer after
+    its agent announced a restart (the NAT forwards meanwhile; only the control plane is away).
+    The grace is the one the member declared, at most our own ``agent_restart_grace``."""
+    declared = min(m.restart_grace_ms / 1000, t.agent_restart_grace)
+    return max(t.silent_owner_after, declared)
 
 
 def judged_dead(obs: Observation, t: Timing, instance: str) -> bool:

@@ -24,6 +24,7 @@ from prometheus_client import (
     platform_collector,
     process_collector,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
 FAILOVER_KINDS = ("takeover", "failback", "switchover", "drain", "last_resort")
@@ -482,6 +483,85 @@ class Metrics:
             return None
         host, _, port = listen.rpartition(":")
         return _serve(host.strip("[]"), int(port), self.registry)
+
+
+PUSH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
+PUSH_RESULTS = ("acked", "failed", "timeout")
+SYNC_ERROR_KINDS = ("connect", "auth", "load", "events", "dump", "queue")
+
+
+class SyncMetrics:
+    """The connection-sync service's figures (conntrack_sync), exported by the agent.
+
+    The agent asks the service for its counters every second over the control socket
+    (:class:`agent.ctsync.agentside.FlowSync`) and this collector turns the last answer into
+    series; when the service does not answer, only ``nat_ha_conntrack_sync_up 0`` is left. The
+    agent times the hand-over pushes itself (it is the one that waits for them).
+    """
+
+    def __init__(self, registry: CollectorRegistry, peers: list[str], route_tables: list[str]) -> None:
+        ns = "nat_ha_conntrack_sync"
+        self.peers, self.route_tables = peers, route_tables
+        self.push_duration = Histogram(
+            f"{ns}_push_duration_seconds",
+            "From asking the sync service to push a table's flows before a planned hand-over to the taker's answer",
+            buckets=PUSH_BUCKETS,
+            registry=registry,
+        )
+        self.pushes = Counter(
+            f"{ns}_pushes", "Hand-over pushes by result (acked, failed, timeout: the route moved anyway)", ["result"],
+            registry=registry,
+        )  # fmt: skip
+        for result in PUSH_RESULTS:
+            self.pushes.labels(result)
+        self.stats: dict[str, Any] | None = None  # the service's last answer (None: it did not answer)
+        registry.register(self)
+
+    def describe(self) -> list[Metric]:
+        return []  # the series depend on what the service answers
+
+    def collect(self) -> list[Metric]:
+        ns = "nat_ha_conntrack_sync"
+        s = self.stats
+        up = GaugeMetricFamily(f"{ns}_up", "1 while the connection-sync service answers the agent")
+        up.add_metric([], 1 if s is not None else 0)
+        if s is None:
+            return [up]
+        peers = s.get("peers", {})
+        connected = GaugeMetricFamily(
+            f"{ns}_peer_connected", "1 while the link that streams this NAT's tables to the peer is up", labels=["peer"]
+        )
+        lag = GaugeMetricFamily(
+            f"{ns}_lag_seconds", "From sending the last batch of flow changes to the peer to its having loaded them",
+            labels=["peer"],
+        )  # fmt: skip
+        for peer in self.peers:
+            connected.add_metric([peer], 1 if peers.get(peer, {}).get("connected") else 0)
+            if peer in s.get("lag", {}):
+                lag.add_metric([peer], float(s["lag"][peer]))
+        out: list[Metric] = [up, connected, lag]
+        for name, key, doc in (
+            ("entries_sent", "entries_sent", "Connection-tracking entries sent to peers (changes, resyncs, pushes)"),
+            ("entries_loaded", "entries_loaded", "Peers' entries loaded into this NAT's table"),
+            ("bytes_sent", "bytes_sent", "Bytes sent to peers"),
+            ("resyncs", "resyncs", "Full resyncs of a held table to its peers"),
+        ):
+            c = CounterMetricFamily(f"{ns}_{name}", doc)
+            c.add_metric([], float(s.get(key, 0)))
+            out.append(c)
+        errors = CounterMetricFamily(f"{ns}_errors", "Sync errors by kind", labels=["kind"])
+        for kind in SYNC_ERROR_KINDS:
+            errors.add_metric([kind], float(s.get("errors", {}).get(kind, 0)))
+        taken = GaugeMetricFamily(
+            f"{ns}_takeover_entries",
+            "Entries of the route table this NAT had loaded when it last took the table over",
+            labels=["route_table"],
+        )
+        for rt, n in sorted(s.get("takeover_entries", {}).items()):
+            taken.add_metric([rt], float(n))
+        events = GaugeMetricFamily(f"{ns}_events_up", "1 while the service reads the kernel's connection events")
+        events.add_metric([], 1 if s.get("events") else 0)
+        return [*out, errors, taken, events]
 
 
 IDLE_POLL_SECONDS = 3600.0

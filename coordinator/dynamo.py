@@ -47,7 +47,7 @@ _STRING_ATTRS = (
     "kind", "session", "state", "token", "health", "agent_version", "az", "address",
     "expired_by", "owner", "owner_session", "home", "phase", "target",
 )  # fmt: skip
-_NUMBER_ATTRS = ("version", "lease_ms", "term", "attempts", "cooldown_ms", "updated_at")
+_NUMBER_ATTRS = ("version", "lease_ms", "term", "attempts", "cooldown_ms", "updated_at", "restart_grace_ms")
 _BOOL_ATTRS = ("draining",)
 
 

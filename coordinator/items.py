@@ -112,6 +112,9 @@ class MemberItem:
     draining: bool = False
     expired_by: str = ""
     updated_at: float = 0.0  # wall clock of the writer: shown to humans, never used to judge expiry
+    # Set by the last renewal of a process exiting for a restart: while the NAT answers probes, peers
+    # tolerate this much heartbeat silence (from when they saw this renewal) before judging it dead.
+    restart_grace_ms: int = 0
 
     @property
     def key(self) -> str:
@@ -245,6 +248,7 @@ def parse_member(attrs: Attrs) -> MemberItem:
         draining=bool(attrs.get("draining", False)),
         expired_by=_str(attrs, "expired_by", required=False),
         updated_at=float(attrs["updated_at"]) if isinstance(attrs.get("updated_at"), (int, float)) else 0.0,
+        restart_grace_ms=_int(attrs, "restart_grace_ms") if "restart_grace_ms" in attrs else 0,
     )
 
 
@@ -331,6 +335,7 @@ def encode_member(m: MemberItem) -> Attrs:
         "address": m.address,
         "draining": m.draining,
         "expired_by": m.expired_by,
+        **({"restart_grace_ms": m.restart_grace_ms} if m.restart_grace_ms else {}),
     }
 
 

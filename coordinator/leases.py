@@ -220,7 +220,9 @@ class Coordinator:
                 return f"{unchanged.instance} changed since (it is back, or someone wrote its item)"
         return ""
 
-    def _member(self, session: str, version: int, state: str, health: Health, draining: bool) -> MemberItem:
+    def _member(
+        self, session: str, version: int, state: str, health: Health, draining: bool, restart_grace_s: float = 0.0
+    ) -> MemberItem:
         return MemberItem(
             instance=self.me,
             session=session,
@@ -233,6 +235,7 @@ class Coordinator:
             az=self.info.az,
             address=self.info.address,
             draining=draining,
+            restart_grace_ms=round(restart_grace_s * 1000),
         )
 
     def start_session(self, health: Health, observed: MemberItem | None = None) -> MemberItem:
@@ -304,13 +307,17 @@ class Coordinator:
             return item
         raise SessionLost(f"cannot resume session {session}: {key} kept changing")
 
-    def heartbeat(self, health: Health, *, draining: bool = False) -> MemberItem:
-        """Renew the session; raises :class:`SessionLost` if a peer expired it."""
+    def heartbeat(self, health: Health, *, draining: bool = False, restart_grace_s: float = 0.0) -> MemberItem:
+        """Renew the session; raises :class:`SessionLost` if a peer expired it.
+
+        ``restart_grace_s``: this process exits for a restart now; peers may wait this long for
+        the next one while the NAT answers their probes (the next renewal clears it).
+        """
         if self._session is None:
             raise SessionLost("no session")
         s = self._session
         t0 = self.clock.monotonic()  # the clock starts before the request is sent
-        item = self._member(s.session, s.version + 1, MEMBER_ALIVE, health, draining)
+        item = self._member(s.session, s.version + 1, MEMBER_ALIVE, health, draining, restart_grace_s)
         expect = Expect.matches(session=s.session, state=MEMBER_ALIVE, version=s.version)
         try:
             self._write(encode_member(item), expect, gc_after_s=MEMBER_GC_SECONDS, renewal=True)
@@ -321,7 +328,7 @@ class Coordinator:
                 raise SessionLost(f"session {s.session} of {self.me} was expired or superseded") from exc
             item = replace(item, version=adopted + 1)
             self._session = replace(s, version=adopted)
-            return self.heartbeat(health, draining=draining)
+            return self.heartbeat(health, draining=draining, restart_grace_s=restart_grace_s)
         self._session = replace(s, version=item.version, valid_until=t0 + self.lease_s)
         return item
 

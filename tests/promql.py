@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry
 
-from agent.metrics import Metrics
+from agent.metrics import Metrics, SyncMetrics
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "dashboards" / "grafana" / "nat-ha.json"
@@ -30,10 +30,26 @@ _NAT_HA = re.compile(r"\bnat_ha_[a-z0-9_]+\b")
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset"}
 
 
+# What the sync service answers the agent (agent.ctsync.service.SyncService.snapshot_stats), abridged.
+SYNC_STATS = {
+    "peers": {"i-b": {"connected": True}, "i-c": {"connected": False}},
+    "lag": {"i-b": 0.1},
+    "entries_sent": 10,
+    "entries_loaded": 5,
+    "bytes_sent": 100,
+    "resyncs": 1,
+    "errors": {"load": 1},
+    "takeover_entries": {"rtb-b": 3},
+    "events": True,
+}
+
+
 def exported_names() -> set[str]:
     """Every sample name a freshly prepared agent exports (with _total/_bucket/... suffixes), plus ``up``."""
     metrics = Metrics(CollectorRegistry())
     metrics.prepare("0.0.0", "g", "i-a", ["i-b", "i-c"], ["rtb-a", "rtb-b"])
+    sync = SyncMetrics(metrics.registry, ["i-b", "i-c"], ["rtb-a", "rtb-b"])  # an agent with conntrack_sync
+    sync.stats = SYNC_STATS
     names = {"up"}
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
     for family in metrics.registry.collect():

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "signal": ("agent.commands.boot", "signal CloudFormation that this NAT's bootstrap succeeded or failed"),
     "claim-address": ("agent.commands.boot", "associate this NAT's own Elastic IP once no other instance has it"),
     "setup-nat": ("agent.commands.setup_nat", "configure this host as a NAT (ip_forward, masquerade), idempotently"),
+    "ctsync": ("agent.commands.ctsync", "run the connection-sync service: established flows follow their table"),
     "demo": ("agent.commands.demo", "run a 3-AZ NAT group on this machine (moto) and kill one NAT"),
 }
 

@@ -258,9 +258,23 @@ class Daemon:
         except OSError as exc:
             print(f"nat-ha agent: metrics.listen: cannot listen on {config.metrics_listen}: {exc}", file=sys.stderr)
             return 2
+        flows, guard = None, None
+        made: list[Any] = []  # the agent, once made: the sync's thread reads its last group snapshot
+        if config.conntrack_sync.enabled and not once:
+            flows, guard = self._flow_sync(config, metrics, lambda: made[0].last_snapshot if made else None,
+                                           lambda: made[0].config if made else config)  # fmt: skip
         agent = Agent(
-            config, coordinator, rt.ec2, prober, SelfChecker(config.self_check), clock, metrics, holder=rt.holder
+            config,
+            coordinator,
+            rt.ec2,
+            prober,
+            SelfChecker(config.self_check, flow_guard=guard),
+            clock,
+            metrics,
+            holder=rt.holder,
+            flows=flows,
         )
+        made.append(agent)
         # Every AWS answer's server time (Date) against our monotonic clock: pauses it did not count.
         awshttp.set_answer_listener(agent.pauses.server_date)
         if resumed is not None and resumed.session:
@@ -288,6 +302,26 @@ class Daemon:
             prober.stop()
             if responder is not None:
                 responder.stop()
+            if flows is not None:
+                flows.close()
+
+    @staticmethod
+    def _flow_sync(config: Any, metrics: Any, snapshot: Any, group: Any) -> tuple[Any, Any]:
+        """conntrack_sync: the cycle's port to the sync service (started) and what the self check requires.
+        ``group``: the agent's current config, whose members and tables' addresses the service is told."""
+        from agent.ctsync.agentside import FlowSync
+        from agent.host.selfcheck import FlowGuardCheck
+        from agent.metrics import SyncMetrics
+
+        me = config.instance_id
+        peers = [m.instance_id for m in config.members if m.instance_id != me]
+        sync_metrics = SyncMetrics(metrics.registry, peers, config.route_tables())
+        members = {m.instance_id: m.address for m in config.members}
+        flows = FlowSync(config.conntrack_sync, me, members, snapshot, sync_metrics, group=group)
+        flows.start()
+        addresses = tuple(a for t in config.egress_tables if (a := t.address(me)))
+        guard = FlowGuardCheck(addresses, config.self_check.public_interface, config.conntrack_sync.firewall)
+        return flows, guard
 
     def _loop(self, agent: Any, notifier: Any, once: bool) -> int:
         from agent.handoff import NextProcess

@@ -164,18 +164,9 @@ def _file_is(path: Path, text: str) -> bool:
         return False
 
 
-def build_items(iface: str, backend: str, root: Path, procfs: str, egress: list[EgressAddress] | None) -> list[Item]:
-    """Every item setup-nat checks and, when missing, applies (in order).
-
-    ``egress``: this host's table addresses ([]: none); None: unknown (the config could not be used),
-    so nat-ha's SNAT rules and the persisted rule file are left as they are.
-    """
-    items: list[Item] = []
-    known = egress is not None
-    egress = list(egress or [])
-    snats = [hostnat.Snat(subnet, e.address) for e in egress for subnet in e.subnets]
-
-    for key, value in hostnat.SYSCTLS.items():
+def _sysctl_items(sysctls: dict[str, str], procfs: str, why: str = "") -> list[Item]:
+    items = []
+    for key, value in sysctls.items():
         path = hostnat.sysctl_path(key, procfs)
 
         def present(path: Path = path, value: str = value) -> bool:
@@ -190,7 +181,38 @@ def build_items(iface: str, backend: str, root: Path, procfs: str, egress: list[
             except OSError as exc:
                 raise ApplyError(f"cannot set {key}: {exc.strerror} (run as root)") from None
 
-        items.append(Item(f"sysctl {key} = {value}", present, apply))
+        items.append(Item(f"sysctl {key} = {value}{why}", present, apply))
+    return items
+
+
+def build_items(
+    iface: str,
+    backend: str,
+    root: Path,
+    procfs: str,
+    egress: list[EgressAddress] | None,
+    sync: agentconfig.ConntrackSyncConfig | None = None,
+) -> list[Item]:
+    """Every item setup-nat checks and, when missing, applies (in order).
+
+    ``egress``: this host's table addresses ([]: none); None: unknown (the config could not be used),
+    so nat-ha's SNAT rules and the persisted rule file are left as they are. ``sync``: the config's
+    [conntrack_sync]; when enabled (with egress), the guard rule, the firewall and the conntrack
+    sysctls (:class:`agent.host.nat.FlowGuard`).
+    """
+    items: list[Item] = []
+    known = egress is not None
+    egress = list(egress or [])
+    snats = [hostnat.Snat(subnet, e.address) for e in egress for subnet in e.subnets]
+    guard = None
+    if known and sync is not None and sync.enabled and egress:
+        if backend != "nftables":
+            raise UsageError("conntrack_sync needs the nftables backend (install nftables, or --backend nftables)")
+        guard = hostnat.FlowGuard(
+            tuple((e.address, e.route_table) for e in egress), sync.firewall, tuple(sync.trusted_networks)
+        )
+
+    items += _sysctl_items(hostnat.SYSCTLS, procfs)
 
     def rules_text() -> tuple[str, str]:
         return _listing(["iptables-save", "-t", "nat"]), _listing(["nft", "list", "ruleset"])
@@ -202,11 +224,11 @@ def build_items(iface: str, backend: str, root: Path, procfs: str, egress: list[
     if backend == "nftables":
 
         def masq_apply() -> None:  # the whole table ip nat_ha: masquerade and every SNAT rule
-            proc = _run(["nft", "-f", "-"], stdin=hostnat.nft_ruleset(iface, snats))
+            proc = _run(["nft", "-f", "-"], stdin=hostnat.nft_ruleset(iface, snats, guard))
             if proc.returncode != 0:
                 raise ApplyError(f"nft -f: {_first_line(proc.stderr)}")
 
-        rule_file, rule_text = root / hostnat.NFT_FILE, hostnat.nft_ruleset(iface, snats)
+        rule_file, rule_text = root / hostnat.NFT_FILE, hostnat.nft_ruleset(iface, snats, guard)
     else:
 
         def masq_apply() -> None:
@@ -220,8 +242,10 @@ def build_items(iface: str, backend: str, root: Path, procfs: str, egress: list[
     items.append(Item(f"masquerade on {iface} ({backend})", masq_present, masq_apply))
     if known:
         items += _egress_items(iface, backend, egress, snats, masq_apply)
+    if backend == "nftables" and known:
+        items += _guard_items(iface, guard, masq_apply, procfs)
 
-    sysctl_file, sysctl_text = root / hostnat.SYSCTL_FILE, hostnat.sysctl_conf_text()
+    sysctl_file, sysctl_text = root / hostnat.SYSCTL_FILE, hostnat.sysctl_conf_text(conntrack=guard is not None)
     items.append(
         Item(
             f"persisted sysctls in {sysctl_file}",
@@ -339,7 +363,44 @@ def _egress_items(
     return items
 
 
-def _local_addresses() -> set[str]:
+def _guard_items(
+    iface: str, guard: hostnat.FlowGuard | None, load_table: Callable[[], None], procfs: str
+) -> list[Item]:
+    """conntrack_sync's guard rule, firewall and sysctls; or, when it is off, none of its chains left behind.
+
+    The sysctls come after the rules: the netfilter keys exist once nf_conntrack is loaded.
+    """
+
+    def live() -> str:
+        return _listing(["nft", "list", "table", hostnat.NFT_FAMILY, hostnat.NFT_TABLE])
+
+    if guard is None:  # only when a guard is left over from an earlier run (the table is loaded whole)
+        if "chain guard {" not in live():
+            return []
+        return [Item("no nat-ha guard or firewall chains (conntrack_sync off)", lambda: "chain guard {" not in live(),
+                     load_table)]  # fmt: skip
+    wanted = {addr for addr, _ in guard.addresses}
+    addrs = ", ".join(sorted(wanted))
+    items = [
+        Item(
+            f"guard: unknown packets to {addrs} dropped, not answered (conntrack_sync)",
+            lambda: wanted <= hostnat.nft_guarded_addresses(live()),
+            load_table,
+        )
+    ]
+    if guard.firewall:
+        items.append(
+            Item(
+                f"firewall on {iface}: only known connections from outside {', '.join(guard.trusted)} (conntrack_sync)",
+                lambda: hostnat.nft_firewall_present(live(), iface),
+                load_table,
+            )
+        )
+    return items + _sysctl_items(hostnat.CONNTRACK_SYSCTLS, procfs, " (conntrack_sync)")
+
+
+def local_addresses() -> set[str]:
+    """This host's IPv4 addresses (``ip -j -4 addr show``)."""
     return set(hostnat.interface_addresses(_listing(["ip", "-j", "-4", "addr", "show"])))
 
 
@@ -353,11 +414,16 @@ def egress_plan(config_path: str, instance_id: str) -> list[EgressAddress]:
     Raises :class:`UsageError` for a ``--config`` that does not exist, :class:`EgressError` when the
     config cannot be used (its first problem) or this host's member or addresses cannot be told.
     """
+    return plan(config_path, instance_id)[0]
+
+
+def plan(config_path: str, instance_id: str) -> tuple[list[EgressAddress], agentconfig.ConntrackSyncConfig]:
+    """:func:`egress_plan` and the config's [conntrack_sync] (its defaults: off, without a config)."""
     path = config_path or agentconfig.DEFAULT_PATH
     if not Path(path).exists():
         if config_path:
             raise UsageError(f"--config: {path}: no such file")
-        return []
+        return [], agentconfig.ConntrackSyncConfig()
     try:
         cfg = agentconfig.load(path)
     except agentconfig.ConfigFileError as exc:
@@ -366,13 +432,11 @@ def egress_plan(config_path: str, instance_id: str) -> list[EgressAddress]:
         more = f" (and {len(exc.problems) - 1} more: nat-ha check-config)" if len(exc.problems) > 1 else ""
         raise EgressError(f"{path}: {exc.problems[0]}{more}") from None
     if not cfg.egress_follow:
-        return []
+        return [], cfg.conntrack_sync
     tables = cfg.egress_tables
     me = instance_id or cfg.instance_id
     if not me:
-        local = _local_addresses()
-        mine = {m.instance_id for m in cfg.members if m.address in local}
-        mine |= {iid for t in tables for iid, addr in t.addresses if addr in local}
+        mine = cfg.members_at(local_addresses())
         if len(mine) != 1:
             found = f" (addresses of {', '.join(sorted(mine))} are all here)" if mine else ""
             raise EgressError(
@@ -380,12 +444,12 @@ def egress_plan(config_path: str, instance_id: str) -> list[EgressAddress]:
                 "set instance_id in the config or pass --instance-id"
             )
         (me,) = mine
-    plan = []
+    out = []
     for t in tables:
         if not t.address(me):
             raise EgressError(f"{path}: egress.tables ({t.route_table}): no address for this instance ({me})")
-        plan.append(EgressAddress(t.route_table, t.address(me), t.subnets))
-    return plan
+        out.append(EgressAddress(t.route_table, t.address(me), t.subnets))
+    return out, cfg.conntrack_sync
 
 
 def run(args: argparse.Namespace) -> int:
@@ -397,12 +461,14 @@ def run(args: argparse.Namespace) -> int:
     iface = _interface(args.public_interface, args.procfs)
     backend = _pick_backend(args.backend)
     egress_failed = False
+    sync: agentconfig.ConntrackSyncConfig | None = None
     try:
-        egress: list[EgressAddress] | None = egress_plan(args.config, args.instance_id)
+        egress: list[EgressAddress] | None
+        egress, sync = plan(args.config, args.instance_id)
     except EgressError as exc:  # the host is still made a NAT; nat-ha's SNAT rules are left as they are
         print(f"nat-ha setup-nat: failed: egress: {exc}", file=sys.stderr)
         egress, egress_failed = None, True
-    items = build_items(iface, backend, root, args.procfs, egress)
+    items = build_items(iface, backend, root, args.procfs, egress, sync)
 
     if args.check:
         missing = 0

@@ -145,6 +145,19 @@ def _egress_row(rtb: str, seen: Any, owner: str, problems: list[str]) -> dict[st
     }
 
 
+def _sync_here(config: Config, problems: list[str]) -> dict[str, Any]:
+    """This NAT's connection-sync service, when it runs here (its problems join the list)."""
+    from agent.ctsync import control
+
+    try:
+        stats = control.request(config.conntrack_sync.control_socket, {"op": "stats"}, 2.0)
+    except control.ControlError as exc:
+        return {"summary": f"not asked ({exc})"}
+    summary, found = control.health(stats)
+    problems.extend(found)
+    return {"summary": summary, "stats": stats}
+
+
 def _no_route_tables(config: Config) -> str:
     """The problem line when no member has a home route table (nothing to fail over), with the fix."""
     if config.route_tables():
@@ -187,6 +200,8 @@ def render(status: dict[str, Any]) -> str:
                 flag = "EGRESS IP ELSEWHERE"
         rows.append((t["route_table"], t["home"], owner, str(t["term"]), ec2, *eip, flag))
     lines += _table(rows)
+    if "conntrack_sync" in status:
+        lines += ["", f"conntrack sync (this NAT): {status['conntrack_sync']['summary']}"]
     if status["problems"]:
         lines += ["", "problems:"] + [f"  - {p}" for p in status["problems"]]
     return "\n".join(lines)
@@ -230,9 +245,12 @@ def run(args: argparse.Namespace) -> int:
 
     if not (math.isfinite(args.timeout) and args.timeout > 0):
         raise UsageError("--timeout must be a number of seconds > 0")
-    status = collect_within(load(args.config), args.timeout)
+    config = load(args.config)
+    status = collect_within(config, args.timeout)
     if isinstance(status, str):
         print(f"nat-ha status: {status}", file=sys.stderr)
         return 1
+    if config.conntrack_sync.enabled:
+        status["conntrack_sync"] = _sync_here(config, status["problems"])
     print(json.dumps(status, indent=2, sort_keys=True) if args.json else render(status))
     return 1 if status["problems"] else 0

@@ -11,7 +11,15 @@ import dataclasses
 
 from agent.cycle.context import Context
 from agent.cycle.memory import Held
-from agent.decide import Ec2Address, Observation, PeerProbe, claimable_routes, judged_dead, judged_healthy
+from agent.decide import (
+    Ec2Address,
+    Observation,
+    PeerProbe,
+    claimable_routes,
+    judged_dead,
+    judged_healthy,
+    silence_tolerated,
+)
 from coordinator.items import GroupSnapshot, Health, RouteItem
 
 
@@ -202,7 +210,7 @@ class Observer:
                 silent = mem.observer.unchanged_for(peer_item.key, now)
                 lease = peer_item.lease_ms / 1000
                 probes_down = p is not None and not p.up
-                left = (lease + t.margin if probes_down else t.silent_owner_after) - silent
+                left = (lease + t.margin if probes_down else silence_tolerated(peer_item, t)) - silent
                 if left > 0 and (probes_down or silent >= lease):
                     mem.stale_deadlines[peer] = now + left
             suspect = (

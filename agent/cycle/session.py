@@ -33,13 +33,13 @@ class SessionKeeper:
         changed = changed or mem.last_draining != self.is_draining()
         return changed or now - mem.last_heartbeat >= t.heartbeat_interval - t.cycle_interval / 2
 
-    def renew(self, health: Health) -> None:
+    def renew(self, health: Health, *, restart_grace: float = 0.0) -> None:
         ctx = self.ctx
         mem = ctx.memory
         t0 = ctx.clock.monotonic()
         try:
             draining = self.is_draining()
-            ctx.coordinator.heartbeat(health, draining=draining)
+            ctx.coordinator.heartbeat(health, draining=draining, restart_grace_s=restart_grace)
             mem.last_heartbeat = t0
             mem.last_health = health
             mem.last_draining = draining
@@ -57,13 +57,15 @@ class SessionKeeper:
     def renew_before_exit(self) -> bool:
         """One last renewal as this process exits for a restart (its successor takes the session over).
 
-        The silence peers tolerate then starts now, not at the last regular renewal: the next
-        process gets all of it. True if the session is still ours.
+        The silence peers tolerate then starts now, not at the last regular renewal, and it is
+        ``agent_restart_grace`` instead of ``silent_owner_after`` while the NAT answers their probes:
+        the next process gets all of it, even when its start is slow (a loaded host, an upgrade's
+        cold caches). True if the session is still ours.
         """
         health = self.ctx.memory.last_health
         if health is None or self.ctx.coordinator.session is None:
             return False
-        self.renew(health)
+        self.renew(health, restart_grace=self.ctx.timings.agent_restart_grace)
         return self.ctx.coordinator.session is not None
 
     def renew_if_due(self, health: Health) -> None:

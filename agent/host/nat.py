@@ -43,7 +43,17 @@ SYSCTLS: dict[str, str] = {
     "net.ipv4.conf.default.send_redirects": "0",
 }
 
+#: With conntrack_sync: a flow picked up mid-stream (a client's packet after a move) is tracked, and a
+#: loaded or stale entry without TCP window data does not mark packets INVALID (INVALID packets skip
+#: NAT and would leave with a private source address).
+CONNTRACK_SYSCTLS: dict[str, str] = {
+    "net.netfilter.nf_conntrack_tcp_loose": "1",
+    "net.netfilter.nf_conntrack_tcp_be_liberal": "1",
+}
+
 COMMENT = "nat-ha"
+GUARD_COMMENT = "nat-ha guard"
+FIREWALL_COMMENT = "nat-ha firewall"
 NFT_FAMILY = "ip"
 NFT_TABLE = "nat_ha"
 SYSCTL_FILE = "etc/sysctl.d/90-nat-ha.conf"
@@ -65,10 +75,18 @@ def sysctl_path(key: str, procfs: str = "/proc") -> Path:
     return Path(procfs) / "sys" / key.replace(".", "/")
 
 
-def sysctl_conf_text() -> str:
-    """Content of the persisted sysctl.d file."""
+def sysctl_conf_text(conntrack: bool = False) -> str:
+    """Content of the persisted sysctl.d file (with ``conntrack``: also :data:`CONNTRACK_SYSCTLS`).
+
+    The netfilter keys exist only once nf_conntrack is loaded, which at boot is after
+    systemd-sysctl: they are written with a ``-`` prefix (a missing key is no error) and
+    nat-ha-setup.service sets them again after loading the rules.
+    """
     lines = ["# Written by nat-ha setup-nat: this host forwards and masquerades for its VPC."]
     lines += [f"{k} = {v}" for k, v in SYSCTLS.items()]
+    if conntrack:
+        lines += ["# conntrack_sync (set again by nat-ha-setup.service once nf_conntrack is loaded)"]
+        lines += [f"-{k} = {v}" for k, v in CONNTRACK_SYSCTLS.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -192,20 +210,63 @@ class Snat:
     address: str
 
 
-def nft_ruleset(interface: str, snats: tuple[Snat, ...] | list[Snat] = ()) -> str:
+@dataclass(frozen=True)
+class FlowGuard:
+    """What conntrack_sync adds to table ``ip nat_ha`` (chains ``guard``, ``input`` and ``forward``).
+
+    ``addresses``: this host's address for each route table (address, route table). A packet to one
+    of them that belongs to no known connection is dropped (``guard``), not answered: a server's
+    packet of a flow whose entry has not arrived yet would otherwise draw a reset that kills the
+    flow; dropped, it is sent again. Each address also has a counter, which the sync service
+    reads to tell when a handed-over table's inbound traffic has stopped reaching this NAT.
+
+    ``firewall``: on the public interface, a packet from outside ``trusted`` reaches this host or
+    the private subnets only as part of a known connection (``input``, ``forward``): the security
+    group lets the world reach the NATs' high ports so that a moved flow's server packets get in.
+    """
+
+    addresses: tuple[tuple[str, str], ...]
+    firewall: bool = True
+    trusted: tuple[str, ...] = ()
+
+
+def nft_guard_chains(interface: str, guard: FlowGuard) -> str:
+    """The chains of :class:`FlowGuard`, as they sit inside table ``ip nat_ha``."""
+    counters = "".join(f'\t\tip daddr {addr} counter comment "{rt}"\n' for addr, rt in guard.addresses)
+    addrs = ", ".join(addr for addr, _ in guard.addresses)
+    drop = f'\t\tip daddr {{ {addrs} }} ct state {{ new, invalid }} drop comment "{GUARD_COMMENT}"\n' if addrs else ""
+    text = (
+        "\tchain guard {\n\t\ttype filter hook prerouting priority -150; policy accept;\n" + counters + drop + "\t}\n"
+    )
+    if not guard.firewall:
+        return text
+    trusted = ", ".join(guard.trusted)
+    allow = f'\t\tiifname "{interface}" ip saddr {{ {trusted} }} accept\n' if trusted else ""
+    for hook in ("input", "forward"):
+        text += (
+            f"\tchain {hook} {{\n\t\ttype filter hook {hook} priority filter; policy accept;\n"
+            f'\t\tiifname "{interface}" ct state {{ established, related }} accept\n'
+            + allow
+            + f'\t\tiifname "{interface}" counter drop comment "{FIREWALL_COMMENT}"\n\t}}\n'
+        )
+    return text
+
+
+def nft_ruleset(interface: str, snats: tuple[Snat, ...] | list[Snat] = (), guard: FlowGuard | None = None) -> str:
     """The nftables file setup-nat loads and persists: replaces table ``ip nat_ha`` atomically.
 
     The leading ``table``/``delete table`` pair makes it idempotent (``nft -f`` runs it as one
     transaction; works on nft 0.9+ which lacks ``destroy``). ``snats`` go in chain ``egress``,
-    which runs before every masquerade (priority ``srcnat - 10``).
+    which runs before every masquerade (priority ``srcnat - 10``); ``guard`` adds conntrack_sync's
+    chains (:class:`FlowGuard`).
     """
-    egress = ""
+    egress = nft_guard_chains(interface, guard) if guard is not None else ""
     if snats:
         rules = "".join(
             f'\t\tip saddr {s.subnet} oifname "{interface}" snat to {s.address} comment "{COMMENT}"\n' for s in snats
         )
         head = "\tchain egress {\n\t\ttype nat hook postrouting priority srcnat - 10; policy accept;\n"
-        egress = head + rules + "\t}\n"
+        egress += head + rules + "\t}\n"
     return (
         "# Written by nat-ha setup-nat. Load with: nft -f this-file (idempotent).\n"
         f"table {NFT_FAMILY} {NFT_TABLE}\n"
@@ -318,3 +379,64 @@ def persisted_masquerade_interfaces(root: str | Path = "/") -> list[str]:
 def persisted_masquerade_present(root: str | Path = "/", interface: str = "") -> bool:
     """True if setup-nat persisted a masquerade rule covering ``interface`` (empty: any) under ``root``."""
     return _matches(persisted_masquerade_interfaces(root), interface)
+
+
+_GUARD_RE = re.compile(r'ip daddr \{ ([^}]*) \} ct state \{ (\w+), (\w+) \} drop comment "' + GUARD_COMMENT + '"')
+
+
+def nft_guarded_addresses(nft_text: str) -> set[str]:
+    """Addresses covered by the guard rule of table ``ip nat_ha`` in ``nft list`` text or the persisted file."""
+    inside = False
+    out: set[str] = set()
+    for raw in nft_text.splitlines():
+        line = raw.strip()
+        if line.startswith("table "):
+            inside = line.split()[1:3] == [NFT_FAMILY, NFT_TABLE]
+            continue
+        m = _GUARD_RE.search(line) if inside else None
+        if m and {m.group(2), m.group(3)} == {"new", "invalid"}:  # nft lists the states in its own order
+            out |= {a.strip() for a in m.group(1).split(",") if a.strip()}
+    return out
+
+
+def nft_firewall_present(nft_text: str, interface: str) -> bool:
+    """True if table ``ip nat_ha`` has the firewall's drop rule on ``interface`` in both the input and forward hooks."""
+    hooks: set[str] = set()
+    inside, hook = False, ""
+    for raw in nft_text.splitlines():
+        line = raw.strip()
+        if line.startswith("table "):
+            inside = line.split()[1:3] == [NFT_FAMILY, NFT_TABLE]
+        elif inside and line.startswith("type filter hook "):
+            hook = line.split()[3]
+        elif inside and line.startswith("chain "):
+            hook = ""
+        elif inside and hook and f'iifname "{interface}"' in line and f'drop comment "{FIREWALL_COMMENT}"' in line:
+            hooks.add(hook)
+    return {"input", "forward"} <= hooks
+
+
+def nft_inbound_counters(nft_json: str) -> dict[str, int]:
+    """Route table -> packets counted to this host's address for it, from ``nft -j list chain ip nat_ha guard``."""
+    try:
+        data = json.loads(nft_json or "{}")
+    except ValueError:
+        return {}
+    out: dict[str, int] = {}
+    for item in data.get("nftables", []) if isinstance(data, dict) else []:
+        rule = item.get("rule") if isinstance(item, dict) else None
+        if not isinstance(rule, dict) or not rule.get("comment") or rule.get("comment") == GUARD_COMMENT:
+            continue
+        for expr in rule.get("expr", []):
+            counter = expr.get("counter") if isinstance(expr, dict) else None
+            if isinstance(counter, dict):
+                out[str(rule["comment"])] = int(counter.get("packets", 0))
+    return out
+
+
+def persisted_text(root: str | Path = "/") -> str:
+    """The nftables rule file setup-nat persisted under ``root`` ("" if none or unreadable)."""
+    try:
+        return (Path(root) / NFT_FILE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""

@@ -18,8 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.config import SelfCheckConfig
-from agent.host.nat import masquerade_present, persisted_masquerade_present
+from agent.host.nat import (
+    CONNTRACK_SYSCTLS,
+    masquerade_present,
+    nft_firewall_present,
+    nft_guarded_addresses,
+    persisted_masquerade_present,
+    persisted_text,
+)
 from coordinator.items import Health
+
+FLOW_GUARD_CHECK = "flow_guard"
 
 RunCommand = Callable[[list[str]], "str | None"]  # stdout, or None if it could not run
 
@@ -136,12 +145,41 @@ def tcp_reachable(target: str, timeout: float) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class FlowGuardCheck:
+    """What conntrack_sync needs from this host (setup-nat puts it there): check ``flow_guard``.
+
+    The guard rule covers ``addresses`` (this host's address for each route table), the firewall is
+    on ``interface`` when ``firewall``, and the conntrack sysctls are set. Without them a table
+    taken over keeps its flows' entries but the server's first packets could draw resets.
+    """
+
+    addresses: tuple[str, ...]
+    interface: str = ""
+    firewall: bool = True
+
+
+def flow_guard_problems(nft_text: str, want: FlowGuardCheck, sysctls: dict[str, str | None]) -> list[str]:
+    """What is missing for ``want`` in the table ``ip nat_ha`` text and the sysctl values read (one item each)."""
+    out = []
+    missing = sorted(set(want.addresses) - nft_guarded_addresses(nft_text))
+    if missing:
+        out.append(f"no guard rule for {', '.join(missing)}")
+    if want.firewall and want.interface and not nft_firewall_present(nft_text, want.interface):
+        out.append(f"no firewall on {want.interface}")
+    for key, value in CONNTRACK_SYSCTLS.items():
+        if sysctls.get(key) != value:
+            out.append(f"{key} is {sysctls.get(key) or 'unreadable'}")
+    return out
+
+
 @dataclass
 class SelfChecker:
     config: SelfCheckConfig
     run: RunCommand = run_command
     reach: Callable[[str, float], bool] = tcp_reachable
     persist_root: str = "/"  # where setup-nat's persisted rules are (tests point it elsewhere)
+    flow_guard: FlowGuardCheck | None = None  # with conntrack_sync: check flow_guard
     _rules_at: float = field(default=-1e18, init=False)
     _rules_unreadable: bool = field(default=False, init=False)
     _slow: dict[str, bool] = field(default_factory=dict, init=False)
@@ -204,6 +242,14 @@ class SelfChecker:
                     checks["forwarding"] = not blocked
                     if blocked:
                         detail.append("forwarded packets are dropped by the firewall")
+        if self.flow_guard is not None:
+            nft = None if self._rules_unreadable else self.run(["nft", "list", "table", "ip", "nat_ha"])
+            sysctls = {k: self._read("sys/" + k.replace(".", "/")) for k in CONNTRACK_SYSCTLS}
+            # Without CAP_NET_ADMIN the live rules cannot be listed: what setup-nat persisted stands in.
+            problems = flow_guard_problems(nft if nft is not None else persisted_text(self.persist_root),
+                                           self.flow_guard, sysctls)  # fmt: skip
+            checks[FLOW_GUARD_CHECK] = not problems
+            detail.extend(f"{p} (conntrack_sync: run nat-ha setup-nat)" for p in problems)
         if self.config.egress_targets:
             ok = [t for t in self.config.egress_targets if self.reach(t, self.config.egress_timeout)]
             checks["egress"] = bool(ok)

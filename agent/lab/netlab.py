@@ -587,6 +587,11 @@ class NetLab(LocalGroup):
     _arrivals: list[egresswatch.Arrival] = field(default_factory=list)
     _arrivals_offset: int = 0
     _defer_configs: bool = False
+    # conntrack_sync (egress_ip = "follow" only): every NAT also runs `nat-ha ctsync`; setup-nat adds the
+    # guard, the firewall and the sysctls. ``sync`` overrides [conntrack_sync] keys.
+    conntrack_sync: bool = False
+    sync: dict[str, Any] = field(default_factory=dict)
+    ctsync: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     # --------------------------------------------------------------- set-up
     def __enter__(self) -> NetLab:
@@ -601,6 +606,12 @@ class NetLab(LocalGroup):
             if reason:
                 raise RuntimeError(reason)
             self.timing["restart_after"] = max(self.timing.get("restart_after", 0.0), SYSTEMD_RESTART_AFTER)
+        if self.conntrack_sync and self.egress_ip != "follow":
+            raise ValueError('conntrack_sync needs egress_ip = "follow"')
+        if self.conntrack_sync:
+            key_file = self.workdir / "ctsync.key"
+            key_file.write_text(secrets.token_hex(32) + "\n")
+            key_file.chmod(0o600)
         if self.egress_ip not in ("off", "follow"):
             raise ValueError(f"egress_ip: {self.egress_ip!r} is not off or follow")
         if self.egress and self.systemd:
@@ -756,6 +767,21 @@ class NetLab(LocalGroup):
         """The top-level egress keys (the interface of issue 14)."""
         return ['egress_ip = "follow"', *([f'egress_order = "{self.egress_order}"'] if self.egress_order else [])]
 
+    def _sync_toml(self, i: int) -> list[str]:
+        """[conntrack_sync] of NAT i (its key file and control socket in the work directory)."""
+        if not self.conntrack_sync:
+            return []
+        keys = {
+            "enabled": True,
+            "key_file": str(self.workdir / "ctsync.key"),
+            "control_socket": str(self.ctsync_socket(i)),
+            **self.sync,
+        }
+        return ["[conntrack_sync]", *(f"{k} = {json.dumps(v)}" for k, v in keys.items()), ""]
+
+    def ctsync_socket(self, i: int) -> Path:
+        return self.workdir / f"ctsync-{i}.sock"
+
     def _egress_tables_toml(self) -> list[str]:
         """One [[egress.tables]] per route table: its EIP, its subnet, every NAT's address for it."""
         lines = []
@@ -794,6 +820,7 @@ class NetLab(LocalGroup):
             "forwarding = true",
             "",
             *timing_toml(timing),
+            *self._sync_toml(i),
             "[metrics]",
             f'listen = "{self.topo.nat_ip(i)}:9510"' if self.metrics else 'listen = ""',
             "",
@@ -818,6 +845,8 @@ class NetLab(LocalGroup):
 
     def _spawn(self, nat: Nat) -> None:
         i = self.index(nat.instance_id)
+        if self.conntrack_sync:
+            self.start_ctsync(i)
         if self.systemd:
             ct = self.containers[i]
             if not ct.running:
@@ -836,6 +865,35 @@ class NetLab(LocalGroup):
                 ["ip", "netns", "exec", self.topo.nat_ns(i), *argv], stdout=log, stderr=subprocess.STDOUT, env=env
             )
         nat.starts += 1
+
+    def start_ctsync(self, i: int) -> None:
+        """NAT i's `nat-ha ctsync` (unless it runs), as nat-ha-ctsync.service runs it."""
+        proc = self.ctsync.get(i)
+        if proc is not None and proc.poll() is None:
+            return
+        nat = self.nats[i]
+        # With CAP_NET_ADMIN alone (inheritable, ambient and bounding: the conntrack and nft tools it runs keep
+        # it; "noroot": uid 0 gains nothing at exec), as the unit's AmbientCapabilities= and SecureBits= give it.
+        # (The unit's transient user is not modelled: the lab's files live in root's private temporary directory.)
+        argv = ["setpriv", "--securebits=+noroot,+noroot_locked", "--inh-caps=-all,+net_admin",
+                "--ambient-caps=-all,+net_admin", "--bounding-set=-all,+net_admin",
+                sys.executable, "-m", "agent.commands.cli", "ctsync", "--config", str(nat.config_path)]  # fmt: skip
+        with open(self.workdir / f"ctsync-{i}.log", "ab") as log:
+            self.ctsync[i] = subprocess.Popen(["ip", "netns", "exec", self.topo.nat_ns(i), *argv], stdout=log,
+                                              stderr=subprocess.STDOUT, env={**os.environ, **DUMMY_ENV})  # fmt: skip
+
+    def stop_ctsync(self, i: int, sig: int = signal.SIGKILL) -> None:
+        proc = self.ctsync.get(i)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+
+    def ctsync_request(self, i: int, message: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        """Ask NAT i's sync service (its control socket is in the work directory, reachable from here)."""
+        from agent.ctsync import control
+
+        return control.request(str(self.ctsync_socket(i)), message, timeout)
 
     def _play_ec2(self) -> None:  # the reconciler plays EC2 here (see _on_event)
         return
@@ -922,6 +980,8 @@ class NetLab(LocalGroup):
         elif ev.kind == "stopped":
             nat = self.nat(ev.data["instance"])
             nat.expect_running = False
+            if self.conntrack_sync:
+                self.stop_ctsync(self.index(nat.instance_id))
             self.signal(nat.instance_id, signal.SIGCONT)
             self.signal(nat.instance_id, signal.SIGKILL)
             self._log(f"EC2: {nat.instance_id} stopped: links down, agent killed")
@@ -941,6 +1001,23 @@ class NetLab(LocalGroup):
             for e in self.events_since(since, kind):
                 if all(e.data.get(k) == v for k, v in match.items()):
                     return e.t
+            time.sleep(0.05)
+        return None
+
+    def moved(self, t: int, since: float, timeout: float, home: bool) -> float | None:
+        """When route table t and its Elastic IP had both moved (away from home, or back home) after ``since``.
+
+        The later of the reconciler's two events (route and ``eip``), or None after ``timeout`` s.
+        """
+        nat, home_addr = self.nats[t], self.topo.egress_address(t, t)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            routes = [e for e in self.events_since(since, "route") if e.data["rtb"] == nat.route_table]
+            eips = [e for e in self.events_since(since, "eip") if e.data["allocation"] == self.allocations[t]]
+            r = next((e.t for e in routes if (e.data["target"] == nat.instance_id) == home), None)
+            x = next((e.t for e in eips if (e.data["private"] == home_addr) == home and e.data["private"]), None)
+            if r is not None and x is not None:
+                return max(r, x)
             time.sleep(0.05)
         return None
 
@@ -1067,6 +1144,8 @@ class NetLab(LocalGroup):
             self.containers[i].kill()
         else:
             self.signal(self.nats[i].instance_id, signal.SIGKILL)
+        if self.conntrack_sync:
+            self.stop_ctsync(i)
 
     # Under systemd the agent is the unit nat-ha.service of the NAT's container.
     def signal(self, instance_id: str, sig: int) -> None:
@@ -1228,6 +1307,8 @@ class NetLab(LocalGroup):
         if self._reconciler is not None:
             stop_process(self._reconciler)
         self._stop_agents()
+        for i in list(self.ctsync):
+            self.stop_ctsync(i)
         if self.moto is not None:
             with suppress(Exception):
                 self.moto.stop()

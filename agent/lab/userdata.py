@@ -1,7 +1,7 @@
 """The stack's user data, rendered here as CloudFormation renders it (so the lab runs what ships).
 
 ``deploy/cloudformation/generate.py`` embeds ``deploy/bootstrap/nat-ha-bootstrap.sh`` as an
-``Fn::Sub`` string (with three variables of its own: ``EgressTables``, ``NatSubnets``, ``NatEips``).
+``Fn::Sub`` string (with four variables of its own: ``EgressTables``, ``NatSubnets``, ``NatEips``, ``CtsyncKeySecret``).
 This module reads the same text (:func:`template_text`, compared with the templates by a test) and
 resolves ``Fn::Sub`` the way CloudFormation does (:func:`fn_sub`): ``${Name}`` becomes a value,
 ``${!Name}`` the literal ``${Name}``.
@@ -49,7 +49,7 @@ def render(
     metrics_listen: str = "127.0.0.1:9510",
     nat_subnets: str = "subnet-lab1,subnet-lab2",
 ) -> str:
-    """The user data one NAT instance of a stack would run (the stacks' defaults: EgressIp off, no EIPs here)."""
+    """The user data one NAT instance of a stack would run (the defaults: EgressIp, ConntrackSync off, no EIPs)."""
     values = {
         "NatHaGroup": group,
         "AWS::Region": region,
@@ -62,5 +62,7 @@ def render(
         "EgressTables": "",
         "NatSubnets": nat_subnets,
         "NatEips": "",
+        "ConntrackSync": "off",
+        "CtsyncKeySecret": "",
     }
     return fn_sub(template_text(), values)

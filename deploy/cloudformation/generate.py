@@ -74,7 +74,7 @@ def policy_yaml(n, statements=None):
 
 
 user_data = (REPO / "deploy/bootstrap/nat-ha-bootstrap.sh").read_text()
-assert "${" not in user_data.split("NAT_EIPS='${NatEips}'")[1], "bash's own ${...} would be Fn::Sub's: avoid it"
+assert "${" not in user_data.split("CTSYNC_KEY_SECRET='${CtsyncKeySecret}'")[1], "bash's own ${...} would be Fn::Sub's: avoid it"
 
 
 # Instance types the stacks offer, and their architecture: the launch template takes the AMI of it.
@@ -257,6 +257,17 @@ COMMON_PARAMS = """  NatHaGroup:
       moves with the table, to a secondary address of the NAT serving it; needs 1 + AzCount IPv4 addresses per
       network interface, so t4g.small or larger); off - one Elastic IP per NAT, which stays with the NAT (and
       with its replacement).
+  ConntrackSync:
+    Type: String
+    Default: 'off'
+    AllowedValues: ['off', 'on']
+    Description: >-
+      on - established connections survive failover and hand-over (needs EgressIp=follow): every NAT runs
+      nat-ha-ctsync with a group key the stack generates (a Secrets Manager secret only the NATs' role may read);
+      TCP 9511 is opened between the group's NATs, and TCP/UDP 1024-9509 and 9512-65535 plus ICMP
+      destination-unreachable from anywhere, so that a server's packets of a flow moved to another NAT get in (that
+      NAT's security group never saw the flow start); the NATs' host firewall (nat-ha setup-nat) keeps every packet
+      that belongs to no connection away from the NAT and the private subnets.
 """
 
 MAPPINGS = "Mappings:\n  InstanceArch:\n" + "".join(
@@ -274,6 +285,11 @@ METRICS_RULES = """Rules:
     Assertions:
       - Assert: !Not [!Contains [[""" + ", ".join(TWO_ADDRESSES) + """], !Ref InstanceType]]
         AssertDescription: EgressIp=follow puts 1 + AzCount IPv4 addresses on each NAT's network interface; nano and micro types allow 2. Use a small or larger.
+  ConntrackSyncNeedsEgressFollow:
+    RuleCondition: !Equals [!Ref ConntrackSync, 'on']
+    Assertions:
+      - Assert: !Equals [!Ref EgressIp, follow]
+        AssertDescription: ConntrackSync=on needs EgressIp=follow (without it a table's public address changes when it moves, so no connection can survive).
 
 """
 
@@ -290,6 +306,7 @@ COMMON_CONDITIONS = """  ThreeAzs: !Equals [!Ref AzCount, 3]
   EgressOff: !Not [!Condition EgressFollow]
   ThreeAzsEgressFollow: !And [!Condition ThreeAzs, !Condition EgressFollow]
   ThreeAzsEgressOff: !And [!Condition ThreeAzs, !Condition EgressOff]
+  ConntrackSyncOn: !Equals [!Ref ConntrackSync, 'on']
 """
 
 
@@ -358,8 +375,49 @@ def security_group(vpc):
       FromPort: 9510
       ToPort: 9510
       Description: Prometheus scrapes the nat-ha agents (MetricsScrapeSecurityGroupId)
-
+{conntrack_sync_rules()}
 """
+
+
+def conntrack_sync_rules():
+    """ConntrackSync=on: the sync port between the group's NATs only; the world to the NATs' high ports.
+
+    A security group tracks connections, so the server's packets of a flow moved to another NAT are
+    dropped there unless a rule lets them in. Security groups only allow: the world's range leaves
+    out 9510-9511 (metrics, sync) and every port below 1024; the NATs' host firewall (setup-nat)
+    drops whatever reaches them with no connection behind it.
+    """
+    out = """
+  NatConntrackSyncPeers:
+    Type: AWS::EC2::SecurityGroupIngress
+    Condition: ConntrackSyncOn
+    Properties:
+      GroupId: !Ref NatSecurityGroup
+      SourceSecurityGroupId: !Ref NatSecurityGroup
+      IpProtocol: tcp
+      FromPort: 9511
+      ToPort: 9511
+      Description: nat-ha-ctsync between the group's NATs (connection-tracking state)
+"""
+    for name, proto, low, high in MOVED_FLOW_RANGES:
+        out += f"""
+  NatMovedFlows{name}:
+    Type: AWS::EC2::SecurityGroupIngress
+    Condition: ConntrackSyncOn
+    Properties:
+      GroupId: !Ref NatSecurityGroup
+      CidrIp: 0.0.0.0/0
+      IpProtocol: {proto}
+      FromPort: {low}
+      ToPort: {high}
+      Description: a moved flow's packets from its server (the host firewall drops the rest; ConntrackSync)
+"""
+    return out
+
+
+# ConntrackSync=on: (resource suffix, protocol, from, to) opened to the world; deploy/README.md lists the same.
+MOVED_FLOW_RANGES = [("Tcp", "tcp", 1024, 9509), ("Tcp2", "tcp", 9512, 65535), ("Udp", "udp", 1024, 9509),
+                     ("Udp2", "udp", 9512, 65535), ("Icmp", "icmp", 3, -1)]  # fmt: skip
 
 
 def common_resources(vpc, user_data_values):
@@ -367,6 +425,8 @@ def common_resources(vpc, user_data_values):
         kind: f"!If [Auto{kind.capitalize()}Capacity, !If [ThreeAzs, {three}, {two}], !Ref Table{kind.capitalize()}Capacity]"
         for kind, (three, two) in AUTO_CAPACITY.items()
     }
+    # ConntrackSync=on: the group key's secret (its ARN), which the bootstrap reads into /etc/nat-ha/ctsync.key.
+    user_data_values = {**user_data_values, "CtsyncKeySecret": "!If [ConntrackSyncOn, !Ref ConntrackSyncKey, '']"}
     values = "".join(f"              {k}: {v}\n" for k, v in user_data_values.items())
     return f"""  Table:
     Type: AWS::DynamoDB::Table
@@ -427,6 +487,31 @@ def common_resources(vpc, user_data_values):
                     - 'arn:${{AWS::Partition}}:s3:::${{Object}}'
                     - Object: !Select [1, !Split ['s3://', !Ref NatHaArtifact]]
           - !Ref AWS::NoValue
+        - !If
+          - ConntrackSyncOn
+          - PolicyName: nat-ha-ctsync-key
+            PolicyDocument:
+              Version: '2012-10-17'
+              Statement:
+                - Sid: ReadTheGroupSyncKey
+                  Effect: Allow
+                  Action: secretsmanager:GetSecretValue
+                  Resource: !Ref ConntrackSyncKey
+          - !Ref AWS::NoValue
+
+  ConntrackSyncKey:
+    Type: AWS::SecretsManager::Secret
+    Condition: ConntrackSyncOn
+    DeletionPolicy: Delete
+    UpdateReplacePolicy: Delete
+    Properties:
+      Description: nat-ha conntrack_sync group key (HMAC of the links between the group's NATs); only the NATs' role reads it
+      GenerateSecretString:
+        PasswordLength: 64
+        ExcludePunctuation: true
+      Tags:
+        - Key: nat-ha:group
+          Value: !Ref NatHaGroup
 
   NatInstanceProfile:
     Type: AWS::IAM::InstanceProfile

@@ -94,7 +94,7 @@ def agent_policy(name: str) -> Any:
 def test_embedded_policy_is_the_agent_and_asg_policies_and_the_stack_signal(name: str) -> None:
     template = load(name)
     role = template["Resources"]["NatRole"]["Properties"]
-    main, artifact = role["Policies"]
+    main, artifact, _ctsync_key = role["Policies"]  # the key's: test_conntrack_sync_key_and_unit
     refs = {**SUBST, "Table": "TBL", "AWS::StackName": "STK"}
     embedded = resolve(main["PolicyDocument"], refs)
     files = agent_policy("nat-ha-policy.json")["Statement"] + agent_policy("nat-ha-asg-policy.json")["Statement"]
@@ -133,7 +133,7 @@ def test_the_install_source_is_yours_and_verified(name: str) -> None:
     assert "NatHaVersion" not in params and "PipSpec" not in params
     data = template["Resources"]["NatLaunchTemplate"]["Properties"]["LaunchTemplateData"]
     script, variables = data["UserData"]["Fn::Base64"]["Fn::Sub"]
-    assert set(variables) == {"EgressTables", "NatSubnets", "NatEips"}
+    assert set(variables) == {"EgressTables", "NatSubnets", "NatEips", "CtsyncKeySecret"}
     assert script == (REPO / "deploy" / "bootstrap" / "nat-ha-bootstrap.sh").read_text()
     assert "pip install nat-ha" not in script and "--index-url" not in script and "pypi" not in script.lower()
     install = "pip install --no-index --find-links \"$BUNDLE/wheels\" --require-hashes --only-binary=:all:"
@@ -142,7 +142,7 @@ def test_the_install_source_is_yours_and_verified(name: str) -> None:
     at = [script.index(step) for step in order]
     assert at == sorted(at), "verify, install, setup-nat, units, healthy, then SUCCESS"
     assert script.index("trap failed ERR") < at[0] and "signal FAILURE" in script
-    assert '"$FILES/systemd/nat-ha.service" /etc/systemd/system/' in script  # the units from the verified bundle
+    assert '"$FILES/systemd/nat-ha.service" \\\n' in script  # the units from the verified bundle
     assert data["MetadataOptions"]["HttpTokens"] == "required"
     tagged = {t["ResourceType"]: t["Tags"] for t in data["TagSpecifications"]}
     assert tagged["network-interface"] == [{"Key": "nat-ha:group", "Value": {"Ref": "NatHaGroup"}}]  # IAM scope
@@ -221,6 +221,60 @@ def test_the_ami_follows_the_instance_type_and_the_table_is_provisioned(name: st
     throughput = template["Resources"]["Table"]["Properties"]["ProvisionedThroughput"]["Fn::If"][1]
     assert throughput["ReadCapacityUnits"]["Fn::If"][1] == {"Fn::If": ["ThreeAzs", 13, 9]}
     assert throughput["WriteCapacityUnits"]["Fn::If"][1] == {"Fn::If": ["ThreeAzs", 7, 5]}
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_conntrack_sync_security_group_rules(name: str) -> None:
+    """ConntrackSync=on: the sync port only from the group's own NATs; the world reaches the high ports a moved
+    flow's server packets use, never 1-1023 nor 9510-9511 (metrics, sync); off by default, needs EgressIp=follow."""
+    template = load(name)
+    assert template["Parameters"]["ConntrackSync"]["Default"] == "off"
+    assert template["Rules"]["ConntrackSyncNeedsEgressFollow"]["Assertions"][0]["Assert"] == {
+        "Fn::Equals": [{"Ref": "EgressIp"}, "follow"]
+    }
+    rules = {k: r for k, r in template["Resources"].items()
+             if r.get("Condition") == "ConntrackSyncOn" and r["Type"] == "AWS::EC2::SecurityGroupIngress"}  # fmt: skip
+    sync = [r["Properties"] for r in rules.values() if r["Properties"].get("FromPort") == 9511]
+    assert sync == [{**sync[0], "SourceSecurityGroupId": {"Ref": "NatSecurityGroup"}}]
+    assert "CidrIp" not in sync[0]
+    world = [r["Properties"] for r in rules.values() if r["Properties"].get("CidrIp") == "0.0.0.0/0"]
+    ports = {p: set() for p in ("tcp", "udp")}
+    for r in world:
+        if r["IpProtocol"] in ports:
+            ports[r["IpProtocol"]] |= set(range(r["FromPort"], r["ToPort"] + 1))
+    for proto, opened in ports.items():
+        assert opened == set(range(1024, 65536)) - {9510, 9511}, proto
+    assert [(r["FromPort"], r["ToPort"]) for r in world if r["IpProtocol"] == "icmp"] == [(3, -1)]
+    assert len(rules) == 1 + len(world)
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_conntrack_sync_key_and_unit(name: str) -> None:
+    """ConntrackSync=on: the stack generates the group key in Secrets Manager, only the NATs' role may read it (that
+    secret only), and the bootstrap puts it in the key file (mode 0600), turns the sync on in the config and enables
+    the hardened unit from the verified bundle; with it off nothing of that runs (the unit is installed, idle)."""
+    template = load(name)
+    res = template["Resources"]
+    secret = res["ConntrackSyncKey"]
+    assert secret["Condition"] == "ConntrackSyncOn" and secret["Type"] == "AWS::SecretsManager::Secret"
+    assert secret["Properties"]["GenerateSecretString"]["PasswordLength"] >= 32  # the config's minimum
+    cond, key_policy, no_value = res["NatRole"]["Properties"]["Policies"][2]["Fn::If"]
+    assert cond == "ConntrackSyncOn" and no_value == {"Ref": "AWS::NoValue"}
+    (st,) = key_policy["PolicyDocument"]["Statement"]
+    assert (st["Effect"], st["Action"], st["Resource"]) == (
+        "Allow", "secretsmanager:GetSecretValue", {"Ref": "ConntrackSyncKey"})  # fmt: skip
+    data = res["NatLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    script, variables = data["UserData"]["Fn::Base64"]["Fn::Sub"]
+    assert variables["CtsyncKeySecret"] == {"Fn::If": ["ConntrackSyncOn", {"Ref": "ConntrackSyncKey"}, ""]}
+    order = ["conntrack-tools", "[conntrack_sync]\\nenabled = true", "umask 077 && aws secretsmanager get-secret-value",
+             '"$FILES/systemd/nat-ha-ctsync.service" /etc/systemd/system/',
+             "systemctl enable --now nat-ha-ctsync.service", "nat-ha wait-healthy"]  # fmt: skip
+    at = [script.index(step) for step in order]
+    assert at == sorted(at)
+    for step in order[:3] + order[4:5]:
+        line = next(x for x in script.splitlines() if step in x or step.split(" && ")[-1] in x)
+        guard = script[: script.index(line)].rsplit("\n", 3)
+        assert '"$CONNTRACK_SYNC" = on' in line or any('"$CONNTRACK_SYNC" = on' in g for g in guard), step
 
 
 def test_vpc_stack_shape() -> None:

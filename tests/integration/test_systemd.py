@@ -1,4 +1,4 @@
-"""The shipped systemd units: `systemd-analyze verify` clean, and both sandboxes' exposure <= 2.0.
+"""The shipped systemd units: `systemd-analyze verify` clean, and every sandbox's exposure <= 2.0.
 
 Static checks; tests/systemd runs the same units under a real systemd and shows the sandboxes hold.
 """
@@ -46,10 +46,14 @@ def _analyze(unit_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_units_exist() -> None:
-    assert {p.name for p in UNITS.glob("*.service")} == {"nat-ha.service", "nat-ha-setup.service"}
+    assert {p.name for p in UNITS.glob("*.service")} == {
+        "nat-ha.service",
+        "nat-ha-setup.service",
+        "nat-ha-ctsync.service",
+    }
 
 
-@pytest.mark.parametrize("unit", ["nat-ha.service", "nat-ha-setup.service"])
+@pytest.mark.parametrize("unit", ["nat-ha.service", "nat-ha-setup.service", "nat-ha-ctsync.service"])
 def test_verify_without_warnings(unit_dir: Path, unit: str) -> None:
     proc = _analyze(unit_dir, "verify", str(unit_dir / unit))
     assert proc.returncode == 0, proc.stderr
@@ -81,6 +85,38 @@ def test_agent_sandbox_exposure(unit_dir: Path) -> None:
 def test_setup_sandbox_exposure(unit_dir: Path) -> None:
     score = _exposure(unit_dir, "nat-ha-setup.service")
     assert score <= MAX_SETUP_EXPOSURE, f"nat-ha-setup.service exposure {score} > {MAX_SETUP_EXPOSURE}"
+
+
+def test_ctsync_sandbox_exposure(unit_dir: Path) -> None:
+    score = _exposure(unit_dir, "nat-ha-ctsync.service")
+    assert score <= MAX_EXPOSURE, f"nat-ha-ctsync.service exposure {score} > {MAX_EXPOSURE}"
+
+
+def test_ctsync_unit_contract() -> None:
+    """CAP_NET_ADMIN alone, as the agent's transient user (the control socket's owner), the key as a credential."""
+    text = (UNITS / "nat-ha-ctsync.service").read_text()
+    for line in (
+        "Type=notify",
+        "Restart=always",
+        "User=nat-ha",
+        "DynamicUser=yes",
+        "CapabilityBoundingSet=CAP_NET_ADMIN",
+        "AmbientCapabilities=CAP_NET_ADMIN",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "LoadCredential=ctsync.key:/etc/nat-ha/ctsync.key",
+        "RuntimeDirectory=nat-ha-ctsync",
+        "Before=nat-ha.service",
+        f"ExecStart={INSTALLED_BIN} ctsync --config /etc/nat-ha/config.toml",
+    ):
+        assert re.search(rf"^{re.escape(line)}$", text, re.MULTILINE), line
+    from agent.config import ConntrackSyncConfig
+
+    assert ConntrackSyncConfig().control_socket.startswith("/run/nat-ha-ctsync/")  # the RuntimeDirectory
+    assert ConntrackSyncConfig().key_file == "/etc/nat-ha/ctsync.key"  # the credential's source
+    # The agent's unit must keep its dynamic user's name "nat-ha" (no other User=) to share the socket.
+    agent = (UNITS / "nat-ha.service").read_text()
+    assert not re.search(r"^User=(?!nat-ha$)", agent, re.MULTILINE)
 
 
 def test_setup_unit_contract() -> None:

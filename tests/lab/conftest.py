@@ -8,6 +8,7 @@ gateway), and the process lab is gone before the systemd tier starts.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,12 +28,20 @@ def egress_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[netlab.NetL
     yield from _lab(tmp_path_factory, "egresslab", egress_ip="follow")
 
 
-def _lab(tmp_path_factory: pytest.TempPathFactory, name: str, **kwargs: Any) -> Iterator[netlab.NetLab]:
+@pytest.fixture(scope="module")
+def sync_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[netlab.NetLab]:
+    """Two NATs, egress_ip = "follow" and conntrack_sync: each NAT runs `nat-ha ctsync` too (test_flows.py)."""
+    if shutil.which("conntrack") is None:
+        pytest.skip("the flow tests need the conntrack tool (apt-get install conntrack)")
+    yield from _lab(tmp_path_factory, "synclab", n=2, egress_ip="follow", conntrack_sync=True)
+
+
+def _lab(tmp_path_factory: pytest.TempPathFactory, name: str, n: int = 3, **kwargs: Any) -> Iterator[netlab.NetLab]:
     reason = netlab.skip_reason()
     if reason:
         pytest.skip(reason)
     workdir = tmp_path_factory.mktemp(name)
-    the_lab = netlab.NetLab(workdir, n=3, **kwargs)
+    the_lab = netlab.NetLab(workdir, n=n, **kwargs)
     names: list[str] = []
     try:
         the_lab.__enter__()
@@ -49,6 +58,11 @@ def _lab(tmp_path_factory: pytest.TempPathFactory, name: str, **kwargs: Any) -> 
 def settled_lab(lab: netlab.NetLab) -> Iterator[netlab.NetLab]:
     """The lab with every route table at home and every NAT healthy, before and after the test."""
     yield from _settled(lab)
+
+
+@pytest.fixture
+def settled_sync_lab(sync_lab: netlab.NetLab) -> Iterator[netlab.NetLab]:
+    yield from _settled(sync_lab)
 
 
 @pytest.fixture

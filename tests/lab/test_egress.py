@@ -149,19 +149,8 @@ def _wait_event(lab: NetLab, since: float, kind: str, timeout: float, **match: s
 
 
 def _moved(lab: NetLab, since: float, timeout: float, home: bool) -> float | None:
-    """When the victim's table and its EIP had both moved (away from home, or back home) after ``since``."""
-    victim = lab.nats[VICTIM]
-    home_addr = lab.topo.egress_address(VICTIM, VICTIM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        routes = [e for e in lab.events_since(since, "route") if e.data["rtb"] == victim.route_table]
-        eips = [e for e in lab.events_since(since, "eip") if e.data["allocation"] == lab.allocations[VICTIM]]
-        r = next((e.t for e in routes if (e.data["target"] == victim.instance_id) == home), None)
-        x = next((e.t for e in eips if (e.data["private"] == home_addr) == home and e.data["private"]), None)
-        if r is not None and x is not None:
-            return max(r, x)
-        time.sleep(0.05)
-    return None
+    """When the victim's route table and its EIP had both moved (away from home, or back home) after ``since``."""
+    return lab.moved(VICTIM, since, timeout, home)
 
 
 def _check_egress(lab: NetLab, t_start: float, t_fault: float, t_end: float) -> None:

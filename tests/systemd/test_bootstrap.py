@@ -54,10 +54,10 @@ def test_templates_embed_the_bootstrap_file(name: str) -> None:
     data = template["Resources"]["NatLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
     text, variables = data["Fn::Base64"]["Fn::Sub"]
     assert text == userdata.template_text()
-    assert set(variables) == {"EgressTables", "NatSubnets", "NatEips"}  # the template's; the rest are parameters
+    assert set(variables) == {"EgressTables", "NatSubnets", "NatEips", "CtsyncKeySecret"}  # the rest: parameters
     assert userdata.names(userdata.template_text()) == {
         "NatHaGroup", "AWS::Region", "AWS::StackName", "Table", "NatHaArtifact", "NatHaArtifactSha256",
-        "MetricsListen", "EgressIp", "EgressTables", "NatSubnets", "NatEips",
+        "MetricsListen", "EgressIp", "EgressTables", "NatSubnets", "NatEips", "ConntrackSync", "CtsyncKeySecret",
     }  # fmt: skip
 
 
@@ -87,9 +87,13 @@ def test_user_data_installs_the_bundle_and_the_units_and_signals_a_failure(sdlab
              "persisted masquerade rule in /etc/nat-ha/nat-ha.nft", "include of /etc/nat-ha/nat-ha.nft")  # fmt: skip
     for item in steps:
         assert f"applied: {item}" in log, item
-    for unit in ("nat-ha-setup.service", "nat-ha.service"):
+    for unit in ("nat-ha-setup.service", "nat-ha.service", "nat-ha-ctsync.service"):
         assert (layer / "etc/systemd/system" / unit).read_text() == (REPO / "deploy/systemd" / unit).read_text()
+    for unit in ("nat-ha-setup.service", "nat-ha.service"):
         assert (layer / "etc/systemd/system/multi-user.target.wants" / unit).is_symlink(), f"{unit} not enabled"
+    # ConntrackSync=off (the default): the sync's unit is installed, not enabled, and no key is fetched.
+    assert not (layer / "etc/systemd/system/multi-user.target.wants/nat-ha-ctsync.service").exists()
+    assert not (layer / "etc/nat-ha/ctsync.key").exists() and "secretsmanager" not in log
     config = (layer / "etc/nat-ha/config.toml").read_text()
     assert config == (
         'group = "lab"\nregion = "us-east-1"\nmembers_from_tags = true\negress_ip = "off"\n\n'

@@ -429,3 +429,28 @@ def test_a_resumed_session_settles_its_tables_once_the_dead_processs_writes_cann
     assert g.world.targets["rtb-a"] == "i-a"
     assert new.coordinator.session is not None and new.coordinator.session.session == session.session
     assert not [line for line in lines if "took over" in line or "claimed" in line], lines
+
+
+def test_an_agent_restart_slower_than_silent_owner_after_moves_nothing() -> None:
+    """``systemctl restart`` on a loaded NAT or an upgrade with cold caches: the next process
+    resumes the session 6 s after the last one's exit. The exiting process's last renewal
+    announced the restart, so i-b waits (its NAT answers probes) instead of taking rtb-a after
+    silent_owner_after (undo renew_before_exit's grace: i-b takes rtb-a at 2 s)."""
+    g = settled()
+    old = g.agents["i-a"]
+    session = old.coordinator.session
+    assert session is not None and old.renew_before_exit()
+    lines = []
+    lines += g.cycle("i-b", 17)  # 6 s of i-b cycles while i-a's agent is away; its NAT answers probes
+    assert not [line for line in lines if "took over" in line], lines
+    assert any("agent of i-a restarting" in line for line in lines), lines
+    c = Config(group=GROUP, instance_id="i-a", members=MEMBERS, timing=Timing())
+    coordinator = Coordinator(g.store, GROUP, "i-a", g.clock, c.timing.lease)
+    coordinator.resume_session(session.session)
+    g.agents["i-a"] = Agent(c, coordinator, Ec2(g.world), g.probes, SelfHealth(), g.clock)
+    n = len(g.world.writes)
+    for _ in range(10):
+        g.cycle("i-a")
+        g.cycle("i-b")
+    assert all(g.store.raw_get(GROUP, "route#" + rt)["owner"] == home for rt, home in HOMES.items())
+    assert [w for w in g.world.writes[n:] if w[2] != "i-a" or w[1] != "rtb-a"] == []

@@ -220,6 +220,42 @@ def test_long_heartbeat_silence_moves_a_route_even_if_probes_answer() -> None:
     )
 
 
+def test_an_announced_agent_restart_is_waited_for_while_the_nat_answers_probes() -> None:
+    # The last renewal of a process exiting for a restart (systemctl restart, an upgrade)
+    # declares a grace: the NAT forwards all along, so a slow start of the next process must
+    # not move its route. (Undo silence_tolerated: the route moves at 2.0 s.)
+    w = World(me=B)
+    w.members[A] = dataclasses.replace(member(A), restart_grace_ms=10_000)
+    w.ages[A] = 9.9
+    d = w.decide()
+    assert d.actions == ()
+    assert "not moving rtb-a: agent of i-a restarting: heartbeat silent 9.9 s, it answers probes" in d.summary
+    w.ages[A] = 10.0
+    d = w.decide()
+    take = d.actions[0]
+    assert isinstance(take, TakeOver) and take.route_table == RA
+    assert d.summary == (
+        "took over rtb-a from i-a (term 2): heartbeat silent 10.0 s since it announced an agent restart "
+        "(it answers probes)"
+    )
+
+
+def test_an_announced_restart_does_not_delay_the_failover_of_a_nat_that_stops_answering() -> None:
+    w = World(me=B)
+    w.members[A] = dataclasses.replace(member(A), restart_grace_ms=10_000)
+    w.ages[A] = 1.1
+    w.probes[A] = DOWN
+    take = w.decide().actions[0]
+    assert isinstance(take, TakeOver) and take.route_table == RA
+
+
+def test_a_declared_restart_grace_is_capped_by_our_own() -> None:
+    w = World(me=B)
+    w.members[A] = dataclasses.replace(member(A), restart_grace_ms=3_600_000)  # a confused or hostile item
+    w.ages[A] = 10.0
+    assert isinstance(w.decide().actions[0], TakeOver)
+
+
 def test_route_of_an_owner_outside_the_group_is_taken_once_its_lease_ran_out() -> None:
     # Hole 5: i-x was removed from the config (or never in ours: config skew). Nobody probes
     # it, so the probe signal never comes; heartbeat silence past its lease is enough.

@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "agent.cycle": 3,
     "agent.runtime": 3,
     "agent.service": 3,
+    "agent.ctsync": 3,  # the connection-sync service (its own process, nat-ha ctsync)
     "agent.memberwatch": 3,
     "agent.watches": 3,
     "agent.handoff": 3,

@@ -99,6 +99,11 @@ def test_removing_keys(tmp_path: Path, edit: str, expected: str | None) -> None:
         ('[metrics]\nlisten = "9510"', "metrics.listen: '9510' must be host:port, e.g. 127.0.0.1:9510"),
         ("[timing]\nfailback_hold_down = 0.5", "timing.failback_hold_down: 0.5 s must be >= lease (1.0 s)"),
         (
+            "[timing]\nagent_restart_grace = 1.5",
+            "timing.agent_restart_grace: 1.5 s must be >= silent_owner_after (2.0 s): "
+            "an announced restart must not shorten the silence peers tolerate",
+        ),
+        (
             "[timing]\nrestart_after = 1",
             "timing.restart_after: 1.0 s must be >= 3 x (lease + margin) (3.30 s): "
             "restarts need stronger evidence than route moves",

@@ -294,6 +294,19 @@ def test_resume_continues_the_session_on_our_own_clock(backend: Backend, clock: 
     assert new.heartbeat(OK).version == 4
 
 
+def test_a_restart_announcement_is_stored_and_the_next_process_clears_it(backend: Backend, clock: FakeClock) -> None:
+    """The exiting process's last renewal declares its grace (peers read it back); the resume clears it."""
+    dead = started(backend.store, clock, "i-a")
+    dead.heartbeat(OK, restart_grace_s=10.0)
+    assert snap_member(dead, "i-a").restart_grace_ms == 10_000
+    new = Coordinator(backend.store, GROUP, "i-a", clock, LEASE)
+    new.resume_session(dead.session.session)  # type: ignore[union-attr]
+    assert snap_member(new, "i-a").restart_grace_ms == 0
+    new.heartbeat(OK, restart_grace_s=5.0)
+    new.heartbeat(OK)
+    assert snap_member(new, "i-a").restart_grace_ms == 0
+
+
 def test_resume_refuses_a_session_a_peer_expired_meanwhile(backend: Backend, clock: FakeClock) -> None:
     dead = started(backend.store, clock, "i-a")
     b = started(backend.store, clock, "i-b")

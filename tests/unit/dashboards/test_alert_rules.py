@@ -24,6 +24,7 @@ REQUIRED_ALERTS = {
     "NatHaLeaseRenewalsFailing",
     "NatHaPeerRestartLoop",
     "NatHaSelfCheckFailing",
+    "NatHaConntrackSyncBroken",
 }
 RUNBOOK_BASE = "https://github.com/nat-ha/nat-ha/blob/main/dashboards/runbook.md"
 

@@ -141,3 +141,31 @@ def test_interface_addresses_from_ip_json() -> None:
     assert hostnat.interface_addresses(text, "ens5") == ["10.0.0.10", "10.0.0.21"]
     assert hostnat.interface_addresses(text) == ["127.0.0.1", "10.0.0.10", "10.0.0.21"]
     assert hostnat.interface_addresses("not json") == [] and hostnat.interface_addresses("") == []
+
+
+def test_flow_guard_chains_and_their_parsers() -> None:
+    guard = hostnat.FlowGuard((("10.0.100.21", "rtb-a"), ("10.0.100.22", "rtb-b")), True, ("10.0.0.0/8", "1.2.3.0/24"))
+    text = hostnat.nft_ruleset("ens5", [hostnat.Snat("10.0.1.0/24", "10.0.100.21")], guard)
+    assert hostnat.nft_guarded_addresses(text) == {"10.0.100.21", "10.0.100.22"}
+    assert hostnat.nft_firewall_present(text, "ens5") and not hostnat.nft_firewall_present(text, "eth0")
+    assert hostnat.nft_masquerade_interfaces(text) == ["ens5"]
+    assert hostnat.nft_snats(text, "ens5") == [hostnat.Snat("10.0.1.0/24", "10.0.100.21")]
+    # as `nft list` prints it back: its own order of the states, counters filled in
+    listed = text.replace("{ new, invalid }", "{ invalid, new }").replace(
+        "counter comment", "counter packets 5 bytes 300 comment"
+    )
+    assert hostnat.nft_guarded_addresses(listed) == {"10.0.100.21", "10.0.100.22"}
+    off = hostnat.nft_ruleset("ens5", [], hostnat.FlowGuard(guard.addresses, firewall=False))
+    assert hostnat.nft_guarded_addresses(off) and not hostnat.nft_firewall_present(off, "ens5")
+    assert not hostnat.nft_guarded_addresses(hostnat.nft_ruleset("ens5"))
+    other_table = text.replace("table ip nat_ha", "table ip other")
+    assert not hostnat.nft_guarded_addresses(other_table) and not hostnat.nft_firewall_present(other_table, "ens5")
+    json_text = (
+        '{"nftables": [{"metainfo": {}}, {"rule": {"comment": "rtb-a", "expr": [{"match": {}}, '
+        '{"counter": {"packets": 7, "bytes": 400}}]}}, {"rule": {"comment": "nat-ha guard", "expr": '
+        '[{"counter": {"packets": 9}}]}}]}'
+    )
+    assert hostnat.nft_inbound_counters(json_text) == {"rtb-a": 7}
+    assert hostnat.nft_inbound_counters("not json") == {}
+    assert "-net.netfilter.nf_conntrack_tcp_be_liberal = 1" in hostnat.sysctl_conf_text(conntrack=True)
+    assert "nf_conntrack" not in hostnat.sysctl_conf_text()

@@ -260,3 +260,31 @@ def test_kept_open_proc_sys_descriptor_sees_sysctl_changes_in_a_netns() -> None:
         assert run.stdout.strip() == "[False, True, False, True]"  # a new namespace starts with ip_forward 0
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10, check=False)
+
+
+# ------------------------------------------------------------- conntrack_sync's flow_guard
+def test_flow_guard_needs_the_guard_firewall_and_sysctls(tmp_path: Path) -> None:
+    from agent.host import nat as hostnat
+    from agent.host.selfcheck import FlowGuardCheck
+
+    root = procfs(tmp_path)
+    guard = hostnat.FlowGuard((("10.0.100.21", "rtb-a"), ("10.0.100.22", "rtb-b")), True, ("10.0.0.0/8",))
+    persisted = tmp_path / "root" / "etc" / "nat-ha"
+    persisted.mkdir(parents=True)
+    (persisted / "nat-ha.nft").write_text(hostnat.nft_ruleset("eth0", [], guard))
+    want = FlowGuardCheck(("10.0.100.21", "10.0.100.22"), "eth0", True)
+    c = SelfChecker(SelfCheckConfig(procfs=root, rules_interval=0.1), run=lambda argv: None,
+                    persist_root=str(tmp_path / "root"), flow_guard=want)  # fmt: skip
+    h = c.check(0.0)  # live rules unreadable (no CAP_NET_ADMIN): the persisted file stands in
+    assert h.checks["flow_guard"] is False
+    assert "nf_conntrack_tcp_loose is unreadable" in h.detail and "run nat-ha setup-nat" in h.detail
+    for key in hostnat.CONNTRACK_SYSCTLS:
+        Path(root, "sys", *key.split(".")).write_text("1\n")
+    assert c.check(1.0).checks["flow_guard"] is True
+    (persisted / "nat-ha.nft").write_text(hostnat.nft_ruleset("eth0", [], hostnat.FlowGuard(guard.addresses[:1])))
+    h = c.check(2.0)
+    assert h.checks["flow_guard"] is False and "no guard rule for 10.0.100.22" in h.detail
+    assert "no firewall on eth0" not in h.detail  # FlowGuard's default: firewall on
+    (persisted / "nat-ha.nft").write_text(hostnat.nft_ruleset("eth0", [], hostnat.FlowGuard(guard.addresses, False)))
+    assert "no firewall on eth0" in c.check(3.0).detail
+    assert "flow_guard" not in checker(tmp_path).check(0.0).checks  # conntrack_sync off: no such check
