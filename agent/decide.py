@@ -130,6 +130,7 @@ class Observation:
     egress: dict[str, Ec2Address] = field(default_factory=dict)  # route table -> where its Elastic IP sits
     reassert_address: dict[str, str] = field(default_factory=dict)  # held table -> why to associate its EIP again
     handovers_in_doubt: frozenset[str] = frozenset()  # held tables whose write to a successor failed lately
+    unrouted: frozenset[str] = frozenset()  # held tables we claimed, moved nothing of, EC2 shows at home
     last_resort: str = ""  # the NAT gateway to route a table nobody in the group can serve to ("": none)
     paused: dict[str, str] = field(default_factory=dict)  # route table -> who paused it (group or table)
     group_paused: str = ""  # who paused the whole group ("": not paused): no restarts either
@@ -554,21 +555,32 @@ def _plan_address(obs: Observation, rt: str, r: RouteItem) -> EnsureAddress | st
 
 
 def _plan_failback_done(v: _View, rt: str, r: RouteItem, home: str) -> HandOver | None:
-    """EC2 already routes a table we hold to its healthy home: hand the lease over.
+    """EC2 routes a table we hold where a fail-back would put it, or we never moved it: hand the lease over.
 
     Our hand-over's write reached EC2 though its reply did not (or a write landed late): the
     table is where a fail-back would put it, and moving it back to us would be one move too
     many. Its Elastic IP goes with the lease unless it is with the home already.
+
+    Or we claimed the table and no write of ours to it (route, Elastic IP) has reached EC2 since (EC2 was out, or
+    throttled or refused every one): we never moved it, and its home can serve it again. Moving
+    it to us now would move a healthy NAT's table (sim seed 379: an EC2 outage held a takeover
+    back 10 s while the home came back). Only where EC2 shows it at its home, or we have not read
+    EC2 since we claimed it (agent.cycle.observe), and its Elastic IP (egress_ip = follow) is with
+    the home: the lease alone goes back, and the home routes it where it is not there already.
+    No hold-down: we moved nothing, nothing flaps.
     """
     obs = v.obs
-    ec2 = obs.ec2.get(rt)
-    if rt not in obs.handovers_in_doubt or ec2 is None or ec2.state != "active":
-        return None  # only after a write of ours that may have landed: an older view says nothing
-    if home == obs.me or ec2.target != home or not v.eligible(home):
+    if home == obs.me or not v.eligible(home):
         return None
     m = v.member(home)
     assert m is not None
     lease_only = _address_with(obs, rt, home)
+    if rt in obs.unrouted and lease_only:
+        why = f"{rt}'s home {home} can serve it again and no write of mine reached EC2: handing it back"
+        return HandOver(rt, r, m, "failback", "home_healthy", why, write_route=False)
+    ec2 = obs.ec2.get(rt)
+    if rt not in obs.handovers_in_doubt or ec2 is None or ec2.state != "active" or ec2.target != home:
+        return None  # only after a write of ours that may have landed: an older view says nothing
     why = f"EC2 already routes {rt} to its home {home}: handing the lease over" + (
         "" if lease_only else " with its Elastic IP"
     )

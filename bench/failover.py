@@ -40,6 +40,7 @@ import argparse
 import itertools
 import json
 import math
+import random
 import signal
 import statistics
 import sys
@@ -55,6 +56,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from agent import __version__  # noqa: E402
+from agent.config import Timing  # noqa: E402
 from agent.host.runstate import LOOP_WINDOW  # noqa: E402
 from agent.lab import nspawn  # noqa: E402
 from agent.lab.localgroup import Nat  # noqa: E402
@@ -65,6 +67,10 @@ AGENT_FAULTS = ("agent_kill", "agent_restart", "agent_upgrade")  # systemd only:
 PROCESS_FAULTS = ("crash", "hang", "forwarding", "drain", "partition", "frozen_write")
 FAULTS = (*PROCESS_FAULTS, *AGENT_FAULTS)
 SYSTEMD_FAULTS = ("crash", "hang", "drain", *AGENT_FAULTS)
+# A fault comes at a random point of the agents' heartbeat grid, as a real one does: a fixed wait
+# after the previous trial's fail-back (itself on that grid) would give every trial nearly the same
+# lease left at the fault, and a run's median would measure one phase, not the failover.
+FAULT_PHASES = random.Random(1)
 AGENT_SETTLE_S = 3.5  # after the take-over: past its settle write and any peer's silent_owner_after
 EGRESS_FAULTS = ("crash", "hang", "drain")
 EGRESS_ORDERS = ("route-first", "address-first")
@@ -228,7 +234,7 @@ class Runner:
         t_start = time.time()
         ping = lab.ping(VICTIM, 60)
         others = [lab.ping(i, 60) for i in range(1, lab.n)] if lab.egress else []  # every subnet's address
-        time.sleep(1.0)
+        time.sleep(1.0 + FAULT_PHASES.uniform(0.0, Timing().heartbeat_interval))
         tr.t_fault = t = time.time()
         drain_cmd = [
             "ip", "netns", "exec", lab.topo.nat_ns(VICTIM), sys.executable, "-m", "agent.commands.cli", "drain",
@@ -598,7 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--egress-order", choices=(*EGRESS_ORDERS, "both"), default="both",
                    help="with --egress-ip follow: the agents' egress_order (default: both, one lab each)")  # fmt: skip
     p.add_argument("--workdir", metavar="DIR", help="keep logs here (default: a temporary folder)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the faults' random phases (default 1)")
     args = p.parse_args(argv)
+    FAULT_PHASES.seed(args.seed)
     follow = args.egress_ip == "follow"
     if follow and args.systemd:
         p.error("--egress-ip follow runs in the process lab (the systemd lab has no internet gateway)")

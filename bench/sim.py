@@ -69,6 +69,7 @@ def one(seed: int) -> dict[str, object]:
         "gateway_stays": r.gateway_stays,
         "stray_after_landing": r.stray_after_landing,
         "healthy_nat_stops": r.healthy_nat_stops,
+        "stops_after_send_recovery": r.stops_after_send_recovery,
         "healthy_home_moves": r.healthy_home_moves,
         "latency_only": bool(r.scenario.faults) and all(f.kind in LATENCY_KINDS for f in r.scenario.faults),
         "clock_pauses": r.clock_pauses,
@@ -76,6 +77,8 @@ def one(seed: int) -> dict[str, object]:
         "new_world": new_world(r.scenario),
         "late_arrivals": r.late_arrivals,
         "account_throttled": r.throttled_s,
+        "outage_tag_propagation": r.outage_tag_propagation,
+        "mismatch_tag_propagation": r.mismatch_tag_propagation,
         "report": "" if r.ok else r.report(),
     }
 
@@ -128,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "stray_write_max_correction_s": round(max(corrections, default=0.0), 3),
         "stray_write_max_after_landing_s": round(max(after_landing, default=0.0), 3),
         "healthy_nat_stops": sum(int(r["healthy_nat_stops"]) for r in results),  # type: ignore[call-overload]
+        "stops_after_send_recovery": sum(int(r["stops_after_send_recovery"]) for r in results),  # type: ignore[call-overload]
         "healthy_home_moves": sum(int(r["healthy_home_moves"]) for r in results),  # type: ignore[call-overload]
         "healthy_home_moves_latency_only": sum(
             int(r["healthy_home_moves"])  # type: ignore[call-overload]
@@ -162,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         "egress_mismatch_throttled_seeds": sum(1 for r in results if float(r["mismatch_throttled"]) > 0),  # type: ignore[arg-type]
         "outage_throttled_s": round(sum(float(r["outage_throttled"]) for r in results), 2),  # type: ignore[arg-type]
         "outage_throttled_seeds": sum(1 for r in results if float(r["outage_throttled"]) > 0),  # type: ignore[arg-type]
+        "outage_tag_propagation_s": round(sum(float(r["outage_tag_propagation"]) for r in results), 2),  # type: ignore[arg-type]
+        "outage_tag_propagation_seeds": sum(1 for r in results if float(r["outage_tag_propagation"]) > 0),  # type: ignore[arg-type]
+        "egress_mismatch_tag_propagation_s": round(sum(float(r["mismatch_tag_propagation"]) for r in results), 2),  # type: ignore[arg-type]
+        "egress_mismatch_tag_propagation_seeds": sum(1 for r in results if float(r["mismatch_tag_propagation"]) > 0),  # type: ignore[arg-type]
         "last_resort_seeds": sum(1 for r in results if r["last_resort"]),
         "last_resort_stays": sum(len(r["gateway_stays"]) for r in results),  # type: ignore[arg-type]
         "last_resort_seeds_used": sum(1 for r in results if r["gateway_stays"]),
@@ -192,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     worst = summary["stray_write_max_after_landing_s"]
     print(f"{'stray writes':<24}{summary['stray_writes']}  (corrected at most {worst} s after landing)")
     print(
-        f"{'healthy NAT stops':<24}{summary['healthy_nat_stops']}   healthy home moves: "
+        f"{'healthy NAT stops':<24}{summary['healthy_nat_stops']} (and "
+        f"{summary['stops_after_send_recovery']} of a NAT that came back after the stop was sent)   "
+        f"healthy home moves: "
         f"{summary['healthy_home_moves']} ({summary['healthy_home_moves_latency_only']} in "
         f"{summary['latency_only_seeds']} latency-only seeds)"
     )
@@ -206,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         f"p99 {summary['outage_during_faults_p99_s']} s, max {summary['outage_during_faults_max_s']} s "
         f"({summary['outages_measured']} outages); not counted while AWS refused the account the "
         f"takeover's writes: {summary['outage_throttled_s']} s in {summary['outage_throttled_seeds']} seeds "
-        f"(AWS refused them {summary['account_throttled_s']} s in all, in {summary['account_throttled_seeds']} seeds)"
+        f"(AWS refused them {summary['account_throttled_s']} s in all, in {summary['account_throttled_seeds']} seeds); "
+        f"nor while IAM did not see the holder's own tag yet: {summary['outage_tag_propagation_s']} s in "
+        f"{summary['outage_tag_propagation_seeds']} seeds"
     )
     print(
         f"{'egress ip follows':<24}{summary['egress_seeds']} seeds ({summary['egress_address_first_seeds']} "
@@ -214,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['egress_mismatch_p50_s']} s, p99 {summary['egress_mismatch_p99_s']} s, max "
         f"{summary['egress_mismatch_max_s']} s ({summary['egress_mismatches_measured']} mismatches); not counted "
         f"while AWS refused the account the takeover's writes: "
-        f"{summary['egress_mismatch_throttled_s']} s in {summary['egress_mismatch_throttled_seeds']} seeds"
+        f"{summary['egress_mismatch_throttled_s']} s in {summary['egress_mismatch_throttled_seeds']} seeds; "
+        f"tag propagation: {summary['egress_mismatch_tag_propagation_s']} s in "
+        f"{summary['egress_mismatch_tag_propagation_seeds']} seeds"
     )
     print(
         f"{'last-resort gateway':<24}{summary['last_resort_seeds']} seeds with one; used in "

@@ -116,7 +116,7 @@ class Agent:
         ec2.attach_fence(self.fence)
         self.ec2_view = Ec2View(ctx, self.standing, self.session)
         self.observer = Observer(ctx)
-        self.restarts = Restarter(ctx, self.session, probes)
+        self.restarts = Restarter(ctx, self.session, self.standing, probes)
         self.exporter = Exporter(ctx, metrics) if metrics is not None else None
         # A cycle stops acting after this long (the rest waits a cycle): heartbeats and the
         # systemd watchdog (pinged once per cycle) never wait behind a long list of EC2 calls.

@@ -74,12 +74,10 @@ class Ec2View:
         ctx = self.ctx
         key = f"ec2read:{action}"
         try:
-            result = call()
+            result = self.standing.booked(action, call)
         except Ec2Error as exc:
-            self.standing.failed(exc, ctx.clock.monotonic(), write=False)
             ctx.error_once(key, f"{exc}; {meanwhile}")
             return None
-        self.standing.succeeded(action, ctx.clock.monotonic())
         ctx.error_cleared(key)
         return result
 

@@ -16,6 +16,7 @@ class RestartProgress:
     phase_started: float
     last_poll: float = -1e18
     stopped_as: MemberItem | None = None  # the peer's member item when we sent it a stop (expired by then)
+    watched: MemberItem | None = None  # the peer's member item the decision to stop it judged silent
 
 
 @dataclass
@@ -37,6 +38,11 @@ class Held:
     address_settled: bool = False  # the Elastic IP was associated again after settle_at (egress_ip = follow)
     address_due: str = ""  # why the Elastic IP must be associated again (a stray report), until it is
     last_address_write: float = -1e18  # our last confirmed association
+    # A write of ours to the table in this term (its route or its Elastic IP) may have reached EC2: it went
+    # through, or was sent and not refused. False only for a table we claimed whose every such write since
+    # was never sent, throttled or refused: we have moved nothing of it (agent.decide hands it to its home
+    # when that can serve it).
+    reached: bool = True
 
     def mark_tagged(self, now: float, *, address: bool = False) -> None:
         """Our holder-tag write on the table (``address``: its Elastic IP) went through at ``now``."""

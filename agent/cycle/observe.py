@@ -106,6 +106,23 @@ class Observer:
             del doubt[rt]
         return frozenset(doubt)
 
+    def unrouted(self, now: float) -> frozenset[str]:
+        """Held tables we claimed whose every write since (route, Elastic IP) was never sent, throttled or
+        refused (once no write of an earlier process of this session can land either), and that EC2 routes to
+        their home as far as we know: our last read shows it there, or we have not read EC2 since we
+        claimed it (an outage: our view is older than the claim, it may well still be there)."""
+        mem = self.ctx.memory
+        if now < mem.predecessor_writes_until:
+            return frozenset()
+        homes = self.ctx.homes
+        out = set()
+        for rt, h in mem.held.items():
+            seen = mem.ec2.get(rt)
+            at_home = seen is not None and seen.state == "active" and seen.target == homes.get(rt)
+            if not h.reached and (at_home or mem.ec2_read_at < h.acquired_at):
+                out.add(rt)
+        return frozenset(out)
+
     def observe(
         self, snapshot: GroupSnapshot, now: float, probes: dict[str, PeerProbe], health: Health, draining: bool
     ) -> Observation:
@@ -149,6 +166,7 @@ class Observer:
             egress=dict(mem.egress),
             reassert_address=self._address_reasserts(snapshot, now),
             handovers_in_doubt=self.handovers_in_doubt(now),
+            unrouted=self.unrouted(now),
             last_resort=ctx.config.ec2.last_resort_nat_gateway,
             paused=dict(mem.paused),
             group_paused=mem.group_paused,

@@ -27,6 +27,7 @@ from agent.cycle.context import Context
 from agent.cycle.memory import RestartProgress
 from agent.cycle.ports import ProbesLike
 from agent.cycle.session import SessionKeeper
+from agent.cycle.standing import Ec2Standing
 from agent.decide import ClaimRestart, probe_silence
 from coordinator.errors import Conflict
 from coordinator.items import (
@@ -37,29 +38,31 @@ from coordinator.items import (
     RESTART_STOPPING,
     GroupSnapshot,
     Health,
+    MemberItem,
     RestartItem,
 )
 
 log = logging.getLogger("nat_ha.agent")
 
 
+def _unchanged(current: MemberItem, seen: MemberItem | None) -> bool:
+    """The peer's member item is the one we saw: no heartbeat, no new session since."""
+    return seen is not None and (current.session, current.version) == (seen.session, seen.version)
+
+
 class Restarter:
-    def __init__(self, ctx: Context, session: SessionKeeper, probes: ProbesLike) -> None:
+    def __init__(self, ctx: Context, session: SessionKeeper, standing: Ec2Standing, probes: ProbesLike) -> None:
         self.ctx = ctx
         self.session = session
+        self.standing = standing  # every EC2 call of a restart is booked there (per-action throttling back-off)
         self.probes = probes
         # A stop's evidence must be this fresh at the send: one probe round and its timeout.
         self.fresh_within = ctx.config.probe.interval + ctx.config.probe.timeout
 
     def still_silent(self, target: str, snapshot: GroupSnapshot) -> bool:
         """Re-read the peer's heartbeat right before a destructive step: never stop a heartbeating peer."""
-        seen = snapshot.members.get(target)
         current = self.ctx.coordinator.read_group().members.get(target)
-        return (
-            seen is not None
-            and current is not None
-            and (current.session, current.version) == (seen.session, seen.version)
-        )
+        return current is not None and _unchanged(current, snapshot.members.get(target))
 
     def claim(self, a: ClaimRestart, snapshot: GroupSnapshot, health: Health) -> str:
         ctx = self.ctx
@@ -69,26 +72,30 @@ class Restarter:
         ctx.memory.restarts[a.target] = RestartProgress(ctx.clock.monotonic())
         return self.advance(item, snapshot, health)
 
-    def _stop_peer(self, item: RestartItem, snapshot: GroupSnapshot, health: Health, progress: RestartProgress) -> str:
+    def _stop_peer(self, item: RestartItem, health: Health, progress: RestartProgress) -> str:
         """Expire the peer's session, tag it stop-by us, stop it: each write fenced and confirmed at its send.
 
-        A stop sent again (the first did not take) goes only to the peer as we first stopped it: if its
-        member item changed since (a new session, however short), it came back and the restart ends.
+        Only the peer as the decision judged it: its member item must still be the one the decision saw
+        silent (or, once we expired it, the expired one). A peer whose item changed since - a heartbeat, a
+        new session, however short - came back, and the restart ends: a stop sent again after the first
+        did not take never expires a session the peer started since. And only with our own probes' fresh
+        evidence that it does not forward, checked before its session is expired and again at the send:
+        a NAT that answers probes keeps its session and is never stopped.
         """
         ctx = self.ctx
         target = item.target
         if not self.session.may_act(health):
             return f"not stopping {target}: our lease is short"
-        seen = snapshot.members.get(target)
+        expected = progress.stopped_as or progress.watched
         current = ctx.coordinator.read_group().members.get(target)
-        if seen is None or current is None or (current.session, current.version) != (seen.session, seen.version):
-            return f"not stopping {target}: it heartbeated"
-        before = progress.stopped_as
-        if before is not None and (current.session, current.version) != (before.session, before.version):
-            ctx.coordinator.set_restart_phase(item, RESTART_COOLDOWN)
-            ctx.memory.restarts.pop(target, None)
-            self._result(target, "failed")
-            return f"not stopping {target} again: it came back since the first stop (a new session)"
+        if current is None or not _unchanged(current, expected):
+            if progress.stopped_as is not None:
+                return self._came_back(item, f"not stopping {target} again: it came back since the first stop")
+            return self._came_back(item, f"not stopping {target}: it heartbeated since it was judged dead")
+        timing = ctx.timings
+        why = probe_silence(self.probes.snapshot().get(target), timing.restart_after, self.fresh_within)
+        if why:
+            return f"not stopping {target}: {why}"
         if current.state == MEMBER_ALIVE:
             # Expired first, conditional on the heartbeat we watched stay silent: a peer that comes back
             # must start a new session, which changes its item (the stop's confirmation sees it) and
@@ -96,25 +103,30 @@ class Restarter:
             try:
                 current = ctx.coordinator.expire_member(current)
             except Conflict:
-                return f"not stopping {target}: it heartbeated"
+                return self._came_back(item, f"not stopping {target}: it heartbeated")
         coordinator = ctx.coordinator
-        timing = ctx.timings
         expired = current
 
         def confirm(_operation: str) -> str:
             why = coordinator.confirm(restart=(target, item.term), unchanged=expired)
             return why or probe_silence(self.probes.snapshot().get(target), timing.restart_after, self.fresh_within)
 
-        why = probe_silence(self.probes.snapshot().get(target), timing.restart_after, self.fresh_within)
-        if why:
-            return f"not stopping {target}: {why}"
         progress.stopped_as = expired
+        standing = self.standing
         assert ctx.fence is not None
         with ctx.fence.frame(confirm=confirm):
             if ctx.holder:
-                ctx.ec2.tag_stop_by(target, ctx.holder)
-            ctx.ec2.stop(target)
+                standing.booked("CreateTags", lambda: ctx.ec2.tag_stop_by(target, ctx.holder))
+            standing.booked("StopInstances", lambda: ctx.ec2.stop(target))
         return ""
+
+    def _came_back(self, item: RestartItem, note: str) -> str:
+        """The peer heartbeated since the decision to stop it: this restart ends (a cooldown)."""
+        ctx = self.ctx
+        ctx.coordinator.set_restart_phase(item, RESTART_COOLDOWN)
+        ctx.memory.restarts.pop(item.target, None)
+        self._result(item.target, "failed")
+        return note
 
     def claim_own_instance(self) -> None:
         """The first thing a session does: tag our own instance ``nat-ha:stop-by=<our ARN>``.
@@ -131,7 +143,7 @@ class Restarter:
         assert ctx.fence is not None
         try:
             with ctx.fence.frame(confirm=lambda _op: coordinator.confirm()):
-                ctx.ec2.tag_stop_by(ctx.me, ctx.holder)
+                self.standing.booked("CreateTags", lambda: ctx.ec2.tag_stop_by(ctx.me, ctx.holder))
         except Ec2Error as exc:
             ctx.error_once(f"ec2:stop-tag:{exc.code}", f"cannot tag this instance: {exc}; will retry next cycle")
             return
@@ -157,7 +169,8 @@ class Restarter:
         if item.phase != RESTART_IDLE and now - progress.last_poll < t.restart_poll_interval:
             return ""
         progress.last_poll = now
-        state = ctx.ec2.instance_states([item.target]).get(item.target, "unknown")
+        states = self.standing.booked("DescribeInstances", lambda: ctx.ec2.instance_states([item.target]))
+        state = states.get(item.target, "unknown")
         ctx.memory.instance_states[item.target] = state
         if item.phase == RESTART_IDLE:
             if state == "stopped":
@@ -166,11 +179,15 @@ class Restarter:
                 return f"{item.target} is {state}: waiting before a restart"
             if not self.session.may_act(health) or not self.still_silent(item.target, snapshot):
                 return f"not stopping {item.target}: it heartbeated or our lease is short"
+            why = probe_silence(self.probes.snapshot().get(item.target), t.restart_after, self.fresh_within)
+            if why:
+                return f"not stopping {item.target}: {why}"
+            progress.watched = snapshot.members.get(item.target)  # what the decision judged silent
             # The attempt is counted before the stop is sent: a stop whose count was lost would
             # let the cap be exceeded; a count whose stop failed only reaches the cap sooner.
             item = ctx.coordinator.set_restart_phase(item, RESTART_STOPPING, attempts=item.attempts + 1)
             progress.phase_started = now
-            note = self._stop_peer(item, snapshot, health, progress)
+            note = self._stop_peer(item, health, progress)
             if not note:
                 self._result(item.target, "stopped")
                 ctx.on_event("peer_stopping", {"peer": item.target, "attempt": item.attempts})
@@ -179,7 +196,7 @@ class Restarter:
             if state == "stopped":
                 return self._start_peer(item, health, progress)
             if state == "running" and now - progress.phase_started >= 2 * t.restart_poll_interval:
-                return self._stop_peer(item, snapshot, health, progress)  # the stop did not take: send it again
+                return self._stop_peer(item, health, progress)  # the stop did not take: send it again
             return ""
         if item.phase == RESTART_STARTING and state == "running":
             ctx.coordinator.set_restart_phase(item, RESTART_COOLDOWN)
@@ -193,7 +210,7 @@ class Restarter:
         ctx = self.ctx
         if not self.session.may_act(health):
             return f"not starting {item.target} yet: our lease is short"
-        ctx.ec2.start(item.target)
+        self.standing.booked("StartInstances", lambda: ctx.ec2.start(item.target))
         ctx.coordinator.set_restart_phase(item, RESTART_STARTING, attempts=max(item.attempts, 1))
         progress.phase_started = ctx.clock.monotonic()
         self._result(item.target, "started")

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 from agent.aws.ec2 import THROTTLED, Ec2Error, api_name
 from agent.cycle.context import Context
@@ -32,6 +34,7 @@ from agent.decide import EC2_WRITES_CHECK
 from coordinator.items import MEMBER_ALIVE, Health
 
 log = logging.getLogger("nat_ha.agent")
+T = TypeVar("T")
 
 EC2_FAILURES_TO_GIVE_UP = 2  # consecutive failures of our own of route writes before we hand tables over
 # Refusals that are ours, not AWS's: our role may not write (IAM) or our credentials are refused.
@@ -49,6 +52,9 @@ REFUSED = frozenset(
 # No connection to the EC2 endpoint: ours when peers reach it, AWS's outage when nobody does.
 UNREACHABLE = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"})
 OWN_EC2_FAILURES = REFUSED | UNREACHABLE  # what can be ours (5xx, throttling and slow answers never are)
+# A write that failed with one of these was certainly not applied: no connection came up (nothing was
+# sent), or AWS answered with a refusal or throttling (it decides those before applying anything).
+NOT_APPLIED = REFUSED | THROTTLED | frozenset({"EndpointConnectionError", "ConnectTimeoutError"})
 EC2_PENALTY_MAX = 600.0  # longest stretch an agent whose writes are refused stays out (doubles from the hold-down)
 # Throttling back-off (first, longest; doubling) by kind of action. Writes retry soon: the mutating
 # bucket refills a token every 0.2 s, and a takeover write waiting on a long back-off is an outage.
@@ -97,6 +103,27 @@ class Ec2Standing:
     def backoff_left(self, action: str, now: float) -> float:
         b = self.ctx.memory.ec2_writes.backoffs.get(action_of(action))
         return max(0.0, b.until - now) if b is not None else 0.0
+
+    def hold_back(self, action: str, operation: str, now: float) -> None:
+        """Raise ``RequestLimitExceeded`` (not sent) while we back off after AWS throttled ``action``."""
+        if self.quiet(action, now):
+            left = self.backoff_left(action, now)
+            raise Ec2Error(operation, "RequestLimitExceeded", f"backing off {action} {left:.2f} s after throttling")
+
+    def booked(self, action: str, call: Callable[[], T]) -> T:
+        """One EC2 call outside a table's write frame (a read, a restart's stop, start or tag), booked:
+        held back while ``action`` backs off after throttling, its throttling backs that action off,
+        an answer says our path to EC2 works. Never counted as a failing write of ours: a stop that
+        IAM refuses is the stop-by fence working, not our role failing."""
+        ctx = self.ctx
+        self.hold_back(action, action, ctx.clock.monotonic())
+        try:
+            result = call()
+        except Ec2Error as exc:
+            self.failed(exc, ctx.clock.monotonic(), write=False)
+            raise
+        self.succeeded(action, ctx.clock.monotonic())
+        return result
 
     def _throttled(self, action: str, now: float) -> None:
         w = self.ctx.memory.ec2_writes

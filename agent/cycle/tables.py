@@ -39,7 +39,7 @@ from agent.aws.fence import FenceRefused, Permit
 from agent.cycle.context import Context
 from agent.cycle.memory import Held
 from agent.cycle.session import SessionKeeper
-from agent.cycle.standing import Ec2Standing
+from agent.cycle.standing import NOT_APPLIED, ROUTE_WRITES, Ec2Standing, action_of
 from agent.decide import Ec2Address, Ec2Route, EnsureAddress, EnsureRoute, HandOver, Release, RouteToGateway, TakeOver
 from coordinator.errors import CoordinatorError, StoreUnavailable
 from coordinator.items import Health
@@ -119,9 +119,7 @@ class TableWriter:
         clock = ctx.clock
         now = clock.monotonic()
         for action in actions:
-            if self.standing.quiet(action, now):
-                left = self.standing.backoff_left(action, now)
-                raise Ec2Error(operation, "RequestLimitExceeded", f"backing off {action} {left:.2f} s after throttling")
+            self.standing.hold_back(action, operation, now)
         if not self.session.may_act(health):
             raise FenceRefused(api_name(operation), "the lease is too short; renewing first")
         coordinator = ctx.coordinator
@@ -173,14 +171,20 @@ class TableWriter:
         missing = current is not None and current.state == "missing"
         tag = bool(ctx.holder) and h is not None and not h.tagged
         actions = ("CreateRoute" if missing else "ReplaceRoute",) + (("CreateTags",) if tag else ())
-        with (
-            self._table_write("replace_route", route_table, term, target, health, actions=actions),
-            self._holder_tagged(h, (lambda: ctx.ec2.tag_holder(route_table, ctx.holder)) if tag else None),
-        ):
-            done = ctx.ec2.point_route(route_table, target, missing=missing)
+        try:
+            with (
+                self._table_write("replace_route", route_table, term, target, health, actions=actions),
+                self._holder_tagged(h, (lambda: ctx.ec2.tag_holder(route_table, ctx.holder)) if tag else None),
+            ):
+                done = ctx.ec2.point_route(route_table, target, missing=missing)
+        except Ec2Error as exc:
+            if h is not None and action_of(exc.operation) in ROUTE_WRITES and exc.code not in NOT_APPLIED:
+                h.reached = True  # sent and not refused: it may have landed, or may still land
+            raise
         self.standing.succeeded("ReplaceRoute", ctx.clock.monotonic())
         mem.ec2[route_table] = Ec2Route(target, "active")
         if h is not None:
+            h.reached = True
             h.last_write = ctx.clock.monotonic()
             h.first_tagged_at = -1e18  # written: a later tag write starts a new propagation excuse
             h.propagation_refusals = 0
@@ -213,7 +217,7 @@ class TableWriter:
             ctx.on_event("peer_expired", {"peer": a.expire.instance})
         route = ctx.coordinator.claim_route(a.route_table, a.route, ctx.homes.get(a.route_table, ""))
         now = clock.monotonic()
-        mem.held[a.route_table] = Held(route.term, now, now + ctx.timings.ec2_apply_horizon)
+        mem.held[a.route_table] = Held(route.term, now, now + ctx.timings.ec2_apply_horizon, reached=False)
         mem.relinquished.pop(a.route_table, None)
         previous = a.route.owner if a.route else ""
         ctx.on_event("claimed", {"route_table": a.route_table, "term": route.term, "from": previous})
@@ -368,16 +372,24 @@ class TableWriter:
         h = mem.held.get(rt)
         tag = bool(ctx.holder) and h is not None and not h.address_tagged
         actions = ("AssociateAddress",) + (("CreateTags",) if tag else ())
-        with (
-            self._table_write("associate_address", rt, term, target, health, actions=actions),
-            self._holder_tagged(h, (lambda: ctx.ec2.tag_address_holder(rt, ctx.holder)) if tag else None, address=True),
-        ):
-            ctx.ec2.associate_address(rt, target)
+        try:
+            with (
+                self._table_write("associate_address", rt, term, target, health, actions=actions),
+                self._holder_tagged(
+                    h, (lambda: ctx.ec2.tag_address_holder(rt, ctx.holder)) if tag else None, address=True
+                ),
+            ):
+                ctx.ec2.associate_address(rt, target)
+        except Ec2Error as exc:
+            if h is not None and action_of(exc.operation) == "AssociateAddress" and exc.code not in NOT_APPLIED:
+                h.reached = True  # sent and not refused: it may have landed, or may still land
+            raise
         now = ctx.clock.monotonic()
         self.standing.succeeded("AssociateAddress", now)
         mem.egress[rt] = Ec2Address(target, before.public_ip if before is not None else "")
         h = mem.held.get(rt)
         if h is not None:
+            h.reached = True
             h.last_address_write = now
             h.address_first_tagged_at = -1e18  # associated: a later tag write starts a new propagation excuse
             h.propagation_refusals = 0

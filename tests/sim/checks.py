@@ -14,14 +14,19 @@
 (b) Liveness during faults: while a member could serve (it forwards, its agent runs
     unfrozen, it reaches AWS - whatever its session) and AWS itself works, no route table
     points at a NAT that does not forward for more than 3 s (more when a member runs a
-    longer lease: 3 s + its lease + margin - 1.1 s). Every such interval is measured. The
-    clock stops while AWS refuses the account the writes a takeover needs (their token
-    buckets are dry); that time is reported on its own.
+    slower timing: 3 s + the larger of its lease + margin - 1.1 s and its
+    silent_owner_after - 2 s). Every such interval is measured. The clock stops while
+    AWS refuses the account the writes a takeover needs (their token buckets are dry),
+    and while IAM does not yet see the holder tag the table's holder wrote (EC2 applied
+    it: tag propagation, AWS's delay - no write of the holder's can go through before it,
+    and no agent can make IAM see a tag sooner); each is reported on its own.
 (c) Per fault, a table moves at most once plus one fail-back; a healthy NAT's home
     table never moves away from it unless an operator asked - healthy for 5 s: it forwards,
     its agent runs, its own AWS path answers (DynamoDB within 300 ms), whatever its session.
-(d) No NAT that answered probes, or heartbeated, within its lease before a stop landed is
-    stopped (EC2 has no conditional stop: no race is excused); restarts never exceed the cap.
+(d) No NAT that answered probes, or heartbeated, within its lease before a stop was sent is
+    stopped (EC2 has no conditional stop: no race before the send is excused); one that came
+    back only after the send (no agent can see it in time) is counted apart. Restarts never
+    exceed the cap.
     The last-resort NAT gateway forwards; a table routed to it while a healthy member could
     serve the table must come back within 3 s of counted time.
 (e) Egress follows the table (egress_ip = follow): while a table's route points at a NAT that
@@ -38,7 +43,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tests.sim.aws import Call
+from agent.aws.ec2 import HOLDER_TAG
+from agent.config import Timing
+from tests.sim.aws import Call, arn
 
 if TYPE_CHECKING:
     from tests.sim.world import World
@@ -47,6 +54,7 @@ OUTAGE_LIMIT = 3.0
 LAST_RESORT_LIMIT = OUTAGE_LIMIT  # (b): back from the NAT gateway within this once a member can serve
 EGRESS_LIMIT = 3.0  # (e): a table's traffic leaves a forwarding NAT without its own Elastic IP at most this long
 STRAY_CORRECTION_LIMIT = 1.0
+TIMING_DEFAULT = Timing()  # the bound of 3 s is stated for it
 HEALTHY_WINDOW = 5.0  # (c): a home table may not move while its home has been healthy this long
 
 
@@ -113,12 +121,16 @@ class Checker:
     mismatch_samples: list[float] = field(default_factory=list)
     mismatch_throttled: float = 0.0  # seconds of mismatch not counted: AWS throttled the account's writes
     outage_throttled: float = 0.0  # seconds of (b) outage not counted: the same
+    # Seconds not counted because IAM did not yet see the holder tag the table's holder wrote (tag propagation).
+    mismatch_tag_propagation: float = 0.0
+    outage_tag_propagation: float = 0.0
     on_gateway: dict[str, float] = field(default_factory=dict)  # table -> seconds counted on the NAT gateway now
     gateway_samples: list[float] = field(default_factory=list)  # every stay on the NAT gateway (all of it)
     gateway_since: dict[str, float] = field(default_factory=dict)
     stops: int = 0
     starts: int = 0
     healthy_nat_stops: int = 0
+    stops_after_send_recovery: int = 0  # stops sent to a silent NAT that came back before they landed
     healthy_home_moves: int = 0
     late_sends: int = 0
     late_arrivals: list[LateArrival] = field(default_factory=list)
@@ -313,20 +325,32 @@ class Checker:
 
     # ------------------------------------------------------------ (d) stops
     def stopped(self, call: Call, target: str) -> None:
-        """A stop landed on ``target``: it may not have answered probes or heartbeated within its lease."""
+        """A stop landed on ``target``: it may not have answered probes or heartbeated within its lease
+        before the stop was **sent** (the stopper's bytes left; after that nothing of the stopper's can
+        call it back, and the stop-by tag is AWS's last word). A NAT that came back only after the send
+        is counted apart (``stops_after_send_recovery``): no agent can observe it in time."""
         w = self.w
         now = w.k.now
         lease = w.timing(target).lease
+        sent = call.sent_at if call.sent_at >= 0 else now
         heartbeat = now - w.self_write_at.get(target, -1e9)
         silent = now - w.probe_silent_since.get(target, now)  # 0 while it answers
-        if w.forwards(target):
-            self.healthy_nat_stops += 1
-        if silent < lease or heartbeat < lease:
+        before = w.answered_between(target, sent - lease, sent) or w.heartbeated_between(target, sent - lease, sent)
+        if before:
+            if w.forwards(target):
+                self.healthy_nat_stops += 1
             why = "answers probes" if silent == 0 else f"answered probes {silent:.3f} s ago"
             self.violation(
                 f"{call.caller}'s stop landed on {target}, which {why} and heartbeated {heartbeat:.3f} s ago "
-                f"(its lease {lease} s){' and forwards' if w.forwards(target) else ''}",
+                f"(its lease {lease} s; it answered or heartbeated within it before the stop was sent "
+                f"{now - sent:.3f} s ago){' and forwards' if w.forwards(target) else ''}",
                 "d",
+            )
+        elif w.answered_between(target, sent, now) or w.heartbeated_between(target, sent, now):
+            self.stops_after_send_recovery += 1
+            w.log(
+                f"{call.caller}'s stop landed on {target}, which came back after the stop was sent "
+                f"{now - sent:.3f} s ago (silent for its lease before the send: unobservable, counted apart)"
             )
         self.stops += 1
         self.stops_since_healthy[target] += 1
@@ -377,6 +401,8 @@ class Checker:
             if bad and o is not None and can_act:
                 if throttled:
                     self.outage_throttled += dt
+                elif self._propagating(table, table):
+                    self.outage_tag_propagation += dt
                 else:
                     o.counted += dt
                     limit = self.outage_limit()
@@ -390,14 +416,40 @@ class Checker:
                 self.outage_samples.append(o.counted)
                 del self.outages[table]
         for table in w.homes:
-            self._sample_gateway(table, dt, can_act)
+            self._sample_gateway(table, dt, can_act and not throttled)
         for table in w.egress:
             self._sample_egress(table, dt, can_act, throttled)
 
+    def _propagating(self, table: str, resource: str) -> bool:
+        """IAM does not see yet the holder tag that ``table``'s lease holder wrote on ``resource`` (the table,
+        or its Elastic IP) and EC2 applied: until it does, IAM refuses every write of the holder's to it.
+
+        That is AWS's tag propagation, not the agent's delay: the holder tags before it writes, and
+        nothing it can do makes IAM see the tag sooner. Only the holder's own tag counts, only from
+        when EC2 applied it: a holder that has not tagged yet, or a tag of someone else's, stops no clock.
+        """
+        w = self.w
+        if not w.sc.holder_tag or not w.sc.tag_lag:
+            return False
+        owner = str((w.store.raw_get(w.group, "route#" + table) or {}).get("owner", ""))
+        if not owner:
+            return False
+        now = w.k.now
+        mine = arn(owner)
+        tags = w.cloud.tags
+        return tags.ec2(resource, now).get(HOLDER_TAG) == mine and tags.iam(resource, now).get(HOLDER_TAG) != mine
+
     def outage_limit(self) -> float:
-        """3 s at the default timing; a member with a longer lease (a rolling upgrade) is expired later."""
-        slowest = max(t.lease + t.margin for t in self.w.sc.all_timings)
-        return OUTAGE_LIMIT + max(0.0, slowest - 1.1)
+        """3 s at the default timing. A member running a slower timing (a rolling upgrade) waits longer by
+        its own configuration before it may take a table: a dead owner for its lease + margin (1.1 s by
+        default), a silent owner whose NAT answers probes for its ``silent_owner_after`` (2 s by default).
+        The bound grows by the larger of the two differences, no more: the user configured that wait."""
+        base = TIMING_DEFAULT
+        extra = max(
+            max(t.lease + t.margin - (base.lease + base.margin), t.silent_owner_after - base.silent_owner_after)
+            for t in self.w.sc.all_timings
+        )
+        return OUTAGE_LIMIT + max(0.0, extra)
 
     def _sample_gateway(self, table: str, dt: float, can_act: bool) -> None:
         """(b) for the last resort: a table on the NAT gateway while a member could serve it comes back."""
@@ -410,8 +462,8 @@ class Checker:
                 self.on_gateway.pop(table, None)
             return
         self.gateway_since.setdefault(table, now)
-        if not can_act:
-            return
+        if not can_act or self._propagating(table, table):
+            return  # counted as (b)'s clock is: not while AWS throttles or IAM lags the holder's tag
         counted = self.on_gateway.get(table, 0.0) + dt
         self.on_gateway[table] = counted
         limit = LAST_RESORT_LIMIT
@@ -448,6 +500,8 @@ class Checker:
             x = self.mismatches[table] = Mismatch(table, target, now, owner=owner)
         if can_act and throttled:
             self.mismatch_throttled += dt
+        elif can_act and self._propagating(table, w.egress[table].allocation_id):
+            self.mismatch_tag_propagation += dt
         elif can_act:
             x.counted += dt
             if x.counted > EGRESS_LIMIT and x.counted - dt <= EGRESS_LIMIT:

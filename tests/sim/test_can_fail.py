@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 import agent.config
+import agent.cycle.restarts
 import agent.decide
 from agent.aws.fence import Fence
 from agent.cycle.ec2view import Ec2View
@@ -63,7 +64,7 @@ def test_restart_without_the_silence_check_is_caught(monkeypatch: pytest.MonkeyP
     def evidence(v: agent.decide._View, t: agent.config.Timing, peer: str) -> str | None:
         return "probes fail" if v.probe_down(peer) and v.obs.instance_states.get(peer) == "running" else None
 
-    def stop_unchecked(self: Restarter, item: RestartItem, snapshot: object, health: object, progress: object) -> str:
+    def stop_unchecked(self: Restarter, item: RestartItem, health: object, progress: object) -> str:
         self.ctx.ec2.tag_stop_by(item.target, self.ctx.holder)  # (issue 17) no expiry, no checks at the send
         self.ctx.ec2.stop(item.target)
         return ""
@@ -71,6 +72,7 @@ def test_restart_without_the_silence_check_is_caught(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(agent.decide, "_restart_evidence", evidence)
     monkeypatch.setattr(Restarter, "still_silent", lambda self, target, snapshot: True)
     monkeypatch.setattr(Restarter, "_stop_peer", stop_unchecked)
+    monkeypatch.setattr(agent.cycle.restarts, "probe_silence", lambda *args, **kwargs: "")  # nor how long
     monkeypatch.setattr(Ec2View, "refresh", _refresh_always(Ec2View.refresh))
     # Whether a schedule exposes it depends on timing: the checker must catch it in some of a few.
     results = [run(partition_scenario(seed)) for seed in range(4)]

@@ -13,6 +13,7 @@ at the moment of every side effect and sampled every 50 ms (tests/sim/checks.py)
 
 from __future__ import annotations
 
+import bisect
 import logging
 import random
 import re
@@ -49,6 +50,7 @@ from tests.sim.scenario import (
 )
 
 GROUP = "sim"
+INF = float("inf")
 GATEWAY = "nat-0sim"  # the last-resort NAT gateway: a managed service, it always forwards
 PROBE_DOWN_AFTER = 0.6  # 3 lost probes of 0.2 s
 PROBE_UP_AFTER = 0.2
@@ -153,12 +155,15 @@ class Result:
     outage_throttled: float = 0.0
     gateway_stays: list[float] = field(default_factory=list)  # seconds each table spent on the NAT gateway
     stray_after_landing: list[float] = field(default_factory=list)  # seconds from each stray's landing to its fix
-    healthy_nat_stops: int = 0  # stops that landed on a NAT that forwarded
+    healthy_nat_stops: int = 0  # stops that landed on a NAT that forwarded and was not silent when they were sent
     healthy_home_moves: int = 0  # moves of a table (or its Elastic IP) away from its healthy home
     clock_pauses: int = 0  # VM pauses that stopped a guest's clock
     late_arrivals: int = 0  # writes that reached AWS after their writer's lease
     throttled_s: float = 0.0  # time AWS refused the takeover's writes for the account (buckets dry)
     throttled_calls: dict[str, int] = field(default_factory=dict)  # action -> RequestLimitExceeded answers
+    outage_tag_propagation: float = 0.0  # (b) seconds not counted: IAM did not see the holder's own tag yet
+    mismatch_tag_propagation: float = 0.0  # (e) the same
+    stops_after_send_recovery: int = 0  # stops sent to a NAT silent for its lease that came back before they landed
 
     @property
     def ok(self) -> bool:
@@ -244,6 +249,8 @@ class World:
         self.clock_pauses = 0
         self.thaw_waiters: dict[str, list[Callable[[], None]]] = {}  # instance -> what waits for its VM
         self.probe_silent_since: dict[str, float] = {}  # instance -> since when it answers no probes
+        self.probe_silences: dict[str, list[list[float]]] = {}  # instance -> [start, end) of each silent stretch
+        self.heartbeats: dict[str, list[float]] = {}  # instance -> when each write of its own member item applied
         self.cloud = SimCloud(self)
         for rt, home in self.homes.items():
             self.cloud.routes[rt] = [(-1e9, home)]
@@ -585,6 +592,7 @@ class World:
             who = key[len("member#") :]
             if not attrs.get("expired_by"):
                 self.self_write_at[who] = self.k.now
+                self.heartbeats.setdefault(who, []).append(self.k.now)
                 sent = self.pending_send.get(str(attrs.get("token")))
                 if attrs.get("state") == MEMBER_ALIVE and sent is not None:
                     k = (who, str(attrs["session"]))
@@ -824,12 +832,27 @@ class World:
                 return False
         return True
 
+    def answered_between(self, b: str, start: float, end: float) -> bool:
+        """``b`` answered probes (the world's view) at some moment of [start, end]."""
+        return not any(s <= start and e > end for s, e in self.probe_silences.get(b, []))
+
+    def heartbeated_between(self, b: str, start: float, end: float) -> bool:
+        """A write of ``b``'s own member item (a heartbeat, a new session) applied in [start, end]."""
+        times = self.heartbeats.get(b, [])
+        i = bisect.bisect_left(times, start)
+        return i < len(times) and times[i] <= end
+
     def refresh_reach(self) -> None:
         for b in self.sc.members:
+            stretches = self.probe_silences.setdefault(b, [])
             if self.answers_probes(b):
                 self.probe_silent_since.pop(b, None)
+                if stretches and stretches[-1][1] == INF:
+                    stretches[-1][1] = self.k.now
             else:
                 self.probe_silent_since.setdefault(b, self.k.now)
+                if not stretches or stretches[-1][1] != INF:
+                    stretches.append([self.k.now, INF])
         for a in self.sc.members:
             for b in self.sc.members:
                 if a == b:
@@ -1140,6 +1163,9 @@ def run(sc: Scenario, end: float | None = None, *, first_violation: bool = False
         len(c.late_arrivals),
         world.cloud.throttled_s,
         dict(world.cloud.refused),
+        c.outage_tag_propagation,
+        c.mismatch_tag_propagation,
+        c.stops_after_send_recovery,
     )
 
 

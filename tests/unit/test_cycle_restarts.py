@@ -308,6 +308,37 @@ def test_a_stop_is_refused_at_its_send_when_the_peer_started_a_new_session() -> 
     assert any("it came back since the first stop" in line for line in lines), lines
 
 
+def test_a_peer_that_answers_probes_when_its_stop_is_due_keeps_every_session_it_starts() -> None:
+    # Sim seed 1397: the peer's NAT came back just as its restart was claimed. The stopper expired its
+    # session before looking at its probes, found it answering, kept the restart in "stopping", and on
+    # every resend expired the new session the peer had started (it was the item it had just read):
+    # a healthy NAT lost its session every 2 s, and with it its tables. (Undo: check the probes after
+    # the expiry, or judge a resend by the item of this cycle.)
+    g = settled()
+    dies(g, "i-b")
+    a = g.agents["i-a"]
+    states = a.ctx.ec2.instance_states
+    restarting: list[bool] = []
+
+    def revive_at_the_restart(instances: list[str]) -> dict[str, str]:
+        if not restarting and g.store.raw_get(GROUP, "restart#i-b") is not None:
+            restarting.append(True)
+            g.world.dead.pop("i-b", None)  # its NAT answers probes from now on
+        return states(instances)
+
+    a.ctx.ec2.instance_states = revive_at_the_restart  # type: ignore[method-assign]
+    g.cycle("i-a", 20)
+    assert restarting, "the restart was never claimed: the test shows nothing"
+    g.both(4)  # i-b starts a new session (i-a expired the old one when it took rtb-b)
+    session = g.agents["i-b"].coordinator.session
+    assert session is not None
+    g.both(20)  # 7 s
+    assert g.stops() == []
+    assert g.store.raw_get(GROUP, "member#i-b")["state"] == "alive"
+    now = g.agents["i-b"].coordinator.session
+    assert now is not None and now.session == session.session, "the stopper expired a session of a NAT that forwards"
+
+
 def test_a_nat_that_forwards_but_cannot_reach_aws_loses_its_tables_and_is_never_stopped() -> None:
     # Issue 17, finding 5: its agent is silent (no DynamoDB) while its NAT answers probes. Its table moves
     # after silent_owner_after; no stop, however long it lasts. (Undo: let decide._restart_evidence accept a

@@ -324,3 +324,27 @@ def test_a_failure_to_connect_counted_regardless_of_peers_keeps_tables_on_a_dead
         g, after = outage_takeover(30.0)
     assert g.agents["i-a"].memory.ec2_writes.penalty == 0.0  # out "until EC2 answers", not for a fixed time
     assert after > 0.35, after
+
+
+def test_a_claim_held_back_by_an_outage_goes_back_to_its_home_when_both_are_back() -> None:
+    # Sim seed 379: EC2 is out for everyone; i-b dies and i-a takes its leases but cannot write them; i-b
+    # comes back and has been healthy a while when EC2 answers again. Its tables never moved: writing them
+    # to i-a now would move a healthy NAT's tables; i-a hands the leases back and no route moves.
+    # (Undo: make Observer.unrouted return nothing - i-a routes all three to itself.)
+    g = paths(metrics=True)
+    world(g).down = {"i-a", "i-b"}
+    with dead(g, "i-b"):
+        g.cycle("i-a", 4)
+    assert all(owner(g, rt) == "i-a" for rt in B_TABLES)
+    for _ in range(10):  # i-b is back (a new session) and healthy, EC2 still out for everyone
+        g.cycle("i-b")
+        g.cycle("i-a")
+    world(g).down = set()
+    n = len(g.world.writes)
+    for _ in range(10):
+        g.cycle("i-a")
+        g.cycle("i-b")
+    assert all(owner(g, rt) == "i-b" for rt in B_TABLES)
+    assert all(g.world.targets[rt] == "i-b" for rt in B_TABLES)
+    moved = [w for w in g.world.writes[n:] if w[0] == "ReplaceRoute" and w[2] == "i-a"]
+    assert moved == [], f"a healthy home's tables were routed away from it: {moved}"

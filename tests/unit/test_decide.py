@@ -77,6 +77,7 @@ class World:
     reassert: dict[str, str] = field(default_factory=dict)
     relinquished: dict[str, int] = field(default_factory=dict)
     handovers_in_doubt: frozenset[str] = frozenset()
+    unrouted: frozenset[str] = frozenset()
     self_unhealthy_since: float | None = None
     now: float = 100.0
 
@@ -108,6 +109,7 @@ class World:
             relinquished=self.relinquished,
             self_unhealthy_since=self.self_unhealthy_since,
             handovers_in_doubt=self.handovers_in_doubt,
+            unrouted=self.unrouted,
         )
 
     def decide(self) -> Decision:
@@ -388,16 +390,22 @@ def test_holder_repairs_ec2_route(ec2: Ec2Route, shown: str) -> None:
     assert d.summary == f"routing rtb-a to me (EC2 shows {shown})"
 
 
+def holding_b_routed_at_its_home() -> World:
+    """i-a holds rtb-b (term 2); EC2 shows it at its home i-b, healthy but not for the hold-down yet."""
+    w = World(me=A)
+    w.routes[RB] = route(RB, A, term=2, session="s-i-a")
+    w.healthy_since[B] = w.now - 2.0
+    w.ec2 = {RA: Ec2Route(A), RB: Ec2Route(B), RC: Ec2Route(C)}
+    return w
+
+
 def test_holder_whose_table_ec2_already_routes_to_its_healthy_home_hands_the_lease_over() -> None:
     """A hand-over write that reached EC2 though its reply did not: finish the fail-back, lease only.
 
     Moving the route back here would be one move too many (seed 8996). Elsewhere than the home it
     is repaired as ever.
     """
-    w = World(me=A)
-    w.routes[RB] = route(RB, A, term=2, session="s-i-a")
-    w.healthy_since[B] = w.now - 2.0  # healthy, but not for failback_hold_down yet
-    w.ec2 = {RA: Ec2Route(A), RB: Ec2Route(B), RC: Ec2Route(C)}
+    w = holding_b_routed_at_its_home()
     assert isinstance(w.decide().actions[0], EnsureRoute), "no write of ours in doubt: an old view says nothing"
     w.handovers_in_doubt = frozenset({RB})
     d = w.decide()
@@ -411,6 +419,22 @@ def test_holder_whose_table_ec2_already_routes_to_its_healthy_home_hands_the_lea
     w.ec2[RB] = Ec2Route(B)
     dead(w, B)
     assert isinstance(w.decide().actions[0], EnsureRoute), "an unhealthy home gets nothing"
+
+
+def test_a_claim_whose_route_never_reached_ec2_goes_back_to_its_home_once_it_can_serve() -> None:
+    """Sim seed 379: an EC2 outage held our takeover write back while the home came back (healthy 10 s by
+    the time EC2 answered). Writing the route to us then would move a healthy NAT's table: the home gets
+    the lease back, no hold-down (nothing of ours moved). (Undo: drop ``unrouted`` from the decision.)"""
+    w = holding_b_routed_at_its_home()
+    assert isinstance(w.decide().actions[0], EnsureRoute), "a write of ours may have reached EC2: routed here"
+    w.unrouted = frozenset({RB})
+    why = "rtb-b's home i-b can serve it again and no write of mine reached EC2: handing it back"
+    expected = HandOver(RB, w.routes[RB], w.members[B], "failback", "home_healthy", why, write_route=False)
+    assert w.decide().actions == (expected,)
+    w.ec2[RB] = Ec2Route("", "missing")  # wherever it is, we did not put it there: the home routes it itself
+    assert w.decide().actions == (expected,)
+    dead(w, B)
+    assert isinstance(w.decide().actions[0], EnsureRoute), "a home that cannot serve gets nothing"
 
 
 def test_non_holder_never_writes_a_route() -> None:
