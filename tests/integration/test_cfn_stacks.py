@@ -136,13 +136,16 @@ def for_moto(template: dict[str, Any], params: dict[str, str]) -> dict[str, Any]
     t = _walk(t, subnet_cidr)
     # Workaround 3: moto keeps the AWS::NoValue of an Fn::If inside the role's Policies list.
     role = t["Resources"]["NatRole"]["Properties"]
-    from_s3 = str(param_value(t, params, "NatHaArtifact")).startswith("s3://")
+    conditions = {
+        "ArtifactFromS3": str(param_value(t, params, "NatHaArtifact")).startswith("s3://"),
+        "ConntrackSyncOn": str(param_value(t, params, "ConntrackSync")) == "on",
+    }
     kept = []
     for entry in role["Policies"]:
         if "Fn::If" in entry:
             cond, yes, no = entry["Fn::If"]
-            assert cond == "ArtifactFromS3" and no == {"Ref": "AWS::NoValue"}, entry
-            entry = yes if from_s3 else None
+            assert cond in conditions and no == {"Ref": "AWS::NoValue"}, entry
+            entry = yes if conditions[cond] else None
         if entry is not None:
             kept.append(entry)
     role["Policies"] = kept
@@ -376,8 +379,12 @@ def test_vpc_stack_in_moto(moto: ServerProcess, tmp_path: Path) -> None:
     }
     stack = deploy(moto, "nat-ha-vpc", "nat-ha-vpc.yaml", params)
     phys, out = stack["physical"], stack["outputs"]
-    every = {k: v["Type"] for k, v in stack["template"]["Resources"].items() if not k.startswith("EgressEip")}
-    assert stack["types"] == every  # all of them, 3 AZs, EgressIp off
+    every = {
+        k: v["Type"]
+        for k, v in stack["template"]["Resources"].items()
+        if not k.startswith("EgressEip") and v.get("Condition") != "ConntrackSyncOn"
+    }
+    assert stack["types"] == every  # all of them, 3 AZs, EgressIp off, ConntrackSync off
 
     (vpc,) = ec2.describe_vpcs(VpcIds=[phys["VPC"]])["Vpcs"]
     assert vpc["CidrBlock"] == "10.0.0.0/16" and tags_of(vpc)["Name"] == group
@@ -458,7 +465,11 @@ def test_vpc_stack_egress_follow_in_moto(moto: ServerProcess, tmp_path: Path) ->
     stack = deploy(moto, "nat-ha-egress", "nat-ha-vpc.yaml", params)
     phys, out = stack["physical"], stack["outputs"]
     conditional = ("NatEip", "NatMetrics")  # EgressIp follow; no scrape source given
-    every = {k: v["Type"] for k, v in stack["template"]["Resources"].items() if not k.startswith(conditional)}
+    every = {
+        k: v["Type"]
+        for k, v in stack["template"]["Resources"].items()
+        if not k.startswith(conditional) and v.get("Condition") != "ConntrackSyncOn"  # ConntrackSync off
+    }
     assert stack["types"] == every
     ec2 = client(moto, "ec2")
     x86 = client(moto, "ssm").get_parameter(Name=f"{AMI}-x86_64")
