@@ -32,14 +32,13 @@ import hashlib
 import hmac
 import json
 import os
-import socket
 import struct
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.host.flows import MAX_TIMEOUT, TCP_STATE_NAMES, Flow
+from agent.host.flows import MAX_TIMEOUT, TCP_STATE_NAMES, Flow, aton, ntoa
 
 MAGIC = b"NHCT2"
 NONCE_BYTES = 16
@@ -194,21 +193,9 @@ _PROTO_NAME = {6: "tcp", 17: "udp"}
 _STATUS_BITS = {"": 0, "SEEN_REPLY": 1, "ASSURED": 2, "SEEN_REPLY,ASSURED": 3}
 _STATUS_TEXT = ("", "SEEN_REPLY", "ASSURED", "SEEN_REPLY,ASSURED")
 _STATE_NUMBER = {name: n for n, name in enumerate(TCP_STATE_NAMES)}
-_IPS: dict[bytes, str] = {}
-
-
-def _ip(raw: bytes) -> str:
-    text = _IPS.get(raw)
-    if text is None:
-        if len(_IPS) > 200_000:
-            _IPS.clear()
-        text = _IPS[raw] = socket.inet_ntoa(raw)
-    return text
-
-
 def pack_flows(flows: Iterable[Flow]) -> bytes:
     """The flows as records (uncompressed)."""
-    pack, aton = _RECORD.pack, socket.inet_aton
+    pack = _RECORD.pack
     return b"".join(
         pack(f.op == "D", _PROTO[f.proto], aton(f.src), aton(f.dst), f.sport, f.dport, aton(f.nat), f.nat_port,
              min(f.timeout, MAX_TIMEOUT), _STATUS_BITS.get(f.status, 0), _STATE_NUMBER.get(f.state, 0))
@@ -234,7 +221,7 @@ def unpack_flows(body: bytes) -> list[Flow]:
             continue
         else:
             tcp_state = ""
-        out.append(Flow("D" if op else "A", name, _ip(src), _ip(dst), sport, dport, _ip(nat), nat_port,
+        out.append(Flow("D" if op else "A", name, ntoa(src), ntoa(dst), sport, dport, ntoa(nat), nat_port,
                         min(timeout, MAX_TIMEOUT), _STATUS_TEXT[status], tcp_state))  # fmt: skip
     return out
 

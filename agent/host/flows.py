@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -84,6 +85,30 @@ class Flow(NamedTuple):
     def placed(self, nat: str, timeout: int) -> Flow:
         """The entry to create for this flow here: ``nat`` as its NAT address, the public port kept."""
         return self._replace(op="A", nat=nat, timeout=min(timeout, MAX_TIMEOUT), userspace=False)
+
+
+_TEXT: dict[bytes, str] = {}  # 4-byte addresses <-> dotted quads, both ways (clients, servers, NAT addresses)
+_RAW: dict[str, bytes] = {}
+
+
+def ntoa(raw: bytes) -> str:
+    """``socket.inet_ntoa``, cached (a dump or push of 100,000 entries names a few hundred addresses)."""
+    text = _TEXT.get(raw)
+    if text is None:
+        if len(_TEXT) > 200_000:
+            _TEXT.clear()
+        text = _TEXT[raw] = socket.inet_ntoa(raw)
+    return text
+
+
+def aton(text: str) -> bytes:
+    """``socket.inet_aton``, cached."""
+    raw = _RAW.get(text)
+    if raw is None:
+        if len(_RAW) > 200_000:
+            _RAW.clear()
+        raw = _RAW[text] = socket.inet_aton(text)
+    return raw
 
 
 _KEPT: dict[str, str] = {}  # a status as the tool prints it -> the bits we keep (a handful of values)
