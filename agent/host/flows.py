@@ -1,4 +1,4 @@
-"""Connection-tracking entries of a route table's flows, and the save lines of the ``conntrack`` tool they travel as.
+"""Connection-tracking entries of a route table's flows, what to do with a peer's list of them, and their save lines.
 
 Pure: the kernel is read and written elsewhere (:mod:`agent.host.conntrack`). A NAT holding a route table
 SNATs the table's subnets to its own address for that table (``egress_ip = "follow"``), so an
@@ -19,10 +19,11 @@ writes the kernel through those; these lines are how the tool, an operator and t
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 _IP = r"(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})"
@@ -87,49 +88,22 @@ class Flow(NamedTuple):
         return self._replace(op="A", nat=nat, timeout=min(timeout, MAX_TIMEOUT), userspace=False)
 
 
-_TEXT: dict[bytes, str] = {}  # 4-byte addresses <-> dotted quads, both ways (clients, servers, NAT addresses)
-_RAW: dict[str, bytes] = {}
+#: 4-byte addresses <-> dotted quads, cached (a dump or push of 100,000 entries names a few hundred addresses).
+ntoa: Callable[[bytes], str] = functools.lru_cache(maxsize=1 << 16)(socket.inet_ntoa)
+aton: Callable[[str], bytes] = functools.lru_cache(maxsize=1 << 16)(socket.inet_aton)
 
 
-def ntoa(raw: bytes) -> str:
-    """``socket.inet_ntoa``, cached (a dump or push of 100,000 entries names a few hundred addresses)."""
-    text = _TEXT.get(raw)
-    if text is None:
-        if len(_TEXT) > 200_000:
-            _TEXT.clear()
-        text = _TEXT[raw] = socket.inet_ntoa(raw)
-    return text
-
-
-def aton(text: str) -> bytes:
-    """``socket.inet_aton``, cached."""
-    raw = _RAW.get(text)
-    if raw is None:
-        if len(_RAW) > 200_000:
-            _RAW.clear()
-        raw = _RAW[text] = socket.inet_aton(text)
-    return raw
-
-
-_KEPT: dict[str, str] = {}  # a status as the tool prints it -> the bits we keep (a handful of values)
-_VALID_IP: dict[str, bool] = {}  # dotted quads seen -> each part < 256 (clients, servers, NAT addresses)
-
-
+@functools.lru_cache(maxsize=64)
 def _kept(status: str) -> str:
-    kept = _KEPT.get(status)
-    if kept is None:
-        parts = status.split(",")
-        kept = _KEPT[status] = ",".join(s for s in STATUS_KEPT if s in parts)
-    return kept
+    """The bits we keep of a status as the tool prints it (a handful of values)."""
+    parts = status.split(",")
+    return ",".join(s for s in STATUS_KEPT if s in parts)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _ip(text: str) -> bool:
-    ok = _VALID_IP.get(text)
-    if ok is None:
-        if len(_VALID_IP) > 100_000:
-            _VALID_IP.clear()
-        ok = _VALID_IP[text] = all(int(part) < 256 for part in text.split("."))
-    return ok
+    """Each part of a dotted quad < 256 (clients, servers, NAT addresses)."""
+    return all(int(part) < 256 for part in text.split("."))
 
 
 def parse(line: str) -> Flow | None:
