@@ -14,6 +14,7 @@ import errno
 import ipaddress
 import os
 import socket
+import struct
 import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -24,7 +25,7 @@ from agent.host.flows import Flow
 from agent.host.nat import NFT_FAMILY, NFT_TABLE, nft_inbound_counters
 
 SOL_NETLINK, NETLINK_CAP_ACK = 270, 10
-SO_RCVBUFFORCE = 33
+SO_RCVBUFFORCE, SO_ATTACH_FILTER = 33, 26
 EVENT_BUFFER_BYTES = 8 * 1024 * 1024  # the event socket's receive buffer (ENOBUFS when a burst overflows it)
 ANSWER_BUFFER_BYTES = 4 * 1024 * 1024  # a batch's failures (36 bytes each) and a dump's parts
 PER_SEND = 512  # requests per send (about 94 KB of creates; the socket's send buffer is about 208 KB)
@@ -53,6 +54,15 @@ def _socket(groups: int = 0, rcvbuf: int = ANSWER_BUFFER_BYTES) -> socket.socket
         sock.close()
         raise
     return sock
+
+
+def attach_filter(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
+    """SO_ATTACH_FILTER: the kernel runs the classic BPF ``prog`` on every message before queueing it."""
+    import ctypes  # only the sync service's event socket needs it
+
+    code = ctypes.create_string_buffer(ctnetlink.filter_bytes(prog))
+    fprog = struct.pack("HL", len(prog), ctypes.addressof(code))  # struct sock_fprog {len; filter *}
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 def available() -> str | None:
@@ -220,7 +230,8 @@ def inbound_counters() -> dict[str, int]:
 class EventStream:
     """The kernel's connection events (multicast groups UPDATE and DESTROY) as flows, to ``on_flow`` (a reader
     thread). New entries are not asked for: a flow is worth syncing once it has a reply (an update), and
-    every entry that ends sends one end event.
+    every entry that ends sends one end event. A socket filter (:func:`agent.host.ctnetlink.event_filter`)
+    keeps the TCP updates the service ignores in the kernel.
 
     ``on_lost`` is called when the kernel dropped events (ENOBUFS: the socket buffer overflowed) and when
     the reader stops on an error (it is started again by :meth:`start`); the caller then resyncs from a
@@ -238,6 +249,8 @@ class EventStream:
     def start(self) -> None:
         self._stop = threading.Event()
         self.sock = _socket(self.GROUPS, EVENT_BUFFER_BYTES)
+        with contextlib.suppress(OSError):  # without it every event reaches the reader (correct, dearer)
+            attach_filter(self.sock, ctnetlink.event_filter())
         self.sock.settimeout(1.0)
         self.thread = threading.Thread(target=self._read, args=(self.sock, self._stop), name="ctsync-events",
                                        daemon=True)  # fmt: skip

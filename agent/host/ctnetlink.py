@@ -40,7 +40,8 @@ NLMSG_ERROR, NLMSG_DONE = 0x2, 0x3
 NLA_F_NESTED = 0x8000
 #: Multicast groups (nfnetlink_compat / NFNLGRP_*): bind with the bits ``1 << (group - 1)``.
 NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY = 1, 2, 3
-CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO, CTA_NAT_SRC, CTA_TIMEOUT, CTA_ZONE = 1, 2, 3, 4, 6, 7, 18
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO, CTA_NAT_SRC, CTA_TIMEOUT = 1, 2, 3, 4, 6, 7
+CTA_ID, CTA_ZONE = 12, 18
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST = 1, 2
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
@@ -268,3 +269,58 @@ def _tcp_state(data: bytes | bytearray | memoryview, at: int, end: int) -> int:
             return -1
         at += (alen + 3) & ~3
     return -1
+
+
+# ------------------------------------------------------------------ the event socket's filter
+BPF_LD_LEN, BPF_LDH_ABS, BPF_LDB_ABS = 0x80, 0x28, 0x30
+BPF_JEQ_K, BPF_JGE_K, BPF_RET_K = 0x15, 0x35, 0x06
+_SOCK_FILTER = struct.Struct("=HBBI")
+# Where a TCP update's state sits when the kernel lays it out as usual (Linux 4.x to 6.x, zone 0): the two
+# tuples, CTA_ID, CTA_STATUS, CTA_TIMEOUT, then CTA_PROTOINFO {CTA_PROTOINFO_TCP {CTA_PROTOINFO_TCP_STATE}}.
+_EXPECT = ((126, CTA_ID), (134, CTA_STATUS), (142, CTA_TIMEOUT))
+_STATE_AT = 160
+
+
+def _be_type(kind: int) -> int:
+    """An attribute type as a classic-BPF half-word load sees it (netlink is host order, BPF loads big-endian)."""
+    return int.from_bytes(kind.to_bytes(2, "little"), "big")
+
+
+def event_filter() -> list[tuple[int, int, int, int]]:
+    """A classic BPF program for the event socket: the kernel drops a TCP update whose state is not ESTABLISHED
+    (a flow's handshake and closing steps: about four events in six of a short TCP flow), which the service
+    would read only to ignore. Anything else, and any message not laid out as expected, is passed on: the
+    service decides (:func:`flow_of`). Instructions are (code, jump if true, jump if false, k)."""
+    accept, drop = -1, -2  # labels, resolved to jump offsets at the end
+    prog = [
+        (BPF_LD_LEN, 0, 0, 0),
+        (BPF_JGE_K, 0, accept, _STATE_AT + 4),
+        (BPF_LDH_ABS, 0, 0, 4),
+        (BPF_JEQ_K, 0, accept, _be_type(MSG_NEW)),
+        (BPF_LDB_ABS, 0, 0, 20 + 4 + 28),  # the original tuple's protocol number
+        (BPF_JEQ_K, 0, accept, 6),
+    ]
+    for offset, kind in _EXPECT:
+        prog += [(BPF_LDH_ABS, 0, 0, offset), (BPF_JEQ_K, 0, accept, _be_type(kind))]
+    prog += [
+        (BPF_LDH_ABS, 0, 0, 150),
+        (BPF_JEQ_K, 0, drop, _be_type(NLA_F_NESTED | CTA_PROTOINFO)),  # a TCP update with no state: nothing
+        (BPF_LDH_ABS, 0, 0, 154),
+        (BPF_JEQ_K, 0, accept, _be_type(NLA_F_NESTED | CTA_PROTOINFO_TCP)),
+        (BPF_LDH_ABS, 0, 0, 158),
+        (BPF_JEQ_K, 0, accept, _be_type(CTA_PROTOINFO_TCP_STATE)),
+        (BPF_LDB_ABS, 0, 0, _STATE_AT),
+        (BPF_JEQ_K, accept, drop, TCP_STATE_NAMES.index("ESTABLISHED")),
+    ]
+    at = {drop: len(prog), accept: len(prog) + 1}
+
+    def jump(i: int, target: int) -> int:
+        return at[target] - i - 1 if target < 0 else target
+
+    out = [(code, jump(i, jt), jump(i, jf), k) for i, (code, jt, jf, k) in enumerate(prog)]
+    return [*out, (BPF_RET_K, 0, 0, 0), (BPF_RET_K, 0, 0, 0xFFFFFFFF)]
+
+
+def filter_bytes(prog: list[tuple[int, int, int, int]]) -> bytes:
+    """The program as an array of struct sock_filter."""
+    return b"".join(_SOCK_FILTER.pack(*ins) for ins in prog)
