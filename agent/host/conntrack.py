@@ -9,6 +9,7 @@ again, which cost more CPU than the sync itself.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
 import ipaddress
@@ -58,10 +59,8 @@ def _socket(groups: int = 0, rcvbuf: int = ANSWER_BUFFER_BYTES) -> socket.socket
 
 def attach_filter(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
     """SO_ATTACH_FILTER: the kernel runs the classic BPF ``prog`` on every message before queueing it."""
-    import ctypes  # only the sync service's event socket needs it
-
-    code = ctypes.create_string_buffer(ctnetlink.filter_bytes(prog))
-    fprog = struct.pack("HL", len(prog), ctypes.addressof(code))  # struct sock_fprog {len; filter *}
+    code = array.array("B", ctnetlink.filter_bytes(prog))  # kept alive until the kernel has copied it
+    fprog = struct.pack("HL", len(prog), code.buffer_info()[0])  # struct sock_fprog {len; filter *}
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
