@@ -1328,17 +1328,13 @@ def reconcile(spec_path: str) -> int:
 
     emit("ready")
     errors = 0
-    polls = 0
     while time.time() < spec["deadline"] and os.getppid() == parent:
         t0 = time.monotonic()
-        polls += 1
         try:
             rts = ec2.describe_route_tables(RouteTableIds=list(tables))["RouteTables"]
-            # Under systemd every poll: an agent's stop and start of a peer can be 0.4 s apart in moto, and a
-            # stop missed between two looks leaves a hung NAT as it was (its container is never rebooted).
-            every = 1 if spec.get("systemd") else 3
-            look = polls % every == 1 % every
-            res = ec2.describe_instances(InstanceIds=list(instances))["Reservations"] if look else []
+            # Every poll: an agent's stop and start of a peer can be 0.4 s apart in moto (EC2 takes tens of
+            # seconds), and a stop missed between two looks would leave a hung NAT as it was, never rebooted.
+            res = ec2.describe_instances(InstanceIds=list(instances))["Reservations"]
             eips = ec2.describe_addresses(AllocationIds=egress["allocations"])["Addresses"] if egress else []
             errors = 0
         except Exception as exc:
