@@ -288,7 +288,7 @@ def _be_type(kind: int) -> int:
 
 def event_filter() -> list[tuple[int, int, int, int]]:
     """A classic BPF program for the event socket: the kernel drops a TCP update whose state is not ESTABLISHED
-    (a flow's handshake and closing steps: about four events in six of a short TCP flow), which the service
+    (a flow's handshake and closing steps: most of a short TCP flow's events), which the service
     would read only to ignore. Anything else, and any message not laid out as expected, is passed on: the
     service decides (:func:`flow_of`). Instructions are (code, jump if true, jump if false, k)."""
     accept, drop = -1, -2  # labels, resolved to jump offsets at the end
