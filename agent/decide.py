@@ -639,7 +639,9 @@ def _plan_handover(v: _View, t: Timing, rt: str, r: RouteItem, home: str) -> Han
     A planned move waits (a note) while an AWS call of ours went unanswered lately (PLANNED_MOVE_CLEAN):
     it is two EC2 writes and a lease write, each confirmed in DynamoDB, and over a lossy path the second
     write lags the first by seconds - the route on one NAT, the Elastic IP on the other (sim seeds 2340,
-    3739, 7621, 9560). The table is served where it is meanwhile; a forced hand-over never waits.
+    3739, 7621). The table is served where it is meanwhile; a forced hand-over never waits, nor does a move
+    already begun (its Elastic IP or route with the home, a write to it in doubt): waiting would undo it,
+    moving the home's Elastic IP back (seed 635).
     """
     obs = v.obs
     failing = {k for k, ok in obs.health.checks.items() if not ok}
@@ -660,7 +662,8 @@ def _plan_handover(v: _View, t: Timing, rt: str, r: RouteItem, home: str) -> Han
         return HandOver(rt, r, m, "drain", "self_unhealthy", why, write_route=writes_ok)
     if home and home != obs.me and v.eligible(home):
         planned = _plan_move_home(v, t, rt, r, home)
-        if planned is not None and obs.aws_answered_for < PLANNED_MOVE_CLEAN:
+        started = not _served_here(obs, rt) or rt in obs.handovers_in_doubt  # half done: finish it, never undo it
+        if planned is not None and obs.aws_answered_for < PLANNED_MOVE_CLEAN and not started:
             what = "switching" if planned.kind == "switchover" else "failing back"
             return (
                 f"not {what} {rt} to {home} yet: an AWS call of mine went unanswered "

@@ -122,7 +122,7 @@ ISSUE_17_SEEDS = {
     "the home took that for its own broken path and handed its table away (standing, session; "
     "test_cycle_standing: ...renewal_late..., ...vouches_for_ec2...; 4784 the same over 120 s)",
     2340: "a holder whose packets to AWS were lost failed a table back: the Elastic IP moved, the route write "
-    "stalled 3.3 s (decide: a planned move waits; test_decide: ...planned_move_waits...; 3739, 7621 alike)",
+    "stalled 3.3 s (decide: a planned move waits; test_decide: ...planned_move_waits...; 3739 alike)",
     3029: "checker: (e) excused IAM's lag on the Elastic IP's tag only, while the holder needed the route write "
     "(the table's tag) to close the mismatch",
     7595: "checker: a taker's agent killed and restarted at once (a config rollout) was not a second failure",

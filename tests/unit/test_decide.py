@@ -12,6 +12,7 @@ from agent.decide import (
     ClaimRestart,
     ContinueRestart,
     Decision,
+    Ec2Address,
     Ec2Route,
     EnsureRoute,
     HandOver,
@@ -80,6 +81,8 @@ class World:
     unrouted: frozenset[str] = frozenset()
     self_unhealthy_since: float | None = None
     aws_answered_for: float = float("inf")
+    egress_tables: frozenset[str] = frozenset()
+    egress: dict[str, Ec2Address] = field(default_factory=dict)
     now: float = 100.0
 
     def obs(self) -> Observation:
@@ -112,6 +115,8 @@ class World:
             handovers_in_doubt=self.handovers_in_doubt,
             unrouted=self.unrouted,
             aws_answered_for=self.aws_answered_for,
+            egress_tables=self.egress_tables,
+            egress=self.egress,
         )
 
     def decide(self) -> Decision:
@@ -489,7 +494,7 @@ def test_failback_exact_hold_down() -> None:
 
 
 def test_a_planned_move_waits_while_an_aws_call_of_ours_went_unanswered() -> None:
-    # Sim seeds 2340, 3739, 7621, 9560: a holder whose packets to AWS are lost fails a table back; the
+    # Sim seeds 2340, 3739: a holder whose packets to AWS are lost fails a table back; the
     # Elastic IP moves, the route write stalls for seconds behind timeouts (route on one NAT, address on
     # the other). A fail-back or switchover waits until our calls have been answered for a while; the
     # table stays served where it is. (Undo: PLANNED_MOVE_CLEAN = 0.)
@@ -504,8 +509,19 @@ def test_a_planned_move_waits_while_an_aws_call_of_ours_went_unanswered() -> Non
     w.pins = {}
     w.aws_answered_for = 5.0
     assert w.decide().summary == "failing back rtb-a to its home i-a: healthy for 20.0 s"
-    # A forced hand-over never waits: an unhealthy holder's tables must go.
+    # A move already begun is finished, never undone: the Elastic IP went to the home first
+    # (address-first), the route write timed out - waiting would move the home's address back (seed 635).
     w.aws_answered_for = 0.5
+    w.egress_tables = frozenset({RA})
+    w.egress = {RA: Ec2Address(A)}
+    d = w.decide()
+    assert isinstance(d.actions[0], HandOver) and d.actions[0].kind == "failback", d.summary
+    w.egress = {RA: Ec2Address(B)}
+    w.handovers_in_doubt = frozenset({RA})  # our route write to the home may have landed
+    assert isinstance(w.decide().actions[0], HandOver)
+    w.handovers_in_doubt = frozenset()
+    assert w.decide().actions == ()  # nothing moved yet: it waits
+    # A forced hand-over never waits: an unhealthy holder's tables must go.
     w.health = Health(False, {"ip_forward": False})
     assert any(isinstance(a, HandOver) for a in w.decide().actions)
 
