@@ -125,7 +125,11 @@ class TableWriter:
         coordinator = ctx.coordinator
 
         def confirm(_operation: str) -> str:
-            return coordinator.confirm(route=(route_table, term))
+            try:
+                return coordinator.confirm(route=(route_table, term))
+            except StoreUnavailable:
+                ctx.memory.unanswered(clock.monotonic())
+                raise
 
         assert ctx.fence is not None
         try:

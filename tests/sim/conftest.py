@@ -12,7 +12,7 @@ import pytest
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("nat-ha simulation")
     group.addoption("--sim-seed", type=int, default=None, help="replay one simulation seed (prints its trace)")
-    group.addoption("--sim-seeds", type=int, default=None, help="how many seeds test_seeds runs (default 1000; bench/sim.py runs 10,000)")
+    group.addoption("--sim-seeds", type=int, default=None, help="how many seeds test_seeds runs (default 1000)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
