@@ -67,6 +67,8 @@ class Kernel(Protocol):
 
     def load(self, creates: list[flows.Flow]) -> None: ...
 
+    def replace(self, creates: list[flows.Flow]) -> None: ...
+
     def delete(self, flows: list[flows.Flow]) -> None: ...
 
     def set_timeouts(self, changes: list[tuple[flows.Flow, int]]) -> None: ...
@@ -111,15 +113,21 @@ class HostKernel:
         if creates:
             self._netlink().create(creates)
 
+    def replace(self, creates: list[flows.Flow]) -> None:
+        if creates:
+            self._netlink().replace(creates)
+
     def inbound_counters(self) -> dict[str, int]:
         from agent.host import conntrack
 
         return conntrack.inbound_counters()
 
     def events(self, on_flow: Callable[[flows.Flow], None], on_lost: Callable[[str], None]) -> Events:
+        """The event reader; the kernel keeps from it the events our own writes cause (the writer's netlink
+        port): the service would read each only to ignore it."""
         from agent.host import conntrack
 
-        return conntrack.EventStream(on_flow, on_lost)
+        return conntrack.EventStream(on_flow, on_lost, own_port=self._netlink().port)
 
 
 @dataclass
@@ -693,7 +701,7 @@ class SyncService:
 
     def _run(self, batch: list[Job]) -> None:
         err = ""
-        counts = [len(j.plan.creates) for j in batch]
+        counts = [len(j.plan.creates) + len(j.plan.replaces) for j in batch]
         try:
             if batch[0].kind == "part":
                 j = batch[0]
@@ -711,12 +719,14 @@ class SyncService:
                     [f for j in batch for f in j.plan.deletes],
                     [c for j in batch for c in j.plan.timeouts],
                     [f for j in batch for f in j.plan.creates],
+                    [f for j in batch for f in j.plan.replaces],
                 )
             self.kernel.delete(todo.deletes)  # first: an entry being replaced must not hold the public port
             self.kernel.set_timeouts(todo.timeouts)
+            self.kernel.replace(todo.replaces)
             self.kernel.load(todo.creates)
             with self.lock:
-                self.stats.entries_loaded += len(todo.creates)
+                self.stats.entries_loaded += len(todo.creates) + len(todo.replaces)
         except Exception as exc:  # reported to the sender and counted; the next resync retries
             err = f"{type(exc).__name__}: {exc}"
             self._error("load", err)

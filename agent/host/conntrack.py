@@ -141,8 +141,10 @@ class Writer:
     def __init__(self) -> None:
         self.sock = _socket()
         self.sock.setblocking(False)
+        self.port: int = self.sock.getsockname()[0]  # the netlink port the kernel's events name for our requests
         self.seq = 0
         self.failed: dict[int, int] = {}
+        self.existed: list[int] = []  # sequence numbers of the creates answered EEXIST
 
     def close(self) -> None:
         self.sock.close()
@@ -151,12 +153,28 @@ class Writer:
         """Create these entries (each with its own NAT address, public port and timeout); one that exists is
         left as it is. Raises :class:`ConntrackError` when the kernel refused some for another reason."""
         before = dict(self.failed)
+        self.existed = []
         sent = self._send(ctnetlink.create_message(f, self._next()) for f in flows)
         refused = {e: n - before.get(e, 0) for e, n in self.failed.items()
                    if e not in HARMLESS and n > before.get(e, 0)}  # fmt: skip
         if refused:
             why = ", ".join(f"{n} {os.strerror(e)}" for e, n in sorted(refused.items()))
             raise ConntrackError(f"{sum(refused.values())} of {sent} entries not created: {why}")
+        return sent
+
+    def replace(self, flows: Iterable[Flow]) -> int:
+        """Create these entries, each in place of any entry of its tuple: only the creates the kernel answers
+        EEXIST are deleted and sent again (a delete before every create would mostly fail, and each delete
+        that succeeds sends an end event to every reader). Answers lost (ENOBUFS) raise, as in :meth:`create`:
+        the sender is told and resyncs."""
+        todo = list(flows)
+        first = (self.seq + 1) & 0xFFFFFFFF
+        sent = self.create(todo)
+        again = [todo[i] for i in ((s - first) & 0xFFFFFFFF for s in self.existed) if i < len(todo)]
+        self.existed = []
+        if again:
+            self.delete(again)
+            self.create(again)
         return sent
 
     def delete(self, flows: Iterable[Flow]) -> int:
@@ -201,9 +219,11 @@ class Writer:
                     self.failed[errno.ENOBUFS] = self.failed.get(errno.ENOBUFS, 0) + 1
                     continue
                 raise
-            for e in ctnetlink.errors(data):
+            for e, seq in ctnetlink.failures(data):
                 if e:
                     self.failed[e] = self.failed.get(e, 0) + 1
+                    if e == errno.EEXIST:
+                        self.existed.append(seq)
 
     def __enter__(self) -> Writer:
         return self
@@ -240,6 +260,7 @@ class EventStream:
 
     on_flow: Callable[[Flow], None]
     on_lost: Callable[[str], None]
+    own_port: int = 0  # the events our own writer's requests cause are dropped in the kernel (0: none)
     sock: socket.socket | None = None
     thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -250,7 +271,7 @@ class EventStream:
         self._stop = threading.Event()
         self.sock = _socket(self.GROUPS, EVENT_BUFFER_BYTES)
         with contextlib.suppress(OSError):  # without it every event reaches the reader (correct, dearer)
-            attach_filter(self.sock, ctnetlink.event_filter())
+            attach_filter(self.sock, ctnetlink.event_filter(self.own_port))
         # A blocking socket whose receive times out in the kernel (SO_RCVTIMEO): one system call per read.
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 1, 0))
         self.thread = threading.Thread(target=self._read, args=(self.sock, self._stop), name="ctsync-events",

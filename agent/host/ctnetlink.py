@@ -63,6 +63,7 @@ TUPLE_BYTES = 52
 # values as network-order bytes. Ports go through htons so that one native-order struct packs it all.
 _TUPLE = struct.Struct("=HHHH4sHH4sHHHHB3xHHH2xHHH2x")
 _U32 = struct.Struct("!I")
+_U32N = struct.Struct("=I")
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -180,7 +181,14 @@ def error_of(data: bytes | bytearray | memoryview, at: int) -> int:
 
 def errors(data: bytes | bytearray | memoryview) -> list[int]:
     """The errno of every NLMSG_ERROR in a buffer of netlink answers (0: an acknowledgement)."""
-    return [error_of(data, at) for kind, at, length in messages(data) if kind == NLMSG_ERROR and length >= 20]
+    return [e for e, _ in failures(data)]
+
+
+def failures(data: bytes | bytearray | memoryview) -> list[tuple[int, int]]:
+    """(errno, the request's sequence number) of every NLMSG_ERROR in a buffer of answers (-1: no request
+    header in it). The answer carries the request's header after the errno (struct nlmsgerr)."""
+    return [(error_of(data, at), _U32N.unpack_from(data, at + 28)[0] if length >= 32 else -1)
+            for kind, at, length in messages(data) if kind == NLMSG_ERROR and length >= 20]  # fmt: skip
 
 
 _STATUS_TEXT = {0: "", IPS_SEEN_REPLY: "SEEN_REPLY", IPS_ASSURED: "ASSURED",
@@ -272,7 +280,7 @@ def _tcp_state(data: bytes | bytearray | memoryview, at: int, end: int) -> int:
 
 
 # ------------------------------------------------------------------ the event socket's filter
-BPF_LD_LEN, BPF_LDH_ABS, BPF_LDB_ABS = 0x80, 0x28, 0x30
+BPF_LD_LEN, BPF_LDW_ABS, BPF_LDH_ABS, BPF_LDB_ABS = 0x80, 0x20, 0x28, 0x30
 BPF_JEQ_K, BPF_JGE_K, BPF_RET_K = 0x15, 0x35, 0x06
 _SOCK_FILTER = struct.Struct("=HBBI")
 # Where a TCP update's state sits when the kernel lays it out as usual (Linux 4.x to 6.x, zone 0): the two
@@ -286,13 +294,23 @@ def _be_type(kind: int) -> int:
     return int.from_bytes(kind.to_bytes(2, "little"), "big")
 
 
-def event_filter() -> list[tuple[int, int, int, int]]:
+def _be_word(value: int) -> int:
+    """A host-order 32-bit field as a classic-BPF word load sees it."""
+    return int.from_bytes(value.to_bytes(4, "little"), "big")
+
+
+def event_filter(own_port: int = 0) -> list[tuple[int, int, int, int]]:
     """A classic BPF program for the event socket: the kernel drops a TCP update whose state is not ESTABLISHED
     (a flow's handshake and closing steps: most of a short TCP flow's events), which the service
-    would read only to ignore. Anything else, and any message not laid out as expected, is passed on: the
-    service decides (:func:`flow_of`). Instructions are (code, jump if true, jump if false, k)."""
+    would read only to ignore, and (``own_port``, not 0) every event caused by a request from that
+    netlink port (our own loads and deletes: the event names the requester's port in its header).
+    Anything else, and any message not laid out as expected, is passed on: the service decides
+    (:func:`flow_of`). Instructions are (code, jump if true, jump if false, k)."""
     accept, drop = -1, -2  # labels, resolved to jump offsets at the end
-    prog = [
+    prog = []
+    if own_port:
+        prog += [(BPF_LDW_ABS, 0, 0, 12), (BPF_JEQ_K, drop, 0, _be_word(own_port))]  # nlmsghdr.nlmsg_pid
+    prog += [
         (BPF_LD_LEN, 0, 0, 0),
         (BPF_JGE_K, 0, accept, _STATE_AT + 4),
         (BPF_LDH_ABS, 0, 0, 4),

@@ -174,12 +174,16 @@ class Plan(NamedTuple):
 
     Everything goes by exact tuple (:mod:`agent.host.ctnetlink`); creates are the entries as they
     will be here (:meth:`Flow.placed`), made after the deletes (an entry being replaced must not
-    hold the public port).
+    hold the public port). ``replaces``: entries to create in place of any entry of their tuple (the
+    kernel is asked to create each, and only those it answers EEXIST are deleted and made again:
+    most streamed changes are new flows, and a delete before each would fail for nothing and send
+    an end event to every reader).
     """
 
     deletes: list[Flow]
     timeouts: list[tuple[Flow, int]]
     creates: list[Flow]
+    replaces: list[Flow] = []  # noqa: RUF012 - a NamedTuple default, never mutated
 
 
 PublicTuple = tuple[str, int, str, int]  # server, server port, NAT address, public port: the reply tuple
@@ -246,18 +250,19 @@ def reconcile(
 def apply_changes(changes: Iterable[Flow], nat: str, *, add_only: bool = False, min_timeout: int = 0) -> Plan:
     """What to do for a batch of streamed changes of one table.
 
-    An ended flow is deleted; a new one replaces whatever entry of its tuple was here (delete, then
-    create): a client that reuses a tuple soon after its last flow ended gets a new flow, perhaps
-    with another public port, and a create of an entry that exists leaves it as it is: the old
-    port would stay, which after a takeover would send the flow out with the wrong one.
+    An ended flow is deleted; a new one replaces whatever entry of its tuple was here (``replaces``:
+    created, and deleted and created again if one was there): a client that reuses a tuple soon
+    after its last flow ended gets a new flow, perhaps with another public port, and a create of an
+    entry that exists leaves it as it is: the old port would stay, which after a takeover would
+    send the flow out with the wrong one.
     ``add_only`` (the table is ours now, the giver still streams after a hand-over): only create
     what is missing, never change or end an entry that may be carrying traffic here.
     ``min_timeout``: as for :func:`reconcile`.
     """
     deletes, creates = [], []
     for f in by_key(changes).values():
-        if not add_only:
-            deletes.append(f)
         if f.op == "A":
             creates.append(f.placed(nat, max(f.timeout, min_timeout)))
-    return Plan(deletes, [], creates)
+        elif not add_only:
+            deletes.append(f)
+    return Plan(deletes, [], [], creates) if not add_only else Plan([], [], creates)

@@ -42,8 +42,11 @@ def check() -> dict[str, object]:
     lost: list[str] = []
     stream = conntrack.EventStream(events.append, lost.append)
     stream.start()
+    mine: list[flows.Flow] = []
     t0 = time.monotonic()
     with conntrack.Writer() as w:
+        own_filtered = conntrack.EventStream(mine.append, lost.append, own_port=w.port)  # what the service runs
+        own_filtered.start()
         w.create(want)
         created_s = time.monotonic() - t0
         again = w.create(want[:10])  # exists: EEXIST is not an error
@@ -54,7 +57,17 @@ def check() -> dict[str, object]:
         by_tool = [f for f in map(flows.parse, tool) if f is not None]
         w.set_timeouts([(f, 600) for f in want[:100]])  # each an update event (with the TCP state)
         refreshed = [f for f in conntrack.dump(["10.0.1.0/24"]) if f.key in {g.key for g in want[:100]}]
-        w.delete(want)
+        # A replace: entries that exist get their new public port, new ones are made, and no delete is sent
+        # for a tuple that had no entry (it would fail with ENOENT).
+        moved = [f._replace(nat_port=f.nat_port + 30000) for f in want[:10]]
+        fresh = [flows.Flow("A", "udp", "10.0.1.250", "203.0.113.10", 40000 + i, 53, nat, 40000 + i, 3600,
+                            "SEEN_REPLY,ASSURED") for i in range(5)]  # fmt: skip
+        enoent = w.failed.get(2, 0)
+        w.replace(moved + fresh)
+        ports = {f.key: f.nat_port for f in conntrack.dump(["10.0.1.0/24"])}
+        replaced = all(ports.get(f.key) == f.nat_port for f in moved + fresh) and len(ports) == N + 5
+        replace_enoent = w.failed.get(2, 0) - enoent
+        w.delete(want + fresh)
         w.delete(want[:5])  # gone already: ENOENT is not an error
         left = conntrack.dump(["10.0.1.0/24"])
         failed = dict(w.failed)
@@ -62,6 +75,7 @@ def check() -> dict[str, object]:
     while sum(1 for e in events if e.op == "D") < N and time.monotonic() < deadline:
         time.sleep(0.05)
     stream.stop()
+    own_filtered.stop()
 
     def norm(fs: list[flows.Flow]) -> list[list[object]]:
         return sorted([f.proto, f.src, f.sport, f.dst, f.dport, f.nat, f.nat_port, f.status, f.state] for f in fs)
@@ -76,7 +90,10 @@ def check() -> dict[str, object]:
         "others": len(others),
         "left": len(left),
         "failed": {str(k): v for k, v in failed.items()},
-        "ends": sorted(e.key for e in events if e.op == "D" and e.userspace) == sorted(f.key for f in want),
+        "ends": {e.key for e in events if e.op == "D" and e.userspace} == {f.key for f in want + fresh},
+        "own_events": len(mine),
+        "replaced": replaced,
+        "replace_enoent": replace_enoent,
         # The event filter keeps TCP updates in any state but ESTABLISHED in the kernel.
         "updates": sorted({(e.proto, e.state) for e in events if e.op == "A"}),
         "update_count": sum(1 for e in events if e.op == "A"),
@@ -101,12 +118,14 @@ def test_entries_created_listed_refreshed_and_deleted_through_ctnetlink_match_th
     assert r["got"] == r["want"], "the listing is not what was created (a public port remapped or a field lost)"
     assert r["by_tool"] == r["want"], "the conntrack tool reads the entries differently"
     assert r["timeouts_ok"] and r["refreshed"] == [59, 60]
-    assert r["again"] == 10 and r["others"] == 0 and r["left"] == 0
+    assert r["again"] == 10 and r["others"] == 0 and r["left"] == 0, (r["again"], r["others"], r["left"])
     assert set(r["failed"]) <= {"17", "2"}, r["failed"]  # EEXIST, ENOENT only
     assert r["ends"], "an end event (from a program) for every deleted entry"
     assert r["updates"] == [["tcp", "ESTABLISHED"], ["udp", ""]], r["updates"]  # no SYN_RECV: filtered
     assert r["update_count"] == 75, r["update_count"]  # of the 100 refreshed: 50 UDP, 25 TCP established
     assert r["lost"] == []
+    assert r["replaced"] and r["replace_enoent"] == 0, "a replace changes what exists and deletes nothing else"
+    assert r["own_events"] == 0, "the events our own writer caused reach a reader that filters its port"
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ class FakeKernel:
     loads: list[list[flows.Flow]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     fail_loads: bool = False
+    replaced: int = 0  # entries a replace found and made again
+    deletes_asked: int = 0  # entries the service asked to delete (found or not)
 
     # -- the Kernel protocol
     def dump(self, subnets: Iterable[str]) -> list[flows.Flow]:
@@ -61,10 +63,22 @@ class FakeKernel:
             for f in creates:
                 self._create(f)
 
+    def replace(self, creates: list[flows.Flow]) -> None:
+        """Each entry in place of any of its tuple (the real one deletes only those whose create met EEXIST)."""
+        if self.fail_loads:
+            raise RuntimeError("ctnetlink: 3 of 3 entries not created: Operation not permitted")
+        with self.lock:
+            self.loads.append(list(creates))
+            self.replaced += sum(1 for f in creates if f.key in self.entries)
+            for f in creates:
+                self.entries.pop(f.key, None)
+                self._create(f)
+
     def delete(self, flows_: list[flows.Flow]) -> None:
         if self.fail_loads:
             raise RuntimeError("ctnetlink: Operation not permitted")
         with self.lock:
+            self.deletes_asked += len(flows_)
             for f in flows_:
                 self.entries.pop(f.key, None)
 

@@ -177,8 +177,8 @@ def _bpf(prog: list[tuple[int, int, int, int]], packet: bytes) -> int:
         code, jt, jf, k = prog[pc]
         if code == ctnetlink.BPF_LD_LEN:
             a = len(packet)
-        elif code in (ctnetlink.BPF_LDH_ABS, ctnetlink.BPF_LDB_ABS):
-            size = 2 if code == ctnetlink.BPF_LDH_ABS else 1
+        elif code in (ctnetlink.BPF_LDW_ABS, ctnetlink.BPF_LDH_ABS, ctnetlink.BPF_LDB_ABS):
+            size = {ctnetlink.BPF_LDW_ABS: 4, ctnetlink.BPF_LDH_ABS: 2}.get(code, 1)
             if k + size > len(packet):
                 return 0
             a = int.from_bytes(packet[k : k + size], "big")
@@ -221,3 +221,25 @@ def test_the_event_filter_drops_only_tcp_updates_the_service_ignores(f: flows.Fl
     # Never a flow the service needs; with a TCP state, every update it ignores (one without is short: the
     # filter passes it on rather than read past its end, and the service drops it).
     assert dropped == ignored if with_state else not dropped or ignored
+
+
+@SHARED
+@given(_flow(), st.sampled_from([0, 4242, 0x12345678]), st.sampled_from([4242, 0x12345678, 0xFFFFFFFF]))
+def test_the_event_filter_drops_the_events_our_own_writer_caused(f: flows.Flow, pid: int, own: int) -> None:
+    message = _kernel_message(f, pid)
+    plain = _bpf(ctnetlink.event_filter(), message)
+    with_own = _bpf(ctnetlink.event_filter(own), message)
+    assert with_own == (0 if pid == own else plain)  # any other event: as without the port
+
+
+def test_failures_name_the_request_that_failed() -> None:
+    """An NLMSG_ERROR carries the errno and then the request's header (NETLINK_CAP_ACK: the header alone)."""
+    request = ctnetlink.create_message(flows.Flow("A", "udp", "10.0.1.10", "203.0.113.10", 1, 53, "10.0.100.21", 1,
+                                                  30), 0x01020304)  # fmt: skip
+    answer = struct.pack("=IHHII", 36, ctnetlink.NLMSG_ERROR, 0x100, 0x01020304, 99) + struct.pack("=i", -17)
+    answer += request[:16]
+    ack = struct.pack("=IHHII", 36, ctnetlink.NLMSG_ERROR, 0x100, 7, 99) + struct.pack("=i", 0) + request[:8]
+    ack += struct.pack("=II", 7, 0)
+    short = struct.pack("=IHHII", 20, ctnetlink.NLMSG_ERROR, 0, 8, 99) + struct.pack("=i", -2)
+    assert ctnetlink.failures(answer + ack + short) == [(17, 0x01020304), (0, 7), (2, -1)]
+    assert ctnetlink.errors(answer + ack + short) == [17, 0, 2]

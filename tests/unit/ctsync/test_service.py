@@ -118,6 +118,21 @@ def test_a_new_flow_on_a_reused_tuple_replaces_the_old_copy_and_its_port(group: 
     group.kernels[A].end(old.key)  # both in one batch: the end and the new flow coalesce
     group.kernels[A].flow(new)
     assert wait(lambda: (c := group.entry(B, new.key)) is not None and c.nat_port == 31000)
+    assert group.kernels[B].replaced == 1  # the old copy was found by the create and made again
+
+
+def test_new_flows_reach_the_peer_without_a_delete_each(group: Group) -> None:
+    """A streamed new flow is created on the peer without a delete before it (it would fail, and a delete that
+    succeeds sends an end event); only an ended flow is deleted there."""
+    group.start({"rtb-a": A, "rtb-b": B})
+    fresh = [tcp("10.0.1.12", 48000 + i, "10.0.100.21") for i in range(20)]
+    for f in fresh:
+        group.kernels[A].flow(f)
+    assert wait(lambda: all(group.entry(B, f.key) is not None for f in fresh))
+    assert group.kernels[B].deletes_asked == 0 and group.kernels[B].replaced == 0
+    group.kernels[A].end(fresh[0].key)
+    assert wait(lambda: group.entry(B, fresh[0].key) is None)
+    assert group.kernels[B].deletes_asked == 1
 
 
 def test_a_reused_tuple_is_sent_again_even_when_its_old_flow_ended_unseen(group: Group) -> None:
