@@ -64,6 +64,7 @@ TUPLE_BYTES = 52
 _TUPLE = struct.Struct("=HHHH4sHH4sHHHHB3xHHH2xHHH2x")
 _U32 = struct.Struct("!I")
 _U32N = struct.Struct("=I")
+_PROTOINFO = struct.Struct("=HHHHB")  # CTA_PROTOINFO_TCP's header, then CTA_PROTOINFO_TCP_STATE's and its value
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -234,20 +235,34 @@ def flow_of(
         return None
     status = timeout = 0
     state = -1
+    need = 3 if proto == 6 else 2  # status, timeout (and a TCP state): the kernel puts CTA_ZONE before them all
+    unpack_attr, unpack_u32 = _ATTR.unpack_from, _U32.unpack_from
     while pos + 4 <= end:
-        alen, t = _ATTR.unpack_from(data, pos)
+        alen, t = unpack_attr(data, pos)
         if alen < 4 or pos + alen > end:
             return None
         t &= 0x7FFF
         if t == CTA_STATUS and alen >= 8:
-            status = _U32.unpack_from(data, pos + 4)[0]
+            status = unpack_u32(data, pos + 4)[0]
+            need -= 1
         elif t == CTA_TIMEOUT and alen >= 8:
-            timeout = _U32.unpack_from(data, pos + 4)[0]
+            timeout = unpack_u32(data, pos + 4)[0]
+            need -= 1
         elif t == CTA_PROTOINFO:
-            state = _tcp_state(data, pos + 4, pos + alen)
+            # Usually {CTA_PROTOINFO_TCP {CTA_PROTOINFO_TCP_STATE, ...}}: read in place, else walked.
+            if alen >= 13:
+                tcp_len, tcp_type, state_len, state_type, state = _PROTOINFO.unpack_from(data, pos + 4)
+                if not (tcp_type & 0x7FFF == CTA_PROTOINFO_TCP and state_type == CTA_PROTOINFO_TCP_STATE
+                        and state_len == 5 and 9 <= tcp_len <= alen - 4):  # fmt: skip
+                    state = _tcp_state(data, pos + 4, pos + alen)
+            else:
+                state = _tcp_state(data, pos + 4, pos + alen)
+            need -= 1
         elif t == CTA_ZONE and (alen < 6 or data[pos + 4] or data[pos + 5]):
             return None
         pos += (alen + 3) & ~3
+        if need <= 0:
+            break  # the rest (ids, marks, counters, labels) is not ours to read
     if name == "tcp":
         if not 0 < state < len(TCP_STATES):
             return None

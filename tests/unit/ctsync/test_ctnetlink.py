@@ -243,3 +243,27 @@ def test_failures_name_the_request_that_failed() -> None:
     short = struct.pack("=IHHII", 20, ctnetlink.NLMSG_ERROR, 0, 8, 99) + struct.pack("=i", -2)
     assert ctnetlink.failures(answer + ack + short) == [(17, 0x01020304), (0, 7), (2, -1)]
     assert ctnetlink.errors(answer + ack + short) == [17, 0, 2]
+
+
+def test_a_tcp_state_not_first_in_its_nest_and_attributes_in_another_order_still_read() -> None:
+    """flow_of reads the usual layout in place and stops once it has what it needs; any other order is walked."""
+    f = flows.Flow("A", "tcp", "10.0.1.10", "203.0.113.10", 40000, 443, "10.0.100.21", 40001, 300,
+                   "SEEN_REPLY,ASSURED", "ESTABLISHED")  # fmt: skip
+    src, dst, nat = (socket.inet_aton(a) for a in (f.src, f.dst, f.nat))
+    tuples = (ctnetlink.tuple_attr(ctnetlink.CTA_TUPLE_ORIG, src, dst, 6, f.sport, f.dport)
+              + ctnetlink.tuple_attr(ctnetlink.CTA_TUPLE_REPLY, dst, nat, 6, f.dport, f.nat_port))  # fmt: skip
+    wscale = struct.pack("=HHB3x", 5, 2, 7)  # CTA_PROTOINFO_TCP_WSCALE_ORIGINAL before the state
+    state = struct.pack("=HHB3x", 5, 1, flows.TCP_STATE_NAMES.index("ESTABLISHED"))
+    info = struct.pack("=HH", 4 + 4 + 16, 0x8000 | 4) + struct.pack("=HH", 4 + 16, 0x8001) + wscale + state
+    status = struct.pack("=HH", 8, ctnetlink.CTA_STATUS) + struct.pack("!I", 0x19E)
+    timeout = struct.pack("=HH", 8, ctnetlink.CTA_TIMEOUT) + struct.pack("!I", 300)
+    garbage = struct.pack("=HH", 2, 99)  # malformed, after everything needed: never read
+    for attrs in (info + timeout + status + garbage, timeout + info + status):
+        m = struct.pack("=IHHII", 20 + len(tuples) + len(attrs), ctnetlink.MSG_NEW, 0, 0, 0)
+        m += struct.pack("!BBH", 2, 0, 0) + tuples + attrs
+        assert ctnetlink.flow_of(m, 0, len(m)) == f
+    zone_late = struct.pack("=HHH2x", 6, ctnetlink.CTA_ZONE, 5)
+    attrs = zone_late + status + timeout
+    m = struct.pack("=IHHII", 20 + len(tuples) + len(attrs), ctnetlink.MSG_NEW, 0, 0, 0)
+    m += struct.pack("!BBH", 2, 0, 0) + tuples + attrs
+    assert ctnetlink.flow_of(m, 0, len(m)) is None  # a zone (before what we read, as the kernel puts it)
