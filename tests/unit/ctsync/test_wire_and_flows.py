@@ -223,3 +223,9 @@ def test_incoming_parts_free_a_public_port_before_loading_and_end_with_the_stale
     part = incoming.part([same._replace(nat="10.0.100.21"), b])
     assert part == flows.Plan([squatter], [], [b._replace(nat=mine)])  # the squatter goes before b is loaded
     assert incoming.end() == flows.Plan([left], [], []) and incoming.count == 2
+
+
+def test_placed_is_the_flow_with_our_address_and_timeout_and_every_other_field_kept() -> None:
+    f = flows.Flow("D", "tcp", "10.0.1.1", "203.0.113.10", 1, 2, "10.0.100.21", 3, 5, "SEEN_REPLY", "CLOSE_WAIT", True)
+    assert f.placed("10.0.101.21", 9) == f._replace(op="A", nat="10.0.101.21", timeout=9, userspace=False)
+    assert f.placed("n", 10**9).timeout == flows.MAX_TIMEOUT
