@@ -50,8 +50,17 @@ from dataclasses import dataclass
 
 from coordinator.pauses import Pause, PauseWatch
 
-# confirm(operation) -> "" when the write may go, else why not (it may raise: nothing is sent).
-Confirm = Callable[[str], str]
+
+@dataclass(frozen=True)
+class Confirmed:
+    """A confirmation that needed no new read: DynamoDB's answer to a request sent at ``since`` (monotonic)."""
+
+    since: float
+
+
+# confirm(operation) -> "" when the write may go (confirmed by a read made now), Confirmed when an
+# earlier answer confirms it, else why not (it may raise: nothing is sent).
+Confirm = Callable[[str], str | Confirmed]
 RECENT_S = 60.0  # writes kept this long after they ended, for pauses seen only later
 
 # Every EC2 operation that changes something: each needs an armed permit.
@@ -274,9 +283,14 @@ class Fence:
             self._refuse_if_paused(permit, now)
             permit.confirm_started = now
             try:
-                why = permit.confirm(operation)
+                verdict = permit.confirm(operation)
             except Exception as exc:  # the store could not be read: authority not confirmed
-                why = f"cannot confirm it in DynamoDB ({exc})"
+                verdict = f"cannot confirm it in DynamoDB ({exc})"
+            if isinstance(verdict, Confirmed):
+                # Our authority is known from when that request was sent: a pause since then is this write's.
+                permit.confirm_started = min(now, verdict.since)
+                verdict = ""
+            why = verdict
             now = self.monotonic()
             if why:
                 self.refusals += 1

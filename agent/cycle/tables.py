@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from agent.aws.ec2 import Ec2Error, api_name
-from agent.aws.fence import FenceRefused, Permit
+from agent.aws.fence import Confirmed, FenceRefused, Permit
 from agent.cycle.context import Context
 from agent.cycle.memory import Held
 from agent.cycle.session import SessionKeeper
@@ -122,10 +122,10 @@ class TableWriter:
             self.standing.hold_back(action, operation, now)
         if not self.session.may_act(health):
             raise FenceRefused(api_name(operation), "the lease is too short; renewing first")
-        coordinator = ctx.coordinator
+        within = ctx.timings.store_timeout_max
 
-        def confirm(_operation: str) -> str:
-            return coordinator.confirm(route=(route_table, term))
+        def confirm(_operation: str) -> str | Confirmed:
+            return self._confirm(route_table, term, health, within)
 
         assert ctx.fence is not None
         try:
@@ -138,6 +138,25 @@ class TableWriter:
             held = ctx.memory.held.get(route_table)
             self.standing.failed(exc, clock.monotonic(), write=True, held=held, address=address)
             raise
+
+    def _confirm(self, route_table: str, term: int, health: Health, within: float) -> str | Confirmed:
+        """DynamoDB's confirmation of a write to ``route_table`` in ``term``, right before its send.
+
+        An answer of the last ``within`` seconds (``store_timeout_max``: no older than a confirmation
+        read's own answer may be) that showed our session alive, with DynamoDB having shown the table
+        ours in that term (our claim, a read), confirms it without a new round trip
+        (coordinator.leases.Evidence says why). Otherwise one round trip: a conditional renewal where
+        DynamoDB showed the table ours (it confirms the session and keeps the lease), else a
+        consistent read of the group (``Coordinator.confirm``).
+        """
+        coordinator = self.ctx.coordinator
+        since = coordinator.confirmed(route_table, term, within)
+        if since is None and coordinator.knows(route_table, term):
+            self.session.renew(health)
+            since = coordinator.confirmed(route_table, term, within)
+        if since is not None:
+            return Confirmed(since)
+        return coordinator.confirm(route=(route_table, term))
 
     @contextmanager
     def _holder_tagged(
