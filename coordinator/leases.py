@@ -71,24 +71,26 @@ class SessionState:
 
 @dataclass
 class Evidence:
-    """What DynamoDB last showed of our own session and tables: a confirmation that needs no new read.
+    """What DynamoDB last told us of our own session and tables: a confirmation that needs no new read.
 
-    ``alive_sent``: when the latest request whose answer showed our session alive was sent (a
-    conditional renewal that succeeded, a new or resumed session, a consistent read of the group).
+    ``renewed_sent``: when our latest conditional renewal that DynamoDB accepted was sent (a
+    heartbeat, a new or resumed session): our session was alive then, and every peer's watch of it
+    started again (none can expire it within ``lease + margin`` of seeing that renewal). A store call
+    that ended without an answer makes it stale: a pause our clock did not count may hide in its wait.
     ``tables``: the route tables DynamoDB showed held by this session, and in which term (our claim
     that succeeded, a consistent read); dropped when a read shows otherwise and before we hand one
     over or release it.
 
-    Why the two together confirm a table as of ``alive_sent``, whichever came first: no agent takes
+    Why the two together confirm a table as of ``renewed_sent``, whichever came first: no agent takes
     a table from a session that DynamoDB shows alive. A peer claims a table only when its owner's
     session is expired, superseded, left or gone, or after its own conditional write expired it
     (agent.decide's owner_state), and a session never comes back to life (a renewal is conditional
     on it being alive; a new session has a new id). So if DynamoDB showed the table ours in a term
-    and, then or later, showed our session alive, the table was still ours in that term then.
+    and, then or later, accepted our renewal, the table was still ours in that term then.
     """
 
     session: str = ""
-    alive_sent: float = float("-inf")
+    renewed_sent: float = float("-inf")
     tables: dict[str, int] = field(default_factory=dict)
 
     def _of(self, session: str) -> None:
@@ -96,9 +98,12 @@ class Evidence:
             self.forget()
             self.session = session
 
-    def alive(self, session: str, sent: float) -> None:
+    def renewed(self, session: str, sent: float) -> None:
         self._of(session)
-        self.alive_sent = max(self.alive_sent, sent)
+        self.renewed_sent = max(self.renewed_sent, sent)
+
+    def stale(self) -> None:
+        self.renewed_sent = float("-inf")
 
     def holds(self, session: str, table: str, term: int) -> None:
         self._of(session)
@@ -109,7 +114,7 @@ class Evidence:
 
     def forget(self) -> None:
         self.session = ""
-        self.alive_sent = float("-inf")
+        self.renewed_sent = float("-inf")
         self.tables.clear()
 
 
@@ -190,18 +195,18 @@ class Coordinator:
         return self.budget.renewal() if renewal else self.budget.call(self.remaining())
 
     def read_group(self) -> GroupSnapshot:
-        """One consistent Query of the group; what it shows of our session and tables is kept as evidence."""
-        sent = self.clock.monotonic()
+        """One consistent Query of the group; which of our tables it shows ours is kept (:class:`Evidence`)."""
         try:
             rows = self.store.query_group(self.group, timeout=self._timeout())
         except Unavailable as exc:
+            self._evidence.stale()
             raise StoreUnavailable(f"cannot read group {self.group!r}: {exc}") from exc
         snapshot = parse_group(self.group, rows)
-        self._saw(snapshot, sent)
+        self._saw(snapshot)
         return snapshot
 
-    def _saw(self, snapshot: GroupSnapshot, sent: float) -> None:
-        """A consistent read sent at ``sent``: our session alive there, and which tables it holds in which term."""
+    def _saw(self, snapshot: GroupSnapshot) -> None:
+        """A consistent read: the tables it shows held by our session, and in which term (none if it is not alive)."""
         s = self._session
         ev = self._evidence
         if s is None:
@@ -210,7 +215,6 @@ class Coordinator:
         if mine is None or mine.session != s.session or mine.state != MEMBER_ALIVE:
             ev.forget()
             return
-        ev.alive(s.session, sent)
         for table, r in snapshot.routes.items():
             if r.owner == self.me and r.owner_session == s.session:
                 ev.holds(s.session, table, r.term)
@@ -222,16 +226,16 @@ class Coordinator:
     def confirmed(self, route_table: str, term: int, within: float) -> float | None:
         """When DynamoDB last confirmed, without a new read, that this session holds ``route_table`` in ``term``.
 
-        The send time of the request that showed our session alive (:class:`Evidence`), if it is no
+        The send time of our latest renewal that DynamoDB accepted (:class:`Evidence`), if it is no
         more than ``within`` ago on our clock and DynamoDB showed the table ours in that term; else None.
         """
         s = self._session
         ev = self._evidence
         if s is None or ev.session != s.session or ev.tables.get(route_table) != term:
             return None
-        if self.clock.monotonic() - ev.alive_sent > within:
+        if self.clock.monotonic() - ev.renewed_sent > within:
             return None
-        return ev.alive_sent
+        return ev.renewed_sent
 
     def knows(self, route_table: str, term: int) -> bool:
         """DynamoDB showed this session holding ``route_table`` in ``term`` (a renewal can then confirm it)."""
@@ -243,6 +247,7 @@ class Coordinator:
         try:
             return self.store.get_item(self.group, key, timeout=self._timeout())
         except Unavailable as exc:
+            self._evidence.stale()
             raise StoreUnavailable(f"cannot read {key!r}: {exc}", outcome_unknown=True) from exc
 
     # ---------------------------------------------------------------- session
@@ -358,7 +363,7 @@ class Coordinator:
         item = self._member(session, version, MEMBER_ALIVE, health, False)
         self._write(encode_member(item), expect, gc_after_s=MEMBER_GC_SECONDS, renewal=True)
         self._session = SessionState(session, version, t0, t0 + self.lease_s)
-        self._evidence.alive(session, t0)
+        self._evidence.renewed(session, t0)
         self._on_session(session)
         return item
 
@@ -401,7 +406,7 @@ class Coordinator:
             except Conflict:
                 continue  # a late renewal of the earlier process (read again), or a peer expired it
             self._session = SessionState(session, item.version, t0, t0 + self.lease_s)
-            self._evidence.alive(session, t0)
+            self._evidence.renewed(session, t0)
             self._on_session(session)
             return item
         raise SessionLost(f"cannot resume session {session}: {key} kept changing")
@@ -435,7 +440,7 @@ class Coordinator:
             self._session = replace(s, version=adopted)
             return self.heartbeat(health, draining=draining, paused=paused, restart_grace_s=restart_grace_s)
         self._session = replace(s, version=item.version, valid_until=t0 + self.lease_s)
-        self._evidence.alive(s.session, t0)  # the conditional renewal showed our session alive
+        self._evidence.renewed(s.session, t0)
         return item
 
     def _adopt_own_late_write(self, s: SessionState) -> int | None:
@@ -646,6 +651,7 @@ class Coordinator:
                 return  # a retried attempt of ours had already applied it
             raise Conflict(f"{key} changed since it was read") from exc
         except OutcomeUnknown as exc:
+            self._evidence.stale()  # no answer: a pause our clock missed may hide in the wait
             current = self._get(key)  # raises StoreUnavailable(outcome_unknown=True)
             if current is not None and current.get("token") == token:
                 return

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.aws.ec2 import Ec2Error
-from agent.aws.fence import FenceRefused
+from agent.aws.fence import Confirmed, FenceRefused
 from coordinator.pauses import PauseWatch
 from tests.unit import test_cycle as base
 from tests.unit.test_cycle import GROUP, dead, settled
@@ -128,3 +128,40 @@ def test_a_taker_whose_session_a_peer_expired_during_a_hidden_pause_writes_nothi
     else:
         raise AssertionError("the stale holder's write was sent")
     assert g.world.writes[n:] == []
+
+
+def test_a_takeover_is_confirmed_by_its_claim_and_a_renewal_not_by_a_read_before_each_write() -> None:
+    # A slow DynamoDB path made a takeover's round trips (expire, claim, a renewal, a confirmation read
+    # before the tag and again before the route) outlast the second left after an owner's 2 s of
+    # silence. The claim shows each table ours in its term and a renewal DynamoDB accepted shows our
+    # session alive: the tags and routes go without a read of their own. (Undo: make
+    # TableWriter._confirm always return coordinator.confirm(...), and the cycle reads 7 times.)
+    g = settled()
+    with dead(g, "i-b"):
+        reads, writes = g.store.reads, g.store.writes
+        g.cycle("i-a")
+    assert [w for w in g.world.writes if w[0] == "ReplaceRoute"][-3:] == [
+        ("ReplaceRoute", rt, "i-a") for rt in ("rtb-b1", "rtb-b2", "rtb-b3")
+    ]
+    assert g.store.reads - reads == 1, "the cycle's own query only"
+    assert g.store.writes - writes == 1 + 3 + 1  # one expiry, three claims, one renewal
+
+
+def test_an_old_confirmation_is_renewed_where_the_table_is_known_ours_and_read_where_not() -> None:
+    # One round trip either way: a renewal (it also keeps the lease) where DynamoDB showed the table
+    # ours, else the consistent read. (Undo: drop the renewal in TableWriter._confirm, and it reads.)
+    g = settled()
+    a = g.agents["i-a"]
+    health = a.memory.last_health
+    assert health is not None
+    term = g.store.raw_get(GROUP, "route#rtb-a")["term"]
+    g.clock.advance(0.5)  # the last renewal is older than store_timeout_max
+    reads, writes = g.store.reads, g.store.writes
+    verdict = a.tables._confirm("rtb-a", term, health, 0.4)
+    assert isinstance(verdict, Confirmed) and verdict.since == g.clock.monotonic()
+    assert (g.store.reads - reads, g.store.writes - writes) == (0, 1)
+    g.clock.advance(0.5)
+    a.coordinator._evidence.drop("rtb-a")  # nothing says the table is ours: read
+    assert a.tables._confirm("rtb-a", term, health, 0.4) == ""
+    assert (g.store.reads - reads, g.store.writes - writes) == (1, 1)
+    assert "term" in a.tables._confirm("rtb-a", term + 1, health, 0.4)
