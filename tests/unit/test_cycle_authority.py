@@ -165,3 +165,21 @@ def test_an_old_confirmation_is_renewed_where_the_table_is_known_ours_and_read_w
     assert a.tables._confirm("rtb-a", term, health, 0.4) == ""
     assert (g.store.reads - reads, g.store.writes - writes) == (1, 1)
     assert "term" in a.tables._confirm("rtb-a", term + 1, health, 0.4)
+
+
+def test_a_hand_over_in_doubt_that_lands_after_our_own_write_back_is_repaired_at_its_bound() -> None:
+    # Seed 1999: i-a's hand-over write timed out (in doubt); EC2 then showed the table with i-b (an
+    # earlier write of the drain had landed) and i-a routed it back to itself. The write in doubt landed
+    # after that. The read at the write's bound shows i-b within ec2_consistency_window of i-a's own
+    # write: not lag to be discounted while a write of ours to a peer is in doubt. (Undo: drop the
+    # handover_doubt exception in Ec2View._refresh_routes, and the table stays on i-b until the 5-s
+    # reconcile.)
+    g = settled()
+    a = g.agents["i-a"]
+    now = g.clock.monotonic()
+    a.memory.handover_doubt["rtb-a"] = now - 0.4  # the hand-over write that failed, sent before ours
+    a.memory.held["rtb-a"].last_write = now - 0.1  # our own write back, confirmed
+    g.world.targets["rtb-a"] = "i-b"  # the write in doubt lands now
+    a.memory.ec2_rechecks = [now]  # its bound: read EC2
+    g.cycle("i-a")
+    assert g.world.targets["rtb-a"] == "i-a"
