@@ -14,10 +14,12 @@ StartInstances, ...) goes through a :class:`Fence`:
   (coordinator.awshttp) ends the whole call then - every blocking step gets the time left,
   nothing is retried - so a write is sent inside the lease or not at all;
 * authority does not rest on the local clock alone: a write armed inside a :meth:`Fence.frame`
-  runs the frame's ``confirm`` there too, right before the final lease check - a consistent
-  DynamoDB read that we still own the table in the same term and that our session was not
-  expired (``Coordinator.confirm``) - and a stop's fresh probe evidence. A write that cannot be
-  confirmed is not sent;
+  runs the frame's ``confirm`` there too, right before the final lease check - DynamoDB's word
+  that we still own the table in the same term and that our session was not expired: a
+  consistent read (``Coordinator.confirm``), or a recent answer that says as much
+  (:class:`Confirmed`: a renewal DynamoDB accepted, with the table shown ours; the write's
+  exposure to a pause then starts when that request was sent) - and a stop's fresh probe
+  evidence. A write that cannot be confirmed is not sent;
 * pauses the monotonic clock did not count (a paused VM: coordinator.pauses) are looked for
   before and after every write: one seen before the send refuses it and drops our authority
   (``on_pause``) until a renewal sent after it succeeds; one that may lie between a write's
