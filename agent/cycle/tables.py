@@ -55,6 +55,7 @@ class TableWriter:
         self.session = session
         self.standing = standing
         self._expired_now: set[str] = set()  # members whose session this cycle expired
+        self._failover = False  # the writes in progress move a table off a failed NAT (see _confirm)
 
     def begin_cycle(self) -> None:
         self._expired_now = set()
@@ -125,8 +126,11 @@ class TableWriter:
         if not self.session.may_act(health):
             raise FenceRefused(api_name(operation), "the lease is too short; renewing first")
         within = ctx.timings.store_timeout_max
+        failover = self._failover
 
         def confirm(_operation: str) -> str | Confirmed:
+            if not failover:
+                return ctx.coordinator.confirm(route=(route_table, term))
             return self._confirm(route_table, term, health, within)
 
         assert ctx.fence is not None
@@ -141,8 +145,22 @@ class TableWriter:
             self.standing.failed(exc, clock.monotonic(), write=True, held=held, address=address)
             raise
 
+    @contextmanager
+    def _moving_off_failure(self, yes: bool) -> Iterator[None]:
+        """The writes inside move a table off a NAT that failed (a takeover from a peer, an unhealthy
+        holder's hand-over): the outage clock runs, and they are confirmed by :meth:`_confirm`. Every
+        other write (repairs, settles, fail-backs, drains, a table resumed from our own instance's
+        earlier session) is confirmed by a consistent read at its send, which also covers two agent
+        processes of one instance racing (the lifetime lock and the wait for the earlier one's
+        silence keep that from happening)."""
+        before, self._failover = self._failover, yes
+        try:
+            yield
+        finally:
+            self._failover = before
+
     def _confirm(self, route_table: str, term: int, health: Health, within: float) -> str | Confirmed:
-        """DynamoDB's confirmation of a write to ``route_table`` in ``term``, right before its send.
+        """DynamoDB's confirmation of a failover's write to ``route_table`` in ``term``, right before its send.
 
         An answer of the last ``within`` seconds (``store_timeout_max``: no older than a confirmation
         read's own answer may be) that showed our session alive, with DynamoDB having shown the table
@@ -246,7 +264,8 @@ class TableWriter:
         if not a.write_route:  # paused: the lease only; the route is written when the pause ends
             return ""
         before = mem.ec2.get(a.route_table)
-        done, note = self._move(a.route_table, route.term, ctx.me, health, "takeover", started)
+        with self._moving_off_failure(bool(previous) and previous != ctx.me):
+            done, note = self._move(a.route_table, route.term, ctx.me, health, "takeover", started)
         moved = before is None or before.target != ctx.me  # a claim of a table EC2 already routes here moves nothing
         if ctx.metrics is not None and moved:
             ctx.metrics.failovers.labels(a.route_table, "takeover", a.reason).inc()
@@ -433,7 +452,8 @@ class TableWriter:
             waiting = ctx.flows.handover_wait(a.route_table, a.successor.instance, t0)
             if waiting:
                 return waiting
-            done, note = self._move(a.route_table, a.route.term, a.successor.instance, health, a.kind, t0)
+            with self._moving_off_failure(a.reason == "self_unhealthy"):
+                done, note = self._move(a.route_table, a.route.term, a.successor.instance, health, a.kind, t0)
         try:
             ctx.coordinator.hand_over_route(a.route, a.successor)
         except StoreUnavailable:

@@ -905,3 +905,13 @@ def test_lapse_drops_authority_until_a_renewal_sent_afterwards(backend: Backend,
     clock.advance(0.1)
     a.heartbeat(OK)  # nobody expired it: the session renews
     assert a.remaining() == pytest.approx(LEASE)
+
+
+def test_a_heartbeat_says_how_slow_its_dynamodb_path_is_and_a_bad_value_is_only_ignored() -> None:
+    # Peers order their claims by it (agent.decide: a slow path claims last); a value that is not a
+    # number of seconds must never make the whole heartbeat unreadable.
+    h = Health(True, {"ip_forward": True}, (), store_rtt=0.2468)
+    assert Health.from_json(h.to_json()).store_rtt == 0.247
+    assert Health.from_json(Health(True).to_json()).store_rtt is None
+    for bad in ('"slow"', "-1", "true", "1e12"):
+        assert Health.from_json('{"healthy": true, "store_rtt_s": ' + bad + "}").store_rtt is None
