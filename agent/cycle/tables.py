@@ -17,9 +17,10 @@ we hold at a peer may still land, so EC2 is read again.
   never holds a route back (the route is what keeps traffic flowing); only refusals of our own
   (access denied) count as failing writes, as for routes;
 * every write is confirmed against DynamoDB right before its send (we still own the table in
-  the term, our session was not expired), in addition to the lease: by a renewal DynamoDB
-  accepted within ``store_timeout_max`` with the table shown ours (our claim, a read), else by
-  a renewal or a consistent read made then (:meth:`TableWriter._confirm`);
+  the term, our session was not expired), in addition to the lease: by a consistent read then
+  (``Coordinator.confirm``); a failover's write (:meth:`TableWriter._moving_off_failure`) by a
+  renewal DynamoDB accepted within ``store_timeout_max`` with the table shown ours (our claim,
+  a read), else by a renewal or a read made then (:meth:`TableWriter._confirm`);
 * a write of ours that left after its deadline (the process was frozen in between), or across a
   pause our clock did not count, is reported as a stray, so the holder writes the table again; a
   write not acknowledged is in doubt until its deadline plus ``ec2_apply_horizon``: EC2 is read
