@@ -220,3 +220,18 @@ def test_a_write_that_is_not_a_failover_is_confirmed_by_a_read_at_its_send() -> 
     g.cycle("i-a")
     assert g.world.targets["rtb-a"] == "i-a"
     assert g.store.reads - reads == 2, "the cycle's query, and the route write's confirmation"
+
+
+def test_a_less_preferred_candidate_wakes_when_its_wait_for_a_claimable_table_ends() -> None:
+    # Seed 1907: the preferred candidate saw the owner's silence late (it had been frozen); the next one
+    # waited its stagger (0.35 s) and then up to a whole cycle more, and the table stayed on the dead NAT
+    # 3.05 s. The daemon now runs a cycle when each rank's wait ends. (Undo: drop the stagger waits from
+    # Agent.next_deadline, and it returns None here.)
+    g = settled()
+    a = g.agents["i-a"]
+    now = g.clock.monotonic()
+    assert a.next_deadline() is None
+    a.memory.claimable_since["rtb-b1"] = now - 0.1
+    assert a.next_deadline() == pytest.approx(now - 0.1 + a.timings.claim_stagger)
+    g.clock.advance(0.3)
+    assert a.next_deadline() is None, "past the last rank's wait (two members: one rank)"
