@@ -18,7 +18,7 @@ we hold at a peer may still land, so EC2 is read again.
   (access denied) count as failing writes, as for routes;
 * every write is confirmed against DynamoDB right before its send (we still own the table in
   the term, our session was not expired), in addition to the lease: by a consistent read then
-  (``Coordinator.confirm``); a failover's write (:meth:`TableWriter._moving_off_failure`) by a
+  (``Coordinator.confirm``); a move's write (:meth:`TableWriter._moving`) by a
   renewal DynamoDB accepted within ``store_timeout_max`` with the table shown ours (our claim,
   a read), else by a renewal or a read made then (:meth:`TableWriter._confirm`);
 * a write of ours that left after its deadline (the process was frozen in between), or across a
@@ -56,7 +56,7 @@ class TableWriter:
         self.session = session
         self.standing = standing
         self._expired_now: set[str] = set()  # members whose session this cycle expired
-        self._failover = False  # the writes in progress move a table off a failed NAT (see _confirm)
+        self._failover = False  # the writes in progress move a table to another NAT (see _moving)
 
     def begin_cycle(self) -> None:
         self._expired_now = set()
@@ -147,12 +147,12 @@ class TableWriter:
             raise
 
     @contextmanager
-    def _moving_off_failure(self, yes: bool) -> Iterator[None]:
-        """The writes inside move a table off a NAT that failed (a takeover from a peer, an unhealthy
-        holder's hand-over): the outage clock runs, and they are confirmed by :meth:`_confirm`. Every
-        other write (repairs, settles, fail-backs, drains, a table resumed from our own instance's
-        earlier session) is confirmed by a consistent read at its send, which also covers two agent
-        processes of one instance racing (the lifetime lock and the wait for the earlier one's
+    def _moving(self, yes: bool) -> Iterator[None]:
+        """The writes inside move a table from one NAT to another (a takeover from a peer, a hand-over):
+        the table has no working route, or its traffic no public address, until they land. They are
+        confirmed by :meth:`_confirm`. Every other write (repairs, settles, a table resumed from our own
+        instance's earlier session) is confirmed by a consistent read at its send, which also covers two
+        agent processes of one instance racing (the lifetime lock and the wait for the earlier one's
         silence keep that from happening)."""
         before, self._failover = self._failover, yes
         try:
@@ -161,7 +161,7 @@ class TableWriter:
             self._failover = before
 
     def _confirm(self, route_table: str, term: int, health: Health, within: float) -> str | Confirmed:
-        """DynamoDB's confirmation of a failover's write to ``route_table`` in ``term``, right before its send.
+        """DynamoDB's confirmation of a move's write to ``route_table`` in ``term``, right before its send.
 
         An answer of the last ``within`` seconds (``store_timeout_max``: no older than a confirmation
         read's own answer may be) that showed our session alive, with DynamoDB having shown the table
@@ -265,7 +265,7 @@ class TableWriter:
         if not a.write_route:  # paused: the lease only; the route is written when the pause ends
             return ""
         before = mem.ec2.get(a.route_table)
-        with self._moving_off_failure(bool(previous) and previous != ctx.me):
+        with self._moving(bool(previous) and previous != ctx.me):
             done, note = self._move(a.route_table, route.term, ctx.me, health, "takeover", started)
         moved = before is None or before.target != ctx.me  # a claim of a table EC2 already routes here moves nothing
         if ctx.metrics is not None and moved:
@@ -453,7 +453,7 @@ class TableWriter:
             waiting = ctx.flows.handover_wait(a.route_table, a.successor.instance, t0)
             if waiting:
                 return waiting
-            with self._moving_off_failure(a.reason == "self_unhealthy"):
+            with self._moving(True):
                 done, note = self._move(a.route_table, a.route.term, a.successor.instance, health, a.kind, t0)
         try:
             ctx.coordinator.hand_over_route(a.route, a.successor)
