@@ -74,6 +74,9 @@ INSTANCE_RESTARTABLE = ("running", "stopped")
 # one after another (expire, claim, renew), and DynamoDB answers a healthy path in milliseconds.
 SLOW_STORE_S = 0.1
 EC2_WRITES_CHECK = "ec2_writes"  # the self check that fails while our EC2 writes keep failing
+# A planned move (fail-back, operator pin) waits until every AWS call of ours (DynamoDB, EC2) has been
+# answered in time for this long: a lossy path stalls a move between its writes (_plan_handover).
+PLANNED_MOVE_CLEAN = 5.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class Observation:
     last_resort: str = ""  # the NAT gateway to route a table nobody in the group can serve to ("": none)
     paused: dict[str, str] = field(default_factory=dict)  # route table -> who paused it (group or table)
     group_paused: str = ""  # who paused the whole group ("": not paused): no restarts either
+    aws_answered_for: float = float("inf")  # seconds every AWS call of ours has been answered in time
 
     def preferred_homes(self) -> dict[str, str]:
         """Homes, with operator pins taking precedence."""
@@ -419,7 +423,9 @@ def decide(obs: Observation, t: Timing) -> Decision:
         if v.holds(r):
             assert r is not None
             handover = _plan_handover(v, t, rt, r, home)
-            if handover is not None:
+            if isinstance(handover, str):
+                notes.append(handover)
+            elif handover is not None:
                 actions.append(handover)
                 continue
             last = _plan_last_resort(v, t, rt, r)
@@ -453,7 +459,7 @@ def decide(obs: Observation, t: Timing) -> Decision:
                 actions.append(address)
             continue
         if r is not None and r.owner == obs.me and me_ok:
-            actions.append(TakeOver(rt, r, None, "orphaned", f"resumed {rt} from my previous session"))
+            actions.append(_resume(v, rt, r, home))
             continue
         state, why, expire = v.owner_state(r)
         if state == "live":
@@ -606,6 +612,28 @@ def _plan_failback_done(v: _View, rt: str, r: RouteItem, home: str) -> HandOver 
     return HandOver(rt, r, m, "failback", "home_healthy", why, write_route=not lease_only)
 
 
+def _resume(v: _View, rt: str, r: RouteItem, home: str) -> TakeOver:
+    """Take back a table an earlier session of ours held (a restarted agent, a new session).
+
+    Where its home is a peer that can serve it and EC2 routes it there (or we have no read of its
+    route yet: a new process whose first read failed) with its Elastic IP (egress_ip = follow), that
+    session may never have moved it (it claimed the table and died before its write, sim seed 2878):
+    the lease alone comes back, and the hand-back of a table we never moved (Observer.unrouted,
+    _plan_failback_done) returns it to the home next cycle. Writing the route here would move a
+    healthy NAT's table; the home defers to us meanwhile (_owner_back), so the lease must come back
+    to someone first. A table EC2 routes here is resumed as it is (fail-back after the hold-down).
+    """
+    obs = v.obs
+    why = f"resumed {rt} from my previous session"
+    ec2 = obs.ec2.get(rt)
+    at_home = ec2 is None or (ec2.state == "active" and ec2.target == home)
+    if home != obs.me and at_home and v.eligible(home) and _address_with(obs, rt, home):
+        seen = "has no read of its route yet" if ec2 is None else "routes it to its home"
+        why += f" (the lease only: EC2 {seen}, and {home} can serve it)"
+        return TakeOver(rt, r, None, "orphaned", why, write_route=False)
+    return TakeOver(rt, r, None, "orphaned", why)
+
+
 def _owner_back(v: _View, r: RouteItem) -> bool:
     """The table's owner runs a new session, live, healthy and not draining: it will resume the table."""
     m = v.member(r.owner)
@@ -624,7 +652,16 @@ def _served_here(obs: Observation, rt: str) -> bool:
     return ec2 is not None and ec2.target == obs.me and _address_with(obs, rt, obs.me)
 
 
-def _plan_handover(v: _View, t: Timing, rt: str, r: RouteItem, home: str) -> HandOver | None:
+def _plan_handover(v: _View, t: Timing, rt: str, r: RouteItem, home: str) -> HandOver | str | None:
+    """A hand-over of a held table: forced (draining, unhealthy) or planned (fail-back, operator pin).
+
+    A planned move waits (a note) while an AWS call of ours went unanswered lately (PLANNED_MOVE_CLEAN):
+    it is two EC2 writes and a lease write, each confirmed in DynamoDB, and over a lossy path the second
+    write lags the first by seconds - the route on one NAT, the Elastic IP on the other (sim seeds 2340,
+    3739, 7621). The table is served where it is meanwhile; a forced hand-over never waits, nor does a move
+    already begun (its Elastic IP or route with the home, a write to it in doubt): waiting would undo it,
+    moving the home's Elastic IP back (seed 635).
+    """
     obs = v.obs
     failing = {k for k, ok in obs.health.checks.items() if not ok}
     if not obs.draining and failing == {EC2_WRITES_CHECK} and _served_here(obs, rt):
@@ -643,19 +680,34 @@ def _plan_handover(v: _View, t: Timing, rt: str, r: RouteItem, home: str) -> Han
         why = f"unhealthy ({failed}): handing {rt} to {successor}" + ("" if writes_ok else " (it writes the route)")
         return HandOver(rt, r, m, "drain", "self_unhealthy", why, write_route=writes_ok)
     if home and home != obs.me and v.eligible(home):
-        m = v.member(home)
-        assert m is not None
-        if obs.pins.get(rt) == home:
-            # An operator's new pin moves at once; a pinned NAT that failed and came back must
-            # be healthy for the hold-down first, or a flapping NAT would flap the route.
-            wait = min(t.failback_hold_down, obs.now - obs.pins_since.get(rt, obs.now))
-            if v.healthy_for(home) >= wait:
-                return HandOver(rt, r, m, "switchover", "operator", f"switching {rt} over to {home} (operator pin)")
-            return None
-        held_for = v.healthy_for(home)
-        if held_for >= t.failback_hold_down:
-            why = f"failing back {rt} to its home {home}: healthy for {_fmt(held_for)}"
-            return HandOver(rt, r, m, "failback", "home_healthy", why)
+        planned = _plan_move_home(v, t, rt, r, home)
+        started = not _served_here(obs, rt) or rt in obs.handovers_in_doubt  # half done: finish it, never undo it
+        if planned is not None and obs.aws_answered_for < PLANNED_MOVE_CLEAN and not started:
+            what = "switching" if planned.kind == "switchover" else "failing back"
+            return (
+                f"not {what} {rt} to {home} yet: an AWS call of mine went unanswered "
+                f"{_fmt(obs.aws_answered_for)} ago (a move must not stall half done)"
+            )
+        return planned
+    return None
+
+
+def _plan_move_home(v: _View, t: Timing, rt: str, r: RouteItem, home: str) -> HandOver | None:
+    """The planned move of a held table to its (eligible) home or pinned member, if it is due."""
+    obs = v.obs
+    m = v.member(home)
+    assert m is not None
+    if obs.pins.get(rt) == home:
+        # An operator's new pin moves at once; a pinned NAT that failed and came back must
+        # be healthy for the hold-down first, or a flapping NAT would flap the route.
+        wait = min(t.failback_hold_down, obs.now - obs.pins_since.get(rt, obs.now))
+        if v.healthy_for(home) >= wait:
+            return HandOver(rt, r, m, "switchover", "operator", f"switching {rt} over to {home} (operator pin)")
+        return None
+    held_for = v.healthy_for(home)
+    if held_for >= t.failback_hold_down:
+        why = f"failing back {rt} to its home {home}: healthy for {_fmt(held_for)}"
+        return HandOver(rt, r, m, "failback", "home_healthy", why)
     return None
 
 

@@ -26,6 +26,7 @@ holder's are (:data:`Resumed.writes_land_until`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -242,6 +243,9 @@ def resume(
         how,
         seconds_since_exec(),
     )
-    out.keeper = Keeper(coordinator, item.health, item.draining, t.heartbeat_interval, t.cycle_interval)
+    # The predecessor's word on EC2 (an age as of its last heartbeat) would grow stale with every
+    # renewal: say nothing about EC2 until the first cycle of ours.
+    health = dataclasses.replace(item.health, ec2_answered=None)
+    out.keeper = Keeper(coordinator, health, item.draining, t.heartbeat_interval, t.cycle_interval)
     out.keeper.start()
     return out

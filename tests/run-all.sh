@@ -22,6 +22,19 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     fi
 fi
 
+rootfs_pid=""
+if [ "$(id -u)" = 0 ] && command -v debootstrap >/dev/null; then
+    # The systemd tier's Debian rootfs: built once per checkout (about 45 s), kept in .cache/systemd
+    # under a key of its package list. It builds in the background while the rest installs and the
+    # first tiers run (a download and unpacking, little CPU); the systemd tier takes the same file
+    # lock (nspawn.ensure_rootfs), so it waits for this build or, if it failed, builds it itself.
+    step "systemd container rootfs (debootstrap into .cache/systemd, in the background)"
+    mkdir -p .cache
+    PYTHONPATH=. "${PYTHON:-python3}" -c 'from agent.lab import nspawn; print(nspawn.ensure_rootfs())' \
+        >.cache/rootfs-build.log 2>&1 &
+    rootfs_pid=$!
+fi
+
 step "python environment (.venv)"
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
@@ -35,12 +48,6 @@ if command -v node >/dev/null && command -v npm >/dev/null; then
         npm install --silent --no-audit --no-fund --prefix .cache/dynalite dynalite@4.0.0 >/dev/null 2>&1
 fi
 
-if [ "$(id -u)" = 0 ] && command -v debootstrap >/dev/null; then
-    # The systemd tier's Debian rootfs: built once per checkout (about a minute), kept in .cache/systemd
-    # under a key of its package list, so every later run of the tier in this run reuses it.
-    step "systemd container rootfs (debootstrap, cached in .cache/systemd)"
-    .venv/bin/python -c 'from agent.lab import nspawn; print(nspawn.ensure_rootfs())'
-fi
 
 step "ruff"
 ruff check agent coordinator tests bench
@@ -52,6 +59,10 @@ set +e
 python -m pytest -p no:cacheprovider -q -rs --durations=15 "$@"
 code=$?
 set -e
+if [ -n "$rootfs_pid" ] && ! wait "$rootfs_pid"; then
+    echo "the background rootfs build failed (the systemd tier built it again or said why):" >&2
+    tail -n 5 .cache/rootfs-build.log >&2
+fi
 step "done"
 if [ "$code" -eq 5 ]; then
     echo "pytest collected no tests: treating as a failure" >&2

@@ -168,6 +168,8 @@ class Agent:
             snapshot = self.coordinator.read_group()
             ctx.error_cleared("store:read")
         except (StoreUnavailable, StoreConfigError) as exc:
+            if isinstance(exc, StoreUnavailable):
+                self.memory.unanswered(clock.monotonic())
             ctx.error_once("store:read", f"cannot read the group ({exc}); routes stay where they are")
             decision = Decision("store_unavailable", f"store unavailable: keeping routes as they are ({exc})")
             self._finish(decision, now, health, probes)
@@ -226,6 +228,7 @@ class Agent:
         tables = self.tables
         try:
             if isinstance(action, StartSession):
+                health = self.memory.ec2_writes.stamp(health, self.clock.monotonic())
                 self.coordinator.start_session(health, snapshot.members.get(self.me))
                 self.session.started(health)
                 self.restarts.claim_own_instance()  # the first thing the session does
@@ -258,6 +261,8 @@ class Agent:
             self.ctx.error_once(f"bad:{exc.key}", str(exc))
             return str(exc)
         except (StoreUnavailable, StoreConfigError) as exc:
+            if isinstance(exc, StoreUnavailable):
+                self.memory.unanswered(self.clock.monotonic())
             self.ctx.error_once("store:write", f"store write failed ({exc}); will retry next cycle")
             return f"store write failed: {exc}"
         except CoordinatorError as exc:

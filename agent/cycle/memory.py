@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 from dataclasses import dataclass, field
 
 from agent.decide import Ec2Address, Ec2Route
@@ -87,6 +88,16 @@ class Ec2Writes:
     unreachable_since: float | None = None  # our calls fail to connect since then (until an answer)
     retry_at: float = -1e18  # a write refused during tag propagation is retried then (an early cycle)
 
+    def answered_age(self, now: float) -> float | None:
+        """Seconds since EC2 last answered us (None: never), for the heartbeat written at ``now``."""
+        return now - self.answered_at if self.answered_at > -1e17 else None
+
+    def stamp(self, health: Health, now: float) -> Health:
+        """``health`` with the age of EC2's last answer as of ``now``: a heartbeat sent late in a long
+        cycle (calls waiting out their deadlines) must not say EC2 answered us more recently than it did."""
+        age = self.answered_age(now)
+        return health if age is None else dataclasses.replace(health, ec2_answered=age)
+
 
 @dataclass
 class Memory:
@@ -133,3 +144,10 @@ class Memory:
     # A session taken over from an earlier process of this agent (agent/handoff.py): an EC2 write
     # that process sent may land until then, so its tables settle no earlier.
     predecessor_writes_until: float = -1e18
+    # The last AWS call of ours (DynamoDB or EC2) that got no answer in time: a planned move waits for a
+    # path that answers (agent.decide.PLANNED_MOVE_CLEAN).
+    aws_unanswered_at: float = -1e18
+
+    def unanswered(self, now: float) -> None:
+        """An AWS call of ours got no answer in time (a timeout, no connection, the store unavailable)."""
+        self.aws_unanswered_at = max(self.aws_unanswered_at, now)

@@ -170,6 +170,7 @@ class Observer:
             last_resort=ctx.config.ec2.last_resort_nat_gateway,
             paused=dict(mem.paused),
             group_paused=mem.group_paused,
+            aws_answered_for=now - mem.aws_unanswered_at,
         )
         self._track_peers(obs, snapshot, now, probes)
         if health.healthy:

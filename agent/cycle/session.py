@@ -45,6 +45,7 @@ class SessionKeeper:
         ctx = self.ctx
         mem = ctx.memory
         t0 = ctx.clock.monotonic()
+        health = mem.ec2_writes.stamp(health, t0)  # the cycle's health, with EC2's last answer as of now
         try:
             draining = self.is_draining()
             paused = self.paused()
@@ -63,6 +64,7 @@ class SessionKeeper:
             mem.held.clear()
             ctx.on_event("session_lost", {})
         except StoreUnavailable as exc:
+            mem.unanswered(ctx.clock.monotonic())
             self._count("error")
             ctx.error_once("store:heartbeat", f"heartbeat failed ({exc}); will stop acting when the lease runs out")
 

@@ -51,6 +51,7 @@ REFUSED = frozenset(
 )
 # No connection to the EC2 endpoint: ours when peers reach it, AWS's outage when nobody does.
 UNREACHABLE = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"})
+NO_ANSWER = UNREACHABLE | frozenset({"ReadTimeoutError"})  # no answer in time (a planned move waits)
 OWN_EC2_FAILURES = REFUSED | UNREACHABLE  # what can be ours (5xx, throttling and slow answers never are)
 # A write that failed with one of these was certainly not applied: no connection came up (nothing was
 # sent), or AWS answered with a refusal or throttling (it decides those before applying anything).
@@ -72,6 +73,9 @@ UNREACHABLE_READ_INTERVAL = 1.0  # while out because EC2 did not answer us: read
 # The write alone is retried: our tag write is on its way to IAM, writing it again would not make it
 # arrive sooner.
 PROPAGATION_RETRY = 0.1
+# How far a peer's clock may run slow against ours (the leases' clock bound is +-4.7 %): an age it
+# reports is at most this much short of the true one.
+CLOCK_RATE_BOUND = 0.05
 
 
 def action_of(operation: str) -> str:
@@ -147,9 +151,7 @@ class Ec2Standing:
         """Our health with the ``ec2_writes`` check failing while EC2 refuses (or cannot hear) our writes,
         and the age of EC2's last answer to us, for peers judging their own failures."""
         w = self.ctx.memory.ec2_writes
-        answered = now - w.answered_at if w.answered_at > -1e17 else None
-        if answered is not None:
-            health = dataclasses.replace(health, ec2_answered=answered)
+        health = w.stamp(health, now)
         if not self.out(now):
             return health
         checks = dict(health.checks)
@@ -195,6 +197,8 @@ class Ec2Standing:
         """
         action = action_of(exc.operation)
         code = exc.code
+        if code in NO_ANSWER:
+            self.ctx.memory.unanswered(now)
         if code in UNREACHABLE:
             self._unreachable(exc, now, write=write)
             return
@@ -251,23 +255,29 @@ class Ec2Standing:
     def _peer_answered_since(self, since: float, now: float) -> str:
         """A live peer whose heartbeat says EC2 answered it after ``since`` (our clock); "" if none.
 
-        A heartbeat first seen at S, saying EC2 answered its writer ``a`` seconds before it was
-        sent, was sent between S - (a cycle + a read) and S: the answer came after ``since`` for
-        sure when S - slack - a > since.
+        A heartbeat saying EC2 answered its writer ``a`` seconds (its clock) before it was written
+        was written no earlier than one store call before DynamoDB applied it, which was after our
+        last read that still showed the heartbeat before it (W, when that read returned: DynamoDB
+        served it at most one store call earlier): the answer came after ``since`` for sure when
+        W - 2 x store_timeout_max - a / (1 - CLOCK_RATE_BOUND) > since. Not "first seen minus a
+        cycle": while EC2 is out for everyone our cycles are long (each call waits out its
+        deadline), and a heartbeat first seen late would vouch for an answer before the outage
+        (sim seed 4455: a home handed its table away 11 s into an outage that hit every member).
         """
         ctx = self.ctx
         snapshot = ctx.last_snapshot
         if snapshot is None:
             return ""
         t = ctx.timings
-        slack = t.cycle_interval + t.store_timeout_max
         for m in snapshot.members.values():
             if m.instance == ctx.me or m.instance not in ctx.members or m.state != MEMBER_ALIVE:
                 continue
             age = ctx.memory.observer.unchanged_for(m.key, now)
-            if age >= m.lease_ms / 1000 + t.margin or m.health.ec2_answered is None:
-                continue  # a stale heartbeat says nothing about now
-            if now - age - slack - m.health.ec2_answered > since:
+            written_after = ctx.memory.observer.written_after(m.key)
+            if age >= m.lease_ms / 1000 + t.margin or m.health.ec2_answered is None or written_after is None:
+                continue  # a stale heartbeat says nothing about now, nor one whose age we cannot bound
+            answered = written_after - 2 * t.store_timeout_max - m.health.ec2_answered / (1 - CLOCK_RATE_BOUND)
+            if answered > since:
                 return m.instance
         return ""
 

@@ -130,9 +130,13 @@ class TableWriter:
         failover = self._failover
 
         def confirm(_operation: str) -> str | Confirmed:
-            if not failover:
-                return ctx.coordinator.confirm(route=(route_table, term))
-            return self._confirm(route_table, term, health, within)
+            try:
+                if not failover:
+                    return ctx.coordinator.confirm(route=(route_table, term))
+                return self._confirm(route_table, term, health, within)
+            except StoreUnavailable:
+                ctx.memory.unanswered(clock.monotonic())
+                raise
 
         assert ctx.fence is not None
         try:

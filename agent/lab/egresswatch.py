@@ -25,6 +25,8 @@ from pathlib import Path
 
 ECHO_REQUEST = 8
 PATTERN_BASE = 0xE0  # private host k pings with the byte 0xe0 + k
+MARKER = "df"  # the fake internet's own marker request (NetLab.arrivals: the record has caught up)
+MARKER_HOST = -2
 
 
 def pattern(host: int) -> str:
@@ -36,7 +38,7 @@ def pattern(host: int) -> str:
 class Arrival:
     t: float  # wall clock at the fake internet
     source: str
-    host: int  # private host that sent it (-1: no lab pattern)
+    host: int  # private host that sent it (-1: no lab pattern, MARKER_HOST: the record's marker)
     seq: int
 
 
@@ -52,7 +54,26 @@ def parse_packet(data: bytes) -> tuple[str, int, int] | None:
     (seq,) = struct.unpack("!H", icmp[6:8])
     payload = icmp[8:]
     host = payload[-1] - PATTERN_BASE if payload and PATTERN_BASE <= payload[-1] < PATTERN_BASE + 16 else -1
+    if payload and payload[-1] == int(MARKER, 16):
+        host = MARKER_HOST
     return source, host, seq
+
+
+SO_TIMESTAMP = 29  # Linux (asm-generic/socket.h); the socket module does not name it
+TIMEVAL = struct.Struct("@qq")
+
+
+def arrival_time(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """The kernel's receive timestamp of a packet (SCM_TIMESTAMP), else now.
+
+    The recorder may be descheduled for a while under load; its own clock would then date a
+    packet by when it was read, not when the fake internet got it.
+    """
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMP and len(data) >= TIMEVAL.size:
+            sec, usec = TIMEVAL.unpack(data[: TIMEVAL.size])
+            return float(sec + usec / 1e6)
+    return time.time()
 
 
 def read(path: Path, offset: int = 0) -> tuple[list[Arrival], int]:
@@ -78,16 +99,17 @@ def read(path: Path, offset: int = 0) -> tuple[list[Arrival], int]:
 def watch(out: Path, deadline: float, max_lines: int) -> int:
     parent = os.getppid()
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)  # the kernel's arrival time, not our read's
     sock.settimeout(0.5)
     written = 0
     with open(out, "a", buffering=1) as fh:
         print("ready", flush=True)
         while time.time() < deadline and os.getppid() == parent and written < max_lines:
             try:
-                data = sock.recv(2048)
+                data, ancillary, _, _ = sock.recvmsg(2048, socket.CMSG_SPACE(TIMEVAL.size))
             except TimeoutError:
                 continue
-            t = time.time()
+            t = arrival_time(ancillary)
             found = parse_packet(data)
             if found is None:
                 continue

@@ -1029,10 +1029,27 @@ class NetLab(LocalGroup):
             raise RuntimeError(f"the fake internet's recorder did not start (see {self.workdir}/egresswatch.log)")
 
     def arrivals(self, since: float = 0.0, host: int | None = None) -> list[egresswatch.Arrival]:
-        """Echo requests the fake internet received since ``since`` (of private host ``host`` only, if given)."""
-        new, self._arrivals_offset = egresswatch.read(self.workdir / "egress.log", self._arrivals_offset)
-        self._arrivals += new
+        """Echo requests the fake internet received since ``since`` (of private host ``host`` only, if given).
+
+        The recorder is a process of its own: a reply can reach a private host before the recorder
+        has written its request down. So a marker echo request goes first, from the fake internet to
+        itself; the raw socket queues packets in the order they arrive, so once the marker is in the
+        record every request that arrived before it is too (bounded: 3 s).
+        """
+        self._flush_record()
         return [a for a in self._arrivals if a.t >= since and (host is None or a.host == host)]
+
+    def _flush_record(self, limit: float = 3.0) -> None:
+        sent = time.time()
+        sh("ip", "netns", "exec", self.topo.inet, "ping", "-c", "1", "-W", "1", "-q", "-p", egresswatch.MARKER,
+           INET_IP, check=False)  # fmt: skip
+        deadline = time.monotonic() + limit
+        while True:
+            new, self._arrivals_offset = egresswatch.read(self.workdir / "egress.log", self._arrivals_offset)
+            self._arrivals += [a for a in new if a.host != egresswatch.MARKER_HOST]
+            if any(a.host == egresswatch.MARKER_HOST and a.t >= sent for a in new) or time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
 
     def eip(self, t: int) -> str:
         """Route table t's Elastic IP (the address its subnet's traffic must leave with)."""
@@ -1311,17 +1328,13 @@ def reconcile(spec_path: str) -> int:
 
     emit("ready")
     errors = 0
-    polls = 0
     while time.time() < spec["deadline"] and os.getppid() == parent:
         t0 = time.monotonic()
-        polls += 1
         try:
             rts = ec2.describe_route_tables(RouteTableIds=list(tables))["RouteTables"]
-            # Under systemd every poll: an agent's stop and start of a peer can be 0.4 s apart in moto, and a
-            # stop missed between two looks leaves a hung NAT as it was (its container is never rebooted).
-            every = 1 if spec.get("systemd") else 3
-            look = polls % every == 1 % every
-            res = ec2.describe_instances(InstanceIds=list(instances))["Reservations"] if look else []
+            # Every poll: an agent's stop and start of a peer can be 0.4 s apart in moto (EC2 takes tens of
+            # seconds), and a stop missed between two looks would leave a hung NAT as it was, never rebooted.
+            res = ec2.describe_instances(InstanceIds=list(instances))["Reservations"]
             eips = ec2.describe_addresses(AllocationIds=egress["allocations"])["Addresses"] if egress else []
             errors = 0
         except Exception as exc:

@@ -98,7 +98,7 @@ class Mismatch:
     target: str  # where the route points
     started: float
     counted: float = 0.0
-    owner: str = ""  # the lease holder when the clock (re)started
+    owner: str = ""  # a lease holder that could not act: the clock restarted then
 
 
 @dataclass
@@ -392,7 +392,7 @@ class Checker:
                 item = w.store.raw_get(w.group, "route#" + table) or {}
                 owner = str(item.get("owner", ""))
                 taker = owner != target or target != o.target  # not the NAT whose failure began it
-                if owner and taker and owner != o.taker and not healthy.get(owner, False):
+                if owner and taker and self._cannot_act(owner, o.taker, o.started):
                     # The member that took the table over cannot act (a fault of its own, before or
                     # after it took it, or while its route write was in flight): a second failure,
                     # with a clock of its own from now on.
@@ -420,6 +420,21 @@ class Checker:
         for table in w.egress:
             self._sample_egress(table, dt, can_act, throttled)
 
+    def _cannot_act(self, owner: str, restarted_for: str, since: float) -> bool:
+        """The table's lease holder cannot act - a second failure, whose clock starts now - unless the
+        clock already restarted for it (``restarted_for``): it cannot serve now, or its agent process was
+        killed since the clock started (``since``: a crash, a config change, a restart), even when a new
+        one started at once: the new process acts only once its predecessor's session has been silent for
+        its lease and margin, and its peers take the table only after the silence they tolerate. Sampling
+        "could serve" every 50 ms cannot see an instant kill and start (sim seed 7595: a taker's agent
+        restarted twice by a config rollout while IAM held its write back)."""
+        if owner == restarted_for:
+            return False
+        if not self.healthy.get(owner, False):
+            return True
+        run = self.w.running.get(owner)
+        return run is not None and run.started > since
+
     def _propagating(self, table: str, resource: str) -> bool:
         """IAM does not see yet the holder tag that ``table``'s lease holder wrote on ``resource`` (the table,
         or its Elastic IP) and EC2 applied: until it does, IAM refuses every write of the holder's to it.
@@ -438,6 +453,19 @@ class Checker:
         mine = arn(owner)
         tags = w.cloud.tags
         return tags.ec2(resource, now).get(HOLDER_TAG) == mine and tags.iam(resource, now).get(HOLDER_TAG) != mine
+
+    def _mismatch_propagating(self, table: str, owner: str, target: str) -> bool:
+        """IAM does not see yet the lease holder's own tag on a resource whose write would close the mismatch.
+
+        The holder closes it by bringing both to itself: the Elastic IP (its tag on the allocation) when
+        the address is elsewhere, the route (its tag on the table) when the route is elsewhere - a holder
+        whose Elastic IP is already on its address needs the route write, which IAM refuses until it sees
+        the table's tag (sim seed 3029), exactly as (b) excuses it.
+        """
+        w = self.w
+        if owner != w.cloud.eip_holder(table) and self._propagating(table, w.egress[table].allocation_id):
+            return True
+        return owner != target and self._propagating(table, table)
 
     def outage_limit(self) -> float:
         """3 s at the default timing. A member running a slower timing (a rolling upgrade) waits longer by
@@ -492,15 +520,15 @@ class Checker:
         item = w.store.raw_get(w.group, "route#" + table) or {}
         owner = str(item.get("owner", ""))
         if x is None:
-            x = self.mismatches[table] = Mismatch(table, target, now, owner=owner)
-        elif owner != x.owner and not self.healthy.get(owner, False):
-            # The member that took the table cannot act (a fault of its own): a second failure,
+            x = self.mismatches[table] = Mismatch(table, target, now)
+        if owner and self._cannot_act(owner, x.owner, x.started):
+            # The member that holds the table cannot act (a fault of its own): a second failure,
             # with a clock of its own from now on, as in (b).
             self.mismatch_samples.append(x.counted)
             x = self.mismatches[table] = Mismatch(table, target, now, owner=owner)
         if can_act and throttled:
             self.mismatch_throttled += dt
-        elif can_act and self._propagating(table, w.egress[table].allocation_id):
+        elif can_act and self._mismatch_propagating(table, owner, target):
             self.mismatch_tag_propagation += dt
         elif can_act:
             x.counted += dt

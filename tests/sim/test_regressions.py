@@ -113,11 +113,22 @@ def test_hole_5_a_table_owned_by_a_member_removed_undrained_is_taken_over() -> N
     assert r.route_changes.get("rtb-1", 0) >= 1
 
 
-# Seeds of issue 17's world whose agent bug was found after the ten findings were fixed (the whole
-# seed, its issue 17 world included); each fails with its fix undone (tests/unit names the undo).
+# Seeds of issue 17's world whose agent bug (or checker blind spot) was found after the ten findings were
+# fixed (the whole seed, its issue 17 world included); each fails with its fix undone (tests/unit names the
+# undo; a checker fix is undone in tests/sim/checks.py).
 ISSUE_17_SEEDS = {
     1397: "a stopper whose first stop found the NAT answering expired every new session it started (restarts)",
     379: "an EC2 outage held a takeover back while the home came back; the taker then moved its tables (decide)",
+    2878: "a restarted agent resumed a table its previous process claimed but never moved, and routed it away "
+    "from its healthy home (decide._resume; test_decide: ...comes_back_lease_only)",
+    4455: "in an EC2 outage for everyone a peer's heartbeat, renewed late in a long cycle, said EC2 answered it: "
+    "the home took that for its own broken path and handed its table away (standing, session; "
+    "test_cycle_standing: ...renewal_late..., ...vouches_for_ec2...; 4784 the same over 120 s)",
+    2340: "a holder whose packets to AWS were lost failed a table back: the Elastic IP moved, the route write "
+    "stalled 3.3 s (decide: a planned move waits; test_decide: ...planned_move_waits...; 3739 alike)",
+    3029: "checker: (e) excused IAM's lag on the Elastic IP's tag only, while the holder needed the route write "
+    "(the table's tag) to close the mismatch",
+    7595: "checker: a taker's agent killed and restarted at once (a config rollout) was not a second failure",
 }
 
 

@@ -6,6 +6,8 @@ and show the harm. The same findings under the simulator's world: tests/sim/test
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,6 +20,7 @@ from agent.cycle.standing import Ec2Standing
 from agent.decide import Ec2Route
 from agent.metrics import Metrics
 from coordinator.clock import FakeClock
+from coordinator.items import MemberItem
 from tests.unit.test_cycle import GROUP, HOMES, Ec2, Group, World, dead, group
 
 B_TABLES = ("rtb-b1", "rtb-b2", "rtb-b3")
@@ -348,3 +351,50 @@ def test_a_claim_held_back_by_an_outage_goes_back_to_its_home_when_both_are_back
     assert all(g.world.targets[rt] == "i-b" for rt in B_TABLES)
     moved = [w for w in g.world.writes[n:] if w[0] == "ReplaceRoute" and w[2] == "i-a"]
     assert moved == [], f"a healthy home's tables were routed away from it: {moved}"
+
+
+# ------------------------------------------------------------------ a peer's word on EC2, in time
+def test_a_renewal_late_in_a_cycle_says_how_old_ec2s_last_answer_is_then() -> None:
+    # Sim seeds 4455 and 4784: while EC2 is out for everyone a cycle is long (every call waits out its
+    # deadline), and the renewals inside it sent the health of the cycle's start: "EC2 answered me 0 s
+    # ago" seconds after the last answer. A peer whose own calls failed meanwhile took that for its
+    # own broken path and handed its home tables away. (Undo: drop the stamp in SessionKeeper.renew.)
+    g = paths()
+    b = g.agents["i-b"]
+    health = b.standing.with_check(b.health_checker.check(g.clock.monotonic(), ()), g.clock.monotonic())
+    b.memory.ec2_writes.answered_at = g.clock.monotonic()
+    g.clock.advance(3.0)  # the rest of a long cycle: calls waiting out their deadlines
+    b.session.renew(dataclasses.replace(health, ec2_answered=0.0))
+    written = g.store.raw_get(GROUP, "member#i-b")["health"]
+    assert json.loads(written)["ec2_answered_s"] == pytest.approx(3.0), written
+
+
+def _heartbeat(g: Group, version: int, answered: float) -> MemberItem:
+    m = g.agents["i-a"].ctx.last_snapshot.members["i-b"]  # type: ignore[union-attr]
+    return dataclasses.replace(m, version=version, health=dataclasses.replace(m.health, ec2_answered=answered))
+
+
+def test_a_peer_heartbeat_vouches_for_ec2_only_from_when_it_can_have_been_written() -> None:
+    # The reader's side of the same: i-a's calls to EC2 fail from `since`. It read i-b's heartbeat last at
+    # t0 - 0.1 (version 1), then read the group only 10 s later (its own cycle was long): version 2 says
+    # "EC2 answered me 2 s before I wrote this". Version 2 was written after i-a's earlier read, no later
+    # than that: the answer may have come 2 s before t0 - before `since` - so it proves nothing about an
+    # outage. Seen first 10 s on, it looked like an answer 7 s after `since`. (Undo: the first-seen rule.)
+    g = paths()
+    a = g.agents["i-a"]
+    s = a.ctx.last_snapshot
+    assert s is not None
+    obs = a.memory.observer
+    t0 = g.clock.monotonic()
+    since = t0 + 0.5
+    obs.observe("member#i-b", (s.members["i-b"].session, 1001), t0 - 0.1)
+    v2 = _heartbeat(g, 1002, answered=2.0)
+    a.ctx.last_snapshot = dataclasses.replace(s, members={**s.members, "i-b": v2})
+    obs.observe("member#i-b", (v2.session, v2.version), t0 + 10.0)
+    assert a.standing._peer_answered_since(since, t0 + 10.1) == ""
+    # A heartbeat that can only have been written well after `since` does vouch for EC2 answering i-b.
+    obs.observe("member#i-b", (v2.session, v2.version), t0 + 10.2)  # still version 2: read again
+    v3 = _heartbeat(g, 1003, answered=0.3)
+    a.ctx.last_snapshot = dataclasses.replace(s, members={**s.members, "i-b": v3})
+    obs.observe("member#i-b", (v3.session, v3.version), t0 + 10.5)
+    assert a.standing._peer_answered_since(since, t0 + 10.6) == "i-b"

@@ -12,6 +12,7 @@ from agent.decide import (
     ClaimRestart,
     ContinueRestart,
     Decision,
+    Ec2Address,
     Ec2Route,
     EnsureRoute,
     HandOver,
@@ -79,6 +80,9 @@ class World:
     handovers_in_doubt: frozenset[str] = frozenset()
     unrouted: frozenset[str] = frozenset()
     self_unhealthy_since: float | None = None
+    aws_answered_for: float = float("inf")
+    egress_tables: frozenset[str] = frozenset()
+    egress: dict[str, Ec2Address] = field(default_factory=dict)
     now: float = 100.0
 
     def obs(self) -> Observation:
@@ -110,6 +114,9 @@ class World:
             self_unhealthy_since=self.self_unhealthy_since,
             handovers_in_doubt=self.handovers_in_doubt,
             unrouted=self.unrouted,
+            aws_answered_for=self.aws_answered_for,
+            egress_tables=self.egress_tables,
+            egress=self.egress,
         )
 
     def decide(self) -> Decision:
@@ -344,6 +351,30 @@ def test_orphaned_route_of_restarted_owner_is_resumed_by_it() -> None:
     assert d.summary == "resumed rtb-a from my previous session"
 
 
+@pytest.mark.parametrize("seen", ["home", "no read"])
+def test_a_resumed_table_ec2_routes_to_its_healthy_home_comes_back_lease_only(seen: str) -> None:
+    # Sim seed 2878: B's previous process claimed rtb-a (i-a was out of its config) and was restarted
+    # before it wrote the route. The new process resumes the table; EC2 routes it to its home A, which
+    # can serve it (and defers to B, the owner back with a new session): writing the route would move a
+    # healthy NAT's table. The lease alone comes back, for the hand-back of a table B never moved.
+    w = World(me=B)
+    w.routes[RA] = route(RA, B, term=3, session="s-old")
+    w.ec2 = {RA: Ec2Route(A), RB: Ec2Route(B), RC: Ec2Route(C)} if seen == "home" else {RB: Ec2Route(B)}
+    d = w.decide()
+    (a,) = [x for x in d.actions if isinstance(x, TakeOver)]
+    assert a.route_table == RA and not a.write_route, d.summary
+    assert "the lease only" in a.why
+    # Where EC2 routes it here (the previous process moved it), it is resumed as it is.
+    w.ec2 = {RA: Ec2Route(B), RB: Ec2Route(B), RC: Ec2Route(C)}
+    (a,) = [x for x in w.decide().actions if isinstance(x, TakeOver)]
+    assert a.write_route and a.why == "resumed rtb-a from my previous session"
+    # And where the home cannot serve it, the route is ours to write.
+    w.ec2 = {RA: Ec2Route(A), RB: Ec2Route(B), RC: Ec2Route(C)}
+    w.members[A] = member(A, healthy=False)
+    (a,) = [x for x in w.decide().actions if isinstance(x, TakeOver)]
+    assert a.write_route
+
+
 def test_orphaned_route_is_left_to_its_live_owner() -> None:
     w = World(me=B)
     w.routes[RA] = route(RA, A, session="s-old")  # A came back with a new session: A resumes it
@@ -495,6 +526,39 @@ def test_failback_exact_hold_down() -> None:
     d = w.decide()
     assert d.summary == "failing back rtb-a to its home i-a: healthy for 10.0 s"
     assert d.kind == "failed_back"
+
+
+def test_a_planned_move_waits_while_an_aws_call_of_ours_went_unanswered() -> None:
+    # Sim seeds 2340, 3739: a holder whose packets to AWS are lost fails a table back; the
+    # Elastic IP moves, the route write stalls for seconds behind timeouts (route on one NAT, address on
+    # the other). A fail-back or switchover waits until our calls have been answered for a while; the
+    # table stays served where it is. (Undo: PLANNED_MOVE_CLEAN = 0.)
+    w = World(me=B, aws_answered_for=1.0)
+    w.routes[RA] = route(RA, B, term=2)
+    w.healthy_since = {A: 80.0, C: 0.0}
+    d = w.decide()
+    assert d.actions == (), d.summary
+    assert "not failing back rtb-a to i-a yet: an AWS call of mine went unanswered 1.0 s ago" in d.summary
+    w.pins = {RA: A}
+    assert "not switching rtb-a to i-a yet" in w.decide().summary
+    w.pins = {}
+    w.aws_answered_for = 5.0
+    assert w.decide().summary == "failing back rtb-a to its home i-a: healthy for 20.0 s"
+    # A move already begun is finished, never undone: the Elastic IP went to the home first
+    # (address-first), the route write timed out - waiting would move the home's address back (seed 635).
+    w.aws_answered_for = 0.5
+    w.egress_tables = frozenset({RA})
+    w.egress = {RA: Ec2Address(A)}
+    d = w.decide()
+    assert isinstance(d.actions[0], HandOver) and d.actions[0].kind == "failback", d.summary
+    w.egress = {RA: Ec2Address(B)}
+    w.handovers_in_doubt = frozenset({RA})  # our route write to the home may have landed
+    assert isinstance(w.decide().actions[0], HandOver)
+    w.handovers_in_doubt = frozenset()
+    assert w.decide().actions == ()  # nothing moved yet: it waits
+    # A forced hand-over never waits: an unhealthy holder's tables must go.
+    w.health = Health(False, {"ip_forward": False})
+    assert any(isinstance(a, HandOver) for a in w.decide().actions)
 
 
 def test_unhealthy_holder_hands_over_to_preferred_peer() -> None:

@@ -775,6 +775,24 @@ def test_change_observer_staleness() -> None:
     assert set(o.snapshot()) == {"member#i-a"}
 
 
+def test_change_observer_bounds_when_a_version_was_written() -> None:
+    # A version first seen at a read was written after the last read that still showed the one before:
+    # that read, not the first sighting, bounds how old it can be (a reader whose cycles are long reads
+    # seldom; agent.cycle.standing judges a peer's word on EC2 by it).
+    o = ChangeObserver()
+    o.observe("member#i-b", ("s", 1), 10.0)
+    assert o.written_after("member#i-b") is None  # never saw an earlier version: no bound
+    o.observe("member#i-b", ("s", 1), 10.3)
+    o.observe("member#i-b", ("s", 2), 20.0)  # read 9.7 s later: written between 10.3 (less a read) and 20
+    assert o.written_after("member#i-b") == 10.3
+    o.observe("member#i-b", ("s", 2), 20.4)
+    assert o.written_after("member#i-b") == 10.3  # the same version again: the bound stays
+    o.forget_missing(set())
+    o.observe("member#i-b", ("s", 3), 30.0)  # forgotten in between: nothing known again
+    assert o.written_after("member#i-b") is None
+    assert o.written_after("member#i-x") is None
+
+
 def test_fake_clock_and_coordinator_arguments() -> None:
     c = FakeClock(5.0)
     c.advance(1.5)
