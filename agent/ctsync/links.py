@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.ctsync import wire
+from agent.host.flows import Flow
 
 log = logging.getLogger("nat_ha.ctsync")
 
@@ -201,7 +202,7 @@ class Link:
                 self._cond.notify_all()
 
 
-Handler = Callable[[str, int, int, dict[str, Any], list[str], Callable[[dict[str, Any]], None]], None]
+Handler = Callable[[str, int, int, dict[str, Any], list[Flow], Callable[[dict[str, Any]], None]], None]
 
 
 @dataclass
@@ -277,8 +278,8 @@ class Listener:
 
             while not self.stop.is_set():
                 kind, seq, payload = opener.open(read_frame(conn))
-                header, lines = wire.decode(payload)
-                self.handle(client, kind, seq, header, lines, reply)
+                header, received = wire.decode(payload)
+                self.handle(client, kind, seq, header, received, reply)
         except ConnectionError:
             return
         except (OSError, wire.ProtocolError, ValueError) as exc:

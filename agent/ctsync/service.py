@@ -1,11 +1,11 @@
 """The connection-sync service (``nat-ha ctsync``): each held table's flows follow it to the peers.
 
-Sending (the tables this NAT holds, :func:`agent.ctsync.plan.streams`): ``conntrack -E`` reports
+Sending (the tables this NAT holds, :func:`agent.ctsync.plan.streams`): the kernel's events report
 every update and end of an entry; a flow of a held table is queued the first time it is
 established (a TCP flow past its handshake, a UDP flow with a reply) and when it ends, coalesced
 per key, and every ``batch_interval`` the queue goes to every peer as one frame per table. A full
 list (snapshot) of every held table goes to every peer every ``resync_interval``, at once when a
-peer (re)connects, when the kernel dropped events (ENOBUFS) or the event tool restarted, and when
+peer (re)connects, when the kernel dropped events (ENOBUFS) or the event reader restarted, and when
 this NAT takes a table.
 
 Receiving: a peer's flows of a table it holds are loaded with this NAT's own address for the
@@ -44,8 +44,8 @@ from agent.host import flows
 
 log = logging.getLogger("nat_ha.ctsync")
 
-CHUNK_LINES = 20_000  # lines per snapshot frame
-PUSH_CHUNK_LINES = 5_000  # lines per push frame: the taker loads each as it comes
+CHUNK_FLOWS = 20_000  # flows per snapshot frame
+PUSH_CHUNK_FLOWS = 5_000  # flows per push frame: the taker loads each as it comes
 HANDOVER_SLACK_S = 5.0  # the taker accepts a giver's stream this much longer than the giver streams
 ERROR_KINDS = ("connect", "auth", "load", "events", "dump", "queue")
 
@@ -61,11 +61,11 @@ class Events(Protocol):
 class Kernel(Protocol):
     """What the service needs from the kernel (real: :class:`HostKernel`)."""
 
-    def dump_lines(self, subnets: Iterable[str]) -> list[str]: ...
+    def dump(self, subnets: Iterable[str]) -> list[flows.Flow]: ...
 
-    def iter_lines(self, subnets: Iterable[str]) -> Iterator[str]: ...
+    def iter_flows(self, subnets: Iterable[str]) -> Iterator[flows.Flow]: ...
 
-    def load(self, lines: list[str]) -> None: ...
+    def load(self, creates: list[flows.Flow]) -> None: ...
 
     def delete(self, flows: list[flows.Flow]) -> None: ...
 
@@ -73,20 +73,20 @@ class Kernel(Protocol):
 
     def inbound_counters(self) -> dict[str, int]: ...
 
-    def events(self, on_line: Callable[[str], None], on_lost: Callable[[str], None]) -> Events: ...
+    def events(self, on_flow: Callable[[flows.Flow], None], on_lost: Callable[[str], None]) -> Events: ...
 
 
 class HostKernel:
-    """The real kernel: the conntrack and nft tools, and ctnetlink for deletes and timeouts by tuple."""
+    """The real kernel: ctnetlink sockets (:mod:`agent.host.conntrack`), and nft for the guard counters."""
 
     def __init__(self) -> None:
-        self._writer: Any = None  # agent.host.ctnetlink.Writer, made by the loader thread, used by it alone
+        self._writer: Any = None  # agent.host.conntrack.Writer, made by the loader thread, used by it alone
 
     def _netlink(self) -> Any:
         if self._writer is None:
-            from agent.host import ctnetlink
+            from agent.host import conntrack
 
-            self._writer = ctnetlink.Writer()
+            self._writer = conntrack.Writer()
         return self._writer
 
     def delete(self, flows: list[flows.Flow]) -> None:
@@ -97,30 +97,29 @@ class HostKernel:
         if changes:
             self._netlink().set_timeouts(changes)
 
-    def dump_lines(self, subnets: Iterable[str]) -> list[str]:
+    def dump(self, subnets: Iterable[str]) -> list[flows.Flow]:
         from agent.host import conntrack
 
-        return conntrack.dump_lines(subnets)
+        return conntrack.dump(subnets)
 
-    def iter_lines(self, subnets: Iterable[str]) -> Iterator[str]:
+    def iter_flows(self, subnets: Iterable[str]) -> Iterator[flows.Flow]:
         from agent.host import conntrack
 
-        return conntrack.iter_lines(subnets)
+        return conntrack.iter_flows(subnets)
 
-    def load(self, lines: list[str]) -> None:
-        from agent.host import conntrack
-
-        conntrack.load(lines)
+    def load(self, creates: list[flows.Flow]) -> None:
+        if creates:
+            self._netlink().create(creates)
 
     def inbound_counters(self) -> dict[str, int]:
         from agent.host import conntrack
 
         return conntrack.inbound_counters()
 
-    def events(self, on_line: Callable[[str], None], on_lost: Callable[[str], None]) -> Events:
+    def events(self, on_flow: Callable[[flows.Flow], None], on_lost: Callable[[str], None]) -> Events:
         from agent.host import conntrack
 
-        return conntrack.EventStream(on_line, on_lost)
+        return conntrack.EventStream(on_flow, on_lost)
 
 
 @dataclass
@@ -198,7 +197,7 @@ class SyncService:
         self.lock = threading.RLock()
         self.send_lock = threading.Lock()  # a snapshot's or push's frames and the deltas after it stay in order
         self.stop = threading.Event()
-        self.pending: dict[str, dict[tuple[str, str, int, str, int], str]] = {rt: {} for rt in tables}
+        self.pending: dict[str, dict[tuple[str, str, int, str, int], flows.Flow]] = {rt: {} for rt in tables}
         self.synced: dict[str, set[tuple[str, str, int, str, int]]] = {rt: set() for rt in tables}
         self.resync_at: dict[tuple[str, str], float] = {}  # (table, peer) -> when its next snapshot is due
         self.leaving: dict[str, Leaving] = {}
@@ -235,7 +234,7 @@ class SyncService:
                 self._listen_now()
             self._sync_links()
         self._started = True
-        self._events = self.kernel.events(self._on_line, self._on_lost)
+        self._events = self.kernel.events(self._on_flow, self._on_lost)
         self._events.start()
         for name, target in (("ctsync-tick", self._tick_loop), ("ctsync-load", self._load_loop)):
             t = threading.Thread(target=target, name=name, daemon=True)
@@ -336,8 +335,7 @@ class SyncService:
         """How many entries of ``table`` a takeover found here (the copies loaded before it)."""
         try:
             mine = self.mine(table)
-            n = sum(1 for f in map(flows.parse, self.kernel.dump_lines(self.tables[table].subnets))
-                    if f is not None and f.nat == mine)  # fmt: skip
+            n = sum(1 for f in self.kernel.dump(self.tables[table].subnets) if f.nat == mine)
         except Exception as exc:
             self._error("dump", f"counting {table}'s entries: {exc}")
             return
@@ -367,16 +365,13 @@ class SyncService:
     def _streamed(self) -> dict[str, list[str]]:
         return plan.streams(self.view, {rt: lv.taker for rt, lv in self.leaving.items()})
 
-    def _on_line(self, line: str) -> None:
+    def _on_flow(self, f: flows.Flow) -> None:
         """One connection event. A TCP flow is sent when it becomes established (each connection once: a
         client may reuse a tuple, and the new flow may have another public port), a UDP flow at its first
-        reply, and either when it ends if it was sent. Our own loads (``[USERSPACE]``) are not sent, but
+        reply, and either when it ends if it was sent. Our own loads (``userspace``) are not sent, but
         an entry deleted by a program (a flush, an operator) is no longer counted as sent."""
-        if line.startswith("-U") and "--state " in line and "--state ESTABLISHED" not in line:
+        if f.op == "A" and f.proto == "tcp" and f.state != "ESTABLISHED":
             return  # a TCP flow's other states: before it is established (not synced yet) or after (synced)
-        f = flows.parse(line)
-        if f is None:
-            return
         table = self.subnets.table_of(f.src)
         if not table or f.nat != self.mine(table):
             return
@@ -388,12 +383,12 @@ class SyncService:
                 if key in synced:
                     synced.discard(key)
                     if not f.userspace:
-                        pending[key] = line
+                        pending[key] = f
                 else:
                     pending.pop(key, None)
             elif not f.userspace and f.established and (f.proto == "tcp" or key not in synced):
                 synced.add(key)
-                pending[key] = line
+                pending[key] = f
 
     def _on_lost(self, why: str) -> None:
         self._error("events", why)
@@ -438,10 +433,10 @@ class SyncService:
                 due = sorted(
                     {rt for (rt, peer), at in self.resync_at.items() if at <= now and peer in streamed.get(rt, ())}
                 )
-            for rt, lines in batches.items():
-                payload = wire.encode({"table": rt, "t0": now, "n": len(lines)}, lines)
+            for rt, changes in batches.items():
+                payload = wire.encode({"table": rt, "t0": now, "n": len(changes)}, changes)
                 for peer in streamed[rt]:
-                    self._send(peer, wire.DELTA, payload, len(lines))
+                    self._send(peer, wire.DELTA, payload, len(changes))
             for rt in due:
                 self._snapshot(rt, now)
         self._end_handovers(now)
@@ -459,16 +454,11 @@ class SyncService:
         with self.lock:
             self.stats.entries_sent += entries
 
-    def _own_lines(self, table: str) -> tuple[list[str], set[tuple[str, str, int, str, int]]]:
-        """The held table's established flows here (save lines, as they go on the wire), and their keys."""
+    def _own_flows(self, table: str) -> tuple[list[flows.Flow], set[tuple[str, str, int, str, int]]]:
+        """The held table's established flows here, and their keys."""
         mine = self.mine(table)
-        lines, keys = [], set()
-        for line in self.kernel.dump_lines(self.tables[table].subnets):
-            f = flows.parse(line)
-            if f is not None and f.nat == mine and f.established:
-                lines.append(line)
-                keys.add(f.key)
-        return lines, keys
+        own = [f for f in self.kernel.dump(self.tables[table].subnets) if f.nat == mine and f.established]
+        return own, {f.key for f in own}
 
     def _snapshot(self, table: str, now: float) -> None:
         """The table's full list to every peer whose resync is due (under ``send_lock``)."""
@@ -478,25 +468,25 @@ class SyncService:
             peers = [p for p in peers if p in streamed and (link := self.links.get(p)) is not None and link.connected]
         if not peers:
             return
-        lines, keys = self._own_lines(table)
+        own, keys = self._own_flows(table)
         with self.lock:
             pending = self.pending[table]  # events during the dump: sent after it, so counted as synced
-            self.synced[table] = keys | {k for k, line in pending.items() if not line.startswith("-D")}
+            self.synced[table] = keys | {k for k, f in pending.items() if f.op != "D"}
             for p in peers:
                 self.resync_at[(table, p)] = now + self.config.resync_interval
             self.stats.resyncs += 1
         for peer in peers:
-            for payload in self._chunks(table, lines, now):
+            for payload in self._chunks(table, own, now):
                 self._send(peer, wire.SNAPSHOT, payload, 0)
         with self.lock:
-            self.stats.entries_sent += len(lines) * len(peers)
+            self.stats.entries_sent += len(own) * len(peers)
 
-    def _chunks(self, table: str, lines: list[str], now: float, push_id: str = "") -> list[bytes]:
+    def _chunks(self, table: str, own: list[flows.Flow], now: float, push_id: str = "") -> list[bytes]:
         snap = push_id or secrets.token_hex(4)
-        parts = [lines[i : i + CHUNK_LINES] for i in range(0, len(lines), CHUNK_LINES)] or [[]]
+        parts = [own[i : i + CHUNK_FLOWS] for i in range(0, len(own), CHUNK_FLOWS)] or [[]]
         return [
             wire.encode(
-                {"table": table, "t0": now, "id": snap, "part": i, "last": i == len(parts) - 1, "total": len(lines)},
+                {"table": table, "t0": now, "id": snap, "part": i, "last": i == len(parts) - 1, "total": len(own)},
                 part,
             )
             for i, part in enumerate(parts)
@@ -562,11 +552,11 @@ class SyncService:
     def _stream_list(self, table: str, to: str, push_id: str, now: float) -> int:
         """The table's entries to ``to`` as PUSH parts while the dump is still being read (under ``send_lock``).
 
-        Not parsed here: every entry NATed with our address for the table goes, and the taker checks
-        each line (it parses them anyway). Returns how many were sent.
+        Every entry NATed with our address for the table goes, in whatever state (the taker checks each
+        flow). Returns how many were sent.
         """
-        needle = f" -n {self.mine(table)} "
-        part: list[str] = []
+        mine = self.mine(table)
+        part: list[flows.Flow] = []
         sent = n = 0
 
         def flush(last: bool) -> None:
@@ -575,11 +565,11 @@ class SyncService:
             self._send(to, wire.PUSH, wire.encode(header, part), len(part))
             part, n = [], n + 1
 
-        for line in self.kernel.iter_lines(self.tables[table].subnets):
-            if needle in line:
-                part.append(line)
+        for f in self.kernel.iter_flows(self.tables[table].subnets):
+            if f.nat == mine:
+                part.append(f)
                 sent += 1
-                if len(part) >= PUSH_CHUNK_LINES:
+                if len(part) >= PUSH_CHUNK_FLOWS:
                     flush(False)
         flush(True)
         return sent
@@ -606,7 +596,7 @@ class SyncService:
         kind: int,
         seq: int,
         header: dict[str, Any],
-        lines: list[str],
+        received: list[flows.Flow],
         reply: Callable[[dict[str, Any]], None],
     ) -> None:
         ack: dict[str, Any] = {"seq": seq, "t0": header.get("t0"), "table": header.get("table")}
@@ -632,11 +622,8 @@ class SyncService:
             reply({**ack, "ignored": "" if kind == wire.FINAL else "not loaded from this sender"})
             return
         sender_nat = self.tables[table].addresses.get(sender, "")
-        got = [
-            f
-            for f in map(flows.parse, lines)
-            if f is not None and f.nat == sender_nat and self.subnets.table_of(f.src) == table
-        ]
+        table_of = self.subnets.table_of
+        got = [f for f in received if f.nat == sender_nat and table_of(f.src) == table]
         mine = self.mine(table)
         floor = int(2 * self.config.resync_interval + 30)  # a copy outlives a quiet stretch between resyncs
 
@@ -673,11 +660,11 @@ class SyncService:
 
     def _entries(self, table: str) -> list[flows.Flow]:
         """This host's entries of ``table`` (by its subnets), whatever their NAT address."""
-        return [f for f in map(flows.parse, self.kernel.dump_lines(self.tables[table].subnets)) if f is not None]
+        return self.kernel.dump(self.tables[table].subnets)
 
     def _load_loop(self) -> None:
         """Runs the loads in the order their frames came. Deltas queued meanwhile (from every peer) go
-        in one ``conntrack -R`` run, at most one such run per batch interval."""
+        in one load, at most one such load per batch interval."""
         last = -1e18
         carry: Job | None = None
         while True:
@@ -706,7 +693,7 @@ class SyncService:
 
     def _run(self, batch: list[Job]) -> None:
         err = ""
-        counts = [sum(1 for ln in j.plan.creates if ln.startswith("-A ")) for j in batch]
+        counts = [len(j.plan.creates) for j in batch]
         try:
             if batch[0].kind == "part":
                 j = batch[0]
@@ -723,7 +710,7 @@ class SyncService:
                 todo = flows.Plan(
                     [f for j in batch for f in j.plan.deletes],
                     [c for j in batch for c in j.plan.timeouts],
-                    [line for j in batch for line in j.plan.creates],
+                    [f for j in batch for f in j.plan.creates],
                 )
             self.kernel.delete(todo.deletes)  # first: an entry being replaced must not hold the public port
             self.kernel.set_timeouts(todo.timeouts)

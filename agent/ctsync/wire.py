@@ -15,7 +15,15 @@ Handshake (client = the NAT that sends flows, server = the one that receives the
     session key = HMAC(group key, "session" | client nonce | server nonce | client id | server id)
 
 Frame: ``length (4) | kind (1) | seq (8) | payload | HMAC(session key, kind | seq | payload)`` (32).
-Payload of a data frame: a 2-byte header length, a JSON header, then zlib-compressed text lines.
+Payload of a data frame: a 2-byte header length, a JSON header, then zlib-compressed flow records of
+26 bytes each (network order)::
+
+    op (0 entry, 1 ended) | protocol number | client address | server address | client port | server port
+    | NAT address | public port | timeout (4) | status (bit 0 SEEN_REPLY, bit 1 ASSURED) | TCP state number
+
+Binary, not the ``conntrack`` tool's save lines: a push of 100,000 flows is read in a tenth of the
+time, and every field is checked as it is read (a record that is not a TCP or UDP flow with ports
+and, for TCP, a known state is dropped).
 """
 
 from __future__ import annotations
@@ -26,10 +34,13 @@ import json
 import os
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-MAGIC = b"NHCT1"
+from agent.host.flows import MAX_TIMEOUT, TCP_STATE_NAMES, Flow, aton, ntoa
+
+MAGIC = b"NHCT2"
 NONCE_BYTES = 16
 MAC_BYTES = 32
 MAX_FRAME = 64 * 1024 * 1024
@@ -176,24 +187,64 @@ def frame_length(prefix: bytes) -> int:
     return int(n)
 
 
-def encode(header: dict[str, Any], lines: list[str] | None = None) -> bytes:
-    """A data frame's payload: the JSON header and, compressed, the lines."""
+_RECORD = struct.Struct("!BB4s4sHH4sHIBB")
+_PROTO = {"tcp": 6, "udp": 17}
+_PROTO_NAME = {6: "tcp", 17: "udp"}
+_STATUS_BITS = {"": 0, "SEEN_REPLY": 1, "ASSURED": 2, "SEEN_REPLY,ASSURED": 3}
+_STATUS_TEXT = ("", "SEEN_REPLY", "ASSURED", "SEEN_REPLY,ASSURED")
+_STATE_NUMBER = {name: n for n, name in enumerate(TCP_STATE_NAMES)}
+def pack_flows(flows: Iterable[Flow]) -> bytes:
+    """The flows as records (uncompressed)."""
+    pack = _RECORD.pack
+    return b"".join(
+        pack(f.op == "D", _PROTO[f.proto], aton(f.src), aton(f.dst), f.sport, f.dport, aton(f.nat), f.nat_port,
+             min(f.timeout, MAX_TIMEOUT), _STATUS_BITS.get(f.status, 0), _STATE_NUMBER.get(f.state, 0))
+        for f in flows
+    )  # fmt: skip
+
+
+def unpack_flows(body: bytes) -> list[Flow]:
+    """The flows of a record body; a record that is not a flow we sync is left out."""
+    if len(body) % _RECORD.size:
+        raise ProtocolError(f"flow records: {len(body)} bytes is not a whole number of records")
+    out = []
+    states = len(TCP_STATE_NAMES)
+    for op, proto, src, dst, sport, dport, nat, nat_port, timeout, status, state in _RECORD.iter_unpack(body):
+        name = _PROTO_NAME.get(proto)
+        if name is None or op > 1 or not (sport and dport and nat_port) or status > 3:
+            continue
+        if name == "tcp":
+            if not 0 < state < states:
+                continue
+            tcp_state = TCP_STATE_NAMES[state]
+        elif state:
+            continue
+        else:
+            tcp_state = ""
+        out.append(Flow("D" if op else "A", name, ntoa(src), ntoa(dst), sport, dport, ntoa(nat), nat_port,
+                        min(timeout, MAX_TIMEOUT), _STATUS_TEXT[status], tcp_state))  # fmt: skip
+    return out
+
+
+def encode(header: dict[str, Any], flows: Iterable[Flow] | None = None) -> bytes:
+    """A data frame's payload: the JSON header and, compressed, the flows."""
     head = json.dumps(header, separators=(",", ":")).encode()
-    body = zlib.compress("\n".join(lines).encode(), 1) if lines else b""
+    records = pack_flows(flows) if flows is not None else b""
+    body = zlib.compress(records, 1) if records else b""
     return struct.pack("!H", len(head)) + head + body
 
 
-def decode(payload: bytes) -> tuple[dict[str, Any], list[str]]:
-    """(header, lines) of a data frame's payload."""
+def decode(payload: bytes) -> tuple[dict[str, Any], list[Flow]]:
+    """(header, flows) of a data frame's payload."""
     if len(payload) < 2:
         raise ProtocolError("short payload")
     (n,) = struct.unpack("!H", payload[:2])
     try:
         header = json.loads(payload[2 : 2 + n])
         body = payload[2 + n :]
-        text = zlib.decompressobj().decompress(body, MAX_FRAME * 8).decode() if body else ""
-    except (ValueError, zlib.error, UnicodeDecodeError) as exc:
+        records = zlib.decompressobj().decompress(body, MAX_FRAME * 8) if body else b""
+    except (ValueError, zlib.error) as exc:
         raise ProtocolError(f"bad payload: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError("bad payload header")
-    return header, text.split("\n") if text else []
+    return header, unpack_flows(records)

@@ -1,6 +1,6 @@
-"""Connection-tracking entries of a route table's flows, as the ``conntrack`` tool saves and loads them.
+"""Connection-tracking entries of a route table's flows, what to do with a peer's list of them, and their save lines.
 
-Pure: no command is run here (:mod:`agent.host.conntrack` runs them). A NAT holding a route table
+Pure: the kernel is read and written elsewhere (:mod:`agent.host.conntrack`). A NAT holding a route table
 SNATs the table's subnets to its own address for that table (``egress_ip = "follow"``), so an
 entry of one of those flows reads, in ``conntrack -o save`` form::
 
@@ -12,15 +12,18 @@ NAT gave the flow (the client's own port unless it had to remap it). Another NAT
 over by loading the same entry with ``-n`` its own address for the table and the same public port:
 the Elastic IP follows the table, so the server sees the same public address and port.
 
-:func:`parse` accepts exactly that shape (TCP and UDP, source NAT only, zone 0) and nothing else:
-lines come from peers too, and only what this module renders is ever passed to ``conntrack -R``.
+:func:`parse` accepts exactly that shape (TCP and UDP, source NAT only, zone 0) and nothing else,
+as :func:`agent.host.ctnetlink.flow_of` does for the kernel's own messages (the sync reads and
+writes the kernel through those; these lines are how the tool, an operator and the lab see them).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from collections.abc import Iterable
+import socket
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 _IP = r"(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})"
@@ -29,9 +32,10 @@ _LINE = re.compile(
     r"--sport (\d{1,5}) --dport (\d{1,5}) --reply-port-src (\d{1,5}) --reply-port-dst (\d{1,5})"
     r"(?: --state ([A-Z_]{2,12}))?( \[USERSPACE\][^\n]*)?\n?\Z"
 )
-TCP_STATES = frozenset(
-    {"SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE"}
-)
+#: The TCP states in the kernel's order (enum tcp_conntrack: ctnetlink and the sync's wire use the numbers).
+TCP_STATE_NAMES = ("NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT",
+                   "CLOSE")  # fmt: skip
+TCP_STATES = frozenset(TCP_STATE_NAMES[1:])
 #: The status bits a loaded entry may carry (the kernel sets the others itself, e.g. CONFIRMED, SRC_NAT).
 STATUS_KEPT = ("SEEN_REPLY", "ASSURED")
 MAX_TIMEOUT = 5 * 24 * 3600  # nf_conntrack_tcp_timeout_established's default: no loaded entry lives longer
@@ -70,7 +74,7 @@ class Flow(NamedTuple):
         return "SEEN_REPLY" in self.status
 
     def render(self, nat: str, timeout: int | None = None) -> str:
-        """The ``-A`` line that creates this entry with ``nat`` as the NAT address (the public port kept)."""
+        """The ``-A`` line of this entry with ``nat`` as the NAT address (the public port kept)."""
         t = min(self.timeout if timeout is None else timeout, MAX_TIMEOUT)
         state = f" --state {self.state}" if self.state else ""
         return (
@@ -79,26 +83,27 @@ class Flow(NamedTuple):
             f"--reply-port-dst {self.nat_port}{state}"
         )
 
+    def placed(self, nat: str, timeout: int) -> Flow:
+        """The entry to create for this flow here: ``nat`` as its NAT address, the public port kept."""
+        return self._replace(op="A", nat=nat, timeout=min(timeout, MAX_TIMEOUT), userspace=False)
 
-_KEPT: dict[str, str] = {}  # a status as the tool prints it -> the bits we keep (a handful of values)
-_VALID_IP: dict[str, bool] = {}  # dotted quads seen -> each part < 256 (clients, servers, NAT addresses)
+
+#: 4-byte addresses <-> dotted quads, cached (a dump or push of 100,000 entries names a few hundred addresses).
+ntoa: Callable[[bytes], str] = functools.lru_cache(maxsize=1 << 16)(socket.inet_ntoa)
+aton: Callable[[str], bytes] = functools.lru_cache(maxsize=1 << 16)(socket.inet_aton)
 
 
+@functools.lru_cache(maxsize=64)
 def _kept(status: str) -> str:
-    kept = _KEPT.get(status)
-    if kept is None:
-        parts = status.split(",")
-        kept = _KEPT[status] = ",".join(s for s in STATUS_KEPT if s in parts)
-    return kept
+    """The bits we keep of a status as the tool prints it (a handful of values)."""
+    parts = status.split(",")
+    return ",".join(s for s in STATUS_KEPT if s in parts)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _ip(text: str) -> bool:
-    ok = _VALID_IP.get(text)
-    if ok is None:
-        if len(_VALID_IP) > 100_000:
-            _VALID_IP.clear()
-        ok = _VALID_IP[text] = all(int(part) < 256 for part in text.split("."))
-    return ok
+    """Each part of a dotted quad < 256 (clients, servers, NAT addresses)."""
+    return all(int(part) < 256 for part in text.split("."))
 
 
 def parse(line: str) -> Flow | None:
@@ -167,14 +172,14 @@ def by_key(flows: Iterable[Flow]) -> dict[tuple[str, str, int, str, int], Flow]:
 class Plan(NamedTuple):
     """What to do to this host's table: delete these entries, set these timeouts, then create these.
 
-    Deletes and timeouts go by exact tuple (:mod:`agent.host.ctnetlink`: the ``conntrack`` tool's
-    ``-D``/``-U`` filter a dump of the whole table for every line); creates are ``-A`` lines for
-    ``conntrack -R``, after the deletes (an entry being replaced must not hold the public port).
+    Everything goes by exact tuple (:mod:`agent.host.ctnetlink`); creates are the entries as they
+    will be here (:meth:`Flow.placed`), made after the deletes (an entry being replaced must not
+    hold the public port).
     """
 
     deletes: list[Flow]
     timeouts: list[tuple[Flow, int]]
-    creates: list[str]
+    creates: list[Flow]
 
 
 PublicTuple = tuple[str, int, str, int]  # server, server port, NAT address, public port: the reply tuple
@@ -206,7 +211,7 @@ class Incoming:
     def part(self, want: Iterable[Flow]) -> Plan:
         deletes: list[Flow] = []
         timeouts: list[tuple[Flow, int]] = []
-        creates: list[str] = []
+        creates: list[Flow] = []
         for k, f in by_key(f for f in want if f.op == "A").items():
             self.count += 1
             timeout = min(max(f.timeout, self.min_timeout), MAX_TIMEOUT)
@@ -220,7 +225,7 @@ class Incoming:
             holder = self.by_public.pop((f.dst, f.dport, self.nat, f.nat_port), None)
             if holder is not None and holder != k and holder in self.have:
                 deletes.append(self.have.pop(holder))
-            creates.append(f.render(self.nat, timeout))
+            creates.append(f.placed(self.nat, timeout))
         return Plan(deletes, timeouts, creates)
 
     def end(self) -> Plan:
@@ -243,8 +248,8 @@ def apply_changes(changes: Iterable[Flow], nat: str, *, add_only: bool = False, 
 
     An ended flow is deleted; a new one replaces whatever entry of its tuple was here (delete, then
     create): a client that reuses a tuple soon after its last flow ended gets a new flow, perhaps
-    with another public port, and ``conntrack -R`` would skip a ``-A`` of an entry that exists,
-    leaving the old port (which, after a takeover, would send the flow out with the wrong one).
+    with another public port, and a create of an entry that exists leaves it as it is: the old
+    port would stay, which after a takeover would send the flow out with the wrong one.
     ``add_only`` (the table is ours now, the giver still streams after a hand-over): only create
     what is missing, never change or end an entry that may be carrying traffic here.
     ``min_timeout``: as for :func:`reconcile`.
@@ -254,5 +259,5 @@ def apply_changes(changes: Iterable[Flow], nat: str, *, add_only: bool = False, 
         if not add_only:
             deletes.append(f)
         if f.op == "A":
-            creates.append(f.render(nat, max(f.timeout, min_timeout)))
+            creates.append(f.placed(nat, max(f.timeout, min_timeout)))
     return Plan(deletes, [], creates)

@@ -798,7 +798,7 @@ class NetLab(LocalGroup):
         if proc is not None and proc.poll() is None:
             return
         nat = self.nats[i]
-        # With CAP_NET_ADMIN alone (inheritable, ambient and bounding: the conntrack and nft tools it runs keep
+        # With CAP_NET_ADMIN alone (inheritable, ambient and bounding: the nft tool it runs keeps
         # it; "noroot": uid 0 gains nothing at exec), as the unit's AmbientCapabilities= and SecureBits= give it.
         # (The unit's transient user is not modelled: the lab's files live in root's private temporary directory.)
         argv = ["setpriv", "--securebits=+noroot,+noroot_locked", "--inh-caps=-all,+net_admin",

@@ -127,7 +127,7 @@ def test_a_reused_tuple_is_sent_again_even_when_its_old_flow_ended_unseen(group:
     group.kernels[A].entries[old.key] = old  # in the snapshot at connect: counted as sent
     group.start({"rtb-a": A, "rtb-b": B})
     assert wait(lambda: (c := group.entry(B, old.key)) is not None and c.nat_port == 32000)
-    group.kernels[A].emit(old.render(old.nat).replace("-A ", "-D ", 1) + " [USERSPACE] portid=1 progname=conntrack")
+    group.kernels[A].emit(old._replace(op="D", userspace=True))  # a program deleted it
     new = tcp("10.0.1.11", 47000, "10.0.100.21", 33000)
     group.kernels[A].flow(new)
     assert wait(lambda: (c := group.entry(B, new.key)) is not None and c.nat_port == 33000)
