@@ -69,6 +69,10 @@ from coordinator.items import (
 )
 
 INSTANCE_RESTARTABLE = ("running", "stopped")
+# A member whose renewals took this long (the slowest of its last few, said in its heartbeat) claims a
+# failed peer's table after the members whose DynamoDB path is fast: a takeover is several round trips
+# one after another (expire, claim, renew), and DynamoDB answers a healthy path in milliseconds.
+SLOW_STORE_S = 0.1
 EC2_WRITES_CHECK = "ec2_writes"  # the self check that fails while our EC2 writes keep failing
 # A planned move (fail-back, operator pin) waits until every AWS call of ours (DynamoDB, EC2) has been
 # answered in time for this long: a lossy path stalls a move between its writes (_plan_handover).
@@ -356,6 +360,12 @@ class _View:
             return "silent", why, None
         return "silent", f"heartbeat of {m.instance} silent {_fmt(silent)} but it answers probes", None
 
+    def slow_store(self, instance: str) -> bool:
+        """Its heartbeat says its renewals are slow (agent.cycle.session measures them): it claims last."""
+        m = self.member(instance)
+        rtt = m.health.store_rtt if m is not None else None
+        return rtt is not None and rtt >= SLOW_STORE_S
+
     def other_process(self) -> str:
         """Why we must not start a session: another process runs as this instance and renews ("": none)."""
         m = self.member(self.obs.me)
@@ -366,6 +376,15 @@ class _View:
             f"not starting a session: another agent of {m.instance} (session {m.session[:8]}) renewed "
             f"{_fmt(age)} ago; waiting until it has been silent {_fmt(m.lease_ms / 1000 + self.t.margin)}"
         )
+
+
+def _fast_first(v: _View, candidates: list[str], home: str, owner: str) -> list[str]:
+    """The claim order, with members whose DynamoDB path is slow after the others (a stable order that
+    every member computes alike from the heartbeats). The first stays first where it is the table's home
+    or its owner back with a new session: their claim moves no route."""
+    keep = candidates[:1] if candidates and candidates[0] in (home, owner) else []
+    rest = candidates[len(keep) :]
+    return keep + [c for c in rest if not v.slow_store(c)] + [c for c in rest if v.slow_store(c)]
 
 
 # ------------------------------------------------------------------ decision
@@ -460,7 +479,7 @@ def decide(obs: Observation, t: Timing) -> Decision:
             order.remove(r.owner)
             if state == "orphaned":
                 order.insert(0, r.owner)  # its owner, back with a new session, keeps it: no route move
-        candidates = [c for c in order if v.eligible(c)]
+        candidates = _fast_first(v, [c for c in order if v.eligible(c)], home, r.owner if r is not None else "")
         if obs.me not in candidates:
             continue
         rank = candidates.index(obs.me)

@@ -65,6 +65,9 @@ class Health:
     ``ec2_answered``: seconds since EC2 last answered a call of this member, as of the
     heartbeat (None: not known). Peers read it to tell their own broken path to EC2 from an
     outage that hits everyone (agent.cycle.standing).
+    ``store_rtt``: the slowest of this member's last few renewals' round trips to DynamoDB, in
+    seconds (None: not known). A member whose path is slow claims a failed peer's tables after
+    the members whose path is fast (agent.decide): its takeover's calls take longer.
     """
 
     healthy: bool
@@ -72,6 +75,7 @@ class Health:
     reaches: tuple[str, ...] = ()
     detail: str = ""
     ec2_answered: float | None = None
+    store_rtt: float | None = None
 
     def to_json(self) -> str:
         raw: dict[str, object] = {
@@ -82,6 +86,8 @@ class Health:
         }
         if self.ec2_answered is not None:
             raw["ec2_answered_s"] = round(self.ec2_answered, 2)
+        if self.store_rtt is not None:
+            raw["store_rtt_s"] = round(self.store_rtt, 3)
         return json.dumps(raw, sort_keys=True, separators=(",", ":"))
 
     @staticmethod
@@ -97,13 +103,21 @@ class Health:
             raise ValueError("health.reaches must be a list of instance ids")
         # Only a hint for peers: a value that is not a number of seconds is ignored, never an error
         # that would make the whole heartbeat unreadable.
-        answered = raw.get("ec2_answered_s")
-        seconds = None
-        if isinstance(answered, (int, float)) and not isinstance(answered, bool) and 0 <= answered < 1e9:
-            seconds = float(answered)
         return Health(
-            raw["healthy"], {str(k): v for k, v in checks.items()}, tuple(reaches), str(raw.get("detail", "")), seconds
+            raw["healthy"],
+            {str(k): v for k, v in checks.items()},
+            tuple(reaches),
+            str(raw.get("detail", "")),
+            _hint_seconds(raw.get("ec2_answered_s")),
+            _hint_seconds(raw.get("store_rtt_s")),
         )
+
+
+def _hint_seconds(value: object) -> float | None:
+    """A hint in seconds, or None when it is not a number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e9:
+        return float(value)
+    return None
 
 
 @dataclass(frozen=True)

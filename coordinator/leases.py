@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from coordinator.clock import Clock
 from coordinator.errors import BadItem, Conflict, SessionLost, StoreUnavailable
@@ -67,6 +67,55 @@ class SessionState:
     version: int
     started_at: float
     valid_until: float
+
+
+@dataclass
+class Evidence:
+    """What DynamoDB last told us of our own session and tables: a confirmation that needs no new read.
+
+    ``renewed_sent``: when our latest conditional renewal that DynamoDB accepted was sent (a
+    heartbeat, a new or resumed session): our session was alive then, and every peer's watch of it
+    started again (none can expire it within ``lease + margin`` of seeing that renewal). A store call
+    that ended without an answer makes it stale: a pause our clock did not count may hide in its wait.
+    ``tables``: the route tables DynamoDB showed held by this session, and in which term (our claim
+    that succeeded, a consistent read); dropped when a read shows otherwise and before we hand one
+    over or release it.
+
+    Why the two together confirm a table as of ``renewed_sent``, whichever came first: no agent takes
+    a table from a session that DynamoDB shows alive. A peer claims a table only when its owner's
+    session is expired, superseded, left or gone, or after its own conditional write expired it
+    (agent.decide's owner_state), and a session never comes back to life (a renewal is conditional
+    on it being alive; a new session has a new id). So if DynamoDB showed the table ours in a term
+    and, then or later, accepted our renewal, the table was still ours in that term then.
+    """
+
+    session: str = ""
+    renewed_sent: float = float("-inf")
+    tables: dict[str, int] = field(default_factory=dict)
+
+    def _of(self, session: str) -> None:
+        if session != self.session:
+            self.forget()
+            self.session = session
+
+    def renewed(self, session: str, sent: float) -> None:
+        self._of(session)
+        self.renewed_sent = max(self.renewed_sent, sent)
+
+    def stale(self) -> None:
+        self.renewed_sent = float("-inf")
+
+    def holds(self, session: str, table: str, term: int) -> None:
+        self._of(session)
+        self.tables[table] = term
+
+    def drop(self, table: str) -> None:
+        self.tables.pop(table, None)
+
+    def forget(self) -> None:
+        self.session = ""
+        self.renewed_sent = float("-inf")
+        self.tables.clear()
 
 
 @dataclass(frozen=True)
@@ -136,6 +185,7 @@ class Coordinator:
         self._on_session = on_session or (lambda _session: None)
         self._session: SessionState | None = None
         self._recent_tokens: collections.deque[str] = collections.deque(maxlen=16)
+        self._evidence = Evidence()
 
     # ------------------------------------------------------------------ reads
     def _timeout(self, *, renewal: bool = False) -> float | None:
@@ -145,16 +195,59 @@ class Coordinator:
         return self.budget.renewal() if renewal else self.budget.call(self.remaining())
 
     def read_group(self) -> GroupSnapshot:
+        """One consistent Query of the group; which of our tables it shows ours is kept (:class:`Evidence`)."""
         try:
             rows = self.store.query_group(self.group, timeout=self._timeout())
         except Unavailable as exc:
+            self._evidence.stale()
             raise StoreUnavailable(f"cannot read group {self.group!r}: {exc}") from exc
-        return parse_group(self.group, rows)
+        snapshot = parse_group(self.group, rows)
+        self._saw(snapshot)
+        return snapshot
+
+    def _saw(self, snapshot: GroupSnapshot) -> None:
+        """A consistent read: the tables it shows held by our session, and in which term (none if it is not alive)."""
+        s = self._session
+        ev = self._evidence
+        if s is None:
+            return
+        mine = snapshot.members.get(self.me)
+        if mine is None or mine.session != s.session or mine.state != MEMBER_ALIVE:
+            ev.forget()
+            return
+        for table, r in snapshot.routes.items():
+            if r.owner == self.me and r.owner_session == s.session:
+                ev.holds(s.session, table, r.term)
+            else:
+                ev.drop(table)
+        for table in [t for t in ev.tables if t not in snapshot.routes]:
+            ev.drop(table)
+
+    def confirmed(self, route_table: str, term: int, within: float) -> float | None:
+        """When DynamoDB last confirmed, without a new read, that this session holds ``route_table`` in ``term``.
+
+        The send time of our latest renewal that DynamoDB accepted (:class:`Evidence`), if it is no
+        more than ``within`` ago on our clock and DynamoDB showed the table ours in that term; else None.
+        """
+        s = self._session
+        ev = self._evidence
+        if s is None or ev.session != s.session or ev.tables.get(route_table) != term:
+            return None
+        if self.clock.monotonic() - ev.renewed_sent > within:
+            return None
+        return ev.renewed_sent
+
+    def knows(self, route_table: str, term: int) -> bool:
+        """DynamoDB showed this session holding ``route_table`` in ``term`` (a renewal can then confirm it)."""
+        s = self._session
+        ev = self._evidence
+        return s is not None and ev.session == s.session and ev.tables.get(route_table) == term
 
     def _get(self, key: str) -> Attrs | None:
         try:
             return self.store.get_item(self.group, key, timeout=self._timeout())
         except Unavailable as exc:
+            self._evidence.stale()
             raise StoreUnavailable(f"cannot read {key!r}: {exc}", outcome_unknown=True) from exc
 
     # ---------------------------------------------------------------- session
@@ -179,11 +272,13 @@ class Coordinator:
     def drop_session(self) -> None:
         """Stop acting at once (session lost, or shutting down)."""
         self._session = None
+        self._evidence.forget()
 
     def lapse(self) -> None:
         """Our clock may have missed time (a pause it did not count): act on nothing until a renewal
         sent from now on succeeds. The session itself is kept: if no peer expired it, it renews."""
         s = self._session
+        self._evidence.forget()  # what DynamoDB said before the pause says nothing of now
         if s is not None:
             self._session = replace(s, valid_until=min(s.valid_until, self.clock.monotonic()))
 
@@ -268,6 +363,7 @@ class Coordinator:
         item = self._member(session, version, MEMBER_ALIVE, health, False)
         self._write(encode_member(item), expect, gc_after_s=MEMBER_GC_SECONDS, renewal=True)
         self._session = SessionState(session, version, t0, t0 + self.lease_s)
+        self._evidence.renewed(session, t0)
         self._on_session(session)
         return item
 
@@ -310,6 +406,7 @@ class Coordinator:
             except Conflict:
                 continue  # a late renewal of the earlier process (read again), or a peer expired it
             self._session = SessionState(session, item.version, t0, t0 + self.lease_s)
+            self._evidence.renewed(session, t0)
             self._on_session(session)
             return item
         raise SessionLost(f"cannot resume session {session}: {key} kept changing")
@@ -337,12 +434,13 @@ class Coordinator:
         except Conflict as exc:
             adopted = self._adopt_own_late_write(s)
             if adopted is None:
-                self._session = None
+                self.drop_session()
                 raise SessionLost(f"session {s.session} of {self.me} was expired or superseded") from exc
             item = replace(item, version=adopted + 1)
             self._session = replace(s, version=adopted)
             return self.heartbeat(health, draining=draining, paused=paused, restart_grace_s=restart_grace_s)
         self._session = replace(s, version=item.version, valid_until=t0 + self.lease_s)
+        self._evidence.renewed(s.session, t0)
         return item
 
     def _adopt_own_late_write(self, s: SessionState) -> int | None:
@@ -374,7 +472,7 @@ class Coordinator:
                 renewal=True,
             )
         finally:
-            self._session = None
+            self.drop_session()
 
     def expire_member(self, observed: MemberItem) -> MemberItem:
         """Declare a silent peer's session dead (only after watching it stale)."""
@@ -416,6 +514,7 @@ class Coordinator:
         )
         expect = Expect.matches(version=observed.version) if observed is not None else Expect.item_absent()
         self._write(encode_route(item), expect)
+        self._evidence.holds(s.session, route_table, item.term)
         return item
 
     def _owned(self, route: RouteItem) -> tuple[SessionState, Expect]:
@@ -429,6 +528,7 @@ class Coordinator:
         _, expect = self._owned(route)
         if successor.state != MEMBER_ALIVE:
             raise ValueError(f"successor {successor.instance} has no live session")
+        self._evidence.drop(route.route_table)  # no longer ours once this lands (it may, whatever we hear)
         item = replace(
             route,
             owner=successor.instance,
@@ -442,6 +542,7 @@ class Coordinator:
 
     def release_route(self, route: RouteItem) -> RouteItem:
         _, expect = self._owned(route)
+        self._evidence.drop(route.route_table)  # no longer ours once this lands (it may, whatever we hear)
         item = replace(
             route, owner="", owner_session="", term=route.term + 1, version=route.version + 1, token=self._token()
         )
@@ -550,6 +651,7 @@ class Coordinator:
                 return  # a retried attempt of ours had already applied it
             raise Conflict(f"{key} changed since it was read") from exc
         except OutcomeUnknown as exc:
+            self._evidence.stale()  # no answer: a pause our clock missed may hide in the wait
             current = self._get(key)  # raises StoreUnavailable(outcome_unknown=True)
             if current is not None and current.get("token") == token:
                 return
@@ -560,6 +662,7 @@ __all__ = [
     "MEMBER_EXPIRED",
     "MEMBER_LEFT",
     "Coordinator",
+    "Evidence",
     "MemberInfo",
     "SessionState",
     "StoreBudget",

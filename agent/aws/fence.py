@@ -14,10 +14,12 @@ StartInstances, ...) goes through a :class:`Fence`:
   (coordinator.awshttp) ends the whole call then - every blocking step gets the time left,
   nothing is retried - so a write is sent inside the lease or not at all;
 * authority does not rest on the local clock alone: a write armed inside a :meth:`Fence.frame`
-  runs the frame's ``confirm`` there too, right before the final lease check - a consistent
-  DynamoDB read that we still own the table in the same term and that our session was not
-  expired (``Coordinator.confirm``) - and a stop's fresh probe evidence. A write that cannot be
-  confirmed is not sent;
+  runs the frame's ``confirm`` there too, right before the final lease check - DynamoDB's word
+  that we still own the table in the same term and that our session was not expired: a
+  consistent read (``Coordinator.confirm``), or a recent answer that says as much
+  (:class:`Confirmed`: a renewal DynamoDB accepted, with the table shown ours; the write's
+  exposure to a pause then starts when that request was sent) - and a stop's fresh probe
+  evidence. A write that cannot be confirmed is not sent;
 * pauses the monotonic clock did not count (a paused VM: coordinator.pauses) are looked for
   before and after every write: one seen before the send refuses it and drops our authority
   (``on_pause``) until a renewal sent after it succeeds; one that may lie between a write's
@@ -50,8 +52,17 @@ from dataclasses import dataclass
 
 from coordinator.pauses import Pause, PauseWatch
 
-# confirm(operation) -> "" when the write may go, else why not (it may raise: nothing is sent).
-Confirm = Callable[[str], str]
+
+@dataclass(frozen=True)
+class Confirmed:
+    """A confirmation that needed no new read: DynamoDB's answer to a request sent at ``since`` (monotonic)."""
+
+    since: float
+
+
+# confirm(operation) -> "" when the write may go (confirmed by a read made now), Confirmed when an
+# earlier answer confirms it, else why not (it may raise: nothing is sent).
+Confirm = Callable[[str], str | Confirmed]
 RECENT_S = 60.0  # writes kept this long after they ended, for pauses seen only later
 
 # Every EC2 operation that changes something: each needs an armed permit.
@@ -274,9 +285,14 @@ class Fence:
             self._refuse_if_paused(permit, now)
             permit.confirm_started = now
             try:
-                why = permit.confirm(operation)
+                verdict = permit.confirm(operation)
             except Exception as exc:  # the store could not be read: authority not confirmed
-                why = f"cannot confirm it in DynamoDB ({exc})"
+                verdict = f"cannot confirm it in DynamoDB ({exc})"
+            if isinstance(verdict, Confirmed):
+                # Our authority is known from when that request was sent: a pause since then is this write's.
+                permit.confirm_started = min(now, verdict.since)
+                verdict = ""
+            why = verdict
             now = self.monotonic()
             if why:
                 self.refusals += 1

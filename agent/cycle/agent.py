@@ -285,10 +285,16 @@ class Agent:
         self.ctx.on_event("pause_seen", {"seconds": pause.seconds, "source": pause.source})
 
     def next_deadline(self) -> float | None:
-        """The earliest time (monotonic) a failing peer's session can be expired, or a write refused
+        """The earliest time (monotonic) a failing peer's session can be expired, a less preferred
+        candidate's wait for a claimable table ends (each rank's ``claim_stagger``), or a write refused
         during IAM tag propagation retried, if any: the daemon runs a cycle then."""
-        retry = self.standing.retry_due(self.clock.monotonic())
-        times = [*self.memory.stale_deadlines.values(), *([retry] if retry is not None else [])]
+        now = self.clock.monotonic()
+        retry = self.standing.retry_due(now)
+        stagger = self.timings.claim_stagger
+        ranks = range(1, len(self.members))
+        claimable = self.memory.claimable_since.values()
+        waits = [at for since in claimable for k in ranks if (at := since + k * stagger) > now]
+        times = [*self.memory.stale_deadlines.values(), *waits, *([retry] if retry is not None else [])]
         return min(times, default=None)
 
     # --------------------------------------------------------------- restarts

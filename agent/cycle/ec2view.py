@@ -94,8 +94,10 @@ class Ec2View:
         for rt, view in read.items():
             h = mem.held.get(rt)
             # DescribeRouteTables lags writes: a read started soon after our own confirmed
-            # write that still shows the old target says nothing about the table.
-            if h is not None and now - h.last_write < t.ec2_consistency_window and view.target != ctx.me:
+            # write that still shows the old target says nothing about the table - unless a write
+            # of ours to a peer is in doubt: sent before that write, it may have landed after it.
+            lag = h is not None and now - h.last_write < t.ec2_consistency_window and view.target != ctx.me
+            if lag and rt not in mem.handover_doubt:
                 continue
             self.foreign.route(rt, mem.ec2.get(rt), view, now, snapshot)
             mem.ec2[rt] = view

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -121,6 +122,8 @@ class Memory:
     instance_states: dict[str, str] = field(default_factory=dict)
     instances_read_at: float = -1e18
     last_heartbeat: float = -1e18
+    # Our last renewals' round trips to DynamoDB (said in the heartbeat: a slow path claims last).
+    renewal_rtts: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=3))
     last_health: Health | None = None
     last_draining: bool = False
     stale_deadlines: dict[str, float] = field(default_factory=dict)  # peer -> when its session can be expired

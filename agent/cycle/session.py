@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from agent.cycle.context import Context
@@ -48,7 +49,9 @@ class SessionKeeper:
         try:
             draining = self.is_draining()
             paused = self.paused()
-            ctx.coordinator.heartbeat(health, draining=draining, paused=paused, restart_grace_s=restart_grace)
+            said = dataclasses.replace(health, store_rtt=max(mem.renewal_rtts, default=None))
+            ctx.coordinator.heartbeat(said, draining=draining, paused=paused, restart_grace_s=restart_grace)
+            mem.renewal_rtts.append(ctx.clock.monotonic() - t0)
             mem.last_heartbeat = t0
             mem.last_health = health
             mem.last_draining = draining

@@ -17,7 +17,10 @@ we hold at a peer may still land, so EC2 is read again.
   never holds a route back (the route is what keeps traffic flowing); only refusals of our own
   (access denied) count as failing writes, as for routes;
 * every write is confirmed against DynamoDB right before its send (we still own the table in
-  the term, our session was not expired: ``Coordinator.confirm``), in addition to the lease;
+  the term, our session was not expired), in addition to the lease: by a consistent read then
+  (``Coordinator.confirm``); a move's write (:meth:`TableWriter._moving`) by a
+  renewal DynamoDB accepted within ``store_timeout_max`` with the table shown ours (our claim,
+  a read), else by a renewal or a read made then (:meth:`TableWriter._confirm`);
 * a write of ours that left after its deadline (the process was frozen in between), or across a
   pause our clock did not count, is reported as a stray, so the holder writes the table again; a
   write not acknowledged is in doubt until its deadline plus ``ec2_apply_horizon``: EC2 is read
@@ -35,7 +38,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from agent.aws.ec2 import Ec2Error, api_name
-from agent.aws.fence import FenceRefused, Permit
+from agent.aws.fence import Confirmed, FenceRefused, Permit
 from agent.cycle.context import Context
 from agent.cycle.memory import Held
 from agent.cycle.session import SessionKeeper
@@ -53,6 +56,7 @@ class TableWriter:
         self.session = session
         self.standing = standing
         self._expired_now: set[str] = set()  # members whose session this cycle expired
+        self._failover = False  # the writes in progress move a table to another NAT (see _moving)
 
     def begin_cycle(self) -> None:
         self._expired_now = set()
@@ -122,11 +126,14 @@ class TableWriter:
             self.standing.hold_back(action, operation, now)
         if not self.session.may_act(health):
             raise FenceRefused(api_name(operation), "the lease is too short; renewing first")
-        coordinator = ctx.coordinator
+        within = ctx.timings.store_timeout_max
+        failover = self._failover
 
-        def confirm(_operation: str) -> str:
+        def confirm(_operation: str) -> str | Confirmed:
             try:
-                return coordinator.confirm(route=(route_table, term))
+                if not failover:
+                    return ctx.coordinator.confirm(route=(route_table, term))
+                return self._confirm(route_table, term, health, within)
             except StoreUnavailable:
                 ctx.memory.unanswered(clock.monotonic())
                 raise
@@ -142,6 +149,39 @@ class TableWriter:
             held = ctx.memory.held.get(route_table)
             self.standing.failed(exc, clock.monotonic(), write=True, held=held, address=address)
             raise
+
+    @contextmanager
+    def _moving(self, yes: bool) -> Iterator[None]:
+        """The writes inside move a table from one NAT to another (a takeover from a peer, a hand-over):
+        the table has no working route, or its traffic no public address, until they land. They are
+        confirmed by :meth:`_confirm`. Every other write (repairs, settles, a table resumed from our own
+        instance's earlier session) is confirmed by a consistent read at its send, which also covers two
+        agent processes of one instance racing (the lifetime lock and the wait for the earlier one's
+        silence keep that from happening)."""
+        before, self._failover = self._failover, yes
+        try:
+            yield
+        finally:
+            self._failover = before
+
+    def _confirm(self, route_table: str, term: int, health: Health, within: float) -> str | Confirmed:
+        """DynamoDB's confirmation of a move's write to ``route_table`` in ``term``, right before its send.
+
+        An answer of the last ``within`` seconds (``store_timeout_max``: no older than a confirmation
+        read's own answer may be) that showed our session alive, with DynamoDB having shown the table
+        ours in that term (our claim, a read), confirms it without a new round trip
+        (coordinator.leases.Evidence says why). Otherwise one round trip: a conditional renewal where
+        DynamoDB showed the table ours (it confirms the session and keeps the lease), else a
+        consistent read of the group (``Coordinator.confirm``).
+        """
+        coordinator = self.ctx.coordinator
+        since = coordinator.confirmed(route_table, term, within)
+        if since is None and coordinator.knows(route_table, term):
+            self.session.renew(health)
+            since = coordinator.confirmed(route_table, term, within)
+        if since is not None:
+            return Confirmed(since)
+        return coordinator.confirm(route=(route_table, term))
 
     @contextmanager
     def _holder_tagged(
@@ -229,7 +269,8 @@ class TableWriter:
         if not a.write_route:  # paused: the lease only; the route is written when the pause ends
             return ""
         before = mem.ec2.get(a.route_table)
-        done, note = self._move(a.route_table, route.term, ctx.me, health, "takeover", started)
+        with self._moving(bool(previous) and previous != ctx.me):
+            done, note = self._move(a.route_table, route.term, ctx.me, health, "takeover", started)
         moved = before is None or before.target != ctx.me  # a claim of a table EC2 already routes here moves nothing
         if ctx.metrics is not None and moved:
             ctx.metrics.failovers.labels(a.route_table, "takeover", a.reason).inc()
@@ -416,7 +457,8 @@ class TableWriter:
             waiting = ctx.flows.handover_wait(a.route_table, a.successor.instance, t0)
             if waiting:
                 return waiting
-            done, note = self._move(a.route_table, a.route.term, a.successor.instance, health, a.kind, t0)
+            with self._moving(True):
+                done, note = self._move(a.route_table, a.route.term, a.successor.instance, health, a.kind, t0)
         try:
             ctx.coordinator.hand_over_route(a.route, a.successor)
         except StoreUnavailable:

@@ -295,6 +295,41 @@ def test_less_preferred_candidate_waits_its_stagger() -> None:
     assert isinstance(w.decide().actions[0], TakeOver)
 
 
+def slow(i: str, rtt: float = 0.25) -> MemberItem:
+    """A member whose heartbeat says its renewals take ``rtt`` (its DynamoDB path is slow)."""
+    m = member(i)
+    return dataclasses.replace(m, health=dataclasses.replace(m.health, store_rtt=rtt))
+
+
+def test_a_member_whose_dynamodb_path_is_slow_claims_after_a_fast_one() -> None:
+    # Issue 17: a takeover is several DynamoDB round trips one after another (expire, claim, renew);
+    # at 140-300 ms each they missed the 3-s bound. A fast peer takes the table first, the slow one
+    # waits its stagger; both compute the same order from the heartbeats. (Undo: drop _fast_first in
+    # agent.decide, and i-b, slow, takes rtb-a at once while i-c waits.)
+    w = dead(World(me=C), A)
+    w.members[B] = slow(B)
+    w.claimable_since = {RA: 100.0}
+    assert isinstance(w.decide().actions[0], TakeOver), "i-c, fast, goes first"
+    w = dead(World(me=B), A)
+    w.members[B] = slow(B)
+    w.claimable_since = {RA: 100.0}
+    d = w.decide()
+    assert d.actions == () and "rtb-a claimable" in d.summary and "i-c is preferred" in d.summary
+    w.now = 100.4
+    assert isinstance(w.decide().actions[0], TakeOver), "after one stagger it claims all the same"
+    w.members[B] = slow(B, rtt=0.05)  # a fast path: no change in the order
+    w.now = 100.0
+    assert isinstance(w.decide().actions[0], TakeOver)
+
+
+def test_a_slow_home_keeps_its_place_for_its_own_table() -> None:
+    # Its claim of its own table moves no route: the home stays first, slow or not.
+    w = World(me=B)
+    w.members[B] = slow(B)
+    w.routes[RB] = dataclasses.replace(route(RB, ""), owner="", owner_session="")
+    assert any(isinstance(a, TakeOver) and a.route_table == RB for a in w.decide().actions)
+
+
 def test_unhealthy_agent_never_takes_over() -> None:
     w = dead(World(me=B, health=Health(False, {"ip_forward": False})), A)
     d = w.decide()

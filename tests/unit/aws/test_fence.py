@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.aws.fence import Fence, FenceRefused, FenceTiming, Permit
+from agent.aws.fence import Confirmed, Fence, FenceRefused, FenceTiming, Permit
 from coordinator.clock import FakeClock
 
 
@@ -164,6 +164,25 @@ def test_a_pause_between_the_confirmation_and_the_bytes_makes_the_write_an_overr
         fence.sent()
         watch.pending = [watch.Pause(1.5, 100.0, 100.01, "server time")]
     assert permit.paused and permit.overran and overruns == [permit]
+
+
+def test_an_earlier_answer_confirms_a_write_and_a_pause_since_it_was_sent_is_that_writes() -> None:
+    # A confirmation that needed no new read (coordinator.leases.Evidence): our authority is known
+    # only as of the request that showed it, so the write is exposed to a pause from then on.
+    fence, _, overruns, watch, _ = paused_fence()
+    reads: list[str] = []
+
+    def confirm(op: str) -> str | Confirmed:
+        reads.append(op)
+        return Confirmed(99.7)  # a renewal sent 0.3 s ago
+
+    with fence.frame(confirm=confirm, note="n"), fence.write("ReplaceRoute", "rtb-1") as permit:
+        deadline = fence.authorize("ReplaceRoute")
+        fence.sent()
+        watch.pending = [watch.Pause(0.5, 99.8, 99.9, "server time")]  # after the renewal, before this write
+    assert reads == ["ReplaceRoute"] and deadline == pytest.approx(100.6)
+    assert permit.confirm_started == 99.7 and permit.checked_at == 100.0
+    assert permit.paused and overruns == [permit], "a pause between the confirming answer and the send is reported"
 
 
 def test_a_pause_seen_later_reports_the_writes_it_may_have_delayed_once() -> None:

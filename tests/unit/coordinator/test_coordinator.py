@@ -825,6 +825,83 @@ def test_confirm_says_yes_only_while_dynamodb_agrees_whatever_the_local_clock_sa
     assert member(backend.store, clock, "i-c").confirm() == "no session"
 
 
+def test_a_claim_and_a_renewal_confirm_the_table_without_a_new_read(backend: Backend, clock: FakeClock) -> None:
+    # What DynamoDB already answered is a confirmation: our claim shows the table ours in its term,
+    # a renewal it accepted shows our session alive (and restarts every peer's watch of it); together
+    # they confirm the table as of the renewal's send.
+    t0 = clock.monotonic()
+    a = started(backend.store, clock, "i-a")  # the new session: alive as of t0
+    clock.advance(0.3)
+    route = a.claim_route("rtb-1", None)
+    assert a.knows("rtb-1", route.term) and not a.knows("rtb-1", route.term + 1)
+    assert a.confirmed("rtb-1", route.term, 0.4) == t0, "the session's start is the latest answer showing it alive"
+    clock.advance(0.2)
+    assert a.confirmed("rtb-1", route.term, 0.4) is None, "0.5 s old: too old"
+    a.heartbeat(OK)
+    assert a.confirmed("rtb-1", route.term, 0.4) == pytest.approx(t0 + 0.5)
+    assert a.confirmed("rtb-1", route.term + 1, 0.4) is None and a.confirmed("rtb-2", 1, 0.4) is None
+    clock.advance(0.1)
+    assert a.read_group().routes["rtb-1"].owner == "i-a"
+    assert a.confirmed("rtb-1", route.term, 0.4) == pytest.approx(t0 + 0.5), "a read restarts no peer's watch"
+
+
+class FlakyStore(MemoryStore):
+    """Reads that get no answer when ``down`` (a timeout)."""
+
+    down = False
+
+    def query_group(self, group: str, *, timeout: float | None = None) -> list[Attrs]:
+        if self.down:
+            raise Unavailable("injected: no answer before the deadline")
+        return super().query_group(group, timeout=timeout)
+
+
+def test_a_store_call_without_an_answer_makes_the_renewal_too_old_to_confirm(clock: FakeClock) -> None:
+    # A pause our clock did not count may hide in the wait of a call that got no answer: the next
+    # write is confirmed by a new round trip, whose answer shows such a pause.
+    store = FlakyStore()
+    a = started(store, clock, "i-a")
+    route = a.claim_route("rtb-1", None)
+    assert a.confirmed("rtb-1", route.term, 0.4) is not None
+    store.down = True
+    with pytest.raises(StoreUnavailable):
+        a.read_group()
+    assert a.confirmed("rtb-1", route.term, 0.4) is None and a.knows("rtb-1", route.term)
+    store.down = False
+    a.heartbeat(OK)
+    assert a.confirmed("rtb-1", route.term, 0.4) == clock.monotonic()
+
+
+def test_the_evidence_is_forgotten_when_dynamodb_or_we_say_otherwise(backend: Backend, clock: FakeClock) -> None:
+    a = started(backend.store, clock, "i-a")
+    b = started(backend.store, clock, "i-b")
+    route = a.claim_route("rtb-1", None)
+    a.claim_route("rtb-2", None)
+    # A read that shows the table held by someone else drops it (b took it after expiring us).
+    b.expire_member(snap_member(b, "i-a"))
+    b.claim_route("rtb-1", snap_route(b, "rtb-1"))
+    a.read_group()
+    assert not a.knows("rtb-1", route.term) and not a.knows("rtb-2", 1), "our session is expired: nothing is known"
+    assert a.confirmed("rtb-2", 1, 10.0) is None
+    # A pause our clock did not count: nothing DynamoDB said before it holds.
+    c = started(backend.store, clock, "i-c")
+    r3 = c.claim_route("rtb-3", None)
+    c.lapse()
+    assert not c.knows("rtb-3", r3.term)
+    c.heartbeat(OK)
+    assert c.confirmed("rtb-3", r3.term, 10.0) is None, "the table must be shown ours again (a read)"
+    c.read_group()
+    assert c.confirmed("rtb-3", r3.term, 10.0) is not None
+    # Before a hand-over or a release is sent, the table is no longer ours to confirm (it may land).
+    c.hand_over_route(snap_route(c, "rtb-3"), snap_member(c, "i-b"))
+    assert not c.knows("rtb-3", r3.term)
+    r4 = c.claim_route("rtb-4", None)
+    c.release_route(r4)
+    assert not c.knows("rtb-4", r4.term)
+    c.drop_session()
+    assert c.confirmed("rtb-3", r3.term, 10.0) is None
+
+
 def test_confirm_of_a_stop_needs_the_restart_lease_and_the_target_unchanged(backend: Backend, clock: FakeClock) -> None:
     a = started(backend.store, clock, "i-a")
     b = started(backend.store, clock, "i-b")
@@ -846,3 +923,13 @@ def test_lapse_drops_authority_until_a_renewal_sent_afterwards(backend: Backend,
     clock.advance(0.1)
     a.heartbeat(OK)  # nobody expired it: the session renews
     assert a.remaining() == pytest.approx(LEASE)
+
+
+def test_a_heartbeat_says_how_slow_its_dynamodb_path_is_and_a_bad_value_is_only_ignored() -> None:
+    # Peers order their claims by it (agent.decide: a slow path claims last); a value that is not a
+    # number of seconds must never make the whole heartbeat unreadable.
+    h = Health(True, {"ip_forward": True}, (), store_rtt=0.2468)
+    assert Health.from_json(h.to_json()).store_rtt == 0.247
+    assert Health.from_json(Health(True).to_json()).store_rtt is None
+    for bad in ('"slow"', "-1", "true", "1e12"):
+        assert Health.from_json('{"healthy": true, "store_rtt_s": ' + bad + "}").store_rtt is None
