@@ -85,7 +85,11 @@ def check() -> dict[str, object]:
         "got": norm(got),
         "by_tool": norm(by_tool),
         "timeouts_ok": all(3590 <= f.timeout <= 3600 for f in got),
-        "refreshed": sorted({f.timeout // 10 for f in refreshed}),
+        "refreshed": [
+            len(refreshed),
+            min((f.timeout for f in refreshed), default=0),
+            max((f.timeout for f in refreshed), default=0),
+        ],
         "again": again,
         "others": len(others),
         "left": len(left),
@@ -117,7 +121,8 @@ def test_entries_created_listed_refreshed_and_deleted_through_ctnetlink_match_th
     print(f"{N} entries created in {r['created_s']:.3f} s")
     assert r["got"] == r["want"], "the listing is not what was created (a public port remapped or a field lost)"
     assert r["by_tool"] == r["want"], "the conntrack tool reads the entries differently"
-    assert r["timeouts_ok"] and r["refreshed"] == [59, 60]
+    count, low, high = r["refreshed"]
+    assert r["timeouts_ok"] and count == 100 and 590 <= low <= high <= 600, r["refreshed"]  # 3600 s -> 600 s, each
     assert r["again"] == 10 and r["others"] == 0 and r["left"] == 0, (r["again"], r["others"], r["left"])
     assert set(r["failed"]) <= {"17", "2"}, r["failed"]  # EEXIST, ENOENT only
     assert r["ends"], "an end event (from a program) for every deleted entry"
