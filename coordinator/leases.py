@@ -229,13 +229,10 @@ class Coordinator:
         The send time of our latest renewal that DynamoDB accepted (:class:`Evidence`), if it is no
         more than ``within`` ago on our clock and DynamoDB showed the table ours in that term; else None.
         """
-        s = self._session
-        ev = self._evidence
-        if s is None or ev.session != s.session or ev.tables.get(route_table) != term:
+        if not self.knows(route_table, term):
             return None
-        if self.clock.monotonic() - ev.renewed_sent > within:
-            return None
-        return ev.renewed_sent
+        sent = self._evidence.renewed_sent
+        return sent if self.clock.monotonic() - sent <= within else None
 
     def knows(self, route_table: str, term: int) -> bool:
         """DynamoDB showed this session holding ``route_table`` in ``term`` (a renewal can then confirm it)."""
