@@ -8,7 +8,9 @@ The JSON has ``seeds``, ``violations``, ``violations_by_invariant`` (a-e, tests/
 ``stray_writes``, ``stray_write_max_after_landing_s`` (each stray's landing to its correction),
 ``outage_during_faults_{p50,p99,max}_s`` (every interval a table pointed at a NAT that did
 not forward, counted while a member could serve and AWS worked) and, apart, ``account_throttled_s``
-(the time AWS refused the account the takeover's writes: not counted), ``healthy_nat_stops`` (stops
+(the time AWS refused the account the takeover's writes: not counted), ``outage_slow_store_allowance_s``
+and ``..._seeds`` (how much (b)'s limits grew while every member that could take a table had a slow
+DynamoDB path: its takeover's chain of round trips; tests/sim/checks.py), ``healthy_nat_stops`` (stops
 that landed on a NAT that forwarded), ``healthy_home_moves`` (a table or its Elastic IP moved away from
 its healthy home; ``..._latency_only``: in seeds whose faults only slow things down), ``paused_clock_seeds``
 (a VM pause stopped a guest clock), ``tag_lag_seeds`` (IAM saw tags late), ``new_world_seeds`` and
@@ -79,6 +81,7 @@ def one(seed: int) -> dict[str, object]:
         "account_throttled": r.throttled_s,
         "outage_tag_propagation": r.outage_tag_propagation,
         "mismatch_tag_propagation": r.mismatch_tag_propagation,
+        "outage_slow_store": r.outage_slow_store,
         "report": "" if r.ok else r.report(),
     }
 
@@ -168,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         "outage_throttled_seeds": sum(1 for r in results if float(r["outage_throttled"]) > 0),  # type: ignore[arg-type]
         "outage_tag_propagation_s": round(sum(float(r["outage_tag_propagation"]) for r in results), 2),  # type: ignore[arg-type]
         "outage_tag_propagation_seeds": sum(1 for r in results if float(r["outage_tag_propagation"]) > 0),  # type: ignore[arg-type]
+        "outage_slow_store_allowance_s": round(sum(float(r["outage_slow_store"]) for r in results), 2),  # type: ignore[arg-type]
+        "outage_slow_store_seeds": sum(1 for r in results if float(r["outage_slow_store"]) > 0),  # type: ignore[arg-type]
         "egress_mismatch_tag_propagation_s": round(sum(float(r["mismatch_tag_propagation"]) for r in results), 2),  # type: ignore[arg-type]
         "egress_mismatch_tag_propagation_seeds": sum(1 for r in results if float(r["mismatch_tag_propagation"]) > 0),  # type: ignore[arg-type]
         "last_resort_seeds": sum(1 for r in results if r["last_resort"]),
@@ -218,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         f"takeover's writes: {summary['outage_throttled_s']} s in {summary['outage_throttled_seeds']} seeds "
         f"(AWS refused them {summary['account_throttled_s']} s in all, in {summary['account_throttled_seeds']} seeds); "
         f"nor while IAM did not see the holder's own tag yet: {summary['outage_tag_propagation_s']} s in "
-        f"{summary['outage_tag_propagation_seeds']} seeds"
+        f"{summary['outage_tag_propagation_seeds']} seeds; limits grown for takers with slow DynamoDB paths: "
+        f"{summary['outage_slow_store_allowance_s']} s in {summary['outage_slow_store_seeds']} seeds"
     )
     print(
         f"{'egress ip follows':<24}{summary['egress_seeds']} seeds ({summary['egress_address_first_seeds']} "
