@@ -129,6 +129,7 @@ class Checker:
     mismatch_tag_propagation: float = 0.0
     outage_tag_propagation: float = 0.0
     outage_slow_store_seconds: float = 0.0  # (b) limits grown by slow_store_allowance, summed
+    slow_store_outage_samples: list[float] = field(default_factory=list)  # the outages whose limit grew so
     on_gateway: dict[str, float] = field(default_factory=dict)  # table -> seconds counted on the NAT gateway now
     gateway_samples: list[float] = field(default_factory=list)  # every stay on the NAT gateway (all of it)
     gateway_since: dict[str, float] = field(default_factory=dict)
@@ -401,7 +402,7 @@ class Checker:
                     # The member that took the table over cannot act (a fault of its own, before or
                     # after it took it, or while its route write was in flight): a second failure,
                     # with a clock of its own from now on.
-                    self.outage_samples.append(o.counted)
+                    self._outage_sample(o)
                     o = self.outages[table] = Outage(table, target, now, taker=owner)
             if bad and o is not None and can_act:
                 if throttled:
@@ -423,7 +424,7 @@ class Checker:
                             "b",
                         )
             if not bad and o is not None:
-                self.outage_samples.append(o.counted)
+                self._outage_sample(o)
                 del self.outages[table]
         for table in w.homes:
             self._sample_gateway(table, dt, can_act and not throttled)
@@ -476,6 +477,13 @@ class Checker:
         if owner != w.cloud.eip_holder(table) and self._propagating(table, w.egress[table].allocation_id):
             return True
         return owner != target and self._propagating(table, table)
+
+    def _outage_sample(self, o: Outage) -> None:
+        """An outage ended (or a second failure restarted its clock): into the distribution; apart too
+        when its limit grew for slow DynamoDB paths (``slow_store_allowance``)."""
+        self.outage_samples.append(o.counted)
+        if o.slow_store > 0:
+            self.slow_store_outage_samples.append(o.counted)
 
     def slow_store_allowance(self, failed: str, tables: int) -> float:
         """(b)'s extra time while every member that could take ``failed``'s tables has a slow DynamoDB path.
@@ -580,7 +588,7 @@ class Checker:
                 x.judged = True
                 self.violation(f"{x.call.caller}'s {x.call.op} reached AWS after its lease, unreported", "a")
         for o in self.outages.values():
-            self.outage_samples.append(o.counted)
+            self._outage_sample(o)
         for x in self.mismatches.values():
             self.mismatch_samples.append(x.counted)
         for since in self.gateway_since.values():
