@@ -13,8 +13,8 @@ and ``..._seeds`` (how much (b)'s limits grew while every member that could take
 DynamoDB path: its takeover's chain of round trips; tests/sim/checks.py; ``outage_slow_store_max_s``
 the longest of those outages, ``outage_during_faults_max_other_s`` the longest of all others),
 ``healthy_nat_stops`` (stops that landed on a NAT that forwarded), ``healthy_home_moves`` (a table or
-its Elastic IP moved away from its healthy home; ``..._latency_only``: in seeds whose faults only slow things down), ``paused_clock_seeds``
-(a VM pause stopped a guest clock), ``tag_lag_seeds`` (IAM saw tags late), ``new_world_seeds`` and
+its Elastic IP moved away from its healthy home; ``..._latency_only``: in seeds whose faults only slow
+things down), ``paused_clock_seeds`` (a VM pause stopped a guest clock), ``tag_lag_seeds`` (IAM saw tags late), ``new_world_seeds`` and
 ``new_world_violations`` (seeds drawing issue 17's additions), ``seeds_per_second``, and for the
 seeds with ``egress_ip = follow``: ``egress_seeds``, ``egress_mismatch_{p50,p99,max}_s`` (every interval a
 table's route pointed at a forwarding NAT whose address for it did not hold its Elastic IP, counted as
