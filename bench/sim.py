@@ -6,19 +6,18 @@ Every seed is one deterministic run (tests/sim) at the production default timing
 seed is printed with its replay command (``pytest tests/sim --sim-seed N``) and its trace.
 The JSON has ``seeds``, ``violations``, ``violations_by_invariant`` (a-e, tests/sim/checks.py),
 ``stray_writes``, ``stray_write_max_after_landing_s`` (each stray's landing to its correction),
-``outage_during_faults_{p50,p99,max}_s`` (every interval a table pointed at a NAT that did
-not forward, counted while a member could serve and AWS worked) and, apart, ``account_throttled_s``
-(the time AWS refused the account the takeover's writes: not counted), ``outage_slow_store_allowance_s``
-and ``..._seeds`` (how much (b)'s limits grew while every member that could take a table had a slow
-DynamoDB path: its takeover's chain of round trips; tests/sim/checks.py; ``outage_slow_store_max_s``
-the longest of those outages, ``outage_during_faults_max_other_s`` the longest of all others),
-``healthy_nat_stops`` (stops that landed on a NAT that forwarded), ``healthy_home_moves`` (a table or
-its Elastic IP moved away from its healthy home; ``..._latency_only``: in seeds whose faults only slow
-things down), ``paused_clock_seeds`` (a VM pause stopped a guest clock), ``tag_lag_seeds`` (IAM saw tags late), ``new_world_seeds`` and
-``new_world_violations`` (seeds drawing issue 17's additions), ``seeds_per_second``, and for the
-seeds with ``egress_ip = follow``: ``egress_seeds``, ``egress_mismatch_{p50,p99,max}_s`` (every interval a
-table's route pointed at a forwarding NAT whose address for it did not hold its Elastic IP, counted as
-above) and ``elastic_ip_moves``.
+``outage_during_faults_{p50,p99,max}_s`` (every interval a table pointed at a NAT that did not forward,
+counted while a member could serve and AWS worked) and, apart, ``account_throttled_s`` (the time AWS refused
+the account the takeover's writes: not counted), ``outage_slow_store_allowance_s`` and ``..._seeds`` (how much
+(b)'s limits grew while every member that could take a table had a slow DynamoDB path: its takeover's chain of
+round trips; tests/sim/checks.py; ``outage_slow_store_max_s`` the longest of those outages,
+``outage_during_faults_max_other_s`` the longest of all others), ``healthy_nat_stops`` (stops that landed on a
+NAT that forwarded), ``healthy_home_moves`` (a table or its Elastic IP moved away from its healthy home;
+``..._latency_only``: in seeds whose faults only slow things down), ``paused_clock_seeds`` (a VM pause stopped
+a guest clock), ``tag_lag_seeds`` (IAM saw tags late), ``new_world_seeds`` and ``new_world_violations`` (seeds
+drawing issue 17's additions), ``seeds_per_second``, and for the seeds with ``egress_ip = follow``:
+``egress_seeds``, ``egress_mismatch_{p50,p99,max}_s`` (every interval a table's route pointed at a forwarding
+NAT whose address for it did not hold its Elastic IP, counted as above) and ``elastic_ip_moves``.
 """
 
 from __future__ import annotations
