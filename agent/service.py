@@ -7,18 +7,32 @@ cycle is then due ``cycle_interval`` after that early one.
 Pure of time and signals: the clock is passed in and :meth:`ServiceLoop.step` returns when
 the next cycle is due, so ``nat-ha agent`` runs it on the real clock and the simulator
 (tests/sim) on virtual time, with the same drain logic.
+
+**One grid for the whole group** (``wall``, the host's wall clock, NTP-disciplined on EC2): regular
+cycles fall on multiples of ``cycle_interval`` of the wall clock, and renewals on the cycles that
+begin a ``heartbeat_interval`` (:class:`Plan`). Every member then renews at the same instants and
+reads the group right after its own renewal, so a peer's renewal is first seen about one round
+trip after it was sent. On grids of random phases that took anything up to a whole cycle more
+(the read just before a renewal landed), and a dead peer's session is expired ``lease + margin``
+after that first sighting: a crash's takeover came up to one cycle late, at random. Only the
+schedule uses the wall clock; every lease and expiry stays on the monotonic clock, so a wrong wall
+clock costs that cycle again, never safety.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.cycle import Agent
+from agent.cycle.session import Plan
 from agent.decide import Decision
 
 log = logging.getLogger("nat_ha.agent")
+
+GRID_SLACK = 0.005  # seconds: a cycle this close before its grid instant is that instant's (timer rounding)
 
 
 @dataclass(frozen=True)
@@ -30,12 +44,21 @@ class Step:
 
 
 class ServiceLoop:
-    def __init__(self, agent: Agent, drain_timeout: float, monotonic: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        drain_timeout: float,
+        monotonic: Callable[[], float],
+        wall: Callable[[], float] | None = None,
+    ) -> None:
         self.agent = agent
         self.interval = agent.timings.cycle_interval
         self.drain_timeout = drain_timeout
         self.monotonic = monotonic
+        self.wall = wall  # None: the grid starts at the first cycle and restarts at every early one
         self.next_at = monotonic()
+        self._grid_at = self.next_at  # the regular cycle due (next_at may be an earlier, extra one)
+        self._grid_slot = False
         self.stop_requested = False
         self.restart_requested = False
         self._restart_ready: Callable[[], bool] = lambda: True
@@ -71,9 +94,17 @@ class ServiceLoop:
                 else "no session to hand on (the next process starts one)",
             )
             return Step(agent.decision, self.monotonic(), 0, restart=True)
-        # Early (woken before next_at): the grid restarts here, so cycles - and the renewals they
-        # carry - are never further apart than cycle_interval because of an extra cycle.
-        self.next_at = min(self.next_at, self.monotonic())
+        if self.wall is None:
+            # Early (woken before next_at): the grid restarts here, so cycles - and the renewals they
+            # carry - are never further apart than cycle_interval because of an extra cycle.
+            self.next_at = min(self.next_at, self.monotonic())
+        else:
+            # On the wall grid an extra cycle moves no regular one: the next is at most one interval away.
+            start = self.monotonic()
+            regular = start >= self._grid_at - GRID_SLACK
+            upcoming, upcoming_slot = self._grid_after(start)
+            agent.plan(Plan(upcoming, regular and self._grid_slot))
+            self._grid_at, self._grid_slot = upcoming, upcoming_slot
         if self.stop_requested and self.drain_deadline is None:
             agent.draining = True
             self.drain_deadline = self.monotonic() + self.drain_timeout
@@ -90,7 +121,7 @@ class ServiceLoop:
             )
             agent.leave()
             return Step(decision, self.monotonic(), 1)
-        self.next_at += self.interval
+        self.next_at = self._grid_at if self.wall is not None else self.next_at + self.interval
         deadline = agent.next_deadline()
         if deadline is not None and deadline + 0.005 < self.next_at:
             # A peer whose probes fail can be taken over at `deadline`: one extra read
@@ -100,3 +131,16 @@ class ServiceLoop:
         if self.next_at < now:
             self.next_at = now  # late: run the next cycle at once, do not catch up
         return Step(decision, self.next_at)
+
+    def _grid_after(self, now: float) -> tuple[float, bool]:
+        """The next instant of the wall grid after ``now`` (monotonic), and whether it is a renewal instant."""
+        assert self.wall is not None
+        hb = self.agent.timings.heartbeat_interval
+        wall = self.wall()
+        k = math.floor(wall / self.interval + GRID_SLACK / self.interval) + 1
+        at = now + (k * self.interval - wall)
+
+        def period(i: int) -> int:  # which heartbeat_interval of the wall clock grid instant i begins in
+            return math.floor(i * self.interval / hb + 1e-6)
+
+        return at, period(k) != period(k - 1)

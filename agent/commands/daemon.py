@@ -388,7 +388,7 @@ class Daemon:
             elif decision.kind != "store_unavailable":
                 print(f"(no agent runs for {agent.me}: this is what one would do on starting; nothing was written)")
             return 1 if decision.kind == "store_unavailable" else 0
-        loop = ServiceLoop(agent, self.drain_timeout, time.monotonic)
+        loop = ServiceLoop(agent, self.drain_timeout, time.monotonic, wall=time.time)
         ready = False
         draining_since: float | None = None
         while True:

@@ -25,7 +25,7 @@ from agent.cycle.observe import Observer
 from agent.cycle.pause import PauseGate
 from agent.cycle.ports import Ec2Like, FlowSyncLike, HealthLike, NoFlowSync, ProbesLike
 from agent.cycle.restarts import Restarter
-from agent.cycle.session import SessionKeeper
+from agent.cycle.session import Plan, SessionKeeper
 from agent.cycle.standing import Ec2Standing
 from agent.cycle.tables import TableWriter
 from agent.decide import (
@@ -128,6 +128,10 @@ class Agent:
         self.config = config
         self.members, self.homes, self.egress_tables = self.ctx.members, self.ctx.homes, self.ctx.egress_tables
         return departed
+
+    def plan(self, plan: Plan) -> None:
+        """The service's schedule for the cycle about to run (agent.service: the group's wall grid)."""
+        self.session.schedule = plan
 
     # ------------------------------------------------------------ shared state
     @property

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 
 from agent.cycle.context import Context
 from coordinator.errors import SessionLost, StoreUnavailable
 from coordinator.items import Health
 
 log = logging.getLogger("nat_ha.agent")
+
+SCHEDULE_SLACK = 0.01  # seconds a renewal may come later than heartbeat_interval (a timer's lateness)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the renewal decision needs of the service's schedule on the group's wall grid (agent.service)."""
+
+    next_cycle_at: float  # monotonic time of the next regular cycle (an early one may come sooner)
+    renewal_slot: bool  # this cycle is the group's renewal instant: renew now unless renewed just before
 
 
 class SessionKeeper:
@@ -18,6 +29,8 @@ class SessionKeeper:
         # Renew before a write when less than one call's deadline is left: writes get a full window.
         self.write_budget = write_budget
         self.draining = False  # set by SIGTERM / shutdown
+        # The service loop's schedule on the group's wall grid (agent.service.Plan), None without one.
+        self.schedule: Plan | None = None
 
     def is_draining(self) -> bool:
         s = self.ctx.last_snapshot
@@ -39,7 +52,19 @@ class SessionKeeper:
         changed = changed or mem.last_draining != self.is_draining()
         # A pause is acknowledged in the heartbeat at once: `nat-ha pause` waits for it.
         changed = changed or mem.last_paused != self.paused()
-        return changed or now - mem.last_heartbeat >= t.heartbeat_interval - t.cycle_interval / 2
+        elapsed = now - mem.last_heartbeat
+        if changed or elapsed >= t.heartbeat_interval - t.cycle_interval / 2:
+            return True
+        plan = self.schedule
+        if plan is None:
+            return False
+        # On the group's renewal instant (peers read right after it), unless we renewed just before; and
+        # whenever waiting for the next regular cycle would leave more than heartbeat_interval between
+        # renewals (a renewal off the grid: a health change, a long cycle), which also brings the
+        # renewals back onto the group's instants.
+        return (plan.renewal_slot and elapsed >= t.cycle_interval / 2) or (
+            plan.next_cycle_at - mem.last_heartbeat > t.heartbeat_interval + SCHEDULE_SLACK
+        )
 
     def renew(self, health: Health, *, restart_grace: float = 0.0) -> None:
         ctx = self.ctx

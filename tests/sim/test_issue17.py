@@ -50,13 +50,14 @@ def fixed(r: Result, n: int, invariant: str) -> Result:
 
 # ------------------------------------------------------------------------ the findings
 def test_finding_1_a_frozen_stopper_never_stops_a_nat_that_came_back() -> None:
-    # i-b hangs 31.6 s; i-c claims its restart at ~34.3 s, re-reads i-b's heartbeat, passes the fence
-    # and freezes 3 s before the StopInstances leaves. i-b recovers at 34.6 s, heartbeats, reclaims
-    # rtb-1; the stop lands at ~37.4 s on a NAT that answers probes and heartbeated 0.06 s before.
+    # i-b hangs 31.7 s; i-c claims its restart, re-reads i-b's heartbeat, passes the fence and
+    # freezes 3 s (at 34.62 s) before the StopInstances leaves. i-b recovers at 34.7 s, heartbeats,
+    # reclaims rtb-1; the stop arrives at ~37.6 s for a NAT that answers probes and heartbeats.
+    # (31.6 s until the cycles moved onto the group's wall grid: the freeze then no longer met i-b's return.)
     stopper_freezes = [
         Fault("hang", 30.0, 3.0, m, point="ec2_gap", op="StopInstances") for m in ("i-a", "i-c")
     ]  # whichever claims the restart
-    r = fixed(run(three(Fault("nat_down", 3.0, 31.6, "i-b"), *stopper_freezes)), 1, "d")
+    r = fixed(run(three(Fault("nat_down", 3.0, 31.7, "i-b"), *stopper_freezes)), 1, "d")
     assert r.freezes_triggered >= 1 and r.healthy_nat_stops == 0
 
 

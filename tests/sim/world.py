@@ -62,6 +62,7 @@ OBSERVING = 2.0  # an agent must have run this long to judge a silent peer (the 
 DRAIN_TIMEOUT = 15.0
 MAX_CYCLES = 1_000_000
 _NUMBERS = re.compile(r"\d+\.\d+ s")  # ages in decision lines: a new trace line only when the rest changes
+_SESSION_IDS = re.compile(r"(session )([0-9a-f]{8,16})\b")  # session ids quoted in decision lines
 
 
 class AgentClock:
@@ -286,6 +287,15 @@ class World:
         if not session:
             return "-"
         return self.session_names.setdefault(session, f"s{len(self.session_names) + 1}")
+
+    def named(self, text: str) -> str:
+        """``text`` with the session ids it quotes (random uuids) by their trace names: a seed replays exactly."""
+
+        def name(m: re.Match[str]) -> str:
+            known = next((s for s in self.session_names if s.startswith(m.group(2))), m.group(2))
+            return m.group(1) + self.sname(known)
+
+        return _SESSION_IDS.sub(name, text)
 
     def caller(self) -> str:
         p = self.k.current
@@ -754,7 +764,7 @@ class World:
             holder=arn(iid) if self.sc.holder_tag else "",
             on_event=lambda kind, data: self._event(name, kind, data),
         )
-        loop = ServiceLoop(agent, DRAIN_TIMEOUT, clock.monotonic)
+        loop = ServiceLoop(agent, DRAIN_TIMEOUT, clock.monotonic, wall=clock.wall)
         run: Running
 
         def body(p: Proc) -> None:
@@ -773,7 +783,7 @@ class World:
                 key = _NUMBERS.sub("#", step.decision.summary)
                 if key != last:
                     last = key
-                    self.log(f"{name} [{step.decision.kind}] {step.decision.summary}")
+                    self.log(f"{name} [{step.decision.kind}] {self.named(step.decision.summary)}")
                 if step.exit_code is not None:
                     self.log(f"{name} exited ({step.exit_code})")
                     run.exited = True
