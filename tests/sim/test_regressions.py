@@ -131,6 +131,10 @@ ISSUE_17_SEEDS = {
     3029: "checker: (e) excused IAM's lag on the Elastic IP's tag only, while the holder needed the route write "
     "(the table's tag) to close the mismatch",
     7595: "checker: a taker's agent killed and restarted at once (a config rollout) was not a second failure",
+    3476: "a former holder whose VM paused between a write's check and its send came back, sent it, and stopped "
+    "again before its stray report left: the holder saw it at its reconcile, 1.81 s after it landed (ec2view: "
+    "an expired peer's probes answering again is when such a write lands; test_cycle_authority: "
+    "...former_holder_back_from_a_vm_pause...)",
 }
 
 
