@@ -86,15 +86,12 @@ class Ec2View:
         for peer in list(mem.revived):
             if now - mem.revived[peer] > t.ec2_apply_horizon + t.ec2_consistency_window:
                 del mem.revived[peer]
-        for peer in ctx.members:
+        for peer, probe in probes.items():
+            was_up, mem.probes_up[peer] = mem.probes_up.get(peer), probe.up
             item = snapshot.members.get(peer)
-            probe = probes.get(peer)
-            if peer == ctx.me or item is None or item.state != MEMBER_EXPIRED or probe is None:
-                mem.expired_peers.pop(peer, None)
+            if item is None or item.state != MEMBER_EXPIRED or not probe.up or was_up is not False:
                 continue
-            was_up = mem.expired_peers.get(peer)
-            mem.expired_peers[peer] = probe.up
-            if probe.up and was_up is False and any(mem.former_owners.get(rt) == peer for rt in mem.held):
+            if any(mem.former_owners.get(rt) == peer for rt in mem.held):
                 mem.revived[peer] = now
                 mem.ec2_rechecks += [now, now + t.ec2_apply_horizon]
 

@@ -31,7 +31,7 @@ def take_view(ctx: Context, config: Config) -> Departed:
     mem = ctx.memory
     for peer in peers:
         for by_peer in (mem.healthy_since, mem.suspect_since, mem.dead_since, mem.stale_deadlines,
-                        mem.instance_states, mem.restarts, mem.expired_peers, mem.revived):  # fmt: skip
+                        mem.instance_states, mem.restarts, mem.probes_up, mem.revived):  # fmt: skip
             by_peer.pop(peer, None)
     for rt in tables:
         for by_table in (mem.claimable_since, mem.ec2, mem.egress, mem.egress_read, mem.held, mem.relinquished,

@@ -15,6 +15,7 @@ import dataclasses
 
 import pytest
 
+import agent.cycle.ec2view
 import agent.cycle.standing
 import agent.decide
 from coordinator.items import MemberItem, RouteItem
@@ -104,6 +105,24 @@ def test_hole_7_a_taker_whose_writes_are_refused_gives_the_table_to_a_peer(monke
     monkeypatch.setattr(agent.cycle.standing, "EC2_FAILURES_TO_GIVE_UP", 10**6)  # undo: keep the table whatever happens
     r = run(sc)
     assert any("(b) rtb-1 has pointed at i-b" in v for v in r.violations), r.report()
+
+
+def test_a_former_holder_back_from_a_vm_pause_that_stops_before_its_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seed 3476's pattern, crafted: i-c takes i-b's table and its VM pauses 4 s between the route write's
+    # last check and its send; i-a expires i-c and takes the table. When the VM runs again the write lands
+    # under i-a's term, and i-c's process stops at its very next DynamoDB request, the stray report. i-a
+    # reads EC2 when i-c's probes answer again and writes the table back within (a)'s second.
+    sc = three(
+        Fault("nat_down", 3.0, 30.0, "i-b"),
+        Fault("vm_freeze", 3.0, 4.0, "i-c", point="ec2_gap", op="ReplaceRoute"),
+        Fault("hang", 4.0, 5.0, "i-c", point="store_send"),
+        holder_tag=False,
+    )
+    schedules = [dataclasses.replace(sc, seed=seed) for seed in (1, 3)]
+    assert all(ok(run(x)) for x in schedules)
+    monkeypatch.setattr(agent.cycle.ec2view.Ec2View, "_watch_expired_peers", lambda *a: None)  # undo
+    results = [run(x) for x in schedules]
+    assert all(any("(a) stray write to rtb-1" in v for v in r.violations) for r in results), results[0].report()
 
 
 def test_hole_5_a_table_owned_by_a_member_removed_undrained_is_taken_over() -> None:
