@@ -194,11 +194,21 @@ class Agent:
             self.tables.begin_cycle()
             self.restarts.claim_own_instance()  # once per session, before anything else it writes to EC2
             notes = []
+            # Tables taken from peers (not our own instance's, which EC2 may route here already).
+            ahead = [
+                a
+                for a in decision.actions
+                if isinstance(a, TakeOver) and a.route is not None and a.route.owner not in ("", self.me)
+            ]
             for action in decision.actions:
-                if clock.monotonic() - now > self.cycle_budget:
+                if clock.monotonic() - now > self.cycle_budget and not self.tables.claimed_ahead(action):
+                    # (A table claimed ahead in this cycle is ours already: its move is not put off.)
                     notes.append("the rest waits for the next cycle (cycle budget spent)")
                     break
                 self.session.renew_if_due(health)
+                if action in ahead and len(ahead) > 1:
+                    self.tables.claim_ahead(ahead, health)  # one renewal then confirms every table's writes
+                    ahead = []
                 note = self._act(action, snapshot, health)
                 if note:
                     notes.append(note)

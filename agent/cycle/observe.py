@@ -109,8 +109,8 @@ class Observer:
     def unrouted(self, now: float) -> frozenset[str]:
         """Held tables we claimed whose every write since (route, Elastic IP) was never sent, throttled or
         refused (once no write of an earlier process of this session can land either), and that EC2 routes to
-        their home as far as we know: our last read shows it there, or we have not read EC2 since we
-        claimed it (an outage: our view is older than the claim, it may well still be there)."""
+        their home as far as we know: our last read shows it there (or shows no route at all), or we have not
+        read EC2 since we claimed it (an outage: our view is older than the claim, it may well still be there)."""
         mem = self.ctx.memory
         if now < mem.predecessor_writes_until:
             return frozenset()
@@ -119,7 +119,10 @@ class Observer:
         for rt, h in mem.held.items():
             seen = mem.ec2.get(rt)
             at_home = seen is not None and seen.state == "active" and seen.target == homes.get(rt)
-            if not h.reached and (at_home or mem.ec2_read_at < h.acquired_at):
+            # A read showing no default route says nothing against the home (DescribeRouteTables may
+            # miss one that exists, sim seed 379): the home creates it as well as we would.
+            missing = seen is not None and seen.state == "missing"
+            if not h.reached and (at_home or missing or mem.ec2_read_at < h.acquired_at):
                 out.add(rt)
         return frozenset(out)
 

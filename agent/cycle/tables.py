@@ -44,8 +44,8 @@ from agent.cycle.memory import Held
 from agent.cycle.session import SessionKeeper
 from agent.cycle.standing import NOT_APPLIED, ROUTE_WRITES, Ec2Standing, action_of
 from agent.decide import Ec2Address, Ec2Route, EnsureAddress, EnsureRoute, HandOver, Release, RouteToGateway, TakeOver
-from coordinator.errors import CoordinatorError, StoreUnavailable
-from coordinator.items import Health
+from coordinator.errors import CoordinatorError, SessionLost, StoreUnavailable
+from coordinator.items import Health, RouteItem
 
 log = logging.getLogger("nat_ha.agent")
 
@@ -57,9 +57,31 @@ class TableWriter:
         self.standing = standing
         self._expired_now: set[str] = set()  # members whose session this cycle expired
         self._failover = False  # the writes in progress move a table to another NAT (see _moving)
+        self._claimed: dict[str, RouteItem | CoordinatorError] = {}  # claimed ahead this cycle (claim_ahead)
 
     def begin_cycle(self) -> None:
         self._expired_now = set()
+        self._claimed = {}
+
+    def claim_ahead(self, takeovers: list[TakeOver], health: Health) -> None:
+        """Claim every table of this cycle's takeovers before writing any of them.
+
+        A move's writes are confirmed by a renewal DynamoDB accepted within ``store_timeout_max``
+        (:meth:`_confirm`): claimed one by one, each table costs a claim and a renewal before its
+        writes; claimed first, one renewal confirms the writes of them all. Where DynamoDB's round
+        trips are slow (a member's own path), that is one round trip per table less. A claim that
+        fails is the note of its own action (:meth:`take_over`).
+        """
+        for a in takeovers:
+            if a.route_table in self._claimed:
+                continue
+            try:
+                self._claimed[a.route_table] = self._claim(a, health)
+            except (StoreUnavailable, SessionLost) as exc:
+                self._claimed[a.route_table] = exc
+                return  # the next claim would fare no better: each action tries its own
+            except CoordinatorError as exc:
+                self._claimed[a.route_table] = exc
 
     # ------------------------------------------------------------ stray writes
     def on_overrun(self, permit: Permit) -> None:
@@ -249,23 +271,47 @@ class TableWriter:
         mem.handover_doubt[route_table] = now
 
     # ------------------------------------------------------------ actions
-    def take_over(self, a: TakeOver, health: Health) -> str:
+    def claimed_ahead(self, action: object) -> bool:
+        """``action`` is a takeover whose table :meth:`claim_ahead` claimed in this cycle."""
+        return isinstance(action, TakeOver) and isinstance(self._claimed.get(action.route_table), RouteItem)
+
+    def _claim(self, a: TakeOver, health: Health) -> RouteItem:
+        """Expire the table's dead owner (once per member and cycle) and claim the table.
+
+        Renewed first where the lease is down to a slow call's budget (``store_timeout_max``): a store call
+        gets what is left of the lease minus a renewal's share (coordinator.leases.StoreBudget), and a claim
+        late in the lease would give up on a member whose round trips are slow but answer."""
         ctx = self.ctx
         mem = ctx.memory
         clock = ctx.clock
-        started = mem.suspect_since.get(a.route.owner, clock.monotonic()) if a.route else None
+        self.session.keep_through(ctx.timings.store_timeout_max, health)
         if a.expire is not None and a.expire.instance not in self._expired_now:
             ctx.coordinator.expire_member(a.expire)
             self._expired_now.add(a.expire.instance)  # one expiry per member, however many tables it held
             mem.dead_since.setdefault(a.expire.instance, clock.monotonic())
             ctx.on_event("peer_expired", {"peer": a.expire.instance})
+        self.session.keep_through(ctx.timings.store_timeout_max, health)
         route = ctx.coordinator.claim_route(a.route_table, a.route, ctx.homes.get(a.route_table, ""))
         now = clock.monotonic()
-        mem.held[a.route_table] = Held(route.term, now, now + ctx.timings.ec2_apply_horizon, reached=False)
-        mem.relinquished.pop(a.route_table, None)
         previous = a.route.owner if a.route else ""
+        taken_from = previous if previous != ctx.me else ""
+        horizon = now + ctx.timings.ec2_apply_horizon
+        mem.held[a.route_table] = Held(route.term, now, horizon, reached=False, taken_from=taken_from)
+        mem.relinquished.pop(a.route_table, None)
         ctx.on_event("claimed", {"route_table": a.route_table, "term": route.term, "from": previous})
         ctx.flows.taking(a.route_table, previous)
+        return route
+
+    def take_over(self, a: TakeOver, health: Health) -> str:
+        ctx = self.ctx
+        mem = ctx.memory
+        clock = ctx.clock
+        started = mem.suspect_since.get(a.route.owner, clock.monotonic()) if a.route else None
+        claimed = self._claimed.pop(a.route_table, None)
+        if isinstance(claimed, CoordinatorError):
+            raise claimed
+        route = claimed if claimed is not None else self._claim(a, health)
+        previous = a.route.owner if a.route else ""
         if not a.write_route:  # paused: the lease only; the route is written when the pause ends
             return ""
         before = mem.ec2.get(a.route_table)
@@ -304,7 +350,10 @@ class TableWriter:
             # tag write is still reaching IAM and nobody reported a late write: that retry is the
             # write alone (a new tag write would not reach IAM sooner).
             h.tagged = False
-        done = self._route_here(rt, a.route.term, ctx.me, health)
+        # The takeover's own write not landed yet (IAM refused it during tag propagation, it failed):
+        # writing it again still moves the table here, and is confirmed as a move's write is.
+        with self._moving(h is not None and bool(h.taken_from) and not h.reached and h.term == a.route.term):
+            done = self._route_here(rt, a.route.term, ctx.me, health)
         if h is not None:
             if fresh_stray and stray is not None:
                 # The late write may still be in flight: write once more after the horizon.

@@ -19,7 +19,9 @@
     AWS refuses the account the writes a takeover needs (their token buckets are dry),
     and while IAM does not yet see the holder tag the table's holder wrote (EC2 applied
     it: tag propagation, AWS's delay - no write of the holder's can go through before it,
-    and no agent can make IAM see a tag sooner); each is reported on its own.
+    and no agent can make IAM see a tag sooner); each is reported on its own. While every
+    member that could take the table has a slow DynamoDB path, the limit grows by the
+    takeover's chain of round trips (``slow_store_allowance``), reported on its own too.
 (c) Per fault, a table moves at most once plus one fail-back; a healthy NAT's home
     table never moves away from it unless an operator asked - healthy for 5 s: it forwards,
     its agent runs, its own AWS path answers (DynamoDB within 300 ms), whatever its session.
@@ -54,6 +56,7 @@ OUTAGE_LIMIT = 3.0
 LAST_RESORT_LIMIT = OUTAGE_LIMIT  # (b): back from the NAT gateway within this once a member can serve
 EGRESS_LIMIT = 3.0  # (e): a table's traffic leaves a forwarding NAT without its own Elastic IP at most this long
 STRAY_CORRECTION_LIMIT = 1.0
+NORMAL_STORE_RTT = 0.012  # a DynamoDB round trip on a normal path (the simulator's longest: STORE_LATENCY)
 TIMING_DEFAULT = Timing()  # the bound of 3 s is stated for it
 HEALTHY_WINDOW = 5.0  # (c): a home table may not move while its home has been healthy this long
 
@@ -88,6 +91,7 @@ class Outage:
     started: float
     counted: float = 0.0  # seconds during which a healthy member existed
     taker: str = ""  # a member that took the table but could not act: the clock restarted then
+    slow_store: float = 0.0  # the limit's allowance while every member that could take it had a slow DynamoDB path
 
 
 @dataclass
@@ -124,6 +128,8 @@ class Checker:
     # Seconds not counted because IAM did not yet see the holder tag the table's holder wrote (tag propagation).
     mismatch_tag_propagation: float = 0.0
     outage_tag_propagation: float = 0.0
+    outage_slow_store_seconds: float = 0.0  # (b) limits grown by slow_store_allowance, summed
+    slow_store_outage_samples: list[float] = field(default_factory=list)  # the outages whose limit grew so
     on_gateway: dict[str, float] = field(default_factory=dict)  # table -> seconds counted on the NAT gateway now
     gateway_samples: list[float] = field(default_factory=list)  # every stay on the NAT gateway (all of it)
     gateway_since: dict[str, float] = field(default_factory=dict)
@@ -396,7 +402,7 @@ class Checker:
                     # The member that took the table over cannot act (a fault of its own, before or
                     # after it took it, or while its route write was in flight): a second failure,
                     # with a clock of its own from now on.
-                    self.outage_samples.append(o.counted)
+                    self._outage_sample(o)
                     o = self.outages[table] = Outage(table, target, now, taker=owner)
             if bad and o is not None and can_act:
                 if throttled:
@@ -405,7 +411,12 @@ class Checker:
                     self.outage_tag_propagation += dt
                 else:
                     o.counted += dt
-                    limit = self.outage_limit()
+                    alike = sum(1 for x in self.outages.values() if x.target == target)
+                    slow = self.slow_store_allowance(target, alike)
+                    if slow > o.slow_store:
+                        self.outage_slow_store_seconds += slow - o.slow_store
+                        o.slow_store = slow
+                    limit = self.outage_limit() + o.slow_store
                     if o.counted > limit and o.counted - dt <= limit:
                         self.violation(
                             f"{table} has pointed at {target or 'nothing'}, which does not forward, for "
@@ -413,7 +424,7 @@ class Checker:
                             "b",
                         )
             if not bad and o is not None:
-                self.outage_samples.append(o.counted)
+                self._outage_sample(o)
                 del self.outages[table]
         for table in w.homes:
             self._sample_gateway(table, dt, can_act and not throttled)
@@ -466,6 +477,36 @@ class Checker:
         if owner != w.cloud.eip_holder(table) and self._propagating(table, w.egress[table].allocation_id):
             return True
         return owner != target and self._propagating(table, table)
+
+    def _outage_sample(self, o: Outage) -> None:
+        """An outage ended (or a second failure restarted its clock): into the distribution; apart too
+        when its limit grew for slow DynamoDB paths (``slow_store_allowance``)."""
+        self.outage_samples.append(o.counted)
+        if o.slow_store > 0:
+            self.slow_store_outage_samples.append(o.counted)
+
+    def slow_store_allowance(self, failed: str, tables: int) -> float:
+        """(b)'s extra time while every member that could take ``failed``'s tables has a slow DynamoDB path.
+
+        A takeover is a chain of DynamoDB round trips, each waiting for the one before: the read that
+        shows the owner's heartbeat unchanged, the expiry, one claim per table, the renewal that confirms
+        the writes. No agent makes a member's round trips shorter than its path (as no agent makes AWS
+        faster: a DynamoDB slow for everyone stops the clock, ``World.aws_works``). So the limit grows by
+        that chain's length times the excess of the fastest such member's round trip over a normal one -
+        at 300 ms and three tables, 1.7 s - and only while no member with a normal path could act.
+        """
+        w = self.w
+        rtts = []
+        for m, ok in self.healthy.items():
+            if m == failed or not ok or not w.observing(m):
+                continue
+            f = w.faulty("store_slow_member", m)
+            if f is None:
+                return 0.0
+            rtts.append(f.rate)
+        if not rtts:
+            return 0.0
+        return (3 + max(1, tables)) * max(0.0, min(rtts) - NORMAL_STORE_RTT)
 
     def outage_limit(self) -> float:
         """3 s at the default timing. A member running a slower timing (a rolling upgrade) waits longer by
@@ -547,7 +588,7 @@ class Checker:
                 x.judged = True
                 self.violation(f"{x.call.caller}'s {x.call.op} reached AWS after its lease, unreported", "a")
         for o in self.outages.values():
-            self.outage_samples.append(o.counted)
+            self._outage_sample(o)
         for x in self.mismatches.values():
             self.mismatch_samples.append(x.counted)
         for since in self.gateway_since.values():

@@ -261,3 +261,32 @@ def test_own_path_through_the_elastic_ip_is_lost_with_it() -> None:
     world.cloud.addresses[alloc].append((0.0, (world.eni["i-b"], world.egress["rtb-0"].address("i-b"))))
     assert not world.own_path("i-a") and world.ec2_path("i-a") == "timeout" and not world.store_path("i-a")
     assert world.forwards("i-a")  # its forwarding of other tables is not its own AWS path
+
+
+class _SlowWorld:
+    """Just what Checker.slow_store_allowance reads of a world."""
+
+    def __init__(self, slow: dict[str, float]) -> None:
+        self.slow = slow
+
+    def observing(self, iid: str) -> bool:
+        return True
+
+    def faulty(self, kind: str, target: str | None = None) -> Fault | None:
+        rate = self.slow.get(target or "")
+        return Fault(kind, 0.0, 99.0, target or "", rate=rate) if kind == "store_slow_member" and rate else None
+
+
+def test_b_grows_by_the_takeover_round_trips_only_while_every_possible_taker_is_slow() -> None:
+    from tests.sim.checks import NORMAL_STORE_RTT, Checker
+
+    c = Checker(_SlowWorld({"i-a": 0.3, "i-c": 0.2}))  # type: ignore[arg-type]
+    c.healthy = {"i-a": True, "i-b": False, "i-c": True}
+    # i-b failed with three tables: expiry, read, renewal and three claims at the faster slow path.
+    assert c.slow_store_allowance("i-b", 3) == pytest.approx(6 * (0.2 - NORMAL_STORE_RTT))
+    c.healthy["i-d"] = True  # a member with a normal path could take them: no allowance
+    assert c.slow_store_allowance("i-b", 3) == 0.0
+    del c.healthy["i-d"]
+    c.healthy["i-c"] = False  # the failed member's own path is not a taker's
+    assert c.slow_store_allowance("i-c", 1) == pytest.approx(4 * (0.3 - NORMAL_STORE_RTT))
+

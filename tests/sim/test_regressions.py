@@ -150,6 +150,15 @@ ISSUE_17_SEEDS = {
     3029: "checker: (e) excused IAM's lag on the Elastic IP's tag only, while the holder needed the route write "
     "(the table's tag) to close the mismatch",
     7595: "checker: a taker's agent killed and restarted at once (a config rollout) was not a second failure",
+    4690: "the only taker left had 200 ms DynamoDB round trips: claimed one by one (a claim and a renewal each), "
+    "the dead NAT's last table waited for a later cycle (tables: claim ahead, one renewal confirms every write; "
+    "a claim late in the lease renews first; a claimed table's move is not put off by the cycle budget; "
+    "test_cycle_slow_store: ...claims_every_table...; 5713, 8244 alike)",
+    5713: "a slow-DynamoDB taker retried its takeover write (IAM refused it during tag propagation) as a repair, "
+    "after a read of its own (tables: the retry is confirmed as a move; test_cycle_standing: ...retried_after...)",
+    8244: "as 4690, three members",
+    4609: "checker: (b) held a taker with 280 ms DynamoDB round trips to the 3 s of a normal path (now: the limit "
+    "grows by the takeover's chain of round trips while no member with a normal path could act)",
     3476: "a former holder whose VM paused between a write's check and its send came back, sent it, and stopped "
     "again before its stray report left: the holder saw it at its reconcile, 1.81 s after it landed (ec2view: "
     "an expired peer's probes answering again is when such a write lands; test_cycle_authority: "

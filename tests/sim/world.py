@@ -164,6 +164,8 @@ class Result:
     outage_tag_propagation: float = 0.0  # (b) seconds not counted: IAM did not see the holder's own tag yet
     mismatch_tag_propagation: float = 0.0  # (e) the same
     stops_after_send_recovery: int = 0  # stops sent to a NAT silent for its lease that came back before they landed
+    outage_slow_store: float = 0.0  # (b) seconds its limits grew: every possible taker had a slow DynamoDB path
+    slow_store_outages: list[float] = field(default_factory=list)  # the outages whose limit grew so (in outages too)
 
     @property
     def ok(self) -> bool:
@@ -1166,6 +1168,8 @@ def run(sc: Scenario, end: float | None = None, *, first_violation: bool = False
         c.outage_tag_propagation,
         c.mismatch_tag_propagation,
         c.stops_after_send_recovery,
+        c.outage_slow_store_seconds,
+        c.slow_store_outage_samples,
     )
 
 

@@ -162,6 +162,32 @@ def test_a_refusal_right_after_our_own_tag_write_is_retried_and_never_counted() 
     assert WAKES[0] <= 0.1 + 1e-6, WAKES  # retried shortly: the daemon wakes for it before the next cycle
 
 
+def test_a_takeover_write_retried_after_tag_propagation_is_confirmed_as_a_move(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Sim seed 4609: a taker whose DynamoDB round trips took 250 ms retried its refused route writes as
+    # repairs, each after a consistent read of its own, and the table stayed on the dead NAT past 3 s.
+    # Writing it again still moves the table here: confirmed as the takeover's own write was (a renewal
+    # DynamoDB accepted within store_timeout_max, the table shown ours), no read before it. (Undo: drop
+    # the _moving(...) around EnsureRoute's write in TableWriter.ensure_route, and the retries read.)
+    from coordinator.leases import Coordinator
+
+    confirms: list[str] = []
+    real = Coordinator.confirm
+
+    def counted(self: Coordinator, *args: object, **kwargs: object) -> str:
+        route = kwargs.get("route")
+        if self.me == "i-a" and isinstance(route, tuple) and route[0] in B_TABLES:
+            confirms.append(str(route[0]))
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Coordinator, "confirm", counted)
+    g, _ = take_over_with_tag_lag(0.5)
+    assert world(g).refusals >= 3  # the takeover's writes were refused, then retried
+    assert all(g.world.targets[rt] == "i-a" for rt in B_TABLES)
+    assert confirms == [], "the retries read DynamoDB before their writes"
+
+
 def test_tag_propagation_counted_as_our_own_failure_cascades(monkeypatch: pytest.MonkeyPatch) -> None:
     # The fix undone: the same refusals count as ours, two of them put the taker out, and it hands
     # the tables on (with no other member, it cannot even keep them routed).
@@ -351,6 +377,58 @@ def test_a_claim_held_back_by_an_outage_goes_back_to_its_home_when_both_are_back
     assert all(g.world.targets[rt] == "i-b" for rt in B_TABLES)
     moved = [w for w in g.world.writes[n:] if w[0] == "ReplaceRoute" and w[2] == "i-a"]
     assert moved == [], f"a healthy home's tables were routed away from it: {moved}"
+
+
+class MissingRoutesEc2(PathEc2):
+    """EC2 whose DescribeRouteTables (for i-a) shows no default route in i-b's tables while one exists:
+    a read eventually consistent in the wrong way (the simulator's ec2_stale)."""
+
+    writes_down = False  # every write fails to connect (reads get through)
+
+    def routes(self, route_tables: list[str]) -> dict[str, Ec2Route]:
+        shown = super().routes(route_tables)
+        if self.me == "i-a":
+            shown.update({rt: Ec2Route("", "missing") for rt in route_tables if rt in B_TABLES})
+        return shown
+
+    def _write(self, op: str, resource: str) -> None:
+        if MissingRoutesEc2.writes_down:
+            raise Ec2Error(op, "EndpointConnectionError", "injected: no connection")
+        super()._write(op, resource)
+
+
+def test_a_claim_held_back_by_an_outage_goes_home_even_where_a_read_shows_no_route() -> None:
+    # Sim seed 379 again: the taker's read showed the tables' route missing (DescribeRouteTables may omit
+    # one that exists), so "EC2 shows it at its home" failed and it kept creating the route to itself once
+    # EC2 answered: the healthy home's table moved. A read showing no route says nothing against the home,
+    # which creates it as well as we would. (Undo: drop `missing` from Observer.unrouted.)
+    g = group(world=PathWorld, ec2_adapter=MissingRoutesEc2)
+    for me, a in g.agents.items():
+        a.ec2.me = me  # type: ignore[attr-defined]
+    for _ in range(40):
+        g.cycle("i-a")
+        g.cycle("i-b")
+    MissingRoutesEc2.writes_down = True  # EC2 takes no write from anyone; its reads answer
+    try:
+        with dead(g, "i-b"):
+            g.cycle("i-a", 4)
+            a = g.agents["i-a"]
+            a.memory.ec2_rechecks = [g.clock.monotonic()]  # a read after the claims: it shows no route
+            g.cycle("i-a")
+            assert a.memory.ec2_read_at > a.memory.held["rtb-b1"].acquired_at
+        assert all(owner(g, rt) == "i-a" for rt in B_TABLES)
+        for _ in range(10):
+            g.cycle("i-b")
+            g.cycle("i-a")
+    finally:
+        MissingRoutesEc2.writes_down = False
+    n = len(g.world.writes)
+    for _ in range(10):
+        g.cycle("i-a")
+        g.cycle("i-b")
+    moved = [w for w in g.world.writes[n:] if w[0] == "ReplaceRoute" and w[2] == "i-a"]
+    assert moved == [], f"a healthy home's tables were routed away from it: {moved}"
+    assert all(owner(g, rt) == "i-b" for rt in B_TABLES)
 
 
 # ------------------------------------------------------------------ a peer's word on EC2, in time
