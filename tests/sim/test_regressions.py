@@ -159,6 +159,9 @@ ISSUE_17_SEEDS = {
     8244: "as 4690, three members",
     4609: "checker: (b) held a taker with 280 ms DynamoDB round trips to the 3 s of a normal path (now: the limit "
     "grows by the takeover's chain of round trips while no member with a normal path could act)",
+    # 3476 passes with its fix undone since 83746df (a slow-DynamoDB taker claims ahead): the timing moved and
+    # the VM pause now hits a DescribeRouteTables, as it did before the faster takeover. Its pattern is held by
+    # test_a_former_holder_back_from_a_vm_pause_that_stops_before_its_report (above) and test_cycle_authority.
     3476: "a former holder whose VM paused between a write's check and its send came back, sent it, and stopped "
     "again before its stray report left: the holder saw it at its reconcile, 1.81 s after it landed (ec2view: "
     "an expired peer's probes answering again is when such a write lands; test_cycle_authority: "
