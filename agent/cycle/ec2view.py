@@ -1,7 +1,8 @@
 """Where EC2 actually routes our tables, where their Elastic IPs sit, and the state of silent
 peers' instances: read every ``ec2_reconcile_interval`` (every second while EC2 does not answer
 us, to see it back), and at once (and again after the horizon) after a write of ours to a peer
-whose outcome is unknown. Each read waits only for its own action's throttling back-off.
+whose outcome is unknown, and after a peer whose session was expired shows life again
+(:meth:`Ec2View._watch_expired_peers`). Each read waits only for its own action's throttling back-off.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from agent.cycle.foreign import ForeignChanges
 from agent.cycle.session import SessionKeeper
 from agent.cycle.standing import Ec2Standing
 from agent.decide import PeerProbe
-from coordinator.items import GroupSnapshot, Health
+from coordinator.items import MEMBER_EXPIRED, GroupSnapshot, Health
 
 T = TypeVar("T")
 
@@ -32,6 +33,7 @@ class Ec2View:
         ctx = self.ctx
         t = ctx.timings
         mem = ctx.memory
+        self._watch_expired_peers(now, snapshot, probes)
         due = [x for x in mem.ec2_rechecks if x <= now]
         quiet = self.standing.quiet("DescribeRouteTables", now)
         if (due or now - mem.ec2_read_at >= self.standing.read_interval(now)) and not quiet:
@@ -62,6 +64,41 @@ class Ec2View:
             )
             if states is not None:
                 mem.instance_states.update(states)
+
+    def _watch_expired_peers(self, now: float, snapshot: GroupSnapshot, probes: dict[str, PeerProbe]) -> None:
+        """A peer whose session was expired may have stopped between a write's last check and its send
+        (its VM paused). When it runs again the write leaves and lands outside its lease, and its writer
+        reports it - unless it stops again before the report leaves: then only our next reconcile would
+        see the write (sim seed 3476: 1.8 s after it landed). A paused VM answers no probe, so the moment
+        it runs again shows: its probes answer again. Then the holder of a table that peer held before
+        it reads EC2 at once and again once a write sent by then can no longer land
+        (``ec2_apply_horizon``); a read of those showing the table with that peer is not discounted as
+        read lag (:meth:`revived`): the holder writes the table back at once.
+
+        A process paused on a NAT that answers probes shows nothing until it acts again: its late
+        write is still seen only by its own report or our next reconcile."""
+        ctx = self.ctx
+        t = ctx.timings
+        mem = ctx.memory
+        for rt, r in snapshot.routes.items():
+            if rt in ctx.homes and r.owner != ctx.me:
+                mem.former_owners[rt] = r.owner
+        for peer in list(mem.revived):
+            if now - mem.revived[peer] > t.ec2_apply_horizon + t.ec2_consistency_window:
+                del mem.revived[peer]
+        for peer, probe in probes.items():
+            was_up, mem.probes_up[peer] = mem.probes_up.get(peer), probe.up
+            item = snapshot.members.get(peer)
+            if item is None or item.state != MEMBER_EXPIRED or not probe.up or was_up is not False:
+                continue
+            if any(mem.former_owners.get(rt) == peer for rt in mem.held):
+                mem.revived[peer] = now
+                mem.ec2_rechecks += [now, now + t.ec2_apply_horizon]
+
+    def revived(self, target: str) -> bool:
+        """``target`` is a peer whose session was expired and that showed life again lately: a read that
+        shows one of our tables with it may show its late write, not lag behind ours."""
+        return target in self.ctx.memory.revived
 
     def _keep(self, health: Health | None) -> None:
         """Renew before a read that could outlast the lease; never for ``agent --once`` (health None: it
@@ -97,7 +134,7 @@ class Ec2View:
             # write that still shows the old target says nothing about the table - unless a write
             # of ours to a peer is in doubt: sent before that write, it may have landed after it.
             lag = h is not None and now - h.last_write < t.ec2_consistency_window and view.target != ctx.me
-            if lag and rt not in mem.handover_doubt:
+            if lag and rt not in mem.handover_doubt and not self.revived(view.target):
                 continue
             self.foreign.route(rt, mem.ec2.get(rt), view, now, snapshot)
             mem.ec2[rt] = view
@@ -119,7 +156,8 @@ class Ec2View:
         mem.egress_read, mem.egress_read_at = read, now
         for rt, seen in read.items():
             h = mem.held.get(rt)
-            if h is not None and now - h.last_address_write < t.ec2_consistency_window and seen.holder != ctx.me:
+            lag = h is not None and now - h.last_address_write < t.ec2_consistency_window and seen.holder != ctx.me
+            if lag and not self.revived(seen.holder):
                 continue
             self.foreign.address(rt, mem.egress.get(rt), seen, now, snapshot)
             mem.egress[rt] = seen

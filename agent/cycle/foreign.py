@@ -9,8 +9,9 @@ holder to explain it - is a foreign change: a WARNING that names what to do inst
 
 Not foreign: a read inside the consistency window of our own write (the caller skips those), a
 table taken less than ``ec2_apply_horizon`` ago (a former holder's late write may still land), a
-write of ours to a peer whose outcome is unknown, a reported stray write, and a paused table
-(changing a paused table by hand is what a pause is for).
+write of ours to a peer whose outcome is unknown, a reported stray write, a table shown with a peer
+whose session was expired and that just showed life again (its late write: agent.cycle.ec2view), and
+a paused table (changing a paused table by hand is what a pause is for).
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ class ForeignChanges:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def _explained(self, rt: str, now: float, snapshot: GroupSnapshot) -> bool:
+    def _explained(self, rt: str, now: float, snapshot: GroupSnapshot, shown: str) -> bool:
         mem = self.ctx.memory
         h = mem.held.get(rt)
+        if shown in mem.revived:
+            return True  # a former holder back from a pause: its late write
         if h is None or now < h.settle_at or rt in mem.handover_doubt or rt in mem.paused or mem.group_paused:
             return True
         stray = snapshot.strays.get(rt)
@@ -41,7 +44,7 @@ class ForeignChanges:
         me = self.ctx.me
         if before is None or before.target != me or (after.target == me and after.state == "active"):
             return
-        if self._explained(rt, now, snapshot):
+        if self._explained(rt, now, snapshot, after.target):
             return
         shown = after.target.removeprefix("other:") or after.state
         self._book(
@@ -58,7 +61,7 @@ class ForeignChanges:
         me = self.ctx.me
         if before is None or before.holder != me or after.holder == me or after.problem:
             return
-        if self._explained(rt, now, snapshot):
+        if self._explained(rt, now, snapshot, after.holder):
             return
         shown = after.holder.removeprefix("other:") or "unassociated"
         self._book(

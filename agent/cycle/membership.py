@@ -31,10 +31,10 @@ def take_view(ctx: Context, config: Config) -> Departed:
     mem = ctx.memory
     for peer in peers:
         for by_peer in (mem.healthy_since, mem.suspect_since, mem.dead_since, mem.stale_deadlines,
-                        mem.instance_states, mem.restarts):  # fmt: skip
+                        mem.instance_states, mem.restarts, mem.probes_up, mem.revived):  # fmt: skip
             by_peer.pop(peer, None)
     for rt in tables:
         for by_table in (mem.claimable_since, mem.ec2, mem.egress, mem.egress_read, mem.held, mem.relinquished,
-                         mem.handover_doubt, mem.pins_since):  # fmt: skip
+                         mem.handover_doubt, mem.pins_since, mem.former_owners):  # fmt: skip
             by_table.pop(rt, None)
     return Departed(peers, tables)

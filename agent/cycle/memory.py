@@ -120,6 +120,12 @@ class Memory:
     # once and once it can no longer land (ec2_apply_horizon), so the holder acts on where it is.
     ec2_rechecks: list[float] = field(default_factory=list)
     handover_doubt: dict[str, float] = field(default_factory=dict)  # route table -> when that write failed
+    # A former holder's late write (agent.cycle.ec2view): who owned each table before us, whether each
+    # peer's probes answered at the last cycle, and since when a peer whose session was expired answers
+    # probes again.
+    former_owners: dict[str, str] = field(default_factory=dict)
+    probes_up: dict[str, bool] = field(default_factory=dict)
+    revived: dict[str, float] = field(default_factory=dict)
     instance_states: dict[str, str] = field(default_factory=dict)
     instances_read_at: float = -1e18
     last_heartbeat: float = -1e18

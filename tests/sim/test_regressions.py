@@ -15,6 +15,7 @@ import dataclasses
 
 import pytest
 
+import agent.cycle.ec2view
 import agent.cycle.standing
 import agent.decide
 from coordinator.items import MemberItem, RouteItem
@@ -110,6 +111,24 @@ def test_hole_7_a_taker_whose_writes_are_refused_gives_the_table_to_a_peer(monke
     assert any("(b) rtb-1 has pointed at i-b" in v for v in r.violations), r.report()
 
 
+def test_a_former_holder_back_from_a_vm_pause_that_stops_before_its_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seed 3476's pattern, crafted: i-c takes i-b's table and its VM pauses 4 s between the route write's
+    # last check and its send; i-a expires i-c and takes the table. When the VM runs again the write lands
+    # under i-a's term, and i-c's process stops at its very next DynamoDB request, the stray report. i-a
+    # reads EC2 when i-c's probes answer again and writes the table back within (a)'s second.
+    sc = three(
+        Fault("nat_down", 3.0, 30.0, "i-b"),
+        Fault("vm_freeze", 3.0, 4.0, "i-c", point="ec2_gap", op="ReplaceRoute"),
+        Fault("hang", 4.0, 5.0, "i-c", point="store_send"),
+        holder_tag=False,
+    )
+    schedules = [dataclasses.replace(sc, seed=seed) for seed in (1, 3)]
+    assert all(ok(run(x)) for x in schedules)
+    monkeypatch.setattr(agent.cycle.ec2view.Ec2View, "_watch_expired_peers", lambda *a: None)  # undo
+    results = [run(x) for x in schedules]
+    assert all(any("(a) stray write to rtb-1" in v for v in r.violations) for r in results), results[0].report()
+
+
 def test_hole_5_a_table_owned_by_a_member_removed_undrained_is_taken_over() -> None:
     # i-b leaves every config without draining; its NAT then stops forwarding: i-c, the new home
     # of rtb-1 in the new configs, takes it although nobody probes i-b any more.
@@ -144,6 +163,13 @@ ISSUE_17_SEEDS = {
     8244: "as 4690, three members",
     4609: "checker: (b) held a taker with 280 ms DynamoDB round trips to the 3 s of a normal path (now: the limit "
     "grows by the takeover's chain of round trips while no member with a normal path could act)",
+    # 3476 passes with its fix undone since 83746df (a slow-DynamoDB taker claims ahead): the timing moved and
+    # the VM pause now hits a DescribeRouteTables, as it did before the faster takeover. Its pattern is held by
+    # test_a_former_holder_back_from_a_vm_pause_that_stops_before_its_report (above) and test_cycle_authority.
+    3476: "a former holder whose VM paused between a write's check and its send came back, sent it, and stopped "
+    "again before its stray report left: the holder saw it at its reconcile, 1.81 s after it landed (ec2view: "
+    "an expired peer's probes answering again is when such a write lands; test_cycle_authority: "
+    "...former_holder_back_from_a_vm_pause...)",
 }
 
 

@@ -250,3 +250,26 @@ def test_a_hand_over_is_a_move_its_writes_are_confirmed_without_a_read_of_their_
     assert g.world.targets["rtb-a"] == "i-b"
     assert g.store.raw_get(GROUP, "route#rtb-a")["owner"] == "i-b"
     assert g.store.reads - reads == 1, "the cycle's own query only"
+
+
+def test_a_former_holder_back_from_a_vm_pause_has_its_unreported_late_write_read_and_overwritten_at_once() -> None:
+    # Seed 3476: i-b's VM paused between a write's last check and its send; i-a expired i-b's session and
+    # took its tables. When the VM ran again the write left and landed, and i-b stopped again before its
+    # stray report left: i-a saw the write only at its next reconcile (1.8 s after it landed). A paused VM
+    # answers no probe: its probes answering again is when such a write lands. i-a reads EC2 then (within
+    # ec2_consistency_window of its own settle write: that read is not lag) and writes the table back,
+    # without calling it a foreign change. (Undo: drop the _watch_expired_peers call in Ec2View.refresh,
+    # and rtb-b1 stays with i-b.)
+    g = settled()
+    a = g.agents["i-a"]
+    events: list[str] = []
+    a.ctx.on_event = lambda kind, data: events.append(kind)
+    with dead(g, "i-b"):
+        g.cycle("i-a", 5)  # takes rtb-b1..3, writes them again after the horizon
+        assert g.store.raw_get(GROUP, "route#rtb-b1")["owner"] == "i-a"
+        assert g.world.writes[-1] == ("ReplaceRoute", "rtb-b3", "i-a")
+        a.memory.ec2_read_at = g.clock.monotonic()  # its reconcile just ran: the next is 5 s away
+        g.world.targets["rtb-b1"] = "i-b"  # i-b runs again: its late write lands, and no report follows
+    g.cycle("i-a", 2)
+    assert g.world.targets["rtb-b1"] == "i-a"
+    assert "foreign_change" not in events
