@@ -134,6 +134,9 @@ ISSUE_17_SEEDS = {
     3442: "a drain's route write in doubt landed late, the read due at its bound was throttled and dropped: "
     "back from the drain, the holder took the Elastic IP back alone and left the route on the peer 5 s "
     "(ec2view; test_cycle_authority: ...fails_is_made_again...)",
+    8812: "a table handed over lease-first by a giver whose EC2 writes failed: the receiver took its Elastic IP "
+    "for moved and routed the table here, its public address left with the previous NAT 3 s "
+    "(observe; test_cycle_egress: ...handed_over_lease_first...)",
 }
 
 
