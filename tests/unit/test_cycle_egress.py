@@ -16,8 +16,8 @@ from agent.aws.ec2 import Ec2Error
 from agent.config import EgressTable
 from agent.decide import Ec2Address
 from agent.metrics import Metrics
-from coordinator.items import Health
 from coordinator.clock import FakeClock
+from coordinator.items import Health
 from tests.unit import test_cycle as base
 from tests.unit.test_cycle import GROUP, HOMES, Group, dead
 
