@@ -244,6 +244,31 @@ def test_a_renewal_measures_its_round_trip_and_the_next_heartbeat_says_the_slowe
     assert list(a.memory.renewal_rtts)[-1] == 0.0
 
 
+def test_a_member_whose_renewals_are_slow_still_writes_within_the_lease_a_renewal_left_it() -> None:
+    # Seed 3894: a holder losing packets to AWS (net_loss) handed its tables over, address first. Its
+    # renewals took 0.4 s and more, so the lease left after one was less than a call's deadline, and
+    # every route write was refused ("not sent: the lease is too short; renewing first"): the Elastic
+    # IP sat with the successor, the route with the giver, for 3 s. After a renewal the write now goes
+    # with the deadline the fence clips to the lease, if half a call's deadline is left. (Undo: require
+    # the full write budget after the renewal in SessionKeeper.may_act, and the write is refused.)
+    g = settled()
+    a = g.agents["i-a"]
+    health = a.memory.last_health
+    assert health is not None
+    a.session.renew(health)
+    g.clock.advance(0.45)  # less than one call's deadline (0.6 s) is left: renew first
+    real = g.store.put_item
+
+    def slow_put(*args: Any, **kw: Any) -> None:
+        g.clock.advance(0.4)  # a lossy path: the renewal's round trip
+        real(*args, **kw)
+
+    g.store.put_item = slow_put  # type: ignore[method-assign]
+    assert a.session.may_act(health)
+    g.store.put_item = real  # type: ignore[method-assign]
+    assert 0.3 < a.coordinator.remaining() < a.timings.ec2_timeout
+
+
 def test_a_write_that_is_not_a_failover_is_confirmed_by_a_read_at_its_send() -> None:
     # Repairs, settles, fail-backs and drains are not timed by an outage: each write still reads DynamoDB
     # at its send, which also catches two processes of one instance racing (tests/sim/test_regressions.py,
