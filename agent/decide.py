@@ -142,6 +142,7 @@ class Observation:
     paused: dict[str, str] = field(default_factory=dict)  # route table -> who paused it (group or table)
     group_paused: str = ""  # who paused the whole group ("": not paused): no restarts either
     aws_answered_for: float = float("inf")  # seconds every AWS call of ours has been answered in time
+    store_rtt: float = 0.0  # the slowest of our last few renewals' round trips (what our next heartbeat says)
 
     def preferred_homes(self) -> dict[str, str]:
         """Homes, with operator pins taking precedence."""
@@ -445,6 +446,10 @@ def decide(obs: Observation, t: Timing) -> Decision:
             if done is not None:
                 actions.append(done)
                 continue
+            lossy = _plan_half_moved(v, rt, r)
+            if lossy is not None:
+                actions.append(lossy)
+                continue
             held.append(f"{rt} (term {r.term})")
             ec2 = obs.ec2.get(rt)
             if ec2 is None or ec2.target != obs.me or ec2.state != "active":
@@ -610,6 +615,43 @@ def _plan_failback_done(v: _View, rt: str, r: RouteItem, home: str) -> HandOver 
         "" if lease_only else " with its Elastic IP"
     )
     return HandOver(rt, r, m, "failback", "home_healthy", why, write_route=not lease_only)
+
+
+def _plan_half_moved(v: _View, rt: str, r: RouteItem) -> HandOver | None:
+    """A held table half moved (EC2 routes it here and its Elastic IP is elsewhere, or the reverse) while our
+    own path to AWS loses packets: an AWS call of ours went unanswered lately (PLANNED_MOVE_CLEAN) and our
+    DynamoDB renewals are slow (SLOW_STORE_S, as our heartbeat says). Its traffic has no public address until
+    both are on one NAT; over our path each missing write takes seconds, and while we renew no peer may
+    finish it (sim seeds 2878, 5879, 9879: 3 s and more). The lease alone goes to a healthy peer whose path
+    is fast - the one that holds the other half already (one write finishes it), else the first in the
+    table's preference order - and it writes what is missing (agent.cycle.observe reads EC2 when a table is
+    handed to it). The hand-over moves nothing in EC2; a table served here whole, or not at all, stays.
+    """
+    obs = v.obs
+    slow = obs.store_rtt >= SLOW_STORE_S or v.slow_store(obs.me)
+    if rt not in obs.egress_tables or obs.aws_answered_for >= PLANNED_MOVE_CLEAN or not slow:
+        return None
+    route = obs.ec2.get(rt)
+    address = obs.egress.get(rt)
+    if route is None or address is None or route.state != "active" or address.problem:
+        return None
+    route_here, address_here = route.target == obs.me, address.holder == obs.me
+    if route_here == address_here:
+        return None
+    other = address.holder if route_here else route.target
+    order = preference(rt, obs.preferred_homes(), obs.members)
+    fast = [c for c in order if c != obs.me and v.eligible(c) and not v.slow_store(c)]
+    if not fast:
+        return None
+    to = other if other in fast else fast[0]
+    m = v.member(to)
+    assert m is not None
+    half = "its Elastic IP" if route_here else "its route"
+    why = (
+        f"handing half-moved {rt} to {to} ({half} is not here; my AWS calls go unanswered, "
+        f"the last {_fmt(obs.aws_answered_for)} ago): it finishes the move"
+    )
+    return HandOver(rt, r, m, "drain", "self_unhealthy", why, write_route=False)
 
 
 def _resume(v: _View, rt: str, r: RouteItem, home: str) -> TakeOver:

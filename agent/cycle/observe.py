@@ -174,6 +174,7 @@ class Observer:
             paused=dict(mem.paused),
             group_paused=mem.group_paused,
             aws_answered_for=now - mem.aws_unanswered_at,
+            store_rtt=max(mem.renewal_rtts, default=0.0),
         )
         self._track_peers(obs, snapshot, now, probes)
         if health.healthy:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from agent.decide import Decision, Ec2Address, Ec2Route, EnsureAddress, EnsureRoute, HandOver, TakeOver, decide
-from tests.unit.test_decide import RA, RB, RC, A, B, C, T, World, dead
+from tests.unit.test_decide import RA, RB, RC, A, B, C, T, World, dead, route
 
 FOLLOW = frozenset({RA, RB, RC})
 
@@ -91,3 +91,26 @@ def test_a_fail_back_is_one_hand_over_not_an_address_repair() -> None:
     w.healthy_since = {A: 80.0, C: 0.0}
     d = run(w, {RA: Ec2Address(A), RB: Ec2Address(B), RC: Ec2Address(C)})
     assert [type(a) for a in d.actions] == [HandOver] and d.kind == "failed_back"
+
+
+def test_a_lossy_holder_hands_a_half_moved_table_to_the_peer_that_holds_its_other_half() -> None:
+    # Sim seeds 5879, 9879, 2878: a holder whose packets to AWS are lost had a table's route and Elastic IP
+    # on two NATs (its traffic without a public address) and took seconds per missing write, while its
+    # renewals kept peers off the table. Such a holder (a call unanswered lately, slow renewals) hands the
+    # table over lease-only, to the peer that has the other half if it can serve: one write of that
+    # peer's finishes the move. (Undo: drop _plan_half_moved from decide, and an EnsureAddress comes out.)
+    w = World(me=B, ec2={RA: Ec2Route(B), RB: Ec2Route(B), RC: Ec2Route(C)})
+    w.routes[RA] = route(RA, B, term=2)
+    w.healthy_since = {A: 99.0, C: 0.0}  # its home i-a is back 1 s: no fail-back yet
+    seen = {RA: Ec2Address(A), RB: Ec2Address(B), RC: Ec2Address(C)}
+    d = run(w, seen, aws_answered_for=0.5, store_rtt=0.3)
+    assert [type(a) for a in d.actions] == [HandOver], d.summary
+    a = d.actions[0]
+    assert isinstance(a, HandOver) and a.route_table == RA and a.successor.instance == A and not a.write_route
+    assert d.summary.startswith("handing half-moved rtb-a to i-a (its Elastic IP is not here;")
+    # Its own path answering (or its renewals fast), it finishes the move itself; a table whole here stays.
+    assert [type(a) for a in run(w, seen, aws_answered_for=6.0, store_rtt=0.3).actions] == [EnsureAddress]
+    assert [type(a) for a in run(w, seen, aws_answered_for=0.5, store_rtt=0.02).actions] == [EnsureAddress]
+    seen[RA] = Ec2Address(B)
+    assert run(w, seen, aws_answered_for=0.5, store_rtt=0.3).actions == ()
+
