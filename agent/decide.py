@@ -143,6 +143,7 @@ class Observation:
     group_paused: str = ""  # who paused the whole group ("": not paused): no restarts either
     aws_answered_for: float = float("inf")  # seconds every AWS call of ours has been answered in time
     store_rtt: float = 0.0  # the slowest of our last few renewals' round trips (what our next heartbeat says)
+    handed_unread: frozenset[str] = frozenset()  # held tables handed to us, EC2 not read since (views predate it)
 
     def preferred_homes(self) -> dict[str, str]:
         """Homes, with operator pins taking precedence."""
@@ -630,11 +631,15 @@ def _plan_half_moved(v: _View, rt: str, r: RouteItem) -> HandOver | None:
     finish it (sim seeds 2878, 5879, 9879: 3 s and more). The lease alone goes to a healthy peer whose path
     is fast - the one that holds the other half already (one write finishes it), else the first in the
     table's preference order - and it writes what is missing (agent.cycle.observe reads EC2 when a table is
-    handed to it). The hand-over moves nothing in EC2; a table served here whole, or not at all, stays.
+    handed to it). The hand-over moves nothing in EC2; a table served here whole, or not at all, stays, and
+    so does a table handed to us that we have not read EC2 for since (``handed_unread``): a hand-over comes
+    make before break, and a view older than the giver's writes would look half moved and send it on.
     """
     obs = v.obs
     slow = obs.store_rtt >= SLOW_STORE_S or v.slow_store(obs.me)
     if rt not in obs.egress_tables or obs.aws_answered_for >= PLANNED_MOVE_CLEAN or not slow:
+        return None
+    if rt in obs.handed_unread:
         return None
     route = obs.ec2.get(rt)
     address = obs.egress.get(rt)

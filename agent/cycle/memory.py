@@ -45,6 +45,7 @@ class Held:
     # was never sent, throttled or refused: we have moved nothing of it (agent.decide hands it to its home
     # when that can serve it).
     reached: bool = True
+    handed: bool = False  # handed to us by a peer (or an earlier process of ours), not claimed by this process
 
     def mark_tagged(self, now: float, *, address: bool = False) -> None:
         """Our holder-tag write on the table (``address``: its Elastic IP) went through at ``now``."""

@@ -48,7 +48,7 @@ class Observer:
                 # Written again once no write of an earlier term (or of this session's earlier
                 # process) can land any more.
                 settle_at = max(now + t.ec2_apply_horizon, mem.predecessor_writes_until)
-                mem.held[rt] = Held(r.term, now, settle_at)
+                mem.held[rt] = Held(r.term, now, settle_at, handed=True)
                 if rt in ctx.egress_tables:
                     # Handed to us: the giver moved the Elastic IP here before the lease (make before
                     # break), as far as we know: an association costs a remap, a route write nothing.
@@ -175,6 +175,9 @@ class Observer:
             group_paused=mem.group_paused,
             aws_answered_for=now - mem.aws_unanswered_at,
             store_rtt=max(mem.renewal_rtts, default=0.0),
+            handed_unread=frozenset(
+                rt for rt, h in mem.held.items() if h.handed and mem.egress_read_at < h.acquired_at
+            ),
         )
         self._track_peers(obs, snapshot, now, probes)
         if health.healthy:
