@@ -142,6 +142,8 @@ class Observation:
     paused: dict[str, str] = field(default_factory=dict)  # route table -> who paused it (group or table)
     group_paused: str = ""  # who paused the whole group ("": not paused): no restarts either
     aws_answered_for: float = float("inf")  # seconds every AWS call of ours has been answered in time
+    store_rtt: float = 0.0  # the slowest of our last few renewals' round trips (what our next heartbeat says)
+    handed_unread: frozenset[str] = frozenset()  # held tables handed to us, EC2 not read since (views predate it)
 
     def preferred_homes(self) -> dict[str, str]:
         """Homes, with operator pins taking precedence."""
@@ -445,6 +447,10 @@ def decide(obs: Observation, t: Timing) -> Decision:
             if done is not None:
                 actions.append(done)
                 continue
+            lossy = _plan_half_moved(v, rt, r)
+            if lossy is not None:
+                actions.append(lossy)
+                continue
             held.append(f"{rt} (term {r.term})")
             ec2 = obs.ec2.get(rt)
             if ec2 is None or ec2.target != obs.me or ec2.state != "active":
@@ -500,7 +506,7 @@ def decide(obs: Observation, t: Timing) -> Decision:
     actions.extend(_plan_restarts(v, t))
     held_back: list[str] = []
     actions = _hold_for_pause(obs, actions, held_back)
-    actions.sort(key=_priority)
+    actions.sort(key=lambda a: _priority(a, obs))
 
     if actions:
         kind = _kind_of(actions)
@@ -537,10 +543,15 @@ def _hold_for_pause(obs: Observation, actions: list[Action], notes: list[str]) -
     return out
 
 
-def _priority(action: Action) -> int:
+def _priority(action: Action, obs: Observation) -> int:
     """The order of a cycle's writes: AWS's write buckets are shared (and a cycle's time is bounded),
     so what ends an outage goes first - a table's route to a NAT that serves it, then its Elastic
-    IP - then planned moves, then writes that only re-assert what EC2 already shows, then restarts."""
+    IP - then planned moves, then writes that only re-assert what EC2 already shows, then restarts.
+    A table resumed from our previous session that EC2 shows served here whole moves nothing: it
+    waits behind the moves (sim seed 2878: a restarted agent on a lossy path resumed two such tables
+    first, and a table whose Elastic IP was still elsewhere waited 3 s)."""
+    if isinstance(action, TakeOver) and action.route is not None and action.route.owner == obs.me:
+        return 2 if _served_here(obs, action.route_table) else 0
     if isinstance(action, (TakeOver, RouteToGateway)) or (isinstance(action, EnsureRoute) and not action.again):
         return 0
     if isinstance(action, EnsureAddress) and not action.again:
@@ -610,6 +621,47 @@ def _plan_failback_done(v: _View, rt: str, r: RouteItem, home: str) -> HandOver 
         "" if lease_only else " with its Elastic IP"
     )
     return HandOver(rt, r, m, "failback", "home_healthy", why, write_route=not lease_only)
+
+
+def _plan_half_moved(v: _View, rt: str, r: RouteItem) -> HandOver | None:
+    """A held table half moved (EC2 routes it here and its Elastic IP is elsewhere, or the reverse) while our
+    own path to AWS loses packets: an AWS call of ours went unanswered lately (PLANNED_MOVE_CLEAN) and our
+    DynamoDB renewals are slow (SLOW_STORE_S, as our heartbeat says). Its traffic has no public address until
+    both are on one NAT; over our path each missing write takes seconds, and while we renew no peer may
+    finish it (sim seeds 2878, 5879, 9879: 3 s and more). The lease alone goes to a healthy peer whose path
+    is fast - the one that holds the other half already (one write finishes it), else the first in the
+    table's preference order - and it writes what is missing (agent.cycle.observe reads EC2 when a table is
+    handed to it). The hand-over moves nothing in EC2; a table served here whole, or not at all, stays, and
+    so does a table handed to us that we have not read EC2 for since (``handed_unread``): a hand-over comes
+    make before break, and a view older than the giver's writes would look half moved and send it on.
+    """
+    obs = v.obs
+    slow = obs.store_rtt >= SLOW_STORE_S or v.slow_store(obs.me)
+    if rt not in obs.egress_tables or obs.aws_answered_for >= PLANNED_MOVE_CLEAN or not slow:
+        return None
+    if rt in obs.handed_unread:
+        return None
+    route = obs.ec2.get(rt)
+    address = obs.egress.get(rt)
+    if route is None or address is None or route.state != "active" or address.problem:
+        return None
+    route_here, address_here = route.target == obs.me, address.holder == obs.me
+    if route_here == address_here:
+        return None
+    other = address.holder if route_here else route.target
+    order = preference(rt, obs.preferred_homes(), obs.members)
+    fast = [c for c in order if c != obs.me and v.eligible(c) and not v.slow_store(c)]
+    if not fast:
+        return None
+    to = other if other in fast else fast[0]
+    m = v.member(to)
+    assert m is not None
+    half = "its Elastic IP" if route_here else "its route"
+    why = (
+        f"handing half-moved {rt} to {to} ({half} is not here; my AWS calls go unanswered, "
+        f"the last {_fmt(obs.aws_answered_for)} ago): it finishes the move"
+    )
+    return HandOver(rt, r, m, "drain", "self_unhealthy", why, write_route=False)
 
 
 def _resume(v: _View, rt: str, r: RouteItem, home: str) -> TakeOver:

@@ -38,9 +38,16 @@ class Ec2View:
         quiet = self.standing.quiet("DescribeRouteTables", now)
         if (due or now - mem.ec2_read_at >= self.standing.read_interval(now)) and not quiet:
             mem.ec2_read_at = now
-            mem.ec2_rechecks = [x for x in mem.ec2_rechecks if x > now]
             self._keep(health)
-            self._refresh_routes(now, snapshot)
+            if self._refresh_routes(now, snapshot):
+                mem.ec2_rechecks = [x for x in mem.ec2_rechecks if x > now]
+            else:
+                # A read after a write in doubt that failed (throttled, no answer) is read again next cycle
+                # (after any throttling back-off), not left to the reconcile interval: meanwhile we act on a
+                # view older than the write (sim seed 3442: a drain's route write landed late, the read
+                # after it was throttled, and the holder took the Elastic IP back alone for 5 s).
+                keep = t.ec2_reconcile_interval
+                mem.ec2_rechecks = [x for x in mem.ec2_rechecks if x > now or now - x < keep]
             if ctx.egress_tables:
                 self._keep(health)
                 self._refresh_egress(now, snapshot)
@@ -118,16 +125,16 @@ class Ec2View:
         ctx.error_cleared(key)
         return result
 
-    def _refresh_routes(self, now: float, snapshot: GroupSnapshot) -> None:
+    def _refresh_routes(self, now: float, snapshot: GroupSnapshot) -> bool:
         """Where EC2 routes our tables (one DescribeRouteTables; it lags our own writes); a route of a
-        table we hold changed by someone else is a foreign change (agent.cycle.foreign)."""
+        table we hold changed by someone else is a foreign change (agent.cycle.foreign). False: no answer."""
         ctx = self.ctx
         t = ctx.timings
         mem = ctx.memory
         homes = sorted(ctx.homes)
         read = self._read("DescribeRouteTables", lambda: ctx.ec2.routes(homes), "keeping the last known routes")
         if read is None:
-            return
+            return False
         for rt, view in read.items():
             h = mem.held.get(rt)
             # DescribeRouteTables lags writes: a read started soon after our own confirmed
@@ -138,6 +145,7 @@ class Ec2View:
                 continue
             self.foreign.route(rt, mem.ec2.get(rt), view, now, snapshot)
             mem.ec2[rt] = view
+        return True
 
     def _refresh_egress(self, now: float, snapshot: GroupSnapshot) -> None:
         """Where each table's Elastic IP sits (one DescribeAddresses; it lags associations like routes)."""

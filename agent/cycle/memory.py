@@ -46,6 +46,7 @@ class Held:
     # when that can serve it).
     reached: bool = True
     taken_from: str = ""  # the peer instance we took it from in this term ("" for a claim of our own)
+    handed: bool = False  # handed to us by a peer (or an earlier process of ours), not claimed by this process
 
     def mark_tagged(self, now: float, *, address: bool = False) -> None:
         """Our holder-tag write on the table (``address``: its Elastic IP) went through at ``now``."""

@@ -48,14 +48,17 @@ class Observer:
                 # Written again once no write of an earlier term (or of this session's earlier
                 # process) can land any more.
                 settle_at = max(now + t.ec2_apply_horizon, mem.predecessor_writes_until)
-                mem.held[rt] = Held(r.term, now, settle_at)
+                mem.held[rt] = Held(r.term, now, settle_at, handed=True)
                 if rt in ctx.egress_tables:
                     # Handed to us: the giver moved the Elastic IP here before the lease (make before
-                    # break). Trusted until the settle write after the horizon, which is blind anyway:
-                    # an association costs a remap, a route write nothing.
+                    # break), as far as we know: an association costs a remap, a route write nothing.
+                    # But a hand-over may come lease-first (a giver whose EC2 writes fail, one whose
+                    # association failed): EC2 is read at once, and what it shows counts - no own write
+                    # of ours to discount it as lag (sim seed 8812: the Elastic IP stayed with the
+                    # table's previous NAT 3 s after the taker routed the table here).
                     seen = mem.egress.get(rt)
                     mem.egress[rt] = Ec2Address(ctx.me, seen.public_ip if seen is not None else "")
-                    mem.held[rt].last_address_write = now
+                    mem.ec2_rechecks.append(now)
                 stray = snapshot.strays.get(rt)
                 if stray is not None:
                     mem.strays_handled.add(stray.token)  # our first write and the settle cover it
@@ -174,6 +177,10 @@ class Observer:
             paused=dict(mem.paused),
             group_paused=mem.group_paused,
             aws_answered_for=now - mem.aws_unanswered_at,
+            store_rtt=max(mem.renewal_rtts, default=0.0),
+            handed_unread=frozenset(
+                rt for rt, h in mem.held.items() if h.handed and mem.egress_read_at < h.acquired_at
+            ),
         )
         self._track_peers(obs, snapshot, now, probes)
         if health.healthy:

@@ -142,10 +142,9 @@ def test_hole_5_a_table_owned_by_a_member_removed_undrained_is_taken_over() -> N
 ISSUE_17_SEEDS = {
     1397: "a stopper whose first stop found the NAT answering expired every new session it started (restarts)",
     379: "an EC2 outage held a takeover back while the home came back; the taker then moved its tables (decide)",
-    # 2878 (a restarted agent resumed a table its previous process claimed but never moved, and routed it
-    # away from its healthy home) is no regression any more: since the faster takeover its schedule no longer
-    # reaches that path (with decide._resume undone it shows no (c)), and it fails on the open (e) class of a
-    # holder losing packets mid-move. The fix is held by test_decide's ...comes_back_lease_only.
+    # 2878 first found a restarted agent that resumed a table its previous process claimed but never moved
+    # and routed it away from its healthy home (held by test_decide's ...comes_back_lease_only); since the
+    # faster takeover its schedule no longer reaches that path, and it is kept for its (e) below.
     4455: "in an EC2 outage for everyone a peer's heartbeat, renewed late in a long cycle, said EC2 answered it: "
     "the home took that for its own broken path and handed its table away (standing, session; "
     "test_cycle_standing: ...renewal_late..., ...vouches_for_ec2...; 4784 the same over 120 s)",
@@ -170,6 +169,20 @@ ISSUE_17_SEEDS = {
     "again before its stray report left: the holder saw it at its reconcile, 1.81 s after it landed (ec2view: "
     "an expired peer's probes answering again is when such a write lands; test_cycle_authority: "
     "...former_holder_back_from_a_vm_pause...)",
+    3442: "a drain's route write in doubt landed late, the read due at its bound was throttled and dropped: "
+    "back from the drain, the holder took the Elastic IP back alone and left the route on the peer 5 s "
+    "(ec2view; test_cycle_authority: ...fails_is_made_again...)",
+    8812: "a table handed over lease-first by a giver whose EC2 writes failed: the receiver took its Elastic IP "
+    "for moved and routed the table here, its public address left with the previous NAT 3 s "
+    "(observe; test_cycle_egress: ...handed_over_lease_first...)",
+    5879: "a holder losing packets to AWS routed a taken table here and took seconds per missing write, its "
+    "Elastic IP left with the previous NAT while its renewals kept peers off (decide: a lossy holder hands a "
+    "half-moved table to a fast peer; test_decide_egress: ...lossy_holder_hands_a_half_moved_table...)",
+    9879: "the same, address first: the Elastic IP moved, the route write stalled behind slow renewals and "
+    "timed-out claims (decide's hand-over, and the resumes that move nothing written last)",
+    2878: "a restarted agent on a lossy path resumed the tables served here whole first, and a table whose "
+    "Elastic IP was still with its home waited 3 s (decide._priority; test_decide_egress: "
+    "...resumed_tables_that_move_something...)",
 }
 
 

@@ -17,6 +17,7 @@ from agent.config import EgressTable
 from agent.decide import Ec2Address
 from agent.metrics import Metrics
 from coordinator.clock import FakeClock
+from coordinator.items import Health
 from tests.unit import test_cycle as base
 from tests.unit.test_cycle import GROUP, HOMES, Group, dead
 
@@ -228,6 +229,22 @@ def test_a_drain_moves_route_and_elastic_ip_before_the_lease_and_the_receiver_tr
     assert writes(g, m, "AssociateAddress") == [], "the giver moved it: no second remap at once"
     g.cycle("i-a", 4)
     assert sorted(w[1] for w in writes(g, m, "AssociateAddress")) == ["rtb-b1", "rtb-b2", "rtb-b3"], "settle"
+
+
+def test_a_table_handed_over_lease_first_gets_its_elastic_ip_in_the_receivers_first_cycle() -> None:
+    # Seed 8812: a giver whose EC2 writes failed handed its tables lease-first ("it writes the route"): the
+    # Elastic IPs stayed where they were. The receiver took them for moved (make before break) and, its
+    # reads discounted as lag of an association it never made, routed the tables here and left their
+    # public addresses elsewhere 3 s. It now reads EC2 when a table is handed to it, and acts on what it
+    # shows. (Undo: drop the read in Observer.track_holdings, and no association goes out here.)
+    g = settled()
+    b = g.agents["i-b"]
+    b.coordinator.heartbeat(Health(False, {"ec2_writes": False}))  # it cannot serve the table: no fail-back
+    snap = b.coordinator.read_group()
+    b.coordinator.hand_over_route(snap.routes["rtb-b1"], snap.members["i-a"])  # the lease only
+    g.cycle("i-a")
+    assert g.world.targets["rtb-b1"] == "i-a"
+    assert g.world.eips["rtb-b1"] == "i-a"
 
 
 def test_a_moved_elastic_ip_is_repaired_at_the_next_reconcile_but_a_lagging_read_is_not_acted_on() -> None:
