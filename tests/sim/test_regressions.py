@@ -156,10 +156,9 @@ ISSUE_17_SEEDS = {
     4690: "the only taker left had 200 ms DynamoDB round trips: claimed one by one (a claim and a renewal each), "
     "the dead NAT's last table waited for a later cycle (tables: claim ahead, one renewal confirms every write; "
     "a claim late in the lease renews first; a claimed table's move is not put off by the cycle budget; "
-    "test_cycle_slow_store: ...claims_every_table...; 5713, 8244 alike)",
+    "test_cycle_slow_store: ...claims_every_table...; 5713 alike)",
     5713: "a slow-DynamoDB taker retried its takeover write (IAM refused it during tag propagation) as a repair, "
     "after a read of its own (tables: the retry is confirmed as a move; test_cycle_standing: ...retried_after...)",
-    8244: "as 4690, three members",
     4609: "checker: (b) held a taker with 280 ms DynamoDB round trips to the 3 s of a normal path (now: the limit "
     "grows by the takeover's chain of round trips while no member with a normal path could act)",
     # 3476 passes with its fix undone since 83746df (a slow-DynamoDB taker claims ahead): the timing moved and
