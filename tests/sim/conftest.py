@@ -12,7 +12,7 @@ import pytest
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("nat-ha simulation")
     group.addoption("--sim-seed", type=int, default=None, help="replay one simulation seed (prints its trace)")
-    group.addoption("--sim-seeds", type=int, default=None, help="how many seeds test_seeds runs (default 1000)")
+    group.addoption("--sim-seeds", type=int, default=None, help="how many seeds test_seeds runs (default 600)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -35,4 +35,4 @@ def sim_seed(request: pytest.FixtureRequest) -> int | None:
 @pytest.fixture
 def sim_seeds(request: pytest.FixtureRequest) -> int:
     value = request.config.getoption("--sim-seeds", default=None)
-    return int(value) if value is not None else 1000
+    return int(value) if value is not None else 600

@@ -1,6 +1,6 @@
 """Seeded fault schedules against the real agent: no invariant may ever break.
 
-``test_seeds`` runs 1,000 seeds (``--sim-seeds`` to change) on two processes and
+``test_seeds`` runs 600 seeds (``--sim-seeds`` to change) on two processes and
 reports every failing seed with its replay command; ``pytest tests/sim --sim-seed N``
 replays exactly one seed and prints its trace.
 
