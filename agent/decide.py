@@ -177,6 +177,11 @@ class TakeOver(_Explained):
     why: str
     write_route: bool = True  # False: the table is paused, only its lease is taken
 
+    def taken_from(self, me: str) -> str:
+        """The peer instance the table is taken from: "" for a table nobody owns or one our own instance held."""
+        owner = self.route.owner if self.route is not None else ""
+        return owner if owner != me else ""
+
 
 @dataclass(frozen=True)
 class EnsureRoute(_Explained):

@@ -199,11 +199,7 @@ class Agent:
             self.restarts.claim_own_instance()  # once per session, before anything else it writes to EC2
             notes = []
             # Tables taken from peers (not our own instance's, which EC2 may route here already).
-            ahead = [
-                a
-                for a in decision.actions
-                if isinstance(a, TakeOver) and a.route is not None and a.route.owner not in ("", self.me)
-            ]
+            ahead = [a for a in decision.actions if isinstance(a, TakeOver) and a.taken_from(self.me)]
             for action in decision.actions:
                 if clock.monotonic() - now > self.cycle_budget and not self.tables.claimed_ahead(action):
                     # (A table claimed ahead in this cycle is ours already: its move is not put off.)

@@ -284,8 +284,8 @@ class TableWriter:
         ctx = self.ctx
         mem = ctx.memory
         clock = ctx.clock
-        self.session.keep_through(ctx.timings.store_timeout_max, health)
         if a.expire is not None and a.expire.instance not in self._expired_now:
+            self.session.keep_through(ctx.timings.store_timeout_max, health)
             ctx.coordinator.expire_member(a.expire)
             self._expired_now.add(a.expire.instance)  # one expiry per member, however many tables it held
             mem.dead_since.setdefault(a.expire.instance, clock.monotonic())
@@ -294,9 +294,8 @@ class TableWriter:
         route = ctx.coordinator.claim_route(a.route_table, a.route, ctx.homes.get(a.route_table, ""))
         now = clock.monotonic()
         previous = a.route.owner if a.route else ""
-        taken_from = previous if previous != ctx.me else ""
         horizon = now + ctx.timings.ec2_apply_horizon
-        mem.held[a.route_table] = Held(route.term, now, horizon, reached=False, taken_from=taken_from)
+        mem.held[a.route_table] = Held(route.term, now, horizon, reached=False, taken_from=a.taken_from(ctx.me))
         mem.relinquished.pop(a.route_table, None)
         ctx.on_event("claimed", {"route_table": a.route_table, "term": route.term, "from": previous})
         ctx.flows.taking(a.route_table, previous)
@@ -315,7 +314,7 @@ class TableWriter:
         if not a.write_route:  # paused: the lease only; the route is written when the pause ends
             return ""
         before = mem.ec2.get(a.route_table)
-        with self._moving(bool(previous) and previous != ctx.me):
+        with self._moving(bool(a.taken_from(ctx.me))):
             done, note = self._move(a.route_table, route.term, ctx.me, health, "takeover", started)
         moved = before is None or before.target != ctx.me  # a claim of a table EC2 already routes here moves nothing
         if ctx.metrics is not None and moved:
