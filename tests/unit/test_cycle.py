@@ -177,14 +177,18 @@ def group(
     return Group(clock, store, w, agents, probes)
 
 
-def settled() -> Group:
-    """Both agents up for long enough that every table is claimed by its home."""
-    g = group()
+def settle(g: Group) -> Group:
+    """``g``'s agents up for long enough that every table is claimed by its home."""
     for _ in range(40):
         g.cycle("i-a")
         g.cycle("i-b")
     assert all(g.store.raw_get(GROUP, "route#" + rt)["owner"] == home for rt, home in HOMES.items())
     return g
+
+
+def settled() -> Group:
+    """The default group, settled (:func:`settle`)."""
+    return settle(group())
 
 
 @contextmanager

@@ -39,10 +39,7 @@ def test_a_write_in_doubt_is_read_back_at_its_deadline_plus_the_horizon_and_repa
     # Finding 3: a write not acknowledged may land until its deadline plus ec2_apply_horizon. The holder
     # reads EC2 at that bound (not only at the 5-s reconcile) and repairs what it shows. (Undo: make
     # TableWriter.on_doubt do nothing, and the stray below is seen only at the next reconcile.)
-    g = base.group(ec2_adapter=InDoubtEc2)
-    for _ in range(40):
-        g.cycle("i-a")
-        g.cycle("i-b")
+    g = base.settle(base.group(ec2_adapter=InDoubtEc2))
     a = g.agents["i-a"]
     ec2: Any = a.ec2
     ec2.doubt = True
@@ -205,10 +202,7 @@ def test_a_read_after_a_write_in_doubt_that_fails_is_made_again_next_cycle() -> 
     # here) for 5 s, until the reconcile. The read is made again at the next cycle once AWS's back-off
     # allows. (Undo: drop the rechecks due in Ec2View.refresh whatever the read's outcome, and the
     # table stays on i-b here.)
-    g = base.group(ec2_adapter=FlakyReadEc2)
-    for _ in range(40):
-        g.cycle("i-a")
-        g.cycle("i-b")
+    g = base.settle(base.group(ec2_adapter=FlakyReadEc2))
     a = g.agents["i-a"]
     ec2: Any = a.ec2
     now = g.clock.monotonic()

@@ -68,12 +68,7 @@ def group(order: str = "route-first", *, metrics: bool = False) -> Group:
 
 
 def settled(order: str = "route-first", *, metrics: bool = False) -> Group:
-    g = group(order, metrics=metrics)
-    for _ in range(40):
-        g.cycle("i-a")
-        g.cycle("i-b")
-    assert all(g.store.raw_get(GROUP, "route#" + rt)["owner"] == home for rt, home in HOMES.items())
-    return g
+    return base.settle(group(order, metrics=metrics))
 
 
 def writes(g: Group, since: int = 0, op: str = "") -> list[tuple[str, str, str]]:

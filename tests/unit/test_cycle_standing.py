@@ -21,7 +21,7 @@ from agent.decide import Ec2Route
 from agent.metrics import Metrics
 from coordinator.clock import FakeClock
 from coordinator.items import MemberItem
-from tests.unit.test_cycle import GROUP, HOMES, Ec2, Group, World, dead, group
+from tests.unit.test_cycle import GROUP, Ec2, Group, World, dead, group, settle
 
 B_TABLES = ("rtb-b1", "rtb-b2", "rtb-b3")
 
@@ -95,11 +95,7 @@ def paths(*, iam: bool = False, metrics: bool = False) -> Group:
         if iam:
             a.ctx.holder = arn(me)
     world(g).iam = iam
-    for _ in range(40):
-        g.cycle("i-a")
-        g.cycle("i-b")
-    assert all(g.store.raw_get(GROUP, "route#" + rt)["owner"] == home for rt, home in HOMES.items())
-    return g
+    return settle(g)
 
 
 def world(g: Group) -> PathWorld:
@@ -405,9 +401,7 @@ def test_a_claim_held_back_by_an_outage_goes_home_even_where_a_read_shows_no_rou
     g = group(world=PathWorld, ec2_adapter=MissingRoutesEc2)
     for me, a in g.agents.items():
         a.ec2.me = me  # type: ignore[attr-defined]
-    for _ in range(40):
-        g.cycle("i-a")
-        g.cycle("i-b")
+    settle(g)
     MissingRoutesEc2.writes_down = True  # EC2 takes no write from anyone; its reads answer
     try:
         with dead(g, "i-b"):
