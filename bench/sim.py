@@ -94,6 +94,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def worst_seeds(results: list[dict[str, object]], key: str, count: int = 5) -> dict[str, float]:
+    """The seeds with the longest intervals under ``key``: where a tail figure comes from, to replay."""
+    longest = {str(r["seed"]): max(r[key]) for r in results if r[key]}  # type: ignore[call-overload, type-var]
+    return {s: round(float(v), 3) for s, v in sorted(longest.items(), key=lambda kv: -float(kv[1]))[:count]}
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.cli import BenchParser  # after the repository is on sys.path
 
@@ -164,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "outage_during_faults_p99_s": round(percentile(outages, 0.99), 3),
         "outage_during_faults_max_s": round(max(outages, default=0.0), 3),
         "outages_measured": len(outages),
+        "outage_worst_seeds": worst_seeds(results, "outages"),
         "late_sends": sum(int(r["late_sends"]) for r in results),  # type: ignore[call-overload]
         "iam_refusals": sum(int(r["iam_refusals"]) for r in results),  # type: ignore[call-overload]
         "freezes": sum(int(r["freezes"]) for r in results),  # type: ignore[call-overload]
@@ -174,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "egress_mismatch_p99_s": round(percentile(mismatches, 0.99), 3),
         "egress_mismatch_max_s": round(max(mismatches, default=0.0), 3),
         "egress_mismatches_measured": len(mismatches),
+        "egress_mismatch_worst_seeds": worst_seeds(results, "mismatches"),
         "elastic_ip_moves": sum(int(r["address_changes"]) for r in results),  # type: ignore[call-overload]
         "egress_mismatch_throttled_s": round(sum(float(r["mismatch_throttled"]) for r in results), 2),  # type: ignore[arg-type]
         "egress_mismatch_throttled_seeds": sum(1 for r in results if float(r["mismatch_throttled"]) > 0),  # type: ignore[arg-type]
