@@ -183,6 +183,10 @@ ISSUE_17_SEEDS = {
     2878: "a restarted agent on a lossy path resumed the tables served here whole first, and a table whose "
     "Elastic IP was still with its home waited 3 s (decide._priority; test_decide_egress: "
     "...resumed_tables_that_move_something...)",
+    6403: "a lossy holder's refused associations stretched the retries of its refused route writes during IAM "
+    "tag propagation (one back-off per table, not per resource): a dead NAT's table waited 3.05 s "
+    "(standing; test_cycle_standing: ...do_not_stretch_the_retry...). The seed passes by its new timing too: "
+    "its route write now goes before its lossy path stalls",
 }
 
 
