@@ -77,6 +77,10 @@ EC2_WRITES_CHECK = "ec2_writes"  # the self check that fails while our EC2 write
 # A planned move (fail-back, operator pin) waits until every AWS call of ours (DynamoDB, EC2) has been
 # answered in time for this long: a lossy path stalls a move between its writes (_plan_handover).
 PLANNED_MOVE_CLEAN = 5.0
+# A lossy holder hands a table it has not moved at all to a fast peer only while its AWS calls go unanswered
+# now (one within this long, _plan_half_moved): DynamoDB slow for everyone a moment ago is no reason (every
+# member's calls went unanswered then, and the table would go to and fro between them).
+LOSSY_NOW = 1.0
 
 
 @dataclass(frozen=True)
@@ -629,31 +633,47 @@ def _plan_failback_done(v: _View, rt: str, r: RouteItem, home: str) -> HandOver 
 
 
 def _plan_half_moved(v: _View, rt: str, r: RouteItem) -> HandOver | None:
-    """A held table half moved (EC2 routes it here and its Elastic IP is elsewhere, or the reverse) while our
-    own path to AWS loses packets: an AWS call of ours went unanswered lately (PLANNED_MOVE_CLEAN) and our
-    DynamoDB renewals are slow (SLOW_STORE_S, as our heartbeat says). Its traffic has no public address until
-    both are on one NAT; over our path each missing write takes seconds, and while we renew no peer may
-    finish it (sim seeds 2878, 5879, 9879: 3 s and more). The lease alone goes to a healthy peer whose path
-    is fast - the one that holds the other half already (one write finishes it), else the first in the
-    table's preference order - and it writes what is missing (agent.cycle.observe reads EC2 when a table is
-    handed to it). The hand-over moves nothing in EC2; a table served here whole, or not at all, stays, and
-    so does a table handed to us that we have not read EC2 for since (``handed_unread``): a hand-over comes
-    make before break, and a view older than the giver's writes would look half moved and send it on.
+    """A held table half moved (EC2 routes it here and its Elastic IP is elsewhere, or the reverse), or not
+    moved at all (its route on a NAT that cannot serve it, nothing of it here), while our own path to AWS
+    loses packets: an AWS call of ours went unanswered lately (PLANNED_MOVE_CLEAN) and our DynamoDB
+    renewals are slow (SLOW_STORE_S, as our heartbeat says). Its traffic has no public address until both
+    are on one NAT, or no route at all until we move it; over our path each missing write takes seconds,
+    and while we renew no peer may finish it (sim seeds 2878, 5879, 9879: 3 s and more; 6403 in one timing:
+    tables claimed from a dead NAT just before our path began to lose packets, on the dead NAT 12.7 s). An
+    unmoved table goes only while a call of ours went unanswered just now (LOSSY_NOW): right after
+    DynamoDB was slow for everyone, every member's calls had gone unanswered, and the table went to and
+    fro. The lease alone goes to a healthy peer whose path is fast - the one that holds the other half
+    already (one write finishes it), else the first in the table's preference order - and it writes what
+    is missing (agent.cycle.observe reads EC2 when a table is handed to it). The hand-over moves nothing
+    in EC2; a table served here whole stays, as does one served elsewhere (a NAT that can serve it, the
+    last-resort gateway), and so does a table handed to us that we have not read EC2 for since
+    (``handed_unread``): a hand-over comes make before break, and a view older than the giver's writes
+    would look half moved and send it on.
     """
     obs = v.obs
     slow = obs.store_rtt >= SLOW_STORE_S or v.slow_store(obs.me)
-    if rt not in obs.egress_tables or obs.aws_answered_for >= PLANNED_MOVE_CLEAN or not slow:
+    if obs.aws_answered_for >= PLANNED_MOVE_CLEAN or not slow:
         return None
     if rt in obs.handed_unread:
         return None
     route = obs.ec2.get(rt)
-    address = obs.egress.get(rt)
-    if route is None or address is None or route.state != "active" or address.problem:
+    if route is None:
         return None
-    route_here, address_here = route.target == obs.me, address.holder == obs.me
-    if route_here == address_here:
+    egress = rt in obs.egress_tables
+    address = obs.egress.get(rt) if egress else None
+    if egress and (address is None or address.problem):
         return None
-    other = address.holder if route_here else route.target
+    route_here = route.state == "active" and route.target == obs.me
+    address_here = address is not None and address.holder == obs.me
+    if egress and route.state == "active" and route_here != address_here:
+        assert address is not None
+        other = address.holder if route_here else route.target
+        half = "its Elastic IP" if route_here else "its route"
+        what = f"half-moved {rt}"
+    elif not route_here and not address_here and obs.aws_answered_for < LOSSY_NOW and _unserved(v, route):
+        other, half, what = "", f"its route is on {route.target or route.state}", f"unmoved {rt}"
+    else:
+        return None
     order = preference(rt, obs.preferred_homes(), obs.members)
     fast = [c for c in order if c != obs.me and v.eligible(c) and not v.slow_store(c)]
     if not fast:
@@ -661,12 +681,23 @@ def _plan_half_moved(v: _View, rt: str, r: RouteItem) -> HandOver | None:
     to = other if other in fast else fast[0]
     m = v.member(to)
     assert m is not None
-    half = "its Elastic IP" if route_here else "its route"
+    if other:
+        half += " is not here"
     why = (
-        f"handing half-moved {rt} to {to} ({half} is not here; my AWS calls go unanswered, "
-        f"the last {_fmt(obs.aws_answered_for)} ago): it finishes the move"
+        f"handing {what} to {to} ({half}; my AWS calls go unanswered, "
+        f"the last {_fmt(max(0.0, obs.aws_answered_for))} ago): it finishes the move"
     )
     return HandOver(rt, r, m, "drain", "self_unhealthy", why, write_route=False)
+
+
+def _unserved(v: _View, route: Ec2Route) -> bool:
+    """EC2 routes the table nowhere that forwards: no route, a blackhole, or a member that cannot serve it
+    (not the last-resort gateway, which forwards)."""
+    if route.state in ("missing", "blackhole"):
+        return True
+    if route.state != "active" or route.target.startswith("other:"):
+        return False
+    return not route.target or not v.eligible(route.target)
 
 
 def _resume(v: _View, rt: str, r: RouteItem, home: str) -> TakeOver:

@@ -31,7 +31,8 @@ class Held:
     tagged: bool = False  # the holder tag names us (written in this term)
     tagged_at: float = -1e18  # our last confirmed holder-tag write (IAM may lag it: tag propagation)
     first_tagged_at: float = -1e18  # the first since our last route write (bounds the propagation excuse)
-    propagation_refusals: int = 0  # writes IAM refused while it may still see the previous tag
+    propagation_refusals: int = 0  # route writes IAM refused while it may still see the previous tag
+    address_propagation_refusals: int = 0  # as propagation_refusals, for the Elastic IP's associations
     address_tagged: bool = False  # the Elastic IP's holder tag names us (egress_ip = follow)
     address_tagged_at: float = -1e18  # as tagged_at, for the Elastic IP's holder tag
     address_first_tagged_at: float = -1e18

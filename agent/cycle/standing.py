@@ -213,8 +213,15 @@ class Ec2Standing:
             return  # a refused read makes our view stale, no table goes unserved
         if held is not None and self.propagating(held, now, address=address):
             self._count("aws", "tag_propagation")
-            held.propagation_refusals += 1
-            retry = now + PROPAGATION_RETRY * 2 ** min((held.propagation_refusals - 1) // 2, 3)
+            # Counted per resource (the table's route, its Elastic IP): each waits for its own tag, and
+            # the refusals of the one must not stretch the retries of the other (sim seed 4130).
+            if address:
+                held.address_propagation_refusals += 1
+                refusals = held.address_propagation_refusals
+            else:
+                held.propagation_refusals += 1
+                refusals = held.propagation_refusals
+            retry = now + PROPAGATION_RETRY * 2 ** min((refusals - 1) // 2, 3)
             w = self.ctx.memory.ec2_writes
             w.retry_at = retry if w.retry_at <= now else min(w.retry_at, retry)
             self.ctx.error_once(

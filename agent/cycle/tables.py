@@ -485,7 +485,7 @@ class TableWriter:
             h.reached = True
             h.last_address_write = now
             h.address_first_tagged_at = -1e18  # associated: a later tag write starts a new propagation excuse
-            h.propagation_refusals = 0
+            h.address_propagation_refusals = 0
         ctx.error_cleared("eip:")
         if before is None or before.holder != target:
             if ctx.metrics is not None:

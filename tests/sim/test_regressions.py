@@ -183,6 +183,11 @@ ISSUE_17_SEEDS = {
     2878: "a restarted agent on a lossy path resumed the tables served here whole first, and a table whose "
     "Elastic IP was still with its home waited 3 s (decide._priority; test_decide_egress: "
     "...resumed_tables_that_move_something...)",
+    6403: "a lossy holder's refused associations stretched the retries of its refused route writes during IAM "
+    "tag propagation (one back-off per table, not per resource): a dead NAT's table waited 3.05 s "
+    "(standing; test_cycle_standing: ...do_not_stretch_the_retry...); in another timing its lossy holder kept "
+    "both tables, not moved at all, 12.7 s (decide: handed to a fast peer like a half-moved one; "
+    "test_decide_egress: ...has_not_moved_at_all...)",
 }
 
 

@@ -470,3 +470,26 @@ def test_a_peer_heartbeat_vouches_for_ec2_only_from_when_it_can_have_been_writte
     a.ctx.last_snapshot = dataclasses.replace(s, members={**s.members, "i-b": v3})
     obs.observe("member#i-b", (v3.session, v3.version), t0 + 10.5)
     assert a.standing._peer_answered_since(since, t0 + 10.6) == "i-b"
+
+
+def test_refused_associations_do_not_stretch_the_retry_of_a_route_write_during_tag_propagation() -> None:
+    # Sim seed 4130 (address-first): a taker's associations and route writes were refused while IAM
+    # still saw the dead holder's tags, and every refusal of the table counted toward one back-off:
+    # after three refused associations the route write's first refusal waited 0.2 s, later ones
+    # 0.4-0.8 s, past the moment IAM saw the table's tag. Each resource waits for its own tag now.
+    from agent.cycle.memory import Held
+    from agent.cycle.standing import PROPAGATION_RETRY
+
+    g = paths(iam=True)
+    a = g.agents["i-a"]
+    now = g.clock.monotonic()
+    h = Held(term=2, acquired_at=now, settle_at=now + 1.0, taken_from="i-b")
+    h.mark_tagged(now)
+    h.mark_tagged(now, address=True)
+    refused = "UnauthorizedOperation"
+    for _ in range(3):
+        a.standing.failed(Ec2Error("associate_address", refused, "no"), now, write=True, held=h, address=True)
+    a.memory.ec2_writes.retry_at = -1e18
+    a.standing.failed(Ec2Error("replace_route", refused, "no"), now, write=True, held=h)
+    assert a.memory.ec2_writes.retry_at == pytest.approx(now + PROPAGATION_RETRY)
+    assert not out(a, g)

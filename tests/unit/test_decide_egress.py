@@ -139,3 +139,29 @@ def test_a_table_handed_to_a_lossy_member_is_not_judged_half_moved_on_a_view_old
     d = run(w, seen, aws_answered_for=0.5, store_rtt=0.3, handed_unread=frozenset({RA}))
     assert [type(a) for a in d.actions] == [EnsureRoute], d.summary
     assert isinstance(run(w, seen, aws_answered_for=0.5, store_rtt=0.3).actions[0], HandOver)
+
+
+def test_a_lossy_holder_hands_a_table_it_has_not_moved_at_all_to_a_fast_peer() -> None:
+    # Sim seed 6403 (in a timing of its own): a member claimed a dead NAT's tables just before its path to
+    # AWS began to lose packets; route and Elastic IP stayed with the dead NAT, each write of its took
+    # seconds, and its renewals kept the fast peer off the tables: 12.7 s. Not half moved, so the rule for
+    # half-moved tables kept it. Such a holder hands it lease-only to a fast healthy peer too. (Undo: the
+    # `elif ... _unserved(v, route)` branch of _plan_half_moved, and an EnsureRoute comes out.)
+    w = dead(World(me=B, ec2={RA: Ec2Route(A), RB: Ec2Route(B), RC: Ec2Route(C)}), A)
+    w.routes[RA] = route(RA, B, term=2)
+    seen = {RA: Ec2Address(A), RB: Ec2Address(B), RC: Ec2Address(C)}
+    d = run(w, seen, aws_answered_for=0.5, store_rtt=0.3)
+    assert [type(a) for a in d.actions] == [HandOver], d.summary
+    a = d.actions[0]
+    assert isinstance(a, HandOver) and a.route_table == RA and a.successor.instance == C and not a.write_route
+    assert "handing unmoved rtb-a to i-c (its route is on i-a;" in d.summary
+    # Without an Elastic IP that follows it, the route alone: the same.
+    d = run(w, seen, aws_answered_for=0.5, store_rtt=0.3, tables=frozenset())
+    assert [type(a) for a in d.actions] == [HandOver], d.summary
+    # Its calls answered now (a path slow a while ago, DynamoDB slow for everyone a moment ago: every
+    # member's calls went unanswered then), or its renewals fast: it moves the table itself.
+    assert [type(a) for a in run(w, seen, aws_answered_for=2.0, store_rtt=0.3).actions] == [EnsureRoute, EnsureAddress]
+    assert [type(a) for a in run(w, seen, aws_answered_for=0.5, store_rtt=0.02).actions] == [EnsureRoute, EnsureAddress]
+    # A table served elsewhere by a NAT that can serve it is no outage: it stays.
+    w.ec2[RA] = Ec2Route(C)
+    assert not any(isinstance(a, HandOver) for a in run(w, seen, aws_answered_for=0.5, store_rtt=0.3).actions)
