@@ -650,8 +650,7 @@ def _plan_half_moved(v: _View, rt: str, r: RouteItem) -> HandOver | None:
     make before break, and a view older than the giver's writes would look half moved and send it on.
     """
     obs = v.obs
-    slow = obs.store_rtt >= SLOW_STORE_S or v.slow_store(obs.me)
-    if rt not in obs.egress_tables or obs.aws_answered_for >= PLANNED_MOVE_CLEAN or not slow:
+    if rt not in obs.egress_tables or not _lossy_path(v):
         return None
     if rt in obs.handed_unread:
         return None
