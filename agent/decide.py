@@ -572,11 +572,20 @@ def _priority(action: Action, obs: Observation) -> int:
     return 4
 
 
-def _successor(v: _View, rt: str) -> MemberItem | None:
-    """The best live, healthy peer to hand ``rt`` to (preference order), if any."""
+def _successor(v: _View, rt: str, *, fast: bool = False) -> MemberItem | None:
+    """The best live, healthy peer to hand ``rt`` to (preference order), if any (``fast``: of those whose
+    DynamoDB path is fast, as their heartbeats say)."""
     order = preference(rt, v.obs.preferred_homes(), v.obs.members)
-    name = next((c for c in order if c != v.obs.me and v.eligible(c)), None)
+    name = next((c for c in order if c != v.obs.me and v.eligible(c) and not (fast and v.slow_store(c))), None)
     return v.member(name) if name is not None else None
+
+
+def _lossy_path(v: _View) -> bool:
+    """Our own path to AWS loses packets: an AWS call of ours went unanswered lately (PLANNED_MOVE_CLEAN) and
+    our DynamoDB renewals are slow (SLOW_STORE_S, as our heartbeat says)."""
+    obs = v.obs
+    slow = obs.store_rtt >= SLOW_STORE_S or v.slow_store(obs.me)
+    return obs.aws_answered_for < PLANNED_MOVE_CLEAN and slow
 
 
 def _plan_address(obs: Observation, rt: str, r: RouteItem) -> EnsureAddress | str | None:
@@ -651,8 +660,7 @@ def _plan_half_moved(v: _View, rt: str, r: RouteItem) -> HandOver | None:
     would look half moved and send it on.
     """
     obs = v.obs
-    slow = obs.store_rtt >= SLOW_STORE_S or v.slow_store(obs.me)
-    if obs.aws_answered_for >= PLANNED_MOVE_CLEAN or not slow:
+    if not _lossy_path(v):
         return None
     if rt in obs.handed_unread:
         return None
@@ -765,8 +773,14 @@ def _plan_handover(v: _View, t: Timing, rt: str, r: RouteItem, home: str) -> Han
         # When our own EC2 writes fail, make-before-break is impossible: the lease goes first
         # and the successor writes the route.
         writes_ok = obs.health.checks.get(EC2_WRITES_CHECK, True)
-        why = f"unhealthy ({failed}): handing {rt} to {successor}" + ("" if writes_ok else " (it writes the route)")
-        return HandOver(rt, r, m, "drain", "self_unhealthy", why, write_route=writes_ok)
+        lossy = _lossy_path(v)
+        if lossy:
+            fast = _successor(v, rt, fast=True)
+            if fast is not None:
+                m, successor = fast, fast.instance
+        lease_first = not writes_ok or lossy
+        why = f"unhealthy ({failed}): handing {rt} to {successor}" + (" (it writes the route)" if lease_first else "")
+        return HandOver(rt, r, m, "drain", "self_unhealthy", why, write_route=not lease_first)
     if home and home != obs.me and v.eligible(home):
         planned = _plan_move_home(v, t, rt, r, home)
         started = not _served_here(obs, rt) or rt in obs.handovers_in_doubt  # half done: finish it, never undo it

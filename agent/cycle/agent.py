@@ -178,7 +178,7 @@ class Agent:
             decision = Decision("store_unavailable", f"store unavailable: keeping routes as they are ({exc})")
             self._finish(decision, now, health, probes)
             return decision
-        ctx.last_snapshot = snapshot
+        previous, ctx.last_snapshot = ctx.last_snapshot, snapshot
         self.operator_pause.update(snapshot)
         if act and self.coordinator.session is not None and self.session.paused() != self.memory.last_paused:
             self.session.renew(health)  # a pause that just began or ended is acknowledged at once
@@ -188,7 +188,7 @@ class Agent:
         # renewal (up to the store budget) or a process pause lies between the two, and
         # an earlier first-seen time would make a peer's fresh heartbeat look stale.
         seen = clock.monotonic()
-        self.observer.track_holdings(snapshot, seen)
+        self.observer.track_holdings(snapshot, seen, previous)
         if act:
             self.tables.send_stray_reports()
             self.ec2_view.refresh(seen, snapshot, probes, health)

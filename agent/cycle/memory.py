@@ -46,7 +46,9 @@ class Held:
     # was never sent, throttled or refused: we have moved nothing of it (agent.decide hands it to its home
     # when that can serve it).
     reached: bool = True
-    taken_from: str = ""  # the peer instance we took it from in this term ("" for a claim of our own)
+    # The peer instance we took it from in this term, by a claim or by its hand-over ("" for a claim of our own,
+    # a table of our own instance's earlier process).
+    taken_from: str = ""
     handed: bool = False  # handed to us by a peer (or an earlier process of ours), not claimed by this process
 
     def mark_tagged(self, now: float, *, address: bool = False) -> None:

@@ -27,8 +27,12 @@ class Observer:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def track_holdings(self, snapshot: GroupSnapshot, now: float) -> None:
-        """Which tables this session holds, since when: a new term is written again after the horizon."""
+    def track_holdings(self, snapshot: GroupSnapshot, now: float, previous: GroupSnapshot | None = None) -> None:
+        """Which tables this session holds, since when: a new term is written again after the horizon.
+
+        ``previous``: our read before this one. A table it showed held by a peer that is ours now was
+        handed to us by that peer (``Held.taken_from``): if the giver did not move it (a lease-first
+        hand-over), our writes are the move (agent.cycle.tables)."""
         ctx = self.ctx
         mem = ctx.memory
         session = ctx.coordinator.session
@@ -48,7 +52,9 @@ class Observer:
                 # Written again once no write of an earlier term (or of this session's earlier
                 # process) can land any more.
                 settle_at = max(now + t.ec2_apply_horizon, mem.predecessor_writes_until)
-                mem.held[rt] = Held(r.term, now, settle_at, handed=True)
+                before = previous.routes.get(rt) if previous is not None else None
+                giver = before.owner if before is not None and before.owner != ctx.me else ""
+                mem.held[rt] = Held(r.term, now, settle_at, handed=True, taken_from=giver)
                 if rt in ctx.egress_tables:
                     # Handed to us: the giver moved the Elastic IP here before the lease (make before
                     # break), as far as we know: an association costs a remap, a route write nothing.

@@ -349,9 +349,10 @@ class TableWriter:
             # tag write is still reaching IAM and nobody reported a late write: that retry is the
             # write alone (a new tag write would not reach IAM sooner).
             h.tagged = False
-        # The takeover's own write not landed yet (IAM refused it during tag propagation, it failed):
-        # writing it again still moves the table here, and is confirmed as a move's write is.
-        with self._moving(h is not None and bool(h.taken_from) and not h.reached and h.term == a.route.term):
+        # The takeover's own write not landed yet (IAM refused it during tag propagation, it failed), or
+        # the first write of a table a peer handed us lease-first: it moves the table here, and is
+        # confirmed as a move's write is.
+        with self._moving(self._move_pending(h, a.route.term, a.again, address=False)):
             done = self._route_here(rt, a.route.term, ctx.me, health)
         if h is not None:
             if fresh_stray and stray is not None:
@@ -366,6 +367,23 @@ class TableWriter:
                 h.settled = True
         ctx.on_event("route_moved", {"route_table": rt, "to": ctx.me, "done": done, "verified": True, "kind": "repair"})
         return ""
+
+    @staticmethod
+    def _move_pending(h: Held | None, term: int, again: bool, *, address: bool) -> bool:
+        """A write to a held table (its route, ``address``: its Elastic IP) still moves it here from a peer.
+
+        Our takeover's own write that has not landed (refused during tag propagation, failed), or the first
+        write of a table a peer handed us (``Held.taken_from``) when the giver did not make it (a lease-first
+        hand-over: a giver whose own path loses packets or whose EC2 writes fail, agent.decide): until it
+        lands the table has no working route, or its traffic no public address, as in a takeover (sim
+        seed 8244: each such write waited for a consistent read over a slow DynamoDB path). Not a write
+        made again (a settle, a stray report): that repairs, it does not move."""
+        if h is None or not h.taken_from or h.term != term:
+            return False
+        if not h.reached:
+            return True
+        first = h.last_address_write if address else h.last_write
+        return h.handed and first < -1e17 and not again
 
     def route_to_gateway(self, a: RouteToGateway, health: Health) -> str:
         """The last resort: the table's route to the NAT gateway, the lease kept (decide brings it back)."""
@@ -398,7 +416,8 @@ class TableWriter:
         if held is not None and (a.again or not self.standing.propagating(held, ctx.clock.monotonic(), address=True)):
             held.address_tagged = False  # a repair tags the Elastic IP again, as a route repair tags the table
         try:
-            self._address_here(rt, a.route.term, ctx.me, health, "repair", ctx.clock.monotonic())
+            with self._moving(self._move_pending(held, a.route.term, a.again, address=True)):
+                self._address_here(rt, a.route.term, ctx.me, health, "repair", ctx.clock.monotonic())
         except Ec2Error as exc:
             ctx.error_once(f"eip:{exc.code}", f"{exc}; will retry next cycle")
             return str(exc)

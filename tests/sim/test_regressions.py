@@ -42,6 +42,9 @@ REGRESSIONS = {
     1382: "a hand-over finishing a fail-back EC2 had done left the Elastic IP with the giver for 1.4 s more",
     9085: "a table whose owner came back with a new session claimed across a partition: the home's table moved",
     2241: "a table just received by hand-over, an old EC2 view showing its home: handed straight back",
+    3920: "simulator: a second agent process started on a host that forward_hang froze ran unfrozen and held the "
+    "tables with a fresh session on a NAT that did not forward (World._host_runs: no process starts on a hung "
+    "or frozen host, as start_agent said)",
 }
 
 
@@ -188,6 +191,10 @@ ISSUE_17_SEEDS = {
     "(standing; test_cycle_standing: ...do_not_stretch_the_retry...); in another timing its lossy holder kept "
     "both tables, not moved at all, 12.7 s (decide: handed to a fast peer like a half-moved one; "
     "test_decide_egress: ...has_not_moved_at_all...)",
+    8244: "an unhealthy holder losing packets to AWS moved its tables make before break, each write over its "
+    "path (one refused for a short lease while it renewed), its renewals keeping peers off: 3.05 s (decide: it "
+    "hands over lease first, to a fast peer; test_decide: ...own_path_loses_packets...; the receiver's writes "
+    "are a move's, test_cycle_authority: ...routed_by_its_receiver_as_a_move...)",
 }
 
 

@@ -952,10 +952,10 @@ class World:
                     self.skewed[m] = (iid,)
                     self.restart_agent(m, f"config without {iid}")
         elif f.kind == "second_process":
-            if self.state[iid] == "running" and iid not in self.hung:
+            if self._host_runs(iid):
                 self.extra.append(self._spawn(iid, "a second agent for the same instance", main=False))
         elif f.kind == "agent_once":
-            if self.state[iid] == "running" and iid not in self.hung:
+            if self._host_runs(iid):
                 self.extra.append(self._spawn(iid, "nat-ha agent --once", once=True))
         elif f.kind == "drain":
             self.operator.set_request(DRAIN_PREFIX + iid, "on")
@@ -967,6 +967,18 @@ class World:
                 self.applied.add(id(f))
         elif f.kind == "pin":
             self.operator.set_request(PIN_PREFIX + f.table, f.other)
+
+    def _host_runs(self, iid: str) -> bool:
+        """A new process can start on the host: it runs and is not hung (``nat_down``, ``forward_hang``: every
+        process on it is frozen, as ``start_agent`` says) nor frozen (``vm_freeze``). A process started on a
+        hung host ran unfrozen before: seed 3920's second agent held i-c's tables with a fresh session on a NAT
+        that did not forward, which no process on a hung host can do."""
+        return (
+            self.state[iid] == "running"
+            and iid not in self.hung
+            and iid not in self.forward_hung
+            and not self.vm_frozen[iid]
+        )
 
     def _fault_end(self, f: Fault) -> None:
         self.log(f"FAULT end   {f.describe()}")

@@ -13,6 +13,7 @@ import pytest
 
 from agent.aws.ec2 import Ec2Error
 from agent.aws.fence import Confirmed, FenceRefused
+from coordinator.items import Health
 from coordinator.pauses import PauseWatch
 from tests.unit import test_cycle as base
 from tests.unit.test_cycle import GROUP, dead, settled
@@ -305,6 +306,25 @@ def test_a_hand_over_is_a_move_its_writes_are_confirmed_without_a_read_of_their_
     assert g.world.targets["rtb-a"] == "i-b"
     assert g.store.raw_get(GROUP, "route#rtb-a")["owner"] == "i-b"
     assert g.store.reads - reads == 1, "the cycle's own query only"
+
+
+def test_a_table_handed_over_lease_first_is_routed_by_its_receiver_as_a_move_without_a_read_of_its_own() -> None:
+    # Seed 8244: a holder whose own path lost packets handed its tables over lease first; the receiver, whose
+    # DynamoDB round trips took 0.2 s, confirmed each of its writes (route, then Elastic IP) by a consistent
+    # read as for a repair, and wrote them in separate cycles. Those writes are the move (the giver made
+    # none): they are confirmed as a takeover's are, by DynamoDB's last answers. (Undo: drop the handed
+    # branch of TableWriter._move_pending, and the cycle reads twice.)
+    g = settled()
+    b = g.agents["i-b"]
+    g.cycle("i-a")  # its read before the hand-over shows rtb-b1 with i-b
+    b.coordinator.heartbeat(Health(False, {"ip_forward": False}))  # its data plane broke: no fail-back
+    snap = b.coordinator.read_group()
+    b.coordinator.hand_over_route(snap.routes["rtb-b1"], snap.members["i-a"])  # the lease only
+    reads = g.store.reads
+    g.cycle("i-a")
+    assert g.world.targets["rtb-b1"] == "i-a"
+    assert g.store.reads - reads == 1, "the cycle's own query only"
+    assert g.agents["i-a"].memory.held["rtb-b1"].taken_from == "i-b"
 
 
 def test_a_former_holder_back_from_a_vm_pause_has_its_unreported_late_write_read_and_overwritten_at_once() -> None:

@@ -660,6 +660,33 @@ def test_holder_whose_ec2_writes_fail_hands_its_tables_over_lease_first() -> Non
     assert isinstance(b, HandOver) and b.write_route
 
 
+def test_an_unhealthy_holder_whose_own_path_loses_packets_hands_over_lease_first_to_a_fast_peer() -> None:
+    # Sim seed 8244: a holder losing packets to AWS whose data plane broke moved its tables make before break,
+    # each EC2 write and the renewals before them taking up to a deadline over its path (one refused "the
+    # lease is too short; renewing first"), while its renewals kept every peer off: a table stayed on the
+    # broken NAT 3.05 s. Its data plane broken, make before break saves no packet; the lease goes first (one
+    # DynamoDB write over the lossy path) and a peer whose path is fast writes the route and Elastic IP.
+    # (Undo: drop the lossy branch in decide._plan_handover, and the hand-over writes the route.)
+    slow = dataclasses.replace(member(B), health=Health(True, {"ip_forward": True}, store_rtt=0.25))
+    w = World(health=Health(False, {"ip_forward": False}), aws_answered_for=0.5)
+    w.members[B] = slow
+    w.session = "s-i-a"
+    lossy = dataclasses.replace(w.obs(), store_rtt=0.3)
+    d = decide(lossy, T)
+    a = d.actions[0]
+    assert isinstance(a, HandOver) and not a.write_route, d.summary
+    assert a.successor.instance == C  # i-b, first in rtb-a's order, renews slowly: the fast peer writes
+    assert d.summary == "unhealthy (ip_forward): handing rtb-a to i-c (it writes the route)"
+    # Every peer slow: the preferred one, lease first all the same (its calls are answered; ours are not).
+    w.members[C] = dataclasses.replace(member(C), health=slow.health)
+    a = decide(dataclasses.replace(w.obs(), store_rtt=0.3), T).actions[0]
+    assert isinstance(a, HandOver) and a.successor.instance == B and not a.write_route
+    # Our path answering (nothing unanswered for PLANNED_MOVE_CLEAN), or our renewals fast: make before break.
+    for obs in (dataclasses.replace(lossy, aws_answered_for=6.0), dataclasses.replace(lossy, store_rtt=0.02)):
+        a = decide(obs, T).actions[0]
+        assert isinstance(a, HandOver) and a.write_route and a.successor.instance == B
+
+
 def test_holder_whose_ec2_writes_fail_keeps_a_table_ec2_already_routes_here() -> None:
     # Only the writes fail; the table is served: moving it would cost its connections for nothing.
     w = World(health=Health(False, {"ip_forward": True, "ec2_writes": False}))
