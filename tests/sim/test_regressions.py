@@ -183,6 +183,10 @@ ISSUE_17_SEEDS = {
     2878: "a restarted agent on a lossy path resumed the tables served here whole first, and a table whose "
     "Elastic IP was still with its home waited 3 s (decide._priority; test_decide_egress: "
     "...resumed_tables_that_move_something...)",
+    2674: "IAM refused a home's writes 1.6 s (ec2_denied); its writes went through again at once, but the 10-s "
+    "penalty kept it out, it released its own home table (no healthy peer) and a peer back from a restart "
+    "routed it away (standing: a penalty for refusals ends once every refused kind goes through; "
+    "test_cycle_standing: ...penalty_for_refused_writes_ends...)",
 }
 
 
