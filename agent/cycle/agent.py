@@ -200,7 +200,7 @@ class Agent:
             notes = []
             # Tables taken from peers (not our own instance's, which EC2 may route here already).
             ahead = [a for a in decision.actions if isinstance(a, TakeOver) and a.taken_from(self.me)]
-            recheck = _HomeRecheck(self, snapshot)
+            recheck = _HomeRecheck(self, snapshot, seen)
             for action in decision.actions:
                 if clock.monotonic() - now > self.cycle_budget:
                     if not self.tables.claimed_ahead(action):
@@ -349,14 +349,19 @@ class _HomeRecheck:
     dead then may have started a new session since, and moving its table now moves a healthy NAT's
     table (sim seed 3263: a taker cut off from the home by a one-way partition claimed its tables
     while its agent restarted, then moved them 7 s after the home was back, in one 8-s cycle). So
-    past the budget the group is read again (at most once per budget) and a table whose home renewed
-    since the decision, live and healthy by its own report, is left where it is: it stays claimed, and
-    the next cycle hands it back (agent.decide._plan_failback_done: no write of ours reached EC2).
+    once the decision's view of the group is older than ``silent_owner_after`` (the silence after
+    which we judge a member dead: a view that old may as well miss its return) the group is read
+    again (at most once per cycle budget), and a table whose home renewed since the decision, live
+    and healthy by its own report, is left where it is: it stays claimed, and the next cycle hands it
+    back (agent.decide._plan_failback_done: no write of ours reached EC2). Not sooner: the read costs a
+    round trip, and a takeover of a dead NAT's tables by a taker with a slow DynamoDB path (seed 4609)
+    has none to spare.
     """
 
-    def __init__(self, agent: Agent, decided: GroupSnapshot) -> None:
+    def __init__(self, agent: Agent, decided: GroupSnapshot, seen: float) -> None:
         self.agent = agent
         self.decided = decided
+        self.seen = seen  # when the decision's snapshot was read (monotonic)
         self.fresh: GroupSnapshot | None = None
         self.read_at = -1e18
 
@@ -370,6 +375,8 @@ class _HomeRecheck:
         if not home or home == agent.me or action.route.owner != home:
             return ""
         now = agent.clock.monotonic()
+        if now - self.seen <= agent.timings.silent_owner_after:
+            return ""
         if now - self.read_at > agent.cycle_budget:
             try:
                 self.fresh = agent.coordinator.read_group()

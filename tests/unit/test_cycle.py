@@ -225,9 +225,9 @@ def test_a_takeover_past_the_cycle_budget_leaves_a_table_whose_home_came_back_wh
     # Sim seed 3263: a taker whose EC2 calls took seconds (lost packets) claimed a dead home's tables and
     # moved them one by one in one 8-s cycle, on the decision made at its start: the home's agent had
     # started a new session meanwhile, healthy, and its tables moved away from it 7 s later. Past the cycle
-    # budget a fresh read now shows the home back, and its tables stay where they are, claimed; the next
-    # cycle hands them back (no write of ours reached EC2). Undo: drop the _HomeRecheck in Agent.run_cycle
-    # (agent/cycle/agent.py), and all three move.
+    # budget, on a view older than silent_owner_after, a fresh read now shows the home back, and its tables
+    # stay where they are, claimed; the next cycle hands them back (no write of ours reached EC2).
+    # Undo: drop the _HomeRecheck in Agent.run_cycle (agent/cycle/agent.py), and all three move.
     g = settled()
     a, b = g.agents["i-a"], g.agents["i-b"]
     n = len(g.world.writes)
@@ -243,10 +243,10 @@ def test_a_takeover_past_the_cycle_budget_leaves_a_table_whose_home_came_back_wh
 
     a.ctx.ec2.point_route = point_route  # type: ignore[method-assign]
     with dead(g, "i-b"):
-        g.world.call_time = 1.0  # every EC2 call takes a second: the moves run past the cycle budget
+        g.world.call_time = 1.5  # every EC2 call takes 1.5 s: the moves run past the cycle budget
         line = g.cycle("i-a")[0]
         g.world.call_time = 0.0
-    # rtb-b2's move began inside the budget (the decision was fresh); rtb-b3's was due past it.
+    # rtb-b2's move began inside the budget; rtb-b3's was due past it, on a view of the group 3 s old.
     assert [w[1] for w in g.world.writes[n:] if w[0] == "ReplaceRoute"] == ["rtb-b1", "rtb-b2"], line
     assert "not moving rtb-b3: its home i-b renewed since this cycle's decision" in line
     untouched = ["rtb-b3"]
