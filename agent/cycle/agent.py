@@ -46,7 +46,7 @@ from agent.decide import (
 from agent.metrics import Metrics
 from coordinator.clock import Clock
 from coordinator.errors import BadItem, Conflict, CoordinatorError, SessionLost, StoreConfigError, StoreUnavailable
-from coordinator.items import GroupSnapshot, Health
+from coordinator.items import MEMBER_ALIVE, GroupSnapshot, Health
 from coordinator.leases import Coordinator
 from coordinator.pauses import Pause, PauseWatch, references_of
 
@@ -200,11 +200,17 @@ class Agent:
             notes = []
             # Tables taken from peers (not our own instance's, which EC2 may route here already).
             ahead = [a for a in decision.actions if isinstance(a, TakeOver) and a.taken_from(self.me)]
+            recheck = _HomeRecheck(self, snapshot, seen)
             for action in decision.actions:
-                if clock.monotonic() - now > self.cycle_budget and not self.tables.claimed_ahead(action):
-                    # (A table claimed ahead in this cycle is ours already: its move is not put off.)
-                    notes.append("the rest waits for the next cycle (cycle budget spent)")
-                    break
+                if clock.monotonic() - now > self.cycle_budget:
+                    if not self.tables.claimed_ahead(action):
+                        # (A table claimed ahead in this cycle is ours already: its move is not put off.)
+                        notes.append("the rest waits for the next cycle (cycle budget spent)")
+                        break
+                    back = recheck.home_back(action)
+                    if back:
+                        notes.append(f"not moving {back}")
+                        continue
                 self.session.renew_if_due(health)
                 if action in ahead and len(ahead) > 1:
                     self.tables.claim_ahead(ahead, health)  # one renewal then confirms every table's writes
@@ -333,3 +339,55 @@ class Agent:
             self.coordinator.leave(health)
         except CoordinatorError as exc:
             log.warning("could not mark this member as left: %s", exc)
+
+
+class _HomeRecheck:
+    """Past the cycle budget, before moving a table claimed ahead from its own home: is the home back?
+
+    A takeover's moves run to their end, however long the cycle (a claimed table is ours already),
+    on a decision made at the cycle's start. Over a lossy path each move takes seconds; a home judged
+    dead then may have started a new session since, and moving its table now moves a healthy NAT's
+    table (sim seed 3263: a taker cut off from the home by a one-way partition claimed its tables
+    while its agent restarted, then moved them 7 s after the home was back, in one 8-s cycle). So
+    once the decision's view of the group is older than ``silent_owner_after`` (the silence after
+    which we judge a member dead: a view that old may as well miss its return) the group is read
+    again (at most once per cycle budget), and a table whose home renewed since the decision, live
+    and healthy by its own report, is left where it is: it stays claimed, and the next cycle hands it
+    back (agent.decide._plan_failback_done: no write of ours reached EC2). Not sooner: the read costs a
+    round trip, and a takeover of a dead NAT's tables by a taker with a slow DynamoDB path (seed 4609)
+    has none to spare.
+    """
+
+    def __init__(self, agent: Agent, decided: GroupSnapshot, seen: float) -> None:
+        self.agent = agent
+        self.decided = decided
+        self.seen = seen  # when the decision's snapshot was read (monotonic)
+        self.fresh: GroupSnapshot | None = None
+        self.read_at = -1e18
+
+    def home_back(self, action: object) -> str:
+        """Why not to move ``action``'s table ("" to move it): it is taken from its home, back since the decision."""
+        agent = self.agent
+        if not isinstance(action, TakeOver) or action.route is None:
+            return ""
+        rt = action.route_table
+        home = agent.ctx.homes.get(rt, "")
+        if not home or home == agent.me or action.route.owner != home:
+            return ""
+        now = agent.clock.monotonic()
+        if now - self.seen <= agent.timings.silent_owner_after:
+            return ""
+        if now - self.read_at > agent.cycle_budget:
+            try:
+                self.fresh = agent.coordinator.read_group()
+            except (StoreUnavailable, StoreConfigError):
+                self.fresh = None
+            self.read_at = now
+        if self.fresh is None:
+            return ""
+        m, was = self.fresh.members.get(home), self.decided.members.get(home)
+        if m is None or m.state != MEMBER_ALIVE or not m.health.healthy or m.draining or self.fresh.draining(home):
+            return ""
+        if was is not None and (m.session, m.version) == (was.session, was.version):
+            return ""  # nothing new from it since the decision
+        return f"{rt}: its home {home} renewed since this cycle's decision (healthy): it gets it back"

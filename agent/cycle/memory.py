@@ -88,6 +88,9 @@ class Ec2Writes:
     out_until: float = -1e18  # the ec2_writes self check fails until then
     penalty: float = 0.0  # the last penalty for refusals (doubles per episode)
     cause: str = ""  # refused | unreachable: why we are (or were last) out
+    # The kinds of write (route, AssociateAddress, CreateTags) AWS refused us, counted as ours, with
+    # none of that kind let through since: a penalty for refusals ends when this empties.
+    refused: set[str] = field(default_factory=set)
     backoffs: dict[str, Backoff] = field(default_factory=dict)  # EC2 action -> its throttling back-off
     answered_at: float = -1e18  # EC2 last answered a call of ours (any answer: our path to it works)
     unreachable_since: float | None = None  # our calls fail to connect since then (until an answer)

@@ -7,7 +7,12 @@ tables) only when it is ours - when a peer could do better:
   own holder-tag write on that table (or its Elastic IP): IAM may still decide on the previous
   tag. The write (not the tag) is retried shortly and not counted, for at most twice that long
   from the first tag write since the last write that went through, so that a role that really
-  may not write is still found out;
+  may not write is still found out. The penalty ends early when AWS lets a write of every kind
+  it refused us through again (a holder with no healthy peer writes on while out): the refusal
+  is over, and a home kept out would give its own healthy table away (sim seed 2674: IAM refused
+  a member's writes for 1.6 s, its writes went through again at once, and the 10-s penalty had it
+  release its home table to a peer back from a restart). A role that lacks an action never
+  gets that action through, so it stays out for the penalty;
 * a failure to connect to EC2, only once a live peer's heartbeat says EC2 answered *it* after
   our calls began failing. An outage that hits every member is AWS's: nobody hands tables
   around for it, and a penalty for an unreachable EC2 ends at the next call EC2 answers us:
@@ -81,6 +86,11 @@ CLOCK_RATE_BOUND = 0.05
 def action_of(operation: str) -> str:
     """The EC2 API action of an operation name (``replace_route`` or ``ReplaceRoute``)."""
     return api_name(operation) if operation[:1].islower() else operation
+
+
+def write_kind(action: str) -> str:
+    """What IAM allows or refuses of a write: the route writes (ReplaceRoute, CreateRoute) as one."""
+    return "route" if action in ROUTE_WRITES else action
 
 
 def kind_of(action: str) -> str:
@@ -186,6 +196,12 @@ class Ec2Standing:
             w.failures = 0
             if now >= w.out_until:
                 w.penalty = 0.0  # served: the next episode starts from the hold-down again
+        kind = write_kind(action)
+        if kind in w.refused:
+            w.refused.discard(kind)
+            if not w.refused and w.cause == "refused" and now < w.out_until:
+                w.out_until = now  # no penalty outlives the refusals (module docstring)
+                log.warning("AWS lets our EC2 writes through again: taking route tables again (the penalty ends)")
 
     def failed(
         self, exc: Ec2Error, now: float, *, write: bool, held: Held | None = None, address: bool = False
@@ -306,6 +322,8 @@ class Ec2Standing:
         ctx = self.ctx
         w = ctx.memory.ec2_writes
         self._count("ours", cause)
+        if cause == "refused":
+            w.refused.add(write_kind(action_of(exc.operation)))
         if w.failures == 0:
             w.first_failure = now
         w.failures += 1

@@ -195,6 +195,10 @@ ISSUE_17_SEEDS = {
     "path (one refused for a short lease while it renewed), its renewals keeping peers off: 3.05 s (decide: it "
     "hands over lease first, to a fast peer; test_decide: ...own_path_loses_packets...; the receiver's writes "
     "are a move's, test_cycle_authority: ...routed_by_its_receiver_as_a_move...)",
+    2674: "IAM refused a home's writes 1.6 s (ec2_denied); its writes went through again at once, but the 10-s "
+    "penalty kept it out, it released its own home table (no healthy peer) and a peer back from a restart "
+    "routed it away (standing: a penalty for refusals ends once every refused kind goes through; "
+    "test_cycle_standing: ...penalty_for_refused_writes_ends...)",
 }
 
 

@@ -221,6 +221,43 @@ def test_a_dead_nat_holding_three_tables_is_expired_once_and_all_three_move_in_o
     assert member_writes == 1 + 3 + 1  # one expiry, three claims, one renewal of i-a's own session
 
 
+def test_a_takeover_past_the_cycle_budget_leaves_a_table_whose_home_came_back_where_it_is() -> None:
+    # Sim seed 3263: a taker whose EC2 calls took seconds (lost packets) claimed a dead home's tables and
+    # moved them one by one in one 8-s cycle, on the decision made at its start: the home's agent had
+    # started a new session meanwhile, healthy, and its tables moved away from it 7 s later. Past the cycle
+    # budget, on a view older than silent_owner_after, a fresh read now shows the home back, and its tables
+    # stay where they are, claimed; the next cycle hands them back (no write of ours reached EC2).
+    # Undo: drop the _HomeRecheck in Agent.run_cycle (agent/cycle/agent.py), and all three move.
+    g = settled()
+    a, b = g.agents["i-a"], g.agents["i-b"]
+    n = len(g.world.writes)
+    real = a.ctx.ec2.point_route
+    moved_before_back: list[str] = []  # i-b comes back right after i-a's first route write
+
+    def point_route(route_table: str, instance: str, *, missing: bool = False) -> str:
+        done = real(route_table, instance, missing=missing)
+        if not moved_before_back:
+            moved_before_back.append(route_table)
+            b.coordinator.start_session(HEALTHY)  # i-b's agent is back: a new session, healthy
+        return done
+
+    a.ctx.ec2.point_route = point_route  # type: ignore[method-assign]
+    with dead(g, "i-b"):
+        g.world.call_time = 1.5  # every EC2 call takes 1.5 s: the moves run past the cycle budget
+        line = g.cycle("i-a")[0]
+        g.world.call_time = 0.0
+    # rtb-b2's move began inside the budget; rtb-b3's was due past it, on a view of the group 3 s old.
+    assert [w[1] for w in g.world.writes[n:] if w[0] == "ReplaceRoute"] == ["rtb-b1", "rtb-b2"], line
+    assert "not moving rtb-b3: its home i-b renewed since this cycle's decision" in line
+    untouched = ["rtb-b3"]
+    assert g.world.targets["rtb-b3"] == "i-b"
+    for _ in range(3):
+        g.cycle("i-a")
+        g.cycle("i-b")
+    assert all(g.store.raw_get(GROUP, "route#" + rt)["owner"] == "i-b" for rt in untouched)
+    assert all(g.world.targets[rt] == "i-b" for rt in untouched)
+
+
 def test_a_takeover_writes_the_route_even_when_a_stale_read_says_it_is_already_here() -> None:
     # Hole 8: a stale DescribeRouteTables made point_route return "already": no write, no verify
     # (undo: skip the write when the EC2 view shows the target, and the table stays on i-b).

@@ -186,10 +186,12 @@ def test_a_takeover_write_retried_after_tag_propagation_is_confirmed_as_a_move(
 
 def test_tag_propagation_counted_as_our_own_failure_cascades(monkeypatch: pytest.MonkeyPatch) -> None:
     # The fix undone: the same refusals count as ours, two of them put the taker out, and it hands
-    # the tables on (with no other member, it cannot even keep them routed).
+    # the tables on (with no other member, it cannot even keep them routed). (Its writes going
+    # through once IAM sees the tag end that penalty since seed 2674: counted, not "still out".)
     with undone(monkeypatch, "propagating", lambda self, held, now, address=False: False):
         g, _ = take_over_with_tag_lag(0.8)
-    assert out(g.agents["i-a"], g)
+    a = g.agents["i-a"]
+    assert a.metrics is not None and a.metrics.ec2_penalties_of["refused"]._value.get() >= 1
 
 
 def test_propagation_excuses_refusals_only_for_a_bounded_time_per_term() -> None:
@@ -493,3 +495,33 @@ def test_refused_associations_do_not_stretch_the_retry_of_a_route_write_during_t
     a.standing.failed(Ec2Error("replace_route", refused, "no"), now, write=True, held=h)
     assert a.memory.ec2_writes.retry_at == pytest.approx(now + PROPAGATION_RETRY)
     assert not out(a, g)
+
+
+# ------------------------------------------------------------------ refusals: no penalty outlives them
+def test_a_penalty_for_refused_writes_ends_once_aws_lets_every_refused_kind_through() -> None:
+    # Sim seed 2674: IAM refused a member's writes for 1.6 s; its writes went through again at once,
+    # but the 10-s penalty kept it unhealthy (ec2_writes), and with no healthy peer it released its own
+    # home table, which a peer back from a restart routed away from the healthy home. Now the penalty
+    # ends when a write of every kind AWS refused us goes through again - not before: while the
+    # associations are still refused, route writes going through leave it out (a role lacking
+    # ec2:AssociateAddress stays out). Undo (drop the early end in Ec2Standing.succeeded): out 10 s.
+    from tests.unit import test_cycle_egress as egress
+
+    g = egress.settled()
+    a = g.agents["i-a"]
+    g.world.fail["ReplaceRoute"] = "UnauthorizedOperation"
+    g.world.fail["AssociateAddress"] = "UnauthorizedOperation"
+    with dead(g, "i-b"):  # no healthy peer: i-a holds the tables and writes on while out
+        t0 = g.clock.monotonic()
+        g.cycle("i-a", 2)
+        assert out(a, g)
+        del g.world.fail["ReplaceRoute"]
+        g.cycle("i-a", 3)
+        assert all(g.world.targets[rt] == "i-a" for rt in B_TABLES)  # route writes go through
+        assert out(a, g), "out while AWS still refuses our associations"
+        del g.world.fail["AssociateAddress"]
+        g.cycle("i-a", 2)
+        assert all(g.world.eips[rt] == "i-a" for rt in B_TABLES)
+        assert g.clock.monotonic() - t0 < a.timings.failback_hold_down  # well inside the 10-s penalty
+        assert not out(a, g), "the penalty outlived the refusals"
+        assert a.run_cycle().kind == "holding"
