@@ -165,3 +165,15 @@ def test_a_lossy_holder_hands_a_table_it_has_not_moved_at_all_to_a_fast_peer() -
     # A table served elsewhere by a NAT that can serve it is no outage: it stays.
     w.ec2[RA] = Ec2Route(C)
     assert not any(isinstance(a, HandOver) for a in run(w, seen, aws_answered_for=0.5, store_rtt=0.3).actions)
+
+
+def test_a_lossy_home_keeps_its_table_where_a_read_shows_no_route() -> None:
+    # Sim seed 186: a healthy home losing packets to AWS read its own table during EC2's stale reads, one
+    # of which showed no default route while the route to it existed; it handed the "unmoved" table to a
+    # fast peer, which moved it away from its healthy home. A read showing no route hands nothing over:
+    # the holder writes the route itself (a CreateRoute over an existing route changes nothing). (Undo:
+    # the `route.state != "missing"` condition of _plan_half_moved, and a HandOver comes out.)
+    w = World(me=B, ec2={RA: Ec2Route(A), RB: Ec2Route("", state="missing"), RC: Ec2Route(C)})
+    seen = {RA: Ec2Address(A), RB: Ec2Address(B), RC: Ec2Address(C)}
+    d = run(w, seen, aws_answered_for=0.5, store_rtt=0.3, tables=frozenset())  # seed 186: no Elastic IPs
+    assert [type(a) for a in d.actions] == [EnsureRoute], d.summary
