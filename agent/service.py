@@ -102,6 +102,8 @@ class ServiceLoop:
             # On the wall grid an extra cycle moves no regular one: the next is at most one interval away.
             start = self.monotonic()
             regular = start >= self._grid_at - GRID_SLACK
+            if not regular:
+                log.debug("trace early cycle (%.4f s before the grid)", self._grid_at - start)
             upcoming, upcoming_slot = self._grid_after(start)
             agent.plan(Plan(upcoming, regular and self._grid_slot))
             self._grid_at, self._grid_slot = upcoming, upcoming_slot

@@ -169,8 +169,12 @@ class Agent:
         if act and self.coordinator.session is not None and self.session.heartbeat_due(now, health):
             self.session.renew(health)
         try:
+            read_at = clock.monotonic()
             snapshot = self.coordinator.read_group()
             ctx.error_cleared("store:read")
+            if log.isEnabledFor(logging.DEBUG):  # bench/failover.py's phases (debug only)
+                versions = ",".join(f"{m.instance}={m.version}" for m in snapshot.members.values())
+                log.debug("trace read %s rtt %.4f wait %.4f", versions, clock.monotonic() - read_at, read_at - now)
         except (StoreUnavailable, StoreConfigError) as exc:
             if isinstance(exc, StoreUnavailable):
                 self.memory.unanswered(clock.monotonic())
