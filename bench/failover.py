@@ -223,7 +223,11 @@ class Runner:
         vid, rtb = self.victim.instance_id, self.victim.route_table
         p = tr.profile
         lines = {i: list(_log_lines(self.lab.agent_log(i))) for i in range(self.lab.n)}
-        renewals = [(ts, msg) for ts, msg in lines[VICTIM] if msg.startswith("trace renewed v") and ts < tr.t_fault]
+        renewals = [  # sent before the fault (a hang's last one may be answered after it)
+            (ts, msg)
+            for ts, msg in lines[VICTIM]
+            if msg.startswith("trace renewed v") and ts - float(msg.split()[4]) < tr.t_fault
+        ]
         last_version: int | None = None
         if renewals:
             ts, msg = renewals[-1]
