@@ -94,6 +94,11 @@ class ServiceLoop:
                 else "no session to hand on (the next process starts one)",
             )
             return Step(agent.decision, self.monotonic(), 0, restart=True)
+        between = self.wall is not None and self.monotonic() < self._grid_at - GRID_SLACK
+        if between and agent.reread_due(self.monotonic()):
+            # Between cycles, only a read of the group (a peer's renewal that this instant's read missed).
+            agent.reread()
+            return Step(agent.decision, self._wake_at())
         if self.wall is None:
             # Early (woken before next_at): the grid restarts here, so cycles - and the renewals they
             # carry - are never further apart than cycle_interval because of an extra cycle.
@@ -102,6 +107,8 @@ class ServiceLoop:
             # On the wall grid an extra cycle moves no regular one: the next is at most one interval away.
             start = self.monotonic()
             regular = start >= self._grid_at - GRID_SLACK
+            if not regular:
+                log.debug("trace early cycle (%.4f s before the grid)", self._grid_at - start)
             upcoming, upcoming_slot = self._grid_after(start)
             agent.plan(Plan(upcoming, regular and self._grid_slot))
             self._grid_at, self._grid_slot = upcoming, upcoming_slot
@@ -121,8 +128,12 @@ class ServiceLoop:
             )
             agent.leave()
             return Step(decision, self.monotonic(), 1)
+        return Step(decision, self._wake_at())
+
+    def _wake_at(self) -> float:
+        """When the next step is due: the next regular cycle, or an earlier deadline of the agent's."""
         self.next_at = self._grid_at if self.wall is not None else self.next_at + self.interval
-        deadline = agent.next_deadline()
+        deadline = self.agent.next_deadline()
         if deadline is not None and deadline + 0.005 < self.next_at:
             # A peer whose probes fail can be taken over at `deadline`: one extra read
             # then, rather than up to a whole cycle later (failures only; no cost otherwise).
@@ -130,7 +141,7 @@ class ServiceLoop:
         now = self.monotonic()
         if self.next_at < now:
             self.next_at = now  # late: run the next cycle at once, do not catch up
-        return Step(decision, self.next_at)
+        return self.next_at
 
     def _grid_after(self, now: float) -> tuple[float, bool]:
         """The next instant of the wall grid after ``now`` (monotonic), and whether it is a renewal instant."""

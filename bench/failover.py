@@ -46,7 +46,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,17 @@ def _lost_between(r: PingResult, t_from: float, t_to: float) -> int:
     return sum(1 for s in r.lost_seqs() if t_from <= t0 + (s - seq0) * r.interval < t_to)
 
 
+def _log_lines(text: str) -> Iterator[tuple[float, str]]:
+    """(wall time, message) of each JSON line of an agent's log."""
+    for line in text.splitlines():
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        ts = time.mktime(time.strptime(d["ts"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        yield ts + int(d["ts"][20:23]) / 1000, d["msg"]
+
+
 class Runner:
     def __init__(self, lab: NetLab, policy: str) -> None:
         self.lab = lab
@@ -200,26 +211,57 @@ class Runner:
             tr.failback_same_ip_outage_s = _largest_gap(right, PING_INTERVAL, back - 1.0, back + 1.5)
 
     def _profile(self, tr: Trial) -> None:
-        """Detection and take-over times from the surviving agents' JSON logs (nat-ha only)."""
+        """Detection and take-over times from the surviving agents' JSON logs (nat-ha only).
+
+        With ``--trace`` (the agents log at debug) also where the time went, each relative to the fault:
+        the victim's last renewal (sent, written), the taker's first read showing it (``sighted``), the
+        expiry that read allows (``expiry_due``: sighted + lease + margin), the expire call's start and
+        end, the claim, the route write (tag + ReplaceRoute) and the route switch in the lab's router.
+        """
         if self.policy != "nat-ha":
             return
         vid, rtb = self.victim.instance_id, self.victim.route_table
+        p = tr.profile
+        lines = {i: list(_log_lines(self.lab.agent_log(i))) for i in range(self.lab.n)}
+        renewals = [  # sent before the fault (a hang's last one may be answered after it)
+            (ts, msg)
+            for ts, msg in lines[VICTIM]
+            if msg.startswith("trace renewed v") and ts - float(msg.split()[4]) < tr.t_fault
+        ]
+        last_version: int | None = None
+        if renewals:
+            ts, msg = renewals[-1]
+            last_version = int(msg.split()[2][1:])
+            rtt = float(msg.split()[4])
+            p["renewal_sent_s"], p["renewal_written_s"] = ts - rtt - tr.t_fault, ts - tr.t_fault
         for i in range(1, self.lab.n):
-            for line in self.lab.agent_log(i).splitlines():
-                try:
-                    d = json.loads(line)
-                except ValueError:
+            mine: dict[str, float] = {}
+            for ts, msg in lines[i]:
+                if ts < tr.t_fault - 1.5:
                     continue
-                ts = time.mktime(time.strptime(d["ts"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-                ts += int(d["ts"][20:23]) / 1000
-                if ts < tr.t_fault:
-                    continue
-                msg = d["msg"]
                 rel = ts - tr.t_fault
-                if "not healthy:" in msg and vid in msg.split("not healthy:", 1)[1]:
-                    tr.profile["detected_s"] = min(tr.profile.get("detected_s", 1e9), rel)
-                if f"took over {rtb}" in msg or f"handing {rtb}" in msg:
-                    tr.profile["takeover_s"] = min(tr.profile.get("takeover_s", 1e9), rel)
+                if rel >= 0 and "not healthy:" in msg and vid in msg.split("not healthy:", 1)[1]:
+                    p["detected_s"] = min(p.get("detected_s", 1e9), rel)
+                if rel >= 0 and (f"took over {rtb}" in msg or f"handing {rtb}" in msg):
+                    p["takeover_s"] = min(p.get("takeover_s", 1e9), rel)
+                    mine.setdefault("took", rel)
+                if last_version is None or "took" in mine:
+                    continue
+                if msg.startswith("trace read ") and "sighted" not in mine:
+                    versions = dict(kv.split("=") for kv in msg.split()[2].split(",") if "=" in kv)
+                    if int(versions.get(vid, -1)) >= last_version:
+                        mine["sighted"] = rel
+                elif msg.startswith(f"trace expired {vid} "):
+                    mine["expire_start"], mine["expired"] = rel - float(msg.split()[4]), rel
+                elif msg.startswith(f"trace claimed {rtb} "):
+                    mine["claimed"] = rel
+                elif msg.startswith(f"trace routed {rtb} "):
+                    mine["routed"] = rel
+            if "took" in mine and "sighted" in mine:
+                for key in ("sighted", "expire_start", "expired", "claimed", "routed"):
+                    if key in mine:
+                        p[f"{key}_s"] = mine[key]
+                p["expiry_due_s"] = mine["sighted"] + Timing().lease + Timing().margin
 
     def trial(self, fault: str) -> Trial:
         lab, v = self.lab, self.victim
@@ -437,6 +479,60 @@ def summarize(trials: list[Trial]) -> dict[str, dict[str, Any]]:
     return out
 
 
+PHASES = (
+    ("renewal_sent_s", "victim's last renewal sent"),
+    ("renewal_written_s", "  ... written (answered)"),
+    ("sighted_s", "taker's read showing it"),
+    ("expiry_due_s", "expiry due (sighted + lease + margin)"),
+    ("detected_s", "probes judge it down (log line)"),
+    ("expire_start_s", "expire call sent"),
+    ("expired_s", "expired"),
+    ("claimed_s", "table claimed"),
+    ("routed_s", "tag + ReplaceRoute answered"),
+    ("switch_s", "route switched in the lab's router"),
+    ("first_reply_s", "first ping reply"),
+)
+
+
+def phases(trials: list[Trial]) -> dict[str, dict[str, float]]:
+    """Median (and max) of each phase's time after the fault, per fault (crash, hang)."""
+    out: dict[str, dict[str, float]] = {}
+    for fault in ("crash", "hang"):
+        ts = [t for t in trials if t.fault == fault]
+        row: dict[str, float] = {}
+        for key, _ in PHASES:
+            vals = [t.switch_s if key == "switch_s" else t.profile.get(key) for t in ts]
+            got = [v for v in vals if v is not None]
+            if got:
+                row[key] = round(statistics.median(got), 3)
+                row[key.removesuffix("_s") + "_max_s"] = round(max(got), 3)
+        gaps = [t.profile["expire_start_s"] - t.profile["expiry_due_s"] for t in ts
+                if "expire_start_s" in t.profile and "expiry_due_s" in t.profile]  # fmt: skip
+        if gaps:
+            row["expire_after_due_s"] = round(statistics.median(gaps), 3)
+        lags = [t.profile["sighted_s"] - t.profile["renewal_sent_s"] for t in ts
+                if "sighted_s" in t.profile and "renewal_sent_s" in t.profile]  # fmt: skip
+        if lags:
+            row["sighting_lag_s"] = round(statistics.median(lags), 3)
+            row["sighting_lag_max_s"] = round(max(lags), 3)
+        if row:
+            out[fault] = row
+    return out
+
+
+def phase_table(rows: dict[str, dict[str, float]]) -> str:
+    head = f"{'phase':<40} " + " ".join(f"{f + ' med':>10} {'max':>6}" for f in rows)
+    lines = [head, "-" * len(head)]
+    for key, label in (*PHASES, ("sighting_lag_s", "sighting lag (sighted - sent)"),
+                       ("expire_after_due_s", "expire sent - expiry due")):  # fmt: skip
+        cells = []
+        for row in rows.values():
+            mx = row.get(key.removesuffix("_s") + "_max_s")
+            cells.append(f"{_fmt(row.get(key)):>10} {_fmt(mx):>6}")
+        lines.append(f"{label:<40} " + " ".join(cells))
+    return "\n".join(lines)
+
+
 def plot(tr: Trial, path: Path, title: str) -> None:
     import matplotlib
 
@@ -553,8 +649,11 @@ def run_policy(
     log: Callable[[str], None],
     systemd: bool = False,
     egress_order: str = "",
+    trace: bool = False,
 ) -> list[Trial]:
     kwargs: dict[str, Any] = {} if policy == "nat-ha" else {"agent_command": baseline_command}
+    if trace and policy == "nat-ha":
+        kwargs["log_level"] = "debug"
     if egress_order:
         kwargs.update(egress_ip="follow", egress_order=egress_order)
     out: list[Trial] = []
@@ -603,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
                    "again (same_ip_outage)")  # fmt: skip
     p.add_argument("--egress-order", choices=(*EGRESS_ORDERS, "both"), default="both",
                    help="with --egress-ip follow: the agents' egress_order (default: both, one lab each)")  # fmt: skip
+    p.add_argument("--trace", action="store_true",
+                   help="agents log at debug: print where crash and hang trials' time went (per phase)")  # fmt: skip
     p.add_argument("--workdir", metavar="DIR", help="keep logs here (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=1, help="seed of the faults' random phases (default 1)")
     args = p.parse_args(argv)
@@ -639,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
                 egress[order] = run_policy("nat-ha", workdir, args.trials, faults, log, egress_order=order)
             ours = egress[orders[0]]
         else:
-            ours = run_policy("nat-ha", workdir, args.trials, faults, log, systemd=args.systemd)
+            ours = run_policy("nat-ha", workdir, args.trials, faults, log, systemd=args.systemd, trace=args.trace)
         skip_base = args.no_baseline or args.systemd or follow
         base = [] if skip_base else run_policy("nat_monitor", workdir, args.trials, faults, log)
     results: dict[str, Any] = {
@@ -654,6 +755,10 @@ def main(argv: list[str] | None = None) -> int:
         results["egress"] = {order: summarize(trs) for order, trs in egress.items()}
     print()
     print(table(results))
+    if args.trace:
+        results["phases"] = phases(ours)
+        print("\nwhere the time went (median s after the fault; --trace)\n")
+        print(phase_table(results["phases"]))
     if any(f in results["scenarios"] for f in AGENT_FAULTS):
         print("\nthe agent alone restarted (its NAT forwards all along)\n")
         print(agent_table(results))

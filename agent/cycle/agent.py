@@ -52,6 +52,8 @@ from coordinator.pauses import Pause, PauseWatch, references_of
 
 log = logging.getLogger("nat_ha.agent")
 
+READ_SLACK = 0.005  # seconds: a wake this close before a read's time is that read's (timer rounding)
+
 
 class Agent:
     """One NAT's agent. ``run_cycle()`` is called every ``timing.cycle_interval``."""
@@ -169,8 +171,12 @@ class Agent:
         if act and self.coordinator.session is not None and self.session.heartbeat_due(now, health):
             self.session.renew(health)
         try:
+            read_at = clock.monotonic()
             snapshot = self.coordinator.read_group()
             ctx.error_cleared("store:read")
+            if log.isEnabledFor(logging.DEBUG):  # bench/failover.py's phases (debug only)
+                versions = ",".join(f"{m.instance}={m.version}" for m in snapshot.members.values())
+                log.debug("trace read %s rtt %.4f wait %.4f", versions, clock.monotonic() - read_at, read_at - now)
         except (StoreUnavailable, StoreConfigError) as exc:
             if isinstance(exc, StoreUnavailable):
                 self.memory.unanswered(clock.monotonic())
@@ -193,6 +199,9 @@ class Agent:
             self.tables.send_stray_reports()
             self.ec2_view.refresh(seen, snapshot, probes, health)
         obs = self.observer.observe(snapshot, seen, probes, health, self.session.is_draining())
+        self.memory.reread_at = self.observer.reread_at(snapshot, now, seen, self.session.schedule)
+        if self.memory.reread_at is not None:
+            log.debug("trace reread due in %.4f", self.memory.reread_at - clock.monotonic())
         decision = decide(obs, self.timings)
         if act:
             self.tables.begin_cycle()
@@ -300,17 +309,45 @@ class Agent:
         self.memory.last_heartbeat = -1e18  # renew at once
         self.ctx.on_event("pause_seen", {"seconds": pause.seconds, "source": pause.source})
 
+    def reread_due(self, now: float) -> bool:
+        """A read of the group alone is due (:meth:`reread`) and nothing else before the next regular cycle."""
+        at = self.memory.reread_at
+        if at is None or now < at - READ_SLACK:
+            return False
+        self.memory.reread_at = None
+        others = self.next_deadline()
+        return others is None or others > now + READ_SLACK
+
+    def reread(self) -> None:
+        """Read the group once more between cycles to see peers' renewals sooner (Observer.reread_at).
+
+        A read only: the first-seen times of what changed move, nothing is decided or written (the
+        next cycle reads again; an extra full cycle would also read and write EC2 out of turn).
+        """
+        try:
+            snapshot = self.coordinator.read_group()
+        except (StoreUnavailable, StoreConfigError):
+            return  # the next cycle reads again, and says why it could not
+        seen = self.clock.monotonic()
+        if log.isEnabledFor(logging.DEBUG):  # bench/failover.py's phases (debug only)
+            versions = ",".join(f"{m.instance}={m.version}" for m in snapshot.members.values())
+            log.debug("trace read %s (again)", versions)
+        self.observer.sight(snapshot, seen)
+
     def next_deadline(self) -> float | None:
         """The earliest time (monotonic) a failing peer's session can be expired, a less preferred
-        candidate's wait for a claimable table ends (each rank's ``claim_stagger``), or a write refused
-        during IAM tag propagation retried, if any: the daemon runs a cycle then."""
+        candidate's wait for a claimable table ends (each rank's ``claim_stagger``), a write refused
+        during IAM tag propagation retried, or a peer's renewal missed by this instant's read is read
+        again (``Observer.reread_at``), if any: the daemon runs a cycle then."""
         now = self.clock.monotonic()
         retry = self.standing.retry_due(now)
         stagger = self.timings.claim_stagger
         ranks = range(1, len(self.members))
         claimable = self.memory.claimable_since.values()
         waits = [at for since in claimable for k in ranks if (at := since + k * stagger) > now]
-        times = [*self.memory.stale_deadlines.values(), *waits, *([retry] if retry is not None else [])]
+        again = self.memory.reread_at
+        reread = [again] if again is not None and again > now else []
+        times = [*self.memory.stale_deadlines.values(), *waits, *([retry] if retry is not None else []), *reread]
         return min(times, default=None)
 
     # --------------------------------------------------------------- restarts

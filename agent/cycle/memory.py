@@ -141,6 +141,8 @@ class Memory:
     last_health: Health | None = None
     last_draining: bool = False
     stale_deadlines: dict[str, float] = field(default_factory=dict)  # peer -> when its session can be expired
+    # A second read of the group in this renewal period (agent.cycle.observe.Observer.reread_at), if due.
+    reread_at: float | None = None
     restarts: dict[str, RestartProgress] = field(default_factory=dict)
     reported_errors: set[str] = field(default_factory=set)
     held: dict[str, Held] = field(default_factory=dict)

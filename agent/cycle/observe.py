@@ -11,6 +11,7 @@ import dataclasses
 
 from agent.cycle.context import Context
 from agent.cycle.memory import Held
+from agent.cycle.session import Plan
 from agent.decide import (
     Ec2Address,
     Observation,
@@ -20,7 +21,7 @@ from agent.decide import (
     judged_healthy,
     silence_tolerated,
 )
-from coordinator.items import GroupSnapshot, Health, RouteItem
+from coordinator.items import MEMBER_ALIVE, GroupSnapshot, Health, RouteItem
 
 
 class Observer:
@@ -210,6 +211,41 @@ class Observer:
             self_healthy_since=mem.self_healthy_since,
             self_unhealthy_since=mem.self_unhealthy_since,
         )
+
+    def reread_at(self, snapshot: GroupSnapshot, cycle_start: float, seen: float, plan: Plan | None) -> float | None:
+        """When to read the group once more: a live peer's renewal due at this grid instant is not in this read.
+
+        Every member renews at the group's renewal instants and reads right after its own renewal, but a
+        peer's renewal that lands after our read was served (it woke a little later, its round trip was
+        longer) was sighted only at the next cycle, a whole ``cycle_interval`` later - and a dead peer's
+        expiry counts from that sighting, so a crash's takeover came that much later in about half the
+        lab's trials (bench/failover.py --trace). A renewal sent on time lands within its call deadline
+        (``store_timeout``) or failed: one more read then sees it. Safety is unchanged (expiry still
+        counts from a read that returned after the renewal was sent); the cost is one Query when a peer's
+        renewal was missed, which is also while a peer is dead (until its expiry).
+        """
+        if plan is None or not plan.renewal_slot:
+            return None
+        ctx = self.ctx
+        t = ctx.timings
+        at = cycle_start + t.store_timeout
+        if at <= seen:
+            return None  # this read was served late enough already
+        for peer in ctx.members:
+            item = snapshot.members.get(peer)
+            if peer == ctx.me or item is None or item.state != MEMBER_ALIVE:
+                continue
+            if ctx.memory.observer.unchanged_for(item.key, seen) >= t.cycle_interval / 2:
+                return at  # its renewal of this instant is not in this read
+        return None
+
+    def sight(self, snapshot: GroupSnapshot, seen: float) -> None:
+        """A read between cycles (:meth:`reread_at`): only the first-seen times of what changed move."""
+        mem = self.ctx.memory
+        for m in snapshot.members.values():
+            mem.observer.observe(m.key, (m.session, m.version), seen)
+        for x in snapshot.restarts.values():
+            mem.observer.observe(x.key, (x.owner_session, x.version), seen)
 
     def _track_peers(self, obs: Observation, snapshot: GroupSnapshot, now: float, probes: dict[str, PeerProbe]) -> None:
         """Since when each peer is suspect, dead or healthy, and when a failing one can be expired."""

@@ -76,7 +76,11 @@ class SessionKeeper:
             paused = self.paused()
             said = dataclasses.replace(health, store_rtt=max(mem.renewal_rtts, default=None))
             ctx.coordinator.heartbeat(said, draining=draining, paused=paused, restart_grace_s=restart_grace)
-            mem.renewal_rtts.append(ctx.clock.monotonic() - t0)
+            rtt = ctx.clock.monotonic() - t0
+            mem.renewal_rtts.append(rtt)
+            if log.isEnabledFor(logging.DEBUG):  # bench/failover.py's phases (debug only)
+                s = ctx.coordinator.session
+                log.debug("trace renewed v%s rtt %.4f", s.version if s is not None else "-", rtt)
             mem.last_heartbeat = t0
             mem.last_health = health
             mem.last_draining = draining

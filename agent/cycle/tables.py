@@ -236,6 +236,7 @@ class TableWriter:
         current = mem.ec2.get(route_table)
         missing = current is not None and current.state == "missing"
         tag = bool(ctx.holder) and h is not None and not h.tagged
+        t0 = ctx.clock.monotonic()
         actions = ("CreateRoute" if missing else "ReplaceRoute",) + (("CreateTags",) if tag else ())
         try:
             with (
@@ -248,6 +249,7 @@ class TableWriter:
                 h.reached = True  # sent and not refused: it may have landed, or may still land
             raise
         self.standing.succeeded("ReplaceRoute", ctx.clock.monotonic())
+        log.debug("trace routed %s tag %s took %.4f", route_table, tag, ctx.clock.monotonic() - t0)
         mem.ec2[route_table] = Ec2Route(target, "active")
         if h is not None:
             h.reached = True
@@ -286,13 +288,17 @@ class TableWriter:
         clock = ctx.clock
         if a.expire is not None and a.expire.instance not in self._expired_now:
             self.session.keep_through(ctx.timings.store_timeout_max, health)
+            t0 = clock.monotonic()
             ctx.coordinator.expire_member(a.expire)
+            log.debug("trace expired %s rtt %.4f", a.expire.instance, clock.monotonic() - t0)
             self._expired_now.add(a.expire.instance)  # one expiry per member, however many tables it held
             mem.dead_since.setdefault(a.expire.instance, clock.monotonic())
             ctx.on_event("peer_expired", {"peer": a.expire.instance})
         self.session.keep_through(ctx.timings.store_timeout_max, health)
+        t0 = clock.monotonic()
         route = ctx.coordinator.claim_route(a.route_table, a.route, ctx.homes.get(a.route_table, ""))
         now = clock.monotonic()
+        log.debug("trace claimed %s rtt %.4f", a.route_table, now - t0)
         previous = a.route.owner if a.route else ""
         horizon = now + ctx.timings.ec2_apply_horizon
         mem.held[a.route_table] = Held(route.term, now, horizon, reached=False, taken_from=a.taken_from(ctx.me))

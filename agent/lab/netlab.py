@@ -548,6 +548,7 @@ class NetLab(LocalGroup):
     group: str = "lab"
     timing: dict[str, Any] = field(default_factory=lambda: dict(LAB_TIMING))
     agent_command: AgentCommand | None = None  # default: `nat-ha agent --config ...`
+    log_level: str = "info"  # the agents' [log] level (debug: bench/failover.py --trace reads the phases)
     poll: float = 0.1  # the reconciler reads route tables this often, instance states every 3rd poll (systemd: every)
     nice: int = -5  # moto and the reconciler play AWS, which does not share the NATs' CPU
     max_seconds: float = 3600.0
@@ -752,6 +753,7 @@ class NetLab(LocalGroup):
             "",
             "[log]",
             'format = "json"',
+            f'level = "{self.log_level}"',
             "",
         ]
         for j, other in enumerate(self.nats):

@@ -15,6 +15,8 @@ tests/sim/README.md ("Issue 17"). Replay one with ``pytest tests/sim/test_issue1
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tests.sim.aws import DESCRIBE_ACTIONS, TAKEOVER_ACTIONS, Bucket
@@ -202,9 +204,13 @@ def test_finding_10_ec2_busy_drains_the_buckets_per_action() -> None:
     r = run(three(Fault("ec2_busy_describe", 2.0, 30.0, rate=30.0)))
     assert r.throttled_s == 0.0 and r.throttled_calls.get("DescribeRouteTables", 0) > 0, r.throttled_calls
     assert set(r.throttled_calls) <= set(DESCRIBE_ACTIONS)
-    r = run(three(Fault("ec2_busy", 2.0, 20.0, rate=30.0), Fault("nat_down", 12.0, 6.0, "i-b")))
-    assert r.throttled_s > 0  # the write buckets ran dry: reported apart, not counted in (b)
-    assert set(r.throttled_calls) & set(TAKEOVER_ACTIONS), r.throttled_calls
+    sc = three(Fault("ec2_busy", 2.0, 20.0, rate=30.0), Fault("nat_down", 12.0, 6.0, "i-b"))
+    runs = [run(dataclasses.replace(sc, seed=seed)) for seed in range(1, 6)]
+    assert all(r.throttled_s > 0 for r in runs)  # the write buckets ran dry: reported apart, not counted in (b)
+    # Whether the takeover's own write meets a dry bucket in one run is the schedule's luck: a throttled
+    # CreateTags before it holds it back (seeds 1-3 since a missed renewal is read again between cycles).
+    throttled = {op for r in runs for op in r.throttled_calls}
+    assert throttled & set(TAKEOVER_ACTIONS), throttled
 
 
 def test_a_clock_stopping_pause_is_not_counted_by_the_guest_and_is_by_the_reference() -> None:

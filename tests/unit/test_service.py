@@ -32,13 +32,24 @@ class StubAgent:
         self.cycles = 0
         self.renewed_before_exit = 0
         self.decision = Decision("holding", "holding rtb-a (term 1)")
+        self.reread_at: float | None = None  # a read alone is due then (Agent.reread_due)
+        self.rereads = 0
 
     def run_cycle(self) -> Decision:
         self.cycles += 1
         return Decision("holding", "holding rtb-a (term 1)")
 
     def next_deadline(self) -> float | None:
-        return self.deadline
+        return min((t for t in (self.deadline, self.reread_at) if t is not None), default=None)
+
+    def reread_due(self, now: float) -> bool:
+        if self.reread_at is None or now < self.reread_at - 0.005:
+            return False
+        self.reread_at = None
+        return self.deadline is None or self.deadline > now + 0.005
+
+    def reread(self) -> None:
+        self.rereads += 1
 
     def plan(self, plan: Plan) -> None:
         self.plans.append(plan)
@@ -177,3 +188,22 @@ def test_an_extra_cycle_on_the_wall_grid_moves_no_regular_one() -> None:
     assert 2.13 in out["cycles"]["i-b"] and 2.13 not in out["slots"]["i-b"]
     after = [t for t in out["cycles"]["i-b"] if t > 1.0 and t != 2.13]
     assert after == [t for t in out["cycles"]["i-a"] if t > 1.0]
+
+
+def test_a_peers_missed_renewal_is_read_again_between_cycles_by_a_read_alone() -> None:
+    """A renewal instant's read missed a peer's renewal (Agent.reread_due): the agent wakes to read the group
+    again, and only that - no cycle out of turn (its EC2 reads and writes); the grid does not move.
+    (Undo: drop the read-alone branch of ServiceLoop.step, and that wake runs a cycle.)"""
+    clock = Clock()
+    agent = StubAgent(0.35)
+    loop = ServiceLoop(agent, 10.0, clock, wall=lambda: clock.now + 1_800_000_000.0)  # type: ignore[arg-type]
+    step = loop.step()
+    grid = step.wake_at
+    clock.now = grid
+    agent.reread_at = grid + 0.15
+    step = loop.step()
+    assert (agent.cycles, step.wake_at) == (2, pytest.approx(grid + 0.155))
+    clock.now = step.wake_at
+    step = loop.step()
+    assert (agent.cycles, agent.rereads) == (2, 1)
+    assert step.wake_at == pytest.approx(grid + 0.35)
