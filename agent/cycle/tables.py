@@ -376,14 +376,18 @@ class TableWriter:
         write of a table a peer handed us (``Held.taken_from``) when the giver did not make it (a lease-first
         hand-over: a giver whose own path loses packets or whose EC2 writes fail, agent.decide): until it
         lands the table has no working route, or its traffic no public address, as in a takeover (sim
-        seed 8244: each such write waited for a consistent read over a slow DynamoDB path). Not a write
-        made again (a settle, a stray report): that repairs, it does not move."""
+        seed 8244: each such write waited for a consistent read over a slow DynamoDB path). The Elastic IP
+        of a table taken from a peer, until our first association in the term lands, whatever became of
+        the route: until then the table's traffic leaves without its public address (sim seed 6041: a
+        takeover whose route writes IAM refused at first, each association and its holder tag later
+        waited for a consistent read of their own over a slow DynamoDB path). Not a write made again (a
+        settle, a stray report): that repairs, it does not move."""
         if h is None or not h.taken_from or h.term != term:
             return False
         if not h.reached:
             return True
         first = h.last_address_write if address else h.last_write
-        return h.handed and first < -1e17 and not again
+        return (h.handed or address) and first < -1e17 and not again
 
     def route_to_gateway(self, a: RouteToGateway, health: Health) -> str:
         """The last resort: the table's route to the NAT gateway, the lease kept (decide brings it back)."""
