@@ -42,7 +42,7 @@ from agent.aws.fence import Confirmed, FenceRefused, Permit
 from agent.cycle.context import Context
 from agent.cycle.memory import Held
 from agent.cycle.session import SessionKeeper
-from agent.cycle.standing import NOT_APPLIED, ROUTE_WRITES, Ec2Standing, action_of
+from agent.cycle.standing import NO_ANSWER, NOT_APPLIED, ROUTE_WRITES, Ec2Standing, action_of
 from agent.decide import Ec2Address, Ec2Route, EnsureAddress, EnsureRoute, HandOver, Release, RouteToGateway, TakeOver
 from coordinator.errors import CoordinatorError, SessionLost, StoreUnavailable
 from coordinator.items import Health, RouteItem
@@ -450,7 +450,16 @@ class TableWriter:
         t0 = ctx.clock.monotonic() if started is None else started
         if ctx.config.egress_order == "address-first":
             note = self._try_address(rt, term, target, health, kind, t0)
-            return self._route_here(rt, term, target, health), note
+            try:
+                return self._route_here(rt, term, target, health), note
+            except Ec2Error as exc:
+                if note or exc.code not in NO_ANSWER:
+                    raise
+                # Half moved: the Elastic IP is with ``target``, the route's answer was lost on the way (a
+                # lossy path). Written once more now, before the cycle goes on to other tables: until it
+                # lands the table's traffic leaves without its public address (sim seed 3263: the rest of
+                # a long takeover cycle, and a decision after it, came first - 3 s).
+                return self._route_here(rt, term, target, health), note
         done = self._route_here(rt, term, target, health)
         return done, self._try_address(rt, term, target, health, kind, t0)
 
