@@ -42,7 +42,7 @@ from agent.aws.fence import Confirmed, FenceRefused, Permit
 from agent.cycle.context import Context
 from agent.cycle.memory import Held
 from agent.cycle.session import SessionKeeper
-from agent.cycle.standing import NOT_APPLIED, ROUTE_WRITES, Ec2Standing, action_of
+from agent.cycle.standing import NO_ANSWER, NOT_APPLIED, ROUTE_WRITES, Ec2Standing, action_of
 from agent.decide import Ec2Address, Ec2Route, EnsureAddress, EnsureRoute, HandOver, Release, RouteToGateway, TakeOver
 from coordinator.errors import CoordinatorError, SessionLost, StoreUnavailable
 from coordinator.items import Health, RouteItem
@@ -382,14 +382,18 @@ class TableWriter:
         write of a table a peer handed us (``Held.taken_from``) when the giver did not make it (a lease-first
         hand-over: a giver whose own path loses packets or whose EC2 writes fail, agent.decide): until it
         lands the table has no working route, or its traffic no public address, as in a takeover (sim
-        seed 8244: each such write waited for a consistent read over a slow DynamoDB path). Not a write
-        made again (a settle, a stray report): that repairs, it does not move."""
+        seed 8244: each such write waited for a consistent read over a slow DynamoDB path). The Elastic IP
+        of a table taken from a peer, until our first association in the term lands, whatever became of
+        the route: until then the table's traffic leaves without its public address (sim seed 6041: a
+        takeover whose route writes IAM refused at first, each association and its holder tag later
+        waited for a consistent read of their own over a slow DynamoDB path). Not a write made again (a
+        settle, a stray report): that repairs, it does not move."""
         if h is None or not h.taken_from or h.term != term:
             return False
         if not h.reached:
             return True
         first = h.last_address_write if address else h.last_write
-        return h.handed and first < -1e17 and not again
+        return (h.handed or address) and first < -1e17 and not again
 
     def route_to_gateway(self, a: RouteToGateway, health: Health) -> str:
         """The last resort: the table's route to the NAT gateway, the lease kept (decide brings it back)."""
@@ -452,7 +456,16 @@ class TableWriter:
         t0 = ctx.clock.monotonic() if started is None else started
         if ctx.config.egress_order == "address-first":
             note = self._try_address(rt, term, target, health, kind, t0)
-            return self._route_here(rt, term, target, health), note
+            try:
+                return self._route_here(rt, term, target, health), note
+            except Ec2Error as exc:
+                if note or exc.code not in NO_ANSWER:
+                    raise
+                # Half moved: the Elastic IP is with ``target``, the route's answer was lost on the way (a
+                # lossy path). Written once more now, before the cycle goes on to other tables: until it
+                # lands the table's traffic leaves without its public address (sim seed 3263: the rest of
+                # a long takeover cycle, and a decision after it, came first - 3 s).
+                return self._route_here(rt, term, target, health), note
         done = self._route_here(rt, term, target, health)
         return done, self._try_address(rt, term, target, health, kind, t0)
 

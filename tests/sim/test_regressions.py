@@ -201,6 +201,12 @@ ISSUE_17_SEEDS = {
     "penalty kept it out, it released its own home table (no healthy peer) and a peer back from a restart "
     "routed it away (standing: a penalty for refusals ends once every refused kind goes through; "
     "test_cycle_standing: ...penalty_for_refused_writes_ends...)",
+    6041: "a taker with 0.27-s DynamoDB round trips whose takeover associations IAM refused confirmed each later "
+    "association and its tag by a read of its own: a table's Elastic IP followed its route 3.7 s late (tables: "
+    "the first association of a taken table is a move's write; test_cycle_egress: ...without_a_read_of_its_own)",
+    3263: "an address-first taker on a lossy path moved a table's Elastic IP, lost its route write's answer and went "
+    "on to other tables; the half-moved table waited for a later decision, 3.05 s (tables: the route is written "
+    "once more at once; test_cycle_egress: ...half_moved_by_a_lost_route_answer...)",
 }
 
 
