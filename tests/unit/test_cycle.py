@@ -64,6 +64,15 @@ class Ec2:
             if op in self.w.fail:
                 raise Ec2Error(op, self.w.fail[op], "injected")
 
+    def lose_route_answer(self, route_table: str) -> str:
+        """A ReplaceRoute sent whose answer never comes: in doubt until its deadline plus the horizon."""
+        assert self.fence is not None
+        with self.fence.write("ReplaceRoute", route_table) as permit:
+            self.fence.authorize("ReplaceRoute")
+            self.fence.sent()
+            permit.in_doubt = True
+            raise Ec2Error("ReplaceRoute", "ReadTimeoutError", "no answer by the deadline")
+
     def point_route(self, route_table: str, instance: str, *, missing: bool = False) -> str:
         self._write("ReplaceRoute", route_table)
         self.w.targets[route_table] = instance

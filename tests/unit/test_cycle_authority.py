@@ -28,12 +28,7 @@ class InDoubtEc2(base.Ec2):
     def point_route(self, route_table: str, instance: str, *, missing: bool = False) -> str:
         if not self.doubt:
             return super().point_route(route_table, instance, missing=missing)
-        assert self.fence is not None
-        with self.fence.write("ReplaceRoute", route_table) as permit:
-            self.fence.authorize("ReplaceRoute")
-            self.fence.sent()
-            permit.in_doubt = True
-            raise Ec2Error("ReplaceRoute", "ReadTimeoutError", "no answer by the deadline")
+        return self.lose_route_answer(route_table)
 
 
 def test_a_write_in_doubt_is_read_back_at_its_deadline_plus_the_horizon_and_repaired() -> None:

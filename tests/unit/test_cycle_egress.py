@@ -359,12 +359,7 @@ class LossyEc2(Ec2):
         if self.w.lose <= 0:
             return super().point_route(route_table, instance, missing=missing)
         self.w.lose -= 1
-        assert self.fence is not None
-        with self.fence.write("ReplaceRoute", route_table) as permit:
-            self.fence.authorize("ReplaceRoute")
-            self.fence.sent()
-            permit.in_doubt = True
-            raise Ec2Error("ReplaceRoute", "ReadTimeoutError", "no answer by the deadline")
+        return self.lose_route_answer(route_table)
 
 
 def test_a_table_half_moved_by_a_lost_route_answer_is_routed_again_before_the_next_table() -> None:
