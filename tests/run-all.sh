@@ -60,11 +60,11 @@ if [ "$#" -gt 0 ]; then
     python -m pytest -p no:cacheprovider -q -rs --durations=15 "$@"
     code=$?
 else
-    # Two runs, one record of AWS calls. The unit and simulation tiers share nothing between
+    # Three runs, one record of AWS calls. The unit and simulation tiers share nothing between
     # files, so they run on two processes (pytest-xdist; a file's tests stay on one process). The
     # seed sweep (two processes of its own), the integration, lab and systemd tiers (real servers,
     # namespaces and containers, some timed) run one test at a time after them. The IAM policy
-    # test reads every call both runs made, so it runs last.
+    # test reads every call the two runs made, so it runs last, alone.
     tiers=(tests/unit tests/sim tests/integration tests/lab tests/systemd)
     for d in tests/*/; do
         case " ${tiers[*]} " in *" ${d%/} "*) ;; *) echo "tests/run-all.sh does not run ${d%/}: add it" >&2; exit 1;; esac
