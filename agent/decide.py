@@ -575,9 +575,14 @@ def _priority(action: Action, obs: Observation) -> int:
 def _successor(v: _View, rt: str, *, fast: bool = False) -> MemberItem | None:
     """The best live, healthy peer to hand ``rt`` to (preference order), if any (``fast``: of those whose
     DynamoDB path is fast, as their heartbeats say)."""
-    order = preference(rt, v.obs.preferred_homes(), v.obs.members)
-    name = next((c for c in order if c != v.obs.me and v.eligible(c) and not (fast and v.slow_store(c))), None)
+    name = next(iter(_peers(v, rt, fast=fast)), None)
     return v.member(name) if name is not None else None
+
+
+def _peers(v: _View, rt: str, *, fast: bool = False) -> list[str]:
+    """The live, healthy peers ``rt`` could be handed to, in preference order (``fast``: see _successor)."""
+    order = preference(rt, v.obs.preferred_homes(), v.obs.members)
+    return [c for c in order if c != v.obs.me and v.eligible(c) and not (fast and v.slow_store(c))]
 
 
 def _lossy_path(v: _View) -> bool:
@@ -683,14 +688,12 @@ def _plan_half_moved(v: _View, rt: str, r: RouteItem) -> HandOver | None:
         not route_here
         and not address_here
         and obs.aws_answered_for < LOSSY_NOW
-        and route.state != "missing"  # DescribeRouteTables can miss a route that exists: ours, say (seed 186)
         and _unserved(v, route)
     ):
         other, half, what = "", f"its route is on {route.target or route.state}", f"unmoved {rt}"
     else:
         return None
-    order = preference(rt, obs.preferred_homes(), obs.members)
-    fast = [c for c in order if c != obs.me and v.eligible(c) and not v.slow_store(c)]
+    fast = _peers(v, rt, fast=True)
     if not fast:
         return None
     to = other if other in fast else fast[0]
@@ -706,9 +709,10 @@ def _plan_half_moved(v: _View, rt: str, r: RouteItem) -> HandOver | None:
 
 
 def _unserved(v: _View, route: Ec2Route) -> bool:
-    """EC2 routes the table nowhere that forwards: no route, a blackhole, or a member that cannot serve it
-    (not the last-resort gateway, which forwards)."""
-    if route.state in ("missing", "blackhole"):
+    """EC2 routes the table nowhere that forwards: a blackhole, or a member that cannot serve it (not the
+    last-resort gateway, which forwards). Not a read showing no route: DescribeRouteTables can miss a route
+    that exists, on our own NAT, say (sim seed 186: a healthy home handed its own table away on one)."""
+    if route.state == "blackhole":
         return True
     if route.state != "active" or route.target.startswith("other:"):
         return False

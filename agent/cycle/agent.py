@@ -175,8 +175,8 @@ class Agent:
             snapshot = self.coordinator.read_group()
             ctx.error_cleared("store:read")
             if log.isEnabledFor(logging.DEBUG):  # bench/failover.py's phases (debug only)
-                versions = ",".join(f"{m.instance}={m.version}" for m in snapshot.members.values())
-                log.debug("trace read %s rtt %.4f wait %.4f", versions, clock.monotonic() - read_at, read_at - now)
+                rtt = clock.monotonic() - read_at
+                log.debug("trace read %s rtt %.4f wait %.4f", _versions(snapshot), rtt, read_at - now)
         except (StoreUnavailable, StoreConfigError) as exc:
             if isinstance(exc, StoreUnavailable):
                 self.memory.unanswered(clock.monotonic())
@@ -330,8 +330,7 @@ class Agent:
             return  # the next cycle reads again, and says why it could not
         seen = self.clock.monotonic()
         if log.isEnabledFor(logging.DEBUG):  # bench/failover.py's phases (debug only)
-            versions = ",".join(f"{m.instance}={m.version}" for m in snapshot.members.values())
-            log.debug("trace read %s (again)", versions)
+            log.debug("trace read %s (again)", _versions(snapshot))
         self.observer.sight(snapshot, seen)
 
     def next_deadline(self) -> float | None:
@@ -376,6 +375,11 @@ class Agent:
             self.coordinator.leave(health)
         except CoordinatorError as exc:
             log.warning("could not mark this member as left: %s", exc)
+
+
+def _versions(snapshot: GroupSnapshot) -> str:
+    """Each member's heartbeat version, for the trace lines bench/failover.py reads."""
+    return ",".join(f"{m.instance}={m.version}" for m in snapshot.members.values())
 
 
 class _HomeRecheck:
