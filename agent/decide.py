@@ -684,12 +684,7 @@ def _plan_half_moved(v: _View, rt: str, r: RouteItem) -> HandOver | None:
         other = address.holder if route_here else route.target
         half = "its Elastic IP" if route_here else "its route"
         what = f"half-moved {rt}"
-    elif (
-        not route_here
-        and not address_here
-        and obs.aws_answered_for < LOSSY_NOW
-        and _unserved(v, route)
-    ):
+    elif not route_here and not address_here and obs.aws_answered_for < LOSSY_NOW and _unserved(v, route):
         other, half, what = "", f"its route is on {route.target or route.state}", f"unmoved {rt}"
     else:
         return None
