@@ -172,7 +172,7 @@ def test_a_lossy_home_keeps_its_table_where_a_read_shows_no_route() -> None:
     # of which showed no default route while the route to it existed; it handed the "unmoved" table to a
     # fast peer, which moved it away from its healthy home. A read showing no route hands nothing over:
     # the holder writes the route itself (a CreateRoute over an existing route changes nothing). (Undo:
-    # the `route.state != "missing"` condition of _plan_half_moved, and a HandOver comes out.)
+    # count "missing" as unserved in decide._unserved, and a HandOver comes out.)
     w = World(me=B, ec2={RA: Ec2Route(A), RB: Ec2Route("", state="missing"), RC: Ec2Route(C)})
     seen = {RA: Ec2Address(A), RB: Ec2Address(B), RC: Ec2Address(C)}
     d = run(w, seen, aws_answered_for=0.5, store_rtt=0.3, tables=frozenset())  # seed 186: no Elastic IPs
