@@ -17,6 +17,13 @@ servers.set_test_aws_env()
 os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = "http://127.0.0.1:9"
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
+# moto's stub joins botocore's built-in handlers when moto is imported, and a botocore session made
+# before that never gets it. agent.aws.models caches one session per process, so when an integration
+# test made it before any moto-using test module was imported, a later moto-mocked EC2 call went for
+# the real endpoint (seen in CI: refused, as there is no network). Imported here, before any session
+# exists, moto's stub is in every session; it passes every call through unless a mock is active.
+import moto  # noqa: E402,F401
+
 
 @pytest.fixture
 def moto_endpoint() -> Iterator[str]:

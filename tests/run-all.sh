@@ -90,8 +90,7 @@ else
     cat "$sweep_log"
     [ "$code" -ne 0 ] || code=$second  # the first failure's code (5, no test collected, fails below)
     [ "$code" -ne 0 ] || code=$sweep
-    # A process of its own: after the tiers above in one process, its moto-mocked EC2 calls through
-    # the agent's adapter went to the real endpoint (refused here, no network); alone they stay mocked.
+    # A process of its own, after both runs: it reads every call they recorded.
     step "pytest: the IAM policy over every call both runs recorded"
     python -m pytest -p no:cacheprovider -q -rs tests/unit/aws/test_iam_policy.py
     third=$?
