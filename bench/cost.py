@@ -43,6 +43,10 @@ ROOT_GB = 8
 DDB_WRITE_M, DDB_READ_M = 0.625, 0.125  # on-demand, per million request units (since 2024-11)
 DDB_WCU_HOUR, DDB_RCU_HOUR = 0.00065, 0.00013  # provisioned, per capacity-unit hour
 WRITES_PER_S, READS_PER_S = 1 / 0.7, 1 / 0.35  # per agent at the default cadence
+# Plus a re-read of the group in 14 % of renewal periods (a peer's renewal the renewal instant's read
+# missed; coordinator/README.md): billed on-demand. The provisioned capacity below already covers a
+# re-read in every period (3 agents: 3 x (1/0.35 + 1/0.7) = 12.9 RCU of the 13).
+REREADS_PER_S = 0.14 / 0.7
 HEADROOM = 1.5  # the stacks provision 1.5 x the steady load (rounded up): 3 agents 13 RCU / 7 WCU
 
 
@@ -62,7 +66,7 @@ def capacity(azs: int) -> tuple[int, int]:
 def table(azs: int, instance: str, gb: float, failover_hours: float, remaps: int) -> list[Row]:
     """Monthly USD, nat-ha against a NAT Gateway per AZ, item by item."""
     rcu, wcu = capacity(azs)
-    on_demand = azs * HOURS * 3600 * (WRITES_PER_S * DDB_WRITE_M + READS_PER_S * DDB_READ_M) / 1e6
+    on_demand = azs * HOURS * 3600 * (WRITES_PER_S * DDB_WRITE_M + (READS_PER_S + REREADS_PER_S) * DDB_READ_M) / 1e6
     provisioned = HOURS * (rcu * DDB_RCU_HOUR + wcu * DDB_WCU_HOUR)
     # After a failover one AZ's traffic crosses to another AZ until its NAT is back (replaced or failed back).
     crossing = gb / azs * failover_hours / HOURS
