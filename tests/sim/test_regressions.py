@@ -207,6 +207,11 @@ ISSUE_17_SEEDS = {
     3263: "an address-first taker on a lossy path moved a table's Elastic IP, lost its route write's answer and went "
     "on to other tables; the half-moved table waited for a later decision, 3.05 s (tables: the route is written "
     "once more at once; test_cycle_egress: ...half_moved_by_a_lost_route_answer...)",
+    7802: "an agent killed (config skew) while failing a table back, its route write in flight: the new process "
+    "waited out the old session on an EC2 read older than that write, and resumed the table by routing it back "
+    "away from its healthy home (session: a new session reads EC2 before resuming; decide: a read older than "
+    "the session resumes lease-only; test_cycle: ...on_a_read_made_after_its_session_started; test_decide: "
+    "...whose_only_read_predates_our_session...)",
 }
 
 
