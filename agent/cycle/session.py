@@ -141,16 +141,20 @@ class SessionKeeper:
         mem.last_heartbeat = now
         mem.last_health = health
         mem.session_started_at = now
+        if self.earlier_session_holds():
+            mem.ec2_rechecks.append(now)
+        ctx.on_event("session_started", {})
+
+    def earlier_session_holds(self) -> bool:
+        """The last read of the group shows a table of ours held by an earlier session of this instance."""
+        ctx = self.ctx
         session = ctx.coordinator.session
         snapshot = ctx.last_snapshot
-        earlier = snapshot is not None and any(
+        return snapshot is not None and any(
             r.owner == ctx.me and (session is None or r.owner_session != session.session)
             for rt, r in snapshot.routes.items()
             if rt in ctx.homes
         )
-        if earlier:
-            mem.ec2_rechecks.append(now)
-        ctx.on_event("session_started", {})
 
     def may_act(self, health: Health) -> bool:
         """True if the session has more time left than an EC2 call's deadline (renews first if short).
