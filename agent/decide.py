@@ -148,6 +148,9 @@ class Observation:
     aws_answered_for: float = float("inf")  # seconds every AWS call of ours has been answered in time
     store_rtt: float = 0.0  # the slowest of our last few renewals' round trips (what our next heartbeat says)
     handed_unread: frozenset[str] = frozenset()  # held tables handed to us, EC2 not read since (views predate it)
+    # No route read of ours answered since our session started: ``ec2`` may predate the last writes of an
+    # earlier session of ours (a process waited out or killed with a write in flight; _resume).
+    routes_unread: bool = False
 
     def preferred_homes(self) -> dict[str, str]:
         """Homes, with operator pins taking precedence."""
@@ -718,8 +721,10 @@ def _resume(v: _View, rt: str, r: RouteItem, home: str) -> TakeOver:
     """Take back a table an earlier session of ours held (a restarted agent, a new session).
 
     Where its home is a peer that can serve it and EC2 routes it there (or we have no read of its
-    route yet: a new process whose first read failed) with its Elastic IP (egress_ip = follow), that
-    session may never have moved it (it claimed the table and died before its write, sim seed 2878):
+    route since our session started, ``routes_unread``: a new process whose first read failed, or one whose
+    read predates the last writes of the process it waited out - sim seed 7802: a fail-back's write landed
+    after it) with its Elastic IP (egress_ip = follow), that session may never have moved it (it claimed
+    the table and died before its write, sim seed 2878):
     the lease alone comes back, and the hand-back of a table we never moved (Observer.unrouted,
     _plan_failback_done) returns it to the home next cycle. Writing the route here would move a
     healthy NAT's table; the home defers to us meanwhile (_owner_back), so the lease must come back
@@ -727,10 +732,10 @@ def _resume(v: _View, rt: str, r: RouteItem, home: str) -> TakeOver:
     """
     obs = v.obs
     why = f"resumed {rt} from my previous session"
-    ec2 = obs.ec2.get(rt)
+    ec2 = None if obs.routes_unread else obs.ec2.get(rt)
     at_home = ec2 is None or (ec2.state == "active" and ec2.target == home)
     if home != obs.me and at_home and v.eligible(home) and _address_with(obs, rt, home):
-        seen = "has no read of its route yet" if ec2 is None else "routes it to its home"
+        seen = "has no read of its route since my session started" if ec2 is None else "routes it to its home"
         why += f" (the lease only: EC2 {seen}, and {home} can serve it)"
         return TakeOver(rt, r, None, "orphaned", why, write_route=False)
     return TakeOver(rt, r, None, "orphaned", why)

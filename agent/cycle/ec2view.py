@@ -135,6 +135,7 @@ class Ec2View:
         read = self._read("DescribeRouteTables", lambda: ctx.ec2.routes(homes), "keeping the last known routes")
         if read is None:
             return False
+        mem.routes_read_at = now
         for rt, view in read.items():
             h = mem.held.get(rt)
             # DescribeRouteTables lags writes: a read started soon after our own confirmed

@@ -123,6 +123,8 @@ class Memory:
     egress_read: dict[str, Ec2Address] = field(default_factory=dict)  # what the last DescribeAddresses showed
     egress_read_at: float = -1e18
     ec2_read_at: float = -1e18
+    routes_read_at: float = -1e18  # when our last DescribeRouteTables that was answered was sent
+    session_started_at: float = -1e18  # when this process started its session (its first, or one after a loss)
     # Extra EC2 reads due (monotonic times): after a write to a peer whose outcome is unknown, at
     # once and once it can no longer land (ec2_apply_horizon), so the holder acts on where it is.
     ec2_rechecks: list[float] = field(default_factory=list)

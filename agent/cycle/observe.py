@@ -185,6 +185,7 @@ class Observer:
             group_paused=mem.group_paused,
             aws_answered_for=now - mem.aws_unanswered_at,
             store_rtt=max(mem.renewal_rtts, default=0.0),
+            routes_unread=mem.routes_read_at < mem.session_started_at,
             handed_unread=frozenset(
                 rt for rt, h in mem.held.items() if h.handed and mem.egress_read_at < h.acquired_at
             ),

@@ -126,10 +126,35 @@ class SessionKeeper:
             self.renew(health)
 
     def started(self, health: Health) -> None:
-        """A new session was written (it counts as a heartbeat)."""
-        self.ctx.memory.last_heartbeat = self.ctx.clock.monotonic()
-        self.ctx.memory.last_health = health
-        self.ctx.on_event("session_started", {})
+        """A new session was written (it counts as a heartbeat).
+
+        A table an earlier session of this instance holds is resumed (agent.decide._resume) on where EC2
+        routes it, and a route read made before now may predate that session's last writes: its process
+        waited out before we started (or killed) may have had a write in flight that landed after our read
+        (sim seed 7802: a fail-back's route write landed 34 ms after its process was killed; the new
+        process's only read was older, and it routed the table back away from its healthy home). So EC2
+        is read again at once, before the resume (``Memory.session_started_at``, Observation.routes_unread).
+        """
+        ctx = self.ctx
+        mem = ctx.memory
+        now = ctx.clock.monotonic()
+        mem.last_heartbeat = now
+        mem.last_health = health
+        mem.session_started_at = now
+        if self.earlier_session_holds():
+            mem.ec2_rechecks.append(now)
+        ctx.on_event("session_started", {})
+
+    def earlier_session_holds(self) -> bool:
+        """The last read of the group shows a table of ours held by an earlier session of this instance."""
+        ctx = self.ctx
+        session = ctx.coordinator.session
+        snapshot = ctx.last_snapshot
+        return snapshot is not None and any(
+            r.owner == ctx.me and (session is None or r.owner_session != session.session)
+            for rt, r in snapshot.routes.items()
+            if rt in ctx.homes
+        )
 
     def may_act(self, health: Health) -> bool:
         """True if the session has more time left than an EC2 call's deadline (renews first if short).

@@ -504,3 +504,40 @@ def test_an_agent_restart_slower_than_silent_owner_after_moves_nothing() -> None
         g.cycle("i-b")
     assert all(g.store.raw_get(GROUP, "route#" + rt)["owner"] == home for rt, home in HOMES.items())
     assert [w for w in g.world.writes[n:] if w[2] != "i-a" or w[1] != "rtb-a"] == []
+
+
+def test_a_restarted_agent_resumes_its_earlier_sessions_tables_on_a_read_made_after_its_session_started() -> None:
+    """Sim seed 7802: i-a holds i-b's tables (taken while i-b was dead; i-b is back, healthy, in its
+    hold-down). i-a's agent process is killed while failing rtb-b1 back, its route write in flight; the
+    new process reads EC2 at once (rtb-b1 still on i-a), waits out the old session's silence, and the old
+    write lands meanwhile. Resuming rtb-b1 on that older read wrote it back to i-a, away from its healthy
+    home. Now the new session reads EC2 again before resuming (SessionKeeper.started): rtb-b1 comes back
+    lease-only and is handed to i-b, and rtb-b2, rtb-b3, which EC2 routes here, are resumed as they are.
+    Undo both the read and decide's ``routes_unread``: rtb-b1 is written to i-a; undo the read alone:
+    with no read since the session began every table comes back lease-only, and rtb-b2, rtb-b3 go
+    back to i-b before its hold-down (decide's rule alone is test_decide.py's)."""
+    g = settled()
+    with dead(g, "i-b"):
+        g.cycle("i-a")
+    for _ in range(4):  # i-b is back with a new session, healthy; its tables stay with i-a (hold-down)
+        g.cycle("i-b")
+        g.cycle("i-a")
+    assert {rt: g.world.targets[rt] for rt in ("rtb-b1", "rtb-b2", "rtb-b3")} == dict.fromkeys(
+        ("rtb-b1", "rtb-b2", "rtb-b3"), "i-a"
+    )
+    c = Config(group=GROUP, instance_id="i-a", members=MEMBERS, timing=Timing())
+    coordinator = Coordinator(g.store, GROUP, "i-a", g.clock, c.timing.lease)
+    new = Agent(c, coordinator, Ec2(g.world), g.probes, SelfHealth(), g.clock)
+    g.agents["i-a"] = new  # the old process is killed: it cycles no more
+    line = g.cycle("i-a")[0]
+    assert "not starting a session" in line, line
+    g.world.targets["rtb-b1"] = "i-b"  # the old process's fail-back write lands, after the new one's read
+    n = len(g.world.writes)
+    lines = []
+    for _ in range(10):
+        lines += g.cycle("i-a")
+        lines += g.cycle("i-b")
+    assert ("ReplaceRoute", "rtb-b1", "i-a") not in g.world.writes[n:], lines
+    assert g.world.targets == {**HOMES, "rtb-b1": "i-b", "rtb-b2": "i-a", "rtb-b3": "i-a"}, lines
+    owners = {rt: g.store.raw_get(GROUP, "route#" + rt)["owner"] for rt in HOMES}
+    assert owners == {**HOMES, "rtb-b1": "i-b", "rtb-b2": "i-a", "rtb-b3": "i-a"}, lines

@@ -83,6 +83,7 @@ class World:
     aws_answered_for: float = float("inf")
     egress_tables: frozenset[str] = frozenset()
     egress: dict[str, Ec2Address] = field(default_factory=dict)
+    routes_unread: bool = False
     now: float = 100.0
 
     def obs(self) -> Observation:
@@ -117,6 +118,7 @@ class World:
             aws_answered_for=self.aws_answered_for,
             egress_tables=self.egress_tables,
             egress=self.egress,
+            routes_unread=self.routes_unread,
         )
 
     def decide(self) -> Decision:
@@ -373,6 +375,32 @@ def test_a_resumed_table_ec2_routes_to_its_healthy_home_comes_back_lease_only(se
     w.members[A] = member(A, healthy=False)
     (a,) = [x for x in w.decide().actions if isinstance(x, TakeOver)]
     assert a.write_route
+
+
+def test_a_resumed_table_whose_only_read_predates_our_session_comes_back_lease_only() -> None:
+    # Sim seed 7802: B's previous process was failing rtb-a back to its healthy home A when it was killed,
+    # its route write in flight; it landed 34 ms later. The new process's only route read was older (made
+    # while it waited out its predecessor's session) and showed the table at B: resuming it "as EC2 routes
+    # it" wrote it back to B, away from its healthy home. A read older than our session says nothing of
+    # that session's last writes: the lease alone comes back, and the hand-back returns it to A.
+    w = World(me=B)
+    w.routes[RA] = route(RA, B, term=2, session="s-old")
+    w.ec2 = {RA: Ec2Route(B), RB: Ec2Route(B), RC: Ec2Route(C)}
+    w.routes_unread = True
+    d = w.decide()
+    (a,) = [x for x in d.actions if isinstance(x, TakeOver)]
+    assert a.route_table == RA and not a.write_route, d.summary
+    assert "no read of its route since my session started" in a.why
+    # A read made since our session started that shows it here: resumed as it is (nothing moves).
+    w.routes_unread = False
+    (a,) = [x for x in w.decide().actions if isinstance(x, TakeOver)]
+    assert a.write_route and a.why == "resumed rtb-a from my previous session"
+    # Our own home table is ours to write, read or not.
+    w.routes[RA] = route(RA, A)
+    w.routes[RB] = route(RB, B, term=2, session="s-old")
+    w.routes_unread = True
+    (a,) = [x for x in w.decide().actions if isinstance(x, TakeOver)]
+    assert a.route_table == RB and a.write_route
 
 
 def test_orphaned_route_is_left_to_its_live_owner() -> None:
