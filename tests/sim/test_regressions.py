@@ -207,6 +207,11 @@ ISSUE_17_SEEDS = {
     3263: "an address-first taker on a lossy path moved a table's Elastic IP, lost its route write's answer and went "
     "on to other tables; the half-moved table waited for a later decision, 3.05 s (tables: the route is written "
     "once more at once; test_cycle_egress: ...half_moved_by_a_lost_route_answer...)",
+    1540: "an address-first taker on a lossy path (its NAT's old holder in a clock-stopping VM pause) moved two "
+    "tables' Elastic IPs; one route write was not sent (the lease short, the renewal before it unanswered), the "
+    "other not confirmed (DynamoDB's read unanswered), and the 4-s cycle went on; the old holder came back to "
+    "their routes: Elastic IPs 3.05 s away (tables: a move's write refused for want of DynamoDB's word is sent "
+    "once more at once; test_cycle_egress: ...refused_for_an_unanswered_renewal...)",
 }
 
 
