@@ -82,12 +82,17 @@ WRITE_OPERATIONS = frozenset(
 
 
 class FenceRefused(Exception):
-    """The session has too little lease left for this write (or the permit was used): nothing was sent."""
+    """The session has too little lease left for this write (or the permit was used): nothing was sent.
 
-    def __init__(self, operation: str, reason: str) -> None:
+    ``renewable``: refused only for want of DynamoDB's word - too little lease left, or no answer to the
+    confirmation - which a renewal that gets through gives; the same write may be armed again at once.
+    """
+
+    def __init__(self, operation: str, reason: str, *, renewable: bool = False) -> None:
         super().__init__(f"{operation} not sent: {reason}")
         self.operation = operation
         self.reason = reason
+        self.renewable = renewable
 
 
 @dataclass
@@ -256,7 +261,7 @@ class Fence:
         left = self.remaining()
         if left - self.timing.slack < self.timing.min_window:
             self.refusals += 1
-            raise FenceRefused(operation, f"the lease has {max(left, 0.0):.3f} s left")
+            raise FenceRefused(operation, f"the lease has {max(left, 0.0):.3f} s left", renewable=True)
 
     def authorize_armed(self) -> float:
         """The transport's check (agent.aws.ec2 over coordinator.awshttp): the armed write, or a read."""
@@ -284,10 +289,12 @@ class Fence:
         if permit.confirm is not None:
             self._refuse_if_paused(permit, now)
             permit.confirm_started = now
+            unanswered = False
             try:
                 verdict = permit.confirm(operation)
             except Exception as exc:  # the store could not be read: authority not confirmed
                 verdict = f"cannot confirm it in DynamoDB ({exc})"
+                unanswered = True
             if isinstance(verdict, Confirmed):
                 # Our authority is known from when that request was sent: a pause since then is this write's.
                 permit.confirm_started = min(now, verdict.since)
@@ -298,13 +305,13 @@ class Fence:
                 self.refusals += 1
                 self.unconfirmed += 1
                 permit.checked_at = now  # spent
-                raise FenceRefused(operation, f"not confirmed: {why}")
+                raise FenceRefused(operation, f"not confirmed: {why}", renewable=unanswered)
         self._refuse_if_paused(permit, now)
         left = self.remaining()
         if left - t.slack < t.min_window:
             self.refusals += 1
             permit.checked_at = now  # spent: the adapter must arm again after renewing
-            raise FenceRefused(operation, f"the lease has {max(left, 0.0):.3f} s left")
+            raise FenceRefused(operation, f"the lease has {max(left, 0.0):.3f} s left", renewable=True)
         permit.checked_at = now
         permit.deadline = now + min(t.call_timeout, left - t.slack)
         return permit.deadline

@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from agent.aws.ec2 import Ec2Error, api_name
 from agent.aws.fence import Confirmed, FenceRefused, Permit
@@ -48,6 +49,8 @@ from coordinator.errors import CoordinatorError, SessionLost, StoreUnavailable
 from coordinator.items import Health, RouteItem
 
 log = logging.getLogger("nat_ha.agent")
+
+T = TypeVar("T")
 
 
 class TableWriter:
@@ -147,7 +150,7 @@ class TableWriter:
         for action in actions:
             self.standing.hold_back(action, operation, now)
         if not self.session.may_act(health):
-            raise FenceRefused(api_name(operation), "the lease is too short; renewing first")
+            raise FenceRefused(api_name(operation), "the lease is too short; renewing first", renewable=True)
         within = ctx.timings.store_timeout_max
         failover = self._failover
 
@@ -457,7 +460,7 @@ class TableWriter:
         if ctx.config.egress_order == "address-first":
             note = self._try_address(rt, term, target, health, kind, t0)
             try:
-                return self._route_here(rt, term, target, health), note
+                return self._once_more(lambda: self._route_here(rt, term, target, health)), note
             except Ec2Error as exc:
                 if note or exc.code not in NO_ANSWER:
                     raise
@@ -466,8 +469,28 @@ class TableWriter:
                 # lands the table's traffic leaves without its public address (sim seed 3263: the rest of
                 # a long takeover cycle, and a decision after it, came first - 3 s).
                 return self._route_here(rt, term, target, health), note
-        done = self._route_here(rt, term, target, health)
+        done = self._once_more(lambda: self._route_here(rt, term, target, health))
         return done, self._try_address(rt, term, target, health, kind, t0)
+
+    @staticmethod
+    def _once_more(write: Callable[[], T]) -> T:
+        """One write of a move, armed once more at once if it was not sent for want of DynamoDB's word.
+
+        The lease was short and the renewal before the write went unanswered, or its confirmation did
+        (``FenceRefused.renewable``): over a lossy path a round trip is lost now and then, and the next
+        one gets through. Left to the next cycle, the move stays half done - the Elastic IP on one NAT,
+        the route on another: the table's traffic without its public address - for the rest of this
+        cycle, which on that path is seconds of other tables' moves (sim seed 1540: two tables of a
+        takeover so, one each way, 4 s, when their old NAT came back). The second try renews first
+        where the lease is short (``SessionKeeper.may_act``); once is enough: a path that loses both
+        is one a lossy holder hands tables over for (agent.decide._plan_half_moved).
+        """
+        try:
+            return write()
+        except FenceRefused as exc:
+            if not exc.renewable:
+                raise
+        return write()
 
     def _fresh_at_me(self, rt: str) -> bool:
         """A DescribeAddresses of the last two cycles showed ``rt``'s Elastic IP on our address for it.
@@ -480,8 +503,9 @@ class TableWriter:
         return seen is not None and seen.holder == self.ctx.me and age <= 2 * self.ctx.timings.cycle_interval
 
     def _try_address(self, rt: str, term: int, target: str, health: Health, kind: str, started: float) -> str:
+        """A move's association (:meth:`_once_more`); a note when it failed: it never holds the route back."""
         try:
-            self._address_here(rt, term, target, health, kind, started)
+            self._once_more(lambda: self._address_here(rt, term, target, health, kind, started))
         except FenceRefused as exc:
             return f"{rt}'s Elastic IP not moved: {exc.reason}"
         except Ec2Error as exc:

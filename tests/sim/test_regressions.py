@@ -218,6 +218,11 @@ ISSUE_17_SEEDS = {
     "away from its healthy home (session: a new session reads EC2 before resuming; decide: a read older than "
     "the session resumes lease-only; test_cycle: ...on_a_read_made_after_its_session_started; test_decide: "
     "...whose_only_read_predates_our_session...)",
+    1540: "an address-first taker on a lossy path (its NAT's old holder in a clock-stopping VM pause) moved two "
+    "tables' Elastic IPs; one route write was not sent (the lease short, the renewal before it unanswered), the "
+    "other not confirmed (DynamoDB's read unanswered), and the 4-s cycle went on; the old holder came back to "
+    "their routes: Elastic IPs 3.05 s away (tables: a move's write refused for want of DynamoDB's word is sent "
+    "once more at once; test_cycle_egress: ...refused_for_an_unanswered_renewal...)",
 }
 
 

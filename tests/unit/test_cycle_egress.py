@@ -388,3 +388,56 @@ def test_a_table_half_moved_by_a_lost_route_answer_is_routed_again_before_the_ne
         ("AssociateAddress", "rtb-b2", "i-a"),
     ]
     assert all(g.world.targets[rt] == "i-a" and g.world.eips[rt] == "i-a" for rt in HOMES)
+
+
+class SlowAssociationEc2(Ec2):
+    """The group's EC2 over a lossy path: the next association's answer takes ``w.slow`` s, and the one
+    renewal right after it goes unanswered (``lose_renewal``, read by the store's fault hook)."""
+
+    def associate_address(self, route_table: str, instance: str) -> str:
+        done = super().associate_address(route_table, instance)
+        slow = getattr(self.w, "slow", 0.0)
+        if slow:
+            self.w.clock.advance(slow)
+            self.w.slow = 0.0  # type: ignore[attr-defined]
+            self.w.lose_renewal = True  # type: ignore[attr-defined]
+        return done
+
+
+def test_a_route_write_refused_for_an_unanswered_renewal_is_sent_again_before_the_next_table() -> None:
+    # Seed 1540: an address-first taker on a lossy path moved a table's Elastic IP; by then its lease was too
+    # short for the route write, and the renewal before it went unanswered: "not sent: the lease is too short;
+    # renewing first". The cycle went on to the other tables (4 s over that path), the table's traffic without
+    # its public address, and its old NAT came back meanwhile. The write is armed once more at once, renewing
+    # first. (Undo: make TableWriter._once_more call its write only once, and rtb-b2's association comes
+    # before rtb-b1's route.)
+    g = base.settle(
+        base.group(
+            members=MEMBERS,
+            world=World,
+            ec2_adapter=SlowAssociationEc2,
+            egress_ip="follow",
+            egress_order="address-first",
+            egress_tables=TABLES,
+        )
+    )
+    world = g.world
+
+    def unanswered(op: str, group: str, item: str) -> str | None:
+        if op == "put" and item.endswith("i-a") and getattr(world, "lose_renewal", False):
+            world.lose_renewal = False  # type: ignore[attr-defined]
+            return "unavailable"
+        return None
+
+    g.store.fault_hook = unanswered
+    n = len(g.world.writes)
+    with dead(g, "i-b"):
+        world.slow = 0.8  # type: ignore[attr-defined]  # rtb-b1's association: the lease is short after it
+        line = g.cycle("i-a")[0]
+    assert not getattr(world, "lose_renewal", False), "the renewal after the association went unanswered"
+    assert writes(g, n)[:3] == [
+        ("AssociateAddress", "rtb-b1", "i-a"),
+        ("ReplaceRoute", "rtb-b1", "i-a"),
+        ("AssociateAddress", "rtb-b2", "i-a"),
+    ], line
+    assert all(g.world.targets[rt] == "i-a" and g.world.eips[rt] == "i-a" for rt in HOMES)
