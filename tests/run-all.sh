@@ -39,7 +39,7 @@ step "python environment (.venv)"
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v -i -E 'warning|location .* is ignored' || true
+.venv/bin/python -m pip install -q --no-compile -e '.[test]' 2>&1 | grep -v -i -E 'warning|location .* is ignored' || true
 export PATH="$PWD/.venv/bin:$PATH"
 
 if command -v node >/dev/null && command -v npm >/dev/null; then
@@ -60,36 +60,42 @@ if [ "$#" -gt 0 ]; then
     python -m pytest -p no:cacheprovider -q -rs --durations=15 "$@"
     code=$?
 else
-    # Three runs, one record of AWS calls. The unit and simulation tiers share nothing between
-    # files, so they run on two processes (pytest-xdist; a file's tests stay on one process). The
-    # integration, lab and systemd tiers (real servers, namespaces and containers, waiting on real
-    # time) run one test at a time after them, the seed sweep (two processes) beside them. The IAM policy
-    # test reads every call the two runs made, so it runs last, alone.
+    # Three runs, one record of AWS calls. The unit tier shares nothing between files, so it runs on
+    # two processes (pytest-xdist; a file's tests stay on one process), alone: some of its tests time
+    # real sockets. The integration, lab and systemd tiers (real servers, namespaces and containers,
+    # waiting on real time) then run one test at a time, and beside them, at the lowest priority, the
+    # simulation tier and its seed sweep: pure CPU on virtual time, nothing in them is timed, so the
+    # lab's agents, servers and containers take the CPU first. CI sweeps 300 seeds (a developer's
+    # `pytest tests/sim` 600, bench/sim.py 10,000): the 20-minute budget.
     tiers=(tests/unit tests/sim tests/integration tests/lab tests/systemd)
     for d in tests/*/; do
         case " ${tiers[*]} " in *" ${d%/} "*) ;; *) echo "tests/run-all.sh does not run ${d%/}: add it" >&2; exit 1;; esac
     done
     NAT_HA_RECORD_AWS_CALLS=$(mktemp -d)/aws-calls.jsonl
     export NAT_HA_RECORD_AWS_CALLS
-    step "pytest: unit and simulation tiers (two processes)"
-    python -m pytest -p no:cacheprovider -q -rs --durations=10 -n 2 --dist loadfile -m "not iam_last" \
-        --ignore=tests/sim/test_seeds.py tests/unit tests/sim
+    step "pytest: unit tier (two processes)"
+    python -m pytest -p no:cacheprovider -q -rs --durations=10 -n 2 --dist loadfile -m "not iam_last" tests/unit
     code=$?
-    # The seed sweep is pure CPU (virtual time: no test of it is timed) and the tiers after it
-    # mostly wait on real time, so it runs beside them at the lowest priority: the lab's agents,
-    # servers and containers take the CPU first. That saves its ~100 s of the 20-minute budget.
-    step "pytest: the seed sweep (background, nice 19) beside the integration, lab and systemd tiers"
-    sweep_log=$(mktemp)
-    nice -n 19 python -m pytest -p no:cacheprovider -q -rs tests/sim/test_seeds.py >"$sweep_log" 2>&1 &
-    sweep_pid=$!
+    step "pytest: the simulation tier and 300 seeds (background, nice 19) beside the integration, lab and systemd tiers"
+    sim_log=$(mktemp)
+    (
+        nice -n 19 python -m pytest -p no:cacheprovider -q -rs --durations=5 -n 2 --dist loadfile \
+            --ignore=tests/sim/test_seeds.py tests/sim
+        tier=$?
+        nice -n 19 python -m pytest -p no:cacheprovider -q -rs tests/sim/test_seeds.py --sim-seeds 300
+        sweep=$?
+        [ "$tier" -ne 0 ] && exit "$tier"
+        exit "$sweep"
+    ) >"$sim_log" 2>&1 &
+    sim_pid=$!
     python -m pytest -p no:cacheprovider -q -rs --durations=15 tests/integration tests/lab tests/systemd
     second=$?
-    wait "$sweep_pid"
-    sweep=$?
-    step "pytest: the seed sweep's output"
-    cat "$sweep_log"
+    wait "$sim_pid"
+    sim=$?
+    step "pytest: the simulation tier's output"
+    cat "$sim_log"
     [ "$code" -ne 0 ] || code=$second  # the first failure's code (5, no test collected, fails below)
-    [ "$code" -ne 0 ] || code=$sweep
+    [ "$code" -ne 0 ] || code=$sim
     # A process of its own, after both runs: it reads every call they recorded.
     step "pytest: the IAM policy over every call both runs recorded"
     python -m pytest -p no:cacheprovider -q -rs tests/unit/aws/test_iam_policy.py
