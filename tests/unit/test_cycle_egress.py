@@ -352,6 +352,20 @@ class LossyWorld(World):
     lose = 0
 
 
+def address_first_group(world: type[World], ec2_adapter: type[Ec2]) -> Group:
+    """The settled group, Elastic IPs following their tables, address first, over this world and adapter."""
+    return base.settle(
+        base.group(
+            members=MEMBERS,
+            world=world,
+            ec2_adapter=ec2_adapter,
+            egress_ip="follow",
+            egress_order="address-first",
+            egress_tables=TABLES,
+        )
+    )
+
+
 class LossyEc2(Ec2):
     w: LossyWorld
 
@@ -367,16 +381,7 @@ def test_a_table_half_moved_by_a_lost_route_answer_is_routed_again_before_the_ne
     # was lost, and it went on to its other tables; the half-moved table's traffic left without its public
     # address until a decision after that long cycle handed it off (3 s). Its route is written once more at
     # once. (Undo: drop the retry in TableWriter._move, and rtb-b2's Elastic IP moves before rtb-b1's route.)
-    g = base.settle(
-        base.group(
-            members=MEMBERS,
-            world=LossyWorld,
-            ec2_adapter=LossyEc2,
-            egress_ip="follow",
-            egress_order="address-first",
-            egress_tables=TABLES,
-        )
-    )
+    g = address_first_group(LossyWorld, LossyEc2)
     world: LossyWorld = g.world  # type: ignore[assignment]
     n = len(g.world.writes)
     with dead(g, "i-b"):
@@ -411,16 +416,7 @@ def test_a_route_write_refused_for_an_unanswered_renewal_is_sent_again_before_th
     # its public address, and its old NAT came back meanwhile. The write is armed once more at once, renewing
     # first. (Undo: make TableWriter._once_more call its write only once, and rtb-b2's association comes
     # before rtb-b1's route.)
-    g = base.settle(
-        base.group(
-            members=MEMBERS,
-            world=World,
-            ec2_adapter=SlowAssociationEc2,
-            egress_ip="follow",
-            egress_order="address-first",
-            egress_tables=TABLES,
-        )
-    )
+    g = address_first_group(World, SlowAssociationEc2)
     world = g.world
 
     def unanswered(op: str, group: str, item: str) -> str | None:
