@@ -8,6 +8,7 @@ prove the policy allows every call the agent makes and nothing more.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -34,8 +35,16 @@ def record_call(service: str, operation: str, params: dict[str, Any]) -> None:
         return
     resources = {k: params[k] for k in _RESOURCE_PARAMS if k in params}
     line = json.dumps({"service": service, "action": operation, "resources": resources}, sort_keys=True)
-    with _write_lock, open(path, "a", encoding="utf-8") as fh:
-        fh.write(line + "\n")
+    with _write_lock:
+        append_record(path, line + "\n")
+
+
+def append_record(path: str, text: str) -> None:
+    """Append whole lines under an exclusive file lock: several test processes share one record."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.write(text)
+        fh.flush()
 
 
 def instrument_client(client: Any, on_call: CallObserver | None = None) -> Any:

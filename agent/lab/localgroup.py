@@ -600,13 +600,12 @@ class LocalGroup:
 
     def _forward_call_records(self) -> None:
         """Append every agent's call record to the caller's own record, if it keeps one (the IAM test)."""
-        from coordinator.instrument import RECORD_ENV
+        from coordinator.instrument import RECORD_ENV, append_record
 
         target = os.environ.get(RECORD_ENV)
         if not target:
             return
-        with open(target, "a", encoding="utf-8") as out:
-            for nat in self.nats:
-                path = self.calls_path(nat.instance_id)
-                if path.exists() and str(path) != target:
-                    out.write(path.read_text())
+        for nat in self.nats:
+            path = self.calls_path(nat.instance_id)
+            if path.exists() and str(path) != target:
+                append_record(target, path.read_text())
