@@ -35,6 +35,12 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
+# Share of renewal periods with one extra consistent Query: a peer's renewal that the renewal
+# instant's read missed is read again between cycles (agent.cycle.observe.Observer.reread_at), and
+# while a peer is dead, until its expiry. 8-14 % of periods in the network-namespace lab
+# (bench/failover.py runs); a healthy group on AWS, whose round trips spread more, may see more.
+# One figure for both cost models: bench/cost.py holds it.
+from bench.cost import REREAD_SHARE  # noqa: E402
 from coordinator import Coordinator, Health, SystemClock  # noqa: E402
 from coordinator.dynamo import DynamoSettings, DynamoStore, init_table  # noqa: E402
 from tests import servers  # noqa: E402
@@ -42,11 +48,6 @@ from tests import servers  # noqa: E402
 HEARTBEAT_S = 0.7
 CYCLE_S = 0.35
 LEASE_S = 1.0
-# Share of renewal periods with one extra consistent Query: a peer's renewal that the renewal
-# instant's read missed is read again between cycles (agent.cycle.observe.Observer.reread_at), and
-# while a peer is dead, until its expiry. 8-14 % of periods in the network-namespace lab
-# (bench/failover.py runs); a healthy group on AWS, whose round trips spread more, may see more.
-REREAD_SHARE = 0.14
 HOURS_PER_MONTH = 730
 OD_WRU_PER_MILLION = 0.625
 OD_RRU_PER_MILLION = 0.125
