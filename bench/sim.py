@@ -40,9 +40,7 @@ from tests.sim.world import run_seed
 
 def waits_longer(t: Timing) -> bool:
     """A member timing (a rolling upgrade's) that waits longer than the default before a takeover."""
-    return (
-        t.lease + t.margin > TIMING.lease + TIMING.margin or t.silent_owner_after > TIMING.silent_owner_after
-    )
+    return t.lease + t.margin > TIMING.lease + TIMING.margin or t.silent_owner_after > TIMING.silent_owner_after
 
 
 # Faults that only make things slower (or later): a healthy home keeps its tables through them.

@@ -293,7 +293,10 @@ class SyncService:
             return dict(self.view.members)
 
     def update_view(
-        self, members: dict[str, str] | None, holders: dict[str, str], me: str = "",
+        self,
+        members: dict[str, str] | None,
+        holders: dict[str, str],
+        me: str = "",
         tables: dict[str, plan.Table] | None = None,
     ) -> str:
         """The agent's view of the group. A table that became ours is resynced to every peer at once.

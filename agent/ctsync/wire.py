@@ -193,6 +193,8 @@ _PROTO_NAME = {6: "tcp", 17: "udp"}
 _STATUS_BITS = {"": 0, "SEEN_REPLY": 1, "ASSURED": 2, "SEEN_REPLY,ASSURED": 3}
 _STATUS_TEXT = ("", "SEEN_REPLY", "ASSURED", "SEEN_REPLY,ASSURED")
 _STATE_NUMBER = {name: n for n, name in enumerate(TCP_STATE_NAMES)}
+
+
 def pack_flows(flows: Iterable[Flow]) -> bytes:
     """The flows as records (uncompressed)."""
     pack = _RECORD.pack

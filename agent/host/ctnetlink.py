@@ -194,6 +194,8 @@ def failures(data: bytes | bytearray | memoryview) -> list[tuple[int, int]]:
 
 _STATUS_TEXT = {0: "", IPS_SEEN_REPLY: "SEEN_REPLY", IPS_ASSURED: "ASSURED",
                 IPS_SEEN_REPLY | IPS_ASSURED: ",".join(STATUS_KEPT)}  # fmt: skip
+
+
 def _pair_skeleton() -> tuple[int, int]:
     """The two tuples' attribute headers as one number, and the mask that leaves out their values."""
     pair = tuple_attr(CTA_TUPLE_ORIG, bytes(4), bytes(4), 0, 0, 0) + tuple_attr(CTA_TUPLE_REPLY, bytes(4), bytes(4), 0,

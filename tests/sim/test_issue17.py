@@ -296,4 +296,3 @@ def test_b_grows_by_the_takeover_round_trips_only_while_every_possible_taker_is_
     del c.healthy["i-d"]
     c.healthy["i-c"] = False  # the failed member's own path is not a taker's
     assert c.slow_store_allowance("i-c", 1) == pytest.approx(4 * (0.3 - NORMAL_STORE_RTT))
-
