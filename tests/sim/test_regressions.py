@@ -223,6 +223,11 @@ ISSUE_17_SEEDS = {
     "other not confirmed (DynamoDB's read unanswered), and the 4-s cycle went on; the old holder came back to "
     "their routes: Elastic IPs 3.05 s away (tables: a move's write refused for want of DynamoDB's word is sent "
     "once more at once; test_cycle_egress: ...refused_for_an_unanswered_renewal...)",
+    5910: "in a 30-s EC2 outage a taker restarted by a config rollout resumed a dead home's claim it never moved; "
+    "its failed reads counted as a view since the claim and its Elastic IPs were never read, so it kept the "
+    "tables after the home came back and routed them away from it when EC2 answered (observe: only an "
+    "answered read counts; decide: an Elastic IP never read counts as at home; test_cycle_standing: "
+    "...restarted_takers_failed_reads...; test_decide: ...never_read_its_elastic_ip)",
 }
 
 

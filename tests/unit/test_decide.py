@@ -531,6 +531,24 @@ def test_a_claim_whose_route_never_reached_ec2_goes_back_to_its_home_once_it_can
     assert isinstance(w.decide().actions[0], EnsureRoute), "a home that cannot serve gets nothing"
 
 
+def test_a_claim_that_moved_nothing_goes_home_where_we_never_read_its_elastic_ip() -> None:
+    """Sim seed 5910: a taker restarted during an EC2 outage resumed a dead home's tables and never got a
+    read through - neither where the route is nor where the Elastic IP is. The home came back healthy;
+    the taker kept the tables (the address "not with the home" as far as it knew) and moved them away
+    from the home when EC2 answered. An address we have no read of counts as with the home, as an unread
+    route does; a read showing it elsewhere still keeps the table. (Undo: require ``_address_with``.)"""
+    w = holding_b_routed_at_its_home()
+    w.ec2 = {RA: Ec2Route(A)}  # no read of rtb-b's route either
+    w.egress_tables = frozenset({RA, RB})
+    w.egress = {RA: Ec2Address(A)}
+    w.unrouted = frozenset({RB})
+    why = "rtb-b's home i-b can serve it again and no write of mine reached EC2: handing it back"
+    expected = HandOver(RB, w.routes[RB], w.members[B], "failback", "home_healthy", why, write_route=False)
+    assert w.decide().actions == (expected,)
+    w.egress[RB] = Ec2Address(C)  # a read shows it with a third member: we move it here, as before
+    assert not any(isinstance(a, HandOver) for a in w.decide().actions)
+
+
 def test_non_holder_never_writes_a_route() -> None:
     w = World(me=B)
     w.ec2 = {RA: Ec2Route(C), RB: Ec2Route(B), RC: Ec2Route(C)}  # rtb-a wrong in EC2, but A holds it
