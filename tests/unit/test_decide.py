@@ -324,6 +324,30 @@ def test_a_member_whose_dynamodb_path_is_slow_claims_after_a_fast_one() -> None:
     assert isinstance(w.decide().actions[0], TakeOver)
 
 
+def test_a_dead_nats_own_table_goes_first_to_the_member_with_fewer_of_its_tables_to_take_back() -> None:
+    # Sim seed 5589: i-c held its own table and i-a's (taken while i-a was away) and hung. i-a, first
+    # after i-c in the order, took its own table back and then i-c's, one after another (four EC2
+    # calls a table), while i-b had nothing to take: i-c's table waited. Now i-b, with fewer of
+    # i-c's tables to take back as their home, claims it first, i-a after its stagger; both compute
+    # the same order from the snapshot. (Undo: drop _least_busy_first - i-a claims rtb-c at once.)
+    def seen_by(me: str) -> World:
+        w = dead(World(me=me), C)
+        w.routes[RA] = route(RA, C, term=2)
+        w.claimable_since = {RA: 100.0, RC: 100.0}
+        return w
+
+    d = seen_by(B).decide()
+    assert [a.route_table for a in d.actions if isinstance(a, TakeOver)] == [RC], d.summary
+    d = seen_by(A).decide()
+    assert [a.route_table for a in d.actions if isinstance(a, TakeOver)] == [RA], d.summary
+    w = seen_by(A)
+    w.now = 100.4
+    assert {a.route_table for a in w.decide().actions if isinstance(a, TakeOver)} == {RA, RC}, "after its stagger"
+    w = seen_by(B)
+    w.members[B] = slow(B)  # a slow DynamoDB path still claims after a fast one, however busy that is
+    assert [a.route_table for a in w.decide().actions if isinstance(a, TakeOver)] == [], w.decide().summary
+
+
 def test_a_slow_home_keeps_its_place_for_its_own_table() -> None:
     # Its claim of its own table moves no route: the home stays first, slow or not.
     w = World(me=B)
