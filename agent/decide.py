@@ -401,6 +401,28 @@ def _fast_first(v: _View, candidates: list[str], home: str, owner: str) -> list[
     return keep + [c for c in rest if not v.slow_store(c)] + [c for c in rest if v.slow_store(c)]
 
 
+def _least_busy_first(v: _View, candidates: list[str], home: str, r: RouteItem | None) -> list[str]:
+    """The claim order of a failed owner's table among the members that are not its home: those that take
+    back fewer of the same owner's tables as their home go first (stable: ties keep the order, fast paths
+    before slow ones; every member computes it alike from the snapshot). A taker writes its tables one
+    after another, four EC2 calls each with holder tags and Elastic IPs (tag, route, tag, association):
+    a member that is home to three of the dead NAT's tables is busy for most of a second with its own, and
+    a table whose home is the dead NAT itself waited behind them while another member had one table to
+    take (sim seed 5589: a forward_hang's fifth table routed 3.3 s after the fault)."""
+    if r is None or not r.owner or not candidates:
+        return candidates
+    keep = candidates[:1] if candidates[0] in (home, r.owner) else []
+    rest = candidates[len(keep) :]
+    homes = v.obs.preferred_homes()
+    busy = {c: 0 for c in rest}
+    for rt, other in v.obs.snapshot.routes.items():
+        h = homes.get(rt, "")
+        if other.owner == r.owner and other.owner_session == r.owner_session and h in busy and rt != r.route_table:
+            busy[h] += 1
+    slow = {c: v.slow_store(c) for c in rest}
+    return keep + sorted(rest, key=lambda c: (slow[c], busy[c]))
+
+
 # ------------------------------------------------------------------ decision
 def decide(obs: Observation, t: Timing) -> Decision:
     """Decide this cycle's actions; returns them with a one-line explanation."""
@@ -498,6 +520,7 @@ def decide(obs: Observation, t: Timing) -> Decision:
             if state == "orphaned":
                 order.insert(0, r.owner)  # its owner, back with a new session, keeps it: no route move
         candidates = _fast_first(v, [c for c in order if v.eligible(c)], home, r.owner if r is not None else "")
+        candidates = _least_busy_first(v, candidates, home, r)
         if obs.me not in candidates:
             continue
         rank = candidates.index(obs.me)
@@ -629,7 +652,11 @@ def _plan_failback_done(v: _View, rt: str, r: RouteItem, home: str) -> HandOver 
     back 10 s while the home came back). Only where EC2 shows it at its home, or we have not read
     EC2 since we claimed it (agent.cycle.observe), and its Elastic IP (egress_ip = follow) is with
     the home: the lease alone goes back, and the home routes it where it is not there already.
-    No hold-down: we moved nothing, nothing flaps.
+    No hold-down: we moved nothing, nothing flaps. An Elastic IP we have no read of at all counts as
+    with the home, as the route we have not read since the claim does (sim seed 5910: a taker restarted
+    during the outage resumed the claim and never got a DescribeAddresses through; it kept the table
+    and moved it away from its healthy home when EC2 answered). A read showing it elsewhere still
+    keeps the table here (five seeds of 10,000 failed where the rule fired on such a read).
     """
     obs = v.obs
     if home == obs.me or not v.eligible(home):
@@ -637,7 +664,7 @@ def _plan_failback_done(v: _View, rt: str, r: RouteItem, home: str) -> HandOver 
     m = v.member(home)
     assert m is not None
     lease_only = _address_with(obs, rt, home)
-    if rt in obs.unrouted and lease_only:
+    if rt in obs.unrouted and (lease_only or rt not in obs.egress):
         why = f"{rt}'s home {home} can serve it again and no write of mine reached EC2: handing it back"
         return HandOver(rt, r, m, "failback", "home_healthy", why, write_route=False)
     ec2 = obs.ec2.get(rt)

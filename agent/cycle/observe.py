@@ -119,8 +119,10 @@ class Observer:
     def unrouted(self, now: float) -> frozenset[str]:
         """Held tables we claimed whose every write since (route, Elastic IP) was never sent, throttled or
         refused (once no write of an earlier process of this session can land either), and that EC2 routes to
-        their home as far as we know: our last read shows it there (or shows no route at all), or we have not
-        read EC2 since we claimed it (an outage: our view is older than the claim, it may well still be there)."""
+        their home as far as we know: our last read shows it there (or shows no route at all), or no read of
+        ours has been answered since we claimed it (an outage: our view is older than the claim, it may well
+        still be there). A read that failed says nothing: a restarted taker that never got one through, its
+        view empty, took its attempts for a view and moved a healthy home's tables (sim seed 5910)."""
         mem = self.ctx.memory
         if now < mem.predecessor_writes_until:
             return frozenset()
@@ -132,7 +134,7 @@ class Observer:
             # A read showing no default route says nothing against the home (DescribeRouteTables may
             # miss one that exists, sim seed 379): the home creates it as well as we would.
             missing = seen is not None and seen.state == "missing"
-            if not h.reached and (at_home or missing or mem.ec2_read_at < h.acquired_at):
+            if not h.reached and (at_home or missing or mem.routes_read_at < h.acquired_at):
                 out.add(rt)
         return frozenset(out)
 

@@ -46,6 +46,11 @@ REGRESSIONS = {
     3920: "simulator: a second agent process started on a host that forward_hang froze ran unfrozen and held the "
     "tables with a fresh session on a NAT that did not forward (World._host_runs: no process starts on a hung "
     "or frozen host, as start_agent said)",
+    5589: "a forward_hang NAT held its own table and three of another home's (taken while that home was out of "
+    "the config): that home, first after it in the order, took its three back and then the fourth, four EC2 "
+    "calls a table, while the third member had one table to take: the fourth waited 3.3 s (decide: a failed "
+    "owner's table goes first to the member with fewer of its tables to take back as their home; test_decide: "
+    "...fewer_of_its_tables_to_take_back)",
 }
 
 
@@ -223,6 +228,11 @@ ISSUE_17_SEEDS = {
     "other not confirmed (DynamoDB's read unanswered), and the 4-s cycle went on; the old holder came back to "
     "their routes: Elastic IPs 3.05 s away (tables: a move's write refused for want of DynamoDB's word is sent "
     "once more at once; test_cycle_egress: ...refused_for_an_unanswered_renewal...)",
+    5910: "in a 30-s EC2 outage a taker restarted by a config rollout resumed a dead home's claim it never moved; "
+    "its failed reads counted as a view since the claim and its Elastic IPs were never read, so it kept the "
+    "tables after the home came back and routed them away from it when EC2 answered (observe: only an "
+    "answered read counts; decide: an Elastic IP never read counts as at home; test_cycle_standing: "
+    "...restarted_takers_failed_reads...; test_decide: ...never_read_its_elastic_ip)",
 }
 
 

@@ -15,13 +15,15 @@ import pytest
 
 import agent.cycle.standing
 from agent.aws.ec2 import Ec2Error
+from agent.config import Config, Timing
 from agent.cycle import Agent
 from agent.cycle.standing import Ec2Standing
 from agent.decide import Ec2Route
 from agent.metrics import Metrics
 from coordinator.clock import FakeClock
 from coordinator.items import MemberItem
-from tests.unit.test_cycle import GROUP, Ec2, Group, World, dead, group, settle
+from coordinator.leases import Coordinator
+from tests.unit.test_cycle import GROUP, Ec2, Group, SelfHealth, World, dead, group, settle
 
 B_TABLES = ("rtb-b1", "rtb-b2", "rtb-b3")
 
@@ -425,6 +427,41 @@ def test_a_claim_held_back_by_an_outage_goes_home_even_where_a_read_shows_no_rou
     moved = [w for w in g.world.writes[n:] if w[0] == "ReplaceRoute" and w[2] == "i-a"]
     assert moved == [], f"a healthy home's tables were routed away from it: {moved}"
     assert all(owner(g, rt) == "i-b" for rt in B_TABLES)
+
+
+def test_a_restarted_takers_failed_reads_do_not_count_as_a_view_of_a_claim_it_never_moved() -> None:
+    # Sim seed 5910: EC2 is out for everyone; i-b dies and i-a claims its leases; i-a's agent process is
+    # restarted (a config rollout) and the new one resumes them, its every EC2 call failing - it has never
+    # read where they are. i-b comes back healthy; when EC2 answers, i-a routed them to itself, away from
+    # the healthy home: its failed route reads counted as "read since the claim" (the time of the last
+    # attempt, not of the last answer), so the claim no longer counted as one that moved nothing.
+    # (Undo: Observer.unrouted on ``ec2_read_at`` - i-a routes all three to itself.)
+    g = paths()
+    world(g).down = {"i-a", "i-b"}
+    with dead(g, "i-b"):
+        g.cycle("i-a", 4)
+        assert all(owner(g, rt) == "i-a" for rt in B_TABLES)
+        old = g.agents["i-a"]
+        c = Config(group=GROUP, instance_id="i-a", members=old.ctx.config.members, timing=Timing())
+        new = Agent(c, Coordinator(g.store, GROUP, "i-a", g.clock, c.timing.lease), PathEc2(g.world), g.probes,
+                    SelfHealth(), g.clock)  # fmt: skip
+        new.ec2.me = "i-a"  # type: ignore[attr-defined]
+        g.agents["i-a"] = new  # the old process is killed: it cycles no more
+        lines = g.cycle("i-a", 8)  # waits out the old session's silence, starts its own, resumes the tables
+        assert all(owner(g, rt) == "i-a" for rt in B_TABLES), lines
+        assert new.memory.routes_read_at < 0 < new.memory.ec2_read_at, "read, never answered"
+    for _ in range(10):  # i-b is back (a new session) and healthy, EC2 still out for everyone
+        g.cycle("i-b")
+        g.cycle("i-a")
+    world(g).down = set()
+    n = len(g.world.writes)
+    for _ in range(10):
+        g.cycle("i-a")
+        g.cycle("i-b")
+    moved = [w for w in g.world.writes[n:] if w[0] == "ReplaceRoute" and w[1] in B_TABLES and w[2] == "i-a"]
+    assert moved == [], f"a healthy home's tables were routed away from it: {moved}"
+    assert all(owner(g, rt) == "i-b" for rt in B_TABLES)
+    assert all(g.world.targets[rt] == "i-b" for rt in B_TABLES)
 
 
 # ------------------------------------------------------------------ a peer's word on EC2, in time

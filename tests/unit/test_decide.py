@@ -324,6 +324,30 @@ def test_a_member_whose_dynamodb_path_is_slow_claims_after_a_fast_one() -> None:
     assert isinstance(w.decide().actions[0], TakeOver)
 
 
+def test_a_dead_nats_own_table_goes_first_to_the_member_with_fewer_of_its_tables_to_take_back() -> None:
+    # Sim seed 5589: i-c held its own table and i-a's (taken while i-a was away) and hung. i-a, first
+    # after i-c in the order, took its own table back and then i-c's, one after another (four EC2
+    # calls a table), while i-b had nothing to take: i-c's table waited. Now i-b, with fewer of
+    # i-c's tables to take back as their home, claims it first, i-a after its stagger; both compute
+    # the same order from the snapshot. (Undo: drop _least_busy_first - i-a claims rtb-c at once.)
+    def seen_by(me: str) -> World:
+        w = dead(World(me=me), C)
+        w.routes[RA] = route(RA, C, term=2)
+        w.claimable_since = {RA: 100.0, RC: 100.0}
+        return w
+
+    d = seen_by(B).decide()
+    assert [a.route_table for a in d.actions if isinstance(a, TakeOver)] == [RC], d.summary
+    d = seen_by(A).decide()
+    assert [a.route_table for a in d.actions if isinstance(a, TakeOver)] == [RA], d.summary
+    w = seen_by(A)
+    w.now = 100.4
+    assert {a.route_table for a in w.decide().actions if isinstance(a, TakeOver)} == {RA, RC}, "after its stagger"
+    w = seen_by(B)
+    w.members[B] = slow(B)  # a slow DynamoDB path still claims after a fast one, however busy that is
+    assert [a.route_table for a in w.decide().actions if isinstance(a, TakeOver)] == [], w.decide().summary
+
+
 def test_a_slow_home_keeps_its_place_for_its_own_table() -> None:
     # Its claim of its own table moves no route: the home stays first, slow or not.
     w = World(me=B)
@@ -529,6 +553,24 @@ def test_a_claim_whose_route_never_reached_ec2_goes_back_to_its_home_once_it_can
     assert w.decide().actions == (expected,)
     dead(w, B)
     assert isinstance(w.decide().actions[0], EnsureRoute), "a home that cannot serve gets nothing"
+
+
+def test_a_claim_that_moved_nothing_goes_home_where_we_never_read_its_elastic_ip() -> None:
+    """Sim seed 5910: a taker restarted during an EC2 outage resumed a dead home's tables and never got a
+    read through - neither where the route is nor where the Elastic IP is. The home came back healthy;
+    the taker kept the tables (the address "not with the home" as far as it knew) and moved them away
+    from the home when EC2 answered. An address we have no read of counts as with the home, as an unread
+    route does; a read showing it elsewhere still keeps the table. (Undo: require ``_address_with``.)"""
+    w = holding_b_routed_at_its_home()
+    w.ec2 = {RA: Ec2Route(A)}  # no read of rtb-b's route either
+    w.egress_tables = frozenset({RA, RB})
+    w.egress = {RA: Ec2Address(A)}
+    w.unrouted = frozenset({RB})
+    why = "rtb-b's home i-b can serve it again and no write of mine reached EC2: handing it back"
+    expected = HandOver(RB, w.routes[RB], w.members[B], "failback", "home_healthy", why, write_route=False)
+    assert w.decide().actions == (expected,)
+    w.egress[RB] = Ec2Address(C)  # a read shows it with a third member: we move it here, as before
+    assert not any(isinstance(a, HandOver) for a in w.decide().actions)
 
 
 def test_non_holder_never_writes_a_route() -> None:
