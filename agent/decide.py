@@ -21,9 +21,11 @@ passed in. The rules:
   existing one has been silent for its lease plus the margin, as a peer would
   judge it: it never supersedes a live agent.
 * Among healthy candidates, a route table goes to its home NAT first, then to
-  the members after the home in configuration order (a rotation, so the load of
-  a dead NAT is spread and every agent agrees on the order). A candidate of rank
-  r waits r x ``claim_stagger`` after first seeing the table claimable.
+  the members after the home in configuration order, rotated by the table's place
+  among its home's tables: a dead NAT's tables go to different members first, each
+  writing its share while the others write theirs, and every agent agrees on the
+  order. A candidate of rank r waits r x ``claim_stagger`` after first seeing the
+  table claimable.
 * Fail back only after the home NAT has been healthy for ``failback_hold_down``.
 * The last resort (``ec2.last_resort_nat_gateway``): a holder that cannot serve its table
   (unhealthy or draining) and knows no healthy peer routes it to the NAT gateway before it
@@ -286,12 +288,19 @@ class Decision:
 
 # ------------------------------------------------------------------- helpers
 def preference(route_table: str, homes: dict[str, str], members: tuple[str, ...]) -> list[str]:
-    """Who should serve a route table, best first: its home, then the members after it."""
+    """Who should serve a route table, best first: its home, then the members after it, starting at the
+    table's place among its home's tables (sorted): the k-th table of a home goes to the k-th member after
+    it, wrapping. A takeover writes table after table (a tag, a route, an Elastic IP each); with every table
+    of a dead NAT first to the same member, the last waited for all of them while the other members, whose
+    waits had ended, did nothing (sim seeds 3894 and 9403: 3.05 s)."""
     home = homes.get(route_table, "")
     if home not in members:
         return list(members)
     i = members.index(home)
-    return list(members[i:] + members[:i])
+    after = members[i + 1 :] + members[:i]
+    siblings = sorted(t for t, h in homes.items() if h == home)
+    k = siblings.index(route_table) % len(after) if after else 0
+    return [home, *after[k:], *after[:k]]
 
 
 def _fmt(seconds: float) -> str:

@@ -43,6 +43,10 @@ REGRESSIONS = {
     1382: "a hand-over finishing a fail-back EC2 had done left the Elastic IP with the giver for 1.4 s more",
     9085: "a table whose owner came back with a new session claimed across a partition: the home's table moved",
     2241: "a table just received by hand-over, an old EC2 view showing its home: handed straight back",
+    9403: "every table of a NAT that forward_hang froze went first to one member (the one after it), busy with a "
+    "long cycle and then drained by SIGTERM; the others waited their stagger and the last table's route came "
+    "3.05 s after the fault (decide.preference: a home's tables rotate over the members after it; test_decide: "
+    "...homes_tables_go_to_different_members_first)",
     3920: "simulator: a second agent process started on a host that forward_hang froze ran unfrozen and held the "
     "tables with a fresh session on a NAT that did not forward (World._host_runs: no process starts on a hung "
     "or frozen host, as start_agent said)",
@@ -210,6 +214,9 @@ ISSUE_17_SEEDS = {
     6041: "a taker with 0.27-s DynamoDB round trips whose takeover associations IAM refused confirmed each later "
     "association and its tag by a read of its own: a table's Elastic IP followed its route 3.7 s late (tables: "
     "the first association of a taken table is a move's write; test_cycle_egress: ...without_a_read_of_its_own)",
+    3894: "nine tables of a frozen NAT: the home of three of them lost packets to AWS, the member after it took "
+    "its own three, the third member waited two staggers for them and wrote them last, 3.05 s (decide.preference: "
+    "a home's tables rotate over the members after it; test_decide: ...homes_tables_go_to_different_members_first)",
     3263: "an address-first taker on a lossy path moved a table's Elastic IP, lost its route write's answer and went "
     "on to other tables; the half-moved table waited for a later decision, 3.05 s (tables: the route is written "
     "once more at once; test_cycle_egress: ...half_moved_by_a_lost_route_answer...)",
