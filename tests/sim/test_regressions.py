@@ -202,7 +202,11 @@ ISSUE_17_SEEDS = {
     "tag propagation (one back-off per table, not per resource): a dead NAT's table waited 3.05 s "
     "(standing; test_cycle_standing: ...do_not_stretch_the_retry...); in another timing its lossy holder kept "
     "both tables, not moved at all, 12.7 s (decide: handed to a fast peer like a half-moved one; "
-    "test_decide_egress: ...has_not_moved_at_all...)",
+    "test_decide_egress: ...has_not_moved_at_all...); with a dead NAT's tables rotated over the members "
+    "(3894, 9403), a taker made slow by a DynamoDB slowdown for everyone handed a table to a peer whose fast "
+    "round-trip figure predated the slowdown and whose path then lost packets: 4.10 s (decide: a fast figure "
+    "counts only if measured after our own renewals turned slow; test_decide_egress: "
+    "...only_if_measured_after_its_own_renewals_turned_slow)",
     8244: "an unhealthy holder losing packets to AWS moved its tables make before break, each write over its "
     "path (one refused for a short lease while it renewed), its renewals keeping peers off: 3.05 s (decide: it "
     "hands over lease first, to a fast peer; test_decide: ...own_path_loses_packets...; the receiver's writes "
