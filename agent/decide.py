@@ -21,9 +21,11 @@ passed in. The rules:
   existing one has been silent for its lease plus the margin, as a peer would
   judge it: it never supersedes a live agent.
 * Among healthy candidates, a route table goes to its home NAT first, then to
-  the members after the home in configuration order (a rotation, so the load of
-  a dead NAT is spread and every agent agrees on the order). A candidate of rank
-  r waits r x ``claim_stagger`` after first seeing the table claimable.
+  the members after the home in configuration order, rotated by the table's place
+  among its home's tables: a dead NAT's tables go to different members first, each
+  writing its share while the others write theirs, and every agent agrees on the
+  order. A candidate of rank r waits r x ``claim_stagger`` after first seeing the
+  table claimable.
 * Fail back only after the home NAT has been healthy for ``failback_hold_down``.
 * The last resort (``ec2.last_resort_nat_gateway``): a holder that cannot serve its table
   (unhealthy or draining) and knows no healthy peer routes it to the NAT gateway before it
@@ -147,6 +149,10 @@ class Observation:
     group_paused: str = ""  # who paused the whole group ("": not paused): no restarts either
     aws_answered_for: float = float("inf")  # seconds every AWS call of ours has been answered in time
     store_rtt: float = 0.0  # the slowest of our last few renewals' round trips (what our next heartbeat says)
+    store_slow_since: float | None = None  # since when that figure says slow (None: fast, or not known)
+    # Peer -> the earliest (our clock) its heartbeat's round-trip figure can have been measured (its newest
+    # renewal's end: Health.store_rtt_age, bounded by the read before the heartbeat); absent: not dated.
+    store_measured_after: dict[str, float] = field(default_factory=dict)
     handed_unread: frozenset[str] = frozenset()  # held tables handed to us, EC2 not read since (views predate it)
     # No route read of ours answered since our session started: ``ec2`` may predate the last writes of an
     # earlier session of ours (a process waited out or killed with a write in flight; _resume).
@@ -286,12 +292,19 @@ class Decision:
 
 # ------------------------------------------------------------------- helpers
 def preference(route_table: str, homes: dict[str, str], members: tuple[str, ...]) -> list[str]:
-    """Who should serve a route table, best first: its home, then the members after it."""
+    """Who should serve a route table, best first: its home, then the members after it, starting at the
+    table's place among its home's tables (sorted): the k-th table of a home goes to the k-th member after
+    it, wrapping. A takeover writes table after table (a tag, a route, an Elastic IP each); with every table
+    of a dead NAT first to the same member, the last waited for all of them while the other members, whose
+    waits had ended, did nothing (sim seeds 3894 and 9403: 3.05 s)."""
     home = homes.get(route_table, "")
     if home not in members:
         return list(members)
     i = members.index(home)
-    return list(members[i:] + members[:i])
+    after = members[i + 1 :] + members[:i]
+    siblings = sorted(t for t, h in homes.items() if h == home)
+    k = siblings.index(route_table) % len(after) if after else 0
+    return [home, *after[k:], *after[:k]]
 
 
 def _fmt(seconds: float) -> str:
@@ -379,6 +392,21 @@ class _View:
         m = self.member(instance)
         rtt = m.health.store_rtt if m is not None else None
         return rtt is not None and rtt >= SLOW_STORE_S
+
+    def fast_while_we_are_slow(self, instance: str) -> bool:
+        """Its heartbeat says its renewals are fast, measured after ours turned slow: its path is better than
+        ours, not only before a slowdown that hit every member (sim seed 6403: during a DynamoDB slowdown for
+        everyone a member judged its own path lossy and handed a table to a peer whose fast figure predated
+        the slowdown, and that peer's path was the lossy one). A figure not dated (an agent before
+        Health.store_rtt_age) is taken as the previous version took it: by its value alone."""
+        m = self.member(instance)
+        if m is None or self.slow_store(instance):
+            return False
+        since = self.obs.store_slow_since
+        if since is None or m.health.store_rtt is None or m.health.store_rtt_age is None:
+            return True
+        measured = self.obs.store_measured_after.get(instance)
+        return measured is not None and measured > since
 
     def other_process(self) -> str:
         """Why we must not start a session: another process runs as this instance and renews ("": none)."""
@@ -600,7 +628,7 @@ def _priority(action: Action, obs: Observation) -> int:
 
 def _successor(v: _View, rt: str, *, fast: bool = False) -> MemberItem | None:
     """The best live, healthy peer to hand ``rt`` to (preference order), if any (``fast``: of those whose
-    DynamoDB path is fast, as their heartbeats say)."""
+    DynamoDB path is fast while ours is slow, as their heartbeats say: _View.fast_while_we_are_slow)."""
     name = next(iter(_peers(v, rt, fast=fast)), None)
     return v.member(name) if name is not None else None
 
@@ -608,7 +636,7 @@ def _successor(v: _View, rt: str, *, fast: bool = False) -> MemberItem | None:
 def _peers(v: _View, rt: str, *, fast: bool = False) -> list[str]:
     """The live, healthy peers ``rt`` could be handed to, in preference order (``fast``: see _successor)."""
     order = preference(rt, v.obs.preferred_homes(), v.obs.members)
-    return [c for c in order if c != v.obs.me and v.eligible(c) and not (fast and v.slow_store(c))]
+    return [c for c in order if c != v.obs.me and v.eligible(c) and (not fast or v.fast_while_we_are_slow(c))]
 
 
 def _lossy_path(v: _View) -> bool:

@@ -243,9 +243,9 @@ def resume(
         how,
         seconds_since_exec(),
     )
-    # The predecessor's word on EC2 (an age as of its last heartbeat) would grow stale with every
-    # renewal: say nothing about EC2 until the first cycle of ours.
-    health = dataclasses.replace(item.health, ec2_answered=None)
+    # The predecessor's word on EC2 and the date of its round-trip figure (ages as of its last heartbeat)
+    # would grow stale with every renewal: say nothing of them until the first cycle of ours.
+    health = dataclasses.replace(item.health, ec2_answered=None, store_rtt_age=None)
     out.keeper = Keeper(coordinator, health, item.draining, t.heartbeat_interval, t.cycle_interval)
     out.keeper.start()
     return out

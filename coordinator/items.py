@@ -68,6 +68,11 @@ class Health:
     ``store_rtt``: the slowest of this member's last few renewals' round trips to DynamoDB, in
     seconds (None: not known). A member whose path is slow claims a failed peer's tables after
     the members whose path is fast (agent.decide): its takeover's calls take longer.
+    ``store_rtt_age``: seconds from the end of the newest of those renewals to this heartbeat's
+    sending (None: not said - an agent before this field, or a session keeper repeating an older
+    heartbeat). It dates the figure: a peer that judges its own path lossy trusts a fast figure only
+    if it was measured after its own renewals turned slow (a DynamoDB slowdown for everyone made
+    every member's renewals slow, and a figure from before it said nothing of the path now).
     """
 
     healthy: bool
@@ -76,6 +81,7 @@ class Health:
     detail: str = ""
     ec2_answered: float | None = None
     store_rtt: float | None = None
+    store_rtt_age: float | None = None
 
     def to_json(self) -> str:
         raw: dict[str, object] = {
@@ -88,6 +94,8 @@ class Health:
             raw["ec2_answered_s"] = round(self.ec2_answered, 2)
         if self.store_rtt is not None:
             raw["store_rtt_s"] = round(self.store_rtt, 3)
+        if self.store_rtt_age is not None:
+            raw["store_rtt_age_s"] = round(self.store_rtt_age, 3)
         return json.dumps(raw, sort_keys=True, separators=(",", ":"))
 
     @staticmethod
@@ -110,6 +118,7 @@ class Health:
             str(raw.get("detail", "")),
             _hint_seconds(raw.get("ec2_answered_s")),
             _hint_seconds(raw.get("store_rtt_s")),
+            _hint_seconds(raw.get("store_rtt_age_s")),
         )
 
 

@@ -140,6 +140,10 @@ class Memory:
     last_heartbeat: float = -1e18
     # Our last renewals' round trips to DynamoDB (said in the heartbeat: a slow path claims last).
     renewal_rtts: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=3))
+    renewal_ended_at: float = -1e18  # when the newest of them returned (the heartbeat dates the figure by it)
+    # Since when our figure has said slow (the start of the renewal that made it slow; None: it says fast):
+    # a peer's fast figure measured before then says nothing of its path now (agent.decide._peers).
+    store_slow_since: float | None = None
     last_health: Health | None = None
     last_draining: bool = False
     stale_deadlines: dict[str, float] = field(default_factory=dict)  # peer -> when its session can be expired

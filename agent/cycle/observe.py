@@ -12,6 +12,7 @@ import dataclasses
 from agent.cycle.context import Context
 from agent.cycle.memory import Held
 from agent.cycle.session import Plan
+from agent.cycle.standing import dated_no_earlier
 from agent.decide import (
     Ec2Address,
     Observation,
@@ -138,6 +139,19 @@ class Observer:
                 out.add(rt)
         return frozenset(out)
 
+    def _store_measured_after(self, snapshot: GroupSnapshot) -> dict[str, float]:
+        """Peer -> the earliest (our clock) its heartbeat's round-trip figure can have been measured: its
+        newest renewal ended ``store_rtt_age`` before the heartbeat was written (agent.cycle.standing.
+        dated_no_earlier). Absent where the heartbeat does not date it or we cannot bound its writing."""
+        ctx = self.ctx
+        out: dict[str, float] = {}
+        for m in snapshot.members.values():
+            age = m.health.store_rtt_age
+            written_after = ctx.memory.observer.written_after(m.key)
+            if m.instance != ctx.me and age is not None and written_after is not None:
+                out[m.instance] = dated_no_earlier(written_after, age, ctx.timings)
+        return out
+
     def observe(
         self, snapshot: GroupSnapshot, now: float, probes: dict[str, PeerProbe], health: Health, draining: bool
     ) -> Observation:
@@ -187,6 +201,8 @@ class Observer:
             group_paused=mem.group_paused,
             aws_answered_for=now - mem.aws_unanswered_at,
             store_rtt=max(mem.renewal_rtts, default=0.0),
+            store_slow_since=mem.store_slow_since,
+            store_measured_after=self._store_measured_after(snapshot),
             routes_unread=mem.routes_read_at < mem.session_started_at,
             handed_unread=frozenset(
                 rt for rt, h in mem.held.items() if h.handed and mem.egress_read_at < h.acquired_at

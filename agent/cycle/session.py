@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from agent.cycle.context import Context
+from agent.decide import SLOW_STORE_S
 from coordinator.errors import SessionLost, StoreUnavailable
 from coordinator.items import Health
 
@@ -74,10 +75,20 @@ class SessionKeeper:
         try:
             draining = self.is_draining()
             paused = self.paused()
-            said = dataclasses.replace(health, store_rtt=max(mem.renewal_rtts, default=None))
+            said = dataclasses.replace(
+                health,
+                store_rtt=max(mem.renewal_rtts, default=None),
+                store_rtt_age=max(0.0, t0 - mem.renewal_ended_at) if mem.renewal_rtts else None,
+            )
             ctx.coordinator.heartbeat(said, draining=draining, paused=paused, restart_grace_s=restart_grace)
-            rtt = ctx.clock.monotonic() - t0
+            ended = ctx.clock.monotonic()
+            rtt = ended - t0
             mem.renewal_rtts.append(rtt)
+            mem.renewal_ended_at = ended
+            if max(mem.renewal_rtts) < SLOW_STORE_S:
+                mem.store_slow_since = None
+            elif mem.store_slow_since is None:
+                mem.store_slow_since = t0  # the figure was fast before: this renewal made it slow
             if log.isEnabledFor(logging.DEBUG):  # bench/failover.py's phases (debug only)
                 s = ctx.coordinator.session
                 log.debug("trace renewed v%s rtt %.4f", s.version if s is not None else "-", rtt)

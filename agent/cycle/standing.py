@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from agent.aws.ec2 import THROTTLED, Ec2Error, api_name
+from agent.config import Timing
 from agent.cycle.context import Context
 from agent.cycle.memory import Backoff, Held
 from agent.decide import EC2_WRITES_CHECK
@@ -81,6 +82,14 @@ PROPAGATION_RETRY = 0.1
 # How far a peer's clock may run slow against ours (the leases' clock bound is +-4.7 %): an age it
 # reports is at most this much short of the true one.
 CLOCK_RATE_BOUND = 0.05
+
+
+def dated_no_earlier(written_after: float, age: float, t: Timing) -> float:
+    """The earliest (our clock) an instant can be that a peer's heartbeat dates ``age`` seconds (its clock)
+    before its writing, ``written_after`` being our last read that still showed the heartbeat before it
+    (when that read returned): the heartbeat was written no earlier than one store call before DynamoDB
+    applied it, which was after DynamoDB served that read, at most one store call before it returned."""
+    return written_after - 2 * t.store_timeout_max - age / (1 - CLOCK_RATE_BOUND)
 
 
 def action_of(operation: str) -> str:
@@ -299,7 +308,7 @@ class Ec2Standing:
             written_after = ctx.memory.observer.written_after(m.key)
             if age >= m.lease_ms / 1000 + t.margin or m.health.ec2_answered is None or written_after is None:
                 continue  # a stale heartbeat says nothing about now, nor one whose age we cannot bound
-            answered = written_after - 2 * t.store_timeout_max - m.health.ec2_answered / (1 - CLOCK_RATE_BOUND)
+            answered = dated_no_earlier(written_after, m.health.ec2_answered, t)
             if answered > since:
                 return m.instance
         return ""

@@ -43,6 +43,10 @@ REGRESSIONS = {
     1382: "a hand-over finishing a fail-back EC2 had done left the Elastic IP with the giver for 1.4 s more",
     9085: "a table whose owner came back with a new session claimed across a partition: the home's table moved",
     2241: "a table just received by hand-over, an old EC2 view showing its home: handed straight back",
+    9403: "every table of a NAT that forward_hang froze went first to one member (the one after it), busy with a "
+    "long cycle and then drained by SIGTERM; the others waited their stagger and the last table's route came "
+    "3.05 s after the fault (decide.preference: a home's tables rotate over the members after it; test_decide: "
+    "...homes_tables_go_to_different_members_first)",
     3920: "simulator: a second agent process started on a host that forward_hang froze ran unfrozen and held the "
     "tables with a fresh session on a NAT that did not forward (World._host_runs: no process starts on a hung "
     "or frozen host, as start_agent said)",
@@ -203,7 +207,11 @@ ISSUE_17_SEEDS = {
     "tag propagation (one back-off per table, not per resource): a dead NAT's table waited 3.05 s "
     "(standing; test_cycle_standing: ...do_not_stretch_the_retry...); in another timing its lossy holder kept "
     "both tables, not moved at all, 12.7 s (decide: handed to a fast peer like a half-moved one; "
-    "test_decide_egress: ...has_not_moved_at_all...)",
+    "test_decide_egress: ...has_not_moved_at_all...); with a dead NAT's tables rotated over the members "
+    "(3894, 9403), a taker made slow by a DynamoDB slowdown for everyone handed a table to a peer whose fast "
+    "round-trip figure predated the slowdown and whose path then lost packets: 4.10 s (decide: a fast figure "
+    "counts only if measured after our own renewals turned slow; test_decide_egress: "
+    "...only_if_measured_after_its_own_renewals_turned_slow)",
     8244: "an unhealthy holder losing packets to AWS moved its tables make before break, each write over its "
     "path (one refused for a short lease while it renewed), its renewals keeping peers off: 3.05 s (decide: it "
     "hands over lease first, to a fast peer; test_decide: ...own_path_loses_packets...; the receiver's writes "
@@ -215,6 +223,9 @@ ISSUE_17_SEEDS = {
     6041: "a taker with 0.27-s DynamoDB round trips whose takeover associations IAM refused confirmed each later "
     "association and its tag by a read of its own: a table's Elastic IP followed its route 3.7 s late (tables: "
     "the first association of a taken table is a move's write; test_cycle_egress: ...without_a_read_of_its_own)",
+    3894: "nine tables of a frozen NAT: the home of three of them lost packets to AWS, the member after it took "
+    "its own three, the third member waited two staggers for them and wrote them last, 3.05 s (decide.preference: "
+    "a home's tables rotate over the members after it; test_decide: ...homes_tables_go_to_different_members_first)",
     3263: "an address-first taker on a lossy path moved a table's Elastic IP, lost its route write's answer and went "
     "on to other tables; the half-moved table waited for a later decision, 3.05 s (tables: the route is written "
     "once more at once; test_cycle_egress: ...half_moved_by_a_lost_route_answer...)",

@@ -878,6 +878,20 @@ def test_preference_rotates_after_home() -> None:
     assert preference(RC, HOMES, members) == [C, A, B]
 
 
+def test_a_homes_tables_go_to_different_members_first() -> None:
+    # Sim seeds 3894, 9403: every table of a dead NAT went first to the member after it, which wrote them
+    # one after another (tag, route, Elastic IP each) while the others waited their stagger; the last table
+    # waited 3.05 s. The home stays first; the others rotate by the table's place among its home's tables.
+    # (Undo: ``return list(members[i:] + members[:i])`` in agent.decide.preference.)
+    d = "i-d"
+    members = (A, B, C, d)
+    homes = {"rtb-1": B, "rtb-2": B, "rtb-3": B, RA: A}
+    assert preference("rtb-1", homes, members) == [B, C, d, A]
+    assert preference("rtb-2", homes, members) == [B, d, A, C]
+    assert preference("rtb-3", homes, members) == [B, A, C, d]
+    assert preference(RA, homes, members) == [A, B, C, d]
+
+
 def test_no_failback_to_a_member_an_operator_is_draining() -> None:
     # The drain request is in the table before the drained member's next heartbeat says so.
     w = World(me=B)

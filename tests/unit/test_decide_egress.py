@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 
 from agent.decide import Decision, Ec2Address, Ec2Route, EnsureAddress, EnsureRoute, HandOver, TakeOver, decide
-from tests.unit.test_decide import RA, RB, RC, A, B, C, T, World, dead, route
+from coordinator.items import Health, MemberItem
+from tests.unit.test_decide import RA, RB, RC, A, B, C, T, World, dead, member, route
 
 FOLLOW = frozenset({RA, RB, RC})
 
@@ -177,3 +178,55 @@ def test_a_lossy_home_keeps_its_table_where_a_read_shows_no_route() -> None:
     seen = {RA: Ec2Address(A), RB: Ec2Address(B), RC: Ec2Address(C)}
     d = run(w, seen, aws_answered_for=0.5, store_rtt=0.3, tables=frozenset())  # seed 186: no Elastic IPs
     assert [type(a) for a in d.actions] == [EnsureRoute], d.summary
+
+
+def dated(i: str, rtt: float | None, age: float | None) -> MemberItem:
+    """A member whose heartbeat says its renewals take ``rtt``, the newest ``age`` s before it was written
+    (None: a heartbeat of an agent before Health.store_rtt_age, which does not date its figure)."""
+    m = member(i)
+    return dataclasses.replace(m, health=dataclasses.replace(m.health, store_rtt=rtt, store_rtt_age=age))
+
+
+def test_a_lossy_holder_trusts_a_peers_fast_figure_only_if_measured_after_its_own_renewals_turned_slow() -> None:
+    # Sim seed 6403 (with a dead NAT's tables rotated over the members): DynamoDB slow for everyone made a
+    # taker's renewals slow and its calls unanswered, and it judged its own path lossy; it handed the dead
+    # NAT's unmoved table to a peer whose heartbeat's fast figure was measured before the slowdown - and that
+    # peer's path then began to lose packets: the table waited 4.1 s. A figure measured before our renewals
+    # turned slow says nothing of which path is the bad one now: the holder moves the table itself. (Undo:
+    # `not v.slow_store(c)` for fast_while_we_are_slow in decide._peers, and the table is handed to i-c.)
+    w = dead(World(me=B, ec2={RA: Ec2Route(A), RB: Ec2Route(B), RC: Ec2Route(C)}), A)
+    w.routes[RA] = route(RA, B, term=2)
+    w.members[C] = dated(C, 0.02, 0.7)
+    seen = {RA: Ec2Address(A), RB: Ec2Address(B), RC: Ec2Address(C)}
+    lossy = {"aws_answered_for": 0.5, "store_rtt": 0.3, "store_slow_since": 98.0}
+    d = run(w, seen, store_measured_after={C: 97.5}, **lossy)
+    assert [type(a) for a in d.actions] == [EnsureRoute, EnsureAddress], d.summary
+    assert not any(isinstance(a, HandOver) for a in run(w, seen, **lossy).actions)  # not dated: the same
+    # Measured after ours turned slow: its path is the better one now, the table goes to it.
+    d = run(w, seen, store_measured_after={C: 98.2}, **lossy)
+    assert [type(a) for a in d.actions] == [HandOver] and "handing unmoved rtb-a to i-c" in d.summary, d.summary
+    # A half-moved table, and an unhealthy holder's hand-over, judge the peer alike.
+    w.ec2[RA] = Ec2Route(B)
+    assert not any(isinstance(a, HandOver) for a in run(w, seen, store_measured_after={C: 97.5}, **lossy).actions)
+    assert isinstance(run(w, seen, store_measured_after={C: 98.2}, **lossy).actions[0], HandOver)
+    u = World(me=B, health=Health(False, {"ip_forward": False}))  # its data plane broke; rtb-b: i-b, i-c, i-a
+    u.members = {A: dated(A, 0.02, 0.7), B: member(B), C: dated(C, 0.02, 0.7)}
+    a = run(u, None, store_measured_after={A: 98.2, C: 97.5}, **lossy).actions[0]
+    assert isinstance(a, HandOver) and a.route_table == RB and a.successor.instance == A and not a.write_route
+
+
+def test_a_peer_of_the_previous_version_is_judged_by_its_round_trip_figure_as_before() -> None:
+    # A rolling upgrade: a peer's heartbeat without store_rtt_age (the previous version) is read as that
+    # version read it, fast or slow by its value; so is any heartbeat while our own renewals are fast.
+    # (Undo: count an undated figure as not fast in decide._View.fast_while_we_are_slow, and no hand-over.)
+    w = dead(World(me=B, ec2={RA: Ec2Route(A), RB: Ec2Route(B), RC: Ec2Route(C)}), A)
+    w.routes[RA] = route(RA, B, term=2)
+    seen = {RA: Ec2Address(A), RB: Ec2Address(B), RC: Ec2Address(C)}
+    lossy = {"aws_answered_for": 0.5, "store_rtt": 0.3, "store_slow_since": 98.0}
+    old = Health.from_json('{"healthy":true,"checks":{"ip_forward":true},"reaches":[],"detail":"","store_rtt_s":0.02}')
+    assert old.store_rtt == 0.02 and old.store_rtt_age is None
+    w.members[C] = dataclasses.replace(member(C), health=old)
+    d = run(w, seen, **lossy)
+    assert [type(a) for a in d.actions] == [HandOver] and "handing unmoved rtb-a to i-c" in d.summary, d.summary
+    w.members[C] = dataclasses.replace(member(C), health=dataclasses.replace(old, store_rtt=0.25))
+    assert [type(a) for a in run(w, seen, **lossy).actions] == [EnsureRoute, EnsureAddress]  # slow: kept

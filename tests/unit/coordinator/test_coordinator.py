@@ -933,3 +933,16 @@ def test_a_heartbeat_says_how_slow_its_dynamodb_path_is_and_a_bad_value_is_only_
     assert Health.from_json(Health(True).to_json()).store_rtt is None
     for bad in ('"slow"', "-1", "true", "1e12"):
         assert Health.from_json('{"healthy": true, "store_rtt_s": ' + bad + "}").store_rtt is None
+
+
+def test_a_heartbeat_dates_its_round_trip_figure_and_one_of_the_previous_version_reads_undated() -> None:
+    # A reader that judges its own path lossy trusts a fast figure only if it was measured after its own
+    # renewals turned slow (agent.decide, sim seed 6403); a heartbeat of the previous version (a rolling
+    # upgrade) has no date and reads as before. (Undo: drop store_rtt_age_s from Health.to_json.)
+    h = Health(True, {"ip_forward": True}, (), store_rtt=0.02, store_rtt_age=0.6914)
+    back = Health.from_json(h.to_json())
+    assert (back.store_rtt, back.store_rtt_age) == (0.02, 0.691)
+    old = Health.from_json('{"checks":{"ip_forward":true},"detail":"","healthy":true,"reaches":[],"store_rtt_s":0.02}')
+    assert old == Health(True, {"ip_forward": True}, (), "", None, 0.02, None)
+    for bad in ('"old"', "-1", "false", "1e12"):
+        assert Health.from_json('{"healthy": true, "store_rtt_age_s": ' + bad + "}").store_rtt_age is None
