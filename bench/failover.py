@@ -154,6 +154,61 @@ def _log_lines(text: str) -> Iterator[tuple[float, str]]:
         yield ts + int(d["ts"][20:23]) / 1000, d["msg"]
 
 
+def takeover_profile(
+    victim: list[tuple[float, str]], takers: list[list[tuple[float, str]]], t_fault: float, vid: str, rtb: str
+) -> dict[str, float]:
+    """Where a crash's or hang's time went, from the agents' debug logs ((wall time, message) lines), each
+    relative to the fault: the victim's last renewal (sent, written), the taker's first read showing it
+    (``sighted``), the expiry that read allows (``expiry_due``: sighted + lease + margin), the expire call's
+    start and end, the claim, and the route write (tag + ReplaceRoute); ``detected_s`` and ``takeover_s``
+    from the info lines."""
+    p: dict[str, float] = {}
+    # The victim's last renewal is the newest of its versions the taker read before taking over. Its
+    # own log may not have it: killed between sending a renewal and logging it, the victim's log
+    # ends one renewal early while the write landed (and its expiry counts from that later one).
+    logged = {
+        int(msg.split()[2][1:]): (ts, float(msg.split()[4])) for ts, msg in victim if msg.startswith("trace renewed v")
+    }
+    for taker in takers:
+        mine: dict[str, float] = {}
+        reads: list[tuple[float, int]] = []  # (relative time, the victim's version) before the takeover
+        for ts, msg in taker:
+            if ts < t_fault - 1.5:
+                continue
+            rel = ts - t_fault
+            if rel >= 0 and "not healthy:" in msg and vid in msg.split("not healthy:", 1)[1]:
+                p["detected_s"] = min(p.get("detected_s", 1e9), rel)
+            if rel >= 0 and (f"took over {rtb}" in msg or f"handing {rtb}" in msg):
+                p["takeover_s"] = min(p.get("takeover_s", 1e9), rel)
+                mine.setdefault("took", rel)
+            if "took" in mine:
+                continue
+            if msg.startswith("trace read "):
+                versions = dict(kv.split("=") for kv in msg.split()[2].split(",") if "=" in kv)
+                if vid in versions:
+                    reads.append((rel, int(versions[vid])))
+            elif msg.startswith(f"trace expired {vid} "):
+                mine["expire_start"], mine["expired"] = rel - float(msg.split()[4]), rel
+            elif msg.startswith(f"trace claimed {rtb} "):
+                mine["claimed"] = rel
+            elif msg.startswith(f"trace routed {rtb} "):
+                mine["routed"] = rel
+        if "took" not in mine or not reads:
+            continue
+        final = max(v for _, v in reads)
+        mine["sighted"] = min(rel for rel, v in reads if v >= final)
+        for key in ("sighted", "expire_start", "expired", "claimed", "routed"):
+            if key in mine:
+                p[f"{key}_s"] = mine[key]
+        p["expiry_due_s"] = mine["sighted"] + Timing().lease + Timing().margin
+        if final in logged:
+            ts, rtt = logged[final]
+            p["renewal_sent_s"], p["renewal_written_s"] = ts - rtt - t_fault, ts - t_fault
+        else:
+            p["renewal_unlogged"] = 1.0  # sent as the fault struck: its time is not in the victim's log
+    return p
+
+
 class Runner:
     def __init__(self, lab: NetLab, policy: str) -> None:
         self.lab = lab
@@ -220,48 +275,11 @@ class Runner:
         """
         if self.policy != "nat-ha":
             return
-        vid, rtb = self.victim.instance_id, self.victim.route_table
-        p = tr.profile
-        lines = {i: list(_log_lines(self.lab.agent_log(i))) for i in range(self.lab.n)}
-        renewals = [  # sent before the fault (a hang's last one may be answered after it)
-            (ts, msg)
-            for ts, msg in lines[VICTIM]
-            if msg.startswith("trace renewed v") and ts - float(msg.split()[4]) < tr.t_fault
-        ]
-        last_version: int | None = None
-        if renewals:
-            ts, msg = renewals[-1]
-            last_version = int(msg.split()[2][1:])
-            rtt = float(msg.split()[4])
-            p["renewal_sent_s"], p["renewal_written_s"] = ts - rtt - tr.t_fault, ts - tr.t_fault
-        for i in range(1, self.lab.n):
-            mine: dict[str, float] = {}
-            for ts, msg in lines[i]:
-                if ts < tr.t_fault - 1.5:
-                    continue
-                rel = ts - tr.t_fault
-                if rel >= 0 and "not healthy:" in msg and vid in msg.split("not healthy:", 1)[1]:
-                    p["detected_s"] = min(p.get("detected_s", 1e9), rel)
-                if rel >= 0 and (f"took over {rtb}" in msg or f"handing {rtb}" in msg):
-                    p["takeover_s"] = min(p.get("takeover_s", 1e9), rel)
-                    mine.setdefault("took", rel)
-                if last_version is None or "took" in mine:
-                    continue
-                if msg.startswith("trace read ") and "sighted" not in mine:
-                    versions = dict(kv.split("=") for kv in msg.split()[2].split(",") if "=" in kv)
-                    if int(versions.get(vid, -1)) >= last_version:
-                        mine["sighted"] = rel
-                elif msg.startswith(f"trace expired {vid} "):
-                    mine["expire_start"], mine["expired"] = rel - float(msg.split()[4]), rel
-                elif msg.startswith(f"trace claimed {rtb} "):
-                    mine["claimed"] = rel
-                elif msg.startswith(f"trace routed {rtb} "):
-                    mine["routed"] = rel
-            if "took" in mine and "sighted" in mine:
-                for key in ("sighted", "expire_start", "expired", "claimed", "routed"):
-                    if key in mine:
-                        p[f"{key}_s"] = mine[key]
-                p["expiry_due_s"] = mine["sighted"] + Timing().lease + Timing().margin
+        lines = [list(_log_lines(self.lab.agent_log(i))) for i in range(self.lab.n)]
+        tr.profile.update(
+            takeover_profile(lines[VICTIM], [lines[i] for i in range(1, self.lab.n)], tr.t_fault,
+                             self.victim.instance_id, self.victim.route_table)
+        )  # fmt: skip
 
     def trial(self, fault: str) -> Trial:
         lab, v = self.lab, self.victim
@@ -510,6 +528,10 @@ def phases(trials: list[Trial]) -> dict[str, dict[str, float]]:
                 if "expire_start_s" in t.profile and "expiry_due_s" in t.profile]  # fmt: skip
         if gaps:
             row["expire_after_due_s"] = round(statistics.median(gaps), 3)
+            row["expire_after_due_max_s"] = round(max(gaps), 3)
+        unlogged = sum(1 for t in ts if "renewal_unlogged" in t.profile)
+        if unlogged:
+            row["renewal_unlogged_trials"] = unlogged  # the victim died between sending its renewal and logging it
         lags = [t.profile["sighted_s"] - t.profile["renewal_sent_s"] for t in ts
                 if "sighted_s" in t.profile and "renewal_sent_s" in t.profile]  # fmt: skip
         if lags:
@@ -530,6 +552,12 @@ def phase_table(rows: dict[str, dict[str, float]]) -> str:
             mx = row.get(key.removesuffix("_s") + "_max_s")
             cells.append(f"{_fmt(row.get(key)):>10} {_fmt(mx):>6}")
         lines.append(f"{label:<40} " + " ".join(cells))
+    for fault, row in rows.items():
+        if row.get("renewal_unlogged_trials"):
+            lines.append(
+                f"{fault}: in {row['renewal_unlogged_trials']:.0f} trial(s) the victim's last renewal landed but is "
+                "not in its log (it died between the send and the log line): sighted and expiry count from it"
+            )
     return "\n".join(lines)
 
 
