@@ -365,7 +365,13 @@ def test_a_claim_held_back_by_an_outage_goes_back_to_its_home_when_both_are_back
     with dead(g, "i-b"):
         g.cycle("i-a", 4)
     assert all(owner(g, rt) == "i-a" for rt in B_TABLES)
-    for _ in range(10):  # i-b is back (a new session) and healthy, EC2 still out for everyone
+    _home_back_in_the_outage_keeps_its_tables(g)
+
+
+def _home_back_in_the_outage_keeps_its_tables(g: Group) -> None:
+    """i-b comes back (a new session) and is healthy while EC2 is still out for everyone; EC2 comes back:
+    i-a hands i-b's tables back, and no write routes them away from their healthy home."""
+    for _ in range(10):
         g.cycle("i-b")
         g.cycle("i-a")
     world(g).down = set()
@@ -373,10 +379,10 @@ def test_a_claim_held_back_by_an_outage_goes_back_to_its_home_when_both_are_back
     for _ in range(10):
         g.cycle("i-a")
         g.cycle("i-b")
+    moved = [w for w in g.world.writes[n:] if w[0] == "ReplaceRoute" and w[1] in B_TABLES and w[2] == "i-a"]
+    assert moved == [], f"a healthy home's tables were routed away from it: {moved}"
     assert all(owner(g, rt) == "i-b" for rt in B_TABLES)
     assert all(g.world.targets[rt] == "i-b" for rt in B_TABLES)
-    moved = [w for w in g.world.writes[n:] if w[0] == "ReplaceRoute" and w[2] == "i-a"]
-    assert moved == [], f"a healthy home's tables were routed away from it: {moved}"
 
 
 class MissingRoutesEc2(PathEc2):
@@ -450,18 +456,7 @@ def test_a_restarted_takers_failed_reads_do_not_count_as_a_view_of_a_claim_it_ne
         lines = g.cycle("i-a", 8)  # waits out the old session's silence, starts its own, resumes the tables
         assert all(owner(g, rt) == "i-a" for rt in B_TABLES), lines
         assert new.memory.routes_read_at < 0 < new.memory.ec2_read_at, "read, never answered"
-    for _ in range(10):  # i-b is back (a new session) and healthy, EC2 still out for everyone
-        g.cycle("i-b")
-        g.cycle("i-a")
-    world(g).down = set()
-    n = len(g.world.writes)
-    for _ in range(10):
-        g.cycle("i-a")
-        g.cycle("i-b")
-    moved = [w for w in g.world.writes[n:] if w[0] == "ReplaceRoute" and w[1] in B_TABLES and w[2] == "i-a"]
-    assert moved == [], f"a healthy home's tables were routed away from it: {moved}"
-    assert all(owner(g, rt) == "i-b" for rt in B_TABLES)
-    assert all(g.world.targets[rt] == "i-b" for rt in B_TABLES)
+    _home_back_in_the_outage_keeps_its_tables(g)
 
 
 # ------------------------------------------------------------------ a peer's word on EC2, in time
