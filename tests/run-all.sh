@@ -60,16 +60,13 @@ if [ "$#" -gt 0 ]; then
     python -m pytest -p no:cacheprovider -q -rs --durations=15 "$@"
     code=$?
 else
-    # Four runs, one record of AWS calls. The unit tier shares nothing between files, so it runs on
+    # Three runs, one record of AWS calls. The unit tier shares nothing between files, so it runs on
     # two processes (pytest-xdist; a file's tests stay on one process), alone: some of its tests time
-    # real sockets. Then three at once: the lab and systemd tiers (network namespaces and containers,
-    # waiting on real time) one test at a time; beside them the integration tier (real servers on
-    # loopback ports of their own, no namespaces), also one test at a time; and at the lowest
-    # priority the simulation tier and its seed sweep: pure CPU on virtual time, nothing in them is
-    # timed, so the agents, servers and containers take the CPU first. The lab names its namespaces
-    # and containers after its process, so the two real-time runs never touch each other's. CI
-    # sweeps 300 seeds (a developer's `pytest tests/sim` 600, bench/sim.py 10,000): the 20-minute
-    # budget.
+    # real sockets. The integration, lab and systemd tiers (real servers, namespaces and containers,
+    # waiting on real time) then run one test at a time, and beside them, at the lowest priority, the
+    # simulation tier and its seed sweep: pure CPU on virtual time, nothing in them is timed, so the
+    # lab's agents, servers and containers take the CPU first. CI sweeps 300 seeds (a developer's
+    # `pytest tests/sim` 600, bench/sim.py 10,000): the 20-minute budget.
     tiers=(tests/unit tests/sim tests/integration tests/lab tests/systemd)
     for d in tests/*/; do
         case " ${tiers[*]} " in *" ${d%/} "*) ;; *) echo "tests/run-all.sh does not run ${d%/}: add it" >&2; exit 1;; esac
@@ -79,7 +76,7 @@ else
     step "pytest: unit tier (two processes)"
     python -m pytest -p no:cacheprovider -q -rs --durations=10 -n 2 --dist loadfile -m "not iam_last" tests/unit
     code=$?
-    step "pytest: the lab and systemd tiers; beside them the integration tier, and the simulation tier with 300 seeds (nice 19)"
+    step "pytest: the simulation tier and 300 seeds (background, nice 19) beside the integration, lab and systemd tiers"
     sim_log=$(mktemp)
     (
         nice -n 19 python -m pytest -p no:cacheprovider -q -rs --durations=5 -n 2 --dist loadfile \
@@ -91,23 +88,15 @@ else
         exit "$sweep"
     ) >"$sim_log" 2>&1 &
     sim_pid=$!
-    integration_log=$(mktemp)
-    python -m pytest -p no:cacheprovider -q -rs --durations=10 tests/integration >"$integration_log" 2>&1 &
-    integration_pid=$!
-    python -m pytest -p no:cacheprovider -q -rs --durations=15 tests/lab tests/systemd
+    python -m pytest -p no:cacheprovider -q -rs --durations=15 tests/integration tests/lab tests/systemd
     second=$?
-    wait "$integration_pid"
-    integration=$?
-    step "pytest: the integration tier's output"
-    cat "$integration_log"
     wait "$sim_pid"
     sim=$?
     step "pytest: the simulation tier's output"
     cat "$sim_log"
     [ "$code" -ne 0 ] || code=$second  # the first failure's code (5, no test collected, fails below)
-    [ "$code" -ne 0 ] || code=$integration
     [ "$code" -ne 0 ] || code=$sim
-    # A process of its own, after the others: it reads every call they recorded.
+    # A process of its own, after both runs: it reads every call they recorded.
     step "pytest: the IAM policy over every call both runs recorded"
     python -m pytest -p no:cacheprovider -q -rs tests/unit/aws/test_iam_policy.py
     third=$?
