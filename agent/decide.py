@@ -420,33 +420,26 @@ class _View:
         )
 
 
-def _fast_first(v: _View, candidates: list[str], home: str, owner: str) -> list[str]:
-    """The claim order, with members whose DynamoDB path is slow after the others (a stable order that
-    every member computes alike from the heartbeats). The first stays first where it is the table's home
-    or its owner back with a new session: their claim moves no route."""
+def _claim_order(v: _View, candidates: list[str], home: str, r: RouteItem | None) -> list[str]:
+    """The claim order: a stable sort that every member computes alike from the snapshot. The first stays
+    first where it is the table's home or its owner back with a new session (their claim moves no route).
+    The others go members whose DynamoDB path is fast first (a slow path's takeover calls take longer),
+    then, of a failed owner's table, those that take back fewer of the same owner's tables as their home.
+    A taker writes its tables one after another, four EC2 calls each with holder tags and Elastic IPs
+    (tag, route, tag, association): a member that is home to three of the dead NAT's tables is busy for
+    most of a second with its own, and a table whose home is the dead NAT itself waited behind them while
+    another member had one table to take (sim seed 5589: a forward_hang's fifth table routed 3.3 s after
+    the fault)."""
+    owner = r.owner if r is not None else ""
     keep = candidates[:1] if candidates and candidates[0] in (home, owner) else []
     rest = candidates[len(keep) :]
-    return keep + [c for c in rest if not v.slow_store(c)] + [c for c in rest if v.slow_store(c)]
-
-
-def _least_busy_first(v: _View, candidates: list[str], home: str, r: RouteItem | None) -> list[str]:
-    """The claim order of a failed owner's table among the members that are not its home: those that take
-    back fewer of the same owner's tables as their home go first (stable: ties keep the order, fast paths
-    before slow ones; every member computes it alike from the snapshot). A taker writes its tables one
-    after another, four EC2 calls each with holder tags and Elastic IPs (tag, route, tag, association):
-    a member that is home to three of the dead NAT's tables is busy for most of a second with its own, and
-    a table whose home is the dead NAT itself waited behind them while another member had one table to
-    take (sim seed 5589: a forward_hang's fifth table routed 3.3 s after the fault)."""
-    if r is None or not r.owner or not candidates:
-        return candidates
-    keep = candidates[:1] if candidates[0] in (home, r.owner) else []
-    rest = candidates[len(keep) :]
-    homes = v.obs.preferred_homes()
     busy = {c: 0 for c in rest}
-    for rt, other in v.obs.snapshot.routes.items():
-        h = homes.get(rt, "")
-        if other.owner == r.owner and other.owner_session == r.owner_session and h in busy and rt != r.route_table:
-            busy[h] += 1
+    if r is not None and owner:
+        homes = v.obs.preferred_homes()
+        for rt, other in v.obs.snapshot.routes.items():
+            h = homes.get(rt, "")
+            if other.owner == owner and other.owner_session == r.owner_session and h in busy and rt != r.route_table:
+                busy[h] += 1
     slow = {c: v.slow_store(c) for c in rest}
     return keep + sorted(rest, key=lambda c: (slow[c], busy[c]))
 
@@ -547,8 +540,7 @@ def decide(obs: Observation, t: Timing) -> Decision:
             order.remove(r.owner)
             if state == "orphaned":
                 order.insert(0, r.owner)  # its owner, back with a new session, keeps it: no route move
-        candidates = _fast_first(v, [c for c in order if v.eligible(c)], home, r.owner if r is not None else "")
-        candidates = _least_busy_first(v, candidates, home, r)
+        candidates = _claim_order(v, [c for c in order if v.eligible(c)], home, r)
         if obs.me not in candidates:
             continue
         rank = candidates.index(obs.me)

@@ -306,8 +306,8 @@ def slow(i: str, rtt: float = 0.25) -> MemberItem:
 def test_a_member_whose_dynamodb_path_is_slow_claims_after_a_fast_one() -> None:
     # Issue 17: a takeover is several DynamoDB round trips one after another (expire, claim, renew);
     # at 140-300 ms each they missed the 3-s bound. A fast peer takes the table first, the slow one
-    # waits its stagger; both compute the same order from the heartbeats. (Undo: drop _fast_first in
-    # agent.decide, and i-b, slow, takes rtb-a at once while i-c waits.)
+    # waits its stagger; both compute the same order from the heartbeats. (Undo: drop the fast/slow key
+    # of agent.decide._claim_order, and i-b, slow, takes rtb-a at once while i-c waits.)
     w = dead(World(me=C), A)
     w.members[B] = slow(B)
     w.claimable_since = {RA: 100.0}
@@ -329,7 +329,7 @@ def test_a_dead_nats_own_table_goes_first_to_the_member_with_fewer_of_its_tables
     # after i-c in the order, took its own table back and then i-c's, one after another (four EC2
     # calls a table), while i-b had nothing to take: i-c's table waited. Now i-b, with fewer of
     # i-c's tables to take back as their home, claims it first, i-a after its stagger; both compute
-    # the same order from the snapshot. (Undo: drop _least_busy_first - i-a claims rtb-c at once.)
+    # the same order from the snapshot. (Undo: drop the busy key of _claim_order - i-a claims rtb-c at once.)
     def seen_by(me: str) -> World:
         w = dead(World(me=me), C)
         w.routes[RA] = route(RA, C, term=2)
