@@ -88,7 +88,7 @@ else
         exit "$sweep"
     ) >"$sim_log" 2>&1 &
     sim_pid=$!
-    python -m pytest -p no:cacheprovider -q -rs --durations=15 tests/integration tests/lab tests/systemd
+    python -m pytest -p no:cacheprovider -q -rs --durations=60 tests/integration tests/lab tests/systemd
     second=$?
     wait "$sim_pid"
     sim=$?
