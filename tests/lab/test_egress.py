@@ -54,7 +54,7 @@ def first_right(lab: NetLab, host: int, since: float) -> float | None:
     return min(times) if times else None
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # one test's: gone before the module's other lab comes up (its moto server and reconciler poll)
 def standin_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetLab]:
     """Two NATs with the internet gateway and agents that do nothing: moto is driven by the test."""
     reason = netlab.skip_reason()

@@ -227,8 +227,13 @@ def test_planned_drain_and_failback_lose_nothing(settled_lab: NetLab, how: str) 
     assert result.lost == 0, f"lost {result.lost_seqs()}"
 
 
-def test_soak_60s_probe_loss_no_route_change(settled_lab: NetLab) -> None:
+def test_soak_20s_probe_loss_no_route_change(settled_lab: NetLab) -> None:
+    """10 % loss on every packet between the NATs moves nothing. 20 s here (about 100 probe rounds per
+    peer: an agent that moved on a lost probe or two would move within seconds); the 10-minute figure is
+    the benchmark's (bench/soak.py)."""
     from bench.soak import soak
 
-    report = soak(settled_lab, seconds=60, loss=0.10)
-    assert report["route_changes"] == 0, report
+    report = soak(settled_lab, seconds=20, loss=0.10)
+    assert report["probes_lost"] > 0, f"the loss was not applied: {report}"
+    assert report["route_changes"] == 0 and report["restarts"] == 0, report
+    assert report["at_home_after"], report
