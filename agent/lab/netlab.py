@@ -633,22 +633,15 @@ class NetLab(LocalGroup):
 
     # ------------------------------------------------------------ systemd
     def _bake_image(self) -> None:
-        """Run the stack's user data once, in a namespace shaped like a NAT's (pub0, default route)."""
+        """Run the stack's user data once, in a namespace shaped like a NAT's (pub0, default route) -
+        or take the image tests/run-all.sh baked the same way earlier in this run (:func:`prebake`)."""
+        self.image = nspawn.prebaked_image(self.group, self.table, log=self._log)
+        if self.image is not None:
+            self._log(f"systemd lab: the image baked ahead of the tier ({self.image.layer})")
+            return
         ns = self.topo.prefix + "bake"
-        sh("ip", "netns", "add", ns)
         self.topo.made.append(ns)
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", ns, "link", "add", "pub0", "type", "veth", "peer", "name", "pub0p")
-        for dev in ("pub0", "pub0p"):
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        sh("ip", "-n", ns, "addr", "add", "203.0.113.99/24", "dev", "pub0")
-        sh("ip", "-n", ns, "route", "add", "default", "via", INET_IP, "dev", "pub0")
-        self.image, self._bake = nspawn.bake_image(self.workdir / "containers", ns, group=self.group,
-                                                   table=self.table, log=self._log)  # fmt: skip
-        self._bake.poweroff()
-        self._bake.close()
-        if not (self.image.layer / "opt" / "nat-ha" / "bin" / "nat-ha").exists():
-            raise RuntimeError(f"the user data did not install nat-ha: {self.image.bootstrap_log[-800:]}")
+        self.image, self._bake = bake_in_namespace(self.workdir / "containers", ns, self.group, self.table, self._log)
 
     def _make_containers(self) -> None:
         """One container per NAT (not booted yet), its IMDSv2 in its namespace, the lab config on its disk."""
@@ -1393,10 +1386,56 @@ def reconcile(spec_path: str) -> int:
     return 0
 
 
+def bake_in_namespace(
+    workdir: Path, ns: str, group: str, table: str, log: Callable[[str], None] = print
+) -> tuple[nspawn.Image, nspawn.Container]:
+    """Make ``ns`` shaped like a NAT's (pub0, a default route), run the stack's user data in a container
+    joined to it (nspawn.bake_image), power it off; the image and the closed container. The caller
+    deletes ``ns``."""
+    sh("ip", "netns", "add", ns)
+    sh("ip", "-n", ns, "link", "set", "lo", "up")
+    sh("ip", "-n", ns, "link", "add", "pub0", "type", "veth", "peer", "name", "pub0p")
+    for dev in ("pub0", "pub0p"):
+        sh("ip", "-n", ns, "link", "set", dev, "up")
+    sh("ip", "-n", ns, "addr", "add", "203.0.113.99/24", "dev", "pub0")
+    sh("ip", "-n", ns, "route", "add", "default", "via", INET_IP, "dev", "pub0")
+    image, bake = nspawn.bake_image(workdir, ns, group=group, table=table, log=log)
+    bake.poweroff()
+    bake.close()
+    if not (image.layer / "opt" / "nat-ha" / "bin" / "nat-ha").exists():
+        raise RuntimeError(f"the user data did not install nat-ha: {image.bootstrap_log[-800:]}")
+    return image, bake
+
+
+def prebake(record: Path, group: str = "lab", table: str = "nat-ha") -> int:
+    """Bake the systemd lab's image ahead of its tier and write its record (``NAT_HA_PREBAKED_IMAGE``).
+
+    tests/run-all.sh runs it in the background beside the unit tier: the bake is a download-free
+    install in a container (about a minute), nothing in it is timed, and the systemd tier then starts
+    with its containers. Holds the record's lock while baking (the lab waits for it); its namespace
+    is deleted at the end, its layer is kept next to the record.
+    """
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.unlink(missing_ok=True)
+    ns = f"{PREFIX}{os.getpid()}-prebake"
+    with nspawn.file_lock(record.with_name(record.name + ".lock")):
+        cleanup_stale()
+        nspawn.cleanup_stale()
+        try:
+            image, _ = bake_in_namespace(record.parent / "containers", ns, group, table)
+        finally:
+            sh("ip", "netns", "del", ns, check=False)
+        image.save(record, group, table)
+    print(f"baked: {record}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "reconcile":
         return reconcile(argv[1])
-    print("usage: python -m agent.lab.netlab reconcile SPEC.json", file=sys.stderr)
+    if len(argv) == 2 and argv[0] == "prebake":
+        return prebake(Path(argv[1]))
+    print("usage: python -m agent.lab.netlab reconcile SPEC.json | prebake RECORD.json", file=sys.stderr)
     return 2
 
 

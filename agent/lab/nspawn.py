@@ -90,7 +90,7 @@ def ready_rootfs() -> Path | None:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -103,7 +103,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 def ensure_rootfs(log: Callable[[str], None] = print) -> Path:
     """The base rootfs, built with debootstrap the first time (about a minute, 215 MB)."""
     path = rootfs_path()
-    with _file_lock(cache_root() / ".rootfs.lock"):
+    with file_lock(cache_root() / ".rootfs.lock"):
         if (path / ".nat-ha-complete").exists():
             return path
         tmp = path.with_name(path.name + ".partial")
@@ -466,6 +466,45 @@ class Image:
     @property
     def lowers(self) -> list[Path]:
         return [self.layer, self.base]
+
+    def save(self, path: Path, group: str, table: str) -> None:
+        """Write the image's record (its layer stays where the bake left it), for :func:`prebaked_image`."""
+        record = {
+            "base": str(self.base), "layer": str(self.layer), "bundle": str(self.bundle.path),
+            "sha256": self.bundle.sha256, "bootstrap_log": self.bootstrap_log, "bootstrap_rc": self.bootstrap_rc,
+            "signals": self.signals, "group": group, "table": table,
+        }  # fmt: skip
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
+
+
+PREBAKED_ENV = "NAT_HA_PREBAKED_IMAGE"  # an image's record baked earlier in the same run (tests/run-all.sh)
+
+
+def prebaked_image(group: str, table: str, log: Callable[[str], None] = print) -> Image | None:
+    """The image ``agent.lab.netlab prebake`` baked earlier in this test run, if one was asked for.
+
+    tests/run-all.sh bakes it beside the unit tier (the same :func:`bake_image`, the same user data,
+    this checkout's bundle) and names its record in ``NAT_HA_PREBAKED_IMAGE``; the systemd lab then
+    takes it instead of baking again. Waits for a bake still running (it holds the record's lock);
+    None (bake here) without the variable, or when that bake failed or was for another group or table.
+    """
+    where = os.environ.get(PREBAKED_ENV)
+    if not where:
+        return None
+    path = Path(where)
+    with file_lock(path.with_name(path.name + ".lock")):
+        if not path.exists():
+            log(f"no image baked ahead at {path} (its bake failed: see its log): baking here")
+            return None
+        r = json.loads(path.read_text())
+    image = Image(Path(r["base"]), Path(r["layer"]), Bundle(Path(r["bundle"]), r["sha256"]), r["bootstrap_log"],
+                  int(r["bootstrap_rc"]), list(r["signals"]))  # fmt: skip
+    if (r["group"], r["table"]) != (group, table) or not image.layer.is_dir() or not image.bundle.path.exists():
+        log(f"the image baked ahead at {path} is for another lab or is gone: baking here")
+        return None
+    return image
 
 
 def run_user_data(ct: Container, script: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
