@@ -35,38 +35,57 @@ if [ "$(id -u)" = 0 ] && command -v debootstrap >/dev/null; then
     rootfs_pid=$!
 fi
 
+npm_pid=""
+if command -v node >/dev/null && command -v npm >/dev/null; then
+    step "dynalite (npm, in the background)"
+    mkdir -p .cache
+    [ -x .cache/dynalite/node_modules/.bin/dynalite ] || \
+        { npm install --silent --no-audit --no-fund --prefix .cache/dynalite dynalite@4.0.0 >/dev/null 2>&1 & npm_pid=$!; }
+fi
+
 step "python environment (.venv)"
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q --no-compile -e '.[test]' 2>&1 | grep -v -i -E 'warning|location .* is ignored' || true
 export PATH="$PWD/.venv/bin:$PATH"
+[ -z "$npm_pid" ] || wait "$npm_pid" || echo "npm install of dynalite failed (the dynalite tests say why)" >&2
 
-if command -v node >/dev/null && command -v npm >/dev/null; then
-    step "dynalite (npm)"
-    [ -x .cache/dynalite/node_modules/.bin/dynalite ] || \
-        npm install --silent --no-audit --no-fund --prefix .cache/dynalite dynalite@4.0.0 >/dev/null 2>&1
+prebake_pid=""
+if [ "$#" -eq 0 ] && python -c 'from agent.lab import netlab, nspawn; raise SystemExit(bool(netlab.skip_reason() or nspawn.skip_reason()))' 2>/dev/null; then
+    # The systemd tier's image (the stack's user data run in a container: an install, about a minute,
+    # nothing timed), baked beside the unit tier instead of at the tier's start. The tier takes it
+    # (agent.lab.nspawn.prebaked_image) or, if this bake failed, bakes it itself.
+    step "systemd lab image (baked in the background beside the unit tier)"
+    export NAT_HA_PREBAKED_IMAGE="$PWD/.cache/prebake/image.json"
+    rm -rf .cache/prebake && mkdir -p .cache/prebake
+    python -m agent.lab.netlab prebake "$NAT_HA_PREBAKED_IMAGE" >.cache/prebake.log 2>&1 &
+    prebake_pid=$!
 fi
-
 
 step "ruff"
 ruff check agent coordinator tests bench
-step "mypy"
-mypy
 
 set +e
 if [ "$#" -gt 0 ]; then
+    step "mypy"
+    mypy
+    code=$?
     step "pytest $*"
     python -m pytest -p no:cacheprovider -q -rs --durations=15 "$@"
-    code=$?
+    tier=$?
+    [ "$code" -ne 0 ] || code=$tier
 else
     # Three runs, one record of AWS calls. The unit tier shares nothing between files, so it runs on
-    # two processes (pytest-xdist; a file's tests stay on one process), alone: some of its tests time
-    # real sockets. The integration, lab and systemd tiers (real servers, namespaces and containers,
-    # waiting on real time) then run one test at a time, and beside them, at the lowest priority, the
-    # simulation tier and its seed sweep: pure CPU on virtual time, nothing in them is timed, so the
-    # lab's agents, servers and containers take the CPU first. CI sweeps 300 seeds (a developer's
-    # `pytest tests/sim` 600, bench/sim.py 10,000): the 20-minute budget.
+    # two processes (pytest-xdist; a file's tests stay on one process), beside nothing but the systemd
+    # image's bake: some of its tests time real sockets. The integration, lab and systemd tiers (real
+    # servers, namespaces and containers, waiting on real time) then run one test at a time, and
+    # beside them, at the lowest priority, what waits on nothing: mypy, the integration files that
+    # time nothing (cfn-lint, the stacks in moto's CloudFormation, systemd-analyze), the simulation
+    # tier and its seed sweep (virtual time), so the lab's agents, servers and containers take the
+    # CPU first. CI sweeps 300 seeds (a developer's `pytest tests/sim` 600, bench/sim.py 10,000):
+    # the 20-minute budget.
+    untimed=(tests/integration/test_cloudformation.py tests/integration/test_cfn_stacks.py tests/integration/test_systemd.py)
     tiers=(tests/unit tests/sim tests/integration tests/lab tests/systemd)
     for d in tests/*/; do
         case " ${tiers[*]} " in *" ${d%/} "*) ;; *) echo "tests/run-all.sh does not run ${d%/}: add it" >&2; exit 1;; esac
@@ -76,23 +95,37 @@ else
     step "pytest: unit tier (two processes)"
     python -m pytest -p no:cacheprovider -q -rs --durations=10 -n 2 --dist loadfile -m "not iam_last" tests/unit
     code=$?
-    step "pytest: the simulation tier and 300 seeds (background, nice 19) beside the integration, lab and systemd tiers"
+    if [ -n "$prebake_pid" ]; then
+        wait "$prebake_pid" || echo "the background bake of the systemd image failed (the tier bakes it again):" >&2
+        tail -n 3 .cache/prebake.log >&2
+    fi
+    step "pytest: mypy, the untimed integration files, the simulation tier and 300 seeds (background, nice 19) beside the integration, lab and systemd tiers"
     sim_log=$(mktemp)
     (
+        first=0
+        keep() { [ "$first" -ne 0 ] || first=$1; }
+        echo "==> mypy"
+        nice -n 19 mypy
+        keep $?
+        echo "==> ${untimed[*]}"
+        nice -n 19 python -m pytest -p no:cacheprovider -q -rs --durations=5 "${untimed[@]}"
+        keep $?
+        echo "==> tests/sim"
         nice -n 19 python -m pytest -p no:cacheprovider -q -rs --durations=5 -n 2 --dist loadfile \
             --ignore=tests/sim/test_seeds.py tests/sim
-        tier=$?
+        keep $?
         nice -n 19 python -m pytest -p no:cacheprovider -q -rs tests/sim/test_seeds.py --sim-seeds 300
-        sweep=$?
-        [ "$tier" -ne 0 ] && exit "$tier"
-        exit "$sweep"
+        keep $?
+        exit "$first"
     ) >"$sim_log" 2>&1 &
     sim_pid=$!
-    python -m pytest -p no:cacheprovider -q -rs --durations=60 tests/integration tests/lab tests/systemd
+    ignore=()
+    for f in "${untimed[@]}"; do ignore+=(--ignore="$f"); done
+    python -m pytest -p no:cacheprovider -q -rs --durations=60 "${ignore[@]}" tests/integration tests/lab tests/systemd
     second=$?
     wait "$sim_pid"
     sim=$?
-    step "pytest: the simulation tier's output"
+    step "pytest: the background run's output"
     cat "$sim_log"
     [ "$code" -ne 0 ] || code=$second  # the first failure's code (5, no test collected, fails below)
     [ "$code" -ne 0 ] || code=$sim
@@ -107,6 +140,7 @@ if [ -n "$rootfs_pid" ] && ! wait "$rootfs_pid"; then
     echo "the background rootfs build failed (the systemd tier built it again or said why):" >&2
     tail -n 5 .cache/rootfs-build.log >&2
 fi
+[ -z "$prebake_pid" ] || rm -rf .cache/prebake  # the baked image's layer (an installed venv): this run's only
 step "done"
 if [ "$code" -eq 5 ]; then
     echo "pytest collected no tests: treating as a failure" >&2
