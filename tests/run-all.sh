@@ -52,17 +52,6 @@ export PATH="$PWD/.venv/bin:$PATH"
 [ -z "$npm_pid" ] || wait "$npm_pid" || echo "npm install of dynalite failed (the dynalite tests say why)" >&2
 
 prebake_pid=""
-if [ "$#" -eq 0 ] && python -c 'from agent.lab import netlab, nspawn; raise SystemExit(bool(netlab.skip_reason() or nspawn.skip_reason()))' 2>/dev/null; then
-    # The systemd tier's image (the stack's user data run in a container: an install, about a minute,
-    # nothing timed), baked beside the unit tier instead of at the tier's start. The tier takes it
-    # (agent.lab.nspawn.prebaked_image) or, if this bake failed, bakes it itself.
-    step "systemd lab image (baked in the background beside the unit tier)"
-    export NAT_HA_PREBAKED_IMAGE="$PWD/.cache/prebake/image.json"
-    rm -rf .cache/prebake && mkdir -p .cache/prebake
-    python -m agent.lab.netlab prebake "$NAT_HA_PREBAKED_IMAGE" >.cache/prebake.log 2>&1 &
-    prebake_pid=$!
-fi
-
 step "ruff"
 ruff check agent coordinator tests bench
 
@@ -77,14 +66,14 @@ if [ "$#" -gt 0 ]; then
     [ "$code" -ne 0 ] || code=$tier
 else
     # Three runs, one record of AWS calls. The unit tier shares nothing between files, so it runs on
-    # two processes (pytest-xdist; a file's tests stay on one process), beside nothing but the systemd
-    # image's bake: some of its tests time real sockets. The integration, lab and systemd tiers (real
-    # servers, namespaces and containers, waiting on real time) then run one test at a time, and
-    # beside them, at the lowest priority, what waits on nothing: mypy, the integration files that
-    # time nothing (cfn-lint, the stacks in moto's CloudFormation, systemd-analyze), the simulation
-    # tier and its seed sweep (virtual time), so the lab's agents, servers and containers take the
-    # CPU first. CI sweeps 300 seeds (a developer's `pytest tests/sim` 600, bench/sim.py 10,000):
-    # the 20-minute budget.
+    # two processes (pytest-xdist; a file's tests stay on one process), alone: some of its tests time
+    # real sockets. The integration, lab and systemd tiers (real servers, namespaces and containers,
+    # waiting on real time) then run one test at a time, and beside them, at the lowest priority,
+    # what waits on nothing: the systemd tier's image bake, mypy, the integration files that time
+    # nothing (cfn-lint, the stacks in moto's CloudFormation, systemd-analyze), the simulation tier
+    # and its seed sweep (virtual time), so the lab's agents, servers and containers take the CPU
+    # first. CI sweeps 300 seeds (a developer's `pytest tests/sim` 600, bench/sim.py 10,000): the
+    # 20-minute budget.
     untimed=(tests/integration/test_cloudformation.py tests/integration/test_cfn_stacks.py tests/integration/test_systemd.py)
     tiers=(tests/unit tests/sim tests/integration tests/lab tests/systemd)
     for d in tests/*/; do
@@ -95,9 +84,16 @@ else
     step "pytest: unit tier (two processes)"
     python -m pytest -p no:cacheprovider -q -rs --durations=10 -n 2 --dist loadfile -m "not iam_last" tests/unit
     code=$?
-    if [ -n "$prebake_pid" ]; then
-        wait "$prebake_pid" || echo "the background bake of the systemd image failed (the tier bakes it again):" >&2
-        tail -n 3 .cache/prebake.log >&2
+    if python -c 'from agent.lab import netlab, nspawn; raise SystemExit(bool(netlab.skip_reason() or nspawn.skip_reason()))' 2>/dev/null; then
+        # The systemd tier's image (the stack's user data run in a container: an install, about a
+        # minute, nothing timed), baked while the integration and lab tiers run instead of at the
+        # systemd tier's start. The tier takes it (agent.lab.nspawn.prebaked_image, waiting for it if
+        # need be) or, if this bake failed, bakes it itself.
+        step "systemd lab image (baked in the background, nice 19, for the systemd tier)"
+        export NAT_HA_PREBAKED_IMAGE="$PWD/.cache/prebake/image.json"
+        rm -rf .cache/prebake && mkdir -p .cache/prebake
+        nice -n 19 python -m agent.lab.netlab prebake "$NAT_HA_PREBAKED_IMAGE" >.cache/prebake.log 2>&1 &
+        prebake_pid=$!
     fi
     step "pytest: mypy, the untimed integration files, the simulation tier and 300 seeds (background, nice 19) beside the integration, lab and systemd tiers"
     sim_log=$(mktemp)
@@ -127,6 +123,10 @@ else
     sim=$?
     step "pytest: the background run's output"
     cat "$sim_log"
+    if [ -n "$prebake_pid" ]; then
+        wait "$prebake_pid" || echo "the background bake of the systemd image failed (the tier baked it itself):" >&2
+        tail -n 3 .cache/prebake.log
+    fi
     [ "$code" -ne 0 ] || code=$second  # the first failure's code (5, no test collected, fails below)
     [ "$code" -ne 0 ] || code=$sim
     # A process of its own, after both runs: it reads every call they recorded.

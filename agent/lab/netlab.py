@@ -566,6 +566,7 @@ class NetLab(LocalGroup):
     systemd: bool = False
     containers: list[nspawn.Container] = field(default_factory=list)
     image: nspawn.Image | None = None
+    image_baked_ahead: bool = False  # taken from tests/run-all.sh's bake (nspawn.prebaked_image), not baked here
     _imds: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _bake: nspawn.Container | None = None
     # EC2 through agent.lab.holdproxy (one port per NAT): a request can be held and applied later,
@@ -638,6 +639,7 @@ class NetLab(LocalGroup):
         self.image = nspawn.prebaked_image(self.group, self.table, log=self._log)
         if self.image is not None:
             self._log(f"systemd lab: the image baked ahead of the tier ({self.image.layer})")
+            self.image_baked_ahead = True
             return
         ns = self.topo.prefix + "bake"
         self.topo.made.append(ns)
@@ -1410,7 +1412,7 @@ def bake_in_namespace(
 def prebake(record: Path, group: str = "lab", table: str = "nat-ha") -> int:
     """Bake the systemd lab's image ahead of its tier and write its record (``NAT_HA_PREBAKED_IMAGE``).
 
-    tests/run-all.sh runs it in the background beside the unit tier: the bake is a download-free
+    tests/run-all.sh runs it in the background (nice 19) while the earlier tiers run: the bake is a download-free
     install in a container (about a minute), nothing in it is timed, and the systemd tier then starts
     with its containers. Holds the record's lock while baking (the lab waits for it); its namespace
     is deleted at the end, its layer is kept next to the record.

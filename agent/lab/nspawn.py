@@ -485,7 +485,7 @@ PREBAKED_ENV = "NAT_HA_PREBAKED_IMAGE"  # an image's record baked earlier in the
 def prebaked_image(group: str, table: str, log: Callable[[str], None] = print) -> Image | None:
     """The image ``agent.lab.netlab prebake`` baked earlier in this test run, if one was asked for.
 
-    tests/run-all.sh bakes it beside the unit tier (the same :func:`bake_image`, the same user data,
+    tests/run-all.sh bakes it while the earlier tiers run (the same :func:`bake_image`, the same user data,
     this checkout's bundle) and names its record in ``NAT_HA_PREBAKED_IMAGE``; the systemd lab then
     takes it instead of baking again. Waits for a bake still running (it holds the record's lock);
     None (bake here) without the variable, or when that bake failed or was for another group or table.

@@ -44,7 +44,8 @@ def sdlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[netlab.NetLab]:
         the_lab.__enter__()
         names = list(the_lab.topo.made)
         assert the_lab.wait_for(the_lab.settled, 90, 0.3), f"the systemd lab never settled (logs in {workdir})"
-        print(f"\nsystemd lab up and settled in {time.monotonic() - t0:.1f} s (image baked, 3 containers booted)")
+        baked = "the image baked ahead by tests/run-all.sh" if the_lab.image_baked_ahead else "image baked"
+        print(f"\nsystemd lab up and settled in {time.monotonic() - t0:.1f} s ({baked}, 3 containers booted)")
         yield the_lab
     finally:
         the_lab.close()
