@@ -488,7 +488,8 @@ def prebaked_image(group: str, table: str, log: Callable[[str], None] = print) -
     tests/run-all.sh bakes it while the earlier tiers run (the same :func:`bake_image`, the same user data,
     this checkout's bundle) and names its record in ``NAT_HA_PREBAKED_IMAGE``; the systemd lab then
     takes it instead of baking again. Waits for a bake still running (it holds the record's lock);
-    None (bake here) without the variable, or when that bake failed or was for another group or table.
+    None (bake here) without the variable, or when that bake failed, was for another group or table,
+    or its bundle was rebuilt since (the user data checks the bundle's sha256).
     """
     where = os.environ.get(PREBAKED_ENV)
     if not where:
@@ -501,8 +502,12 @@ def prebaked_image(group: str, table: str, log: Callable[[str], None] = print) -
         r = json.loads(path.read_text())
     image = Image(Path(r["base"]), Path(r["layer"]), Bundle(Path(r["bundle"]), r["sha256"]), r["bootstrap_log"],
                   int(r["bootstrap_rc"]), list(r["signals"]))  # fmt: skip
-    if (r["group"], r["table"]) != (group, table) or not image.layer.is_dir() or not image.bundle.path.exists():
+    bundle = image.bundle.path
+    if (r["group"], r["table"]) != (group, table) or not image.layer.is_dir() or not bundle.exists():
         log(f"the image baked ahead at {path} is for another lab or is gone: baking here")
+        return None
+    if hashlib.sha256(bundle.read_bytes()).hexdigest() != image.bundle.sha256:  # rebuilt since by another bake
+        log(f"the bundle the image at {path} was baked from has changed since: baking here")
         return None
     return image
 
