@@ -69,16 +69,18 @@ else
     # two processes (pytest-xdist; a file's tests stay on one process), alone: some of its tests time
     # real sockets. The integration, lab and systemd tiers (real servers, namespaces and containers,
     # waiting on real time) then run one test at a time, and beside them, at the lowest priority,
-    # what waits on nothing: the systemd tier's image bake, mypy, the integration and unit files that
-    # time nothing (cfn-lint, the stacks in moto's CloudFormation, systemd-analyze), the simulation tier
-    # and its seed sweep (virtual time), so the lab's agents, servers and containers take the CPU
-    # first. CI sweeps 300 seeds (a developer's `pytest tests/sim` 600, bench/sim.py 10,000): the
+    # what waits on nothing: the systemd tier's image bake, mypy, the files that time nothing
+    # (below), the simulation tier and its seed sweep (virtual time), so the lab's agents, servers and
+    # containers take the CPU first. CI sweeps 300 seeds (a developer's `pytest tests/sim` 600, bench/sim.py 10,000): the
     # 20-minute budget.
-    untimed=(tests/integration/test_cloudformation.py tests/integration/test_cfn_stacks.py tests/integration/test_systemd.py)
-    # The same for the unit files that time nothing (promtool, botocore's models on in-process moto, the
-    # layering, the release build, the benches' and the config's command lines).
-    untimed_unit=(tests/unit/dashboards/test_alert_rules.py tests/unit/aws/test_models.py tests/unit/test_layers.py
-                  tests/unit/deploy/test_release.py tests/unit/test_bench_cli.py tests/unit/commands/test_config_cli.py)
+    # The files that time nothing: cfn-lint, the stacks in moto's CloudFormation, systemd-analyze;
+    # promtool, botocore's models on in-process moto, the layering, the release build, the benches' and
+    # the config's command lines. Both foreground runs leave them out; the background runs them.
+    untimed=(tests/integration/test_cloudformation.py tests/integration/test_cfn_stacks.py tests/integration/test_systemd.py
+             tests/unit/dashboards/test_alert_rules.py tests/unit/aws/test_models.py tests/unit/test_layers.py
+             tests/unit/deploy/test_release.py tests/unit/test_bench_cli.py tests/unit/commands/test_config_cli.py)
+    ignore=()
+    for f in "${untimed[@]}"; do ignore+=(--ignore="$f"); done
     tiers=(tests/unit tests/sim tests/integration tests/lab tests/systemd)
     for d in tests/*/; do
         case " ${tiers[*]} " in *" ${d%/} "*) ;; *) echo "tests/run-all.sh does not run ${d%/}: add it" >&2; exit 1;; esac
@@ -86,9 +88,7 @@ else
     NAT_HA_RECORD_AWS_CALLS=$(mktemp -d)/aws-calls.jsonl
     export NAT_HA_RECORD_AWS_CALLS
     step "pytest: unit tier (two processes)"
-    unit_ignore=()
-    for f in "${untimed_unit[@]}"; do unit_ignore+=(--ignore="$f"); done
-    python -m pytest -p no:cacheprovider -q -rs --durations=10 -n 2 --dist loadfile -m "not iam_last" "${unit_ignore[@]}" tests/unit
+    python -m pytest -p no:cacheprovider -q -rs --durations=10 -n 2 --dist loadfile -m "not iam_last" "${ignore[@]}" tests/unit
     code=$?
     if python -c 'from agent.lab import netlab, nspawn; raise SystemExit(bool(netlab.skip_reason() or nspawn.skip_reason()))' 2>/dev/null; then
         # The systemd tier's image (the stack's user data run in a container: an install, about a
@@ -109,8 +109,8 @@ else
         echo "==> mypy"
         nice -n 19 mypy
         keep $?
-        echo "==> ${untimed[*]} ${untimed_unit[*]}"
-        nice -n 19 python -m pytest -p no:cacheprovider -q -rs --durations=5 "${untimed[@]}" "${untimed_unit[@]}"
+        echo "==> ${untimed[*]}"
+        nice -n 19 python -m pytest -p no:cacheprovider -q -rs --durations=5 "${untimed[@]}"
         keep $?
         echo "==> tests/sim"
         nice -n 19 python -m pytest -p no:cacheprovider -q -rs --durations=5 -n 2 --dist loadfile \
@@ -121,8 +121,6 @@ else
         exit "$first"
     ) >"$sim_log" 2>&1 &
     sim_pid=$!
-    ignore=()
-    for f in "${untimed[@]}"; do ignore+=(--ignore="$f"); done
     python -m pytest -p no:cacheprovider -q -rs --durations=60 "${ignore[@]}" tests/integration tests/lab tests/systemd
     second=$?
     wait "$sim_pid"
